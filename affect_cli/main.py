@@ -1,0 +1,56 @@
+"""The ``affect`` command line: one door to every stage. Heavy imports happen inside the commands, so ``--help`` is
+instant. Every command reports an AffectError as one line on stderr and exits with status 1."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from affect_cli import cmd_ingest, cmd_synth, cmd_train
+
+app = typer.Typer(
+    name="affect",
+    help="Continuous affect recognition from facial video features (LSTM + Bayesian filter + adaptive alignment).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Report the project's error type (and a few plain I/O errors) as one line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from affect_core.errors import AffectError
+
+        try:
+            return command(*args, **kwargs)
+        except AffectError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+app.command("synth")(one_line_errors(cmd_synth.synth))
+app.command("ingest")(one_line_errors(cmd_ingest.ingest))
+app.command("train")(one_line_errors(cmd_train.train))
+app.command("score")(one_line_errors(cmd_train.score))
+app.command("evaluate")(one_line_errors(cmd_train.evaluate))
+app.command("demo")(one_line_errors(cmd_train.demo))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

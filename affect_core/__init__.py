@@ -1,0 +1,1 @@
+"""affect_core."""

@@ -1,0 +1,150 @@
+"""Alignment of predictions with the annotators' reaction lag (paper section III-C) and the baseline's smoothing.
+
+All layers map a per-frame sequence ``z`` of shape (B, T, C) to ``y`` of the same shape with
+y_t = sum_{k=-D..D} w_k z_{t-k}, edges padded by replicating the end values. A weight peaked at k = mu > 0 makes y_t
+look mu frames into the past: the labels lag the video by mu frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
+    """y_t = sum_k weights[k + D] * z_{t-k}, k = -D..D, replicate padding at both ends.
+
+    z: shape (B, T, C). weights: shape (2D + 1,). Returns (B, T, C).
+    """
+    half = (weights.shape[0] - 1) // 2
+    if half == 0:
+        return z * weights[0]
+    b, t, c = z.shape
+    x = z.transpose(1, 2).reshape(b * c, 1, t)
+    x = F.pad(x, (half, half), mode="replicate")
+    # conv1d is a cross-correlation over x_{t + j - D}; we want z_{t - k}, so kernel_j = w_{D - j} (flipped).
+    y = F.conv1d(x, weights.flip(0).view(1, 1, -1))
+    return y.view(b, c, t).transpose(1, 2)
+
+
+def gaussian_weights(offsets: Tensor, mu: Tensor, sigma2: Tensor) -> Tensor:
+    """(14) Gaussian alignment weights fbar_{k - mu}, normalised over the window. offsets: (2D + 1,)."""
+    logits = -((offsets - mu) ** 2) / (2.0 * sigma2)
+    return torch.softmax(logits, dim=0)
+
+
+class AdaptiveAlignment(nn.Module):
+    """Learnable Gaussian alignment (AA): mu = D tanh(mu'), sigma^2 = softplus(s)."""
+
+    def __init__(self, *, window: int = 100, mu_init: float = 0.0, sigma2_init: float = 25.0) -> None:
+        super().__init__()
+        self.window = int(window)
+        ratio = max(min(mu_init / max(self.window, 1), 0.999), -0.999)
+        self.mu_raw = nn.Parameter(torch.tensor(math.atanh(ratio)))
+        self.sigma2_raw = nn.Parameter(torch.tensor(_inverse_softplus(sigma2_init)))
+        self.register_buffer("offsets", torch.arange(-self.window, self.window + 1, dtype=torch.float32))
+
+    @property
+    def mu(self) -> Tensor:
+        """The learned lag in frames (positive: labels lag the video)."""
+        return self.window * torch.tanh(self.mu_raw)
+
+    @property
+    def sigma2(self) -> Tensor:
+        return F.softplus(self.sigma2_raw)
+
+    def weights(self) -> Tensor:
+        return gaussian_weights(self.offsets.to(self.mu_raw.dtype), self.mu, self.sigma2)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z: (B, T, C) -> y: (B, T, C)."""
+        return lagged_convolution(z, self.weights().to(z.dtype))
+
+
+class FixedShift(nn.Module):
+    """Manual alignment (MA): y_t = z_{t - shift}, a fixed integer delay in frames, replicate padding."""
+
+    def __init__(self, shift: int = 0) -> None:
+        super().__init__()
+        self.shift = int(shift)
+
+    def forward(self, z: Tensor) -> Tensor:
+        s = self.shift
+        if s == 0:
+            return z
+        if s > 0:
+            head = z[:, :1].expand(-1, min(s, z.shape[1]), -1)
+            return torch.cat([head, z[:, : max(z.shape[1] - s, 0)]], dim=1)
+        tail = z[:, -1:].expand(-1, min(-s, z.shape[1]), -1)
+        return torch.cat([z[:, -s:], tail], dim=1)
+
+
+class FixedGaussianSmoothing(nn.Module):
+    """The baseline's fixed, centred Gaussian smoothing of the LSTM output (no learnable parameters)."""
+
+    def __init__(self, sigma: float = 4.0) -> None:
+        super().__init__()
+        half = max(int(math.ceil(3 * sigma)), 0)
+        offsets = torch.arange(-half, half + 1, dtype=torch.float32)
+        weights = gaussian_weights(offsets, torch.tensor(0.0), torch.tensor(max(sigma, 1e-3) ** 2))
+        self.register_buffer("weights", weights)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return lagged_convolution(z, self.weights.to(z.dtype))
+
+
+def shift_labels_back(labels: np.ndarray, shift: int) -> np.ndarray:
+    """label_{t + shift} aligned to frame t (the end replicated); the inverse of :class:`FixedShift`."""
+    if shift <= 0:
+        return labels
+    out = np.empty_like(labels)
+    out[:-shift] = labels[shift:]
+    out[-shift:] = labels[-1]
+    return out
+
+
+def choose_manual_shift(
+    features: list[np.ndarray],
+    labels: list[np.ndarray],
+    *,
+    fps: float,
+    max_seconds: float = 4.0,
+    step_seconds: float = 0.2,
+    ridge: float = 1.0,
+) -> int:
+    """Grid search of the manual-alignment delay on the training split (0 to 4 s, 0.2 s step).
+
+    For each candidate delay s, a ridge regression from the frame's features x_t to label_{t+s} is fitted on all
+    training sequences; the delay whose fit has the best mean CCC wins. Returns the delay in frames.
+
+    features: per video (T, d) with NaN rows for frames without a face; labels: per video (T,) with NaN unlabelled.
+    """
+    from affect_core.metrics import average_over_sequences, sequence_metrics
+
+    steps = int(round(max_seconds / step_seconds))
+    candidates = sorted({int(round(i * step_seconds * fps)) for i in range(steps + 1)})
+    xs = [np.nan_to_num(np.asarray(f, dtype=np.float64)) for f in features]
+    stacked = np.concatenate(xs)
+    mean, std = stacked.mean(0), stacked.std(0) + 1e-8
+    xs = [np.hstack([(x - mean) / std, np.ones((len(x), 1))]) for x in xs]
+    best_shift, best_score = 0, -np.inf
+    for shift in candidates:
+        targets = [shift_labels_back(np.asarray(lab, dtype=np.float64), shift) for lab in labels]
+        rows = [np.isfinite(t) for t in targets]
+        a = np.concatenate([x[r] for x, r in zip(xs, rows, strict=True)])
+        b = np.concatenate([t[r] for t, r in zip(targets, rows, strict=True)])
+        coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
+        score = average_over_sequences(
+            [sequence_metrics(x @ coef, t) for x, t in zip(xs, targets, strict=True)]
+        )["ccc"]
+        if score > best_score:
+            best_shift, best_score = shift, score
+    return best_shift
+
+
+def _inverse_softplus(value: float) -> float:
+    return float(value + math.log(-math.expm1(-value)))

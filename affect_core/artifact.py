@@ -1,0 +1,147 @@
+"""Model artifacts: a bundle of trained models (one per affect dimension, or one joint model) that ``score`` takes.
+
+Layout of MODEL_URL (any fsspec URL):
+
+    bundle.json             format tag, feature set and names, fps, and per model: name, config, metrics, file
+    <name>.safetensors      the model's weights ("model.*") and its fitted feature transform ("transform.*")
+
+Weights are safetensors and the rest is JSON: loading never executes pickled code. ``bundle.json`` is written last, so
+a bundle is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from affect_core.config import RunConfig
+from affect_core.errors import AffectError
+from affect_core.features import FeatureTransform
+from affect_core.inference import Prediction, predict_features
+from affect_core.model import AffectModel
+from affect_core.storage import read_bytes, resolve, write_bytes_atomic
+
+BUNDLE_FORMAT = "affect-model-bundle/1"
+
+
+@dataclass
+class TrainedModel:
+    """One trained model with its feature transform, configuration and metrics."""
+
+    name: str
+    model: AffectModel
+    transform: FeatureTransform
+    config: RunConfig
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return self.config.model.affect_dimensions
+
+
+@dataclass
+class ModelBundle:
+    """The models that together predict arousal and valence (either may be missing) for one feature space."""
+
+    models: list[TrainedModel]
+    feature_names: list[str]
+    feature_set: str
+    fps: float
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(d for m in self.models for d in m.dimensions)
+
+    @property
+    def model_id(self) -> str:
+        return "+".join(f"{m.name}:{m.config.model.model}-{m.config.model.align}" for m in self.models)
+
+    def predict(self, features: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """features: (T, d) raw features of one video -> {dimension: (level (T,), variance (T,))}."""
+        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+            raise AffectError(
+                f"model bundle: expects {len(self.feature_names)} features of set {self.feature_set!r}, "
+                f"got an array of shape {features.shape}"
+            )
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for trained in self.models:
+            pred: Prediction = predict_features(trained.model, trained.transform, features)
+            for dim in trained.dimensions:
+                out[dim] = pred.track(dim)
+        return out
+
+
+def save_bundle(bundle: ModelBundle, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write the bundle under ``url`` (weights first, ``bundle.json`` last)."""
+    loc = resolve(url, storage_options)
+    entries = []
+    for trained in bundle.models:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+        for key, array in trained.transform.to_arrays().items():
+            tensors[f"transform.{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+        filename = f"{trained.name}.safetensors"
+        write_bytes_atomic(loc.fs, loc.join(filename).path, save_safetensors(tensors))
+        entries.append(
+            {"name": trained.name, "file": filename, "config": trained.config.to_dict(), "metrics": trained.metrics}
+        )
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "feature_set": bundle.feature_set,
+        "feature_names": list(bundle.feature_names),
+        "fps": bundle.fps,
+        "models": entries,
+    }
+    write_bytes_atomic(loc.fs, loc.join("bundle.json").path, json.dumps(manifest, indent=2).encode())
+
+
+def load_bundle(url: str, storage_options: dict[str, Any] | None = None, device: str = "cpu") -> ModelBundle:
+    """Read a bundle written by :func:`save_bundle`; refuses anything else with an AffectError."""
+    loc = resolve(url, storage_options)
+    where = loc.display("bundle.json")
+    try:
+        manifest = json.loads(read_bytes(loc.fs, loc.join("bundle.json").path))
+    except FileNotFoundError:
+        raise AffectError(f"{where}: no model bundle here (bundle.json missing)") from None
+    except (ValueError, UnicodeDecodeError):
+        raise AffectError(f"{where}: not valid JSON; expected an affect model bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise AffectError(f"{where}: format is not {BUNDLE_FORMAT!r}")
+    models = []
+    for entry in manifest.get("models", []):
+        file_where = loc.display(str(entry.get("file")))
+        name = str(entry.get("name", ""))
+        if not name or "/" in name or ".." in name or entry.get("file") != f"{name}.safetensors":
+            raise AffectError(f"{where}: model entry {name!r} has an invalid name or file")
+        config = RunConfig.from_dict(entry.get("config", {}), where=f"{where}: model {name}")
+        try:
+            tensors = load_safetensors(read_bytes(loc.fs, loc.join(entry["file"]).path))
+        except FileNotFoundError:
+            raise AffectError(f"{file_where}: missing weights file of model {name!r}") from None
+        except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not safetensors
+            raise AffectError(f"{file_where}: not a safetensors weights file ({type(exc).__name__})") from None
+        model = AffectModel(config.model)
+        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise AffectError(f"{file_where}: weights do not fit the model config ({first})") from None
+        transform = FeatureTransform.from_arrays(
+            {k[len("transform.") :]: v.numpy() for k, v in tensors.items() if k.startswith("transform.")}
+        )
+        model.to(device).eval()
+        models.append(TrainedModel(name, model, transform, config, entry.get("metrics", {})))
+    if not models:
+        raise AffectError(f"{where}: the bundle holds no model")
+    return ModelBundle(
+        models=models,
+        feature_names=list(manifest.get("feature_names", [])),
+        feature_set=str(manifest.get("feature_set", "")),
+        fps=float(manifest.get("fps", 0.0)),
+    )

@@ -1,0 +1,167 @@
+"""Model and training configuration: one place for the defaults, readable from and writable to YAML/JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from affect_core.errors import AffectError
+
+MODELS = ("baseline", "lstm-kf", "lstm-ekf")
+ALIGNS = ("none", "manual", "adaptive")
+DIMENSIONS = ("arousal", "valence", "joint")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one LSTM-BF-AA model (paper section III).
+
+    dimension: "arousal" or "valence" (one affect dimension, state n = 3) or "joint" (both, n = 6; valence first).
+    window: the alignment half-width D in frames; sigma2_init the initial Gaussian variance (frames^2).
+    manual_shift: the manual-alignment delay in frames; None = grid search on the train split.
+    smooth_sigma: the baseline's fixed Gaussian smoothing width in frames.
+    """
+
+    model: str = "lstm-ekf"
+    align: str = "adaptive"
+    dimension: str = "arousal"
+    input_dim: int = 0
+    hidden_sizes: tuple[int, ...] = (29, 16)
+    lstm_size: int = 16
+    fps: float = 25.0
+    window: int = 100
+    sigma2_init: float = 25.0
+    mu_init_frames: float = 0.0
+    manual_shift: int | None = None
+    smooth_sigma: float = 4.0
+    q_init: float = 1e-2
+    r_init: float = 1e-2
+    p0: float = 1.0
+    filter_method: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        check_choice("model", self.model, MODELS)
+        check_choice("align", self.align, ALIGNS)
+        check_choice("dimension", self.dimension, DIMENSIONS)
+        if self.window < 0:
+            raise AffectError(f"model config: window must be >= 0 frames, got {self.window}")
+
+    @property
+    def affect_dimensions(self) -> tuple[str, ...]:
+        """The label tracks this model predicts, in state order."""
+        return ("valence", "arousal") if self.dimension == "joint" else (self.dimension,)
+
+    @property
+    def num_dims(self) -> int:
+        return len(self.affect_dimensions)
+
+
+@dataclass
+class FeatureConfig:
+    """Feature transform fitted on the train split: z-score, optional PCA, optional mean+std pooling.
+
+    pca_share: keep the principal components explaining this share of variance (0 = no PCA; paper 0.99).
+    pooling_window: frames of the centred mean+std pooling window (0 = none; paper arousal 150, valence 100).
+    """
+
+    pca_share: float = 0.0
+    pooling_window: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: Adam with its own learning rate for the alignment parameters (see DESIGN.md section 3).
+
+    window_frames: None for full-length BPTT over whole sequences, else truncated windows of that many frames with
+    ``batch_size`` windows per step.
+    """
+
+    lr: float = 1e-3
+    lr_align: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    lambda1: float = 0.25
+    lambda2: float = 0.25
+    max_epochs: int = 100
+    patience: int = 15
+    window_frames: int | None = None
+    batch_size: int = 8
+    grad_clip: float = 5.0
+    seed: int = 0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+
+
+@dataclass
+class RunConfig:
+    """Everything ``affect train --config FILE`` accepts: model, features and training sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> RunConfig:
+        if not isinstance(data, dict):
+            raise AffectError(f"{where}: expected a mapping with sections model, features, train")
+        unknown = set(data) - {"model", "features", "train"}
+        if unknown:
+            raise AffectError(f"{where}: unknown section(s) {sorted(unknown)}; expected model, features, train")
+        return cls(
+            model=_build(ModelConfig, data.get("model", {}), f"{where}: model"),
+            features=_build(FeatureConfig, data.get("features", {}), f"{where}: features"),
+            train=_build(TrainConfig, data.get("train", {}), f"{where}: train"),
+        )
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+    @classmethod
+    def from_text(cls, text: str, *, where: str = "config") -> RunConfig:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) if text.strip() else {}
+        except yaml.YAMLError as exc:
+            raise AffectError(f"{where}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data or {}, where=where)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise AffectError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _build(kind: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise AffectError(f"{where}: expected a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise AffectError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as exc:
+        raise AffectError(f"{where}: {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_json(config: Any) -> str:
+    """A dataclass config as canonical JSON (sorted keys), e.g. for artifacts and hashes."""
+    return json.dumps(_plain(dataclasses.asdict(config)), sort_keys=True)

@@ -1,0 +1,279 @@
+"""A training run over seeds: which models to train, one seed's work, the results table and the paper-style summary.
+
+Layout of RUN_URL:
+
+    results.parquet            one row per model, seed and split (schema: RESULT_COLUMNS)
+    summary.md                 mean and std over seeds, laid out like the paper's Tables I-IV
+    model/                     the model bundle ``affect score`` takes (per model name, its best seed by dev CCC)
+    seeds/<name>-seed<k>/      every seed's bundle
+    checkpoints/<name>-seed<k>.pt   training checkpoints (``--resume`` continues from them)
+
+This module runs seeds one after the other in one process; ``tuning`` runs the same :func:`run_seed` on Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from affect_core.artifact import ModelBundle, TrainedModel, load_bundle, save_bundle
+from affect_core.config import RunConfig, check_choice
+from affect_core.data.records import Corpus
+from affect_core.errors import AffectError
+from affect_core.storage import exists, read_bytes, resolve, write_bytes_atomic
+from affect_core.training import EpochRecord, train_model
+
+TRAIN_DIMENSIONS = ("arousal", "valence", "both", "joint")
+RESULT_COLUMNS = [
+    ("model", pa.string()),
+    ("align", pa.string()),
+    ("dimension", pa.string()),
+    ("joint", pa.bool_()),
+    ("seed", pa.int32()),
+    ("split", pa.string()),
+    ("ccc", pa.float64()),
+    ("rmse", pa.float64()),
+    ("pcc", pa.float64()),
+    ("mu_frames", pa.float64()),
+    ("sigma2", pa.float64()),
+    ("epochs", pa.int32()),
+    ("train_seconds", pa.float64()),
+    ("node", pa.string()),
+    ("name", pa.string()),
+]
+RESULT_SCHEMA = pa.schema(RESULT_COLUMNS)
+
+
+@dataclass
+class SeedTask:
+    """One model to train with one seed. name: "arousal", "valence" or "joint"."""
+
+    name: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-seed{self.seed}"
+
+
+@dataclass
+class SeedOutcome:
+    task: SeedTask
+    rows: list[dict[str, Any]]
+    bundle_url: str
+    dev_ccc: float
+
+
+def plan_seed_tasks(config: RunConfig, dimension: str, seeds: Iterable[int]) -> list[SeedTask]:
+    """One task per model and seed. dimension "both" trains separate arousal and valence models; "joint" one model."""
+    check_choice("dimension", dimension, TRAIN_DIMENSIONS)
+    names = ["arousal", "valence"] if dimension == "both" else [dimension]
+    tasks = []
+    for name in names:
+        for seed in seeds:
+            task_config = copy.deepcopy(config)
+            task_config.model.dimension = name
+            task_config.train.seed = int(seed)
+            tasks.append(SeedTask(name, int(seed), task_config))
+    return tasks
+
+
+def run_seed(
+    task: SeedTask,
+    corpus: Corpus,
+    run_url: str,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    node: str | None = None,
+) -> SeedOutcome:
+    """Train one seed on the corpus's train split (early stopping on dev), save its bundle, return its result rows.
+
+    A seed whose bundle and rows already exist under ``run_url`` is not trained again when ``resume`` is set.
+    """
+    run = resolve(run_url, storage_options)
+    rows_path = run.join("seeds", task.key, "rows.json")
+    bundle_url = run.join("seeds", task.key).url
+    if resume and exists(run.fs, rows_path.path):
+        done = json.loads(read_bytes(run.fs, rows_path.path))
+        return SeedOutcome(task, done["rows"], bundle_url, done["dev_ccc"])
+    train, dev = corpus.split("train"), corpus.split("dev")
+    result = train_model(
+        train,
+        dev,
+        task.config,
+        checkpoint_path=run.join("checkpoints", f"{task.key}.pt").url,
+        resume=resume,
+        progress=progress,
+        on_epoch=on_epoch,
+        storage_options=storage_options,
+    )
+    from affect_core.inference import evaluate_videos
+
+    test = [v for v in corpus.split("test") if v.labelled]
+    if test:
+        result.metrics["test"] = evaluate_videos(result.model, result.transform, test)
+    trained = TrainedModel(task.name, result.model, result.transform, result.config, result.metrics)
+    bundle = ModelBundle([trained], corpus.feature_names, corpus.feature_set, corpus.fps)
+    save_bundle(bundle, bundle_url, storage_options)
+    node = node or socket.gethostname()
+    rows = []
+    for split, per_dim in result.metrics.items():
+        for dim, values in per_dim.items():
+            rows.append(
+                {
+                    "model": result.config.model.model,
+                    "align": result.config.model.align,
+                    "dimension": dim,
+                    "joint": task.name == "joint",
+                    "seed": task.seed,
+                    "split": split,
+                    "ccc": values["ccc"],
+                    "rmse": values["rmse"],
+                    "pcc": values["pcc"],
+                    "mu_frames": result.mu_frames,
+                    "sigma2": result.sigma2,
+                    "epochs": result.epochs,
+                    "train_seconds": result.train_seconds,
+                    "node": node,
+                    "name": task.name,
+                }
+            )
+    dev_values = [v["ccc"] for v in result.metrics.get("dev", {}).values()]
+    dev_ccc = float(np.mean(dev_values)) if dev_values else float("nan")
+    write_bytes_atomic(run.fs, rows_path.path, json.dumps({"rows": rows, "dev_ccc": dev_ccc}).encode())
+    return SeedOutcome(task, rows, bundle_url, dev_ccc)
+
+
+def finish_run(
+    outcomes: list[SeedOutcome], run_url: str, *, fps: float, storage_options: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Write results.parquet, summary.md and the best-seed bundle under ``run_url``; return their URLs."""
+    if not outcomes:
+        raise AffectError(f"{run_url}: no seed finished; nothing to write")
+    run = resolve(run_url, storage_options)
+    rows = [row for o in outcomes for row in o.rows]
+    table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(run.fs, run.join("results.parquet").path, buffer.getvalue())
+    summary = summary_markdown(rows, fps=fps)
+    write_bytes_atomic(run.fs, run.join("summary.md").path, summary.encode())
+    best: dict[str, SeedOutcome] = {}
+    for o in outcomes:
+        current = best.get(o.task.name)
+        if current is None or _better(o.dev_ccc, current.dev_ccc):
+            best[o.task.name] = o
+    models: list[TrainedModel] = []
+    first: ModelBundle | None = None
+    for name in sorted(best, key=lambda n: ("arousal", "valence", "joint").index(n)):
+        seed_bundle = load_bundle(best[name].bundle_url, storage_options)
+        first = first or seed_bundle
+        models.extend(seed_bundle.models)
+    assert first is not None
+    save_bundle(
+        ModelBundle(models, first.feature_names, first.feature_set, first.fps), run.join("model").url, storage_options
+    )
+    return {
+        "results": run.join("results.parquet").url,
+        "summary": run.join("summary.md").url,
+        "model": run.join("model").url,
+    }
+
+
+def _better(candidate: float, incumbent: float) -> bool:
+    if not np.isfinite(incumbent):
+        return bool(np.isfinite(candidate))
+    return bool(np.isfinite(candidate) and candidate > incumbent)
+
+
+def summary_markdown(rows: list[dict[str, Any]], *, fps: float) -> str:
+    """Paper-style tables: per split, CCC / RMSE / PCC as mean (std) over seeds per variant and dimension, then the
+    learned lag (Table IV: mu in frames and seconds, sigma^2)."""
+    lines = ["# Results", ""]
+    variants = sorted({(r["model"], r["align"], r["joint"]) for r in rows})
+    dims = [d for d in ("arousal", "valence") if any(r["dimension"] == d for r in rows)]
+    splits = [s for s in ("train", "dev", "test") if any(r["split"] == s for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
+    lines.append(f"Mean (std) over {len(seeds)} seed(s): {', '.join(map(str, seeds))}. Metrics per sequence, "
+                 "averaged over the sequences of a split (AVEC protocol).")
+    for split in splits:
+        lines += ["", f"## {split} split", ""]
+        header = "| variant | " + " | ".join(f"{d} {m}" for d in dims for m in ("CCC", "RMSE", "PCC")) + " |"
+        lines += [header, "|" + "---|" * (1 + 3 * len(dims))]
+        for model, align, joint in variants:
+            cells = []
+            for dim in dims:
+                sel = [r for r in rows if (r["model"], r["align"], r["joint"]) == (model, align, joint)
+                       and r["dimension"] == dim and r["split"] == split]
+                for metric in ("ccc", "rmse", "pcc"):
+                    cells.append(_mean_std([r[metric] for r in sel]))
+            lines.append(f"| {variant_label(model, align, joint)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Learned lag", "", "| variant | model | mu (frames) | mu (s) | sigma^2 (frames^2) |",
+              "|---|---|---|---|---|"]
+    for model, align, joint in variants:
+        for name in sorted({r["name"] for r in rows if (r["model"], r["align"], r["joint"]) == (model, align, joint)}):
+            by_seed = {r["seed"]: r for r in rows if (r["model"], r["align"], r["joint"], r["name"])
+                       == (model, align, joint, name)}
+            mus = [r["mu_frames"] for r in by_seed.values()]
+            lines.append(
+                f"| {variant_label(model, align, joint)} | {name} | {_mean_std(mus)} | "
+                f"{_mean_std([m / fps for m in mus])} | {_mean_std([r['sigma2'] for r in by_seed.values()])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def variant_label(model: str, align: str, joint: bool) -> str:
+    """The paper's naming: LSTM, LSTM-KF, LSTM-EKF with -MA / -AA, and * for the joint valence+arousal variant."""
+    name = {"baseline": "LSTM", "lstm-kf": "LSTM-KF", "lstm-ekf": "LSTM-EKF"}[model]
+    name += {"none": "", "manual": "-MA", "adaptive": "-AA"}[align]
+    return name + ("*" if joint else "")
+
+
+def _mean_std(values: list[float]) -> str:
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return "n/a"
+    return f"{arr.mean():.3f} ({arr.std():.3f})"
+
+
+def read_results(run_url: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    run = resolve(run_url, storage_options)
+    try:
+        return pq.read_table(io.BytesIO(read_bytes(run.fs, run.join("results.parquet").path)))
+    except FileNotFoundError:
+        raise AffectError(f"{run.display('results.parquet')}: no results here; run `affect train` first") from None
+
+
+def train_run(
+    corpus: Corpus,
+    run_url: str,
+    config: RunConfig,
+    *,
+    dimension: str,
+    seeds: int,
+    resume: bool = False,
+    progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Train every seed one after the other in this process and write the run's outputs."""
+    tasks = plan_seed_tasks(config, dimension, range(seeds))
+    outcomes = []
+    from tqdm.auto import tqdm
+
+    for task in tqdm(tasks, desc="seeds", disable=not progress):
+        outcomes.append(run_seed(task, corpus, run_url, resume=resume, progress=progress,
+                                 storage_options=storage_options))
+    return finish_run(outcomes, run_url, fps=corpus.fps, storage_options=storage_options)

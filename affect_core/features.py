@@ -1,0 +1,116 @@
+"""Feature transform fitted on the train split only and saved inside the model artifact.
+
+Steps, in order: z-score standardisation, optional PCA keeping a share of the variance (paper: 99%), optional centred
+window mean+std pooling (paper: arousal 150 frames, valence 100). Frames without a face (NaN rows) stay NaN through
+standardisation and PCA; pooling averages over the frames of the window that have a face, and a window with none stays
+NaN. Scoring applies exactly the saved transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from affect_core.config import FeatureConfig
+from affect_core.errors import AffectError
+
+
+@dataclass
+class FeatureTransform:
+    """A fitted transform. mean, scale: (d,); components: (d, p) or None; pooling_window: frames (0 = none)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray | None
+    pooling_window: int
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def output_dim(self) -> int:
+        width = self.input_dim if self.components is None else int(self.components.shape[1])
+        return 2 * width if self.pooling_window > 0 else width
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        """features: (T, d) float with NaN rows -> (T, output_dim) float32 with NaN rows where no face remains."""
+        if features.ndim != 2 or features.shape[1] != self.input_dim:
+            raise AffectError(
+                f"feature transform: expected features of shape (frames, {self.input_dim}), got {features.shape}"
+            )
+        x = (features.astype(np.float64) - self.mean) / self.scale
+        if self.components is not None:
+            x = x @ self.components
+        if self.pooling_window > 0:
+            x = window_mean_std(x, self.pooling_window)
+        return x.astype(np.float32)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            "mean": self.mean.astype(np.float64),
+            "scale": self.scale.astype(np.float64),
+            "pooling_window": np.array([self.pooling_window], dtype=np.int64),
+        }
+        if self.components is not None:
+            arrays["components"] = self.components.astype(np.float64)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureTransform:
+        try:
+            return cls(
+                mean=np.asarray(arrays["mean"], dtype=np.float64),
+                scale=np.asarray(arrays["scale"], dtype=np.float64),
+                components=None if "components" not in arrays else np.asarray(arrays["components"], np.float64),
+                pooling_window=int(np.asarray(arrays["pooling_window"])[0]),
+            )
+        except KeyError as exc:
+            raise AffectError(f"feature transform: missing array {exc} in the model artifact") from None
+
+
+def fit_feature_transform(train_features: list[np.ndarray], config: FeatureConfig) -> FeatureTransform:
+    """Fit on the frames with a face of the training videos. train_features: per video (T, d), NaN rows allowed."""
+    if not train_features:
+        raise AffectError("feature transform: the train split has no videos to fit on")
+    stacked = np.concatenate([np.asarray(f, dtype=np.float64) for f in train_features])
+    stacked = stacked[np.isfinite(stacked).all(axis=1)]
+    if len(stacked) < 2:
+        raise AffectError("feature transform: the train split has fewer than 2 frames with a face")
+    mean = stacked.mean(axis=0)
+    scale = stacked.std(axis=0)
+    scale[scale < 1e-8] = 1.0
+    components = None
+    if config.pca_share > 0:
+        if not 0 < config.pca_share <= 1:
+            raise AffectError(f"features: pca_share must lie in (0, 1], got {config.pca_share}")
+        z = (stacked - mean) / scale
+        _, singular, vt = np.linalg.svd(z, full_matrices=False)
+        share = np.cumsum(singular**2) / np.sum(singular**2)
+        keep = int(np.searchsorted(share, config.pca_share - 1e-12) + 1)
+        components = vt[:keep].T
+    return FeatureTransform(mean, scale, components, int(config.pooling_window))
+
+
+def window_mean_std(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving mean and standard deviation over ``window`` frames, ignoring NaN rows.
+
+    x: (T, p) -> (T, 2p) = [mean, std]. Cumulative sums keep it O(T p) whatever the window.
+    """
+    t = x.shape[0]
+    valid = np.isfinite(x).all(axis=1)
+    filled = np.where(valid[:, None], x, 0.0)
+    zero = np.zeros((1, x.shape[1]))
+    c1 = np.vstack([zero, np.cumsum(filled, axis=0)])
+    c2 = np.vstack([zero, np.cumsum(filled**2, axis=0)])
+    cn = np.concatenate([[0], np.cumsum(valid)])
+    lo = np.clip(np.arange(t) - window // 2, 0, t)
+    hi = np.clip(np.arange(t) - window // 2 + window, 0, t)
+    n = (cn[hi] - cn[lo]).astype(np.float64)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (c1[hi] - c1[lo]) / n
+        var = np.maximum((c2[hi] - c2[lo]) / n - mean**2, 0.0)
+    out = np.hstack([mean, np.sqrt(var)])
+    out[n[:, 0] == 0] = np.nan
+    return out

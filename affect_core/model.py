@@ -1,0 +1,145 @@
+"""The LSTM-BF-AA model family (paper section III), readable top to bottom.
+
+    features x_t (NaN row = no face)
+      -> front-end: [x_t, mask_t] -> FF(29)+ReLU -> FF(16)+ReLU -> LSTM(16) -> FC(m)+tanh = observation o_t
+      -> smoother: baseline = fixed Gaussian; lstm-kf = Kalman filter; lstm-ekf = extended Kalman filter
+         (frames without a face are predict-only filter steps)
+      -> alignment: none | manual (fixed delay) | adaptive (learnable Gaussian, mu and sigma^2)
+      -> y_t = [level, d level, d2 level] per affect dimension
+
+One configuration (:class:`affect_core.config.ModelConfig`) selects every variant of the paper's Tables I-III.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from affect_core.alignment import AdaptiveAlignment, FixedGaussianSmoothing, FixedShift, lagged_convolution
+from affect_core.config import ModelConfig
+from affect_core.errors import AffectError
+
+
+@dataclass
+class ModelOutput:
+    """Per-frame outputs. B sequences, T frames, n = 3 x affect dimensions.
+
+    y: (B, T, n) aligned prediction (level, first and second derivative per dimension).
+    z: (B, T, n) filtered state (for the baseline: the smoothed observation).
+    P: (B, T, n, n) filter covariance, or None for the baseline (no filter).
+    y_var: (B, T, k) variance of each aligned level (alignment weights applied to P's level diagonal), or None.
+    observations: (B, T, n) the front-end's observations o_t.
+    """
+
+    y: Tensor
+    z: Tensor
+    P: Tensor | None
+    y_var: Tensor | None
+    observations: Tensor
+
+    def levels(self) -> Tensor:
+        """(B, T, k): the predicted level of each affect dimension."""
+        return self.y[..., 0::3]
+
+
+class FrontEnd(nn.Module):
+    """Per-frame feed-forward layers, a unidirectional LSTM and a tanh output layer: x (B, T, d) -> o (B, T, m).
+
+    The input is the feature vector with NaN rows replaced by zeros, plus one mask channel (1 = face present).
+    """
+
+    def __init__(self, input_dim: int, hidden_sizes: tuple[int, ...], lstm_size: int, output_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = input_dim + 1
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.feed_forward = nn.Sequential(*layers)
+        self.lstm = nn.LSTM(width, lstm_size, batch_first=True)
+        self.head = nn.Linear(lstm_size, output_dim)
+
+    def forward(
+        self, x: Tensor, mask: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: (B, T, d) with zeros where mask is False; mask: (B, T) bool. Returns o (B, T, m) and the LSTM state."""
+        h = self.feed_forward(torch.cat([x, mask.unsqueeze(-1).to(x.dtype)], dim=-1))
+        h, state = self.lstm(h, state)
+        return torch.tanh(self.head(h)), state
+
+
+class AffectModel(nn.Module):
+    """LSTM + Bayesian filter + alignment. See the module docstring for the data flow."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.input_dim <= 0:
+            raise AffectError(f"model config: input_dim must be positive, got {config.input_dim}")
+        self.config = config
+        k = config.num_dims
+        self.state_dim = 3 * k
+        self.frontend = FrontEnd(config.input_dim, config.hidden_sizes, config.lstm_size, self.state_dim)
+        self.filter: nn.Module | None = None
+        self.smoothing: nn.Module | None = None
+        if config.model == "baseline":
+            self.smoothing = FixedGaussianSmoothing(config.smooth_sigma)
+        else:
+            import affect_core.filters as filters
+
+            kind = filters.KalmanFilter if config.model == "lstm-kf" else filters.ExtendedKalmanFilter
+            self.filter = kind(
+                num_dims=k,
+                fps=config.fps,
+                q_init=config.q_init,
+                r_init=config.r_init,
+                p0=config.p0,
+                method=config.filter_method,
+            )
+        self.alignment: nn.Module | None = None
+        if config.align == "adaptive":
+            self.alignment = AdaptiveAlignment(
+                window=config.window, mu_init=config.mu_init_frames, sigma2_init=config.sigma2_init
+            )
+        elif config.align == "manual":
+            self.alignment = FixedShift(config.manual_shift or 0)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> ModelOutput:
+        """x: (B, T, d) features, NaN rows for frames without a face; mask: optional (B, T) bool, True = observed."""
+        if x.dim() != 3 or x.shape[-1] != self.config.input_dim:
+            raise AffectError(f"model input: expected shape (B, T, {self.config.input_dim}), got {tuple(x.shape)}")
+        observed = torch.isfinite(x).all(-1)
+        if mask is not None:
+            observed = observed & mask
+        x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+        o, _ = self.frontend(x, observed)
+        P = None
+        if self.filter is not None:
+            out = self.filter(o, mask=observed)
+            z, P = out.states, out.covariances
+        else:
+            z = self.smoothing(o)
+        y = z if self.alignment is None else self.alignment(z)
+        y_var = None if P is None else self._aligned_level_variance(P)
+        return ModelOutput(y=y, z=z, P=P, y_var=y_var, observations=o)
+
+    def _aligned_level_variance(self, P: Tensor) -> Tensor:
+        level_var = torch.diagonal(P, dim1=-2, dim2=-1)[..., 0::3]
+        if isinstance(self.alignment, AdaptiveAlignment):
+            return lagged_convolution(level_var, self.alignment.weights().to(P.dtype))
+        if self.alignment is not None:
+            return self.alignment(level_var)
+        return level_var
+
+    def alignment_parameters(self) -> list[nn.Parameter]:
+        """The parameters that get their own learning rate (mu', s)."""
+        return list(self.alignment.parameters()) if isinstance(self.alignment, AdaptiveAlignment) else []
+
+    def learned_lag(self) -> tuple[float, float]:
+        """(mu in frames, sigma^2) of the alignment: learned for AA, the fixed delay for MA, (0, 0) otherwise."""
+        if isinstance(self.alignment, AdaptiveAlignment):
+            return float(self.alignment.mu.detach()), float(self.alignment.sigma2.detach())
+        if isinstance(self.alignment, FixedShift):
+            return float(self.alignment.shift), 0.0
+        return 0.0, 0.0
