@@ -51,12 +51,16 @@ def train(
     dataset_url: Annotated[str, typer.Argument(help="Dataset written by `affect ingest` (path or fsspec URL).")],
     out: Annotated[str, typer.Option("--out", help="Run URL: results.parquet, summary.md, model/ go here.")],
     dimension: Annotated[str, typer.Option(help="arousal | valence | both (two models) | joint (one model).")] = "both",
-    model: Annotated[str | None, typer.Option(help="baseline | lstm-kf | lstm-ekf (default: config or lstm-ekf).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="baseline | lstm-kf | lstm-ekf (default: config or lstm-ekf).")
+    ] = None,
     align: Annotated[str | None, typer.Option(help="none | manual | adaptive (default: config or adaptive).")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1) per model.")] = 1,
     epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs (early stopping on dev CCC).")] = None,
     feature_set: Annotated[str | None, typer.Option(help="Feature set name(s), comma-joined for fusion.")] = None,
-    config: Annotated[str | None, typer.Option(help="YAML/JSON run config (e.g. the best config of `affect tune`).")] = None,
+    config: Annotated[
+        str | None, typer.Option(help="YAML/JSON run config (e.g. the best config of `affect tune`).")
+    ] = None,
     window_frames: Annotated[
         int | None, typer.Option(help="Truncated BPTT windows of this many frames (0 = whole sequences).")
     ] = None,
@@ -70,8 +74,10 @@ def train(
     run_config = load_run_config(config, model=model, align=align, epochs=epochs, window_frames=window_frames)
     corpus = read_corpus(dataset_url, splits=None, feature_set=feature_set)
     outputs = train_run(corpus, out, run_config, dimension=dimension, seeds=seeds, resume=resume, progress=progress)
-    typer.echo(f"trained {dimension} {run_config.model.model}/{run_config.model.align} x {seeds} seed(s): "
-               f"results {outputs['results']}, summary {outputs['summary']}, model {outputs['model']}")
+    typer.echo(
+        f"trained {dimension} {run_config.model.model}/{run_config.model.align} x {seeds} seed(s): "
+        f"results {outputs['results']}, summary {outputs['summary']}, model {outputs['model']}"
+    )
 
 
 def score(
@@ -93,8 +99,10 @@ def score(
     total = sum(len(v) for s, v in info.videos.items() if not split or s in split)
     videos = iter_videos(data_url, splits=split or None, feature_set=feature_set)
     result = score_videos(bundle, videos, out, feature_names=names, progress=progress, total=total)
-    typer.echo(f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s "
-               f"({result.frames_per_second:.0f} frames/s, {result.skipped} already done) -> {result.url}")
+    typer.echo(
+        f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s "
+        f"({result.frames_per_second:.0f} frames/s, {result.skipped} already done) -> {result.url}"
+    )
 
 
 def _selected_names(info, feature_set: str | None) -> list[str]:
@@ -107,7 +115,9 @@ def _selected_names(info, feature_set: str | None) -> list[str]:
 def evaluate(
     pred_url: Annotated[str, typer.Argument(help="Predictions URL written by `affect score`.")],
     dataset_url: Annotated[str, typer.Argument(help="Dataset with the gold-standard labels.")],
-    out: Annotated[str | None, typer.Option(help="Where to write the metrics JSON (default PRED_URL/_evaluation.json).")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Where to write the metrics JSON (default PRED_URL/_evaluation.json).")
+    ] = None,
 ) -> None:
     """CCC, RMSE and Pearson CC per split and dimension, per sequence then averaged (AVEC protocol)."""
     import json
@@ -135,11 +145,28 @@ def demo(
 
     out.mkdir(parents=True, exist_ok=True)
     corpus_dir, dataset, run, preds = (str(out / n) for n in ("corpus", "dataset", "run", "predictions"))
-    synth_command(corpus_dir, layout="avec2016", videos_per_split=videos_per_split, frames=frames,
-                  appearance_dim=84, geometric_dim=316, seed=0, test_labels=True)
+    synth_command(
+        corpus_dir,
+        layout="avec2016",
+        videos_per_split=videos_per_split,
+        frames=frames,
+        appearance_dim=84,
+        geometric_dim=316,
+        seed=0,
+        test_labels=True,
+    )
     ingest_command(corpus_dir, dataset, layout="avec2016")
-    train(dataset, out=run, dimension="both", model="lstm-ekf", align="adaptive", seeds=1, epochs=epochs,
-          window_frames=500, feature_set="appearance")
+    train(
+        dataset,
+        out=run,
+        dimension="both",
+        model="lstm-ekf",
+        align="adaptive",
+        seeds=1,
+        epochs=epochs,
+        window_frames=500,
+        feature_set="appearance",
+    )
     score(dataset, model_url=str(out / "run" / "model"), out=preds)
     evaluate(preds, dataset)
     typer.echo((out / "run" / "summary.md").read_text())

@@ -138,9 +138,7 @@ def choose_manual_shift(
         a = np.concatenate([x[r] for x, r in zip(xs, rows, strict=True)])
         b = np.concatenate([t[r] for t, r in zip(targets, rows, strict=True)])
         coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
-        score = average_over_sequences(
-            [sequence_metrics(x @ coef, t) for x, t in zip(xs, targets, strict=True)]
-        )["ccc"]
+        score = average_over_sequences([sequence_metrics(x @ coef, t) for x, t in zip(xs, targets, strict=True)])["ccc"]
         if score > best_score:
             best_shift, best_score = shift, score
     return best_shift

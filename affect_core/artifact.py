@@ -88,7 +88,12 @@ def save_bundle(bundle: ModelBundle, url: str, storage_options: dict[str, Any] |
         filename = f"{trained.name}.safetensors"
         write_bytes_atomic(loc.fs, loc.join(filename).path, save_safetensors(tensors))
         entries.append(
-            {"name": trained.name, "file": filename, "config": trained.config.to_dict(), "metrics": trained.metrics}
+            {
+                "name": trained.name,
+                "file": filename,
+                "config": trained.config.to_dict(),
+                "metrics": trained.metrics,
+            }
         )
     manifest = {
         "format": BUNDLE_FORMAT,

@@ -106,9 +106,10 @@ def run_seed(
     run = resolve(run_url, storage_options)
     rows_path = run.join("seeds", task.key, "rows.json")
     bundle_url = run.join("seeds", task.key).url
-    if resume and exists(run.fs, rows_path.path):
-        done = json.loads(read_bytes(run.fs, rows_path.path))
-        return SeedOutcome(task, done["rows"], bundle_url, done["dev_ccc"])
+    if resume:
+        done = load_seed_outcome(task, run_url, storage_options)
+        if done is not None:
+            return done
     train, dev = corpus.split("train"), corpus.split("dev")
     result = train_model(
         train,
@@ -157,6 +158,18 @@ def run_seed(
     return SeedOutcome(task, rows, bundle_url, dev_ccc)
 
 
+def load_seed_outcome(
+    task: SeedTask, run_url: str, storage_options: dict[str, Any] | None = None
+) -> SeedOutcome | None:
+    """The outcome of a seed that finished under ``run_url`` (its rows file exists), else None."""
+    run = resolve(run_url, storage_options)
+    rows_path = run.join("seeds", task.key, "rows.json")
+    if not exists(run.fs, rows_path.path):
+        return None
+    done = json.loads(read_bytes(run.fs, rows_path.path))
+    return SeedOutcome(task, done["rows"], run.join("seeds", task.key).url, done["dev_ccc"])
+
+
 def finish_run(
     outcomes: list[SeedOutcome], run_url: str, *, fps: float, storage_options: dict[str, Any] | None = None
 ) -> dict[str, str]:
@@ -184,7 +197,9 @@ def finish_run(
         models.extend(seed_bundle.models)
     assert first is not None
     save_bundle(
-        ModelBundle(models, first.feature_names, first.feature_set, first.fps), run.join("model").url, storage_options
+        ModelBundle(models, first.feature_names, first.feature_set, first.fps),
+        run.join("model").url,
+        storage_options,
     )
     return {
         "results": run.join("results.parquet").url,
@@ -207,8 +222,10 @@ def summary_markdown(rows: list[dict[str, Any]], *, fps: float) -> str:
     dims = [d for d in ("arousal", "valence") if any(r["dimension"] == d for r in rows)]
     splits = [s for s in ("train", "dev", "test") if any(r["split"] == s for r in rows)]
     seeds = sorted({r["seed"] for r in rows})
-    lines.append(f"Mean (std) over {len(seeds)} seed(s): {', '.join(map(str, seeds))}. Metrics per sequence, "
-                 "averaged over the sequences of a split (AVEC protocol).")
+    lines.append(
+        f"Mean (std) over {len(seeds)} seed(s): {', '.join(map(str, seeds))}. Metrics per sequence, "
+        "averaged over the sequences of a split (AVEC protocol)."
+    )
     for split in splits:
         lines += ["", f"## {split} split", ""]
         header = "| variant | " + " | ".join(f"{d} {m}" for d in dims for m in ("CCC", "RMSE", "PCC")) + " |"
@@ -216,17 +233,30 @@ def summary_markdown(rows: list[dict[str, Any]], *, fps: float) -> str:
         for model, align, joint in variants:
             cells = []
             for dim in dims:
-                sel = [r for r in rows if (r["model"], r["align"], r["joint"]) == (model, align, joint)
-                       and r["dimension"] == dim and r["split"] == split]
+                sel = [
+                    r
+                    for r in rows
+                    if (r["model"], r["align"], r["joint"]) == (model, align, joint)
+                    and r["dimension"] == dim
+                    and r["split"] == split
+                ]
                 for metric in ("ccc", "rmse", "pcc"):
                     cells.append(_mean_std([r[metric] for r in sel]))
             lines.append(f"| {variant_label(model, align, joint)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Learned lag", "", "| variant | model | mu (frames) | mu (s) | sigma^2 (frames^2) |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Learned lag",
+        "",
+        "| variant | model | mu (frames) | mu (s) | sigma^2 (frames^2) |",
+        "|---|---|---|---|---|",
+    ]
     for model, align, joint in variants:
         for name in sorted({r["name"] for r in rows if (r["model"], r["align"], r["joint"]) == (model, align, joint)}):
-            by_seed = {r["seed"]: r for r in rows if (r["model"], r["align"], r["joint"], r["name"])
-                       == (model, align, joint, name)}
+            by_seed = {
+                r["seed"]: r
+                for r in rows
+                if (r["model"], r["align"], r["joint"], r["name"]) == (model, align, joint, name)
+            }
             mus = [r["mu_frames"] for r in by_seed.values()]
             lines.append(
                 f"| {variant_label(model, align, joint)} | {name} | {_mean_std(mus)} | "
@@ -274,6 +304,7 @@ def train_run(
     from tqdm.auto import tqdm
 
     for task in tqdm(tasks, desc="seeds", disable=not progress):
-        outcomes.append(run_seed(task, corpus, run_url, resume=resume, progress=progress,
-                                 storage_options=storage_options))
+        outcomes.append(
+            run_seed(task, corpus, run_url, resume=resume, progress=progress, storage_options=storage_options)
+        )
     return finish_run(outcomes, run_url, fps=corpus.fps, storage_options=storage_options)

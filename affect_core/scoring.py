@@ -103,6 +103,16 @@ def finished_videos(out: Location) -> set[str]:
     return {n[len("part-") : -len(".parquet")] for n in names if n.startswith("part-") and n.endswith(".parquet")}
 
 
+def write_manifest(out: Location, model_id: str, video_ids: Iterable[str]) -> None:
+    """Write ``_manifest.json`` last, once every video's file exists: the job is complete."""
+    manifest = {
+        "model_id": model_id,
+        "videos": sorted(video_ids),
+        "schema": [f.name for f in PREDICTION_SCHEMA],
+    }
+    write_bytes_atomic(out.fs, out.join(MANIFEST).path, json.dumps(manifest, indent=2).encode())
+
+
 def score_videos(
     bundle: ModelBundle,
     videos: Iterable[Video],
@@ -128,8 +138,7 @@ def score_videos(
             continue
         write_video_predictions(out, prediction_table(bundle, video, model_id), video.video_id)
         frames += video.num_frames
-    manifest = {"model_id": model_id, "videos": sorted(ids), "schema": [f.name for f in PREDICTION_SCHEMA]}
-    write_bytes_atomic(out.fs, out.join(MANIFEST).path, json.dumps(manifest, indent=2).encode())
+    write_manifest(out, model_id, ids)
     return ScoreResult(out.url, len(ids), frames, skipped, time.perf_counter() - started)
 
 
@@ -170,8 +179,7 @@ def evaluate_predictions(
                 continue
             if frames.max(initial=-1) >= len(gold) or len(frames) != len(gold):
                 raise AffectError(
-                    f"predictions: video {video.video_id!r} has {len(frames)} predicted frames, labels have "
-                    f"{len(gold)}"
+                    f"predictions: video {video.video_id!r} has {len(frames)} predicted frames, labels have {len(gold)}"
                 )
             aligned = np.full(len(gold), np.nan)
             aligned[frames] = pred_col
@@ -188,9 +196,11 @@ def evaluate_predictions(
 
 def evaluation_markdown(result: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = ["| split | dimension | sequences | CCC | RMSE | PCC |", "|---|---|---|---|---|---|"]
-    for split in sorted(result, key=lambda s: ("train", "dev", "test").index(s) if s in ("train", "dev", "test")
-                        else 9):
+    for split in sorted(
+        result, key=lambda s: ("train", "dev", "test").index(s) if s in ("train", "dev", "test") else 9
+    ):
         for dim, m in result[split].items():
-            lines.append(f"| {split} | {dim} | {int(m['sequences'])} | {m['ccc']:.4f} | {m['rmse']:.4f} | "
-                         f"{m['pcc']:.4f} |")
+            lines.append(
+                f"| {split} | {dim} | {int(m['sequences'])} | {m['ccc']:.4f} | {m['rmse']:.4f} | {m['pcc']:.4f} |"
+            )
     return "\n".join(lines) + "\n"

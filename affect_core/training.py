@@ -166,7 +166,11 @@ def train_model(
         rng.bit_generator.state = ckpt["numpy_rng"]
     history = [EpochRecord(**r) for r in state["history"]]
     bar = tqdm(
-        total=config.train.max_epochs, initial=state["epoch"], disable=not progress, desc="epochs", leave=False
+        total=config.train.max_epochs,
+        initial=state["epoch"],
+        disable=not progress,
+        desc="epochs",
+        leave=False,
     )
     while state["epoch"] < config.train.max_epochs and state["bad_epochs"] < config.train.patience:
         t0 = time.perf_counter()
@@ -175,9 +179,7 @@ def train_model(
         for batch in epoch_batches(train_items, config.train.window_frames, config.train.batch_size, rng):
             optimizer.zero_grad()
             out = model(batch.x)
-            loss = affect_loss(
-                out.y, batch.labels, fps=fps, lambda1=config.train.lambda1, lambda2=config.train.lambda2
-            )
+            loss = affect_loss(out.y, batch.labels, fps=fps, lambda1=config.train.lambda1, lambda2=config.train.lambda2)
             if not torch.isfinite(loss):
                 raise AffectError(f"training: the loss became {float(loss)} at epoch {state['epoch'] + 1}")
             loss.backward()

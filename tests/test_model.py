@@ -1,0 +1,88 @@
+"""The model family: every variant builds and runs, outputs have the documented shapes, missing faces are
+predict-only filter steps, and the learned lag is reported."""
+
+import itertools
+
+import pytest
+import torch
+
+from affect_core.config import ALIGNS, MODELS, ModelConfig
+from affect_core.errors import AffectError
+from affect_core.model import AffectModel
+
+
+def make(model="lstm-kf", align="adaptive", dimension="arousal", **kw):
+    torch.manual_seed(0)
+    return AffectModel(ModelConfig(model=model, align=align, dimension=dimension, input_dim=5, window=10, **kw))
+
+
+@pytest.mark.parametrize("model,align,dimension", list(itertools.product(MODELS, ALIGNS, ["arousal", "joint"])))
+def test_every_variant_is_one_configuration_away(model, align, dimension):
+    m = make(model, align, dimension, manual_shift=3)
+    x = torch.randn(2, 40, 5)
+    out = m(x)
+    n = 6 if dimension == "joint" else 3
+    assert out.y.shape == (2, 40, n) and out.z.shape == (2, 40, n)
+    assert out.levels().shape == (2, 40, n // 3)
+    if model == "baseline":
+        assert out.P is None and out.y_var is None
+    else:
+        assert out.P.shape == (2, 40, n, n)
+        assert out.y_var.shape == (2, 40, n // 3) and bool((out.y_var > 0).all())
+    out.y.sum().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    mu, sigma2 = m.learned_lag()
+    if align == "adaptive":
+        assert sigma2 > 0
+    elif align == "manual":
+        assert (mu, sigma2) == (3.0, 0.0)
+    else:
+        assert (mu, sigma2) == (0.0, 0.0)
+
+
+def test_joint_variant_orders_valence_first():
+    assert ModelConfig(dimension="joint").affect_dimensions == ("valence", "arousal")
+
+
+@pytest.mark.parametrize("model", ["lstm-kf", "lstm-ekf"])
+def test_frames_without_a_face_are_predict_only_steps(model):
+    """NaN features: the LSTM sees zeros plus a mask, the filter skips the update, and the covariance grows."""
+    m = make(model, "none")
+    x = torch.randn(1, 60, 5)
+    x[0, 20:40] = float("nan")
+    out = m(x)
+    assert torch.isfinite(out.y).all()
+    level_var = out.P[0, :, 0, 0]
+    # without updates the level variance grows monotonically through the gap, then shrinks at the next update
+    assert bool((level_var[21:40] > level_var[20:39]).all())
+    assert float(level_var[40].detach()) < float(level_var[39].detach())
+    # the filter's state in the gap follows its own prediction: z_t = F z_{t-1} (KF) / f(z_{t-1}) (EKF)
+    z = out.z[0]
+    if model == "lstm-kf":
+        predicted = z[24] @ m.filter.F.detach().T
+    else:
+        predicted = torch.tanh(z[24] @ m.filter.W_f.detach().T + m.filter.b_f.detach())
+    assert torch.allclose(z[25], predicted, atol=1e-5)
+
+
+def test_mask_argument_equals_nan_rows():
+    m = make("lstm-kf", "adaptive")
+    x = torch.randn(1, 50, 5)
+    mask = torch.ones(1, 50, dtype=torch.bool)
+    mask[0, 10:15] = False
+    x_nan = x.clone()
+    x_nan[0, 10:15] = float("nan")
+    a, b = m(x, mask=mask), m(x_nan)
+    assert torch.allclose(a.y, b.y, atol=1e-6)
+
+
+def test_wrong_input_width_is_a_clear_error():
+    with pytest.raises(AffectError, match=r"expected shape \(B, T, 5\)"):
+        make()(torch.randn(1, 10, 4))
+
+
+def test_unknown_variant_names_are_refused():
+    with pytest.raises(AffectError, match="model must be one of"):
+        ModelConfig(model="lstm-ukf")
+    with pytest.raises(AffectError, match="align must be one of"):
+        ModelConfig(align="auto")

@@ -1,0 +1,72 @@
+"""affect_core.storage: URLs to filesystems, S3 endpoint resolution, atomic small writes, redaction."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pyarrow.fs as pafs
+import pytest
+
+from affect_core import storage
+from affect_core.errors import AffectError
+
+
+def test_local_path_and_file_url_resolve_to_the_same_place(tmp_path):
+    plain = storage.resolve(str(tmp_path / "ds"))
+    url = storage.resolve(f"file://{tmp_path}/ds")
+    assert plain.path == url.path == str(tmp_path / "ds")
+    assert plain.is_local and plain.protocol in ("file", "local")
+    assert isinstance(plain.arrow_filesystem(), pafs.LocalFileSystem)
+
+
+def test_memory_url_round_trip_and_listing():
+    loc = storage.resolve(f"memory://affect-test-{uuid.uuid4().hex}/root")
+    assert loc.protocol == "memory"
+    storage.write_bytes_atomic(loc.fs, storage.join(loc.path, "a", "x.json"), b"{}")
+    storage.write_bytes_atomic(loc.fs, storage.join(loc.path, "b.txt"), b"hello")
+    assert storage.list_dir(loc.fs, loc.path) == [("a", "directory"), ("b.txt", "file")]
+    assert storage.read_bytes(loc.fs, storage.join(loc.path, "b.txt")) == b"hello"
+    assert loc.exists("a/x.json") and not loc.exists("missing")
+    assert storage.list_dir(loc.fs, storage.join(loc.path, "missing")) == []
+    assert isinstance(loc.arrow_filesystem(), pafs.PyFileSystem)
+
+
+def test_atomic_local_write_replaces_whole_and_leaves_no_temporary(tmp_path):
+    fs = storage.resolve(str(tmp_path)).fs
+    target = str(tmp_path / "sub" / "manifest.json")
+    storage.write_bytes_atomic(fs, target, b"first")
+    storage.write_bytes_atomic(fs, target, b"second")
+    assert open(target, "rb").read() == b"second"
+    assert os.listdir(tmp_path / "sub") == ["manifest.json"]
+
+
+def test_join_never_doubles_or_drops_separators():
+    assert storage.join("s3://bucket/prefix/", "/_manifests", "v1.json") == "s3://bucket/prefix/_manifests/v1.json"
+    assert storage.join("/data", "a/b", "") == "/data/a/b"
+    assert storage.join("/", "x") == "/x"
+
+
+def test_s3_endpoint_comes_from_options_then_affect_env_then_aws_env(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1111")
+    monkeypatch.delenv("AFFECT_S3_ENDPOINT", raising=False)
+    assert storage.s3_storage_options()["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:1111"
+    monkeypatch.setenv("AFFECT_S3_ENDPOINT", "http://127.0.0.1:2222")
+    assert storage.s3_storage_options()["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:2222"
+    explicit = storage.s3_storage_options({"endpoint_url": "http://127.0.0.1:3333", "anon": False})
+    assert explicit == {"anon": False, "client_kwargs": {"endpoint_url": "http://127.0.0.1:3333"}}
+    nested = storage.s3_storage_options({"client_kwargs": {"endpoint_url": "http://127.0.0.1:4444"}})
+    assert nested["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:4444"
+
+
+def test_redact_removes_credentials_from_urls():
+    assert storage.redact("s3://AKIAXXXX:supersecret@bucket/x") == "s3://bucket/x"
+    assert storage.redact("https://h/p?X-Amz-Signature=abc&token=t&part=2") == "https://h/p?part=2"
+    assert "secret" not in storage.redact("https://h/p?secret_key=zzz")
+
+
+def test_unknown_protocol_is_an_affect_error():
+    with pytest.raises(AffectError, match="unsupported storage URL"):
+        storage.resolve("nosuchproto://bucket/x")
+    with pytest.raises(AffectError, match="empty"):
+        storage.resolve("")
