@@ -41,9 +41,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -56,6 +56,7 @@ ENV_FILE = "env.sh"
 
 logger = logging.getLogger(__name__)
 
+_SCRATCH_PREFIX = "affect-ray-"
 _handed_out_ports: set[int] = set()
 
 # Runs Ray's own CLI with address resolution pinned to loopback; see the module docstring.
@@ -311,9 +312,9 @@ class _Launch:
     def processes(self) -> list[psutil.Process]:
         return [] if self.popen is None else _process_tree(self.pid, self.create_time)
 
-    def terminate(self, grace: float) -> None:
+    def terminate(self, grace: float, extra: Iterable[psutil.Process] = ()) -> None:
         if self.popen is not None:
-            _terminate_tree(self.pid, self.create_time, grace=grace, popen=self.popen)
+            _terminate_tree(self.pid, self.create_time, grace=grace, popen=self.popen, extra=extra)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -324,6 +325,9 @@ class _Launch:
 
     def leader_record(self) -> dict[str, Any]:
         return {"pid": self.pid, "create_time": self.create_time, "leader": True, "name": self.name}
+
+
+_ServiceT = TypeVar("_ServiceT", bound="_Service")
 
 
 class _Service:
@@ -337,7 +341,7 @@ class _Service:
         self.startup_seconds: float | None = None
         self._launches: list[_Launch] = []
 
-    def __enter__(self) -> _Service:
+    def __enter__(self: _ServiceT) -> _ServiceT:
         self.start()
         return self
 
@@ -347,6 +351,8 @@ class _Service:
     def start(self) -> None:
         """Start the service and wait until it answers; raise :class:`ServiceError` (with its log's tail) if
         not."""
+        if self.running:
+            raise ServiceError(f"{self.name}: already running (pids {self.pids()}); stop it first")
         began = time.monotonic()
         self._launch()
         try:
@@ -415,6 +421,16 @@ class _Service:
 
 
 # ------------------------------------------------------------------------------------------------ SeaweedFS
+
+
+def _remove_weed_sockets(ports: Iterable[int]) -> None:
+    """Remove the gRPC unix sockets ``weed`` creates at a fixed place in /tmp, named after its ports."""
+    for port in ports:
+        for kind in ("admin", "filer", "master", "s3", "volume"):
+            path = Path("/tmp") / f"seaweedfs-{kind}-grpc-{port}.sock"
+            with contextlib.suppress(OSError):
+                if path.is_socket():
+                    path.unlink()
 
 
 class SeaweedS3(_Service):
@@ -510,12 +526,7 @@ class SeaweedS3(_Service):
     def stop(self) -> None:
         """Stop the server, then remove the gRPC unix sockets weed leaves in /tmp under its ports."""
         super().stop()
-        for kind in ("admin", "filer", "s3"):
-            for port in self._ports.values():
-                path = Path("/tmp") / f"seaweedfs-{kind}-grpc-{port}.sock"  # fixed path in weed
-                with contextlib.suppress(OSError):
-                    if path.is_socket():
-                        path.unlink()
+        _remove_weed_sockets(self._ports.values())
 
     def _launch(self) -> None:
         if not self._ports:
@@ -565,6 +576,14 @@ class SeaweedS3(_Service):
         self._launches = [launch]
         launch.launch()
 
+    def _volume_server_registered(self) -> bool:
+        """Whether the master knows a volume server (before that, reads of stored objects fail)."""
+        url = f"http://{LOOPBACK}:{self._ports['master']}/dir/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            topology = json.loads(response.read()).get("Topology") or {}
+        racks = [rack for center in topology.get("DataCenters") or [] for rack in center.get("Racks") or []]
+        return any(rack.get("DataNodes") for rack in racks)
+
     def _wait_ready(self, deadline: float) -> None:
         launch = self._launches[0]
         client = None
@@ -574,7 +593,8 @@ class SeaweedS3(_Service):
                 client = client or self.client()
                 try:
                     client.list_buckets()
-                    return
+                    if self._volume_server_registered():
+                        return
                 except Exception:  # noqa: BLE001 - any failure means "not ready yet"
                     pass
             if time.monotonic() > deadline:
@@ -647,6 +667,11 @@ class RayCluster(_Service):
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         }
 
+    @property
+    def scratch_dir(self) -> Path | None:
+        """The short temp dir holding the Ray session directories, if ``base_dir`` was too long for them."""
+        return self._short_tmp
+
     def node_pids(self) -> list[list[int]]:
         """Live pids per node: the head first, then each worker node (empty once that node is killed)."""
         nodes = [self._head, *self._workers]
@@ -657,7 +682,9 @@ class RayCluster(_Service):
         process then takes the rest of the node down (anything left after ``timeout`` s is killed). Checks
         nothing of it is left."""
         node = self._worker(index)
-        raylets = [p for p in node.launch.processes() if _process_name(p) == "raylet"]
+        # Ray's worker processes start their own sessions: once the raylet is gone they are nobody's descendants.
+        before = node.launch.processes()
+        raylets = [p for p in before if _process_name(p) == "raylet"]
         if not raylets:
             raise ServiceError(f"{self.name}: worker node {index} has no raylet to kill")
         for raylet in raylets:
@@ -666,7 +693,7 @@ class RayCluster(_Service):
         with contextlib.suppress(subprocess.TimeoutExpired):
             if node.launch.popen is not None:
                 node.launch.popen.wait(timeout=timeout)
-        node.launch.terminate(grace=0.0)
+        node.launch.terminate(grace=0.0, extra=before)
         self._workers[index] = None
         logger.info("%s: worker node %d killed", self.name, index)
 
@@ -711,7 +738,7 @@ class RayCluster(_Service):
 
     def _node_tmp(self, label: str) -> Path:
         assert self._tmp_root is not None
-        path = self._tmp_root / label
+        path = self._tmp_root / ("h" if label == "head" else label.replace("worker", "w"))
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -719,13 +746,14 @@ class RayCluster(_Service):
         self.base_dir.mkdir(parents=True, exist_ok=True)
         if not self.token_path.exists():
             _private_file(self.token_path, secrets.token_hex(32))
-        # Ray's unix sockets live under <tmp>/<node>/session_<date>_<pid>/sockets/ and must fit in 107 bytes.
+        # Ray's unix sockets live in <tmp>/<node>/session_<date>_<pid>/sockets/plasma_store and the like, and
+        # a unix socket path holds at most 107 bytes: the session part takes up to 64, the node part 4.
         tmp_root = self.base_dir / "tmp"
-        if len(str(tmp_root)) <= 40:
+        if len(str(tmp_root)) <= 107 - 64 - 4:
             tmp_root.mkdir(exist_ok=True)
             self._tmp_root = tmp_root
         else:
-            self._short_tmp = Path(tempfile.mkdtemp(prefix="affect-ray-"))
+            self._short_tmp = Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX))
             self._tmp_root = self._short_tmp
             with contextlib.suppress(OSError):
                 if tmp_root.is_symlink():
@@ -829,11 +857,39 @@ def _process_name(process: psutil.Process) -> str:
 
 def prepare_ray_driver(env: Mapping[str, str]) -> None:
     """Make this process a driver for a :class:`RayCluster`: export ``env`` (from :meth:`RayCluster.env`) and,
-    if ray was imported before, apply the loopback setting that ray reads only at import time."""
+    if ray was imported before, re-read the settings ray caches when it loads (loopback, auth mode, token)."""
     os.environ.update(env)
+    _refresh_ray_settings()
+
+
+@contextlib.contextmanager
+def ray_driver_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """:func:`prepare_ray_driver` for the duration of a ``with`` block; the previous environment and ray's
+    settings come back afterwards (call ``ray.shutdown()`` inside the block)."""
+    saved = {name: os.environ.get(name) for name in env}
+    prepare_ray_driver(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _refresh_ray_settings()
+
+
+def _refresh_ray_settings() -> None:
     if "ray._private.ray_constants" in sys.modules:
         constants = sys.modules["ray._private.ray_constants"]
-        constants.ENABLE_RAY_CLUSTER = env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1") != "0"
+        constants.ENABLE_RAY_CLUSTER = constants.env_bool(
+            constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not constants.IS_WINDOWS_OR_OSX
+        )
+    if "ray._raylet" in sys.modules:
+        # RAY_AUTH_MODE and the token are cached when ray loads; re-read them as Ray's own setup does.
+        raylet = sys.modules["ray._raylet"]
+        raylet.Config.initialize("")
+        raylet.AuthenticationTokenLoader.instance().reset_cache()
 
 
 # -------------------------------------------------------------------------------------------------- Prefect
@@ -973,6 +1029,8 @@ class LocalStack:
                 "prefect": self.prefect.api_url,
                 "ray": self.ray.address,
             },
+            "scratch_dirs": [str(self.ray.scratch_dir)] if self.ray.scratch_dir else [],
+            "weed_ports": sorted(self.s3._ports.values()),
         }
         _private_file(self.directory / STATE_FILE, json.dumps(state, indent=2))
         env = self.env()
@@ -1058,6 +1116,10 @@ def stack_down(directory: str | os.PathLike[str], grace: float = 35.0) -> list[i
     left = recorded_pids_alive(directory)
     if errors or left:
         raise ServiceError(f"{directory}: processes still alive after stopping: {left} {'; '.join(errors)}")
+    _remove_weed_sockets(state.get("weed_ports", []))
+    for scratch in map(Path, state.get("scratch_dirs", [])):
+        if scratch.parent == Path(tempfile.gettempdir()) and scratch.name.startswith(_SCRATCH_PREFIX):
+            shutil.rmtree(scratch, ignore_errors=True)
     for name in (STATE_FILE, ENV_FILE):
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()

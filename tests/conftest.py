@@ -1,0 +1,63 @@
+"""Shared fixtures: real local services (SeaweedFS S3, a two-node Ray cluster, a Prefect server).
+
+Each service is session-scoped, started only when a test first asks for it and stopped at the end of the
+session; everything binds to 127.0.0.1 and keeps its data under pytest's temporary directory. Tests that use
+them are marked ``@pytest.mark.services``. A test that stops a shared service (to simulate an outage) must
+start it again before it returns, in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from affect_cli.services import PrefectServer, RayCluster, SeaweedS3
+
+S3_TEST_BUCKET = "affect-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server with the bucket ``affect-test``; use ``.storage_options()`` or ``.env()`` to
+    reach it."""
+    server = SeaweedS3(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        server.create_bucket(S3_TEST_BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: SeaweedS3) -> str:
+    """A fresh, empty prefix ``s3://affect-test/<uuid>`` on :func:`s3_server`."""
+    return f"s3://{S3_TEST_BUCKET}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A Ray cluster of two nodes with one CPU each (head + one worker), token authentication on.
+
+    A driver needs ``ray_cluster.env()`` in its environment before it imports ray (a subprocess is simplest);
+    an in-process driver calls ``affect_cli.services.prepare_ray_driver(ray_cluster.env())`` before
+    ``ray.init()``."""
+    cluster = RayCluster(tmp_path_factory.mktemp("ray"), head_cpus=1, worker_nodes=1, worker_cpus=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A Prefect server with its own SQLite database; clients use ``prefect_server.env()``."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
