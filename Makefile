@@ -35,3 +35,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
+
+# The local stack (SeaweedFS S3, Prefect server, two-node Ray on 127.0.0.1): stack-up, stack-down, stack-status.
+include infra/Makefile.stack
