@@ -1,8 +1,7 @@
-"""``affect train``, ``affect score``, ``affect evaluate`` and ``affect demo`` (single process)."""
+"""``affect train``, ``affect score`` and ``affect evaluate`` (single process)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -66,14 +65,41 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoints.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ray: Annotated[
+        bool | None,
+        typer.Option("--ray/--no-ray", help="Train the seeds in parallel on Ray (default: when RAY_ADDRESS is set)."),
+    ] = None,
+    cpus_per_seed: Annotated[float, typer.Option(min=0.01, help="Ray: CPUs per seed's worker.")] = 1.0,
+    gpus_per_seed: Annotated[
+        float | None, typer.Option(min=0.0, help="Ray: GPUs per seed (default 0.25 when the cluster has GPUs).")
+    ] = None,
+    max_failures: Annotated[int, typer.Option(min=0, help="Ray: retries of a failed seed worker.")] = 3,
 ) -> None:
     """Train models on a dataset over seeds and write results, a paper-style summary and the model bundle."""
-    from affect_core.data.dataset import read_corpus
-    from affect_core.experiment import train_run
+    import os
 
     run_config = load_run_config(config, model=model, align=align, epochs=epochs, window_frames=window_frames)
-    corpus = read_corpus(dataset_url, splits=None, feature_set=feature_set)
-    outputs = train_run(corpus, out, run_config, dimension=dimension, seeds=seeds, resume=resume, progress=progress)
+    if ray if ray is not None else bool(os.environ.get("RAY_ADDRESS")):
+        from tuning.train_seeds import SeedResources, train_seeds
+
+        outputs = train_seeds(
+            dataset_url,
+            out,
+            run_config,
+            dimension=dimension,
+            seeds=seeds,
+            feature_set=feature_set,
+            resume=resume,
+            resources=SeedResources(cpus=cpus_per_seed, gpus=gpus_per_seed),
+            max_failures=max_failures,
+            progress=progress,
+        )
+    else:
+        from affect_core.data.dataset import read_corpus
+        from affect_core.experiment import train_run
+
+        corpus = read_corpus(dataset_url, splits=None, feature_set=feature_set)
+        outputs = train_run(corpus, out, run_config, dimension=dimension, seeds=seeds, resume=resume, progress=progress)
     typer.echo(
         f"trained {dimension} {run_config.model.model}/{run_config.model.align} x {seeds} seed(s): "
         f"results {outputs['results']}, summary {outputs['summary']}, model {outputs['model']}"
@@ -86,19 +112,34 @@ def score(
     out: Annotated[str, typer.Option("--out", help="Predictions URL (one Parquet file per video).")],
     split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeatable); default all.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ray: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Score on Ray Data with an actor pool (default: when RAY_ADDRESS is set or the data is large).",
+        ),
+    ] = None,
+    actors: Annotated[int | None, typer.Option(min=1, help="Ray: largest actor pool (default: all CPUs).")] = None,
 ) -> None:
     """Write per-frame arousal and valence (with the filter's variance) for every video, labelled or not."""
     from affect_core.artifact import load_bundle
     from affect_core.data.dataset import dataset_info, iter_videos
     from affect_core.scoring import score_videos
+    from tuning.score import want_ray
 
-    bundle = load_bundle(model_url)
     info = dataset_info(data_url)
-    feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
-    names = _selected_names(info, feature_set)
-    total = sum(len(v) for s, v in info.videos.items() if not split or s in split)
-    videos = iter_videos(data_url, splits=split or None, feature_set=feature_set)
-    result = score_videos(bundle, videos, out, feature_names=names, progress=progress, total=total)
+    frames = info.rows if not split else 0
+    if want_ray(frames, ray):
+        from tuning.score import score_dataset
+
+        result = score_dataset(data_url, model_url, out, splits=split or None, actors=actors, progress=progress)
+    else:
+        bundle = load_bundle(model_url)
+        feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
+        names = _selected_names(info, feature_set)
+        total = sum(len(v) for s, v in info.videos.items() if not split or s in split)
+        videos = iter_videos(data_url, splits=split or None, feature_set=feature_set)
+        result = score_videos(bundle, videos, out, feature_names=names, progress=progress, total=total)
     typer.echo(
         f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s "
         f"({result.frames_per_second:.0f} frames/s, {result.skipped} already done) -> {result.url}"
@@ -131,42 +172,3 @@ def evaluate(
     typer.echo(evaluation_markdown(result), nl=False)
     target = resolve(out) if out else resolve(pred_url).join("_evaluation.json")
     write_bytes_atomic(target.fs, target.path, json.dumps(result, indent=2).encode())
-
-
-def demo(
-    out: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path("demo-output"),
-    videos_per_split: Annotated[int, typer.Option(min=1)] = 3,
-    frames: Annotated[int, typer.Option(min=200)] = 1500,
-    epochs: Annotated[int, typer.Option(min=1)] = 40,
-) -> None:
-    """Generate a corpus, ingest it, train LSTM-EKF-AA for arousal and valence, score and evaluate it."""
-    from affect_cli.cmd_ingest import ingest as ingest_command
-    from affect_cli.cmd_synth import synth as synth_command
-
-    out.mkdir(parents=True, exist_ok=True)
-    corpus_dir, dataset, run, preds = (str(out / n) for n in ("corpus", "dataset", "run", "predictions"))
-    synth_command(
-        corpus_dir,
-        layout="avec2016",
-        videos_per_split=videos_per_split,
-        frames=frames,
-        appearance_dim=84,
-        geometric_dim=316,
-        seed=0,
-        test_labels=True,
-    )
-    ingest_command(corpus_dir, dataset, layout="avec2016")
-    train(
-        dataset,
-        out=run,
-        dimension="both",
-        model="lstm-ekf",
-        align="adaptive",
-        seeds=1,
-        epochs=epochs,
-        window_frames=500,
-        feature_set="appearance",
-    )
-    score(dataset, model_url=str(out / "run" / "model"), out=preds)
-    evaluate(preds, dataset)
-    typer.echo((out / "run" / "summary.md").read_text())

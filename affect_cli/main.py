@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from affect_cli import cmd_ingest, cmd_synth, cmd_train
+from affect_cli import cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
 
 app = typer.Typer(
     name="affect",
@@ -45,7 +45,11 @@ app.command("ingest")(one_line_errors(cmd_ingest.ingest))
 app.command("train")(one_line_errors(cmd_train.train))
 app.command("score")(one_line_errors(cmd_train.score))
 app.command("evaluate")(one_line_errors(cmd_train.evaluate))
-app.command("demo")(one_line_errors(cmd_train.demo))
+app.command("tune")(one_line_errors(cmd_tune.tune))
+app.command("report")(one_line_errors(cmd_flows.report))
+app.command("pipeline")(one_line_errors(cmd_flows.pipeline))
+app.command("serve")(one_line_errors(cmd_flows.serve))
+app.command("demo")(one_line_errors(cmd_flows.demo))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -62,8 +62,13 @@ class ModelBundle:
     def model_id(self) -> str:
         return "+".join(f"{m.name}:{m.config.model.model}-{m.config.model.align}" for m in self.models)
 
-    def predict(self, features: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """features: (T, d) raw features of one video -> {dimension: (level (T,), variance (T,))}."""
+    def predict(
+        self, features: np.ndarray, *, chunk_frames: int | None = None
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """features: (T, d) raw features of one video -> {dimension: (level (T,), variance (T,))}.
+
+        chunk_frames: a longer video streams through each model in chunks of this many frames (bounded memory).
+        """
         if features.ndim != 2 or features.shape[1] != len(self.feature_names):
             raise AffectError(
                 f"model bundle: expects {len(self.feature_names)} features of set {self.feature_set!r}, "
@@ -71,7 +76,7 @@ class ModelBundle:
             )
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for trained in self.models:
-            pred: Prediction = predict_features(trained.model, trained.transform, features)
+            pred: Prediction = predict_features(trained.model, trained.transform, features, chunk_frames=chunk_frames)
             for dim in trained.dimensions:
                 out[dim] = pred.track(dim)
         return out

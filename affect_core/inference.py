@@ -27,8 +27,20 @@ class Prediction:
 
 
 @torch.no_grad()
-def predict_features(model: AffectModel, transform: FeatureTransform | None, features: np.ndarray) -> Prediction:
-    """features: (T, d) raw features (NaN rows = no face) -> the model's per-frame prediction."""
+def predict_features(
+    model: AffectModel, transform: FeatureTransform | None, features: np.ndarray, *, chunk_frames: int | None = None
+) -> Prediction:
+    """features: (T, d) raw features (NaN rows = no face) -> the model's per-frame prediction.
+
+    chunk_frames: videos longer than this stream through the model in chunks (bounded memory, same result).
+    """
+    if chunk_frames is not None and len(features) > chunk_frames:
+        from affect_core.streaming import iter_chunks, stream_predict
+
+        parts = list(stream_predict(model, transform, iter_chunks(features, chunk_frames)))
+        levels = np.concatenate([p[0] for p in parts])
+        variances = np.concatenate([p[1] for p in parts])
+        return Prediction(model.config.affect_dimensions, levels, variances)
     x = transform.apply(features) if transform is not None else np.asarray(features, dtype=np.float32)
     param = next(model.parameters())
     xt = torch.as_tensor(x, dtype=param.dtype, device=param.device).unsqueeze(0)

@@ -39,7 +39,7 @@ REPORT_DIR = "report"
 TUNING_DIR = "tuning"
 PREDICTIONS_DIR = "predictions"
 DIMENSION_COLOURS = {"arousal": "#c0392b", "valence": "#2471a3"}
-SCORE_COLUMNS = ("dev_ccc", "score", "ccc", "mean_dev_ccc")
+SCORE_COLUMNS = ("best_dev_ccc", "dev_ccc", "score", "ccc", "mean_dev_ccc")
 DPI = 100
 
 
@@ -85,7 +85,7 @@ def write_report(
     rows = read_results(run_url, storage_options).to_pylist()
     if not rows:
         raise AffectError(f"{run.display('results.parquet')}: the results table is empty")
-    fps = _run_fps(run, storage_options)
+    fps = run_fps(run)
     plots: dict[str, str] = {}
     notes: list[str] = []
 
@@ -145,7 +145,7 @@ def report_markdown(
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-def _run_fps(run: Location, storage_options: dict[str, Any] | None) -> float:
+def run_fps(run: Location) -> float:
     """The frame rate recorded in the run's model bundle (25 fps, RECOLA's, when no bundle is there)."""
     try:
         manifest = json.loads(read_bytes(run.fs, run.join("model", "bundle.json").path))

@@ -42,6 +42,8 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 MANIFEST = "_manifest.json"
+# Videos longer than this are scored in chunks with the LSTM and filter state carried across (bounded memory).
+CHUNK_FRAMES = 15_000
 
 
 @dataclass
@@ -71,7 +73,7 @@ def check_compatible(bundle: ModelBundle, feature_names: list[str], where: str) 
 
 def prediction_table(bundle: ModelBundle, video: Video, model_id: str) -> pa.Table:
     """Predictions of one video as a table in PREDICTION_SCHEMA (a dimension the bundle lacks is null)."""
-    tracks = bundle.predict(video.features)
+    tracks = bundle.predict(video.features, chunk_frames=CHUNK_FRAMES)
     t = video.num_frames
     empty = np.full(t, np.nan, dtype=np.float32)
     columns: dict[str, Any] = {

@@ -1,0 +1,325 @@
+"""Compiled (numba) forward and hand-derived backward of the (extended) Kalman filter recursion, one CPU loop.
+
+The recursion is sequential in time, so a step of the EKF is a few hundred flops on 3x3 (or 6x6) matrices; as
+dozens of tensor operations per frame it would be dominated by dispatch overhead. Here each sequence of the batch is
+one compiled loop (serial: the caller's torch threads are left alone); the backward pass recomputes each step's
+intermediates from the saved filtered (z_{t-1}, P_{t-1}) and applies the adjoint of every line of the step in
+reverse. `linear=True` turns the step into the plain Kalman filter (f(z) = W_f z, h(z) = W_h z, Jacobians W_f, W_h).
+
+Arrays are float64 and C-contiguous; shapes in the function docstrings (B batch, T steps, n state, m observation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, inline="always")
+def _mm(A, B, out):  # out = A @ B
+    for i in range(A.shape[0]):
+        for j in range(B.shape[1]):
+            s = 0.0
+            for k in range(A.shape[1]):
+                s += A[i, k] * B[k, j]
+            out[i, j] = s
+
+
+@njit(cache=True, inline="always")
+def _mm_nt(A, B, out):  # out = A @ B^T
+    for i in range(A.shape[0]):
+        for j in range(B.shape[0]):
+            s = 0.0
+            for k in range(A.shape[1]):
+                s += A[i, k] * B[j, k]
+            out[i, j] = s
+
+
+@njit(cache=True, inline="always")
+def _mm_tn(A, B, out):  # out = A^T @ B
+    for i in range(A.shape[1]):
+        for j in range(B.shape[1]):
+            s = 0.0
+            for k in range(A.shape[0]):
+                s += A[k, i] * B[k, j]
+            out[i, j] = s
+
+
+@njit(cache=True, inline="always")
+def _sym(A):  # in place (A + A^T) / 2
+    for i in range(A.shape[0]):
+        for j in range(i + 1, A.shape[0]):
+            v = 0.5 * (A[i, j] + A[j, i])
+            A[i, j] = v
+            A[j, i] = v
+
+
+@njit(cache=True, inline="always")
+def _spd_inverse(S, L, out):
+    """out = S^-1 for symmetric positive definite S via its Cholesky factor L (S = L L^T)."""
+    m = S.shape[0]
+    for i in range(m):
+        for j in range(i + 1):
+            s = S[i, j]
+            for k in range(j):
+                s -= L[i, k] * L[j, k]
+            if i == j:
+                L[i, i] = np.sqrt(s)
+            else:
+                L[i, j] = s / L[j, j]
+        for j in range(i + 1, m):
+            L[i, j] = 0.0
+    # Solve L Y = I then L^T X = Y, column by column.
+    for c in range(m):
+        for i in range(m):
+            s = 1.0 if i == c else 0.0
+            for k in range(i):
+                s -= L[i, k] * out[k, c]
+            out[i, c] = s / L[i, i]
+        for i in range(m - 1, -1, -1):
+            s = out[i, c]
+            for k in range(i + 1, m):
+                s -= L[k, i] * out[k, c]
+            out[i, c] = s / L[i, i]
+    _sym(out)
+
+
+@njit(cache=True, inline="always")
+def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2):
+    """One predict-then-update step from (z, P); fills the intermediates (all preallocated)."""
+    n = z.shape[0]
+    m = o.shape[0]
+    for i in range(n):  # a = W_f z + b_f; z^ = tanh(a); J_f = diag(1 - z^2) W_f
+        s = bf[i]
+        for k in range(n):
+            s += Wf[i, k] * z[k]
+        if linear:
+            zp[i] = s
+            d[i] = 1.0
+        else:
+            zp[i] = np.tanh(s)
+            d[i] = 1.0 - zp[i] * zp[i]
+        for k in range(n):
+            Jf[i, k] = d[i] * Wf[i, k]
+    _mm(Jf, P, t1)  # P^ = J_f P J_f^T + Q
+    _mm_nt(t1, Jf, Pp)
+    for i in range(n):
+        for k in range(n):
+            Pp[i, k] += Q[i, k]
+    _sym(Pp)
+    for i in range(m):  # c = W_h z^ + b_h; h = tanh(c); J_h = diag(1 - h^2) W_h
+        s = bh[i]
+        for k in range(n):
+            s += Wh[i, k] * zp[k]
+        if linear:
+            hz[i] = s
+            e[i] = 1.0
+        else:
+            hz[i] = np.tanh(s)
+            e[i] = 1.0 - hz[i] * hz[i]
+        for k in range(n):
+            Jh[i, k] = e[i] * Wh[i, k]
+    _mm_nt(Pp, Jh, Bm)  # B = P^ J_h^T; S = J_h B + R
+    _mm(Jh, Bm, S)
+    for i in range(m):
+        for k in range(m):
+            S[i, k] += R[i, k]
+    _sym(S)
+    _spd_inverse(S, L, Sinv)
+    _mm(Bm, Sinv, K)  # K = mu P^ J_h^T S^-1
+    for i in range(n):
+        for k in range(m):
+            K[i, k] *= mu
+    for i in range(m):
+        v[i] = o[i] - hz[i]
+    _mm(K, Jh, Mm)  # M = I - K J_h
+    for i in range(n):
+        for k in range(n):
+            Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
+
+
+@njit(cache=True, inline="always")
+def _finish(zp, Pp, K, v, Mm, R, z_out, P_out, t1, t2, t3):
+    """z = z^ + K v; P = sym(M P^ M^T + K R K^T) (Joseph form)."""
+    n = zp.shape[0]
+    for i in range(n):
+        s = zp[i]
+        for k in range(v.shape[0]):
+            s += K[i, k] * v[k]
+        z_out[i] = s
+    _mm(Mm, Pp, t1)
+    _mm_nt(t1, Mm, P_out)
+    _mm(K, R, t2)
+    _mm_nt(t2, K, t3)
+    for i in range(n):
+        for k in range(n):
+            P_out[i, k] += t3[i, k]
+    _sym(P_out)
+
+
+@njit(cache=True)
+def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear):
+    """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n)."""
+    B, T, m = obs.shape
+    n = z0.shape[0]
+    states = np.empty((B, T, n))
+    covs = np.empty((B, T, n, n))
+    for b in range(B):
+        zp, d, hz, e, v = np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty(m)
+        Jf, Pp, Mm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+        Jh, Bm, K = np.empty((m, n)), np.empty((n, m)), np.empty((n, m))
+        S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
+        t1, t2, t3 = np.empty((n, n)), np.empty((n, m)), np.empty((n, n))
+        for t in range(T):
+            z = z0 if t == 0 else states[b, t - 1]
+            P = P0 if t == 0 else covs[b, t - 1]
+            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R, linear,
+                  zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2)  # fmt: skip
+            _finish(zp, Pp, K, v, Mm, R, states[b, t], covs[b, t], t1, t2, t3)
+    return states, covs
+
+
+@njit(cache=True)
+def filter_backward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, covs, g_states, g_covs):
+    """Adjoint of `filter_forward`. g_states (B, T, n), g_covs (B, T, n, n) -> gradients w.r.t. obs (B, T, m) and,
+    per sequence (sum over B afterwards), W_f (B, n, n), b_f (B, n), W_h (B, m, n), b_h (B, m), Q (B, n, n),
+    R (B, m, m), z_0 (B, n), P_0 (B, n, n)."""
+    B, T, m = obs.shape
+    n = z0.shape[0]
+    g_obs = np.zeros((B, T, m))
+    gWf, gbf = np.zeros((B, n, n)), np.zeros((B, n))
+    gWh, gbh = np.zeros((B, m, n)), np.zeros((B, m))
+    gQ, gR = np.zeros((B, n, n)), np.zeros((B, m, m))
+    gz0, gP0 = np.zeros((B, n)), np.zeros((B, n, n))
+    for b in range(B):
+        zp, d, hz, e, v = np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty(m)
+        Jf, Pp, Mm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+        Jh, Bm, K = np.empty((m, n)), np.empty((n, m)), np.empty((n, m))
+        S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
+        t1, t2 = np.empty((n, n)), np.empty((n, m))
+        gz, gP = np.zeros(n), np.zeros((n, n))  # adjoints carried from step t + 1 into z_t, P_t
+        G, gMm, gPp, gK = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, m))
+        gJh, gS, gKS = np.empty((m, n)), np.empty((m, m)), np.empty((n, m))
+        gJf, gzp, ghz, gv = np.empty((n, n)), np.empty(n), np.empty(m), np.empty(m)
+        u1, u2, u3 = np.empty((n, n)), np.empty((m, m)), np.empty((m, n))
+        for t in range(T - 1, -1, -1):
+            z = z0 if t == 0 else states[b, t - 1]
+            P = P0 if t == 0 else covs[b, t - 1]
+            mu = mask[b, t]
+            _step(z, P, obs[b, t], mu, Wf, bf, Wh, bh, Q, R, linear,
+                  zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2)  # fmt: skip
+            for i in range(n):
+                gz[i] += g_states[b, t, i]
+                for k in range(n):
+                    gP[i, k] += g_covs[b, t, i, k]
+            for i in range(n):  # through P = sym(M P^ M^T + K R K^T)
+                for k in range(n):
+                    G[i, k] = 0.5 * (gP[i, k] + gP[k, i])
+            _mm(G, Mm, u1)
+            _mm(u1, Pp, gMm)  # gM = 2 G M P^
+            _mm_tn(Mm, u1, gPp)  # gP^ = M^T G M
+            _mm(G, K, t2)
+            _mm(t2, R, gK)  # gK = 2 G K R
+            _mm_tn(K, t2, u2)  # gR += K^T G K
+            for i in range(m):
+                for k in range(m):
+                    gR[b, i, k] += u2[i, k]
+            for i in range(n):
+                for k in range(n):
+                    gMm[i, k] *= 2.0
+                for k in range(m):
+                    gK[i, k] *= 2.0
+            _mm(gMm, Jh.T, t2)  # M = I - K J_h: gK -= gM J_h^T; gJ_h = -K^T gM
+            _mm_tn(K, gMm, gJh)
+            for i in range(n):
+                for k in range(m):
+                    gK[i, k] += -t2[i, k] + gz[i] * v[k]  # z = z^ + K v: gK += gz v^T
+            for i in range(m):
+                for k in range(n):
+                    gJh[i, k] = -gJh[i, k]
+            for k in range(m):  # gv = K^T gz; v = o - h
+                s = 0.0
+                for i in range(n):
+                    s += K[i, k] * gz[i]
+                gv[k] = s
+                g_obs[b, t, k] = s
+                ghz[k] = -s
+            for i in range(n):
+                gzp[i] = gz[i]
+            for i in range(n):  # K = mu B S^-1 with B = P^ J_h^T
+                for k in range(m):
+                    gK[i, k] *= mu
+            _mm(gK, Sinv, gKS)  # gB = gK S^-1
+            _mm_tn(K, gKS, gS)  # gS = -K^T gK S^-1 (K already carries mu), symmetrised
+            for i in range(m):
+                for k in range(m):
+                    gS[i, k] = -gS[i, k]
+            for i in range(m):
+                for k in range(i + 1, m):
+                    s = 0.5 * (gS[i, k] + gS[k, i])
+                    gS[i, k] = s
+                    gS[k, i] = s
+            _mm(gKS, Jh, t1)  # gP^ += gB J_h
+            for i in range(n):
+                for k in range(n):
+                    gPp[i, k] += t1[i, k]
+            _mm_tn(gKS, Pp, u3)  # gJ_h += gB^T P^
+            for i in range(m):
+                for k in range(n):
+                    gJh[i, k] += u3[i, k]
+            _mm(gS, Jh, u3)  # S = J_h P^ J_h^T + R: gJ_h += 2 gS J_h P^; gP^ += J_h^T gS J_h; gR += gS
+            for i in range(m):
+                for k in range(n):
+                    s = 0.0
+                    for j in range(n):
+                        s += u3[i, j] * Pp[j, k]
+                    gJh[i, k] += 2.0 * s
+            _mm_tn(Jh, u3, t1)
+            for i in range(n):
+                for k in range(n):
+                    gPp[i, k] += t1[i, k]
+            for i in range(m):
+                for k in range(m):
+                    gR[b, i, k] += gS[i, k]
+            for i in range(m):  # J_h = diag(e) W_h, e = 1 - h^2, h = tanh(c), c = W_h z^ + b_h
+                s = 0.0
+                for k in range(n):
+                    gWh[b, i, k] += e[i] * gJh[i, k]
+                    s += gJh[i, k] * Wh[i, k]
+                gc = ghz[i]
+                if not linear:
+                    gc = (ghz[i] - 2.0 * hz[i] * s) * e[i]
+                gbh[b, i] += gc
+                for k in range(n):
+                    gWh[b, i, k] += gc * zp[k]
+                    gzp[k] += Wh[i, k] * gc
+            for i in range(n):  # P^ = sym(J_f P J_f^T + Q)
+                for k in range(n):
+                    G[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
+                    gQ[b, i, k] += G[i, k]
+            _mm(G, Jf, t1)
+            _mm(t1, P, gJf)  # gJ_f = 2 G J_f P
+            _mm_tn(Jf, t1, gP)  # adjoint into P_{t-1}
+            for i in range(n):  # J_f = diag(d) W_f, d = 1 - z^2, z^ = tanh(a), a = W_f z + b_f
+                s = 0.0
+                for k in range(n):
+                    gJf[i, k] *= 2.0
+                    gWf[b, i, k] += d[i] * gJf[i, k]
+                    s += gJf[i, k] * Wf[i, k]
+                ga = gzp[i]
+                if not linear:
+                    ga = (gzp[i] - 2.0 * zp[i] * s) * d[i]
+                gbf[b, i] += ga
+                for k in range(n):
+                    gWf[b, i, k] += ga * z[k]
+                zp[i] = ga  # reuse as the adjoint of a
+            for k in range(n):  # adjoint into z_{t-1}: W_f^T ga
+                s = 0.0
+                for i in range(n):
+                    s += Wf[i, k] * zp[i]
+                gz[k] = s
+        for i in range(n):
+            gz0[b, i] = gz[i]
+            for k in range(n):
+                gP0[b, i, k] = gP[i, k]
+    return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0

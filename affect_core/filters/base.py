@@ -1,0 +1,180 @@
+"""Common ground of the Bayesian filter layers: output record, abstract base, kinematic model, noise parameters."""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from affect_core.errors import fail
+from affect_core.filters.types import CovarianceTorch, MaskTorch, ObservationsTorch, StatesTorch
+
+METHODS = ("auto", "reference", "fast", "scan", "compiled")
+
+
+@dataclass
+class FilterOutput:
+    """What a filter returns for a batch of sequences.
+
+    Attributes:
+        states: Filtered states z_t for t = 1..T. Shape `(B, T, state_dim)`.
+        covariances: Filtered covariances P_t for t = 1..T. Shape `(B, T, state_dim, state_dim)`; may be an expanded
+            (stride-0 batch) view when all sequences share the same covariances.
+    """
+
+    states: StatesTorch
+    covariances: CovarianceTorch
+
+
+def kinematic_transition(num_dims: int, dt: float) -> Tensor:
+    """Constant-acceleration transition matrix for `num_dims` independent affect dimensions.
+
+    Dimension j owns states `[3j, 3j + 1, 3j + 2]` = level, d level/dt, d2 level/dt2 (derivatives per second), so each
+    diagonal block is `[[1, dt, dt^2 / 2], [0, 1, dt], [0, 0, 1]]`.
+
+    Args:
+        num_dims: Number of affect dimensions (1 for one of valence/arousal, 2 for the joint variant).
+        dt: Time between frames in seconds (1 / fps).
+
+    Returns:
+        Block-diagonal float32 matrix. Shape `(3 * num_dims, 3 * num_dims)`.
+    """
+    if num_dims < 1:
+        raise fail("kinematic_transition", f"num_dims must be >= 1, got {num_dims}")
+    block = torch.tensor([[1.0, dt, 0.5 * dt * dt], [0.0, 1.0, dt], [0.0, 0.0, 1.0]], dtype=torch.float32)
+    return torch.block_diag(*([block] * num_dims))
+
+
+def inverse_softplus(value: float) -> float:
+    """The raw parameter x with softplus(x) = value (value > 0)."""
+    if value <= 0:
+        raise fail("noise variance", f"must be > 0, got {value}")
+    return value + math.log(-math.expm1(-value))
+
+
+def symmetrise(matrix: Tensor) -> Tensor:
+    """(M + M^T) / 2 over the last two dimensions. Shape `(..., n, n)` in and out."""
+    return 0.5 * (matrix + matrix.mT)
+
+
+class BayesFilter(nn.Module, abc.ABC):
+    """Differentiable Bayesian filter over a batch of observation sequences.
+
+    Holds what every filter here shares: the state layout (`state_dim = 3 * num_dims`, `obs_dim = state_dim`), the
+    learnable diagonal noise covariances Q = diag(softplus(q)) and R = diag(softplus(r)), and the prior z_0 = 0,
+    P_0 = p0 * I (buffers). `forward` checks shapes, cleans unobserved frames and dispatches on `method`.
+
+    A subclass must override `_filter_reference` (the plain step-by-step loop, kept as the oracle). It may override
+    `_filter_fast`, set `has_fast_path = True` and list the method names it accepts in `methods`; every method
+    other than "reference" then goes to `_filter_fast`, which picks its implementation from `self.method`.
+    """
+
+    has_fast_path: bool = False
+    methods: tuple[str, ...] = ("auto", "reference")
+
+    def __init__(
+        self,
+        *,
+        num_dims: int = 1,
+        fps: float = 25.0,
+        q_init: float = 1e-3,
+        r_init: float = 1e-1,
+        p0: float = 1.0,
+        method: str = "auto",
+    ) -> None:
+        super().__init__()
+        if method not in self.methods:
+            raise fail(type(self).__name__, f"method must be one of {self.methods}, got {method!r}")
+        if fps <= 0:
+            raise fail(type(self).__name__, f"fps must be > 0, got {fps}")
+        self.num_dims = num_dims
+        self.state_dim = 3 * num_dims
+        self.obs_dim = self.state_dim
+        self.dt = 1.0 / fps
+        self.method = method
+        n = self.state_dim
+        self.q = nn.Parameter(torch.full((n,), inverse_softplus(q_init)))
+        self.r = nn.Parameter(torch.full((self.obs_dim,), inverse_softplus(r_init)))
+        self.register_buffer("z0", torch.zeros(n))
+        self.register_buffer("P0", p0 * torch.eye(n))
+
+    # ------------------------------------------------------------------------------------------------------------
+    def noise_covariances(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Q = diag(softplus(q)) `(n, n)` and R = diag(softplus(r)) `(m, m)` in the dtype/device of `like`."""
+        q = nn.functional.softplus(self.q.to(like))
+        r = nn.functional.softplus(self.r.to(like))
+        return torch.diag_embed(q), torch.diag_embed(r)
+
+    def prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Prior mean z_0 `(n,)` and covariance P_0 `(n, n)` in the dtype/device of `like`: the learned prior, or the
+        `initial` state given to the running `forward` call."""
+        if self._initial is not None:
+            z0, P0 = self._initial
+            return z0.to(like), P0.to(like)
+        return self.z0.to(like), self.P0.to(like)
+
+    # ------------------------------------------------------------------------------------------------------------
+    _initial: tuple[Tensor, Tensor] | None = None
+
+    def forward(
+        self,
+        observations: ObservationsTorch,
+        *,
+        mask: MaskTorch | None = None,
+        initial: tuple[Tensor, Tensor] | None = None,
+    ) -> FilterOutput:
+        """Filter a batch of observation sequences (predict then update at every t = 1..T).
+
+        Args:
+            observations: Observations o_t. Shape should be `(B, T, obs_dim)`; floating point of any dtype/device
+                (the parameters are cast to it). Values at unobserved frames are ignored (they may be NaN).
+            mask: Bool, True where the frame is observed; a False frame is a predict-only step (no update).
+                Shape should be `(B, T)`. None means all observed.
+            initial: (z_0 `(n,)`, P_0 `(n, n)`) replacing the prior for this call, e.g. the last filtered state
+                and covariance of the previous chunk of the same sequence (chunked scoring). None: the prior.
+
+        Returns:
+            FilterOutput with states `(B, T, state_dim)` and covariances `(B, T, state_dim, state_dim)`.
+        """
+        name = type(self).__name__
+        if observations.dim() != 3 or observations.shape[-1] != self.obs_dim:
+            raise fail(
+                name,
+                f"observations must have shape (B, T, {self.obs_dim}), got {tuple(observations.shape)}",
+            )
+        if not observations.is_floating_point():
+            raise fail(name, f"observations must be floating point, got {observations.dtype}")
+        if mask is not None:
+            if mask.shape != observations.shape[:2]:
+                raise fail(
+                    name, f"mask must have shape {tuple(observations.shape[:2])} (B, T), got {tuple(mask.shape)}"
+                )
+            mask = mask.to(device=observations.device, dtype=torch.bool)
+            # Unobserved frames never reach the update; zeroing them keeps NaN out of the arithmetic and its gradient.
+            observations = torch.where(mask.unsqueeze(-1), observations, torch.zeros_like(observations))
+        if observations.shape[1] == 0:
+            n = self.state_dim
+            b = observations.shape[0]
+            return FilterOutput(observations.new_zeros(b, 0, n), observations.new_zeros(b, 0, n, n))
+        if initial is not None:
+            z0, P0 = initial
+            if z0.shape != (self.state_dim,) or P0.shape != (self.state_dim, self.state_dim):
+                raise fail(name, f"initial state must have shapes ({self.state_dim},) and {(self.state_dim,) * 2}")
+        self._initial = initial
+        try:
+            if self.method == "reference" or not self.has_fast_path:
+                return self._filter_reference(observations, mask)
+            return self._filter_fast(observations, mask)
+        finally:
+            self._initial = None
+
+    @abc.abstractmethod
+    def _filter_reference(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+        """Step-by-step loop over time. observations `(B, T, m)` (clean), mask `(B, T)` bool or None."""
+
+    def _filter_fast(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+        """Same result as `_filter_reference`, computed faster (implementation chosen by `self.method`). Same shapes."""
+        raise NotImplementedError

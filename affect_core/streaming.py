@@ -1,0 +1,190 @@
+"""Chunked prediction of long videos in bounded memory, equal to predicting the whole video at once.
+
+A video streams through in chunks of raw feature rows. Each stage keeps only the context it needs:
+
+- the feature transform keeps the last rows its pooling window reaches back to, and waits for the rows it reaches
+  forward to (standardisation and PCA are per frame);
+- the LSTM carries its (h, c) state and the filter its last (z, P) across chunks (both are causal);
+- the non-causal stages (the baseline's smoothing, the alignment y_t = sum_k w_k z_{t-k}) are
+  :class:`StreamingLaggedConvolution`: they hold the last D inputs and wait for the next D, with the same replicate
+  padding at the true ends of the video as :func:`affect_core.alignment.lagged_convolution`.
+
+Memory is O(chunk + window), whatever the video's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from affect_core.alignment import AdaptiveAlignment, FixedShift
+from affect_core.features import FeatureTransform
+from affect_core.model import AffectModel
+
+
+class StreamingLaggedConvolution:
+    """y_t = sum_{k=-D..D} w_k z_{t-k} over a sequence that arrives in pieces, replicate padding at its true ends.
+
+    weights: shape (2D + 1,). push() takes (L, C) rows and returns the outputs whose right context has arrived;
+    finish() returns the rest. Concatenated, the outputs equal ``lagged_convolution`` over the whole sequence.
+    """
+
+    def __init__(self, weights: Tensor) -> None:
+        self.kernel = weights.flip(0).view(1, 1, -1)
+        self.half = (weights.shape[0] - 1) // 2
+        self.buffer: Tensor | None = None
+        self.start = 0  # sequence index of buffer[0] (negative while the left padding is held)
+        self.emitted = 0  # sequence index of the next output
+
+    def push(self, rows: Tensor) -> Tensor:
+        if rows.shape[0] == 0:
+            return rows
+        if self.buffer is None:
+            self.buffer = torch.cat([rows[:1].expand(self.half, -1), rows])
+            self.start = -self.half
+        else:
+            self.buffer = torch.cat([self.buffer, rows])
+        return self._emit(self.start + self.buffer.shape[0] - self.half)
+
+    def finish(self) -> Tensor:
+        if self.buffer is None:
+            return torch.zeros(0, 0)
+        end = self.start + self.buffer.shape[0]
+        self.buffer = torch.cat([self.buffer, self.buffer[-1:].expand(self.half, -1)])
+        return self._emit(end)
+
+    def _emit(self, upto: int) -> Tensor:
+        assert self.buffer is not None
+        if upto <= self.emitted:
+            return self.buffer[:0]
+        lo = self.emitted - self.half - self.start
+        segment = self.buffer[lo : upto + self.half - self.start]
+        out = F.conv1d(segment.T.unsqueeze(1), self.kernel.to(segment.dtype)).squeeze(1).T
+        self.emitted = upto
+        drop = self.emitted - self.half - self.start
+        self.buffer = self.buffer[drop:]
+        self.start += drop
+        return out
+
+
+class StreamingFeatureTransform:
+    """Applies a fitted FeatureTransform to rows arriving in pieces, exactly as on the whole sequence."""
+
+    def __init__(self, transform: FeatureTransform | None) -> None:
+        self.transform = transform
+        window = transform.pooling_window if transform is not None else 0
+        self.behind = window // 2
+        self.ahead = max(window - window // 2 - 1, 0)
+        self.buffer: np.ndarray | None = None
+        self.start = 0
+        self.emitted = 0
+
+    def _apply(self, rows: np.ndarray) -> np.ndarray:
+        return self.transform.apply(rows) if self.transform is not None else np.asarray(rows, np.float32)
+
+    def push(self, rows: np.ndarray) -> np.ndarray:
+        self.buffer = rows if self.buffer is None else np.concatenate([self.buffer, rows])
+        return self._emit(self.start + len(self.buffer) - self.ahead)
+
+    def finish(self) -> np.ndarray:
+        if self.buffer is None:
+            return np.zeros((0, 0), np.float32)
+        return self._emit(self.start + len(self.buffer))
+
+    def _emit(self, upto: int) -> np.ndarray:
+        assert self.buffer is not None
+        if upto <= self.emitted:
+            return self._apply(self.buffer[:0])
+        # The segment holds every row the pooling windows of [emitted, upto) reach; at the true start it begins at
+        # row 0, so windows clip there exactly as they do on the whole sequence.
+        lo = max(self.emitted - self.behind, self.start)
+        out = self._apply(self.buffer[lo - self.start : upto + self.ahead - self.start])
+        out = out[self.emitted - lo : self.emitted - lo + (upto - self.emitted)]
+        self.emitted = upto
+        keep_from = max(self.emitted - self.behind, self.start)
+        self.buffer = self.buffer[keep_from - self.start :]
+        self.start = keep_from
+        return out
+
+
+def _post_weights(model: AffectModel) -> list[Tensor]:
+    """The non-causal stages after the filter (or the front-end, for the baseline), as convolution weights."""
+    stages = []
+    if model.smoothing is not None:
+        stages.append(model.smoothing.weights)
+    if isinstance(model.alignment, AdaptiveAlignment):
+        stages.append(model.alignment.weights().detach())
+    elif isinstance(model.alignment, FixedShift):
+        shift = model.alignment.shift
+        one_hot = torch.zeros(2 * abs(shift) + 1)
+        one_hot[abs(shift) + shift] = 1.0
+        stages.append(one_hot)
+    return stages
+
+
+@torch.no_grad()
+def stream_predict(
+    model: AffectModel, transform: FeatureTransform | None, chunks: Iterable[np.ndarray]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Predict a video given as consecutive chunks of raw feature rows (NaN rows = no face).
+
+    Yields (levels (c, k), variances (c, k)) for consecutive frames; all yields together cover the video once. The
+    result equals :func:`affect_core.inference.predict_features` on the whole video (up to float rounding).
+    """
+    model.eval()
+    param = next(model.parameters())
+    k = model.config.num_dims
+    features = StreamingFeatureTransform(transform)
+    convs = [StreamingLaggedConvolution(w.to(param)) for w in _post_weights(model)]
+    lstm_state = None
+    filter_state: tuple[Tensor, Tensor] | None = None
+
+    def causal(x_np: np.ndarray) -> Tensor:
+        """Front-end and filter over one piece: rows (c, n + k) = [z, level variances] (baseline: [o])."""
+        nonlocal lstm_state, filter_state
+        x = torch.as_tensor(x_np, dtype=param.dtype, device=param.device).unsqueeze(0)
+        observed = torch.isfinite(x).all(-1)
+        x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+        o, lstm_state = model.frontend(x, observed, lstm_state)
+        if model.filter is None:
+            return o[0]
+        out = model.filter(o, mask=observed, initial=filter_state)
+        filter_state = (out.states[0, -1], out.covariances[0, -1])
+        level_var = torch.diagonal(out.covariances[0], dim1=-2, dim2=-1)[:, 0::3]
+        return torch.cat([out.states[0], level_var], dim=-1)
+
+    def through_stages(rows: Tensor, final: bool) -> Tensor:
+        for conv in convs:
+            head = conv.push(rows) if rows.shape[0] else rows
+            rows = torch.cat([head, conv.finish()]) if final else head
+        return rows
+
+    def emit(rows: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        if rows.shape[0] == 0:
+            return None
+        levels = rows[:, 0 : 3 * k : 3].cpu().numpy()
+        if model.filter is None:
+            return levels, np.full_like(levels, np.nan)
+        return levels, rows[:, 3 * k :].cpu().numpy()
+
+    for chunk in chunks:
+        x = features.push(np.asarray(chunk))
+        if len(x):
+            out = emit(through_stages(causal(x), final=False))
+            if out is not None:
+                yield out
+    x = features.finish()
+    rows = causal(x) if len(x) else torch.zeros(0, 3 * k + (k if model.filter is not None else 0))
+    out = emit(through_stages(rows.to(param), final=True))
+    if out is not None:
+        yield out
+
+
+def iter_chunks(features: np.ndarray, chunk_frames: int) -> Iterator[np.ndarray]:
+    """Consecutive row blocks of at most ``chunk_frames`` rows."""
+    for start in range(0, len(features), max(int(chunk_frames), 1)):
+        yield features[start : start + chunk_frames]

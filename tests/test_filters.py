@@ -1,0 +1,347 @@
+"""Filter layers: filterpy oracle, fast paths against the reference loop, EKF behaviour, gradients, contracts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from filterpy.kalman import KalmanFilter as FilterpyKalmanFilter
+from torch.func import functional_call
+
+from affect_core.errors import AffectError
+from affect_core.filters import (
+    BayesFilter,
+    ExtendedKalmanFilter,
+    FilterOutput,
+    KalmanFilter,
+    kinematic_transition,
+)
+from affect_core.filters.base import inverse_softplus
+
+METHODS = ["reference", "fast"]
+KF_METHODS = ["reference", "scan", "compiled"]
+
+
+def random_stable_kf(num_dims: int, seed: int, method: str) -> KalmanFilter:
+    """A float64 KF with a random transition of spectral radius 0.95 and random H, Q, R."""
+    gen = torch.Generator().manual_seed(seed)
+    kf = KalmanFilter(num_dims=num_dims, method=method, p0=0.7).double()
+    n = kf.state_dim
+    F = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    F = 0.95 * F / torch.linalg.eigvals(F).abs().max()
+    with torch.no_grad():
+        kf.F.copy_(F)
+        kf.H.copy_(torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(n, n, generator=gen, dtype=torch.float64))
+        kf.q.copy_(torch.log(torch.expm1(0.01 + 0.1 * torch.rand(n, generator=gen, dtype=torch.float64))))
+        kf.r.copy_(torch.log(torch.expm1(0.05 + 0.5 * torch.rand(n, generator=gen, dtype=torch.float64))))
+    return kf
+
+
+def perturbed_ekf(num_dims: int, seed: int, method: str, scale: float = 0.2) -> ExtendedKalmanFilter:
+    """A float64 EKF with all parameters moved away from their initial values."""
+    gen = torch.Generator().manual_seed(seed)
+    ekf = ExtendedKalmanFilter(num_dims=num_dims, method=method).double()
+    with torch.no_grad():
+        for parameter in ekf.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=gen, dtype=torch.float64))
+    return ekf
+
+
+def random_mask(batch: int, steps: int, seed: int, observed: float = 0.7) -> torch.Tensor:
+    mask = torch.rand(batch, steps, generator=torch.Generator().manual_seed(seed)) < observed
+    mask[0, 2:6] = False  # a gap of several frames
+    return mask
+
+
+def filterpy_run(kf: KalmanFilter, observations: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """filterpy's KalmanFilter, predict then update (update skipped where the frame is unobserved)."""
+    Q, R = (m.detach().numpy() for m in kf.noise_covariances(kf.F))
+    n = kf.state_dim
+    states, covariances = [], []
+    for seq, seq_mask in zip(observations, mask, strict=True):
+        oracle = FilterpyKalmanFilter(dim_x=n, dim_z=kf.obs_dim)
+        oracle.x = np.zeros((n, 1))
+        oracle.P = kf.P0.double().numpy().copy()
+        oracle.F = kf.F.detach().numpy().copy()
+        oracle.H = kf.H.detach().numpy().copy()
+        oracle.Q, oracle.R = Q.copy(), R.copy()
+        xs, ps = [], []
+        for o_t, observed in zip(seq, seq_mask, strict=True):
+            oracle.predict()
+            oracle.update(o_t.reshape(-1, 1) if observed else None)
+            xs.append(oracle.x.ravel().copy())
+            ps.append(oracle.P.copy())
+        states.append(xs)
+        covariances.append(ps)
+    return np.array(states), np.array(covariances)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Oracle: filterpy
+
+
+@pytest.mark.parametrize("method", KF_METHODS)
+@pytest.mark.parametrize("num_dims", [1, 2])
+@pytest.mark.parametrize("with_gaps", [False, True])
+def test_kf_matches_filterpy(method: str, num_dims: int, with_gaps: bool) -> None:
+    kf = random_stable_kf(num_dims, seed=10 + num_dims, method=method)
+    batch, steps = 3, 40
+    observations = torch.randn(
+        batch, steps, kf.obs_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    mask = random_mask(batch, steps, seed=4) if with_gaps else torch.ones(batch, steps, dtype=torch.bool)
+    expected_states, expected_covariances = filterpy_run(kf, observations.numpy(), mask.numpy())
+    with torch.no_grad():
+        out = kf(observations, mask=mask if with_gaps else None)
+    np.testing.assert_allclose(out.states.numpy(), expected_states, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.covariances.numpy(), expected_covariances, atol=1e-5, rtol=0)
+
+
+def test_kf_float32_matches_filterpy() -> None:
+    kf = random_stable_kf(1, seed=5, method="fast")
+    observations = torch.randn(2, 200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    mask = random_mask(2, 200, seed=7)
+    expected_states, _ = filterpy_run(kf, observations.numpy(), mask.numpy())
+    for method in KF_METHODS:
+        kf32 = random_stable_kf(1, seed=5, method=method).float()
+        with torch.no_grad():
+            out = kf32(observations.float(), mask=mask)
+        np.testing.assert_allclose(out.states.double().numpy(), expected_states, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Fast paths against the reference loop: values and gradients
+
+
+def values_and_gradients(
+    layer: BayesFilter, observations: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    observations = observations.clone().requires_grad_(True)
+    layer.zero_grad()
+    out = layer(observations, mask=mask)
+    gen = torch.Generator().manual_seed(99)
+    weights_z = torch.randn(out.states.shape, generator=gen, dtype=out.states.dtype)
+    weights_p = torch.randn(out.covariances.shape, generator=gen, dtype=out.states.dtype)
+    ((out.states * weights_z).sum() + (out.covariances * weights_p).sum()).backward()
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    grads["observations"] = observations.grad.clone()
+    return [out.states.detach(), out.covariances.detach()], grads
+
+
+@pytest.mark.parametrize(("layer_type", "fast_method"), [("kf", "scan"), ("kf", "compiled"), ("ekf", "compiled")])
+@pytest.mark.parametrize("num_dims", [1, 2])
+@pytest.mark.parametrize("with_gaps", [False, True])
+def test_fast_path_equals_reference(layer_type: str, fast_method: str, num_dims: int, with_gaps: bool) -> None:
+    batch, steps = 4, 57
+    results = {}
+    for method in ("reference", fast_method):
+        if layer_type == "kf":
+            layer: BayesFilter = random_stable_kf(num_dims, seed=21, method=method)
+        else:
+            layer = perturbed_ekf(num_dims, seed=22, method=method)
+        gen = torch.Generator().manual_seed(23)
+        observations = 0.8 * torch.randn(batch, steps, layer.obs_dim, generator=gen, dtype=torch.float64)
+        mask = random_mask(batch, steps, seed=24) if with_gaps else None
+        results[method] = values_and_gradients(layer, observations, mask)
+    (ref_values, ref_grads), (fast_values, fast_grads) = results["reference"], results[fast_method]
+    for ref, fast in zip(ref_values, fast_values, strict=True):
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    assert set(ref_grads) == set(fast_grads)
+    for name in ref_grads:
+        assert ref_grads[name].abs().sum() > 0, name  # the check would be empty otherwise
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_fast_paths_agree_in_float32() -> None:
+    gen = torch.Generator().manual_seed(31)
+    observations = torch.tanh(torch.randn(3, 500, 3, generator=gen).cumsum(1) * 0.05)
+    mask = random_mask(3, 500, seed=32, observed=0.9)
+    for cls, method in ((KalmanFilter, "scan"), (KalmanFilter, "compiled"), (ExtendedKalmanFilter, "compiled")):
+        ref = cls(method="reference")(observations, mask=mask)
+        fast = cls(method=method)(observations, mask=mask)
+        assert fast.states.dtype == torch.float32
+        torch.testing.assert_close(fast.states, ref.states, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast.covariances, ref.covariances, atol=1e-5, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# EKF behaviour
+
+
+def test_ekf_with_small_signals_follows_its_linearisation() -> None:
+    """Near the origin tanh is the identity to third order, so the EKF is the KF with F = W_f, H = W_h."""
+    num_dims, batch, steps = 2, 2, 60
+    ekf = perturbed_ekf(num_dims, seed=41, method="reference", scale=0.05)
+    with torch.no_grad():
+        ekf.b_f.zero_()
+        ekf.b_h.zero_()
+    kf = KalmanFilter(num_dims=num_dims, method="reference").double()
+    with torch.no_grad():
+        kf.F.copy_(ekf.W_f)
+        kf.H.copy_(ekf.W_h)
+        kf.q.copy_(ekf.q)
+        kf.r.copy_(ekf.r)
+    gen = torch.Generator().manual_seed(42)
+    unit = torch.randn(batch, steps, ekf.obs_dim, generator=gen, dtype=torch.float64)
+    mask = random_mask(batch, steps, seed=43)
+    relative_errors = []
+    for scale in (1e-2, 1e-3):
+        with torch.no_grad():
+            nonlinear, linear = ekf(scale * unit, mask=mask), kf(scale * unit, mask=mask)
+        relative_errors.append((nonlinear.states - linear.states).abs().max().item() / scale)
+        # the Jacobians differ from W_f, W_h by O(signal^2)
+        torch.testing.assert_close(nonlinear.covariances, linear.covariances, atol=10 * scale**2, rtol=0)
+    # the mismatch is second order in the signal: 10x smaller signal, ~100x smaller relative error
+    assert relative_errors[1] < 1e-4
+    assert relative_errors[0] / relative_errors[1] > 50
+    with torch.no_grad():
+        big_nl, big_l = ekf(unit, mask=mask), kf(unit, mask=mask)
+    assert (big_nl.states - big_l.states).abs().max() > 1e-2
+
+
+def numpy_ekf(observations: np.ndarray, mask: np.ndarray, ekf: ExtendedKalmanFilter) -> tuple[np.ndarray, ...]:
+    """Textbook EKF written out with numpy (np.linalg.inv on S, the standard covariance update)."""
+    W_f, b_f, W_h, b_h = (p.detach().numpy() for p in (ekf.W_f, ekf.b_f, ekf.W_h, ekf.b_h))
+    Q, R = (m.detach().numpy() for m in ekf.noise_covariances(ekf.W_f))
+    n = ekf.state_dim
+    z, P = np.zeros(n), ekf.P0.double().numpy().copy()
+    states, covariances = [], []
+    for o, observed in zip(observations, mask, strict=True):
+        z_pred = np.tanh(W_f @ z + b_f)
+        F = np.diag(1 - z_pred**2) @ W_f
+        P_pred = F @ P @ F.T + Q
+        h = np.tanh(W_h @ z_pred + b_h)
+        H = np.diag(1 - h**2) @ W_h
+        if observed:
+            K = P_pred @ H.T @ np.linalg.inv(H @ P_pred @ H.T + R)
+            z = z_pred + K @ (o - h)
+            P = (np.eye(n) - K @ H) @ P_pred
+        else:
+            z, P = z_pred, P_pred
+        states.append(z)
+        covariances.append(P)
+    return np.array(states), np.array(covariances)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ekf_matches_numpy_ekf(method: str) -> None:
+    ekf = perturbed_ekf(1, seed=51, method=method, scale=0.3)
+    gen = torch.Generator().manual_seed(52)
+    observations = torch.randn(1, 25, 3, generator=gen, dtype=torch.float64)
+    mask = torch.ones(1, 25, dtype=torch.bool)
+    mask[0, 7:10] = False
+    expected_states, expected_covariances = numpy_ekf(observations[0].numpy(), mask[0].numpy(), ekf)
+    with torch.no_grad():
+        out = ekf(observations, mask=mask)
+    np.testing.assert_allclose(out.states[0].numpy(), expected_states, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(out.covariances[0].numpy(), expected_covariances, atol=1e-8, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Gradients by finite differences
+
+
+@pytest.mark.parametrize(
+    ("layer_type", "method"),
+    [("kf", "reference"), ("kf", "scan"), ("kf", "compiled"), ("ekf", "reference"), ("ekf", "compiled")],
+)
+def test_gradcheck(layer_type: str, method: str) -> None:
+    layer = (
+        random_stable_kf(1, seed=61, method=method)
+        if layer_type == "kf"
+        else perturbed_ekf(1, seed=62, method=method, scale=0.2)
+    )
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
+    gen = torch.Generator().manual_seed(63)
+    observations = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, False, True, True, False, True], [True, True, False, False, True, True]])
+
+    def run(obs: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = functional_call(layer, dict(zip(names, values, strict=True)), (obs,), {"mask": mask})
+        return out.states, out.covariances
+
+    assert torch.autograd.gradcheck(run, (observations, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Contracts
+
+
+def test_kinematic_transition_layout() -> None:
+    dt = 0.04
+    F = kinematic_transition(2, dt)
+    assert F.shape == (6, 6)
+    block = torch.tensor([[1.0, dt, dt * dt / 2], [0.0, 1.0, dt], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(F[:3, :3], block)
+    torch.testing.assert_close(F[3:, 3:], block)
+    assert F[:3, 3:].abs().sum() == 0 and F[3:, :3].abs().sum() == 0
+    # level and its derivatives per second: a constant acceleration of 2/s^2 integrates exactly
+    z = torch.tensor([0.0, 0.0, 2.0])
+    for _ in range(25):
+        z = kinematic_transition(1, dt) @ z
+    torch.testing.assert_close(z, torch.tensor([1.0, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("cls", [KalmanFilter, ExtendedKalmanFilter])
+def test_initial_parameters(cls: type[BayesFilter]) -> None:
+    layer = cls(num_dims=2, fps=25.0, q_init=1e-3, r_init=0.1, p0=2.0)
+    assert (layer.state_dim, layer.obs_dim) == (6, 6)
+    Q, R = layer.noise_covariances(torch.zeros(()))
+    torch.testing.assert_close(torch.diagonal(Q), torch.full((6,), 1e-3))
+    torch.testing.assert_close(torch.diagonal(R), torch.full((6,), 0.1))
+    torch.testing.assert_close(layer.P0, 2.0 * torch.eye(6))
+    assert layer.z0.abs().sum() == 0
+    assert math.isclose(math.log1p(math.exp(inverse_softplus(0.1))), 0.1, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [KalmanFilter, ExtendedKalmanFilter])
+@pytest.mark.parametrize("method", ["reference", "fast", "compiled"])
+def test_shape_contract(cls: type[BayesFilter], method: str) -> None:
+    layer = cls(method=method)
+    with pytest.raises(AffectError, match=r"observations must have shape \(B, T, 3\)"):
+        layer(torch.zeros(2, 10, 4))
+    with pytest.raises(AffectError, match="observations must have shape"):
+        layer(torch.zeros(10, 3))
+    with pytest.raises(AffectError, match="mask must have shape"):
+        layer(torch.zeros(2, 10, 3), mask=torch.ones(2, 9, dtype=torch.bool))
+    observations = torch.randn(2, 10, 3)
+    out = layer(observations)
+    assert isinstance(out, FilterOutput)
+    assert out.states.shape == (2, 10, 3) and out.covariances.shape == (2, 10, 3, 3)
+    all_true = layer(observations, mask=torch.ones(2, 10, dtype=torch.bool))
+    # "fast" may pick another exact implementation once a mask is given: float32 rounding apart, the same numbers
+    tolerance = {"atol": 1e-5, "rtol": 1e-4} if method == "fast" else {"atol": 1e-7, "rtol": 0}
+    torch.testing.assert_close(out.states, all_true.states, **tolerance)
+    torch.testing.assert_close(out.covariances, all_true.covariances, **tolerance)
+
+
+@pytest.mark.parametrize("cls", [KalmanFilter, ExtendedKalmanFilter])
+@pytest.mark.parametrize("method", ["reference", "fast", "compiled"])
+def test_unobserved_frames_are_predict_only(cls: type[BayesFilter], method: str) -> None:
+    """Values at unobserved frames (here NaN) never matter, and get zero gradient."""
+    layer = cls(method=method)
+    observations = torch.randn(1, 12, 3)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[0, 4:8] = False
+    poisoned = observations.clone()
+    poisoned[0, 4:8] = float("nan")
+    poisoned.requires_grad_(True)
+    out = layer(poisoned, mask=mask)
+    clean = layer(observations, mask=mask)
+    assert torch.isfinite(out.states).all() and torch.isfinite(out.covariances).all()
+    torch.testing.assert_close(out.states, clean.states)
+    out.states.sum().backward()
+    assert poisoned.grad is not None and (poisoned.grad[0, 4:8] == 0).all() and torch.isfinite(poisoned.grad).all()
+    if cls is KalmanFilter:  # predict only: the covariance grows through the gap and shrinks at the next update
+        trace = torch.diagonal(out.covariances[0], dim1=-2, dim2=-1).sum(-1)
+        assert (trace[5:8] > trace[4:7]).all() and trace[8] < trace[7]
+
+
+def test_unknown_method_is_rejected() -> None:
+    with pytest.raises(AffectError, match="method"):
+        KalmanFilter(method="parallel")
+    with pytest.raises(AffectError, match="method"):
+        ExtendedKalmanFilter(method="scan")  # the EKF is not a linear recursion

@@ -1,0 +1,232 @@
+"""The Prefect flows against a real Prefect server: outputs, artifacts, resume after a crash, schedule files.
+
+The flows here run on the single-process backend (``AFFECT_FLOWS_BACKEND=local``) to stay fast; the pipeline on
+S3 with a real Ray cluster is in tests/test_flows_services.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from affect_core.errors import AffectError
+from affect_core.synth import SynthConfig, write_corpus
+from flows.retry import is_transient
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_dim=8, test_labels=True)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@pytest.fixture
+def prefect_api(prefect_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This process talks to the session's Prefect server; flows run on the single-process backend."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("AFFECT_FLOWS_BACKEND", "local")
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        yield prefect_server.api_url
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # send the run logs while the server is still up
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("flows") / "corpus"
+    write_corpus(TINY, out, "avec2016")
+    return str(out)
+
+
+def run_flow(flow: Any, *args: Any, **kwargs: Any) -> tuple[Any, str]:
+    """Run a flow; return (its result, its flow run id); fail the test if it did not complete."""
+    state = flow(*args, return_state=True, **kwargs)
+    assert state.is_completed(), state.message
+    return state.result(), str(state.state_details.flow_run_id)
+
+
+def artifacts(flow_run_ids: list[str] | None = None, keys: list[str] | None = None) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    filters = ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids) if flow_run_ids else None,
+        key=ArtifactFilterKey(any_=keys) if keys else None,
+    )
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=filters)
+
+
+def by_key(found: list[Any]) -> dict[str, Any]:
+    return {a.key: a for a in found}
+
+
+# ------------------------------------------------------------------------------------------ unit checks
+def test_transient_errors_are_retried_and_bad_input_is_not() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError("connection refused")
+        except OSError:
+            raise AffectError("s3://b/x: writing version v failed; nothing was published") from None
+    except AffectError as wrapped:
+        assert is_transient(wrapped)  # the storage fault stays visible through `from None`
+    assert not is_transient(AffectError("train_1.arff, row 3: expected 5 values"))
+    assert not is_transient(FileNotFoundError("nope"))
+    assert is_transient(TimeoutError())
+
+    class NodeDiedError(Exception):  # named like Ray's, recognised by class name
+        pass
+
+    assert is_transient(NodeDiedError())
+
+
+def test_schedule_files_agree() -> None:
+    """schedules.yaml (affect serve) and prefect.yaml (prefect deploy) declare the same deployments."""
+    from flows.deployments import build_deployments, flow_objects, load_schedules
+
+    specs = load_schedules(REPO / "schedules.yaml")
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert [s.name for s in specs] == [d["name"] for d in declared]
+    flows = flow_objects()
+    for spec, deployment in zip(specs, declared, strict=True):
+        path, function = deployment["entrypoint"].split(":")
+        assert (REPO / path).is_file()
+        module = __import__(path[:-3].replace("/", "."), fromlist=[function])
+        assert getattr(module, function) is flows[spec.flow]
+        assert deployment["schedules"] == [{"cron": spec.cron, "timezone": spec.timezone}]
+        assert deployment["parameters"] == spec.parameters
+        assert deployment["work_pool"]["name"] == "affect-pool"
+    built = build_deployments(specs)
+    assert [d.entrypoint for d in built][0] == "flows.workflows.ingest_flow"
+    assert all(d.schedules and d.parameters for d in built)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "x", "flow": "nope", "cron": "0 2 * * *"}, "flow 'nope' unknown"),
+        ({"name": "x", "flow": "ingest", "cron": "99 2 * * *"}, "invalid cron"),
+        ({"name": "x", "flow": "ingest", "interval": 5, "parameters": {"source": "a"}}, "missing required"),
+        ({"name": "x", "flow": "score", "interval": 5, "parameters": {"bogus": 1}}, "unknown parameter"),
+        ({"name": "x", "flow": "ingest", "cron": "0 2 * * *", "interval": 3}, "exactly one of"),
+    ],
+)
+def test_bad_schedules_file(tmp_path: Path, entry: dict[str, Any], message: str) -> None:
+    from flows.deployments import load_schedules
+
+    path = tmp_path / "schedules.yaml"
+    path.write_text(yaml.safe_dump({"deployments": [entry]}))
+    with pytest.raises(AffectError, match=message):
+        load_schedules(path)
+
+
+def test_serve_without_server_is_one_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    result = subprocess.run(
+        [sys.executable, "-m", "affect_cli.main", "serve", "--config", str(REPO / "schedules.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "PREFECT_API_URL is not set" in result.stderr and "ephemeral" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------- flows on the server
+@pytest.mark.services
+def test_each_flow_produces_outputs_and_artifacts(prefect_api: str, corpus_dir: str, tmp_path: Path) -> None:
+    from flows.workflows import ingest_flow, score_flow, train_flow, tune_flow
+
+    dataset, tuning, run, preds = (str(tmp_path / n) for n in ("dataset", "tuning", "run", "preds"))
+    first, ingest_id = run_flow(ingest_flow, corpus_dir, dataset, layout="avec2016")
+    assert not first["unchanged"] and first["videos"] == 6
+    again, again_id = run_flow(ingest_flow, corpus_dir, dataset, layout="avec2016")
+    assert again["unchanged"] and again["version"] == first["version"]
+    assert "unchanged (skipped" in by_key(artifacts([again_id]))["affect-ingest"].data
+
+    outcome, tune_id = run_flow(tune_flow, dataset, tuning, num_samples=2, max_epochs=1, model="lstm-kf")
+    assert outcome.trials == 2 and (tmp_path / "tuning" / "best_config.yaml").is_file()
+    tune_artifacts = by_key(artifacts([tune_id]))
+    assert "best dev CCC" in tune_artifacts["affect-tune"].data
+    assert tune_artifacts["affect-tune-best-config"].type == "markdown"  # link artifacts render as markdown
+
+    outputs, train_id = run_flow(
+        train_flow,
+        dataset,
+        run,
+        dimension="both",
+        seeds=2,
+        epochs=1,
+        config=f"{tuning}/best_config.yaml",
+        model="lstm-kf",
+    )
+    assert set(outputs) == {"results", "summary", "model"}
+    table = pq.read_table(f"{run}/results.parquet")
+    assert sorted(set(table.column("seed").to_pylist())) == [0, 1]
+    results_md = by_key(artifacts([train_id]))["affect-train-results"].data
+    assert "## dev split" in results_md and "## Learned lag" in results_md and "LSTM-KF-AA" in results_md
+
+    scored, score_id = run_flow(score_flow, dataset, f"{run}/model", preds)
+    assert scored["videos"] == 6 and scored["frames"] == 6 * 300
+    assert len(list(Path(preds).glob("part-*.parquet"))) == 6 and (Path(preds) / "_evaluation.json").is_file()
+    assert "| dev | arousal | 2 |" in by_key(artifacts([score_id]))["affect-score"].data
+    rescored, _ = run_flow(score_flow, dataset, f"{run}/model", preds)
+    assert rescored["skipped"] == 6 and rescored["frames"] == 0
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_pipeline_resumes_after_a_crash(
+    prefect_api: str, corpus_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline that crashed in scoring, run again: ingest no-op, search and seeds not redone, report written."""
+    from flows import backend
+    from flows.workflows import pipeline_flow
+
+    dataset, run = str(tmp_path / "dataset"), str(tmp_path / "run")
+    params = dict(seeds=2, epochs=1, num_samples=2, model="lstm-kf", align="adaptive", report_videos=1)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("worker lost its mind")  # not transient: fails at once, no retry
+
+    monkeypatch.setattr(backend, "score_local", crash)
+    state = pipeline_flow(corpus_dir, dataset, run, return_state=True, **params)
+    assert state.is_failed()
+    seed_rows = sorted(Path(run, "seeds").glob("*/rows.json"))
+    assert len(seed_rows) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in [*seed_rows, Path(run, "tuning", "best_config.yaml")]}
+    versions_before = sorted(Path(dataset, "_manifests").iterdir())
+
+    monkeypatch.undo()
+    monkeypatch.setenv("AFFECT_FLOWS_BACKEND", "local")
+    result, run_id = run_flow(pipeline_flow, corpus_dir, dataset, run, **params)
+    assert sorted(Path(dataset, "_manifests").iterdir()) == versions_before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing redone
+    assert len(list(Path(run, "predictions").glob("part-*.parquet"))) == 6
+    report_dir = Path(run, "report")
+    assert {p.name for p in report_dir.iterdir()} >= {
+        "summary.md",
+        "ablation.png",
+        "lag.png",
+        "curves-dev_1.png",
+        "tuning.png",
+    }
+    assert result["report"].endswith("report/summary.md")
+    keys = by_key(artifacts([run_id]))
+    assert {"affect-report", "affect-report-ablation", "affect-report-lag", "affect-report-tuning"} <= set(keys)
+    assert keys["affect-report-ablation"].data.startswith("[ablation.png](file://")
+
+    with pytest.raises(AffectError, match="other input or parameters"):
+        pipeline_flow(corpus_dir, dataset, run, **{**params, "epochs": 2})

@@ -1,0 +1,212 @@
+# ruff: noqa: F811 - the fixtures imported from test_flows are test arguments here
+"""The flows with real services: a schedule that fires on a Prefect server, a storage outage survived by retry,
+and the pipeline end to end on SeaweedFS S3 with a real two-node Ray cluster (RAY_ADDRESS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3fs
+import yaml
+from test_flows import artifacts, by_key, corpus_dir, prefect_api, run_flow  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.services
+OUTAGE_S = 15.0  # longer than s3fs's and botocore's own retries, shorter than the task's retry budget
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started here with start_new_session=True, and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return
+    os.killpg(process.pid, signal.SIGKILL)  # a flow run subprocess left behind
+
+
+def completed_runs(deployment_name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+            ),
+        )
+
+
+@pytest.mark.slow
+def test_a_served_schedule_fires(prefect_api: str, corpus_dir: str, tmp_path: Path) -> None:
+    """`affect serve` with a 5 s interval: a scheduled flow run completes, then everything is stopped."""
+    schedules = tmp_path / "schedules.yaml"
+    dataset = tmp_path / "dataset"
+    entry = {
+        "name": "every-few-seconds",
+        "flow": "ingest",
+        "interval": 5,
+        "parameters": {"source": corpus_dir, "dataset_url": str(dataset), "layout": "avec2016"},
+    }
+    schedules.write_text(yaml.safe_dump({"deployments": [entry]}))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "affect_cli.main", "serve", "--config", str(schedules)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not completed_runs("every-few-seconds"):
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(2)
+        run = completed_runs("every-few-seconds")[0]
+        assert run.auto_scheduled and run.parameters["dataset_url"] == str(dataset)
+        assert (dataset / "_manifests").is_dir()
+    finally:
+        stop_group(serve)
+        log.close()
+    assert serve.poll() is not None
+
+
+def test_storage_outage_is_retried(
+    prefect_api: str,
+    corpus_dir: str,
+    s3_server: Any,
+    s3_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The S3 server is down when the ingest task starts and comes back after the storage client's own retries
+    gave up: the task fails, retries after its backoff and succeeds; the dataset is complete and readable."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from affect_core.data.dataset import read_corpus
+    from flows.workflows import ingest_flow
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    dataset = f"{s3_url}/dataset"
+    s3_server.stop()
+    restart = threading.Timer(OUTAGE_S, s3_server.start)
+    restart.start()
+    try:
+        result, run_id = run_flow(ingest_flow, corpus_dir, dataset, s3_endpoint=s3_server.endpoint_url)
+    finally:
+        restart.join()
+        if not s3_server.running:
+            s3_server.start()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    ingest_run = next(r for r in runs if r.name.startswith("ingest"))
+    assert ingest_run.run_count >= 2, "the first attempt should have failed while S3 was down"
+    assert not result["unchanged"] and result["videos"] == 6
+    assert len(read_corpus(dataset).videos) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # Ray Train start-up dominates; a loaded 2-core machine needs minutes
+def test_pipeline_on_s3_with_a_ray_cluster(
+    prefect_server: Any,
+    s3_server: Any,
+    s3_url: str,
+    ray_cluster: Any,
+    corpus_dir: str,
+    tmp_path: Path,
+) -> None:
+    """`affect pipeline` with dataset and run on SeaweedFS and Ray at RAY_ADDRESS; no secret in any output."""
+    env = {k: v for k, v in os.environ.items() if k != "AFFECT_FLOWS_BACKEND"}
+    env.update({**s3_server.env(), **ray_cluster.env(), **prefect_server.env()})
+    dataset, run = f"{s3_url}/dataset", f"{s3_url}/run"
+    argv = [
+        sys.executable,
+        "-m",
+        "affect_cli.main",
+        "pipeline",
+        corpus_dir,
+        dataset,
+        "--out",
+        run,
+        "--s3-endpoint",
+        s3_server.endpoint_url,
+        "--trials",
+        "1",
+        "--dimension",
+        "arousal",
+        "--tune-epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--report-videos",
+        "1",
+        "--no-progress",
+    ]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1700, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "report:" in result.stdout and f"{run}/predictions" in result.stdout
+
+    fs = s3fs.S3FileSystem(**s3_server.storage_options())
+    base = run[len("s3://") :]
+    assert len(fs.glob(f"{base}/predictions/part-*.parquet")) == 6
+    assert {p.rsplit("/", 1)[1] for p in fs.ls(f"{base}/report")} >= {
+        "summary.md",
+        "ablation.png",
+        "lag.png",
+        "curves-dev_1.png",
+        "tuning.png",
+    }
+    assert fs.exists(f"{base}/tuning/best_config.yaml") and fs.exists(f"{base}/tuning/trials.parquet")
+    import pyarrow.parquet as pq
+
+    with fs.open(f"{base}/results.parquet", "rb") as handle:
+        rows = pq.read_table(handle).to_pylist()
+    assert {r["seed"] for r in rows} == {0, 1} and all(r["node"] for r in rows)
+
+    secret = s3_server.secret_key
+    assert secret not in output
+    texts = [fs.cat(p).decode("utf-8", "replace") for p in fs.find(base) if p.endswith((".md", ".json", ".yaml"))]
+    assert texts and not any(secret in t for t in texts)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        published = artifacts(
+            keys=[
+                "affect-report",
+                "affect-train-results",
+                "affect-ingest",
+                "affect-score",
+                "affect-tune",
+                "affect-report-ablation",
+            ]
+        )
+    assert len({a.key for a in published}) == 6
+    assert not any(secret in str(a.data) or secret in str(a.description) for a in published)

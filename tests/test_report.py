@@ -1,0 +1,137 @@
+"""Reports: summary.md numbers equal results.parquet's, the PNG plots are valid images of sensible size."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from affect_core.config import RunConfig
+from affect_core.data.dataset import ingest, read_corpus
+from affect_core.experiment import read_results, train_run, variant_label
+from affect_core.report import score_column, write_report
+from affect_core.synth import SynthConfig, write_corpus
+
+TINY = SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_dim=8, test_labels=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A dataset and a 2-seed lstm-kf run of 1 epoch on the tiny corpus (both dimensions)."""
+    root = tmp_path_factory.mktemp("report")
+    write_corpus(TINY, root / "corpus", "avec2016")
+    dataset = str(root / "dataset")
+    ingest(str(root / "corpus"), dataset, layout="avec2016", progress=False)
+    config = RunConfig()
+    config.model.model = "lstm-kf"
+    config.train.max_epochs = 1
+    train_run(read_corpus(dataset), str(root / "run"), config, dimension="both", seeds=2, progress=False)
+    return dataset, str(root / "run")
+
+
+def check_png(path: Path, min_size: tuple[int, int] = (300, 200)) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        assert min_size[0] <= width <= 4000 and min_size[1] <= height <= 4000, (path, image.size)
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.std() > 5, f"{path} looks blank"
+
+
+def table_cells(summary: str, split: str) -> dict[str, list[str]]:
+    """{variant label: cells} of the '## <split> split' table of a summary."""
+    section = summary.split(f"## {split} split", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+    return {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows}
+
+
+def test_report_writes_plots_and_summary_matching_results(trained_run: tuple[str, str]) -> None:
+    dataset, run = trained_run
+    result = write_report(run, dataset_url=dataset, videos=2)
+    report_dir = Path(run) / "report"
+    assert set(result.plots) == {"ablation", "lag", "curves-dev_1", "curves-dev_2"}
+    for name in result.plots:
+        check_png(report_dir / f"{name}.png")
+    summary = (report_dir / "summary.md").read_text()
+    assert summary == result.summary
+    for name in result.plots:
+        assert f"]({name}.png)" in summary
+
+    table = read_results(run).to_pandas()
+    label = variant_label("lstm-kf", "adaptive", False)
+    for split in ("train", "dev", "test"):
+        cells = table_cells(summary, split)[label]
+        expected = []
+        for dim in ("arousal", "valence"):
+            sel = table[(table.split == split) & (table.dimension == dim)]
+            assert len(sel) == 2  # one row per seed
+            for metric in ("ccc", "rmse", "pcc"):
+                values = sel[metric].to_numpy()
+                expected.append(f"{values.mean():.3f} ({values.std(ddof=0):.3f})")
+        assert cells == expected, split
+    lag_rows = summary.split("## Learned lag", 1)[1]
+    for name in ("arousal", "valence"):
+        mus = table[(table.name == name) & (table.split == "dev")]["mu_frames"].to_numpy()
+        assert re.search(rf"\| {re.escape(label)} \| {name} \| {mus.mean():.3f} \({mus.std():.3f}\)", lag_rows)
+
+
+def test_report_uses_predictions_and_tuning_run(trained_run: tuple[str, str], tmp_path: Path) -> None:
+    from affect_core.artifact import load_bundle
+    from affect_core.data.dataset import iter_videos
+    from affect_core.scoring import score_videos
+
+    dataset, run = trained_run
+    bundle = load_bundle(f"{run}/model")
+    preds = str(tmp_path / "preds")
+    score_videos(bundle, iter_videos(dataset), preds, feature_names=bundle.feature_names, progress=False)
+    tuning = tmp_path / "tuning"
+    tuning.mkdir()
+    trials = pa.table(
+        {
+            "trial_id": ["a", "b", "c"],
+            "best_dev_ccc": [0.1, 0.3, 0.2],
+            "train.lr": [1e-4, 1e-3, 1e-2],
+            "model.lstm_size": [8, 16, 32],
+            "status": ["stopped", "finished", "finished"],
+        }
+    )
+    pq.write_table(trials, tuning / "trials.parquet")
+    assert score_column(trials) == "best_dev_ccc"
+    out = tmp_path / "report"
+    result = write_report(
+        run,
+        dataset_url=dataset,
+        predictions_url=preds,
+        tuning_url=str(tuning),
+        out_url=str(out),
+        video_ids=["dev_2"],
+    )
+    assert set(result.plots) == {"ablation", "lag", "curves-dev_2", "tuning"}
+    check_png(out / "tuning.png")
+    check_png(out / "curves-dev_2.png")
+    summary = (out / "summary.md").read_text()
+    best_row = [line for line in summary.split("## Tuning", 1)[1].splitlines() if line.startswith("| 0.3")]
+    assert best_row and "0.001" in best_row[0] and "16" in best_row[0]
+
+
+def test_report_cli(trained_run: tuple[str, str], tmp_path: Path) -> None:
+    from affect_cli.main import app
+
+    dataset, run = trained_run
+    out = tmp_path / "cli-report"
+    result = CliRunner().invoke(app, ["report", run, "--dataset", dataset, "--out", str(out), "--videos", "1"])
+    assert result.exit_code == 0, result.output
+    assert "summary.md" in result.output and (out / "curves-dev_1.png").exists()
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no results here" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
