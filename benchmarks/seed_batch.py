@@ -1,0 +1,93 @@
+"""Wall time of training 10 seeds as one stack against one seed alone (issue 7, item 3), side by side in one run.
+
+Same variant, same generated data, a fixed number of epochs (early stopping off), torch threads = 1. Also times the
+seeds one by one with ``train_model`` for reference, and checks that the stack's per-seed dev CCC equals theirs.
+
+    python -m benchmarks.seed_batch [--seeds 10] [--epochs 3] [--frames 1500] [--videos-per-split 4]
+        [--model lstm-kf] [--align adaptive] [--window 0] [--skip-one-by-one]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import time
+
+import numba
+import torch
+
+from affect_core.config import ModelConfig, RunConfig, TrainConfig
+from affect_core.seed_batch import train_seeds_batched
+from affect_core.synth import SynthConfig, generate_corpus
+from affect_core.training import train_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=1500)
+    parser.add_argument("--videos-per-split", type=int, default=4)
+    parser.add_argument("--model", default="lstm-kf")
+    parser.add_argument("--align", default="adaptive")
+    parser.add_argument("--window", type=int, default=0, help="truncated-BPTT window in frames (0 = whole sequences)")
+    parser.add_argument("--skip-one-by-one", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.system()}, load average {load}; "
+        f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    corpus = generate_corpus(
+        SynthConfig(videos_per_split=args.videos_per_split, frames=args.frames, appearance_dim=6, geometric_dim=8)
+    )
+    train, dev = corpus.split("train"), corpus.split("dev")
+    config = RunConfig(
+        model=ModelConfig(model=args.model, align=args.align),
+        train=TrainConfig(
+            max_epochs=args.epochs, patience=args.epochs + 1, window_frames=args.window or None, batch_size=8
+        ),
+    )
+    print(
+        f"{args.model}/{args.align}, {args.epochs} epochs, {len(train)} train + {len(dev)} dev videos x {args.frames} "
+        f"frames, {'whole sequences' if not args.window else f'{args.window}-frame windows'}"
+    )
+    warm = copy.deepcopy(config)
+    warm.train.max_epochs = 1
+    train_seeds_batched(train[:1], dev[:1], warm, [0, 1])  # load compiled kernels before timing
+
+    def alone(seed: int) -> tuple[float, float]:
+        seed_config = copy.deepcopy(config)
+        seed_config.train.seed = seed
+        started = time.perf_counter()
+        result = train_model(train, dev, seed_config, progress=False)
+        return time.perf_counter() - started, result.metrics["dev"][config.model.dimension]["ccc"]
+
+    one_seconds, _ = alone(0)
+    seeds = list(range(args.seeds))
+    started = time.perf_counter()
+    results = train_seeds_batched(train, dev, config, seeds)
+    batched_seconds = time.perf_counter() - started
+    print(f"1 seed alone (train_model):          {one_seconds:8.2f} s")
+    print(
+        f"{args.seeds} seeds as one stack:              {batched_seconds:8.2f} s   "
+        f"= {batched_seconds / one_seconds:.2f}x one seed (target <= 4x)"
+    )
+    if not args.skip_one_by_one:
+        total, worst = 0.0, 0.0
+        for seed, result in zip(seeds, results, strict=True):
+            seconds, ccc = alone(seed)
+            total += seconds
+            worst = max(worst, abs(ccc - result.metrics["dev"][config.model.dimension]["ccc"]))
+        print(
+            f"{args.seeds} seeds one by one (train_model): {total:8.2f} s   = {total / one_seconds:.2f}x one seed; "
+            f"stack is {total / batched_seconds:.2f}x faster; largest dev CCC difference {worst:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()

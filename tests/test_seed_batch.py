@@ -1,0 +1,154 @@
+"""Seeds trained as one stack give what training each seed alone gives; the stack's LSTM equals torch.nn.LSTM."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from affect_core.config import ModelConfig, RunConfig, TrainConfig
+from affect_core.experiment import load_seed_outcome, plan_seed_tasks, run_seed
+from affect_core.inference import predict_features
+from affect_core.model import AffectModel
+from affect_core.seed_batch import SeedLSTMRecurrence, SeedStack, run_seeds_batched, train_seeds_batched
+from affect_core.synth import SynthConfig, generate_corpus
+from affect_core.training import train_model
+
+SEEDS = [0, 1, 2]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus():
+    return generate_corpus(SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_dim=8, seed=3))
+
+
+def run_config(model: str, align: str, window: int | None, max_epochs: int, patience: int) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(model=model, align=align, window=20),
+        train=TrainConfig(max_epochs=max_epochs, patience=patience, window_frames=window, batch_size=2),
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "align", "window", "max_epochs", "patience"),
+    [
+        ("lstm-kf", "adaptive", 100, 4, 2),  # truncated windows drawn per seed
+        ("lstm-ekf", "adaptive", None, 8, 3),  # full-length BPTT; seed 0 trains 8 epochs, seeds 1 and 2 stop at 4
+        ("baseline", "none", 100, 3, 2),
+    ],
+)
+def test_each_seed_equals_training_it_alone(tiny_corpus, model, align, window, max_epochs, patience):
+    torch.set_num_threads(1)
+    train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
+    config = run_config(model, align, window, max_epochs, patience)
+    batched = train_seeds_batched(train, dev, config, SEEDS)
+    assert len(batched) == len(SEEDS)
+    for seed, got in zip(SEEDS, batched, strict=True):
+        seed_config = copy.deepcopy(config)
+        seed_config.train.seed = seed
+        alone = train_model(train, dev, seed_config, progress=False)
+        assert got.config.train.seed == seed
+        assert (got.epochs, got.best_epoch) == (alone.epochs, alone.best_epoch)
+        assert [r.epoch for r in got.history] == [r.epoch for r in alone.history]
+        for a, b in zip(got.history, alone.history, strict=True):
+            assert a.dev_ccc == pytest.approx(b.dev_ccc, abs=TOL)
+            assert a.train_loss == pytest.approx(b.train_loss, abs=TOL)
+        expected = alone.model.state_dict()
+        for key, value in got.model.state_dict().items():
+            assert torch.allclose(value, expected[key], atol=TOL), key
+        assert got.mu_frames == pytest.approx(alone.mu_frames, abs=TOL)
+        assert got.sigma2 == pytest.approx(alone.sigma2, abs=TOL)
+        assert got.metrics.keys() == alone.metrics.keys()
+        for split, per_dim in alone.metrics.items():
+            for dim, values in per_dim.items():
+                for name, value in values.items():
+                    assert got.metrics[split][dim][name] == pytest.approx(value, abs=TOL), (split, dim, name)
+    if model == "lstm-ekf":
+        assert len({r.epochs for r in batched}) > 1, "the early-stopping case must stop seeds at different epochs"
+
+
+def stacked_models(config: ModelConfig, count: int) -> list[AffectModel]:
+    models = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        model = AffectModel(config)
+        if model.alignment is not None and hasattr(model.alignment, "mu_raw"):
+            with torch.no_grad():
+                model.alignment.mu_raw.fill_(0.2 * seed - 0.2)  # distinct lags per seed
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("model", ["lstm-kf", "lstm-ekf", "baseline"])
+def test_unstacked_models_predict_what_the_stack_predicts(model):
+    torch.set_num_threads(1)
+    config = ModelConfig(model=model, align="adaptive", input_dim=5, window=10)
+    stack = SeedStack(stacked_models(config, 3))
+    x = torch.randn(2, 80, 5)
+    x[0, 10:15] = float("nan")  # frames without a face
+    with torch.no_grad():
+        y = stack(x)
+    for s, single in enumerate(stack.unstack()):
+        with torch.no_grad():
+            assert torch.allclose(single(x).y, y[s], atol=1e-5)
+        levels = predict_features(single, None, x[1].numpy()).levels
+        assert torch.allclose(torch.from_numpy(levels), y[s, 1, :, 0::3], atol=1e-5)
+
+
+def test_stack_gradients_are_each_models_gradients():
+    torch.set_num_threads(1)
+    config = ModelConfig(model="lstm-ekf", align="adaptive", input_dim=5, window=10)
+    models = stacked_models(config, 3)
+    stack = SeedStack(models)
+    x = torch.randn(2, 60, 5)
+    (stack(x) ** 2).sum().backward()
+    for s, model in enumerate(models):
+        (model(x).y ** 2).sum().backward()
+        for name, p in model.named_parameters():
+            assert torch.allclose(stack.tensor(name).grad[s], p.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_seed_lstm_recurrence_equals_torch_lstm():
+    torch.manual_seed(0)
+    seeds, batch, steps, width, hidden = 3, 2, 40, 6, 5
+    lstms = [torch.nn.LSTM(width, hidden, batch_first=True).double() for _ in range(seeds)]
+    x = torch.randn(seeds, batch, steps, width, dtype=torch.float64)
+    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
+    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
+    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    xw = (torch.einsum("sbti,sgi->tsbg", x, w_ih) + bias[None, :, None, :]).contiguous()
+    hidden_states = SeedLSTMRecurrence.apply(xw, w_hh).permute(1, 2, 0, 3)  # (S, B, T, H)
+    grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
+    for s, lstm in enumerate(lstms):
+        expected, _ = lstm(x[s])
+        assert torch.allclose(hidden_states[s], expected, atol=1e-12)
+        g_ih, g_hh, g_b_ih, _ = torch.autograd.grad((expected**3).sum(), list(lstm.parameters()))
+        assert torch.allclose(grads[0][s], g_ih, atol=1e-12)
+        assert torch.allclose(grads[1][s], g_hh, atol=1e-12)
+        assert torch.allclose(grads[2][s], g_b_ih, atol=1e-12)
+
+
+def test_run_seeds_batched_writes_what_run_seed_writes_and_resumes(tiny_corpus, tmp_path):
+    torch.set_num_threads(1)
+    config = run_config("lstm-kf", "adaptive", 100, 2, 5)
+    run_url = str(tmp_path / "run")
+    tasks = plan_seed_tasks(config, "arousal", [0, 1])
+    trained: list[str] = []
+    outcomes = run_seeds_batched(tasks, tiny_corpus, run_url, on_epoch=lambda task, _: trained.append(task.key))
+    assert [o.task.key for o in outcomes] == ["arousal-seed0", "arousal-seed1"]
+    assert sorted(set(trained)) == ["arousal-seed0", "arousal-seed1"]
+    alone = run_seed(tasks[1], tiny_corpus, str(tmp_path / "alone"))
+    assert [(r["split"], r["dimension"], r["seed"]) for r in outcomes[1].rows] == [
+        (r["split"], r["dimension"], r["seed"]) for r in alone.rows
+    ]
+    for got, expected in zip(outcomes[1].rows, alone.rows, strict=True):
+        assert got["ccc"] == pytest.approx(expected["ccc"], abs=TOL)
+    assert load_seed_outcome(tasks[0], run_url) is not None
+    trained.clear()
+    more = plan_seed_tasks(config, "arousal", [0, 1, 2])
+    resumed = run_seeds_batched(more, tiny_corpus, run_url, resume=True, on_epoch=lambda t, _: trained.append(t.key))
+    assert set(trained) == {"arousal-seed2"}  # finished seeds are not trained again
+    assert [o.task.key for o in resumed] == ["arousal-seed0", "arousal-seed1", "arousal-seed2"]
+    assert resumed[0].rows == outcomes[0].rows
