@@ -1,0 +1,147 @@
+"""Multi-seed training on a real two-node Ray cluster (127.0.0.1, 1 CPU per node) through RAY_ADDRESS.
+
+The driver is the ``affect`` CLI in a subprocess with the cluster's environment, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from affect_core.data.dataset import ingest
+from affect_core.storage import list_dir, resolve
+from affect_core.synth import SynthConfig, write_corpus
+
+SEEDS = 4
+TRAIN_ARGS = ["--dimension", "arousal", "--model", "lstm-kf", "--seeds", str(SEEDS), "--epochs", "3"]
+
+
+def make_dataset(root: Path, url: str, storage_options: dict | None = None) -> str:
+    """A tiny generated corpus (2 videos per split, 300 frames, 14 features) ingested at ``url``."""
+    write_corpus(SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_dim=8), root, "parquet")
+    ingest(str(root), url, layout="parquet", storage_options=storage_options, progress=False)
+    return url
+
+
+def affect(args: list[str], env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    """Run the ``affect`` CLI with ``env`` added to this process's environment."""
+    command = [sys.executable, "-m", "affect_cli.main", *args]
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def check_run(run_url: str, storage_options: dict | None = None) -> list[str]:
+    """Results, summary, model and one checkpoint per seed exist; returns the node of each seed."""
+    run = resolve(run_url, storage_options)
+    with run.fs.open(run.join("results.parquet").path, "rb") as handle:
+        results = pq.read_table(handle).to_pandas()
+    assert sorted(results["seed"].unique()) == list(range(SEEDS))
+    assert set(results["split"]) >= {"train", "dev"}
+    assert results["ccc"].notna().all()
+    assert run.exists("summary.md") and run.exists("model", "bundle.json")
+    checkpoints = {name for name, _ in list_dir(run.fs, run.join("checkpoints").path)}
+    assert checkpoints == {f"arousal-seed{k}.pt" for k in range(SEEDS)}
+    return results.groupby("seed")["node"].first().tolist()
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_four_seeds_run_on_both_nodes_with_s3_storage(ray_cluster, s3_server, s3_url, tmp_path):
+    env = {**ray_cluster.env(), **s3_server.env()}
+    dataset = make_dataset(tmp_path / "corpus", f"{s3_url}/dataset", s3_server.storage_options())
+    run_url = f"{s3_url}/run"
+    done = affect(["train", dataset, "--out", run_url, *TRAIN_ARGS, "--no-progress"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    nodes = check_run(run_url, s3_server.storage_options())
+    alive = {node["NodeID"] for node in _ray_nodes(env)}
+    assert set(nodes) <= alive
+    assert len(set(nodes)) == 2, f"all seeds ran on one node: {nodes}"
+    assert s3_server.secret_key not in done.stdout + done.stderr
+
+    # An interrupted run (one seed unfinished, no results yet) resumes: finished seeds are not trained again.
+    options = s3_server.storage_options()
+    run = resolve(run_url, options)
+    before = _results(run_url, options)
+    run.fs.rm(run.join("results.parquet").path)
+    run.fs.rm(run.join("seeds", "arousal-seed3", "rows.json").path)
+    again = affect(["train", dataset, "--out", run_url, *TRAIN_ARGS, "--resume", "--no-progress"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    check_run(run_url, options)
+    after = _results(run_url, options)
+    kept = before["seed"] < 3
+    assert after[kept]["train_seconds"].tolist() == before[kept]["train_seconds"].tolist()
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_seeds_finish_when_a_worker_node_is_killed(ray_cluster, tmp_path):
+    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
+    run_url = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "affect_cli.main",
+        "train",
+        dataset,
+        "--out",
+        str(run_url),
+        "--dimension",
+        "arousal",
+        "--model",
+        "lstm-kf",
+        "--seeds",
+        str(SEEDS),
+        "--epochs",
+        "6",
+        "--max-failures",
+        "5",
+        "--no-progress",
+    ]
+    driver = subprocess.Popen(
+        command, env={**os.environ, **ray_cluster.env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        # Two seeds train at once (one per node); kill the worker node once both have checkpointed an epoch.
+        deadline = time.monotonic() + 240
+        while len(list((run_url / "checkpoints").glob("*.pt"))) < 2:
+            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the seeds never started"
+            time.sleep(0.2)
+        ray_cluster.kill_worker(0)
+        ray_cluster.restart_worker(0)
+        output, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        if not any(ray_cluster.node_pids()[1:]):
+            ray_cluster.restart_worker(0)
+    assert driver.returncode == 0, output[-3000:]
+    check_run(str(run_url))
+
+
+def _results(run_url: str, storage_options: dict | None):
+    run = resolve(run_url, storage_options)
+    with run.fs.open(run.join("results.parquet").path, "rb") as handle:
+        return pq.read_table(handle).to_pandas().sort_values(["seed", "split"]).reset_index(drop=True)
+
+
+def _ray_nodes(env: dict[str, str]) -> list[dict]:
+    """The cluster's nodes as a separate driver sees them (keeps Ray out of the test process)."""
+    import json
+
+    probe = "import json, ray; ray.init(logging_level='ERROR'); print(json.dumps(ray.nodes())); ray.shutdown()"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,0 +1,113 @@
+"""Ray Tune search (Optuna + ASHA) on the two-node test cluster, and the search space / outputs without Ray."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from affect_core.config import RunConfig
+from tests.test_ray_train import affect, make_dataset
+from tuning.tune import HIDDEN_SIZES, apply_params, write_outputs
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_small_search_stops_trials_early_and_its_best_config_trains(ray_cluster, tmp_path):
+    env = ray_cluster.env()
+    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
+    out = tmp_path / "tune"
+    done = affect(
+        [
+            "tune",
+            dataset,
+            "--out",
+            str(out),
+            "--num-samples",
+            "6",
+            "--max-concurrent",
+            "2",
+            "--epochs",
+            "3",
+            "--no-progress",
+        ],
+        env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 6
+    assert (trials["status"] != "error").all()
+    assert (trials["status"] == "stopped").sum() >= 1, trials[["trial_id", "status", "epochs"]]
+    assert (trials["epochs"] <= 3).all() and (trials["epochs"] == 3).any()
+    assert {"train.lr", "model.lstm_size", "model.window", "features.pooling_window"} <= set(trials.columns)
+    assert (out / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = RunConfig.from_text((out / "best_config.yaml").read_text())
+    best_row = trials.loc[trials["best_dev_ccc"].idxmax()]
+    assert best.train.lr == pytest.approx(best_row["train.lr"])
+    assert best.model.model == best_row["model.model"]
+    trained = affect(
+        [
+            "train",
+            dataset,
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(out / "best_config.yaml"),
+            "--dimension",
+            "arousal",
+            "--epochs",
+            "1",
+            "--no-ray",
+            "--no-progress",
+        ],
+        env,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "bundle.json").exists()
+
+
+def test_trial_parameters_map_onto_the_run_config():
+    params = {
+        "model": {
+            "model": "lstm-kf",
+            "hidden_sizes": HIDDEN_SIZES[2],
+            "lstm_size": 8,
+            "window": 25,
+            "sigma2_init": 10.0,
+        },
+        "features": {"pca_share": 0.9, "pooling_window": 50},
+        "train": {"lr": 0.002, "lr_align": 0.01, "lambda1": 0.1, "lambda2": 0.3},
+    }
+    config = apply_params(RunConfig(), params)
+    assert config.model.hidden_sizes == (64, 32)
+    assert (config.model.window, config.features.pooling_window, config.train.lambda2) == (25, 50, 0.3)
+    assert RunConfig.from_text(config.to_yaml()) == config
+
+
+def test_outputs_name_the_best_trial(tmp_path):
+    rows = [
+        {
+            "trial_id": "a",
+            "status": "finished",
+            "best_dev_ccc": 0.2,
+            "last_dev_ccc": 0.2,
+            "epochs": 3,
+            "train.lr": 0.001,
+            "model.model": "lstm-kf",
+            "model.lstm_size": 8,
+        },
+        {
+            "trial_id": "b",
+            "status": "stopped",
+            "best_dev_ccc": 0.5,
+            "last_dev_ccc": 0.4,
+            "epochs": 1,
+            "train.lr": 0.005,
+            "model.model": "lstm-ekf",
+            "model.lstm_size": 32,
+        },
+    ]
+    outcome = write_outputs(rows, str(tmp_path), RunConfig())
+    assert (outcome.best_trial, outcome.stopped_early) == ("b", 1)
+    best = RunConfig.from_text((tmp_path / "best_config.yaml").read_text())
+    assert (best.train.lr, best.model.model, best.model.lstm_size) == (0.005, "lstm-ekf", 32)
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 2

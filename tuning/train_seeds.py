@@ -1,0 +1,206 @@
+"""Multi-seed training on Ray: one Ray Train run (a ``TorchTrainer`` with one worker) per seed, the runs spread
+over the cluster's nodes by a Ray Tune ``Tuner`` whose trials are the seeds.
+
+Each Tune trial is only a driver (no CPU, on the head node where there is one) that launches its seed's
+``TorchTrainer``; the Train worker reads the dataset from its URL and calls
+:func:`affect_core.experiment.run_seed`, which checkpoints every epoch to ``RUN_URL/checkpoints/<seed>.pt``.
+``FailureConfig(max_failures)`` restarts a failed worker (a killed node, say); the restarted worker sees the Ray
+checkpoint it reported and resumes from the seed's last checkpoint. ``resume=True`` continues an interrupted run:
+finished seeds are not trained again. The outputs are those of the single-process run
+(:func:`affect_core.experiment.finish_run`), each result row naming the Ray node id its seed ran on.
+
+Ray's own state (trial and Train run snapshots) goes to ``RUN_URL/_ray``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from affect_core.config import RunConfig
+from affect_core.errors import AffectError
+from affect_core.experiment import SeedTask, finish_run, load_seed_outcome, plan_seed_tasks
+from affect_core.storage import join, redact
+from tuning.cluster import (
+    ClusterInfo,
+    driver_resources,
+    ensure_ray,
+    ray_storage,
+    shareable_storage_options,
+)
+
+logger = logging.getLogger(__name__)
+
+RAY_STATE_DIR = "_ray"
+
+
+@dataclass(frozen=True)
+class SeedResources:
+    """Resources of one seed's Train worker. gpus None: a quarter GPU when the cluster has GPUs, else none."""
+
+    cpus: float = 1.0
+    gpus: float | None = None
+
+    def per_worker(self, cluster: ClusterInfo) -> tuple[bool, dict[str, float]]:
+        """``(use_gpu, resources_per_worker)`` for ``ray.train.ScalingConfig``."""
+        gpus = self.gpus if self.gpus is not None else (0.25 if cluster.has_gpus else 0.0)
+        if gpus > 0 and not cluster.has_gpus:
+            raise AffectError(f"--gpus-per-seed {gpus:g}: the Ray cluster has no GPUs")
+        resources = {"CPU": float(self.cpus)}
+        if gpus > 0:
+            resources["GPU"] = float(gpus)
+        return gpus > 0, resources
+
+
+def train_seeds(
+    dataset_url: str,
+    run_url: str,
+    config: RunConfig,
+    *,
+    dimension: str,
+    seeds: int,
+    feature_set: str | None = None,
+    resume: bool = False,
+    resources: SeedResources | None = None,
+    max_failures: int = 3,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, str]:
+    """Train ``seeds`` seeds per model in parallel on Ray and write the run's outputs under ``run_url``.
+
+    Returns the URLs of results.parquet, summary.md and the model bundle (as ``finish_run``). Raises AffectError
+    naming the seeds that did not finish (after ``max_failures`` retries each).
+    """
+    import ray.tune
+
+    from affect_core.data.dataset import dataset_info
+
+    resources = resources or SeedResources()
+    cluster = ensure_ray(storage_options=storage_options)
+    use_gpu, per_worker = resources.per_worker(cluster)
+    tasks = plan_seed_tasks(config, dimension, range(seeds))
+    info = dataset_info(dataset_url, storage_options=dict(storage_options or {}))
+    storage_path, storage_fs = ray_storage(join(run_url, RAY_STATE_DIR), storage_options)
+    settings = {
+        "dataset_url": dataset_url,
+        "run_url": run_url,
+        "feature_set": feature_set,
+        "resume": resume,
+        "storage_options": shareable_storage_options(storage_options),
+        "use_gpu": use_gpu,
+        "resources_per_worker": per_worker,
+        "threads": max(1, int(per_worker["CPU"])),
+        "max_failures": max_failures,
+        "storage_path": storage_path,
+        "storage_filesystem": storage_fs,
+    }
+    payloads = {t.key: {"name": t.name, "seed": t.seed, "config": t.config.to_dict()} for t in tasks}
+    limiting = cluster.gpus / per_worker["GPU"] if use_gpu else cluster.cpus / per_worker["CPU"]
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(seed_trial, tasks=payloads, settings=settings), driver_resources(cluster)
+    )
+    tuner = ray.tune.Tuner(
+        trainable,
+        param_space={"seed_key": ray.tune.grid_search([t.key for t in tasks])},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=max(1, int(limiting))),
+        run_config=ray.tune.RunConfig(
+            name=f"seeds-{uuid.uuid4().hex[:8]}",
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.tune.FailureConfig(max_failures=max_failures),
+            verbose=1 if progress else 0,
+        ),
+    )
+    results = tuner.fit()
+    outcomes, missing = [], []
+    for task in tasks:
+        outcome = load_seed_outcome(task, run_url, dict(storage_options or {}))
+        if outcome is None:
+            missing.append(task.key)
+        else:
+            outcomes.append(outcome)
+    if missing:
+        errors = [str(r.error).splitlines()[0] for r in results if r.error is not None]
+        detail = f"; first error: {redact(errors[0])[:300]}" if errors else ""
+        raise AffectError(
+            f"{redact(run_url)}: seed(s) {', '.join(missing)} did not finish after {max_failures} retries"
+            f"{detail}; run again with --resume to continue from their checkpoints"
+        )
+    return finish_run(outcomes, run_url, fps=info.fps, storage_options=dict(storage_options or {}))
+
+
+def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
+    """Tune trial = Ray Train driver of one seed: a ``TorchTrainer`` with one worker running :func:`seed_worker`."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+
+    key = config["seed_key"]
+    trainer = TorchTrainer(
+        seed_worker,
+        train_loop_config={"task": tasks[key], **{k: settings[k] for k in WORKER_SETTINGS}},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1, use_gpu=settings["use_gpu"], resources_per_worker=settings["resources_per_worker"]
+        ),
+        run_config=ray.train.RunConfig(
+            # The trial id keeps the name stable across Tune's restarts of this trial (Train then restores
+            # its run) and unique across runs.
+            name=f"{key}-{ray.tune.get_context().get_trial_id()}",
+            storage_path=settings["storage_path"],
+            storage_filesystem=settings["storage_filesystem"],
+            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+WORKER_SETTINGS = ("dataset_url", "run_url", "feature_set", "resume", "storage_options", "threads")
+
+
+def seed_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: train one seed with :func:`affect_core.experiment.run_seed`, reporting every epoch.
+
+    Each epoch's report carries a small Ray checkpoint (the epoch and where the seed's checkpoint is); a restarted
+    worker finds it with ``ray.train.get_checkpoint()`` and resumes the seed instead of starting it again.
+    """
+    import ray.train
+    import torch
+
+    from affect_core.data.dataset import read_corpus
+    from affect_core.experiment import run_seed
+    from tuning.cluster import current_node
+
+    task_payload = loop_config["task"]
+    task = SeedTask(
+        task_payload["name"],
+        int(task_payload["seed"]),
+        RunConfig.from_dict(task_payload["config"], where=f"seed {task_payload['name']}"),
+    )
+    torch.set_num_threads(max(1, int(loop_config["threads"])))
+    options = loop_config["storage_options"] or None
+    resume = bool(loop_config["resume"]) or ray.train.get_checkpoint() is not None
+    corpus = read_corpus(loop_config["dataset_url"], feature_set=loop_config["feature_set"], storage_options=options)
+
+    def report(record: Any) -> None:
+        metrics = {"epoch": record.epoch, "dev_ccc": record.dev_ccc, "train_loss": record.train_loss}
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "progress.json"), "w") as handle:
+                json.dump({**metrics, "seed": task.key}, handle)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    run_seed(
+        task,
+        corpus,
+        loop_config["run_url"],
+        resume=resume,
+        on_epoch=report,
+        storage_options=options,
+        node=current_node(),
+    )
