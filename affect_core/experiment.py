@@ -98,6 +98,7 @@ def run_seed(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     storage_options: dict[str, Any] | None = None,
     node: str | None = None,
+    device: str | None = None,
 ) -> SeedOutcome:
     """Train one seed on the corpus's train split (early stopping on dev), save its bundle, return its result rows.
 
@@ -120,6 +121,7 @@ def run_seed(
         progress=progress,
         on_epoch=on_epoch,
         storage_options=storage_options,
+        device=device,
     )
     from affect_core.inference import evaluate_videos
 

@@ -124,11 +124,14 @@ def train_model(
     progress: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     storage_options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train one model on ``train``, early-stopping on the mean dev CCC over its affect dimensions.
 
     checkpoint_path: any fsspec URL; written after every epoch, read back when ``resume`` is set.
     on_epoch: called after each epoch (Ray reports dev CCC through it).
+    device: where the model trains; None picks the GPU when one is present, else the CPU. Results on the CPU are
+    deterministic for a seed.
     """
     started = time.perf_counter()
     config = copy.deepcopy(config)
@@ -152,13 +155,14 @@ def train_model(
             for j in range(len(dims))
         ]
         config.model.manual_shift = int(round(float(np.mean(shifts))))
-    model = AffectModel(config.model)
+    model = AffectModel(config.model).to(resolve_device(device))
     optimizer = build_optimizer(model, config)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
     best_state = copy.deepcopy(model.state_dict())
     if resume and checkpoint_path is not None and _exists(checkpoint_path, storage_options):
         ckpt = load_checkpoint(checkpoint_path, storage_options)
         model.load_state_dict(ckpt["model"])
+        ckpt["best_model"] = {k: v.to(next(model.parameters()).device) for k, v in ckpt["best_model"].items()}
         optimizer.load_state_dict(ckpt["optimizer"])
         best_state = ckpt["best_model"]
         state = ckpt["state"]
@@ -235,6 +239,13 @@ def train_model(
     )
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The training device: the one asked for, else the GPU when one is present, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _mean_ccc(metrics: dict[str, dict[str, float]]) -> float:
     values = [m["ccc"] for m in metrics.values() if np.isfinite(m["ccc"])]
     return float(np.mean(values)) if values else -math.inf
@@ -256,7 +267,7 @@ def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> 
 
     loc = resolve(url, storage_options)
     try:
-        return torch.load(io.BytesIO(read_bytes(loc.fs, loc.path)), weights_only=True)
+        return torch.load(io.BytesIO(read_bytes(loc.fs, loc.path)), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is an unusable checkpoint
         raise AffectError(f"{url}: not a loadable training checkpoint ({type(exc).__name__})") from None
 

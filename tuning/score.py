@@ -101,7 +101,7 @@ def score_dataset(
 
     from affect_core.artifact import load_bundle
     from affect_core.data.dataset import dataset_info
-    from affect_core.scoring import check_compatible, finished_videos, write_manifest
+    from affect_core.scoring import check_compatible, check_video_ids, finished_videos, write_manifest
     from affect_core.storage import resolve
 
     started = time.perf_counter()
@@ -115,8 +115,9 @@ def score_dataset(
         names = names[lo:hi]
     out = resolve(out_url, options)
     check_compatible(bundle, names, out.display())
-    out.fs.makedirs(out.path, exist_ok=True)
     wanted = [v for split, ids in info.videos.items() if not splits or split in splits for v in ids]
+    check_video_ids(wanted, out)
+    out.fs.makedirs(out.path, exist_ok=True)
     done = finished_videos(out)
     todo = [v for v in wanted if v not in done]
     frames = 0

@@ -171,6 +171,7 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     worker finds it with ``ray.train.get_checkpoint()`` and resumes the seed instead of starting it again.
     """
     import ray.train
+    import ray.train.torch
     import torch
 
     from affect_core.data.dataset import read_corpus
@@ -203,4 +204,5 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
         on_epoch=report,
         storage_options=options,
         node=current_node(),
+        device=str(ray.train.torch.get_device()),
     )

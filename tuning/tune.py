@@ -241,6 +241,7 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
     import json
 
     import ray.train
+    import ray.train.torch
     import torch
 
     from affect_core.data.dataset import read_corpus
@@ -274,6 +275,7 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
         on_epoch=report,
         storage_options=options,
         node=current_node(),
+        device=str(ray.train.torch.get_device()),
     )
 
 
