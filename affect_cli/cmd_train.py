@@ -7,45 +7,6 @@ from typing import Annotated
 import typer
 
 
-def load_run_config(
-    config: str | None,
-    *,
-    model: str | None = None,
-    align: str | None = None,
-    epochs: int | None = None,
-    window_frames: int | None = None,
-):
-    """The run configuration: the file's (YAML/JSON, as written by ``affect tune``) with the flags given on top."""
-    from affect_core.config import RunConfig
-    from affect_core.storage import read_bytes, resolve
-
-    if config:
-        loc = resolve(config)
-        try:
-            text = read_bytes(loc.fs, loc.path).decode("utf-8")
-        except FileNotFoundError:
-            from affect_core.errors import AffectError
-
-            raise AffectError(f"{loc.display()}: config file not found") from None
-        except UnicodeDecodeError:
-            from affect_core.errors import AffectError
-
-            raise AffectError(f"{loc.display()}: config file is not UTF-8 text") from None
-        run_config = RunConfig.from_text(text, where=loc.display())
-    else:
-        run_config = RunConfig()
-    if model is not None:
-        run_config.model.model = model
-    if align is not None:
-        run_config.model.align = align
-    if epochs is not None:
-        run_config.train.max_epochs = epochs
-    if window_frames is not None:
-        run_config.train.window_frames = window_frames or None
-    run_config.model.__post_init__()
-    return run_config
-
-
 def train(
     dataset_url: Annotated[str, typer.Argument(help="Dataset written by `affect ingest` (path or fsspec URL).")],
     out: Annotated[str, typer.Option("--out", help="Run URL: results.parquet, summary.md, model/ go here.")],
@@ -77,6 +38,8 @@ def train(
 ) -> None:
     """Train models on a dataset over seeds and write results, a paper-style summary and the model bundle."""
     import os
+
+    from affect_core.config import load_run_config
 
     run_config = load_run_config(config, model=model, align=align, epochs=epochs, window_frames=window_frames)
     if ray if ray is not None else bool(os.environ.get("RAY_ADDRESS")):
@@ -122,9 +85,7 @@ def score(
     actors: Annotated[int | None, typer.Option(min=1, help="Ray: largest actor pool (default: all CPUs).")] = None,
 ) -> None:
     """Write per-frame arousal and valence (with the filter's variance) for every video, labelled or not."""
-    from affect_core.artifact import load_bundle
-    from affect_core.data.dataset import dataset_info, iter_videos
-    from affect_core.scoring import score_videos
+    from affect_core.data.dataset import dataset_info
     from tuning.score import want_ray
 
     info = dataset_info(data_url)
@@ -134,23 +95,13 @@ def score(
 
         result = score_dataset(data_url, model_url, out, splits=split or None, actors=actors, progress=progress)
     else:
-        bundle = load_bundle(model_url)
-        feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
-        names = _selected_names(info, feature_set)
-        total = sum(len(v) for s, v in info.videos.items() if not split or s in split)
-        videos = iter_videos(data_url, splits=split or None, feature_set=feature_set)
-        result = score_videos(bundle, videos, out, feature_names=names, progress=progress, total=total)
+        from affect_core.scoring import score_dataset
+
+        result = score_dataset(data_url, model_url, out, splits=split or None, progress=progress)
     typer.echo(
         f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s "
         f"({result.frames_per_second:.0f} frames/s, {result.skipped} already done) -> {result.url}"
     )
-
-
-def _selected_names(info, feature_set: str | None) -> list[str]:
-    if feature_set is None or not info.feature_names:
-        return list(info.feature_names)
-    lo, hi = info.feature_sets[feature_set]
-    return list(info.feature_names[lo:hi])
 
 
 def evaluate(

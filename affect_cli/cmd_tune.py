@@ -24,7 +24,7 @@ def tune(
     progress: Annotated[bool, typer.Option(help="Show Tune's progress table.")] = True,
 ) -> None:
     """Search hyperparameters on Ray Tune; write the best configuration for `affect train --config`."""
-    from affect_cli.cmd_train import load_run_config
+    from affect_core.config import load_run_config
     from tuning.tune import run_tune
 
     outcome = run_tune(

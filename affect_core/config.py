@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +96,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        # Checked here so a run config file with a nonsensical value fails at once with one line, not epochs later.
+        for name in ("max_epochs", "patience", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise AffectError(f"train config: {name} must be an integer >= 1, got {value!r}")
+        window = self.window_frames
+        if window is not None and (isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0):
+            raise AffectError(
+                f"train config: window_frames must be null or an integer >= 0 (0: whole sequences), got {window!r}"
+            )
+        for name in ("lr", "lr_align"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise AffectError(f"train config: {name} must be a positive number, got {value!r}")
 
 
 @dataclass
@@ -136,6 +152,42 @@ class RunConfig:
         return cls.from_dict(data or {}, where=where)
 
 
+def load_run_config(
+    url: str | None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    model: str | None = None,
+    align: str | None = None,
+    epochs: int | None = None,
+    window_frames: int | None = None,
+) -> RunConfig:
+    """The run configuration of a YAML/JSON file (e.g. ``best_config.yaml`` of ``affect tune``), or the defaults when
+    ``url`` is None, with the flags that were given on top (window_frames 0 = whole sequences)."""
+    from affect_core.storage import read_bytes, resolve
+
+    if url:
+        loc = resolve(url, storage_options)
+        try:
+            text = read_bytes(loc.fs, loc.path).decode("utf-8")
+        except FileNotFoundError:
+            raise AffectError(f"{loc.display()}: config file not found") from None
+        except UnicodeDecodeError:
+            raise AffectError(f"{loc.display()}: config file is not UTF-8 text") from None
+        config = RunConfig.from_text(text, where=loc.display())
+    else:
+        config = RunConfig()
+    if model is not None:
+        config.model.model = model
+    if align is not None:
+        config.model.align = align
+    if epochs is not None:
+        config.train.max_epochs = int(epochs)
+    if window_frames is not None:
+        config.train.window_frames = int(window_frames) or None
+    config.model.__post_init__()
+    return config
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise AffectError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -152,6 +204,8 @@ def _build(kind: type, values: Any, where: str) -> Any:
         return kind(**values)
     except (TypeError, ValueError) as exc:
         raise AffectError(f"{where}: {exc}") from None
+    except AffectError as exc:  # a value out of range: name the file, the message names the key
+        raise AffectError(f"{where.rsplit(': ', 1)[0]}: {exc}") from None
 
 
 def _plain(value: Any) -> Any:

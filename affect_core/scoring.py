@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from affect_core.artifact import ModelBundle
+from affect_core.data.readers import check_video_id
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.metrics import average_over_sequences, sequence_metrics
@@ -93,7 +94,14 @@ def part_name(video_id: str) -> str:
     return f"part-{video_id}.parquet"
 
 
+def check_video_ids(video_ids: Iterable[str], out: Location) -> None:
+    """Refuse, before anything is written, a video id that would name a file outside PRED_URL (e.g. '../x')."""
+    for video_id in video_ids:
+        check_video_id(video_id, out.display())
+
+
 def write_video_predictions(out: Location, table: pa.Table, video_id: str) -> None:
+    check_video_id(video_id, out.display())  # the part file's name comes from the data: never let it leave ``out``
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_bytes_atomic(out.fs, out.join(part_name(video_id)).path, buffer.getvalue())
@@ -142,6 +150,47 @@ def score_videos(
         frames += video.num_frames
     write_manifest(out, model_id, ids)
     return ScoreResult(out.url, len(ids), frames, skipped, time.perf_counter() - started)
+
+
+def score_dataset(
+    data_url: str,
+    model_url: str,
+    out_url: str,
+    *,
+    splits: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> ScoreResult:
+    """Score a dataset (or bare features URL) with a model bundle in this process, streaming one video at a time.
+
+    The bundle's feature set is selected from the dataset when it holds several; unknown splits and video ids that
+    would escape ``out_url`` are refused before anything is written.
+    """
+    from affect_core.artifact import load_bundle
+    from affect_core.data.dataset import dataset_info, iter_videos
+
+    info = dataset_info(data_url, storage_options=storage_options)
+    unknown = [s for s in splits or [] if s not in info.videos]
+    if unknown:
+        raise AffectError(f"{info.url}: split {unknown[0]!r} has no videos; available: {', '.join(info.videos)}")
+    bundle = load_bundle(model_url, storage_options)
+    feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
+    names = list(info.feature_names)
+    if feature_set is not None and names:
+        lo, hi = info.feature_sets[feature_set]
+        names = names[lo:hi]
+    wanted = [v for s, ids in info.videos.items() if not splits or s in splits for v in ids]
+    check_video_ids(wanted, resolve(out_url, storage_options))
+    videos = iter_videos(data_url, splits=splits or None, feature_set=feature_set, storage_options=storage_options)
+    return score_videos(
+        bundle,
+        videos,
+        out_url,
+        feature_names=names,
+        storage_options=storage_options,
+        progress=progress,
+        total=len(wanted),
+    )
 
 
 def read_predictions(pred_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, pa.Table]:

@@ -69,39 +69,6 @@ def backend_name(module: str, *names: str) -> str:
     return "ray" if tuning_function(module, *names) is not None else "local"
 
 
-def read_run_config(url: str, storage_options: dict[str, Any] | None = None) -> RunConfig:
-    """A run configuration file (YAML/JSON, e.g. ``best_config.yaml`` of a tuning run)."""
-    loc = resolve(url, storage_options)
-    try:
-        text = read_bytes(loc.fs, loc.path).decode("utf-8")
-    except FileNotFoundError:
-        raise AffectError(f"{loc.display()}: config file not found") from None
-    except UnicodeDecodeError:
-        raise AffectError(f"{loc.display()}: config file is not UTF-8 text") from None
-    return RunConfig.from_text(text, where=loc.display())
-
-
-def apply_overrides(
-    config: RunConfig,
-    *,
-    model: str | None = None,
-    align: str | None = None,
-    epochs: int | None = None,
-    window_frames: int | None = None,
-) -> RunConfig:
-    """The configuration with the flags that were given on top (the same rules as ``affect train``)."""
-    if model is not None:
-        config.model.model = model
-    if align is not None:
-        config.model.align = align
-    if epochs is not None:
-        config.train.max_epochs = int(epochs)
-    if window_frames is not None:
-        config.train.window_frames = int(window_frames) or None
-    config.model.__post_init__()
-    return config
-
-
 # ----------------------------------------------------------------------------------------------- tuning
 @dataclass
 class TuneOutcome:
@@ -266,45 +233,6 @@ def train_seeds_on_ray() -> Callable[..., Any] | None:
 def score_on_ray() -> Callable[..., Any] | None:
     """The Ray Data scorer of ``tuning.score`` when it exists."""
     return tuning_function("score", "score_dataset", "score_ray", "run_score")
-
-
-def selected_feature_names(info: Any, feature_set: str | None) -> list[str]:
-    """The feature names of ``feature_set`` in a dataset (all of them when None)."""
-    if feature_set is None or not info.feature_names:
-        return list(info.feature_names)
-    lo, hi = info.feature_sets[feature_set]
-    return list(info.feature_names[lo:hi])
-
-
-def score_local(
-    data_url: str,
-    model_url: str,
-    out_url: str,
-    *,
-    splits: list[str] | None = None,
-    storage_options: dict[str, Any] | None = None,
-    progress: bool = False,
-) -> Any:
-    """Score a dataset with a model bundle in this process (idempotent: finished videos are skipped)."""
-    from affect_core.artifact import load_bundle
-    from affect_core.data.dataset import dataset_info, iter_videos
-    from affect_core.scoring import score_videos
-
-    bundle = load_bundle(model_url, storage_options)
-    info = dataset_info(data_url, storage_options=storage_options)
-    feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
-    names = selected_feature_names(info, feature_set)
-    total = sum(len(v) for s, v in info.videos.items() if not splits or s in splits)
-    videos = iter_videos(data_url, splits=splits or None, feature_set=feature_set, storage_options=storage_options)
-    return score_videos(
-        bundle,
-        videos,
-        out_url,
-        feature_names=names,
-        storage_options=storage_options,
-        progress=progress,
-        total=total,
-    )
 
 
 def describe(url: str) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from affect_core.config import RunConfig
+from affect_core import scoring
+from affect_core.config import RunConfig, load_run_config
 from affect_core.storage import redact, resolve, write_bytes_atomic
 from flows import backend
 from flows.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, retry_on_transient
@@ -138,12 +139,14 @@ def load_config_task(
     s3_endpoint: str | None = None,
 ) -> RunConfig:
     """The run configuration: the file's (e.g. a search's best config) with the given flags on top."""
-    config = (
-        backend.read_run_config(config_url, backend.storage_options_for(config_url, s3_endpoint))
-        if config_url
-        else RunConfig()
+    return load_run_config(
+        config_url,
+        storage_options=backend.storage_options_for(config_url, s3_endpoint),
+        model=model,
+        align=align,
+        epochs=epochs,
+        window_frames=window_frames,
     )
-    return backend.apply_overrides(config, model=model, align=align, epochs=epochs, window_frames=window_frames)
 
 
 @task(name="read-corpus", **RETRYING)
@@ -227,7 +230,7 @@ def score_task(
     if scorer is not None:
         result = scorer(data_url, model_url, out_url, splits=splits, storage_options=options, progress=progress)
     else:
-        result = backend.score_local(
+        result = scoring.score_dataset(
             data_url, model_url, out_url, splits=splits, storage_options=options, progress=progress
         )
     summary = result if isinstance(result, dict) else dataclasses.asdict(result)

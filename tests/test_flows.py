@@ -192,7 +192,7 @@ def test_pipeline_resumes_after_a_crash(
     prefect_api: str, corpus_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pipeline that crashed in scoring, run again: ingest no-op, search and seeds not redone, report written."""
-    from flows import backend
+    from affect_core import scoring
     from flows.workflows import pipeline_flow
 
     dataset, run = str(tmp_path / "dataset"), str(tmp_path / "run")
@@ -201,7 +201,7 @@ def test_pipeline_resumes_after_a_crash(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("worker lost its mind")  # not transient: fails at once, no retry
 
-    monkeypatch.setattr(backend, "score_local", crash)
+    monkeypatch.setattr(scoring, "score_dataset", crash)
     state = pipeline_flow(corpus_dir, dataset, run, return_state=True, **params)
     assert state.is_failed()
     seed_rows = sorted(Path(run, "seeds").glob("*/rows.json"))
