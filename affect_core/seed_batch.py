@@ -1,4 +1,4 @@
-"""Several seeds of one model variant trained in one process, stacked along a leading seed dimension (issue 7, item 3).
+"""Several seeds of one model variant trained in one process, stacked along a leading seed dimension.
 
 Each seed is built exactly as :func:`affect_core.training.train_model` builds it (``torch.manual_seed(seed)`` before
 the :class:`~affect_core.model.AffectModel`, windows from ``np.random.default_rng(seed)``), then the S models are

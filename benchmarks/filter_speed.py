@@ -1,4 +1,4 @@
-"""Forward+backward time of the filter layers against the front-end alone (issue 7, target 1).
+"""Forward+backward time of the filter layers against the front-end alone.
 
 Batch: 9 sequences x 7501 frames x 168 features, float32, CPU. Front-end: Linear(29)+ReLU -> Linear(16)+ReLU ->
 LSTM(16) -> Linear(3)+tanh; the filters run on its output. Each configuration is timed side by side in one run

@@ -1,6 +1,6 @@
-"""Scoring throughput (frames/s) of Ray Data against the single-process scorer, side by side in one run (issue 4).
+"""Scoring throughput (frames/s) of Ray Data against the single-process scorer, side by side in one run.
 
-A generated corpus (``--videos`` videos of ``--frames`` frames; the issue's figure is 200 x 7501) is ingested, a
+A generated corpus (``--videos`` videos of ``--frames`` frames; the reference figure is 200 x 7501) is ingested, a
 one-epoch LSTM-KF arousal model is trained on it, and the whole corpus is scored Parquet to Parquet twice: by
 ``affect_core.scoring.score_videos`` in this process, and by ``tuning.score.score_dataset`` on an in-process Ray
 with ``--cpus`` CPUs (one actor per CPU). Both outputs are checked equal to 1e-5.

@@ -1,4 +1,4 @@
-"""Wall time of a multi-seed Ray run on one 1-CPU node against two 1-CPU nodes (issue 4), side by side in one run.
+"""Wall time of a multi-seed Ray run on one 1-CPU node against two 1-CPU nodes, side by side in one run.
 
 Each configuration starts its own local Ray cluster on 127.0.0.1 (``affect_cli.services.RayCluster``), runs
 ``affect train DATASET --seeds N --ray`` through ``RAY_ADDRESS`` in a subprocess (as a user would), and stops the

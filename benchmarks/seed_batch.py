@@ -1,4 +1,4 @@
-"""Wall time of training 10 seeds as one stack against one seed alone (issue 7, item 3), side by side in one run.
+"""Wall time of training 10 seeds as one stack against one seed alone, side by side in one run.
 
 Same variant, same generated data, a fixed number of epochs (early stopping off), torch threads = 1. Also times the
 seeds one by one with ``train_model`` for reference, and checks that the stack's per-seed dev CCC equals theirs.
