@@ -3,7 +3,9 @@
 A generated corpus (``--videos`` videos of ``--frames`` frames; the reference figure is 200 x 7501) is ingested, a
 one-epoch LSTM-KF arousal model is trained on it, and the whole corpus is scored Parquet to Parquet twice: by
 ``affect_core.scoring.score_videos`` in this process, and by ``tuning.score.score_dataset`` on an in-process Ray
-with ``--cpus`` CPUs (one actor per CPU). Both outputs are checked equal to 1e-5.
+with ``--cpus`` CPUs (one actor per CPU). Both outputs are checked equal to 1e-5. The I/O floor is the same
+single-process pipeline (read each video, build its prediction table, write its Parquet file) with an identity model
+that predicts constants: the target is scoring within 1.5x of it.
 
     python -m benchmarks.ray_scoring [--videos 200] [--frames 7501] [--cpus 2] [--features 14]
 """
@@ -66,9 +68,19 @@ def main() -> None:
             f"{info.feature_dim} features; model LSTM-KF-AA (arousal)"
         )
 
+        bundle = load_bundle(model)
         started = time.perf_counter()
         score_videos(
-            load_bundle(model),
+            IdentityModel(bundle.feature_names, bundle.feature_set),
+            iter_videos(dataset),
+            str(work / "floor"),
+            feature_names=info.feature_names,
+            progress=False,
+        )
+        floor = time.perf_counter() - started
+        started = time.perf_counter()
+        score_videos(
+            bundle,
             iter_videos(dataset),
             str(work / "single"),
             feature_names=info.feature_names,
@@ -96,10 +108,26 @@ def main() -> None:
             for c in ("arousal", "arousal_var")
         )
     print(f"{'scorer':36s} {'seconds':>9s} {'frames/s':>11s}")
+    print(f"{'I/O floor (identity model)':36s} {floor:9.1f} {info.rows / floor:11.0f}")
     label = f"single process ({torch.get_num_threads()} torch threads)"
     print(f"{label:36s} {single:9.1f} {info.rows / single:11.0f}")
     print(f"{f'Ray Data, {args.cpus} actors (incl. start-up)':36s} {on_ray:9.1f} {info.rows / on_ray:11.0f}")
+    print(f"single process / I/O floor: {single / floor:.2f}x (target at most 1.5x)")
     print(f"speed-up: {single / on_ray:.2f}x; largest difference between the two: {worst:.1e}")
+
+
+class IdentityModel:
+    """Stands in for a model bundle in the scoring pipeline and predicts constants: what is left is reading the
+    features and writing the predictions."""
+
+    model_id = "identity"
+
+    def __init__(self, feature_names: list[str], feature_set: str) -> None:
+        self.feature_names, self.feature_set = feature_names, feature_set
+
+    def predict(self, features: np.ndarray, *, chunk_frames: int | None = None) -> dict[str, tuple]:
+        zeros = np.zeros(len(features), dtype=np.float32)
+        return {"arousal": (zeros, zeros), "valence": (zeros, zeros)}
 
 
 if __name__ == "__main__":
