@@ -30,7 +30,7 @@ from affect_core.config import RunConfig, check_choice
 from affect_core.data.records import Corpus
 from affect_core.errors import AffectError
 from affect_core.storage import exists, read_bytes, resolve, write_bytes_atomic
-from affect_core.training import EpochRecord, train_model
+from affect_core.training import EpochRecord, TrainResult, train_model
 
 TRAIN_DIMENSIONS = ("arousal", "valence", "both", "joint")
 RESULT_COLUMNS = [
@@ -105,8 +105,6 @@ def run_seed(
     A seed whose bundle and rows already exist under ``run_url`` is not trained again when ``resume`` is set.
     """
     run = resolve(run_url, storage_options)
-    rows_path = run.join("seeds", task.key, "rows.json")
-    bundle_url = run.join("seeds", task.key).url
     if resume:
         done = load_seed_outcome(task, run_url, storage_options)
         if done is not None:
@@ -123,8 +121,24 @@ def run_seed(
         storage_options=storage_options,
         device=device,
     )
+    return save_seed_outcome(task, result, corpus, run_url, storage_options=storage_options, node=node)
+
+
+def save_seed_outcome(
+    task: SeedTask,
+    result: TrainResult,
+    corpus: Corpus,
+    run_url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    node: str | None = None,
+) -> SeedOutcome:
+    """Evaluate a trained seed on the labelled test videos, then write its bundle and result rows under ``run_url``
+    (rows last: their presence marks the seed as finished)."""
     from affect_core.inference import evaluate_videos
 
+    run = resolve(run_url, storage_options)
+    bundle_url = run.join("seeds", task.key).url
     test = [v for v in corpus.split("test") if v.labelled]
     if test:
         result.metrics["test"] = evaluate_videos(result.model, result.transform, test)
@@ -132,30 +146,30 @@ def run_seed(
     bundle = ModelBundle([trained], corpus.feature_names, corpus.feature_set, corpus.fps)
     save_bundle(bundle, bundle_url, storage_options)
     node = node or socket.gethostname()
-    rows = []
-    for split, per_dim in result.metrics.items():
-        for dim, values in per_dim.items():
-            rows.append(
-                {
-                    "model": result.config.model.model,
-                    "align": result.config.model.align,
-                    "dimension": dim,
-                    "joint": task.name == "joint",
-                    "seed": task.seed,
-                    "split": split,
-                    "ccc": values["ccc"],
-                    "rmse": values["rmse"],
-                    "pcc": values["pcc"],
-                    "mu_frames": result.mu_frames,
-                    "sigma2": result.sigma2,
-                    "epochs": result.epochs,
-                    "train_seconds": result.train_seconds,
-                    "node": node,
-                    "name": task.name,
-                }
-            )
+    rows = [
+        {
+            "model": result.config.model.model,
+            "align": result.config.model.align,
+            "dimension": dim,
+            "joint": task.name == "joint",
+            "seed": task.seed,
+            "split": split,
+            "ccc": values["ccc"],
+            "rmse": values["rmse"],
+            "pcc": values["pcc"],
+            "mu_frames": result.mu_frames,
+            "sigma2": result.sigma2,
+            "epochs": result.epochs,
+            "train_seconds": result.train_seconds,
+            "node": node,
+            "name": task.name,
+        }
+        for split, per_dim in result.metrics.items()
+        for dim, values in per_dim.items()
+    ]
     dev_values = [v["ccc"] for v in result.metrics.get("dev", {}).values()]
     dev_ccc = float(np.mean(dev_values)) if dev_values else float("nan")
+    rows_path = run.join("seeds", task.key, "rows.json")
     write_bytes_atomic(run.fs, rows_path.path, json.dumps({"rows": rows, "dev_ccc": dev_ccc}).encode())
     return SeedOutcome(task, rows, bundle_url, dev_ccc)
 

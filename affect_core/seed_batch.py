@@ -26,9 +26,7 @@ finished seeds are kept, see :func:`run_seeds_batched`).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -41,17 +39,14 @@ from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
 
 from affect_core.alignment import AdaptiveAlignment, choose_manual_shift
-from affect_core.artifact import ModelBundle, TrainedModel, save_bundle
 from affect_core.config import RunConfig, config_json
 from affect_core.data.records import Corpus, Video
 from affect_core.errors import AffectError
-from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome
+from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome, save_seed_outcome
 from affect_core.features import FeatureTransform, fit_feature_transform
-from affect_core.inference import evaluate_videos
 from affect_core.losses import affect_loss
 from affect_core.metrics import average_over_sequences, sequence_metrics
 from affect_core.model import AffectModel
-from affect_core.storage import resolve, write_bytes_atomic
 from affect_core.training import Batch, EpochRecord, TrainResult, epoch_batches, pad_batch, stack_videos
 
 SeedEpochCallback = Callable[[int, EpochRecord], None]
@@ -568,15 +563,12 @@ def run_seeds_batched(
         variant.train.seed = 0
         groups.setdefault(task.name + "\n" + config_json(variant), []).append(index)
     train, dev = corpus.split("train"), corpus.split("dev")
-    test = [v for v in corpus.split("test") if v.labelled]
     for indices in groups.values():
         group = [tasks[i] for i in indices]
         results = train_seeds_batched(
             train, dev, group[0].config, [t.seed for t in group], progress=progress, on_epoch=_per_task(group, on_epoch)
         )
         for index, task, result in zip(indices, group, results, strict=True):
-            if test:
-                result.metrics["test"] = evaluate_videos(result.model, result.transform, test)
             outcomes[index] = save_seed_outcome(
                 task, result, corpus, run_url, storage_options=storage_options, node=node
             )
@@ -590,48 +582,3 @@ def _per_task(
         return None
     by_seed = {t.seed: t for t in group}
     return lambda seed, record: on_epoch(by_seed[seed], record)
-
-
-def save_seed_outcome(
-    task: SeedTask,
-    result: TrainResult,
-    corpus: Corpus,
-    run_url: str,
-    *,
-    storage_options: dict[str, Any] | None = None,
-    node: str | None = None,
-) -> SeedOutcome:
-    """Write a trained seed's bundle and result rows under ``run_url`` exactly as ``run_seed`` does."""
-    run = resolve(run_url, storage_options)
-    bundle_url = run.join("seeds", task.key).url
-    trained = TrainedModel(task.name, result.model, result.transform, result.config, result.metrics)
-    save_bundle(
-        ModelBundle([trained], corpus.feature_names, corpus.feature_set, corpus.fps), bundle_url, storage_options
-    )
-    node = node or socket.gethostname()
-    rows = [
-        {
-            "model": result.config.model.model,
-            "align": result.config.model.align,
-            "dimension": dim,
-            "joint": task.name == "joint",
-            "seed": task.seed,
-            "split": split,
-            "ccc": values["ccc"],
-            "rmse": values["rmse"],
-            "pcc": values["pcc"],
-            "mu_frames": result.mu_frames,
-            "sigma2": result.sigma2,
-            "epochs": result.epochs,
-            "train_seconds": result.train_seconds,
-            "node": node,
-            "name": task.name,
-        }
-        for split, per_dim in result.metrics.items()
-        for dim, values in per_dim.items()
-    ]
-    dev_values = [v["ccc"] for v in result.metrics.get("dev", {}).values()]
-    dev_ccc = float(np.mean(dev_values)) if dev_values else float("nan")
-    rows_path = run.join("seeds", task.key, "rows.json")
-    write_bytes_atomic(run.fs, rows_path.path, json.dumps({"rows": rows, "dev_ccc": dev_ccc}).encode())
-    return SeedOutcome(task, rows, bundle_url, dev_ccc)
