@@ -9,11 +9,30 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+import typer.core
 
 from affect_cli import cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
 
+# click's UsageError, whether typer uses click or its own copy of it (typer exports only its subclass BadParameter).
+UsageError = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """A wrong argument or option of a command (a value out of range, a missing argument, an unknown option) is
+    reported like every other error: one line naming the argument and what was expected, exit status 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            typer.echo(f"error: {command}: {' '.join(exc.format_message().split())}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
     name="affect",
+    cls=OneLineUsageErrors,
     help="Continuous affect recognition from facial video features (LSTM + Bayesian filter + adaptive alignment).",
     no_args_is_help=True,
     add_completion=False,
@@ -35,6 +54,15 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
             typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            from affect_core.storage import is_store_error, redact
+
+            if not is_store_error(exc):
+                raise
+            # The store failed (e.g. S3 unreachable): one line; the command can be re-run once it is back.
+            message = " ".join(redact(str(exc)).split())[:300]
+            typer.echo(f"error: storage failed ({type(exc).__name__}: {message}); run the command again", err=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -171,6 +171,18 @@ def list_dir(fs: fsspec.AbstractFileSystem, path: str, *, refresh: bool = True) 
     return sorted(set(out))
 
 
+# Packages whose exceptions mean "the store or its client failed" (connection refused, timeout, S3 protocol error).
+_STORE_CLIENT_PACKAGES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "s3fs", "pyarrow"})
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an I/O or storage-client failure (an OSError, or raised by botocore, aiohttp, pyarrow...)
+    rather than a bug: such failures are reported as one line, and retried where a task allows it."""
+    if isinstance(exc, OSError):
+        return True
+    return any(kind.__module__.split(".")[0] in _STORE_CLIENT_PACKAGES for kind in type(exc).__mro__[:-2])
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     with fs.open(path, "rb") as handle:
         return handle.read()

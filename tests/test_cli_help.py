@@ -7,7 +7,8 @@ import sys
 def test_help_lists_every_stage_and_imports_nothing_heavy():
     code = (
         "import sys, affect_cli.main as m\n"
-        "heavy = [n for n in ('torch', 'ray', 'prefect', 'pyarrow', 'numpy', 'affect_core.model') if n in sys.modules]\n"
+        "names = ('torch', 'ray', 'prefect', 'pyarrow', 'numpy', 'affect_core.model')\n"
+        "heavy = [n for n in names if n in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

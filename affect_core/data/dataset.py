@@ -272,7 +272,7 @@ def write_dataset(
         )
     except BaseException as exc:
         storage.remove_tree(loc.fs, data_dir)
-        if isinstance(exc, (OSError, pa.ArrowException)):
+        if storage.is_store_error(exc):
             raise AffectError(
                 f"{loc.display()}: writing version {version} failed ({type(exc).__name__}: "
                 f"{storage.redact(str(exc))[:200]}); nothing was published"

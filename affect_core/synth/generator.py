@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from affect_core.data.records import AFFECT_DIMENSIONS, SPLITS, Corpus, Video
+from affect_core.data.tables import MAX_ROWS
 from affect_core.errors import AffectError
 
 FEATURE_SETS = ("appearance", "geometric")
@@ -101,7 +102,7 @@ class SynthConfig:
         """Raise ``AffectError`` naming the first setting that is out of range."""
         checks = [
             ("videos_per_split", self.videos_per_split >= 1, "at least 1"),
-            ("frames", self.frames >= 2, "at least 2"),
+            ("frames", 2 <= self.frames <= MAX_ROWS, f"at least 2 and at most {MAX_ROWS} (the per-video limit)"),
             ("fps", math.isfinite(self.fps) and self.fps > 0, "a positive number"),
             ("appearance_dim", self.appearance_dim >= 0, "0 or more"),
             ("geometric_dim", self.geometric_dim >= 0, "0 or more"),
