@@ -108,8 +108,8 @@ class TrainConfig:
             )
         for name in ("lr", "lr_align"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-                raise AffectError(f"train config: {name} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+                raise AffectError(f"train config: {name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass

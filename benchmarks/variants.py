@@ -45,9 +45,11 @@ def main() -> None:
     synth = SynthConfig(videos_per_split=args.videos, frames=args.frames)
     corpus = select_feature_set(generate_corpus(synth), args.feature_set)
     train, dev = corpus.split("train"), corpus.split("dev")
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {args.threads}; corpus {args.videos} videos/split x {args.frames} frames, "
-          f"{corpus.feature_dim} {args.feature_set} features, planted lag {synth.lag_frames} frames")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {args.threads}; corpus {args.videos} videos/split x {args.frames} frames, "
+        f"{corpus.feature_dim} {args.feature_set} features, planted lag {synth.lag_frames} frames"
+    )
     print("| variant | dev CCC | dev RMSE | dev PCC | mu (frames) | sigma^2 | epochs | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     wanted = VARIANTS if args.variants == "all" else [tuple(v.split("/")) for v in args.variants.split(",")]
