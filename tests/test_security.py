@@ -133,7 +133,9 @@ def test_the_ray_cluster_refuses_a_driver_without_its_token(ray_cluster, tmp_pat
     wrong = tmp_path / "wrong_token"
     wrong.write_text("0" * 64)
     probe = "import ray; ray.init(logging_level='ERROR'); print('connected', len(ray.nodes()))"
-    env = {**os.environ, **ray_cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong)}
+    # Nothing inherited may carry the real token (an earlier driver in this process may have exported it).
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env = {**inherited, **ray_cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong), "RAY_AUTH_TOKEN": "0" * 64}
     try:
         done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
