@@ -132,7 +132,8 @@ def test_no_secret_in_any_output_of_a_pipeline_on_s3(s3_server, s3_url, tmp_path
 def test_the_ray_cluster_refuses_a_driver_without_its_token(ray_cluster, tmp_path):
     wrong = tmp_path / "wrong_token"
     wrong.write_text("0" * 64)
-    probe = "import ray; ray.init(logging_level='ERROR'); print('connected', len(ray.nodes()))"
+    # Alive nodes only: an earlier test may have killed and restarted a worker, which leaves a dead entry behind.
+    probe = "import ray; ray.init(logging_level='ERROR'); print('connected', sum(n['Alive'] for n in ray.nodes()))"
     # Nothing inherited may carry the real token (an earlier driver in this process may have exported it).
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env = {**inherited, **ray_cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong), "RAY_AUTH_TOKEN": "0" * 64}
