@@ -38,16 +38,23 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
 
-from affect_core.alignment import AdaptiveAlignment, choose_manual_shift
+from affect_core.alignment import AdaptiveAlignment
 from affect_core.config import RunConfig, config_json
 from affect_core.data.records import Corpus, Video
 from affect_core.errors import AffectError
 from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome, save_seed_outcome
-from affect_core.features import FeatureTransform, fit_feature_transform
+from affect_core.features import FeatureTransform
 from affect_core.losses import affect_loss
 from affect_core.metrics import average_over_sequences, sequence_metrics
 from affect_core.model import AffectModel
-from affect_core.training import Batch, EpochRecord, TrainResult, epoch_batches, pad_batch, stack_videos
+from affect_core.training import (
+    Batch,
+    EpochRecord,
+    TrainResult,
+    epoch_batches,
+    pad_batch,
+    prepare_training,
+)
 
 SeedEpochCallback = Callable[[int, EpochRecord], None]
 """Called after each epoch of each seed still training: (seed, record)."""
@@ -402,21 +409,7 @@ def train_seeds_batched(
         raise AffectError(f"training: seeds must be distinct, got {seeds}")
     base = copy.deepcopy(config)
     dims = base.model.affect_dimensions
-    if not train:
-        raise AffectError("training: the train split has no videos")
-    if not any(v.labels(d) is not None for v in train for d in dims):
-        raise AffectError(f"training: no train video has {'/'.join(dims)} labels")
-    fps = float(train[0].fps)
-    transform = fit_feature_transform([v.features for v in train], base.features)
-    base.model.input_dim = transform.output_dim
-    base.model.fps = fps
-    train_items = stack_videos(train, transform, dims, fps)
-    if base.model.align == "manual" and base.model.manual_shift is None:
-        shifts = [
-            choose_manual_shift([x for x, _ in train_items], [y[:, j] for _, y in train_items], fps=fps)
-            for j in range(len(dims))
-        ]
-        base.model.manual_shift = int(round(float(np.mean(shifts))))
+    transform, train_items, fps = prepare_training(train, base)
     configs, models, rngs = [], [], []
     for seed in seeds:
         seed_config = copy.deepcopy(base)

@@ -105,6 +105,34 @@ def epoch_batches(
     return [pad_batch(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
 
 
+def prepare_training(
+    train: list[Video], config: RunConfig
+) -> tuple[FeatureTransform, list[tuple[np.ndarray, np.ndarray]], float]:
+    """Check the train split, fit the feature transform on it, and complete ``config.model`` in place (input width,
+    fps from the data, and the manual-alignment delay by grid search when it is not set).
+
+    Returns the transform, the transformed training items [(x (T, d'), labels (T, k))] and the frame rate.
+    """
+    dims = config.model.affect_dimensions
+    if not train:
+        raise AffectError("training: the train split has no videos")
+    if not any(v.labels(d) is not None for v in train for d in dims):
+        raise AffectError(f"training: no train video has {'/'.join(dims)} labels")
+    fps = float(train[0].fps)
+    transform = fit_feature_transform([v.features for v in train], config.features)
+    config.model.input_dim = transform.output_dim
+    config.model.fps = fps
+    train_items = stack_videos(train, transform, dims, fps)
+    if config.model.align == "manual" and config.model.manual_shift is None:
+        # One delay per model: the mean over its dimensions of each dimension's best delay.
+        shifts = [
+            choose_manual_shift([x for x, _ in train_items], [y[:, j] for _, y in train_items], fps=fps)
+            for j in range(len(dims))
+        ]
+        config.model.manual_shift = int(round(float(np.mean(shifts))))
+    return transform, train_items, fps
+
+
 def build_optimizer(model: AffectModel, config: RunConfig) -> torch.optim.Adam:
     """Adam; the alignment parameters get their own learning rate so that mu reaches a lag of seconds."""
     align_ids = {id(p) for p in model.alignment_parameters()}
@@ -135,26 +163,10 @@ def train_model(
     """
     started = time.perf_counter()
     config = copy.deepcopy(config)
-    dims = config.model.affect_dimensions
-    if not train:
-        raise AffectError("training: the train split has no videos")
-    if not any(v.labels(d) is not None for v in train for d in dims):
-        raise AffectError(f"training: no train video has {'/'.join(dims)} labels")
+    transform, train_items, fps = prepare_training(train, config)
     seed = config.train.seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    fps = float(train[0].fps)
-    transform = fit_feature_transform([v.features for v in train], config.features)
-    config.model.input_dim = transform.output_dim
-    config.model.fps = fps
-    train_items = stack_videos(train, transform, dims, fps)
-    if config.model.align == "manual" and config.model.manual_shift is None:
-        # One delay per model: the mean over its dimensions of each dimension's best delay.
-        shifts = [
-            choose_manual_shift([x for x, _ in train_items], [y[:, j] for _, y in train_items], fps=fps)
-            for j in range(len(dims))
-        ]
-        config.model.manual_shift = int(round(float(np.mean(shifts))))
     model = AffectModel(config.model).to(resolve_device(device))
     optimizer = build_optimizer(model, config)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
