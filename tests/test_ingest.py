@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+from corpus_checks import assert_same_corpus
 
 from affect_core.data import dataset as ds
 from affect_core.data.dataset import dataset_info, ingest, iter_videos, list_versions, read_corpus
@@ -29,19 +30,6 @@ def _copy(layout: str, tmp_path: Path) -> Path:
     root = tmp_path / f"src_{layout}_{uuid.uuid4().hex[:6]}"
     shutil.copytree(DATA / layout, root)
     return root
-
-
-def _assert_corpus_equal(a, b) -> None:
-    assert a.feature_names == b.feature_names
-    assert [(v.video_id, v.split) for v in a.videos] == [(v.video_id, v.split) for v in b.videos]
-    for va, vb in zip(a.videos, b.videos, strict=True):
-        np.testing.assert_array_equal(va.features, vb.features)
-        np.testing.assert_array_equal(va.time_s, vb.time_s)
-        for dimension in ("arousal", "valence"):
-            la, lb = va.labels(dimension), vb.labels(dimension)
-            assert (la is None) == (lb is None)
-            if la is not None:
-                np.testing.assert_array_equal(la, lb)
 
 
 def test_ingest_local_writes_hive_partitioned_parquet_with_schema_and_metadata(tmp_path):
@@ -76,7 +64,7 @@ def test_ingest_local_writes_hive_partitioned_parquet_with_schema_and_metadata(t
     assert test_rows.column("arousal").null_count == 6  # unlabelled: null, not NaN
 
     corpus = read_corpus(str(target))
-    _assert_corpus_equal(corpus, read_source(str(DATA / "avec2016"), "avec2016"))
+    assert_same_corpus(corpus, read_source(str(DATA / "avec2016"), "avec2016"))
     assert corpus.fps == 25.0 and corpus.metadata["version"] == result.version
 
 
@@ -104,7 +92,7 @@ def test_ingest_to_memory_url():
     url = f"memory://affect-test-{uuid.uuid4().hex}/ds"
     result = ingest(str(DATA / "csv"), url, layout="csv", progress=False)
     assert list_versions(url) == [result.version]
-    _assert_corpus_equal(read_corpus(url), read_source(str(DATA / "csv"), "csv"))
+    assert_same_corpus(read_corpus(url), read_source(str(DATA / "csv"), "csv"))
 
 
 def test_unchanged_input_is_a_no_op_and_changed_input_makes_a_new_version(tmp_path):
@@ -151,7 +139,7 @@ def test_a_writer_failing_mid_write_leaves_no_visible_version(tmp_path, monkeypa
     with pytest.raises(AffectError, match="nothing was published"):
         ingest(str(source), target, layout="avec2016", progress=False)
     assert list_versions(target) == [first.version]
-    _assert_corpus_equal(read_corpus(target), read_source(str(DATA / "avec2016"), "avec2016"))
+    assert_same_corpus(read_corpus(target), read_source(str(DATA / "avec2016"), "avec2016"))
 
 
 def test_a_killed_writer_leaves_no_visible_version(tmp_path):
@@ -253,8 +241,8 @@ def test_three_layouts_of_one_generated_corpus_ingest_to_the_same_dataset(tmp_pa
         results[layout] = ingest(str(tmp_path / layout), str(tmp_path / f"ds_{layout}"), layout=layout, progress=False)
         corpora[layout] = read_corpus(str(tmp_path / f"ds_{layout}"))
     for layout in ("csv", "parquet"):
-        _assert_corpus_equal(corpora["avec2016"], corpora[layout])
-    _assert_corpus_equal(corpora["avec2016"], generated)
+        assert_same_corpus(corpora["avec2016"], corpora[layout])
+    assert_same_corpus(corpora["avec2016"], generated)
     # avec2016 and parquet both record the feature sets; csv has one "features" set, so only its sets differ.
     assert results["avec2016"].content_hash == results["parquet"].content_hash
     assert corpora["avec2016"].metadata["affect.feature_sets"] == corpora["parquet"].metadata["affect.feature_sets"]
@@ -288,7 +276,7 @@ def test_ingest_and_read_back_on_s3(request):
     options = server.storage_options()
     result = ingest(str(DATA / "avec2016"), url, layout="avec2016", storage_options=options, progress=False)
     assert list_versions(url, storage_options=options) == [result.version]
-    _assert_corpus_equal(read_corpus(url, storage_options=options), read_source(str(DATA / "avec2016"), "avec2016"))
+    assert_same_corpus(read_corpus(url, storage_options=options), read_source(str(DATA / "avec2016"), "avec2016"))
     assert ingest(str(DATA / "avec2016"), url, layout="avec2016", storage_options=options, progress=False).unchanged
     streamed = list(iter_videos(url, splits=["dev"], storage_options=options))
     assert [v.video_id for v in streamed] == ["dev_1"]
