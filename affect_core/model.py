@@ -12,7 +12,8 @@ One configuration (:class:`affect_core.config.ModelConfig`) selects every varian
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -29,19 +30,41 @@ class ModelOutput:
     y: (B, T, n) aligned prediction (level, first and second derivative per dimension).
     z: (B, T, n) filtered state (for the baseline: the smoothed observation).
     P: (B, T, n, n) filter covariance, or None for the baseline (no filter).
-    y_var: (B, T, k) variance of each aligned level (alignment weights applied to P's level diagonal), or None.
+    y_var: (B, T, k) variance of each aligned level (alignment weights applied to P's level diagonal), or None;
+        computed on first access (training never reads it).
     observations: (B, T, n) the front-end's observations o_t.
     """
 
     y: Tensor
     z: Tensor
     P: Tensor | None
-    y_var: Tensor | None
     observations: Tensor
+    _variance: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _y_var: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def y_var(self) -> Tensor | None:
+        if self._y_var is None and self.P is not None and self._variance is not None:
+            self._y_var = self._variance(self.P)
+        return self._y_var
 
     def levels(self) -> Tensor:
         """(B, T, k): the predicted level of each affect dimension."""
         return self.y[..., 0::3]
+
+
+def finite_rows(x: Tensor) -> Tensor:
+    """(B, T) bool: True where every feature of the frame is finite. x: (B, T, d).
+
+    A row sum is finite for almost every row, and then the row is finite; only rows whose sum is not (a NaN or an
+    infinity in the row, or finite values overflowing the sum) are checked feature by feature. One pass over x
+    instead of the several temporaries of `isfinite(x).all(-1)`.
+    """
+    finite = torch.isfinite(x.sum(-1))
+    if not bool(finite.all()):
+        suspect = ~finite
+        finite[suspect] = torch.isfinite(x[suspect]).all(-1)
+    return finite
 
 
 class FrontEnd(nn.Module):
@@ -62,12 +85,31 @@ class FrontEnd(nn.Module):
         self.head = nn.Linear(lstm_size, output_dim)
 
     def forward(
-        self, x: Tensor, mask: Tensor, state: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor, mask: Tensor | None, state: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (B, T, d) with zeros where mask is False; mask: (B, T) bool. Returns o (B, T, m) and the LSTM state."""
-        h = self.feed_forward(torch.cat([x, mask.unsqueeze(-1).to(x.dtype)], dim=-1))
+        """x: (B, T, d) with zeros where mask is False; mask: (B, T) bool, or None when every frame is observed.
+        Returns o (B, T, m) and the LSTM state."""
+        h = self._input_layer(x, mask)
         h, state = self.lstm(h, state)
         return torch.tanh(self.head(h)), state
+
+    def _input_layer(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """The layers before the LSTM on [x, mask]. The mask column of the first weight is added on its own rather
+        than concatenating a channel to x, which would copy the whole feature tensor."""
+        layers = list(self.feed_forward)
+        if not layers:
+            column = x.new_ones(x.shape[:-1]) if mask is None else mask.to(x.dtype)
+            return torch.cat([x, column.unsqueeze(-1)], dim=-1)
+        first = layers[0]
+        d = x.shape[-1]
+        weight, mask_weight = first.weight[:, :d], first.weight[:, d]
+        if mask is None:
+            h = nn.functional.linear(x, weight, first.bias + mask_weight)
+        else:
+            h = nn.functional.linear(x, weight, first.bias) + mask.to(x.dtype).unsqueeze(-1) * mask_weight
+        for layer in layers[1:]:
+            h = layer(h)
+        return h
 
 
 class AffectModel(nn.Module):
@@ -109,20 +151,23 @@ class AffectModel(nn.Module):
         """x: (B, T, d) features, NaN rows for frames without a face; mask: optional (B, T) bool, True = observed."""
         if x.dim() != 3 or x.shape[-1] != self.config.input_dim:
             raise AffectError(f"model input: expected shape (B, T, {self.config.input_dim}), got {tuple(x.shape)}")
-        observed = torch.isfinite(x).all(-1)
+        observed = finite_rows(x)
         if mask is not None:
             observed = observed & mask
-        x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
-        o, _ = self.frontend(x, observed)
+        # One check per call (not per frame): a batch with every frame observed skips the masking and lets the
+        # Kalman filter share one covariance recursion across the batch.
+        everything_observed = bool(observed.all())
+        if not everything_observed:
+            x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+        o, _ = self.frontend(x, None if everything_observed else observed)
         P = None
         if self.filter is not None:
-            out = self.filter(o, mask=observed)
+            out = self.filter(o, mask=None if everything_observed else observed)
             z, P = out.states, out.covariances
         else:
             z = self.smoothing(o)
         y = z if self.alignment is None else self.alignment(z)
-        y_var = None if P is None else self._aligned_level_variance(P)
-        return ModelOutput(y=y, z=z, P=P, y_var=y_var, observations=o)
+        return ModelOutput(y=y, z=z, P=P, observations=o, _variance=self._aligned_level_variance)
 
     def _aligned_level_variance(self, P: Tensor) -> Tensor:
         level_var = torch.diagonal(P, dim1=-2, dim2=-1)[..., 0::3]

@@ -90,3 +90,18 @@ def test_manual_grid_search_finds_planted_shift():
         labels.append(lab)
     assert choose_manual_shift(features, labels, fps=fps) == planted
     assert math.isclose(planted / fps, 1.6)
+
+
+@pytest.mark.parametrize(("steps", "half"), [(1, 3), (5, 12), (57, 3), (300, 100), (1000, 0)])
+def test_lagged_convolution_equals_the_direct_sum(steps, half):
+    gen = torch.Generator().manual_seed(steps + half)
+    z = torch.randn(2, steps, 3, generator=gen, dtype=torch.float64)
+    w = torch.rand(2 * half + 1, generator=gen, dtype=torch.float64)
+    expected = torch.zeros_like(z)
+    for t in range(steps):
+        for k in range(-half, half + 1):
+            expected[:, t] += w[k + half] * z[:, min(max(t - k, 0), steps - 1)]  # replicate padding
+    torch.testing.assert_close(lagged_convolution(z, w), expected, atol=1e-12, rtol=1e-12)
+    got32 = lagged_convolution(z.float(), w.float())
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), expected, atol=1e-5, rtol=1e-5)

@@ -345,3 +345,40 @@ def test_unknown_method_is_rejected() -> None:
         KalmanFilter(method="parallel")
     with pytest.raises(AffectError, match="method"):
         ExtendedKalmanFilter(method="scan")  # the EKF is not a linear recursion
+
+
+@pytest.mark.parametrize("layer_type", ["kf", "ekf"])
+@pytest.mark.parametrize("with_gaps", [False, True])
+def test_compiled_path_is_the_same_on_one_and_several_threads(layer_type: str, with_gaps: bool) -> None:
+    """The compiled kernels split the batch over torch's threads; the split must not change any number."""
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            layer = (
+                random_stable_kf(2, seed=71, method="compiled")
+                if layer_type == "kf"
+                else perturbed_ekf(2, seed=72, method="compiled")
+            )
+            gen = torch.Generator().manual_seed(73)
+            observations = 0.8 * torch.randn(7, 33, layer.obs_dim, generator=gen, dtype=torch.float64)
+            mask = random_mask(7, 33, seed=74) if with_gaps else None
+            results.append(values_and_gradients(layer, observations, mask))
+    finally:
+        torch.set_num_threads(previous)
+    (values_1, grads_1), (values_3, grads_3) = results
+    for a, b in zip(values_1, values_3, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    for name in grads_1:
+        torch.testing.assert_close(grads_1[name], grads_3[name], atol=1e-12, rtol=1e-12, msg=name)
+
+
+def test_ekf_forward_without_gradients_equals_the_training_forward() -> None:
+    layer = perturbed_ekf(1, seed=81, method="compiled")
+    observations = torch.randn(3, 40, 3, generator=torch.Generator().manual_seed(82), dtype=torch.float64)
+    with torch.no_grad():
+        inference = layer(observations)
+    training = layer(observations)
+    assert training.states.requires_grad
+    torch.testing.assert_close(inference.states, training.states.detach(), atol=0, rtol=0)

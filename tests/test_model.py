@@ -86,3 +86,35 @@ def test_unknown_variant_names_are_refused():
         ModelConfig(model="lstm-ukf")
     with pytest.raises(AffectError, match="align must be one of"):
         ModelConfig(align="auto")
+
+
+def test_finite_rows_finds_every_non_finite_frame():
+    from affect_core.model import finite_rows
+
+    x = torch.randn(3, 50, 7)
+    x[0, 3, 2] = float("nan")
+    x[1, 4, 0] = float("inf")
+    x[2, 6, :2] = float("-inf")
+    x[2, 5] = 3e38  # finite values whose row sum overflows: still an observed frame
+    assert torch.equal(finite_rows(x), torch.isfinite(x).all(-1))
+    assert bool(finite_rows(x)[2, 5]) and int((~finite_rows(x)).sum()) == 3
+    assert bool(finite_rows(torch.randn(2, 9, 4)).all())
+
+
+@pytest.mark.parametrize("model", ["lstm-kf", "lstm-ekf", "baseline"])
+def test_fully_observed_batch_takes_the_unmasked_path_with_the_same_result(model):
+    """A batch with every frame observed skips the masking (no mask channel copy, one shared covariance
+    recursion); forcing the masked path with an all-True mask must give the same outputs and gradients."""
+    m = make(model).double()
+    x = torch.randn(3, 60, 5, dtype=torch.float64)
+    results = []
+    for force_mask in (False, True):
+        m.zero_grad()
+        o, _ = m.frontend(x, torch.ones(3, 60, dtype=torch.bool) if force_mask else None)
+        out = m.filter(o, mask=torch.ones(3, 60, dtype=torch.bool) if force_mask else None) if m.filter else None
+        z = out.states if out is not None else o
+        z.square().sum().backward()
+        results.append((z.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-10, rtol=1e-10)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)

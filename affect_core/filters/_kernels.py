@@ -157,13 +157,37 @@ def _finish(zp, Pp, K, v, Mm, R, z_out, P_out, t1, t2, t3):
     _sym(P_out)
 
 
-@njit(cache=True)
-def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear):
-    """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n)."""
+@njit(cache=True, inline="always")
+def _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm):
+    """Rebuild the cheap intermediates of a step (d, J_f, e, J_h, M) from the saved z^, h and K."""
+    n = zp.shape[0]
+    m = hz.shape[0]
+    for i in range(n):
+        d[i] = 1.0 if linear else 1.0 - zp[i] * zp[i]
+        for k in range(n):
+            Jf[i, k] = d[i] * Wf[i, k]
+    for i in range(m):
+        e[i] = 1.0 if linear else 1.0 - hz[i] * hz[i]
+        for k in range(n):
+            Jh[i, k] = e[i] * Wh[i, k]
+    _mm(K, Jh, Mm)
+    for i in range(n):
+        for k in range(n):
+            Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
+
+
+@njit(cache=True, nogil=True)
+def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, save):
+    """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n) and, when `save`, the
+    intermediates the backward pass reads: z^ (B, T, n), h (B, T, m), P^ (B, T, n, n), S^-1 (B, T, m, m),
+    K (B, T, n, m), innovation v (B, T, m) (arrays with a leading 0 otherwise)."""
     B, T, m = obs.shape
     n = z0.shape[0]
     states = np.empty((B, T, n))
     covs = np.empty((B, T, n, n))
+    Bs = B if save else 0
+    zp_s, hz_s, v_s = np.empty((Bs, T, n)), np.empty((Bs, T, m)), np.empty((Bs, T, m))
+    Pp_s, Sinv_s, K_s = np.empty((Bs, T, n, n)), np.empty((Bs, T, m, m)), np.empty((Bs, T, n, m))
     for b in range(B):
         zp, d, hz, e, v = np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty(m)
         Jf, Pp, Mm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
@@ -173,15 +197,20 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear):
         for t in range(T):
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
+            if save:  # the step writes its intermediates straight into the saved arrays
+                zp, hz, v, Pp, Sinv, K = zp_s[b, t], hz_s[b, t], v_s[b, t], Pp_s[b, t], Sinv_s[b, t], K_s[b, t]
             _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R, linear,
                   zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2)  # fmt: skip
             _finish(zp, Pp, K, v, Mm, R, states[b, t], covs[b, t], t1, t2, t3)
-    return states, covs
+    return states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s
 
 
-@njit(cache=True)
-def filter_backward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, covs, g_states, g_covs):
-    """Adjoint of `filter_forward`. g_states (B, T, n), g_covs (B, T, n, n) -> gradients w.r.t. obs (B, T, m) and,
+@njit(cache=True, nogil=True)
+def filter_backward(
+    obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s, g_states, g_covs
+):
+    """Adjoint of `filter_forward` (run with `save`), from its outputs and saved intermediates.
+    g_states (B, T, n), g_covs (B, T, n, n) -> gradients w.r.t. obs (B, T, m) and,
     per sequence (sum over B afterwards), W_f (B, n, n), b_f (B, n), W_h (B, m, n), b_h (B, m), Q (B, n, n),
     R (B, m, m), z_0 (B, n), P_0 (B, n, n)."""
     B, T, m = obs.shape
@@ -192,11 +221,9 @@ def filter_backward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, cov
     gQ, gR = np.zeros((B, n, n)), np.zeros((B, m, m))
     gz0, gP0 = np.zeros((B, n)), np.zeros((B, n, n))
     for b in range(B):
-        zp, d, hz, e, v = np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty(m)
-        Jf, Pp, Mm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
-        Jh, Bm, K = np.empty((m, n)), np.empty((n, m)), np.empty((n, m))
-        S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
-        t1, t2 = np.empty((n, n)), np.empty((n, m))
+        d, e = np.empty(n), np.empty(m)
+        Jf, Mm, Jh = np.empty((n, n)), np.empty((n, n)), np.empty((m, n))
+        t1, t2, ga = np.empty((n, n)), np.empty((n, m)), np.empty(n)
         gz, gP = np.zeros(n), np.zeros((n, n))  # adjoints carried from step t + 1 into z_t, P_t
         G, gMm, gPp, gK = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, m))
         gJh, gS, gKS = np.empty((m, n)), np.empty((m, m)), np.empty((n, m))
@@ -206,8 +233,8 @@ def filter_backward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, cov
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
             mu = mask[b, t]
-            _step(z, P, obs[b, t], mu, Wf, bf, Wh, bh, Q, R, linear,
-                  zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2)  # fmt: skip
+            zp, hz, v, Pp, Sinv, K = zp_s[b, t], hz_s[b, t], v_s[b, t], Pp_s[b, t], Sinv_s[b, t], K_s[b, t]
+            _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm)
             for i in range(n):
                 gz[i] += g_states[b, t, i]
                 for k in range(n):
@@ -306,17 +333,17 @@ def filter_backward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, cov
                     gJf[i, k] *= 2.0
                     gWf[b, i, k] += d[i] * gJf[i, k]
                     s += gJf[i, k] * Wf[i, k]
-                ga = gzp[i]
+                ga_i = gzp[i]
                 if not linear:
-                    ga = (gzp[i] - 2.0 * zp[i] * s) * d[i]
-                gbf[b, i] += ga
+                    ga_i = (gzp[i] - 2.0 * zp[i] * s) * d[i]
+                gbf[b, i] += ga_i
                 for k in range(n):
-                    gWf[b, i, k] += ga * z[k]
-                zp[i] = ga  # reuse as the adjoint of a
+                    gWf[b, i, k] += ga_i * z[k]
+                ga[i] = ga_i
             for k in range(n):  # adjoint into z_{t-1}: W_f^T ga
                 s = 0.0
                 for i in range(n):
-                    s += Wf[i, k] * zp[i]
+                    s += Wf[i, k] * ga[i]
                 gz[k] = s
         for i in range(n):
             gz0[b, i] = gz[i]

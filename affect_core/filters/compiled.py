@@ -1,55 +1,169 @@
-"""Autograd bridge to the compiled CPU recursion in `_kernels` (forward and hand-derived backward)."""
+"""Autograd bridges to the compiled CPU recursions (`_kernels`, `_linear_kernels`): forward and hand-derived backward.
+
+The kernels are serial loops in float64 that release the GIL; a batch is cut into as many slices as torch has
+threads and the slices run side by side on a small thread pool.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+_pool: ThreadPoolExecutor | None = None
+
 
 def _numpy(tensor: Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float64).numpy())
+
+
+def _tensor(array: np.ndarray, like: Tensor) -> Tensor:
+    return torch.from_numpy(array).to(dtype=like.dtype, device=like.device)
+
+
+def batch_slices(batch: int) -> list[slice]:
+    """Contiguous slices of `range(batch)`, one per torch thread (at most one per sequence)."""
+    parts = max(1, min(torch.get_num_threads(), batch))
+    bounds = [round(i * batch / parts) for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def run_slices(kernel: Callable[[slice], Any], slices: Sequence[slice]) -> list[Any]:
+    """kernel(slice) for every slice, on the thread pool when there are several."""
+    global _pool
+    if len(slices) == 1:
+        return [kernel(slices[0])]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="affect-filter")
+    return list(_pool.map(kernel, slices))
 
 
 class CompiledRecursion(torch.autograd.Function):
     """Predict-then-update recursion of an (extended) Kalman filter run by `_kernels`, in float64 on the CPU.
 
     Inputs: observations `(B, T, m)`, mask `(B, T)` float 0/1, W_f `(n, n)`, b_f `(n,)`, W_h `(m, n)`, b_h `(m,)`,
-    Q `(n, n)`, R `(m, m)`, z_0 `(n,)`, P_0 `(n, n)`, linear (bool: Kalman filter when True).
+    Q `(n, n)`, R `(m, m)`, z_0 `(n,)`, P_0 `(n, n)`, linear (bool: Kalman filter when True), save (bool: keep the
+    intermediates for the backward pass; pass `torch.is_grad_enabled()`, grad mode being off inside `forward`).
     Outputs: states `(B, T, n)` and covariances `(B, T, n, n)` in the dtype of the observations.
     """
 
     @staticmethod
-    def forward(ctx, observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear: bool):  # type: ignore[override]
+    def forward(ctx, observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear: bool, save: bool = True):  # type: ignore[override]
         from affect_core.filters import _kernels
 
-        arrays = [_numpy(x) for x in (observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0)]
-        states, covs = _kernels.filter_forward(*arrays, linear)
-        ctx.arrays = arrays
-        ctx.outputs = (states, covs)
-        ctx.linear = linear
-        like = dict(dtype=observations.dtype, device=observations.device)
-        return torch.from_numpy(states).to(**like), torch.from_numpy(covs).to(**like)
+        obs, observed = _numpy(observations), _numpy(mask)
+        params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R, z0, P0)]
+        save = save and any(ctx.needs_input_grad)
+        slices = batch_slices(obs.shape[0])
+        parts = run_slices(lambda s: _kernels.filter_forward(obs[s], observed[s], *params, linear, save), slices)
+        outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        ctx.saved = (obs, observed, params, linear, outputs, slices)
+        return _tensor(outputs[0], observations), _tensor(outputs[1], observations)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_states, g_covs):  # type: ignore[override]
         from affect_core.filters import _kernels
 
-        states, covs = ctx.outputs
-        g_s = np.zeros_like(states) if g_states is None else _numpy(g_states)
+        obs, observed, params, linear, outputs, slices = ctx.saved
+        g_s = np.zeros_like(outputs[0]) if g_states is None else _numpy(g_states)
+        g_c = np.zeros_like(outputs[1]) if g_covs is None else _numpy(g_covs)
+
+        def kernel(s: slice) -> tuple[np.ndarray, ...]:
+            saved = [array[s] for array in outputs]
+            return _kernels.filter_backward(obs[s], observed[s], *params, linear, *saved, g_s[s], g_c[s])
+
+        parts = run_slices(kernel, slices)
+        like = g_states if g_states is not None else g_covs
+        g_obs = _tensor(np.concatenate([p[0] for p in parts]), like)
+        summed = [_tensor(sum(p[i].sum(axis=0) for p in parts), like) for i in range(1, len(parts[0]))]
+        return (g_obs, None, *summed, None, None)
+
+
+class RiccatiRecursion(torch.autograd.Function):
+    """Covariances and gains of the linear Kalman filter (`_linear_kernels.riccati_forward`), float64 on the CPU.
+
+    Inputs: mask `(Bc, T)` float 0/1 (one row serves a whole batch without missing frames), F `(n, n)`,
+    H `(m, n)`, Q `(n, n)`, R `(m, m)`, P_0 `(n, n)`. Outputs, float64: P `(Bc, T, n, n)`, K `(Bc, T, n, m)`.
+    """
+
+    @staticmethod
+    def forward(ctx, mask, F, H, Q, R, P0):  # type: ignore[override]
+        from affect_core.filters import _linear_kernels
+
+        observed = _numpy(mask)
+        params = [_numpy(x) for x in (F, H, Q, R, P0)]
+        slices = batch_slices(observed.shape[0])
+        parts = run_slices(lambda s: _linear_kernels.riccati_forward(observed[s], *params), slices)
+        covs = np.concatenate([p[0] for p in parts])
+        gains = np.concatenate([p[1] for p in parts])
+        ctx.saved = (observed, params, covs, gains, slices)
+        ctx.like = F
+        return torch.from_numpy(covs), torch.from_numpy(gains)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_covs, g_gains):  # type: ignore[override]
+        from affect_core.filters import _linear_kernels
+
+        observed, params, covs, gains, slices = ctx.saved
         g_c = np.zeros_like(covs) if g_covs is None else _numpy(g_covs)
-        grads = _kernels.filter_backward(*ctx.arrays, ctx.linear, states, covs, g_s, g_c)
-        g_obs, *per_sequence = grads
-        device = g_states.device if g_states is not None else g_covs.device
-        dtype = g_states.dtype if g_states is not None else g_covs.dtype
+        g_k = np.zeros_like(gains) if g_gains is None else _numpy(g_gains)
 
-        def back(array: np.ndarray) -> Tensor:
-            return torch.from_numpy(array).to(dtype=dtype, device=device)
+        def kernel(s: slice) -> tuple[np.ndarray, ...]:
+            return _linear_kernels.riccati_backward(observed[s], *params, covs[s], gains[s], g_c[s], g_k[s])
 
-        summed = [back(g.sum(axis=0)) for g in per_sequence]
-        return (back(g_obs), None, *summed, None)
+        parts = run_slices(kernel, slices)
+        gF, gH, gQ, gR = (_tensor(sum(p[i] for p in parts), ctx.like) for i in range(4))
+        gP0 = _tensor(sum(p[4].sum(axis=0) for p in parts), ctx.like)
+        return None, gF, gH, gQ, gR, gP0
+
+
+class LinearStateRecursion(torch.autograd.Function):
+    """States of the linear Kalman filter given its gains (`_linear_kernels.state_forward`), float64 on the CPU.
+
+    Inputs: observations `(B, T, m)`, gains K `(Bc, T, n, m)` (Bc = 1: shared by the batch), F `(n, n)`,
+    HF `(m, n)` = H F, z_0 `(n,)`. Output: states `(B, T, n)` in the dtype of the observations.
+    """
+
+    @staticmethod
+    def forward(ctx, observations, gains, F, HF, z0):  # type: ignore[override]
+        from affect_core.filters import _linear_kernels
+
+        obs, K = _numpy(observations), _numpy(gains)
+        params = [_numpy(x) for x in (F, HF, z0)]
+        slices = batch_slices(obs.shape[0])
+        shared = K.shape[0] == 1
+        parts = run_slices(lambda s: _linear_kernels.state_forward(obs[s], K if shared else K[s], *params), slices)
+        states = np.concatenate(parts)
+        ctx.saved = (obs, K, params, states, slices)
+        ctx.likes = (observations, gains, F)
+        return _tensor(states, observations)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_states):  # type: ignore[override]
+        from affect_core.filters import _linear_kernels
+
+        obs, K, params, states, slices = ctx.saved
+        g_s = _numpy(g_states)
+        shared = K.shape[0] == 1
+
+        def kernel(s: slice) -> tuple[np.ndarray, ...]:
+            return _linear_kernels.state_backward(obs[s], K if shared else K[s], *params, states[s], g_s[s])
+
+        parts = run_slices(kernel, slices)
+        like_obs, like_gains, like_param = ctx.likes
+        g_obs = _tensor(np.concatenate([p[0] for p in parts]), like_obs)
+        g_gains = sum(p[1] for p in parts) if shared else np.concatenate([p[1] for p in parts])
+        gF, gHF, gz0 = (_tensor(sum(p[i] for p in parts), like_param) for i in (2, 3, 4))
+        return g_obs, _tensor(g_gains, like_gains), gF, gHF, gz0
 
 
 def warm_up() -> None:
@@ -58,10 +172,11 @@ def warm_up() -> None:
     n = 3
     obs = torch.zeros(1, 2, n, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(1, 2, dtype=torch.float64)
-    eye = torch.eye(n, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64, requires_grad=True)
+    zeros = torch.zeros(n, dtype=torch.float64)
     for linear in (True, False):
-        states, covs = CompiledRecursion.apply(
-            obs, mask, eye, torch.zeros(n, dtype=torch.float64), eye, torch.zeros(n, dtype=torch.float64),
-            eye, eye, torch.zeros(n, dtype=torch.float64), eye, linear,
-        )  # fmt: skip
+        states, covs = CompiledRecursion.apply(obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, linear)
         (states.sum() + covs.sum()).backward()
+    covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye)
+    states = LinearStateRecursion.apply(obs, gains, eye, eye, zeros)
+    (states.sum() + covs.sum()).backward()

@@ -91,5 +91,7 @@ class ExtendedKalmanFilter(BayesFilter):
         W_f, b_f, W_h, b_h, Q, R = self._parameters_like(observations)
         z0, P0 = self.prior(observations)
         observed = observations.new_ones(observations.shape[:2]) if mask is None else mask.to(observations.dtype)
-        states, covariances = CompiledRecursion.apply(observations, observed, W_f, b_f, W_h, b_h, Q, R, z0, P0, False)
+        states, covariances = CompiledRecursion.apply(
+            observations, observed, W_f, b_f, W_h, b_h, Q, R, z0, P0, False, torch.is_grad_enabled()
+        )
         return FilterOutput(states, covariances)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from affect_core.filters.base import BayesFilter, FilterOutput, kinematic_transition, symmetrise
-from affect_core.filters.compiled import CompiledRecursion
+from affect_core.filters.compiled import LinearStateRecursion, RiccatiRecursion
 from affect_core.filters.scan import associative_scan
 from affect_core.filters.types import MaskTorch, ObservationsTorch
 
@@ -71,9 +71,10 @@ class KalmanFilter(BayesFilter):
     - "scan": parallel over time. The covariance recursion is a prefix scan over Sarkka & Garcia-Fernandez filtering
       elements (A, C, J), shared by the whole batch when there is no mask; then the state recursion
       z_t = (I - K_t H) F z_{t-1} + K_t o_t is a prefix scan over affine maps. O(log T) batched steps, no host syncs.
-    - "compiled": one compiled CPU loop per sequence with a hand-derived backward (`affect_core.filters._kernels`).
-    - "fast" / "auto": "compiled" for CPU tensors with a mask (each sequence then has its own covariances, which
-      makes the scan's small-matrix work B times larger), otherwise "scan".
+    - "compiled": two compiled CPU loops with hand-derived backwards (`affect_core.filters._linear_kernels`): the
+      covariance recursion (once for the batch without a mask, once per sequence with one), then the state
+      recursion z_t = F z_{t-1} + K_t (o_t - H F z_{t-1}) per sequence, the batch split over torch's threads.
+    - "fast" / "auto": "compiled" for CPU tensors, "scan" elsewhere (GPU).
     """
 
     has_fast_path = True
@@ -122,7 +123,7 @@ class KalmanFilter(BayesFilter):
     def _filter_fast(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
         method = self.method
         if method in ("fast", "auto"):
-            method = "compiled" if mask is not None and observations.device.type == "cpu" else "scan"
+            method = "compiled" if observations.device.type == "cpu" else "scan"
         if method == "compiled":
             return self._filter_compiled(observations, mask)
         return self._filter_scan(observations, mask)
@@ -130,10 +131,12 @@ class KalmanFilter(BayesFilter):
     def _filter_compiled(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
         F, H, Q, R = self._matrices(observations)
         z0, P0 = self.prior(observations)
-        observed = observations.new_ones(observations.shape[:2]) if mask is None else mask.to(observations.dtype)
-        zeros = observations.new_zeros(self.state_dim)
-        states, covariances = CompiledRecursion.apply(observations, observed, F, zeros, H, zeros, Q, R, z0, P0, True)
-        return FilterOutput(states, covariances)
+        batch, steps, n = observations.shape[0], observations.shape[1], self.state_dim
+        # Without a mask the covariances and gains do not depend on the data: one recursion serves the batch.
+        observed = observations.new_ones(1, steps) if mask is None else mask.to(observations.dtype)
+        covariances, gains = RiccatiRecursion.apply(observed, F, H, Q, R, P0)
+        states = LinearStateRecursion.apply(observations, gains, F, H @ F, z0)
+        return FilterOutput(states, covariances.to(observations.dtype).expand(batch, steps, n, n))
 
     def _filter_scan(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
         F, H, Q, R = self._matrices(observations)

@@ -1,0 +1,246 @@
+"""Compiled (numba) kernels of the linear Kalman filter split in two recursions, each with a hand-derived backward.
+
+For the linear filter the covariance recursion (the Riccati equation) does not look at the observations:
+
+    P^_t = F P_{t-1} F^T + Q;  S_t = H P^_t H^T + R;  K_t = mu_t P^_t H^T S_t^-1;
+    P_t = (I - K_t H) P^_t (I - K_t H)^T + K_t R K_t^T   (Joseph form, symmetrised)
+
+depends only on the mask mu_t (1 = observed, 0 = predict only). Without missing frames one recursion serves the
+whole batch; the state recursion is then a cheap linear time-varying recurrence per sequence:
+
+    z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}).
+
+Gains `K` are shared by all sequences when they have one row (`Bc = 1`), else one row per sequence. Arrays are
+float64 and C-contiguous (B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the
+GIL, so callers may run slices of the batch on several threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from affect_core.filters._kernels import _mm, _mm_nt, _mm_tn, _spd_inverse, _sym
+
+
+@njit(cache=True, inline="always")
+def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1):
+    """P^ = sym(F P F^T + Q); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1; M = I - K H. Fills the intermediates."""
+    n = F.shape[0]
+    m = H.shape[0]
+    _mm(F, P, t1)
+    _mm_nt(t1, F, Pp)
+    for i in range(n):
+        for k in range(n):
+            Pp[i, k] += Q[i, k]
+    _sym(Pp)
+    _mm_nt(Pp, H, Bm)
+    _mm(H, Bm, S)
+    for i in range(m):
+        for k in range(m):
+            S[i, k] += R[i, k]
+    _sym(S)
+    _spd_inverse(S, L, Sinv)
+    _mm(Bm, Sinv, K)
+    for i in range(n):
+        for k in range(m):
+            K[i, k] *= mu
+    _mm(K, H, Mm)
+    for i in range(n):
+        for k in range(n):
+            Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
+
+
+@njit(cache=True, nogil=True)
+def riccati_forward(mask, F, H, Q, R, P0):
+    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n) and gains K (Bc, T, n, m)."""
+    Bc, T = mask.shape
+    n, m = F.shape[0], H.shape[0]
+    covs = np.empty((Bc, T, n, n))
+    gains = np.empty((Bc, T, n, m))
+    Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
+    Bm, t2 = np.empty((n, m)), np.empty((n, m))
+    for b in range(Bc):
+        for t in range(T):
+            P = P0 if t == 0 else covs[b, t - 1]
+            K = gains[b, t]
+            _riccati_step(P, mask[b, t], F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1)
+            P_out = covs[b, t]
+            _mm(Mm, Pp, t1)  # P = sym(M P^ M^T + K R K^T)
+            _mm_nt(t1, Mm, P_out)
+            _mm(K, R, t2)
+            _mm_nt(t2, K, t3)
+            for i in range(n):
+                for k in range(n):
+                    P_out[i, k] += t3[i, k]
+            _sym(P_out)
+    return covs, gains
+
+
+@njit(cache=True, nogil=True)
+def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
+    """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n), g_gains (Bc, T, n, m) -> gradients w.r.t. F (n, n),
+    H (m, n), Q (n, n), R (m, m) summed over the rows, and w.r.t. P0 (Bc, n, n) per row."""
+    Bc, T = mask.shape
+    n, m = F.shape[0], H.shape[0]
+    gF, gH, gQ, gR = np.zeros((n, n)), np.zeros((m, n)), np.zeros((n, n)), np.zeros((m, m))
+    gP0 = np.zeros((Bc, n, n))
+    Pp, Mm, t1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
+    Bm, K, t2 = np.empty((n, m)), np.empty((n, m)), np.empty((n, m))
+    G, gM, gPp, u1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    gK, gKS = np.empty((n, m)), np.empty((n, m))
+    gS, u2 = np.empty((m, m)), np.empty((m, m))
+    u3 = np.empty((m, n))
+    gP = np.zeros((n, n))
+    for b in range(Bc):
+        gP[:] = 0.0
+        for t in range(T - 1, -1, -1):
+            P = P0 if t == 0 else covs[b, t - 1]
+            mu = mask[b, t]
+            _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1)
+            for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
+                for k in range(n):
+                    G[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
+            _mm(G, Mm, u1)
+            _mm(u1, Pp, gM)  # gM = 2 G M P^
+            _mm_tn(Mm, u1, gPp)  # gP^ = M^T G M
+            _mm(G, K, t2)
+            _mm(t2, R, gK)  # gK = 2 G K R
+            _mm_tn(K, t2, u2)  # gR += K^T G K
+            for i in range(m):
+                for k in range(m):
+                    gR[i, k] += u2[i, k]
+            for i in range(n):
+                for k in range(n):
+                    gM[i, k] *= 2.0
+                for k in range(m):
+                    gK[i, k] = 2.0 * gK[i, k] + g_gains[b, t, i, k]
+            _mm_nt(gM, H, t2)  # M = I - K H: gK -= gM H^T; gH -= K^T gM
+            _mm_tn(K, gM, u3)
+            for i in range(n):
+                for k in range(m):
+                    gK[i, k] = mu * (gK[i, k] - t2[i, k])  # K = mu B S^-1
+            for i in range(m):
+                for k in range(n):
+                    gH[i, k] -= u3[i, k]
+            _mm(gK, Sinv, gKS)  # gB = gK S^-1
+            _mm_tn(K, gKS, gS)  # gS = -sym(K^T gK S^-1)
+            for i in range(m):
+                for k in range(i, m):
+                    s = -0.5 * (gS[i, k] + gS[k, i])
+                    gS[i, k] = s
+                    gS[k, i] = s
+            _mm(gKS, H, t1)  # B = P^ H^T: gP^ += gB H; gH += gB^T P^
+            for i in range(n):
+                for k in range(n):
+                    gPp[i, k] += t1[i, k]
+            _mm_tn(gKS, Pp, u3)
+            for i in range(m):
+                for k in range(n):
+                    gH[i, k] += u3[i, k]
+            _mm(gS, H, u3)  # S = H P^ H^T + R: gH += 2 gS H P^; gP^ += H^T gS H; gR += gS
+            for i in range(m):
+                for k in range(n):
+                    s = 0.0
+                    for j in range(n):
+                        s += u3[i, j] * Pp[j, k]
+                    gH[i, k] += 2.0 * s
+            _mm_tn(H, u3, t1)
+            for i in range(n):
+                for k in range(n):
+                    gPp[i, k] += t1[i, k]
+            for i in range(m):
+                for k in range(m):
+                    gR[i, k] += gS[i, k]
+            for i in range(n):  # P^ = sym(F P F^T + Q)
+                for k in range(n):
+                    G[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
+                    gQ[i, k] += G[i, k]
+            _mm(G, F, t1)
+            _mm(t1, P, u1)  # gF += 2 G F P
+            for i in range(n):
+                for k in range(n):
+                    gF[i, k] += 2.0 * u1[i, k]
+            _mm_tn(F, t1, gP)  # adjoint into P_{t-1}: F^T G F
+        gP0[b] = gP
+    return gF, gH, gQ, gR, gP0
+
+
+@njit(cache=True, nogil=True)
+def state_forward(obs, gains, F, HF, z0):
+    """obs (B, T, m), gains (Bc, T, n, m) with Bc = 1 or B -> states (B, T, n):
+    z_t = F z_{t-1} + K_t (o_t - HF z_{t-1})."""
+    B, T, m = obs.shape
+    n = F.shape[0]
+    shared = gains.shape[0] == 1
+    states = np.empty((B, T, n))
+    v = np.empty(m)
+    for b in range(B):
+        row = 0 if shared else b
+        for t in range(T):
+            z = z0 if t == 0 else states[b, t - 1]
+            out = states[b, t]
+            for i in range(m):
+                s = obs[b, t, i]
+                for k in range(n):
+                    s -= HF[i, k] * z[k]
+                v[i] = s
+            for i in range(n):
+                s = 0.0
+                for k in range(n):
+                    s += F[i, k] * z[k]
+                for k in range(m):
+                    s += gains[row, t, i, k] * v[k]
+                out[i] = s
+    return states
+
+
+@njit(cache=True, nogil=True)
+def state_backward(obs, gains, F, HF, z0, states, g_states):
+    """Adjoint of `state_forward`: g_states (B, T, n) -> gradients w.r.t. obs (B, T, m), gains (Bc, T, n, m) (summed
+    over the sequences sharing a row), F (n, n), HF (m, n) and z0 (n,)."""
+    B, T, m = obs.shape
+    n = F.shape[0]
+    shared = gains.shape[0] == 1
+    g_obs = np.empty((B, T, m))
+    g_gains = np.zeros(gains.shape)
+    gF, gHF, gz0 = np.zeros((n, n)), np.zeros((m, n)), np.zeros(n)
+    lam, carry, v, w = np.empty(n), np.zeros(n), np.empty(m), np.empty(m)
+    for b in range(B):
+        row = 0 if shared else b
+        carry[:] = 0.0
+        for t in range(T - 1, -1, -1):
+            z = z0 if t == 0 else states[b, t - 1]
+            K = gains[row, t]
+            for i in range(n):
+                lam[i] = g_states[b, t, i] + carry[i]
+            for i in range(m):
+                s = obs[b, t, i]
+                for k in range(n):
+                    s -= HF[i, k] * z[k]
+                v[i] = s
+                s = 0.0
+                for k in range(n):
+                    s += K[k, i] * lam[k]
+                w[i] = s  # K^T lambda: the gradient of o_t
+                g_obs[b, t, i] = s
+            for i in range(n):
+                for k in range(m):
+                    g_gains[row, t, i, k] += lam[i] * v[k]
+                for k in range(n):
+                    gF[i, k] += lam[i] * z[k]
+            for i in range(m):
+                for k in range(n):
+                    gHF[i, k] -= w[i] * z[k]
+            for k in range(n):  # into z_{t-1}: F^T lambda - HF^T w
+                s = 0.0
+                for i in range(n):
+                    s += F[i, k] * lam[i]
+                for i in range(m):
+                    s -= HF[i, k] * w[i]
+                carry[k] = s
+        for k in range(n):
+            gz0[k] += carry[k]
+    return g_obs, g_gains, gF, gHF, gz0
