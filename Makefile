@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e '.[dev]'
 	# Compile the filters' CPU kernels once into numba's cache, so no run pays it later.
-	$(BIN)/python -c 'from affect_core.filters.compiled import warm_up; warm_up()'
+	$(BIN)/python -c 'from affect_core.kernels import warm_up; warm_up()'
 	touch $(STAMP)
 
 test: install

@@ -46,7 +46,7 @@ from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome, sav
 from affect_core.features import FeatureTransform
 from affect_core.losses import affect_loss
 from affect_core.metrics import average_over_sequences, sequence_metrics
-from affect_core.model import AffectModel
+from affect_core.model import AffectModel, finite_rows
 from affect_core.training import (
     Batch,
     EpochRecord,
@@ -74,14 +74,56 @@ class SeedLSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, xw: Tensor, w_hh: Tensor) -> Tensor:  # type: ignore[override]
-        acts, cells, tanh_cells, hidden = _steps()[0](xw.detach(), w_hh.detach())
+        if _compiled_applies(xw):
+            acts, cells, tanh_cells, hidden = _compiled_forward(xw.detach(), w_hh.detach())
+        else:
+            acts, cells, tanh_cells, hidden = _steps()[0](xw.detach(), w_hh.detach())
         ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
         return hidden
 
     @staticmethod
     def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         w_hh, acts, cells, tanh_cells, hidden = ctx.saved_tensors
+        if _compiled_applies(acts):
+            return _compiled_backward(g_hidden, w_hh.detach(), acts, cells, tanh_cells, hidden)
         return _steps()[1](g_hidden.contiguous(), w_hh.detach(), acts, cells, tanh_cells, hidden)
+
+
+def _compiled_applies(tensor: Tensor) -> bool:
+    """The numba kernels (`affect_core._seed_lstm`) serve float32 CPU tensors; other devices and dtypes take the
+    TorchScript loops."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32
+
+
+def _seed_parts(arrays: list[np.ndarray], seeds: int) -> list[tuple[slice, list[np.ndarray]]]:
+    """The seed dimension (axis 1 of (T, S, ...) arrays, axis 0 of weights) cut into one slice per torch thread."""
+    from affect_core.filters.compiled import batch_slices
+
+    slices = batch_slices(seeds)
+    if len(slices) == 1:
+        return [(slices[0], arrays)]
+    return [(sl, [np.ascontiguousarray(a[sl] if a.ndim == 3 else a[:, sl]) for a in arrays]) for sl in slices]
+
+
+def _compiled_forward(xw: Tensor, w_hh: Tensor) -> tuple[Tensor, ...]:
+    from affect_core import _seed_lstm
+    from affect_core.filters.compiled import run_slices
+
+    parts = _seed_parts([xw.contiguous().numpy(), w_hh.contiguous().numpy()], xw.shape[1])
+    outputs = run_slices(lambda part: _seed_lstm.lstm_forward(*part[1]), parts)
+    return tuple(torch.from_numpy(np.concatenate([o[i] for o in outputs], axis=1)) for i in range(4))
+
+
+def _compiled_backward(g_hidden: Tensor, w_hh: Tensor, *saved: Tensor) -> tuple[Tensor, Tensor]:
+    from affect_core import _seed_lstm
+    from affect_core.filters.compiled import run_slices
+
+    arrays = [g_hidden.contiguous().numpy(), w_hh.contiguous().numpy(), *(t.numpy() for t in saved)]
+    parts = _seed_parts(arrays, w_hh.shape[0])
+    outputs = run_slices(lambda part: _seed_lstm.lstm_backward(*part[1]), parts)
+    g_gates = np.concatenate([o[0] for o in outputs], axis=1)
+    g_w = np.concatenate([o[1] for o in outputs], axis=0)
+    return torch.from_numpy(g_gates), torch.from_numpy(g_w)
 
 
 def _lstm_forward_steps(xw: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -248,9 +290,11 @@ class SeedStack(nn.Module):
         config = self.template.config
         if x.dim() not in (3, 4) or x.shape[-1] != config.input_dim:
             raise AffectError(f"seed stack input: expected (B, T, {config.input_dim}) or (S, B, T, ...), got {x.shape}")
-        observed = torch.isfinite(x).all(-1)
-        x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
-        o = self._frontend(x, observed)
+        observed = finite_rows(x)
+        everything_observed = bool(observed.all())  # as AffectModel.forward: no masking, shared covariances
+        if not everything_observed:
+            x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+        o = self._frontend(x, None if everything_observed else observed)
         if x.dim() == 3:
             observed = observed.expand(self.seeds, *observed.shape)
         seeds = list(range(self.seeds)) if seeds is None else seeds
@@ -259,7 +303,8 @@ class SeedStack(nn.Module):
             if self.template.filter is None:
                 states[s] = o[s]
             else:
-                out = functional_call(self.template.filter, self._slice("filter.", s), (o[s],), {"mask": observed[s]})
+                mask = None if everything_observed else observed[s]
+                out = functional_call(self.template.filter, self._slice("filter.", s), (o[s],), {"mask": mask})
                 states[s] = out.states
         return o, states
 
@@ -284,16 +329,28 @@ class SeedStack(nn.Module):
             name[len(prefix) :]: value[seed_index] for name, value in self.named_stacked() if name.startswith(prefix)
         }
 
-    def _frontend(self, x: Tensor, observed: Tensor) -> Tensor:
-        """[x, mask] -> FF + ReLU layers -> LSTM -> FC + tanh, every seed at once. Returns `(S, B, T, n)`."""
+    def _frontend(self, x: Tensor, observed: Tensor | None) -> Tensor:
+        """[x, mask] -> FF + ReLU layers -> LSTM -> FC + tanh, every seed at once. Returns `(S, B, T, n)`.
+
+        observed: (B, T) or (S, B, T) bool, or None when every frame is observed. As in FrontEnd, the mask column of
+        the first weight is added on its own instead of concatenating a channel to x."""
         S = self.seeds
-        h = torch.cat([x, observed.unsqueeze(-1).to(x.dtype)], dim=-1)
-        batch, steps = h.shape[-3], h.shape[-2]
-        h = h.reshape(*h.shape[:-3], batch * steps, h.shape[-1])  # (B*T, d+1) or (S, B*T, d+1)
+        batch, steps = x.shape[-3], x.shape[-2]
+        h = x.reshape(*x.shape[:-3], batch * steps, x.shape[-1])  # (B*T, d) or (S, B*T, d)
+        column = None if observed is None else observed.reshape(*observed.shape[:-2], batch * steps, 1).to(x.dtype)
+        if self.layers == 0:
+            ones = h.new_ones(h.shape[:-1] + (1,))
+            h = torch.cat([h.expand(S, *h.shape[-2:]), (ones if column is None else column).expand(S, -1, 1)], -1)
         for j in range(self.layers):
             weight = self.tensor(f"frontend.feed_forward.{2 * j}.weight")  # (S, out, in)
-            bias = self.tensor(f"frontend.feed_forward.{2 * j}.bias")
-            h = torch.relu(torch.matmul(h, weight.mT) + bias.unsqueeze(1))  # (S, B*T, out)
+            bias = self.tensor(f"frontend.feed_forward.{2 * j}.bias").unsqueeze(1)
+            if j == 0:
+                weight, mask_weight = weight[..., :-1], weight[..., -1].unsqueeze(1)  # (S, out, d), (S, 1, out)
+                h = torch.matmul(h, weight.mT)
+                h = h + (bias + mask_weight) if column is None else h + bias + column * mask_weight
+            else:
+                h = torch.matmul(h, weight.mT) + bias
+            h = torch.relu(h)  # (S, B*T, out)
         w_ih = self.tensor("frontend.lstm.weight_ih_l0")  # (S, 4H, in)
         bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
         xw = torch.baddbmm(bias.unsqueeze(1), h, w_ih.mT)  # (S, B*T, 4H)

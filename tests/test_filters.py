@@ -382,3 +382,30 @@ def test_ekf_forward_without_gradients_equals_the_training_forward() -> None:
     training = layer(observations)
     assert training.states.requires_grad
     torch.testing.assert_close(inference.states, training.states.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("with_gaps", [False, True])
+def test_compiled_kf_is_exact_through_settled_stretches(with_gaps: bool) -> None:
+    """Long sequences: the covariance recursion settles (bit-for-bit repeats, which the compiled path copies
+    instead of recomputing, forward and backward), leaves the settled state at a gap, and settles again."""
+    steps = 500
+    mask = torch.ones(2, steps, dtype=torch.bool)
+    if with_gaps:
+        mask[0, 200:230] = False
+        mask[1, 50:53] = False
+        mask[1, 350:450:7] = False
+    results = {}
+    for method in ("reference", "compiled"):
+        layer = KalmanFilter(method=method, q_init=1e-2, r_init=1e-2).double()
+        observations = torch.tanh(
+            0.1 * torch.randn(2, steps, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64).cumsum(1)
+        )
+        results[method] = values_and_gradients(layer, observations, mask)
+    covariances = results["compiled"][0][1]
+    settled = (covariances[:, 2:] == covariances[:, :-2]).flatten(2).all(-1)  # P_t equal bit for bit to P_{t-2}
+    assert int(settled.sum()) > 0.6 * 2 * steps  # most steps of both sequences repeat an earlier input
+    (ref_values, ref_grads), (fast_values, fast_grads) = results["reference"], results["compiled"]
+    for ref, fast in zip(ref_values, fast_values, strict=True):
+        torch.testing.assert_close(fast, ref, atol=1e-7, rtol=1e-7)
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-6, rtol=1e-6, msg=name)

@@ -152,3 +152,31 @@ def test_run_seeds_batched_writes_what_run_seed_writes_and_resumes(tiny_corpus, 
     assert set(trained) == {"arousal-seed2"}  # finished seeds are not trained again
     assert [o.task.key for o in resumed] == ["arousal-seed0", "arousal-seed1", "arousal-seed2"]
     assert resumed[0].rows == outcomes[0].rows
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_compiled_seed_lstm_equals_torch_lstm_in_float32(threads):
+    """float32 CPU tensors take the compiled kernels (seeds split over the threads); same numbers as nn.LSTM to
+    float32 rounding, values and gradients."""
+    torch.manual_seed(1)
+    seeds, batch, steps, width, hidden = 4, 3, 120, 6, 16
+    lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]
+    x = torch.randn(seeds, batch, steps, width)
+    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
+    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
+    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xw = (torch.einsum("sbti,sgi->tsbg", x, w_ih) + bias[None, :, None, :]).contiguous()
+        hidden_states = SeedLSTMRecurrence.apply(xw, w_hh).permute(1, 2, 0, 3)  # (S, B, T, H)
+        grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
+    finally:
+        torch.set_num_threads(previous)
+    for s, lstm in enumerate(lstms):
+        expected, _ = lstm(x[s])
+        torch.testing.assert_close(hidden_states[s], expected, atol=2e-6, rtol=1e-5)
+        g_ih, g_hh, g_b_ih, _ = torch.autograd.grad((expected**3).sum(), list(lstm.parameters()))
+        torch.testing.assert_close(grads[0][s], g_ih, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grads[1][s], g_hh, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grads[2][s], g_b_ih, atol=1e-4, rtol=1e-4)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _mm(A, B, out):  # out = A @ B
     for i in range(A.shape[0]):
         for j in range(B.shape[1]):
@@ -25,7 +25,7 @@ def _mm(A, B, out):  # out = A @ B
             out[i, j] = s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _mm_nt(A, B, out):  # out = A @ B^T
     for i in range(A.shape[0]):
         for j in range(B.shape[0]):
@@ -35,7 +35,7 @@ def _mm_nt(A, B, out):  # out = A @ B^T
             out[i, j] = s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _mm_tn(A, B, out):  # out = A^T @ B
     for i in range(A.shape[1]):
         for j in range(B.shape[1]):
@@ -45,7 +45,7 @@ def _mm_tn(A, B, out):  # out = A^T @ B
             out[i, j] = s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _sym(A):  # in place (A + A^T) / 2
     for i in range(A.shape[0]):
         for j in range(i + 1, A.shape[0]):
@@ -54,7 +54,7 @@ def _sym(A):  # in place (A + A^T) / 2
             A[j, i] = v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _spd_inverse(S, L, out):
     """out = S^-1 for symmetric positive definite S via its Cholesky factor L (S = L L^T)."""
     m = S.shape[0]
@@ -84,7 +84,7 @@ def _spd_inverse(S, L, out):
     _sym(out)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2):
     """One predict-then-update step from (z, P); fills the intermediates (all preallocated)."""
     n = z.shape[0]
@@ -138,7 +138,7 @@ def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, B
             Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _finish(zp, Pp, K, v, Mm, R, z_out, P_out, t1, t2, t3):
     """z = z^ + K v; P = sym(M P^ M^T + K R K^T) (Joseph form)."""
     n = zp.shape[0]
@@ -157,7 +157,7 @@ def _finish(zp, Pp, K, v, Mm, R, z_out, P_out, t1, t2, t3):
     _sym(P_out)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm):
     """Rebuild the cheap intermediates of a step (d, J_f, e, J_h, M) from the saved z^, h and K."""
     n = zp.shape[0]
@@ -176,7 +176,7 @@ def _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm):
             Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, save):
     """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n) and, when `save`, the
     intermediates the backward pass reads: z^ (B, T, n), h (B, T, m), P^ (B, T, n, n), S^-1 (B, T, m, m),
@@ -205,7 +205,7 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, save):
     return states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def filter_backward(
     obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s, g_states, g_covs
 ):

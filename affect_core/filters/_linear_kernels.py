@@ -23,7 +23,7 @@ from numba import njit
 from affect_core.filters._kernels import _mm, _mm_nt, _mm_tn, _spd_inverse, _sym
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1):
     """P^ = sym(F P F^T + Q); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1; M = I - K H. Fills the intermediates."""
     n = F.shape[0]
@@ -51,7 +51,17 @@ def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1):
             Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, inline="always", error_model="numpy")
+def _same(A, B):
+    """A == B element for element (bit for bit for finite values)."""
+    for i in range(A.shape[0]):
+        for k in range(A.shape[1]):
+            if A[i, k] != B[i, k]:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def riccati_forward(mask, F, H, Q, R, P0):
     """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n) and gains K (Bc, T, n, m)."""
     Bc, T = mask.shape
@@ -63,6 +73,17 @@ def riccati_forward(mask, F, H, Q, R, P0):
     Bm, t2 = np.empty((n, m)), np.empty((n, m))
     for b in range(Bc):
         for t in range(T):
+            # A step is a function of its input P_{t-1} and mu_t only. Once the recursion settles (a fixed point,
+            # or the two-cycle rounding often leaves), an input equal bit for bit to that of one of the two steps
+            # before gives that step's outputs: copying them is exact.
+            if t >= 2 and mask[b, t] == mask[b, t - 1] and _same(covs[b, t - 1], covs[b, t - 2]):
+                covs[b, t] = covs[b, t - 1]
+                gains[b, t] = gains[b, t - 1]
+                continue
+            if t >= 3 and mask[b, t] == mask[b, t - 2] and _same(covs[b, t - 1], covs[b, t - 3]):
+                covs[b, t] = covs[b, t - 2]
+                gains[b, t] = gains[b, t - 2]
+                continue
             P = P0 if t == 0 else covs[b, t - 1]
             K = gains[b, t]
             _riccati_step(P, mask[b, t], F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1)
@@ -78,7 +99,7 @@ def riccati_forward(mask, F, H, Q, R, P0):
     return covs, gains
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
     """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n), g_gains (Bc, T, n, m) -> gradients w.r.t. F (n, n),
     H (m, n), Q (n, n), R (m, m) summed over the rows, and w.r.t. P0 (Bc, n, n) per row."""
@@ -86,20 +107,37 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
     n, m = F.shape[0], H.shape[0]
     gF, gH, gQ, gR = np.zeros((n, n)), np.zeros((m, n)), np.zeros((n, n)), np.zeros((m, m))
     gP0 = np.zeros((Bc, n, n))
-    Pp, Mm, t1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
-    S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
-    Bm, K, t2 = np.empty((n, m)), np.empty((n, m)), np.empty((n, m))
+    t1 = np.empty((n, n))
+    S, L = np.empty((m, m)), np.empty((m, m))
+    Bm, t2 = np.empty((n, m)), np.empty((n, m))
     G, gM, gPp, u1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     gK, gKS = np.empty((n, m)), np.empty((n, m))
     gS, u2 = np.empty((m, m)), np.empty((m, m))
     u3 = np.empty((m, n))
     gP = np.zeros((n, n))
+    # The intermediates of the last two distinct steps, keyed by their input (row of covs, -1 = P0) and mu: in a
+    # settled stretch the step's input repeats and its intermediates need not be recomputed (see riccati_forward).
+    Pp2, Mm2, Sinv2, K2 = np.empty((2, n, n)), np.empty((2, n, n)), np.empty((2, m, m)), np.empty((2, n, m))
+    key_row, key_mu = np.full(2, -2), np.zeros(2)
     for b in range(Bc):
         gP[:] = 0.0
+        key_row[:] = -2
+        older = 0
         for t in range(T - 1, -1, -1):
             P = P0 if t == 0 else covs[b, t - 1]
             mu = mask[b, t]
-            _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1)
+            slot = -1
+            for j in range(2):
+                if key_row[j] >= -1 and key_mu[j] == mu:
+                    P_key = P0 if key_row[j] == -1 else covs[b, key_row[j]]
+                    if _same(P, P_key):
+                        slot = j
+            if slot < 0:
+                slot = older
+                older = 1 - older
+                key_row[slot], key_mu[slot] = t - 1, mu
+                _riccati_step(P, mu, F, H, Q, R, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1)
+            Pp, Mm, Sinv, K = Pp2[slot], Mm2[slot], Sinv2[slot], K2[slot]
             for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     G[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
@@ -168,7 +206,7 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
     return gF, gH, gQ, gR, gP0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def state_forward(obs, gains, F, HF, z0):
     """obs (B, T, m), gains (Bc, T, n, m) with Bc = 1 or B -> states (B, T, n):
     z_t = F z_{t-1} + K_t (o_t - HF z_{t-1})."""
@@ -197,7 +235,7 @@ def state_forward(obs, gains, F, HF, z0):
     return states
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def state_backward(obs, gains, F, HF, z0, states, g_states):
     """Adjoint of `state_forward`: g_states (B, T, n) -> gradients w.r.t. obs (B, T, m), gains (Bc, T, n, m) (summed
     over the sequences sharing a row), F (n, n), HF (m, n) and z0 (n,)."""

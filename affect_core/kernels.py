@@ -1,0 +1,18 @@
+"""The package's compiled CPU kernels (numba) in one place for install time: `warm_up` compiles them, or loads them
+from numba's on-disk cache, so that no training or scoring run pays the compilation."""
+
+from __future__ import annotations
+
+
+def warm_up() -> None:
+    """Compile the filter kernels (`affect_core.filters.compiled`) and the seed stack's LSTM (`_seed_lstm`)."""
+    import numpy as np
+
+    from affect_core import _seed_lstm
+    from affect_core.filters.compiled import warm_up as warm_up_filters
+
+    warm_up_filters()
+    xw = np.zeros((2, 1, 1, 8), dtype=np.float32)
+    w_hh = np.zeros((1, 8, 2), dtype=np.float32)
+    acts, cells, tanh_cells, hidden = _seed_lstm.lstm_forward(xw, w_hh)
+    _seed_lstm.lstm_backward(np.ones_like(hidden), w_hh, acts, cells, tanh_cells, hidden)
