@@ -24,48 +24,48 @@ from affect_core.filters._kernels import _mm, _mm_nt, _mm_tn, _spd_inverse, _sym
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1):
+def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n):
     """P^ = sym(F P F^T + Q); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1; M = I - K H. Fills the intermediates."""
-    n = F.shape[0]
-    m = H.shape[0]
-    _mm(F, P, t1)
-    _mm_nt(t1, F, Pp)
+    m = n
+    _mm(F, P, t1, n)
+    _mm_nt(t1, F, Pp, n)
     for i in range(n):
         for k in range(n):
             Pp[i, k] += Q[i, k]
-    _sym(Pp)
-    _mm_nt(Pp, H, Bm)
-    _mm(H, Bm, S)
+    _sym(Pp, n)
+    _mm_nt(Pp, H, Bm, n)
+    _mm(H, Bm, S, n)
     for i in range(m):
         for k in range(m):
             S[i, k] += R[i, k]
-    _sym(S)
-    _spd_inverse(S, L, Sinv)
-    _mm(Bm, Sinv, K)
+    _sym(S, n)
+    _spd_inverse(S, L, Sinv, n)
+    _mm(Bm, Sinv, K, n)
     for i in range(n):
         for k in range(m):
             K[i, k] *= mu
-    _mm(K, H, Mm)
+    _mm(K, H, Mm, n)
     for i in range(n):
         for k in range(n):
             Mm[i, k] = (1.0 if i == k else 0.0) - Mm[i, k]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _same(A, B):
+def _same(A, B, n):
     """A == B element for element (bit for bit for finite values)."""
-    for i in range(A.shape[0]):
-        for k in range(A.shape[1]):
+    for i in range(n):
+        for k in range(n):
             if A[i, k] != B[i, k]:
                 return False
     return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_forward(mask, F, H, Q, R, P0):
+def riccati_forward(mask, F, H, Q, R, P0, size):
     """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n) and gains K (Bc, T, n, m)."""
+    n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
-    n, m = F.shape[0], H.shape[0]
+    m = n
     covs = np.empty((Bc, T, n, n))
     gains = np.empty((Bc, T, n, m))
     Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
@@ -76,35 +76,36 @@ def riccati_forward(mask, F, H, Q, R, P0):
             # A step is a function of its input P_{t-1} and mu_t only. Once the recursion settles (a fixed point,
             # or the two-cycle rounding often leaves), an input equal bit for bit to that of one of the two steps
             # before gives that step's outputs: copying them is exact.
-            if t >= 2 and mask[b, t] == mask[b, t - 1] and _same(covs[b, t - 1], covs[b, t - 2]):
+            if t >= 2 and mask[b, t] == mask[b, t - 1] and _same(covs[b, t - 1], covs[b, t - 2], n):
                 covs[b, t] = covs[b, t - 1]
                 gains[b, t] = gains[b, t - 1]
                 continue
-            if t >= 3 and mask[b, t] == mask[b, t - 2] and _same(covs[b, t - 1], covs[b, t - 3]):
+            if t >= 3 and mask[b, t] == mask[b, t - 2] and _same(covs[b, t - 1], covs[b, t - 3], n):
                 covs[b, t] = covs[b, t - 2]
                 gains[b, t] = gains[b, t - 2]
                 continue
             P = P0 if t == 0 else covs[b, t - 1]
             K = gains[b, t]
-            _riccati_step(P, mask[b, t], F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1)
+            _riccati_step(P, mask[b, t], F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n)
             P_out = covs[b, t]
-            _mm(Mm, Pp, t1)  # P = sym(M P^ M^T + K R K^T)
-            _mm_nt(t1, Mm, P_out)
-            _mm(K, R, t2)
-            _mm_nt(t2, K, t3)
+            _mm(Mm, Pp, t1, n)  # P = sym(M P^ M^T + K R K^T)
+            _mm_nt(t1, Mm, P_out, n)
+            _mm(K, R, t2, n)
+            _mm_nt(t2, K, t3, n)
             for i in range(n):
                 for k in range(n):
                     P_out[i, k] += t3[i, k]
-            _sym(P_out)
+            _sym(P_out, n)
     return covs, gains
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
+def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
     """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n), g_gains (Bc, T, n, m) -> gradients w.r.t. F (n, n),
     H (m, n), Q (n, n), R (m, m) summed over the rows, and w.r.t. P0 (Bc, n, n) per row."""
+    n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
-    n, m = F.shape[0], H.shape[0]
+    m = n
     gF, gH, gQ, gR = np.zeros((n, n)), np.zeros((m, n)), np.zeros((n, n)), np.zeros((m, m))
     gP0 = np.zeros((Bc, n, n))
     t1 = np.empty((n, n))
@@ -130,23 +131,23 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
             for j in range(2):
                 if key_row[j] >= -1 and key_mu[j] == mu:
                     P_key = P0 if key_row[j] == -1 else covs[b, key_row[j]]
-                    if _same(P, P_key):
+                    if _same(P, P_key, n):
                         slot = j
             if slot < 0:
                 slot = older
                 older = 1 - older
                 key_row[slot], key_mu[slot] = t - 1, mu
-                _riccati_step(P, mu, F, H, Q, R, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1)
+                _riccati_step(P, mu, F, H, Q, R, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1, n)
             Pp, Mm, Sinv, K = Pp2[slot], Mm2[slot], Sinv2[slot], K2[slot]
             for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     G[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
-            _mm(G, Mm, u1)
-            _mm(u1, Pp, gM)  # gM = 2 G M P^
-            _mm_tn(Mm, u1, gPp)  # gP^ = M^T G M
-            _mm(G, K, t2)
-            _mm(t2, R, gK)  # gK = 2 G K R
-            _mm_tn(K, t2, u2)  # gR += K^T G K
+            _mm(G, Mm, u1, n)
+            _mm(u1, Pp, gM, n)  # gM = 2 G M P^
+            _mm_tn(Mm, u1, gPp, n)  # gP^ = M^T G M
+            _mm(G, K, t2, n)
+            _mm(t2, R, gK, n)  # gK = 2 G K R
+            _mm_tn(K, t2, u2, n)  # gR += K^T G K
             for i in range(m):
                 for k in range(m):
                     gR[i, k] += u2[i, k]
@@ -155,37 +156,37 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
                     gM[i, k] *= 2.0
                 for k in range(m):
                     gK[i, k] = 2.0 * gK[i, k] + g_gains[b, t, i, k]
-            _mm_nt(gM, H, t2)  # M = I - K H: gK -= gM H^T; gH -= K^T gM
-            _mm_tn(K, gM, u3)
+            _mm_nt(gM, H, t2, n)  # M = I - K H: gK -= gM H^T; gH -= K^T gM
+            _mm_tn(K, gM, u3, n)
             for i in range(n):
                 for k in range(m):
                     gK[i, k] = mu * (gK[i, k] - t2[i, k])  # K = mu B S^-1
             for i in range(m):
                 for k in range(n):
                     gH[i, k] -= u3[i, k]
-            _mm(gK, Sinv, gKS)  # gB = gK S^-1
-            _mm_tn(K, gKS, gS)  # gS = -sym(K^T gK S^-1)
+            _mm(gK, Sinv, gKS, n)  # gB = gK S^-1
+            _mm_tn(K, gKS, gS, n)  # gS = -sym(K^T gK S^-1)
             for i in range(m):
                 for k in range(i, m):
                     s = -0.5 * (gS[i, k] + gS[k, i])
                     gS[i, k] = s
                     gS[k, i] = s
-            _mm(gKS, H, t1)  # B = P^ H^T: gP^ += gB H; gH += gB^T P^
+            _mm(gKS, H, t1, n)  # B = P^ H^T: gP^ += gB H; gH += gB^T P^
             for i in range(n):
                 for k in range(n):
                     gPp[i, k] += t1[i, k]
-            _mm_tn(gKS, Pp, u3)
+            _mm_tn(gKS, Pp, u3, n)
             for i in range(m):
                 for k in range(n):
                     gH[i, k] += u3[i, k]
-            _mm(gS, H, u3)  # S = H P^ H^T + R: gH += 2 gS H P^; gP^ += H^T gS H; gR += gS
+            _mm(gS, H, u3, n)  # S = H P^ H^T + R: gH += 2 gS H P^; gP^ += H^T gS H; gR += gS
             for i in range(m):
                 for k in range(n):
                     s = 0.0
                     for j in range(n):
                         s += u3[i, j] * Pp[j, k]
                     gH[i, k] += 2.0 * s
-            _mm_tn(H, u3, t1)
+            _mm_tn(H, u3, t1, n)
             for i in range(n):
                 for k in range(n):
                     gPp[i, k] += t1[i, k]
@@ -196,22 +197,22 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains):
                 for k in range(n):
                     G[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
                     gQ[i, k] += G[i, k]
-            _mm(G, F, t1)
-            _mm(t1, P, u1)  # gF += 2 G F P
+            _mm(G, F, t1, n)
+            _mm(t1, P, u1, n)  # gF += 2 G F P
             for i in range(n):
                 for k in range(n):
                     gF[i, k] += 2.0 * u1[i, k]
-            _mm_tn(F, t1, gP)  # adjoint into P_{t-1}: F^T G F
+            _mm_tn(F, t1, gP, n)  # adjoint into P_{t-1}: F^T G F
         gP0[b] = gP
     return gF, gH, gQ, gR, gP0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def state_forward(obs, gains, F, HF, z0):
+def state_forward(obs, gains, F, HF, z0, size):
     """obs (B, T, m), gains (Bc, T, n, m) with Bc = 1 or B -> states (B, T, n):
     z_t = F z_{t-1} + K_t (o_t - HF z_{t-1})."""
-    B, T, m = obs.shape
-    n = F.shape[0]
+    n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
+    B, T, m = obs.shape[0], obs.shape[1], n
     shared = gains.shape[0] == 1
     states = np.empty((B, T, n))
     v = np.empty(m)
@@ -236,11 +237,11 @@ def state_forward(obs, gains, F, HF, z0):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def state_backward(obs, gains, F, HF, z0, states, g_states):
+def state_backward(obs, gains, F, HF, z0, states, g_states, size):
     """Adjoint of `state_forward`: g_states (B, T, n) -> gradients w.r.t. obs (B, T, m), gains (Bc, T, n, m) (summed
     over the sequences sharing a row), F (n, n), HF (m, n) and z0 (n,)."""
-    B, T, m = obs.shape
-    n = F.shape[0]
+    n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
+    B, T, m = obs.shape[0], obs.shape[1], n
     shared = gains.shape[0] == 1
     g_obs = np.empty((B, T, m))
     g_gains = np.zeros(gains.shape)

@@ -44,6 +44,16 @@ def run_slices(kernel: Callable[[slice], Any], slices: Sequence[slice]) -> list[
     return list(_pool.map(kernel, slices))
 
 
+def _square(transition: Tensor, observation: Tensor) -> tuple[int, ...]:
+    """The kernels' size argument: a tuple of n zeros, n the state size. Its length is part of the argument's type,
+    so each n gets its own machine code with its 3 x 3 (or 6 x 6) loops unrolled. Observations have the state's size
+    in this model family (m = n)."""
+    n = int(transition.shape[0])
+    if tuple(observation.shape) != (n, n):
+        raise ValueError(f"compiled filter kernels need m = n, got observation matrix {tuple(observation.shape)}")
+    return (0,) * n
+
+
 class CompiledRecursion(torch.autograd.Function):
     """Predict-then-update recursion of an (extended) Kalman filter run by `_kernels`, in float64 on the CPU.
 
@@ -59,11 +69,12 @@ class CompiledRecursion(torch.autograd.Function):
 
         obs, observed = _numpy(observations), _numpy(mask)
         params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R, z0, P0)]
+        n = _square(Wf, Wh)
         save = save and any(ctx.needs_input_grad)
         slices = batch_slices(obs.shape[0])
-        parts = run_slices(lambda s: _kernels.filter_forward(obs[s], observed[s], *params, linear, save), slices)
+        parts = run_slices(lambda s: _kernels.filter_forward(obs[s], observed[s], *params, linear, save, n), slices)
         outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-        ctx.saved = (obs, observed, params, linear, outputs, slices)
+        ctx.saved = (obs, observed, params, linear, outputs, slices, n)
         return _tensor(outputs[0], observations), _tensor(outputs[1], observations)
 
     @staticmethod
@@ -71,13 +82,13 @@ class CompiledRecursion(torch.autograd.Function):
     def backward(ctx, g_states, g_covs):  # type: ignore[override]
         from affect_core.filters import _kernels
 
-        obs, observed, params, linear, outputs, slices = ctx.saved
+        obs, observed, params, linear, outputs, slices, n = ctx.saved
         g_s = np.zeros_like(outputs[0]) if g_states is None else _numpy(g_states)
         g_c = np.zeros_like(outputs[1]) if g_covs is None else _numpy(g_covs)
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
             saved = [array[s] for array in outputs]
-            return _kernels.filter_backward(obs[s], observed[s], *params, linear, *saved, g_s[s], g_c[s])
+            return _kernels.filter_backward(obs[s], observed[s], *params, linear, *saved, g_s[s], g_c[s], n)
 
         parts = run_slices(kernel, slices)
         like = g_states if g_states is not None else g_covs
@@ -99,11 +110,12 @@ class RiccatiRecursion(torch.autograd.Function):
 
         observed = _numpy(mask)
         params = [_numpy(x) for x in (F, H, Q, R, P0)]
+        n = _square(F, H)
         slices = batch_slices(observed.shape[0])
-        parts = run_slices(lambda s: _linear_kernels.riccati_forward(observed[s], *params), slices)
+        parts = run_slices(lambda s: _linear_kernels.riccati_forward(observed[s], *params, n), slices)
         covs = np.concatenate([p[0] for p in parts])
         gains = np.concatenate([p[1] for p in parts])
-        ctx.saved = (observed, params, covs, gains, slices)
+        ctx.saved = (observed, params, covs, gains, slices, n)
         ctx.like = F
         return torch.from_numpy(covs), torch.from_numpy(gains)
 
@@ -112,12 +124,12 @@ class RiccatiRecursion(torch.autograd.Function):
     def backward(ctx, g_covs, g_gains):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
-        observed, params, covs, gains, slices = ctx.saved
+        observed, params, covs, gains, slices, n = ctx.saved
         g_c = np.zeros_like(covs) if g_covs is None else _numpy(g_covs)
         g_k = np.zeros_like(gains) if g_gains is None else _numpy(g_gains)
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
-            return _linear_kernels.riccati_backward(observed[s], *params, covs[s], gains[s], g_c[s], g_k[s])
+            return _linear_kernels.riccati_backward(observed[s], *params, covs[s], gains[s], g_c[s], g_k[s], n)
 
         parts = run_slices(kernel, slices)
         gF, gH, gQ, gR = (_tensor(sum(p[i] for p in parts), ctx.like) for i in range(4))
@@ -138,11 +150,12 @@ class LinearStateRecursion(torch.autograd.Function):
 
         obs, K = _numpy(observations), _numpy(gains)
         params = [_numpy(x) for x in (F, HF, z0)]
+        n = _square(F, HF)
         slices = batch_slices(obs.shape[0])
         shared = K.shape[0] == 1
-        parts = run_slices(lambda s: _linear_kernels.state_forward(obs[s], K if shared else K[s], *params), slices)
+        parts = run_slices(lambda s: _linear_kernels.state_forward(obs[s], K if shared else K[s], *params, n), slices)
         states = np.concatenate(parts)
-        ctx.saved = (obs, K, params, states, slices)
+        ctx.saved = (obs, K, params, states, slices, n)
         ctx.likes = (observations, gains, F)
         return _tensor(states, observations)
 
@@ -151,12 +164,12 @@ class LinearStateRecursion(torch.autograd.Function):
     def backward(ctx, g_states):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
-        obs, K, params, states, slices = ctx.saved
+        obs, K, params, states, slices, n = ctx.saved
         g_s = _numpy(g_states)
         shared = K.shape[0] == 1
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
-            return _linear_kernels.state_backward(obs[s], K if shared else K[s], *params, states[s], g_s[s])
+            return _linear_kernels.state_backward(obs[s], K if shared else K[s], *params, states[s], g_s[s], n)
 
         parts = run_slices(kernel, slices)
         like_obs, like_gains, like_param = ctx.likes
