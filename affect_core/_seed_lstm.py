@@ -1,7 +1,7 @@
 """Compiled (numba) recurrence of S independent single-layer LSTMs over B sequences each, forward and adjoint.
 
 PyTorch's gate order (i, f, g, o), zero initial state. Inputs are the input projections with both biases added,
-xw `(T, S, B, 4H)`, and the recurrent weights w_hh `(S, 4H, H)`, float32. A time step is, per row (s, b), a 4H x H
+xw `(S, B, T, 4H)`, and the recurrent weights w_hh `(S, 4H, H)`, float32. A time step is, per row (s, b), a 4H x H
 matrix-vector product and the gate nonlinearities; the loops over the 4H gates are contiguous so that they run as
 SIMD instructions, and tanh is a rational approximation (the one Eigen uses for float32, within a few ulp) that
 vectorises where a call to the C library's tanhf would not. sigmoid(x) = (1 + tanh(x / 2)) / 2.
@@ -43,96 +43,95 @@ def _tanh(x):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def lstm_forward(xw, w_hh):
-    """xw (T, S, B, 4H), w_hh (S, 4H, H) -> activations (T, S, B, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o],
-    cells c_t, tanh(c_t) and hidden states h_t, each (T, S, B, H)."""
-    T, S, B, G = xw.shape
+def lstm_forward(xw, w_hh, save):
+    """xw (S, B, T, 4H), w_hh (S, 4H, H) -> activations (S, B, T, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o],
+    cells c_t, tanh(c_t) and hidden states h_t, each (S, B, T, H). Without `save` (no backward pass to come) only
+    h_t is kept: the other three come back with a time axis of length 1."""
+    S, B, T, G = xw.shape
     H = G // 4
     w_t = np.empty((S, H, G), dtype=np.float32)  # w_hh transposed: the gate loop is the contiguous one
     for s in range(S):
         for j in range(G):
             for k in range(H):
                 w_t[s, k, j] = w_hh[s, j, k]
-    acts = np.empty((T, S, B, G), dtype=np.float32)
-    cells = np.empty((T, S, B, H), dtype=np.float32)
-    tanh_cells = np.empty((T, S, B, H), dtype=np.float32)
-    hidden = np.empty((T, S, B, H), dtype=np.float32)
+    kept = T if save else 1
+    acts = np.empty((S, B, kept, G), dtype=np.float32)
+    cells = np.zeros((S, B, kept, H), dtype=np.float32)
+    tanh_cells = np.empty((S, B, kept, H), dtype=np.float32)
+    hidden = np.empty((S, B, T, H), dtype=np.float32)
     gates = np.empty(G, dtype=np.float32)
-    for t in range(T):
-        for s in range(S):
-            for b in range(B):
+    for s in range(S):  # one sequence at a time: its rows are read and written in memory order
+        for b in range(B):
+            for t in range(T):
+                now = t if save else 0
                 for j in range(G):
-                    gates[j] = xw[t, s, b, j]
+                    gates[j] = xw[s, b, t, j]
                 if t > 0:
-                    previous = hidden[t - 1, s, b]
                     for k in range(H):
-                        hk = previous[k]
-                        row = w_t[s, k]
+                        hk = hidden[s, b, t - 1, k]
                         for j in range(G):
-                            gates[j] += row[j] * hk
-                a = acts[t, s, b]
+                            gates[j] += w_t[s, k, j] * hk
                 for j in range(2 * H):  # i, f
-                    a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
                 for j in range(2 * H, 3 * H):  # g
-                    a[j] = _tanh(gates[j])
+                    acts[s, b, now, j] = _tanh(gates[j])
                 for j in range(3 * H, G):  # o
-                    a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
-                c = cells[t, s, b]
-                tc = tanh_cells[t, s, b]
-                h = hidden[t, s, b]
+                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
                 for k in range(H):
-                    previous = cells[t - 1, s, b, k] if t > 0 else np.float32(0.0)
-                    c[k] = a[H + k] * previous + a[k] * a[2 * H + k]
-                    tc[k] = _tanh(c[k])
-                    h[k] = a[3 * H + k] * tc[k]
+                    previous = cells[s, b, now - 1 if save else 0, k] if t > 0 else np.float32(0.0)
+                    c = acts[s, b, now, H + k] * previous + acts[s, b, now, k] * acts[s, b, now, 2 * H + k]
+                    cells[s, b, now, k] = c
+                    tc = _tanh(c)
+                    tanh_cells[s, b, now, k] = tc
+                    hidden[s, b, t, k] = acts[s, b, now, 3 * H + k] * tc
     return acts, cells, tanh_cells, hidden
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
-    """Adjoint of `lstm_forward`: g_hidden (T, S, B, H) -> gradients w.r.t. xw (T, S, B, 4H) and w_hh (S, 4H, H)."""
-    T, S, B, G = acts.shape
+    """Adjoint of `lstm_forward`: g_hidden (S, B, T, H) -> gradients w.r.t. xw (S, B, T, 4H) and w_hh (S, 4H, H)."""
+    S, B, T, G = acts.shape
     H = G // 4
     w_t = np.empty((S, H, G), dtype=np.float32)
     for s in range(S):
         for j in range(G):
             for k in range(H):
                 w_t[s, k, j] = w_hh[s, j, k]
-    g_gates = np.empty((T, S, B, G), dtype=np.float32)
+    g_gates = np.empty((S, B, T, G), dtype=np.float32)
     g_wt = np.zeros((S, H, G), dtype=np.float32)  # transposed like w_t: the gate loop is the contiguous one
     g_cell = np.zeros((S, B, H), dtype=np.float32)  # adjoint of c_t, carried back through f_{t+1}
     g_h = np.empty(H, dtype=np.float32)
     one = np.float32(1.0)
-    for t in range(T - 1, -1, -1):
-        for s in range(S):
-            for b in range(B):
+    for s in range(S):
+        for b in range(B):
+            for t in range(T - 1, -1, -1):
                 for k in range(H):
-                    g_h[k] = g_hidden[t, s, b, k]
+                    g_h[k] = g_hidden[s, b, t, k]
                 if t < T - 1:
                     for k in range(H):  # h_t feeds the gates of t + 1 through w_hh
                         total = np.float32(0.0)
                         for j in range(G):
-                            total += g_gates[t + 1, s, b, j] * w_t[s, k, j]
+                            total += g_gates[s, b, t + 1, j] * w_t[s, k, j]
                         g_h[k] += total
-                        g_cell[s, b, k] *= acts[t + 1, s, b, H + k]
+                        g_cell[s, b, k] *= acts[s, b, t + 1, H + k]
                 for k in range(H):
-                    i = acts[t, s, b, k]
-                    f = acts[t, s, b, H + k]
-                    g = acts[t, s, b, 2 * H + k]
-                    o = acts[t, s, b, 3 * H + k]
-                    tc = tanh_cells[t, s, b, k]
+                    i = acts[s, b, t, k]
+                    f = acts[s, b, t, H + k]
+                    g = acts[s, b, t, 2 * H + k]
+                    o = acts[s, b, t, 3 * H + k]
+                    tc = tanh_cells[s, b, t, k]
                     gc = g_cell[s, b, k] + g_h[k] * o * (one - tc * tc)
                     g_cell[s, b, k] = gc
-                    c_prev = cells[t - 1, s, b, k] if t > 0 else np.float32(0.0)
-                    g_gates[t, s, b, k] = gc * g * i * (one - i)
-                    g_gates[t, s, b, H + k] = gc * c_prev * f * (one - f)
-                    g_gates[t, s, b, 2 * H + k] = gc * i * (one - g * g)
-                    g_gates[t, s, b, 3 * H + k] = g_h[k] * tc * o * (one - o)
+                    c_prev = cells[s, b, t - 1, k] if t > 0 else np.float32(0.0)
+                    g_gates[s, b, t, k] = gc * g * i * (one - i)
+                    g_gates[s, b, t, H + k] = gc * c_prev * f * (one - f)
+                    g_gates[s, b, t, 2 * H + k] = gc * i * (one - g * g)
+                    g_gates[s, b, t, 3 * H + k] = g_h[k] * tc * o * (one - o)
                 if t > 0:
                     for k in range(H):
-                        hk = hidden[t - 1, s, b, k]
+                        hk = hidden[s, b, t - 1, k]
                         for j in range(G):
-                            g_wt[s, k, j] += g_gates[t, s, b, j] * hk
+                            g_wt[s, k, j] += g_gates[s, b, t, j] * hk
     g_w = np.empty((S, G, H), dtype=np.float32)
     for s in range(S):
         for j in range(G):

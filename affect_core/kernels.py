@@ -14,5 +14,6 @@ def warm_up() -> None:
     warm_up_filters()
     xw = np.zeros((2, 1, 1, 8), dtype=np.float32)
     w_hh = np.zeros((1, 8, 2), dtype=np.float32)
-    acts, cells, tanh_cells, hidden = _seed_lstm.lstm_forward(xw, w_hh)
+    acts, cells, tanh_cells, hidden = _seed_lstm.lstm_forward(xw, w_hh, True)
     _seed_lstm.lstm_backward(np.ones_like(hidden), w_hh, acts, cells, tanh_cells, hidden)
+    _seed_lstm.lstm_forward(xw, w_hh, False)

@@ -55,18 +55,26 @@ def rmse(pred: Tensor, gold: Tensor, valid: Tensor | None = None) -> Tensor:
     return torch.sqrt((diff * diff).sum(-1) / count + _EPS)
 
 
-def sequence_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """CCC, RMSE and Pearson CC of one sequence; NaN gold frames are unlabelled and left out."""
+def metrics_table(pred: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
+    """CCC, RMSE and Pearson CC of many sequences at once: pred and gold of shapes broadcasting to (..., T), NaN
+    frames left out; each metric comes back with shape (...). The moments are computed once for CCC and PCC."""
     p = torch.as_tensor(np.asarray(pred, dtype=np.float64))
     g = torch.as_tensor(np.asarray(gold, dtype=np.float64))
+    p, g = torch.broadcast_tensors(p, g)
     valid = torch.isfinite(g) & torch.isfinite(p)
     g = torch.nan_to_num(g)
     p = torch.nan_to_num(p)
+    mean_p, mean_g, var_p, var_g, cov = _masked_moments(p, g, valid)
     return {
-        "ccc": float(ccc(p, g, valid)),
-        "rmse": float(rmse(p, g, valid)),
-        "pcc": float(pcc(p, g, valid)),
+        "ccc": (2.0 * cov / (var_p + var_g + (mean_p - mean_g) ** 2 + _EPS)).numpy(),
+        "rmse": rmse(p, g, valid).numpy(),
+        "pcc": (cov / torch.sqrt(var_p * var_g + _EPS)).numpy(),
     }
+
+
+def sequence_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """CCC, RMSE and Pearson CC of one sequence; NaN gold frames are unlabelled and left out."""
+    return {name: float(value) for name, value in metrics_table(pred, gold).items()}
 
 
 def average_over_sequences(per_sequence: list[dict[str, float]]) -> dict[str, float]:

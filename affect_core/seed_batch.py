@@ -45,7 +45,7 @@ from affect_core.errors import AffectError
 from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome, save_seed_outcome
 from affect_core.features import FeatureTransform
 from affect_core.losses import affect_loss
-from affect_core.metrics import average_over_sequences, sequence_metrics
+from affect_core.metrics import average_over_sequences, metrics_table
 from affect_core.model import AffectModel, finite_rows
 from affect_core.training import (
     Batch,
@@ -64,66 +64,63 @@ SeedEpochCallback = Callable[[int, EpochRecord], None]
 class SeedLSTMRecurrence(torch.autograd.Function):
     """The recurrent part of S independent single-layer LSTMs (PyTorch's gate order i, f, g, o), zero initial state.
 
-    Inputs: xw, the input projections with both biases added, shape `(T, S, B, 4H)`; w_hh, the recurrent weights,
-    shape `(S, 4H, H)`. Output: hidden states h_t, shape `(T, S, B, H)`.
+    Inputs: xw, the input projections with both biases added, shape `(S, B, T, 4H)`; w_hh, the recurrent weights,
+    shape `(S, 4H, H)`. Output: hidden states h_t, shape `(S, B, T, H)`.
 
-    A step is one batched matmul over the seed dimension plus a few elementwise operations on `(S, B, 4H)`, so its
-    cost hardly grows with S. The backward pass is the LSTM's adjoint written out step by step (tested against
+    float32 CPU tensors go through compiled loops (`affect_core._seed_lstm`: per row and step a vectorised 4H x H
+    matrix-vector product and the gates; the seeds split over torch's threads). Other devices and dtypes take a
+    TorchScript loop whose step is one batched matmul over the seed dimension plus a few elementwise operations on
+    `(S, B, 4H)`. Both backward passes are the LSTM's adjoint written out step by step (tested against
     torch.nn.LSTM's autograd).
     """
 
     @staticmethod
-    def forward(ctx: Any, xw: Tensor, w_hh: Tensor) -> Tensor:  # type: ignore[override]
-        if _compiled_applies(xw):
-            acts, cells, tanh_cells, hidden = _compiled_forward(xw.detach(), w_hh.detach())
-        else:
-            acts, cells, tanh_cells, hidden = _steps()[0](xw.detach(), w_hh.detach())
+    def forward(ctx: Any, xw: Tensor, w_hh: Tensor, save: bool = True) -> Tensor:  # type: ignore[override]
+        ctx.compiled = _compiled_applies(xw)
+        if ctx.compiled:
+            acts, cells, tanh_cells, hidden = _compiled_forward(xw.detach(), w_hh.detach(), save)
+            ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
+            return hidden
+        time_major = xw.detach().permute(2, 0, 1, 3).contiguous()  # (T, S, B, 4H)
+        acts, cells, tanh_cells, hidden = _steps()[0](time_major, w_hh.detach())
         ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
-        return hidden
+        return hidden.permute(1, 2, 0, 3)
 
     @staticmethod
-    def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         w_hh, acts, cells, tanh_cells, hidden = ctx.saved_tensors
-        if _compiled_applies(acts):
-            return _compiled_backward(g_hidden, w_hh.detach(), acts, cells, tanh_cells, hidden)
-        return _steps()[1](g_hidden.contiguous(), w_hh.detach(), acts, cells, tanh_cells, hidden)
+        if ctx.compiled:
+            return (*_compiled_backward(g_hidden, w_hh.detach(), acts, cells, tanh_cells, hidden), None)
+        g_time_major = g_hidden.permute(2, 0, 1, 3).contiguous()
+        g_gates, g_w_hh = _steps()[1](g_time_major, w_hh.detach(), acts, cells, tanh_cells, hidden)
+        return g_gates.permute(1, 2, 0, 3), g_w_hh, None
 
 
 def _compiled_applies(tensor: Tensor) -> bool:
-    """The numba kernels (`affect_core._seed_lstm`) serve float32 CPU tensors; other devices and dtypes take the
-    TorchScript loops."""
+    """The numba kernels serve float32 CPU tensors."""
     return tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
 
-def _seed_parts(arrays: list[np.ndarray], seeds: int) -> list[tuple[slice, list[np.ndarray]]]:
-    """The seed dimension (axis 1 of (T, S, ...) arrays, axis 0 of weights) cut into one slice per torch thread."""
-    from affect_core.filters.compiled import batch_slices
-
-    slices = batch_slices(seeds)
-    if len(slices) == 1:
-        return [(slices[0], arrays)]
-    return [(sl, [np.ascontiguousarray(a[sl] if a.ndim == 3 else a[:, sl]) for a in arrays]) for sl in slices]
+def _joined(parts: list[np.ndarray]) -> Tensor:
+    return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
-def _compiled_forward(xw: Tensor, w_hh: Tensor) -> tuple[Tensor, ...]:
+def _compiled_forward(xw: Tensor, w_hh: Tensor, save: bool) -> tuple[Tensor, ...]:
     from affect_core import _seed_lstm
-    from affect_core.filters.compiled import run_slices
+    from affect_core.filters.compiled import batch_slices, run_slices
 
-    parts = _seed_parts([xw.contiguous().numpy(), w_hh.contiguous().numpy()], xw.shape[1])
-    outputs = run_slices(lambda part: _seed_lstm.lstm_forward(*part[1]), parts)
-    return tuple(torch.from_numpy(np.concatenate([o[i] for o in outputs], axis=1)) for i in range(4))
+    xw_np, w_np = xw.contiguous().numpy(), w_hh.contiguous().numpy()
+    outputs = run_slices(lambda s: _seed_lstm.lstm_forward(xw_np[s], w_np[s], save), batch_slices(xw.shape[0]))
+    return tuple(_joined([o[i] for o in outputs]) for i in range(4))
 
 
 def _compiled_backward(g_hidden: Tensor, w_hh: Tensor, *saved: Tensor) -> tuple[Tensor, Tensor]:
     from affect_core import _seed_lstm
-    from affect_core.filters.compiled import run_slices
+    from affect_core.filters.compiled import batch_slices, run_slices
 
     arrays = [g_hidden.contiguous().numpy(), w_hh.contiguous().numpy(), *(t.numpy() for t in saved)]
-    parts = _seed_parts(arrays, w_hh.shape[0])
-    outputs = run_slices(lambda part: _seed_lstm.lstm_backward(*part[1]), parts)
-    g_gates = np.concatenate([o[0] for o in outputs], axis=1)
-    g_w = np.concatenate([o[1] for o in outputs], axis=0)
-    return torch.from_numpy(g_gates), torch.from_numpy(g_w)
+    outputs = run_slices(lambda s: _seed_lstm.lstm_backward(*(a[s] for a in arrays)), batch_slices(w_hh.shape[0]))
+    return _joined([o[0] for o in outputs]), _joined([o[1] for o in outputs])
 
 
 def _lstm_forward_steps(xw: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -354,9 +351,10 @@ class SeedStack(nn.Module):
         w_ih = self.tensor("frontend.lstm.weight_ih_l0")  # (S, 4H, in)
         bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
         xw = torch.baddbmm(bias.unsqueeze(1), h, w_ih.mT)  # (S, B*T, 4H)
-        xw = xw.view(S, batch, steps, -1).permute(2, 0, 1, 3).contiguous()  # (T, S, B, 4H)
-        hidden = SeedLSTMRecurrence.apply(xw, self.tensor("frontend.lstm.weight_hh_l0"))  # (T, S, B, H)
-        hidden = hidden.permute(1, 2, 0, 3).reshape(S, batch * steps, self.lstm_size)
+        xw = xw.view(S, batch, steps, -1)  # (S, B, T, 4H)
+        w_hh = self.tensor("frontend.lstm.weight_hh_l0")
+        hidden = SeedLSTMRecurrence.apply(xw, w_hh, torch.is_grad_enabled())  # (S, B, T, H)
+        hidden = hidden.reshape(S, batch * steps, self.lstm_size)
         head_w, head_b = self.tensor("frontend.head.weight"), self.tensor("frontend.head.bias")
         o = torch.tanh(torch.baddbmm(head_b.unsqueeze(1), hidden, head_w.mT))
         return o.view(S, batch, steps, -1)
@@ -400,12 +398,17 @@ def evaluate_stack(stack: SeedStack, videos: _EvalSet, seeds: list[int]) -> dict
     per_seed: dict[int, dict[str, list[dict[str, float]]]] = {s: {d: [] for d in videos.dimensions} for s in seeds}
     for x, golds in videos.groups:
         _, states = stack.causal(x, seeds)
-        for s in seeds:
-            levels = stack.finish(s, states[s])[..., 0::3].numpy()  # (V, T, k)
-            for v, gold_by_dim in enumerate(golds):
-                for j, dim in enumerate(videos.dimensions):
-                    if dim in gold_by_dim:
-                        per_seed[s][dim].append(sequence_metrics(levels[v, :, j], gold_by_dim[dim]))
+        levels = np.stack([stack.finish(s, states[s])[..., 0::3].numpy() for s in seeds])  # (S', V, T, k)
+        for j, dim in enumerate(videos.dimensions):
+            rows = [v for v, gold_by_dim in enumerate(golds) if dim in gold_by_dim]
+            if not rows:
+                continue
+            gold = np.stack([golds[v][dim] for v in rows])  # (V', T)
+            table = metrics_table(levels[..., j][:, rows], gold)  # every seed and video at once: (S', V')
+            for i, s in enumerate(seeds):
+                per_seed[s][dim].extend(
+                    {name: float(value[i, r]) for name, value in table.items()} for r in range(len(rows))
+                )
     stack.train(was_training)
     return {s: {dim: average_over_sequences(rows) for dim, rows in per_dim.items()} for s, per_dim in per_seed.items()}
 
