@@ -329,25 +329,27 @@ class SeedStack(nn.Module):
     def _frontend(self, x: Tensor, observed: Tensor | None) -> Tensor:
         """[x, mask] -> FF + ReLU layers -> LSTM -> FC + tanh, every seed at once. Returns `(S, B, T, n)`.
 
-        observed: (B, T) or (S, B, T) bool, or None when every frame is observed. As in FrontEnd, the mask column of
-        the first weight is added on its own instead of concatenating a channel to x."""
+        observed: (B, T) or (S, B, T) bool, or None when every frame is observed. With one input for every seed
+        (x of shape (B, T, d)) the first layer of all S seeds is one matrix product (B*T, d+1) x (d+1, S*out); the
+        other layers are batched over the seeds, with the bias in the product and ReLU in place (the activations of
+        S seeds are large: every pass over them counts)."""
         S = self.seeds
         batch, steps = x.shape[-3], x.shape[-2]
-        h = x.reshape(*x.shape[:-3], batch * steps, x.shape[-1])  # (B*T, d) or (S, B*T, d)
-        column = None if observed is None else observed.reshape(*observed.shape[:-2], batch * steps, 1).to(x.dtype)
-        if self.layers == 0:
-            ones = h.new_ones(h.shape[:-1] + (1,))
-            h = torch.cat([h.expand(S, *h.shape[-2:]), (ones if column is None else column).expand(S, -1, 1)], -1)
+        rows = batch * steps
+        column = x.new_ones(x.shape[:-1]) if observed is None else observed.to(x.dtype).expand(x.shape[:-1])
+        h = torch.cat([x, column.unsqueeze(-1)], dim=-1).reshape(*x.shape[:-3], rows, x.shape[-1] + 1)
         for j in range(self.layers):
             weight = self.tensor(f"frontend.feed_forward.{2 * j}.weight")  # (S, out, in)
-            bias = self.tensor(f"frontend.feed_forward.{2 * j}.bias").unsqueeze(1)
-            if j == 0:
-                weight, mask_weight = weight[..., :-1], weight[..., -1].unsqueeze(1)  # (S, out, d), (S, 1, out)
-                h = torch.matmul(h, weight.mT)
-                h = h + (bias + mask_weight) if column is None else h + bias + column * mask_weight
+            bias = self.tensor(f"frontend.feed_forward.{2 * j}.bias")  # (S, out)
+            out = weight.shape[1]
+            if h.dim() == 2:  # shared input: one product for every seed, (B*T, S*out) viewed as (S, B*T, out)
+                h = torch.addmm(bias.reshape(S * out), h, weight.reshape(S * out, -1).T)
+                h = h.view(rows, S, out).transpose(0, 1)
             else:
-                h = torch.matmul(h, weight.mT) + bias
-            h = torch.relu(h)  # (S, B*T, out)
+                h = torch.baddbmm(bias.unsqueeze(1), h, weight.mT)
+            h = torch.relu_(h)  # (S, B*T, out)
+        if h.dim() == 2:  # no feed-forward layer: the LSTM reads [x, mask] directly
+            h = h.expand(S, *h.shape)
         w_ih = self.tensor("frontend.lstm.weight_ih_l0")  # (S, 4H, in)
         bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
         xw = torch.baddbmm(bias.unsqueeze(1), h, w_ih.mT)  # (S, B*T, 4H)
