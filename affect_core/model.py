@@ -158,7 +158,7 @@ class AffectModel(nn.Module):
         # Kalman filter share one covariance recursion across the batch.
         everything_observed = bool(observed.all())
         if not everything_observed:
-            x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+            x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
         o, _ = self.frontend(x, None if everything_observed else observed)
         P = None
         if self.filter is not None:

@@ -290,7 +290,7 @@ class SeedStack(nn.Module):
         observed = finite_rows(x)
         everything_observed = bool(observed.all())  # as AffectModel.forward: no masking, shared covariances
         if not everything_observed:
-            x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+            x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
         o = self._frontend(x, None if everything_observed else observed)
         if x.dim() == 3:
             observed = observed.expand(self.seeds, *observed.shape)

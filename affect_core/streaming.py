@@ -148,7 +148,7 @@ def stream_predict(
         nonlocal lstm_state, filter_state
         x = torch.as_tensor(x_np, dtype=param.dtype, device=param.device).unsqueeze(0)
         observed = torch.isfinite(x).all(-1)
-        x = torch.where(observed.unsqueeze(-1), x, torch.zeros_like(x))
+        x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
         o, lstm_state = model.frontend(x, observed, lstm_state)
         if model.filter is None:
             return o[0]

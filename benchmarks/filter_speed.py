@@ -1,10 +1,12 @@
-"""Forward+backward time of the filter layers against the front-end alone.
+"""Forward+backward time of the model variants against their front-end alone, side by side in one run.
 
-Batch: 9 sequences x 7501 frames x 168 features, float32, CPU. Front-end: Linear(29)+ReLU -> Linear(16)+ReLU ->
-LSTM(16) -> Linear(3)+tanh; the filters run on its output. Each configuration is timed side by side in one run
-(median of --repeats; the step-by-step reference loops once, they take seconds), with 1 and 2 torch threads.
+Batch: 9 sequences x 7501 frames x 168 features, float32, CPU. The front-end is the model's own (FF 29 + ReLU,
+FF 16 + ReLU, LSTM 16, FC + tanh); the full variants add the filter (KF or EKF) and the adaptive alignment (AA,
+window 100), i.e. LSTM-KF-AA and LSTM-EKF-AA exactly as trained (`AffectModel`). The loss is the mean square of the
+output (of o_t for the front-end, of y_t for the variants). Median of --repeats, with 1 and 2 torch threads; the
+step-by-step reference loops run once (they take tens of seconds) unless --skip-reference.
 
-    python -m benchmarks.filter_speed [--repeats 5] [--threads 1 2] [--skip-reference]
+    python -m benchmarks.filter_speed [--repeats 7] [--threads 1 2] [--skip-reference]
 """
 
 from __future__ import annotations
@@ -16,91 +18,89 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numba
 import torch
-from torch import nn
 
-from affect_core.filters import ExtendedKalmanFilter, KalmanFilter
+from affect_core.config import ModelConfig
+from affect_core.model import AffectModel
 
 BATCH, STEPS, FEATURES = 9, 7501, 168
+TARGETS = {"lstm-kf": 1.25, "lstm-ekf": 2.0}
 
 
-class FrontEnd(nn.Module):
-    """x `(B, T, 168)` -> observations `(B, T, 3)` in [-1, 1] (paper section III front-end)."""
-
-    def __init__(self, features: int = FEATURES, obs_dim: int = 3) -> None:
-        super().__init__()
-        self.ff = nn.Sequential(nn.Linear(features, 29), nn.ReLU(), nn.Linear(29, 16), nn.ReLU())
-        self.lstm = nn.LSTM(16, 16, batch_first=True)
-        self.head = nn.Linear(16, obs_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, _ = self.lstm(self.ff(x))
-        return torch.tanh(self.head(hidden))
-
-
-def time_forward_backward(step: Callable[[], torch.Tensor], repeats: int) -> float:
-    step().backward()  # warm-up (and, for the compiled path, loading the cached kernels)
+def time_forward_backward(step: Callable[[], None], repeats: int) -> float:
+    step()  # warm-up (and loading the cached compiled kernels)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step().backward()
+        step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def run(threads: int, repeats: int, skip_reference: bool) -> list[tuple[str, float]]:
-    torch.set_num_threads(threads)
+def model(kind: str, method: str = "auto") -> AffectModel:
     torch.manual_seed(0)
-    x = torch.randn(BATCH, STEPS, FEATURES)
-    mask = torch.rand(BATCH, STEPS) > 0.1  # 10% of frames without a face
-    front_end = FrontEnd()
+    return AffectModel(ModelConfig(input_dim=FEATURES, model=kind, align="adaptive", filter_method=method))
 
-    def with_filter(layer: nn.Module | None, use_mask: bool = False) -> Callable[[], torch.Tensor]:
-        def step() -> torch.Tensor:
-            front_end.zero_grad()
-            observations = front_end(x)
-            if layer is None:
-                return observations.square().mean()
-            out = layer(observations, mask=mask if use_mask else None)
-            return out.states[..., 0::3].square().mean() + out.covariances.diagonal(dim1=-2, dim2=-1).mean()
+
+def run(threads: int, repeats: int, skip_reference: bool) -> list[tuple[str, str, float]]:
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, STEPS, FEATURES, generator=generator)
+    x_gaps = x.clone()
+    x_gaps[torch.rand(BATCH, STEPS, generator=generator) < 0.1] = float("nan")  # 10% of frames without a face
+
+    def front_end_only(m: AffectModel) -> Callable[[], None]:
+        def step() -> None:
+            m.zero_grad()
+            o, _ = m.frontend(x, None)
+            o.square().mean().backward()
 
         return step
 
-    configurations: list[tuple[str, nn.Module | None, bool, int]] = [
-        ("front-end alone", None, False, repeats),
-        ("front-end + KF fast (scan)", KalmanFilter(method="scan"), False, repeats),
-        ("front-end + KF compiled", KalmanFilter(method="compiled"), False, repeats),
-        ("front-end + KF fast, 10% frames masked", KalmanFilter(method="fast"), True, repeats),
-        ("front-end + KF scan, 10% frames masked", KalmanFilter(method="scan"), True, repeats),
-        ("front-end + EKF fast (compiled)", ExtendedKalmanFilter(method="fast"), False, repeats),
-        ("front-end + EKF fast, 10% frames masked", ExtendedKalmanFilter(method="fast"), True, repeats),
+    def whole(m: AffectModel, features: torch.Tensor) -> Callable[[], None]:
+        def step() -> None:
+            m.zero_grad()
+            m(features).y.square().mean().backward()
+
+        return step
+
+    configurations: list[tuple[str, str, Callable[[], None], int]] = [
+        ("front-end alone (FF + LSTM + FC)", "", front_end_only(model("lstm-kf")), repeats),
+        ("LSTM-KF-AA (compiled)", "lstm-kf", whole(model("lstm-kf"), x), repeats),
+        ("LSTM-KF-AA, parallel scan (GPU path)", "", whole(model("lstm-kf", "scan"), x), repeats),
+        ("LSTM-KF-AA, 10% frames missing", "", whole(model("lstm-kf"), x_gaps), repeats),
+        ("LSTM-EKF-AA (compiled)", "lstm-ekf", whole(model("lstm-ekf"), x), repeats),
+        ("LSTM-EKF-AA, 10% frames missing", "", whole(model("lstm-ekf"), x_gaps), repeats),
     ]
     if not skip_reference:
         configurations += [
-            ("front-end + KF reference loop", KalmanFilter(method="reference"), False, 1),
-            ("front-end + EKF reference loop", ExtendedKalmanFilter(method="reference"), False, 1),
+            ("LSTM-KF-AA, step-by-step reference", "", whole(model("lstm-kf", "reference"), x), 1),
+            ("LSTM-EKF-AA, step-by-step reference", "", whole(model("lstm-ekf", "reference"), x), 1),
         ]
-    results = []
-    for name, layer, use_mask, count in configurations:
-        results.append((name, time_forward_backward(with_filter(layer, use_mask), count)))
-    return results
+    return [(name, target, time_forward_backward(step, count)) for name, target, step, count in configurations]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow step-by-step loops")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, {platform.system()}")
-    print(f"torch {torch.__version__}; batch {BATCH} x {STEPS} x {FEATURES} float32, forward+backward")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.system()}, load average {load}; "
+        f"torch {torch.__version__}, numba {numba.__version__}"
+    )
+    print(f"batch {BATCH} x {STEPS} x {FEATURES} float32, forward+backward, median of {args.repeats}")
     for threads in args.threads:
         results = run(threads, args.repeats, args.skip_reference)
-        base = results[0][1]
+        base = results[0][2]
         print(f"\ntorch threads: {torch.get_num_threads()}")
-        print(f"{'configuration':44s} {'seconds':>9s} {'x front-end':>12s}")
-        for name, seconds in results:
-            print(f"{name:44s} {seconds:9.3f} {seconds / base:12.2f}")
+        print(f"{'configuration':40s} {'seconds':>9s} {'x front-end':>12s}  target")
+        for name, target, seconds in results:
+            goal = f"<= {TARGETS[target]:.2f}x" if target else ""
+            print(f"{name:40s} {seconds:9.3f} {seconds / base:12.2f}  {goal}")
 
 
 if __name__ == "__main__":
