@@ -35,6 +35,14 @@ def train(
         float | None, typer.Option(min=0.0, help="Ray: GPUs per seed (default 0.25 when the cluster has GPUs).")
     ] = None,
     max_failures: Annotated[int, typer.Option(min=0, help="Ray: retries of a failed seed worker.")] = 3,
+    seeds_per_worker: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seeds of a model trained together as one stack in one process (Ray: one worker), on CPU; "
+            "1 = one seed at a time.",
+        ),
+    ] = 1,
 ) -> None:
     """Train models on a dataset over seeds and write results, a paper-style summary and the model bundle."""
     import os
@@ -56,13 +64,23 @@ def train(
             resources=SeedResources(cpus=cpus_per_seed, gpus=gpus_per_seed),
             max_failures=max_failures,
             progress=progress,
+            seeds_per_worker=seeds_per_worker,
         )
     else:
         from affect_core.data.dataset import read_corpus
         from affect_core.experiment import train_run
 
         corpus = read_corpus(dataset_url, splits=None, feature_set=feature_set)
-        outputs = train_run(corpus, out, run_config, dimension=dimension, seeds=seeds, resume=resume, progress=progress)
+        outputs = train_run(
+            corpus,
+            out,
+            run_config,
+            dimension=dimension,
+            seeds=seeds,
+            resume=resume,
+            progress=progress,
+            seeds_per_worker=seeds_per_worker,
+        )
     typer.echo(
         f"trained {dimension} {run_config.model.model}/{run_config.model.align} x {seeds} seed(s): "
         f"results {outputs['results']}, summary {outputs['summary']}, model {outputs['model']}"

@@ -125,6 +125,25 @@ def test_seeds_finish_when_a_worker_node_is_killed(ray_cluster, tmp_path):
     check_run(str(run_url))
 
 
+@pytest.mark.services
+@pytest.mark.slow
+def test_seed_stacks_on_ray_workers_give_the_single_process_results(ray_cluster, tmp_path):
+    """--seeds-per-worker 2: four seeds in two Ray Train workers (one stack each, on both nodes); the rows equal
+    those of the same run in one process."""
+    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
+    args = [*TRAIN_ARGS, "--seeds-per-worker", "2", "--no-progress"]
+    on_ray = affect(["train", dataset, "--out", str(tmp_path / "ray"), *args], ray_cluster.env())
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    local = affect(["train", dataset, "--out", str(tmp_path / "local"), *args, "--no-ray"], {})
+    assert local.returncode == 0, local.stderr[-3000:]
+    got, expected = _results(str(tmp_path / "ray"), None), _results(str(tmp_path / "local"), None)
+    assert got["seed"].tolist() == expected["seed"].tolist() and sorted(set(got["seed"])) == list(range(SEEDS))
+    assert (got["ccc"] - expected["ccc"]).abs().max() < 1e-4
+    nodes = got.groupby("seed")["node"].first().tolist()
+    assert nodes[0] == nodes[1] and nodes[2] == nodes[3]  # a stack is one worker
+    assert nodes[0] != nodes[2], f"both stacks ran on one node: {nodes}"
+
+
 def _results(run_url: str, storage_options: dict | None):
     run = resolve(run_url, storage_options)
     with run.fs.open(run.join("results.parquet").path, "rb") as handle:

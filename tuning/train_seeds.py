@@ -25,7 +25,7 @@ from typing import Any
 
 from affect_core.config import RunConfig
 from affect_core.errors import AffectError
-from affect_core.experiment import SeedTask, finish_run, load_seed_outcome, plan_seed_tasks
+from affect_core.experiment import SeedTask, finish_run, group_seed_tasks, load_seed_outcome, plan_seed_tasks
 from affect_core.storage import join, redact
 from tuning.cluster import (
     ClusterInfo,
@@ -71,8 +71,13 @@ def train_seeds(
     max_failures: int = 3,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    seeds_per_worker: int = 1,
 ) -> dict[str, str]:
     """Train ``seeds`` seeds per model in parallel on Ray and write the run's outputs under ``run_url``.
+
+    With ``seeds_per_worker`` > 1 each Train worker trains a group of that many seeds of one model as one seed stack
+    (:func:`affect_core.seed_batch.run_seeds_batched`, on the worker's CPUs): fewer, busier workers. A restarted
+    group worker keeps its finished seeds and trains the others again from the start.
 
     Returns the URLs of results.parquet, summary.md and the model bundle (as ``finish_run``). Raises AffectError
     naming the seeds that did not finish (after ``max_failures`` retries each).
@@ -82,9 +87,16 @@ def train_seeds(
     from affect_core.data.dataset import dataset_info
 
     resources = resources or SeedResources()
+    if seeds_per_worker > 1:
+        if resources.gpus:
+            raise AffectError(
+                "--seeds-per-worker > 1 trains each seed stack on the worker's CPUs; leave out --gpus-per-seed"
+            )
+        resources = SeedResources(cpus=resources.cpus, gpus=0.0)
     cluster = ensure_ray(storage_options=storage_options)
     use_gpu, per_worker = resources.per_worker(cluster)
     tasks = plan_seed_tasks(config, dimension, range(seeds))
+    groups = group_seed_tasks(tasks, seeds_per_worker)
     info = dataset_info(dataset_url, storage_options=dict(storage_options or {}))
     storage_path, storage_fs = ray_storage(join(run_url, RAY_STATE_DIR), storage_options)
     settings = {
@@ -100,14 +112,17 @@ def train_seeds(
         "storage_path": storage_path,
         "storage_filesystem": storage_fs,
     }
-    payloads = {t.key: {"name": t.name, "seed": t.seed, "config": t.config.to_dict()} for t in tasks}
+    payloads = {
+        "+".join(t.key for t in group): [{"name": t.name, "seed": t.seed, "config": t.config.to_dict()} for t in group]
+        for group in groups
+    }
     limiting = cluster.gpus / per_worker["GPU"] if use_gpu else cluster.cpus / per_worker["CPU"]
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(seed_trial, tasks=payloads, settings=settings), driver_resources(cluster)
     )
     tuner = ray.tune.Tuner(
         trainable,
-        param_space={"seed_key": ray.tune.grid_search([t.key for t in tasks])},
+        param_space={"seed_key": ray.tune.grid_search(list(payloads))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max(1, int(limiting))),
         run_config=ray.tune.RunConfig(
             name=f"seeds-{uuid.uuid4().hex[:8]}",
@@ -165,10 +180,12 @@ WORKER_SETTINGS = ("dataset_url", "run_url", "feature_set", "resume", "storage_o
 
 
 def seed_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: train one seed with :func:`affect_core.experiment.run_seed`, reporting every epoch.
+    """Ray Train worker: train its seed with :func:`affect_core.experiment.run_seed` (or its group of seeds as one
+    stack with :func:`affect_core.seed_batch.run_seeds_batched`), reporting every epoch.
 
-    Each epoch's report carries a small Ray checkpoint (the epoch and where the seed's checkpoint is); a restarted
-    worker finds it with ``ray.train.get_checkpoint()`` and resumes the seed instead of starting it again.
+    Each epoch's report carries a small Ray checkpoint (the epoch and the seed); a restarted worker finds it with
+    ``ray.train.get_checkpoint()`` and resumes instead of starting again (a single seed from its last checkpoint, a
+    group with its finished seeds kept).
     """
     import ray.train
     import ray.train.torch
@@ -176,32 +193,37 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
 
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seed
+    from affect_core.seed_batch import run_seeds_batched
     from tuning.cluster import current_node
 
-    task_payload = loop_config["task"]
-    task = SeedTask(
-        task_payload["name"],
-        int(task_payload["seed"]),
-        RunConfig.from_dict(task_payload["config"], where=f"seed {task_payload['name']}"),
-    )
+    tasks = [
+        SeedTask(p["name"], int(p["seed"]), RunConfig.from_dict(p["config"], where=f"seed {p['name']}"))
+        for p in loop_config["task"]
+    ]
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     options = loop_config["storage_options"] or None
     resume = bool(loop_config["resume"]) or ray.train.get_checkpoint() is not None
     corpus = read_corpus(loop_config["dataset_url"], feature_set=loop_config["feature_set"], storage_options=options)
 
-    def report(record: Any) -> None:
+    def report(task: SeedTask, record: Any) -> None:
         metrics = {"epoch": record.epoch, "dev_ccc": record.dev_ccc, "train_loss": record.train_loss}
         with tempfile.TemporaryDirectory() as directory:
             with open(os.path.join(directory, "progress.json"), "w") as handle:
                 json.dump({**metrics, "seed": task.key}, handle)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
+    if len(tasks) > 1:
+        run_seeds_batched(
+            tasks, corpus, loop_config["run_url"], resume=resume, on_epoch=report, storage_options=options,
+            node=current_node(),
+        )  # fmt: skip
+        return
     run_seed(
-        task,
+        tasks[0],
         corpus,
         loop_config["run_url"],
         resume=resume,
-        on_epoch=report,
+        on_epoch=lambda record: report(tasks[0], record),
         storage_options=options,
         node=current_node(),
         device=str(ray.train.torch.get_device()),
