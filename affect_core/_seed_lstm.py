@@ -43,10 +43,11 @@ def _tanh(x):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def lstm_forward(xw, w_hh, save):
-    """xw (S, B, T, 4H), w_hh (S, 4H, H) -> activations (S, B, T, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o],
-    cells c_t, tanh(c_t) and hidden states h_t, each (S, B, T, H). Without `save` (no backward pass to come) only
-    h_t is kept: the other three come back with a time axis of length 1."""
+def lstm_forward(xw, w_hh, bias, save):
+    """xw (S, B, T, 4H) the input projections, w_hh (S, 4H, H), bias (S, 4H) (both LSTM biases) ->
+    activations (S, B, T, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o], cells c_t, tanh(c_t) and hidden states
+    h_t, each (S, B, T, H). Without `save` (no backward pass to come) only h_t is kept: the other three come back
+    with a time axis of length 1."""
     S, B, T, G = xw.shape
     H = G // 4
     w_t = np.empty((S, H, G), dtype=np.float32)  # w_hh transposed: the gate loop is the contiguous one
@@ -65,7 +66,7 @@ def lstm_forward(xw, w_hh, save):
             for t in range(T):
                 now = t if save else 0
                 for j in range(G):
-                    gates[j] = xw[s, b, t, j]
+                    gates[j] = xw[s, b, t, j] + bias[s, j]
                 if t > 0:
                     for k in range(H):
                         hk = hidden[s, b, t - 1, k]
@@ -89,7 +90,8 @@ def lstm_forward(xw, w_hh, save):
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
-    """Adjoint of `lstm_forward`: g_hidden (S, B, T, H) -> gradients w.r.t. xw (S, B, T, 4H) and w_hh (S, 4H, H)."""
+    """Adjoint of `lstm_forward`: g_hidden (S, B, T, H) -> gradients w.r.t. xw (S, B, T, 4H), w_hh (S, 4H, H) and
+    the bias (S, 4H)."""
     S, B, T, G = acts.shape
     H = G // 4
     w_t = np.empty((S, H, G), dtype=np.float32)
@@ -99,6 +101,7 @@ def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
                 w_t[s, k, j] = w_hh[s, j, k]
     g_gates = np.empty((S, B, T, G), dtype=np.float32)
     g_wt = np.zeros((S, H, G), dtype=np.float32)  # transposed like w_t: the gate loop is the contiguous one
+    g_bias = np.zeros((S, G), dtype=np.float32)
     g_cell = np.zeros((S, B, H), dtype=np.float32)  # adjoint of c_t, carried back through f_{t+1}
     g_h = np.empty(H, dtype=np.float32)
     one = np.float32(1.0)
@@ -127,6 +130,8 @@ def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
                     g_gates[s, b, t, H + k] = gc * c_prev * f * (one - f)
                     g_gates[s, b, t, 2 * H + k] = gc * i * (one - g * g)
                     g_gates[s, b, t, 3 * H + k] = g_h[k] * tc * o * (one - o)
+                for j in range(G):
+                    g_bias[s, j] += g_gates[s, b, t, j]
                 if t > 0:
                     for k in range(H):
                         hk = hidden[s, b, t - 1, k]
@@ -137,4 +142,4 @@ def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
         for j in range(G):
             for k in range(H):
                 g_w[s, j, k] = g_wt[s, k, j]
-    return g_gates, g_w
+    return g_gates, g_w, g_bias

@@ -7,14 +7,22 @@ Predictions layout of PRED_URL (readable by pyarrow.dataset, pandas, polars and 
 
 Each video's file is written atomically and is the whole video, so an interrupted job re-run skips the finished videos
 and never duplicates a row. Files whose names start with "_" are ignored by Parquet dataset readers.
+
+Throughput: videos are predicted in batches (:func:`affect_core.inference.predict_batch`: one model pass for up to
+BATCH_VIDEOS videos), the next videos are read on a background thread and the finished ones written on another while
+the model runs (Parquet decoding and encoding release the GIL). Both threads work through bounded queues, so memory
+stays bounded whatever the corpus; their errors are raised in the caller.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +35,7 @@ from affect_core.artifact import ModelBundle
 from affect_core.data.readers import check_video_id
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
+from affect_core.inference import predict_batch
 from affect_core.metrics import average_over_sequences, sequence_metrics
 from affect_core.storage import Location, exists, list_dir, read_bytes, resolve, write_bytes_atomic
 
@@ -45,6 +54,15 @@ PREDICTION_SCHEMA = pa.schema(
 MANIFEST = "_manifest.json"
 # Videos longer than this are scored in chunks with the LSTM and filter state carried across (bounded memory).
 CHUNK_FRAMES = 15_000
+# Videos predicted in one model pass, and the most frames (counting the padding to the longest) such a batch may hold.
+# The front-end LSTM's cost per video falls with the batch up to about 16 sequences and is flat beyond; a smaller batch
+# lets reading and writing overlap the model sooner. The padded batch and the filter's covariances (about 250 bytes a
+# frame) set the memory.
+BATCH_VIDEOS = 16
+BATCH_FRAMES = 16 * 8192
+
+Tracks = dict[str, tuple[np.ndarray, np.ndarray]]
+"""{dimension: (level (T,), variance (T,))} of one video."""
 
 
 @dataclass
@@ -72,13 +90,36 @@ def check_compatible(bundle: ModelBundle, feature_names: list[str], where: str) 
         )
 
 
-def prediction_table(bundle: ModelBundle, video: Video, model_id: str) -> pa.Table:
-    """Predictions of one video as a table in PREDICTION_SCHEMA (a dimension the bundle lacks is null)."""
-    tracks = bundle.predict(video.features, chunk_frames=CHUNK_FRAMES)
+def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[Tracks]:
+    """features: (T_i, d) raw features per video -> per video {dimension: (level (T_i,), variance (T_i,))}.
+
+    The videos go through each model of the bundle in one batch (equal to ``bundle.predict`` on each video); videos
+    longer than CHUNK_FRAMES stream through in chunks. An object that only has ModelBundle's ``predict`` (a stand-in
+    model) is asked video by video.
+    """
+    if not isinstance(bundle, ModelBundle):
+        return [bundle.predict(f, chunk_frames=CHUNK_FRAMES) for f in features]
+    for f in features:
+        if f.ndim != 2 or f.shape[1] != len(bundle.feature_names):
+            raise AffectError(
+                f"model bundle: expects {len(bundle.feature_names)} features of set {bundle.feature_set!r}, "
+                f"got an array of shape {f.shape}"
+            )
+    out: list[Tracks] = [{} for _ in features]
+    for trained in bundle.models:
+        predictions = predict_batch(trained.model, trained.transform, features, chunk_frames=CHUNK_FRAMES)
+        for tracks, prediction in zip(out, predictions, strict=True):
+            for dim in trained.dimensions:
+                tracks[dim] = prediction.track(dim)
+    return out
+
+
+def tracks_table(video: Video, tracks: Tracks, model_id: str) -> pa.Table:
+    """One video's predicted tracks as a table in PREDICTION_SCHEMA (a dimension missing from ``tracks`` is null)."""
     t = video.num_frames
     empty = np.full(t, np.nan, dtype=np.float32)
     columns: dict[str, Any] = {
-        "video_id": pa.array([video.video_id] * t, pa.string()),
+        "video_id": pa.repeat(pa.scalar(video.video_id, pa.string()), t),
         "frame": pa.array(np.arange(t, dtype=np.int32)),
         "time_s": pa.array(np.asarray(video.time_s, dtype=np.float64)),
     }
@@ -86,8 +127,32 @@ def prediction_table(bundle: ModelBundle, video: Video, model_id: str) -> pa.Tab
         level, var = tracks.get(dim, (empty, empty))
         columns[dim] = pa.array(np.asarray(level, np.float32), from_pandas=dim not in tracks)
         columns[f"{dim}_var"] = pa.array(np.asarray(var, np.float32), from_pandas=True)
-    columns["model_id"] = pa.array([model_id] * t, pa.string())
+    columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), t)
     return pa.table(columns, schema=PREDICTION_SCHEMA)
+
+
+def video_batches(
+    videos: Iterable[Video], *, max_videos: int = BATCH_VIDEOS, max_frames: int = BATCH_FRAMES
+) -> Iterator[list[Video]]:
+    """Consecutive videos in batches of at most ``max_videos`` whose padded size (videos x longest) stays within
+    ``max_frames``; a video longer than CHUNK_FRAMES (scored in chunks) is a batch of its own."""
+    batch: list[Video] = []
+    longest = 0
+    for video in videos:
+        n = video.num_frames
+        if n > CHUNK_FRAMES:
+            if batch:
+                yield batch
+            batch, longest = [], 0
+            yield [video]
+            continue
+        if batch and (len(batch) >= max_videos or (len(batch) + 1) * max(longest, n) > max_frames):
+            yield batch
+            batch, longest = [], 0
+        batch.append(video)
+        longest = max(longest, n)
+    if batch:
+        yield batch
 
 
 def part_name(video_id: str) -> str:
@@ -103,7 +168,9 @@ def check_video_ids(video_ids: Iterable[str], out: Location) -> None:
 def write_video_predictions(out: Location, table: pa.Table, video_id: str) -> None:
     check_video_id(video_id, out.display())  # the part file's name comes from the data: never let it leave ``out``
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    # Dictionary encoding only where values repeat (the ids): tried on the float columns it costs half the encoding
+    # time and makes the file larger.
+    pq.write_table(table, buffer, use_dictionary=["video_id", "model_id"])
     write_bytes_atomic(out.fs, out.join(part_name(video_id)).path, buffer.getvalue())
 
 
@@ -132,24 +199,149 @@ def score_videos(
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     total: int | None = None,
+    batch_videos: int | None = None,
 ) -> ScoreResult:
-    """Score every video into ``out_url``; videos already scored there are skipped (idempotent re-runs)."""
+    """Score every video into ``out_url``; videos already scored there are skipped (idempotent re-runs).
+
+    The videos go through :func:`score_stream` (read ahead, predicted ``batch_videos`` at a time, default
+    BATCH_VIDEOS, written behind); the manifest is written once every part file is.
+    """
     started = time.perf_counter()
     out = resolve(out_url, storage_options)
     check_compatible(bundle, feature_names, out.display())
     out.fs.makedirs(out.path, exist_ok=True)
     done = finished_videos(out)
-    model_id = bundle.model_id
-    ids, frames, skipped = [], 0, 0
-    for video in tqdm(videos, total=total, desc="scoring", unit="video", disable=not progress):
-        ids.append(video.video_id)
-        if video.video_id in done:
-            skipped += 1
-            continue
-        write_video_predictions(out, prediction_table(bundle, video, model_id), video.video_id)
-        frames += video.num_frames
-    write_manifest(out, model_id, ids)
+    ids: list[str] = []
+    skipped = 0
+
+    def to_score() -> Iterator[Video]:
+        nonlocal skipped
+        for video in tqdm(videos, total=total, desc="scoring", unit="video", disable=not progress):
+            ids.append(video.video_id)
+            if video.video_id in done:
+                skipped += 1
+                continue
+            yield video
+
+    frames = sum(n for _, n in score_stream(bundle, to_score(), out, batch_videos=batch_videos))
+    write_manifest(out, bundle.model_id, ids)
     return ScoreResult(out.url, len(ids), frames, skipped, time.perf_counter() - started)
+
+
+def score_stream(
+    bundle: ModelBundle, videos: Iterable[Video], out: Location, *, batch_videos: int | None = None
+) -> list[tuple[str, int]]:
+    """Predict every video of ``videos`` and write its part file under ``out``; returns (video id, frames) of each.
+
+    ``videos`` is iterated on a background thread up to BATCH_FRAMES frames ahead, the videos are predicted in
+    batches of up to ``batch_videos`` (default BATCH_VIDEOS; :func:`video_batches`, :func:`predict_tracks`) and
+    written on another thread, at most a batch behind. Returns once every file is written; the first error of any of
+    the three is raised here.
+    """
+    model_id = bundle.model_id
+    size = max(1, batch_videos or BATCH_VIDEOS)
+    scored: list[tuple[str, int]] = []
+    with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(size) as writer:
+        for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
+            for video, tracks in zip(batch, predict_tracks(bundle, [v.features for v in batch]), strict=True):
+                writer.submit(_write_tracks, out, video, tracks, model_id)
+                scored.append((video.video_id, video.num_frames))
+    return scored
+
+
+def _write_tracks(out: Location, video: Video, tracks: Tracks, model_id: str) -> None:
+    write_video_predictions(out, tracks_table(video, tracks, model_id), video.video_id)
+
+
+class ReadAhead:
+    """Iterates ``items`` on a background thread, keeping up to ``max_frames`` frames (at least one item) ready
+    ahead of the consumer, so that reading overlaps the consumer's work. Use as a context manager; an error raised
+    by ``items`` is raised in the consumer, and leaving the block early stops the reader."""
+
+    def __init__(self, items: Iterable[Video], *, max_frames: int) -> None:
+        self._items = items
+        self._max_frames = max_frames
+        self._ready: deque[Video] = deque()
+        self._frames = 0
+        self._finished = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name="affect-score-read", daemon=True)
+
+    def __enter__(self) -> Iterator[Video]:
+        self._thread.start()
+        return self._consume()
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._changed:
+            self._stopped = True
+            self._ready.clear()
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _read(self) -> None:
+        iterator = iter(self._items)
+        try:
+            for item in iterator:
+                with self._changed:
+                    while self._ready and self._frames >= self._max_frames and not self._stopped:
+                        self._changed.wait()
+                    if self._stopped:
+                        return
+                    self._ready.append(item)
+                    self._frames += item.num_frames
+                    self._changed.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            with self._changed:
+                self._error = exc
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
+
+    def _consume(self) -> Iterator[Video]:
+        while True:
+            with self._changed:
+                while not self._ready and not self._finished:
+                    self._changed.wait()
+                if not self._ready:
+                    if self._error is not None:
+                        raise self._error
+                    return
+                item = self._ready.popleft()
+                self._frames -= item.num_frames
+                self._changed.notify_all()
+            yield item
+
+
+class BackgroundWriter:
+    """Runs write tasks one after another on a background thread, at most ``max_pending`` of them queued: submit()
+    waits for the oldest beyond that (bounded memory) and raises its error. Leaving the block waits for every task and
+    raises the first error; leaving it on an error cancels the tasks not yet started."""
+
+    def __init__(self, max_pending: int) -> None:
+        self._max_pending = max(1, max_pending)
+        self._pending: deque[Future[None]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="affect-score-write")
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def submit(self, task: Callable[..., None], *args: Any) -> None:
+        self._pending.append(self._pool.submit(task, *args))
+        while len(self._pending) > self._max_pending:
+            self._pending.popleft().result()
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        try:
+            while exc_type is None and self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def score_dataset(

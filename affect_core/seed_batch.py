@@ -64,8 +64,9 @@ SeedEpochCallback = Callable[[int, EpochRecord], None]
 class SeedLSTMRecurrence(torch.autograd.Function):
     """The recurrent part of S independent single-layer LSTMs (PyTorch's gate order i, f, g, o), zero initial state.
 
-    Inputs: xw, the input projections with both biases added, shape `(S, B, T, 4H)`; w_hh, the recurrent weights,
-    shape `(S, 4H, H)`. Output: hidden states h_t, shape `(S, B, T, H)`.
+    Inputs: xw, the input projections, shape `(S, B, T, 4H)`; w_hh, the recurrent weights, shape `(S, 4H, H)`;
+    bias, both LSTM biases summed, shape `(S, 4H)`; save (keep what the backward pass reads: pass
+    `torch.is_grad_enabled()`). Output: hidden states h_t, shape `(S, B, T, H)`.
 
     float32 CPU tensors go through compiled loops (`affect_core._seed_lstm`: per row and step a vectorised 4H x H
     matrix-vector product and the gates; the seeds split over torch's threads). Other devices and dtypes take a
@@ -75,25 +76,25 @@ class SeedLSTMRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, xw: Tensor, w_hh: Tensor, save: bool = True) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, xw: Tensor, w_hh: Tensor, bias: Tensor, save: bool = True) -> Tensor:  # type: ignore[override]
         ctx.compiled = _compiled_applies(xw)
         if ctx.compiled:
-            acts, cells, tanh_cells, hidden = _compiled_forward(xw.detach(), w_hh.detach(), save)
+            acts, cells, tanh_cells, hidden = _compiled_forward(xw.detach(), w_hh.detach(), bias.detach(), save)
             ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
             return hidden
-        time_major = xw.detach().permute(2, 0, 1, 3).contiguous()  # (T, S, B, 4H)
+        time_major = (xw.detach() + bias.detach()[:, None, None, :]).permute(2, 0, 1, 3).contiguous()  # (T, S, B, 4H)
         acts, cells, tanh_cells, hidden = _steps()[0](time_major, w_hh.detach())
         ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
         return hidden.permute(1, 2, 0, 3)
 
     @staticmethod
-    def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
         w_hh, acts, cells, tanh_cells, hidden = ctx.saved_tensors
         if ctx.compiled:
             return (*_compiled_backward(g_hidden, w_hh.detach(), acts, cells, tanh_cells, hidden), None)
         g_time_major = g_hidden.permute(2, 0, 1, 3).contiguous()
         g_gates, g_w_hh = _steps()[1](g_time_major, w_hh.detach(), acts, cells, tanh_cells, hidden)
-        return g_gates.permute(1, 2, 0, 3), g_w_hh, None
+        return g_gates.permute(1, 2, 0, 3), g_w_hh, g_gates.sum((0, 2)), None
 
 
 def _compiled_applies(tensor: Tensor) -> bool:
@@ -105,22 +106,22 @@ def _joined(parts: list[np.ndarray]) -> Tensor:
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
-def _compiled_forward(xw: Tensor, w_hh: Tensor, save: bool) -> tuple[Tensor, ...]:
+def _compiled_forward(xw: Tensor, w_hh: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, ...]:
     from affect_core import _seed_lstm
     from affect_core.filters.compiled import batch_slices, run_slices
 
-    xw_np, w_np = xw.contiguous().numpy(), w_hh.contiguous().numpy()
-    outputs = run_slices(lambda s: _seed_lstm.lstm_forward(xw_np[s], w_np[s], save), batch_slices(xw.shape[0]))
+    xw_np, w_np, b_np = xw.contiguous().numpy(), w_hh.contiguous().numpy(), bias.contiguous().numpy()
+    outputs = run_slices(lambda s: _seed_lstm.lstm_forward(xw_np[s], w_np[s], b_np[s], save), batch_slices(xw.shape[0]))
     return tuple(_joined([o[i] for o in outputs]) for i in range(4))
 
 
-def _compiled_backward(g_hidden: Tensor, w_hh: Tensor, *saved: Tensor) -> tuple[Tensor, Tensor]:
+def _compiled_backward(g_hidden: Tensor, w_hh: Tensor, *saved: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     from affect_core import _seed_lstm
     from affect_core.filters.compiled import batch_slices, run_slices
 
     arrays = [g_hidden.contiguous().numpy(), w_hh.contiguous().numpy(), *(t.numpy() for t in saved)]
     outputs = run_slices(lambda s: _seed_lstm.lstm_backward(*(a[s] for a in arrays)), batch_slices(w_hh.shape[0]))
-    return _joined([o[0] for o in outputs]), _joined([o[1] for o in outputs])
+    return tuple(_joined([o[i] for o in outputs]) for i in range(3))  # type: ignore[return-value]
 
 
 def _lstm_forward_steps(xw: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -329,34 +330,39 @@ class SeedStack(nn.Module):
     def _frontend(self, x: Tensor, observed: Tensor | None) -> Tensor:
         """[x, mask] -> FF + ReLU layers -> LSTM -> FC + tanh, every seed at once. Returns `(S, B, T, n)`.
 
-        observed: (B, T) or (S, B, T) bool, or None when every frame is observed. With one input for every seed
-        (x of shape (B, T, d)) the first layer of all S seeds is one matrix product (B*T, d+1) x (d+1, S*out); the
-        other layers are batched over the seeds, with the bias in the product and ReLU in place (the activations of
-        S seeds are large: every pass over them counts)."""
+        observed: (B, T) or (S, B, T) bool, or None when every frame is observed. The activations of S seeds are
+        large and every pass over them is memory-bound, so the feed-forward layers run "transposed", as
+        (S, width, B*T) products whose operands need no copies: with one input for every seed (x of shape
+        (B, T, d)) the first layer of all seeds is one matrix product (S*out, d+2) x (d+2, B*T), its bias a column
+        of ones appended to [x, mask]; the LSTM's biases are added inside its recurrence."""
         S = self.seeds
         batch, steps = x.shape[-3], x.shape[-2]
         rows = batch * steps
         column = x.new_ones(x.shape[:-1]) if observed is None else observed.to(x.dtype).expand(x.shape[:-1])
-        h = torch.cat([x, column.unsqueeze(-1)], dim=-1).reshape(*x.shape[:-3], rows, x.shape[-1] + 1)
+        ones = x.new_ones(x.shape[:-1] + (1,))
+        h = torch.cat([x, column.unsqueeze(-1), ones], dim=-1).reshape(*x.shape[:-3], rows, x.shape[-1] + 2)
+        if self.layers == 0:  # the LSTM reads [x, mask] directly: (S, B*T, d+1)
+            h = h[..., :-1].expand(S, rows, x.shape[-1] + 1)
         for j in range(self.layers):
             weight = self.tensor(f"frontend.feed_forward.{2 * j}.weight")  # (S, out, in)
             bias = self.tensor(f"frontend.feed_forward.{2 * j}.bias")  # (S, out)
-            out = weight.shape[1]
-            if h.dim() == 2:  # shared input: one product for every seed, (B*T, S*out) viewed as (S, B*T, out)
-                h = torch.addmm(bias.reshape(S * out), h, weight.reshape(S * out, -1).T)
-                h = h.view(rows, S, out).transpose(0, 1)
+            if j == 0:
+                weight = torch.cat([weight, bias.unsqueeze(-1)], dim=-1)  # (S, out, d+2): bias times the ones
+                if h.dim() == 2:  # shared input
+                    h = torch.mm(weight.reshape(-1, weight.shape[-1]), h.T).view(S, -1, rows)
+                else:
+                    h = torch.bmm(weight, h.mT)  # (S, out, B*T)
             else:
-                h = torch.baddbmm(bias.unsqueeze(1), h, weight.mT)
-            h = torch.relu_(h)  # (S, B*T, out)
-        if h.dim() == 2:  # no feed-forward layer: the LSTM reads [x, mask] directly
-            h = h.expand(S, *h.shape)
+                h = torch.baddbmm(bias.unsqueeze(-1), weight, h)
+            h = torch.relu_(h)  # (S, out, B*T)
+        if self.layers:
+            h = h.mT  # (S, B*T, width), a transposed view: the product below reads it as it is
         w_ih = self.tensor("frontend.lstm.weight_ih_l0")  # (S, 4H, in)
-        bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
-        xw = torch.baddbmm(bias.unsqueeze(1), h, w_ih.mT)  # (S, B*T, 4H)
-        xw = xw.view(S, batch, steps, -1)  # (S, B, T, 4H)
+        lstm_bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
+        xw = torch.bmm(h, w_ih.mT).view(S, batch, steps, -1)  # (S, B, T, 4H)
         w_hh = self.tensor("frontend.lstm.weight_hh_l0")
-        hidden = SeedLSTMRecurrence.apply(xw, w_hh, torch.is_grad_enabled())  # (S, B, T, H)
-        hidden = hidden.reshape(S, batch * steps, self.lstm_size)
+        hidden = SeedLSTMRecurrence.apply(xw, w_hh, lstm_bias, torch.is_grad_enabled())  # (S, B, T, H)
+        hidden = hidden.reshape(S, rows, self.lstm_size)
         head_w, head_b = self.tensor("frontend.head.weight"), self.tensor("frontend.head.bias")
         o = torch.tanh(torch.baddbmm(head_b.unsqueeze(1), hidden, head_w.mT))
         return o.view(S, batch, steps, -1)

@@ -120,8 +120,8 @@ def test_seed_lstm_recurrence_equals_torch_lstm():
     w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
     w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
     bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
-    xw = torch.einsum("sbti,sgi->sbtg", x, w_ih) + bias[:, None, None, :]
-    hidden_states = SeedLSTMRecurrence.apply(xw, w_hh)  # (S, B, T, H)
+    xw = torch.einsum("sbti,sgi->sbtg", x, w_ih)
+    hidden_states = SeedLSTMRecurrence.apply(xw, w_hh, bias)  # (S, B, T, H)
     grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
     for s, lstm in enumerate(lstms):
         expected, _ = lstm(x[s])
@@ -170,11 +170,11 @@ def test_compiled_seed_lstm_equals_torch_lstm_in_float32(threads):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        xw = torch.einsum("sbti,sgi->sbtg", x, w_ih) + bias[:, None, None, :]
-        hidden_states = SeedLSTMRecurrence.apply(xw, w_hh)  # (S, B, T, H)
+        xw = torch.einsum("sbti,sgi->sbtg", x, w_ih)
+        hidden_states = SeedLSTMRecurrence.apply(xw, w_hh, bias)  # (S, B, T, H)
         grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
         with torch.no_grad():  # inference keeps only h_t
-            assert torch.equal(SeedLSTMRecurrence.apply(xw, w_hh, False), hidden_states)
+            assert torch.equal(SeedLSTMRecurrence.apply(xw, w_hh, bias, False), hidden_states)
     finally:
         torch.set_num_threads(previous)
     for s, lstm in enumerate(lstms):
