@@ -19,10 +19,11 @@ class ExtendedKalmanFilter(BayesFilter):
     z_t = z^_t + K_t (o_t - h_t); P_t = (I - K_t H_t) P^_t (Joseph form). Unobserved frames are predict-only.
     W_f starts at the constant-acceleration kinematics, W_h at the identity, the biases at 0.
 
-    Paths (`method`): "reference" loops over t in PyTorch (any device; the oracle). "fast" (what "auto" picks for CPU
-    tensors) runs the same recursion as one compiled loop per sequence with a hand-derived backward pass
-    (`affect_core.filters._kernels`, float64 inside); on other devices "auto" uses the reference loop, which makes
-    no host syncs.
+    Paths (`method`): "reference" loops over t in PyTorch (any device; the oracle). "fast" / "compiled" / "auto" run
+    the same recursion as one compiled CPU loop per sequence with a hand-derived backward pass
+    (`affect_core.filters._kernels`, float64 inside). On a GPU too: the observations (B, T, m) go to the host and the
+    states come back once per forward and once per backward pass, which costs far less than the reference loop's
+    dozens of kernel launches per frame (a 3 x 3 recursion cannot fill a GPU).
     """
 
     has_fast_path = True
@@ -47,22 +48,6 @@ class ExtendedKalmanFilter(BayesFilter):
     def _parameters_like(self, like: Tensor) -> tuple[Tensor, ...]:
         Q, R = self.noise_covariances(like)
         return self.W_f.to(like), self.b_f.to(like), self.W_h.to(like), self.b_h.to(like), Q, R
-
-    def forward(
-        self,
-        observations: ObservationsTorch,
-        *,
-        mask: MaskTorch | None = None,
-        initial: tuple[Tensor, Tensor] | None = None,
-    ) -> FilterOutput:
-        """See `BayesFilter.forward`; "auto" uses the compiled path only for CPU tensors."""
-        if self.method == "auto" and observations.device.type != "cpu":
-            self.method = "reference"
-            try:
-                return super().forward(observations, mask=mask, initial=initial)
-            finally:
-                self.method = "auto"
-        return super().forward(observations, mask=mask, initial=initial)
 
     # ------------------------------------------------------------------------------------------------------------
     def _filter_reference(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
