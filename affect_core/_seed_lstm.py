@@ -143,3 +143,136 @@ def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
             for k in range(H):
                 g_w[s, j, k] = g_wt[s, k, j]
     return g_gates, g_w, g_bias
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+def fused_forward(inputs, w_ih, w_hh, bias, B, save):
+    """The LSTM with its input projection inside: inputs (S, D, B*T) (the layer below, transposed: row b*T + t of
+    sequence b), w_ih (S, 4H, D), w_hh (S, 4H, H), bias (S, 4H) -> activations, cells, tanh(c_t), hidden as
+    `lstm_forward` (S, B, T, .). The (S, B, T, 4H) input projections are never written out."""
+    S, D, N = inputs.shape
+    T = N // B
+    G = w_hh.shape[1]
+    H = G // 4
+    wi_t = np.empty((S, D, G), dtype=np.float32)
+    w_t = np.empty((S, H, G), dtype=np.float32)
+    for s in range(S):
+        for j in range(G):
+            for k in range(D):
+                wi_t[s, k, j] = w_ih[s, j, k]
+            for k in range(H):
+                w_t[s, k, j] = w_hh[s, j, k]
+    kept = T if save else 1
+    acts = np.empty((S, B, kept, G), dtype=np.float32)
+    cells = np.zeros((S, B, kept, H), dtype=np.float32)
+    tanh_cells = np.empty((S, B, kept, H), dtype=np.float32)
+    hidden = np.empty((S, B, T, H), dtype=np.float32)
+    gates = np.empty(G, dtype=np.float32)
+    for s in range(S):
+        for b in range(B):
+            for t in range(T):
+                now = t if save else 0
+                row = b * T + t
+                for j in range(G):
+                    gates[j] = bias[s, j]
+                for k in range(D):
+                    xk = inputs[s, k, row]
+                    for j in range(G):
+                        gates[j] += wi_t[s, k, j] * xk
+                if t > 0:
+                    for k in range(H):
+                        hk = hidden[s, b, t - 1, k]
+                        for j in range(G):
+                            gates[j] += w_t[s, k, j] * hk
+                for j in range(2 * H):  # i, f
+                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+                for j in range(2 * H, 3 * H):  # g
+                    acts[s, b, now, j] = _tanh(gates[j])
+                for j in range(3 * H, G):  # o
+                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+                for k in range(H):
+                    previous = cells[s, b, now - 1 if save else 0, k] if t > 0 else np.float32(0.0)
+                    c = acts[s, b, now, H + k] * previous + acts[s, b, now, k] * acts[s, b, now, 2 * H + k]
+                    cells[s, b, now, k] = c
+                    tc = _tanh(c)
+                    tanh_cells[s, b, now, k] = tc
+                    hidden[s, b, t, k] = acts[s, b, now, 3 * H + k] * tc
+    return acts, cells, tanh_cells, hidden
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+def fused_backward(g_hidden, inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden):
+    """Adjoint of `fused_forward`: g_hidden (S, B, T, H) -> gradients w.r.t. inputs (S, D, B*T), w_ih (S, 4H, D),
+    w_hh (S, 4H, H) and the bias (S, 4H). The gate adjoints of a step live only until the step before is done."""
+    S, B, T, G = acts.shape
+    H = G // 4
+    D = inputs.shape[1]
+    wi_t = np.empty((S, D, G), dtype=np.float32)
+    w_t = np.empty((S, H, G), dtype=np.float32)
+    for s in range(S):
+        for j in range(G):
+            for k in range(D):
+                wi_t[s, k, j] = w_ih[s, j, k]
+            for k in range(H):
+                w_t[s, k, j] = w_hh[s, j, k]
+    g_inputs = np.empty(inputs.shape, dtype=np.float32)
+    g_wi_t = np.zeros((S, D, G), dtype=np.float32)
+    g_wt = np.zeros((S, H, G), dtype=np.float32)
+    g_bias = np.zeros((S, G), dtype=np.float32)
+    g_cell = np.zeros(H, dtype=np.float32)  # adjoint of c_t, carried back through f_{t+1}
+    g_h = np.empty(H, dtype=np.float32)
+    dg = np.empty(G, dtype=np.float32)  # gate adjoints of step t
+    later = np.zeros(G, dtype=np.float32)  # those of step t + 1
+    one = np.float32(1.0)
+    for s in range(S):
+        for b in range(B):
+            g_cell[:] = 0.0
+            for t in range(T - 1, -1, -1):
+                row = b * T + t
+                for k in range(H):
+                    g_h[k] = g_hidden[s, b, t, k]
+                if t < T - 1:
+                    for k in range(H):  # h_t feeds the gates of t + 1 through w_hh
+                        total = np.float32(0.0)
+                        for j in range(G):
+                            total += later[j] * w_t[s, k, j]
+                        g_h[k] += total
+                        g_cell[k] *= acts[s, b, t + 1, H + k]
+                for k in range(H):
+                    i = acts[s, b, t, k]
+                    f = acts[s, b, t, H + k]
+                    g = acts[s, b, t, 2 * H + k]
+                    o = acts[s, b, t, 3 * H + k]
+                    tc = tanh_cells[s, b, t, k]
+                    gc = g_cell[k] + g_h[k] * o * (one - tc * tc)
+                    g_cell[k] = gc
+                    c_prev = cells[s, b, t - 1, k] if t > 0 else np.float32(0.0)
+                    dg[k] = gc * g * i * (one - i)
+                    dg[H + k] = gc * c_prev * f * (one - f)
+                    dg[2 * H + k] = gc * i * (one - g * g)
+                    dg[3 * H + k] = g_h[k] * tc * o * (one - o)
+                for j in range(G):
+                    g_bias[s, j] += dg[j]
+                for k in range(D):  # the input projection: g_x = w_ih^T dg; g_w_ih += dg x^T
+                    xk = inputs[s, k, row]
+                    total = np.float32(0.0)
+                    for j in range(G):
+                        total += dg[j] * wi_t[s, k, j]
+                        g_wi_t[s, k, j] += dg[j] * xk
+                    g_inputs[s, k, row] = total
+                if t > 0:
+                    for k in range(H):
+                        hk = hidden[s, b, t - 1, k]
+                        for j in range(G):
+                            g_wt[s, k, j] += dg[j] * hk
+                for j in range(G):
+                    later[j] = dg[j]
+    g_wi = np.empty((S, G, D), dtype=np.float32)
+    g_w = np.empty((S, G, H), dtype=np.float32)
+    for s in range(S):
+        for j in range(G):
+            for k in range(D):
+                g_wi[s, j, k] = g_wi_t[s, k, j]
+            for k in range(H):
+                g_w[s, j, k] = g_wt[s, k, j]
+    return g_inputs, g_wi, g_w, g_bias

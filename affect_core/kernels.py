@@ -18,3 +18,7 @@ def warm_up() -> None:
     acts, cells, tanh_cells, hidden = _seed_lstm.lstm_forward(xw, w_hh, bias, True)
     _seed_lstm.lstm_backward(np.ones_like(hidden), w_hh, acts, cells, tanh_cells, hidden)
     _seed_lstm.lstm_forward(xw, w_hh, bias, False)
+    inputs, w_ih = np.zeros((1, 3, 2), dtype=np.float32), np.zeros((1, 8, 3), dtype=np.float32)
+    acts, cells, tanh_cells, hidden = _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, 1, True)
+    _seed_lstm.fused_backward(np.ones_like(hidden), inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden)
+    _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, 1, False)

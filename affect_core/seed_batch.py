@@ -97,6 +97,41 @@ class SeedLSTMRecurrence(torch.autograd.Function):
         return g_gates.permute(1, 2, 0, 3), g_w_hh, g_gates.sum((0, 2)), None
 
 
+class FusedSeedLSTM(torch.autograd.Function):
+    """S LSTMs with their input projection, compiled (`affect_core._seed_lstm.fused_forward`): float32 CPU tensors.
+
+    Inputs: the layer below, transposed, shape `(S, D, B*T)` (row b*T + t is frame t of sequence b); w_ih
+    `(S, 4H, D)`; w_hh `(S, 4H, H)`; bias `(S, 4H)` (both LSTM biases); B; save (keep what the backward pass reads:
+    pass `torch.is_grad_enabled()`). Output: hidden states `(S, B, T, H)`. Unlike `SeedLSTMRecurrence` after a
+    batched matmul, neither the `(S, B, T, 4H)` input projections nor their gradient are ever written to memory.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, inputs: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor, batch: int, save: bool):  # type: ignore[override]
+        from affect_core import _seed_lstm
+        from affect_core.filters.compiled import batch_slices, run_slices
+
+        arrays = [t.detach().contiguous().numpy() for t in (inputs, w_ih, w_hh, bias)]
+        outputs = run_slices(
+            lambda s: _seed_lstm.fused_forward(*(a[s] for a in arrays), batch, save), batch_slices(inputs.shape[0])
+        )
+        acts, cells, tanh_cells, hidden = (_joined([o[i] for o in outputs]) for i in range(4))
+        ctx.save_for_backward(inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden)
+        return hidden
+
+    @staticmethod
+    def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        from affect_core import _seed_lstm
+        from affect_core.filters.compiled import batch_slices, run_slices
+
+        arrays = [g_hidden.contiguous().numpy(), *(t.detach().contiguous().numpy() for t in ctx.saved_tensors)]
+        outputs = run_slices(
+            lambda s: _seed_lstm.fused_backward(*(a[s] for a in arrays)), batch_slices(g_hidden.shape[0])
+        )
+        g_inputs, g_w_ih, g_w_hh, g_bias = (_joined([o[i] for o in outputs]) for i in range(4))
+        return g_inputs, g_w_ih, g_w_hh, g_bias, None, None
+
+
 def _compiled_applies(tensor: Tensor) -> bool:
     """The numba kernels serve float32 CPU tensors."""
     return tensor.device.type == "cpu" and tensor.dtype == torch.float32
@@ -334,7 +369,8 @@ class SeedStack(nn.Module):
         large and every pass over them is memory-bound, so the feed-forward layers run "transposed", as
         (S, width, B*T) products whose operands need no copies: with one input for every seed (x of shape
         (B, T, d)) the first layer of all seeds is one matrix product (S*out, d+2) x (d+2, B*T), its bias a column
-        of ones appended to [x, mask]; the LSTM's biases are added inside its recurrence."""
+        of ones appended to [x, mask]. On the CPU the LSTM's input projection and biases run inside its compiled
+        recurrence (`FusedSeedLSTM`)."""
         S = self.seeds
         batch, steps = x.shape[-3], x.shape[-2]
         rows = batch * steps
@@ -355,13 +391,16 @@ class SeedStack(nn.Module):
             else:
                 h = torch.baddbmm(bias.unsqueeze(-1), weight, h)
             h = torch.relu_(h)  # (S, out, B*T)
-        if self.layers:
-            h = h.mT  # (S, B*T, width), a transposed view: the product below reads it as it is
         w_ih = self.tensor("frontend.lstm.weight_ih_l0")  # (S, 4H, in)
-        lstm_bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
-        xw = torch.bmm(h, w_ih.mT).view(S, batch, steps, -1)  # (S, B, T, 4H)
         w_hh = self.tensor("frontend.lstm.weight_hh_l0")
-        hidden = SeedLSTMRecurrence.apply(xw, w_hh, lstm_bias, torch.is_grad_enabled())  # (S, B, T, H)
+        lstm_bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
+        if self.layers == 0:
+            h = h.mT  # (S, in, B*T) like the layers' outputs
+        if _compiled_applies(h):
+            hidden = FusedSeedLSTM.apply(h.contiguous(), w_ih, w_hh, lstm_bias, batch, torch.is_grad_enabled())
+        else:
+            xw = torch.bmm(h.mT, w_ih.mT).view(S, batch, steps, -1)  # (S, B, T, 4H)
+            hidden = SeedLSTMRecurrence.apply(xw, w_hh, lstm_bias, torch.is_grad_enabled())  # (S, B, T, H)
         hidden = hidden.reshape(S, rows, self.lstm_size)
         head_w, head_b = self.tensor("frontend.head.weight"), self.tensor("frontend.head.bias")
         o = torch.tanh(torch.baddbmm(head_b.unsqueeze(1), hidden, head_w.mT))

@@ -219,3 +219,35 @@ def test_seed_groups_keep_models_apart():
     ]  # fmt: skip
     with pytest.raises(AffectError, match="seeds per worker"):
         group_seed_tasks(tasks, 0)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_seed_lstm_equals_torch_lstm_in_float32(threads):
+    """The stack's CPU LSTM (input projection inside the compiled recurrence) against nn.LSTM: outputs and the
+    gradients of the inputs, both weight matrices and the biases."""
+    from affect_core.seed_batch import FusedSeedLSTM
+
+    torch.manual_seed(2)
+    seeds, batch, steps, width, hidden = 3, 2, 90, 7, 16
+    lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]
+    x = torch.randn(seeds, batch, steps, width, requires_grad=True)
+    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
+    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
+    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = x.reshape(seeds, batch * steps, width).mT  # (S, D, B*T)
+        got = FusedSeedLSTM.apply(inputs.contiguous(), w_ih, w_hh, bias, batch, True)  # (S, B, T, H)
+        grads = torch.autograd.grad((got**3).sum(), [x, w_ih, w_hh, bias])
+        with torch.no_grad():
+            assert torch.equal(FusedSeedLSTM.apply(inputs.contiguous(), w_ih, w_hh, bias, batch, False), got)
+    finally:
+        torch.set_num_threads(previous)
+    for s, lstm in enumerate(lstms):
+        xs = x[s].detach().requires_grad_()
+        expected, _ = lstm(xs)
+        torch.testing.assert_close(got[s], expected, atol=2e-6, rtol=1e-5)
+        g_x, g_ih, g_hh, g_b_ih, _ = torch.autograd.grad((expected**3).sum(), [xs, *lstm.parameters()])
+        for mine, theirs in ((grads[0][s], g_x), (grads[1][s], g_ih), (grads[2][s], g_hh), (grads[3][s], g_b_ih)):
+            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
