@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm.auto import tqdm
 
 from affect_core.artifact import ModelBundle
@@ -237,16 +238,31 @@ def score_stream(
     batches of up to ``batch_videos`` (default BATCH_VIDEOS; :func:`video_batches`, :func:`predict_tracks`) and
     written on another thread, at most a batch behind. Returns once every file is written; the first error of any of
     the three is raised here.
+
+    Meanwhile the model runs on :func:`model_threads` of torch's threads, one fewer than torch's setting: that core
+    is left to the reading and writing threads. An OpenMP team sharing its cores with them waits, at each of the
+    LSTM's time steps, for a member the scheduler has parked (on a 2-core machine 2 threads scored a third slower
+    than 1).
     """
     model_id = bundle.model_id
     size = max(1, batch_videos or BATCH_VIDEOS)
     scored: list[tuple[str, int]] = []
-    with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(size) as writer:
-        for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
-            for video, tracks in zip(batch, predict_tracks(bundle, [v.features for v in batch]), strict=True):
-                writer.submit(_write_tracks, out, video, tracks, model_id)
-                scored.append((video.video_id, video.num_frames))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads())
+    try:
+        with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(size) as writer:
+            for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
+                for video, tracks in zip(batch, predict_tracks(bundle, [v.features for v in batch]), strict=True):
+                    writer.submit(_write_tracks, out, video, tracks, model_id)
+                    scored.append((video.video_id, video.num_frames))
+    finally:
+        torch.set_num_threads(threads)
     return scored
+
+
+def model_threads() -> int:
+    """torch threads the model gets while :func:`score_stream` reads and writes: one fewer than torch's setting."""
+    return max(1, torch.get_num_threads() - 1)
 
 
 def _write_tracks(out: Location, video: Video, tracks: Tracks, model_id: str) -> None:
@@ -254,9 +270,9 @@ def _write_tracks(out: Location, video: Video, tracks: Tracks, model_id: str) ->
 
 
 class ReadAhead:
-    """Iterates ``items`` on a background thread, keeping up to ``max_frames`` frames (at least one item) ready
-    ahead of the consumer, so that reading overlaps the consumer's work. Use as a context manager; an error raised
-    by ``items`` is raised in the consumer, and leaving the block early stops the reader."""
+    """Iterates ``items`` on a background thread ahead of the consumer, so that reading overlaps the consumer's work;
+    the reader waits while ``max_frames`` frames or more are ready. Use as a context manager; an error raised by
+    ``items`` is raised in the consumer, and leaving the block early stops the reader."""
 
     def __init__(self, items: Iterable[Video], *, max_frames: int) -> None:
         self._items = items

@@ -409,3 +409,20 @@ def test_compiled_kf_is_exact_through_settled_stretches(with_gaps: bool) -> None
         torch.testing.assert_close(fast, ref, atol=1e-7, rtol=1e-7)
     for name in ref_grads:
         torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-6, rtol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("cls", [KalmanFilter, ExtendedKalmanFilter])
+def test_compiled_path_through_a_long_gap(cls: type[BayesFilter]) -> None:
+    """A 160 s run without a face (4000 predict-only steps: the kinematic covariance grows by orders of magnitude),
+    then observations again: finite, and equal to the float64 reference."""
+    observations = 0.1 * torch.randn(1, 4600, 3, generator=torch.Generator().manual_seed(91), dtype=torch.float64)
+    mask = torch.ones(1, 4600, dtype=torch.bool)
+    mask[0, 300:4300] = False
+    outputs = []
+    for method in ("reference", "compiled"):
+        with torch.no_grad():
+            outputs.append(cls(method=method).double()(observations, mask=mask))
+    reference, compiled = outputs
+    assert bool(torch.isfinite(compiled.states).all()) and bool(torch.isfinite(compiled.covariances).all())
+    torch.testing.assert_close(compiled.states, reference.states, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(compiled.covariances, reference.covariances, atol=1e-6, rtol=1e-6)

@@ -1,10 +1,11 @@
 """Batch scoring on Ray Data: a dataset of video ids, scored by a pool of actors that each load the model once.
 
-Each actor call takes a batch of video ids, reads each video's frames in order from the dataset URL
-(``iter_videos(video_ids=[...])``), predicts it with :func:`predict_video` and writes that video's part file
-atomically (the single-process scorer's layout and code, :mod:`affect_core.scoring`). A video is scored whole by
-one actor, so its result equals the single-process scorer's. Videos whose part file exists are skipped, so a
-re-run after an interruption finishes the job without duplicating a row; the manifest is written last.
+Each actor call takes a batch of video ids, reads the videos' frames in order from the dataset URL
+(``iter_videos(video_ids=[...])``) and scores them with the single-process scorer's code and layout
+(:func:`affect_core.scoring.score_stream`: read ahead, predicted together in batches, each video's part file written
+atomically). A video is scored whole by one actor, so its result equals the single-process scorer's. Videos whose
+part file exists are skipped, so a re-run after an interruption finishes the job without duplicating a row; the
+manifest is written last.
 """
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from affect_core.artifact import ModelBundle
-from affect_core.data.records import Video
-from affect_core.scoring import ScoreResult, prediction_table
+from affect_core.scoring import BATCH_VIDEOS, ScoreResult
 from tuning.cluster import ensure_ray, shareable_storage_options
 
 logger = logging.getLogger(__name__)
 
 # Above this many frames ``affect score`` uses Ray Data even without --ray (about 90 RECOLA-length videos).
 AUTO_RAY_FRAMES = 5_000_000
-
-
-def predict_video(bundle: ModelBundle, video: Video, model_id: str) -> pa.Table:
-    """One video's predictions (PREDICTION_SCHEMA). The one place an actor turns frames into predictions."""
-    return prediction_table(bundle, video, model_id)
 
 
 class VideoScorer:
@@ -59,20 +52,17 @@ class VideoScorer:
         self.storage_options = storage_options or None
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.bundle = load_bundle(model_url, self.storage_options, device=device)
-        self.model_id = self.bundle.model_id
         self.out = resolve(out_url, self.storage_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from affect_core.data.dataset import iter_videos
-        from affect_core.scoring import write_video_predictions
+        from affect_core.scoring import score_stream
 
         ids = [str(v) for v in batch["video_id"]]
-        frames = []
-        for video in iter_videos(
+        videos = iter_videos(
             self.data_url, video_ids=ids, feature_set=self.feature_set, storage_options=self.storage_options
-        ):
-            write_video_predictions(self.out, predict_video(self.bundle, video, self.model_id), video.video_id)
-            frames.append((video.video_id, video.num_frames))
+        )
+        frames = score_stream(self.bundle, videos, self.out)
         return {
             "video_id": np.array([v for v, _ in frames], dtype=object),
             "frames": np.array([n for _, n in frames], dtype=np.int64),
@@ -88,14 +78,16 @@ def score_dataset(
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float | None = None,
-    videos_per_call: int = 1,
+    videos_per_call: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> ScoreResult:
     """Score every video of ``data_url`` (or of ``splits``) into ``out_url`` with a Ray Data actor pool.
 
     actors: the pool's largest size (default: as many as the cluster's CPUs, or GPUs, allow). gpus_per_actor None:
-    one GPU per actor when the cluster has GPUs. Raises AffectError for an incompatible model or missing data.
+    one GPU per actor when the cluster has GPUs. videos_per_call: the videos an actor scores together (predicted in
+    batches); None: about four calls per actor, at most BATCH_VIDEOS videos each. Raises AffectError for an
+    incompatible model or missing data.
     """
     import ray.data
 
@@ -127,10 +119,11 @@ def score_dataset(
         gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if cluster.has_gpus else 0.0)
         limit = cluster.gpus / gpus if gpus > 0 else cluster.cpus / cpus_per_actor
         size = max(1, min(actors or int(limit) or 1, len(todo)))
+        per_call = videos_per_call or max(1, min(BATCH_VIDEOS, -(-len(todo) // (4 * size))))
         ids = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=min(len(todo), 4 * size))
         scored = ids.map_batches(
             VideoScorer,
-            batch_size=videos_per_call,
+            batch_size=per_call,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
             fn_constructor_kwargs={
                 "data_url": data_url,

@@ -89,6 +89,17 @@ def _spd_inverse(S, L, out, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _unobserved(Sinv, K, Mm, n):
+    """The gain intermediates of a predict-only step: S^-1 = 0, K = 0, M = I (what mu = 0 makes of the update,
+    without forming S, which after a long gap can be too ill-conditioned to factor)."""
+    for i in range(n):
+        for k in range(n):
+            Sinv[i, k] = 0.0
+            K[i, k] = 0.0
+            Mm[i, k] = 1.0 if i == k else 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2, n):
     """One predict-then-update step from (z, P); fills the intermediates (all preallocated)."""
     m = n
@@ -122,6 +133,11 @@ def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, B
             e[i] = 1.0 - hz[i] * hz[i]
         for k in range(n):
             Jh[i, k] = e[i] * Wh[i, k]
+    for i in range(m):
+        v[i] = o[i] - hz[i]
+    if mu == 0.0:  # predict only: K = 0, M = I; S is not formed (after a long gap it may be too ill-conditioned)
+        _unobserved(Sinv, K, Mm, n)
+        return
     _mm_nt(Pp, Jh, Bm, n)  # B = P^ J_h^T; S = J_h B + R
     _mm(Jh, Bm, S, n)
     for i in range(m):
@@ -133,8 +149,6 @@ def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, B
     for i in range(n):
         for k in range(m):
             K[i, k] *= mu
-    for i in range(m):
-        v[i] = o[i] - hz[i]
     _mm(K, Jh, Mm, n)  # M = I - K J_h
     for i in range(n):
         for k in range(n):

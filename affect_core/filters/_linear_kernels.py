@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from affect_core.filters._kernels import _mm, _mm_nt, _mm_tn, _spd_inverse, _sym
+from affect_core.filters._kernels import _mm, _mm_nt, _mm_tn, _spd_inverse, _sym, _unobserved
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -33,6 +33,9 @@ def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n):
         for k in range(n):
             Pp[i, k] += Q[i, k]
     _sym(Pp, n)
+    if mu == 0.0:  # predict only: K = 0, M = I, S not formed
+        _unobserved(Sinv, K, Mm, n)
+        return
     _mm_nt(Pp, H, Bm, n)
     _mm(H, Bm, S, n)
     for i in range(m):
