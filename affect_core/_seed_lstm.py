@@ -146,10 +146,11 @@ def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def fused_forward(inputs, w_ih, w_hh, bias, B, save):
+def fused_forward(inputs, w_ih, w_hh, bias, h0, c0, B, save):
     """The LSTM with its input projection inside: inputs (S, D, B*T) (the layer below, transposed: row b*T + t of
-    sequence b), w_ih (S, 4H, D), w_hh (S, 4H, H), bias (S, 4H) -> activations, cells, tanh(c_t), hidden as
-    `lstm_forward` (S, B, T, .). The (S, B, T, 4H) input projections are never written out."""
+    sequence b), w_ih (S, 4H, D), w_hh (S, 4H, H), bias (S, 4H), initial state h0, c0 (S, B, H) -> activations,
+    cells, tanh(c_t), hidden as `lstm_forward` (S, B, T, .). The (S, B, T, 4H) input projections are never written
+    out. Without `save` the cells come back with a time axis of length 1 holding the last c_t."""
     S, D, N = inputs.shape
     T = N // B
     G = w_hh.shape[1]
@@ -179,11 +180,10 @@ def fused_forward(inputs, w_ih, w_hh, bias, B, save):
                     xk = inputs[s, k, row]
                     for j in range(G):
                         gates[j] += wi_t[s, k, j] * xk
-                if t > 0:
-                    for k in range(H):
-                        hk = hidden[s, b, t - 1, k]
-                        for j in range(G):
-                            gates[j] += w_t[s, k, j] * hk
+                for k in range(H):
+                    hk = hidden[s, b, t - 1, k] if t > 0 else h0[s, b, k]
+                    for j in range(G):
+                        gates[j] += w_t[s, k, j] * hk
                 for j in range(2 * H):  # i, f
                     acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
                 for j in range(2 * H, 3 * H):  # g
@@ -191,7 +191,7 @@ def fused_forward(inputs, w_ih, w_hh, bias, B, save):
                 for j in range(3 * H, G):  # o
                     acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
                 for k in range(H):
-                    previous = cells[s, b, now - 1 if save else 0, k] if t > 0 else np.float32(0.0)
+                    previous = cells[s, b, now - 1 if save else 0, k] if t > 0 else c0[s, b, k]
                     c = acts[s, b, now, H + k] * previous + acts[s, b, now, k] * acts[s, b, now, 2 * H + k]
                     cells[s, b, now, k] = c
                     tc = _tanh(c)
@@ -201,9 +201,10 @@ def fused_forward(inputs, w_ih, w_hh, bias, B, save):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def fused_backward(g_hidden, inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden):
-    """Adjoint of `fused_forward`: g_hidden (S, B, T, H) -> gradients w.r.t. inputs (S, D, B*T), w_ih (S, 4H, D),
-    w_hh (S, 4H, H) and the bias (S, 4H). The gate adjoints of a step live only until the step before is done."""
+def fused_backward(g_hidden, inputs, w_ih, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
+    """Adjoint of `fused_forward` (run with `save`): g_hidden (S, B, T, H) -> gradients w.r.t. inputs (S, D, B*T),
+    w_ih (S, 4H, D), w_hh (S, 4H, H) and the bias (S, 4H) (the initial state is a constant here). The gate adjoints
+    of a step live only until the step before is done."""
     S, B, T, G = acts.shape
     H = G // 4
     D = inputs.shape[1]
@@ -246,7 +247,7 @@ def fused_backward(g_hidden, inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden
                     tc = tanh_cells[s, b, t, k]
                     gc = g_cell[k] + g_h[k] * o * (one - tc * tc)
                     g_cell[k] = gc
-                    c_prev = cells[s, b, t - 1, k] if t > 0 else np.float32(0.0)
+                    c_prev = cells[s, b, t - 1, k] if t > 0 else c0[s, b, k]
                     dg[k] = gc * g * i * (one - i)
                     dg[H + k] = gc * c_prev * f * (one - f)
                     dg[2 * H + k] = gc * i * (one - g * g)
@@ -260,11 +261,10 @@ def fused_backward(g_hidden, inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden
                         total += dg[j] * wi_t[s, k, j]
                         g_wi_t[s, k, j] += dg[j] * xk
                     g_inputs[s, k, row] = total
-                if t > 0:
-                    for k in range(H):
-                        hk = hidden[s, b, t - 1, k]
-                        for j in range(G):
-                            g_wt[s, k, j] += dg[j] * hk
+                for k in range(H):
+                    hk = hidden[s, b, t - 1, k] if t > 0 else h0[s, b, k]
+                    for j in range(G):
+                        g_wt[s, k, j] += dg[j] * hk
                 for j in range(G):
                     later[j] = dg[j]
     g_wi = np.empty((S, G, D), dtype=np.float32)

@@ -112,11 +112,14 @@ class FusedSeedLSTM(torch.autograd.Function):
         from affect_core.filters.compiled import batch_slices, run_slices
 
         arrays = [t.detach().contiguous().numpy() for t in (inputs, w_ih, w_hh, bias)]
+        zeros = np.zeros((inputs.shape[0], batch, w_hh.shape[-1]), dtype=np.float32)  # zero initial state
         outputs = run_slices(
-            lambda s: _seed_lstm.fused_forward(*(a[s] for a in arrays), batch, save), batch_slices(inputs.shape[0])
+            lambda s: _seed_lstm.fused_forward(*(a[s] for a in arrays), zeros[s], zeros[s], batch, save),
+            batch_slices(inputs.shape[0]),
         )
         acts, cells, tanh_cells, hidden = (_joined([o[i] for o in outputs]) for i in range(4))
         ctx.save_for_backward(inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden)
+        ctx.zeros = zeros
         return hidden
 
     @staticmethod
@@ -124,9 +127,14 @@ class FusedSeedLSTM(torch.autograd.Function):
         from affect_core import _seed_lstm
         from affect_core.filters.compiled import batch_slices, run_slices
 
-        arrays = [g_hidden.contiguous().numpy(), *(t.detach().contiguous().numpy() for t in ctx.saved_tensors)]
+        inputs, w_ih, w_hh, *saved = (t.detach().contiguous().numpy() for t in ctx.saved_tensors)
+        g = g_hidden.contiguous().numpy()
+        zeros = ctx.zeros
         outputs = run_slices(
-            lambda s: _seed_lstm.fused_backward(*(a[s] for a in arrays)), batch_slices(g_hidden.shape[0])
+            lambda s: _seed_lstm.fused_backward(
+                g[s], inputs[s], w_ih[s], w_hh[s], zeros[s], zeros[s], *(a[s] for a in saved)
+            ),
+            batch_slices(g_hidden.shape[0]),
         )
         g_inputs, g_w_ih, g_w_hh, g_bias = (_joined([o[i] for o in outputs]) for i in range(4))
         return g_inputs, g_w_ih, g_w_hh, g_bias, None, None

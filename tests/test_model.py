@@ -118,3 +118,23 @@ def test_fully_observed_batch_takes_the_unmasked_path_with_the_same_result(model
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-10, rtol=1e-10)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_front_end_without_gradients_takes_the_compiled_lstm_with_the_same_result():
+    """Scoring and evaluation (no gradients, CPU float32) run the compiled LSTM; it equals nn.LSTM's output and
+    carries the state across chunks like it."""
+    m = make("lstm-kf")
+    x = torch.randn(3, 80, 5)
+    mask = torch.rand(3, 80) > 0.2
+    expected, (h_n, c_n) = m.frontend(x, mask)  # gradients on: nn.LSTM
+    assert expected.requires_grad
+    with torch.no_grad():
+        whole, (h_w, c_w) = m.frontend(x, mask)
+        first, state = m.frontend(x[:, :30], mask[:, :30])
+        second, (h_c, c_c) = m.frontend(x[:, 30:], mask[:, 30:], state)
+    torch.testing.assert_close(whole, expected.detach(), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-7, rtol=0)
+    for got in (h_w, h_c):
+        torch.testing.assert_close(got, h_n.detach(), atol=2e-6, rtol=1e-5)
+    for got in (c_w, c_c):
+        torch.testing.assert_close(got, c_n.detach(), atol=2e-6, rtol=1e-5)
