@@ -6,7 +6,7 @@ window 100), i.e. LSTM-KF-AA and LSTM-EKF-AA exactly as trained (`AffectModel`).
 output (of o_t for the front-end, of y_t for the variants). Median of --repeats, with 1 and 2 torch threads; the
 step-by-step reference loops run once (they take tens of seconds) unless --skip-reference.
 
-    python -m benchmarks.filter_speed [--repeats 7] [--threads 1 2] [--skip-reference]
+    python -m benchmarks.filter_speed [--repeats 7] [--threads 1 2] [--skip-reference] [--device cuda]
 """
 
 from __future__ import annotations
@@ -28,19 +28,27 @@ BATCH, STEPS, FEATURES = 9, 7501, 168
 TARGETS = {"lstm-kf": 1.25, "lstm-ekf": 2.0}
 
 
-def time_forward_backward(step: Callable[[], None], repeats: int) -> float:
+def time_forward_backward(step: Callable[[], None], repeats: int, device: torch.device) -> float:
     step()  # warm-up (and loading the cached compiled kernels)
     times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
+DEVICE = torch.device("cpu")
+
+
 def model(kind: str, method: str = "auto") -> AffectModel:
     torch.manual_seed(0)
-    return AffectModel(ModelConfig(input_dim=FEATURES, model=kind, align="adaptive", filter_method=method))
+    config = ModelConfig(input_dim=FEATURES, model=kind, align="adaptive", filter_method=method)
+    return AffectModel(config).to(DEVICE)
 
 
 def run(threads: int, repeats: int, skip_reference: bool) -> list[tuple[str, str, float]]:
@@ -49,6 +57,7 @@ def run(threads: int, repeats: int, skip_reference: bool) -> list[tuple[str, str
     x = torch.randn(BATCH, STEPS, FEATURES, generator=generator)
     x_gaps = x.clone()
     x_gaps[torch.rand(BATCH, STEPS, generator=generator) < 0.1] = float("nan")  # 10% of frames without a face
+    x, x_gaps = x.to(DEVICE), x_gaps.to(DEVICE)
 
     def front_end_only(m: AffectModel) -> Callable[[], None]:
         def step() -> None:
@@ -78,7 +87,7 @@ def run(threads: int, repeats: int, skip_reference: bool) -> list[tuple[str, str
             ("LSTM-KF-AA, step-by-step reference", "", whole(model("lstm-kf", "reference"), x), 1),
             ("LSTM-EKF-AA, step-by-step reference", "", whole(model("lstm-ekf", "reference"), x), 1),
         ]
-    return [(name, target, time_forward_backward(step, count)) for name, target, step, count in configurations]
+    return [(name, target, time_forward_backward(step, count, DEVICE)) for name, target, step, count in configurations]
 
 
 def main() -> None:
@@ -86,13 +95,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow step-by-step loops")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU paths: KF scan, EKF via the host)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.system()}, load average {load}; "
         f"torch {torch.__version__}, numba {numba.__version__}"
     )
-    print(f"batch {BATCH} x {STEPS} x {FEATURES} float32, forward+backward, median of {args.repeats}")
+    if DEVICE.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(DEVICE)}")
+    print(f"batch {BATCH} x {STEPS} x {FEATURES} float32 on {DEVICE}, forward+backward, median of {args.repeats}")
     for threads in args.threads:
         results = run(threads, args.repeats, args.skip_reference)
         base = results[0][2]
