@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: a looser requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e '.[dev]'
-	# Compile the filters' CPU kernels once into numba's cache, so no run pays it later.
+	# Compile the CPU kernels (filters, seed-stack and inference LSTM) once into numba's cache, so no run pays it later.
 	$(BIN)/python -c 'from affect_core.kernels import warm_up; warm_up()'
 	touch $(STAMP)
 
