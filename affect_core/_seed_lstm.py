@@ -1,10 +1,9 @@
 """Compiled (numba) recurrence of S independent single-layer LSTMs over B sequences each, forward and adjoint.
 
-PyTorch's gate order (i, f, g, o), zero initial state. Inputs are the input projections with both biases added,
-xw `(S, B, T, 4H)`, and the recurrent weights w_hh `(S, 4H, H)`, float32. A time step is, per row (s, b), a 4H x H
-matrix-vector product and the gate nonlinearities; the loops over the 4H gates are contiguous so that they run as
-SIMD instructions, and tanh is a rational approximation (the one Eigen uses for float32, within a few ulp) that
-vectorises where a call to the C library's tanhf would not. sigmoid(x) = (1 + tanh(x / 2)) / 2.
+PyTorch's gate order (i, f, g, o), float32. A time step is, per row (s, b), the input projection, the 4H x H
+recurrent matrix-vector product and the gate nonlinearities; the loops over the 4H gates are contiguous so that
+they run as SIMD instructions, and tanh is a rational approximation (the one Eigen uses for float32, within a few
+ulp) that vectorises where a call to the C library's tanhf would not. sigmoid(x) = (1 + tanh(x / 2)) / 2.
 
 All kernels release the GIL: callers may run slices of the seed dimension on several threads.
 """
@@ -43,114 +42,13 @@ def _tanh(x):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def lstm_forward(xw, w_hh, bias, save):
-    """xw (S, B, T, 4H) the input projections, w_hh (S, 4H, H), bias (S, 4H) (both LSTM biases) ->
-    activations (S, B, T, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o], cells c_t, tanh(c_t) and hidden states
-    h_t, each (S, B, T, H). Without `save` (no backward pass to come) only h_t is kept: the other three come back
-    with a time axis of length 1."""
-    S, B, T, G = xw.shape
-    H = G // 4
-    w_t = np.empty((S, H, G), dtype=np.float32)  # w_hh transposed: the gate loop is the contiguous one
-    for s in range(S):
-        for j in range(G):
-            for k in range(H):
-                w_t[s, k, j] = w_hh[s, j, k]
-    kept = T if save else 1
-    acts = np.empty((S, B, kept, G), dtype=np.float32)
-    cells = np.zeros((S, B, kept, H), dtype=np.float32)
-    tanh_cells = np.empty((S, B, kept, H), dtype=np.float32)
-    hidden = np.empty((S, B, T, H), dtype=np.float32)
-    gates = np.empty(G, dtype=np.float32)
-    for s in range(S):  # one sequence at a time: its rows are read and written in memory order
-        for b in range(B):
-            for t in range(T):
-                now = t if save else 0
-                for j in range(G):
-                    gates[j] = xw[s, b, t, j] + bias[s, j]
-                if t > 0:
-                    for k in range(H):
-                        hk = hidden[s, b, t - 1, k]
-                        for j in range(G):
-                            gates[j] += w_t[s, k, j] * hk
-                for j in range(2 * H):  # i, f
-                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
-                for j in range(2 * H, 3 * H):  # g
-                    acts[s, b, now, j] = _tanh(gates[j])
-                for j in range(3 * H, G):  # o
-                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
-                for k in range(H):
-                    previous = cells[s, b, now - 1 if save else 0, k] if t > 0 else np.float32(0.0)
-                    c = acts[s, b, now, H + k] * previous + acts[s, b, now, k] * acts[s, b, now, 2 * H + k]
-                    cells[s, b, now, k] = c
-                    tc = _tanh(c)
-                    tanh_cells[s, b, now, k] = tc
-                    hidden[s, b, t, k] = acts[s, b, now, 3 * H + k] * tc
-    return acts, cells, tanh_cells, hidden
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def lstm_backward(g_hidden, w_hh, acts, cells, tanh_cells, hidden):
-    """Adjoint of `lstm_forward`: g_hidden (S, B, T, H) -> gradients w.r.t. xw (S, B, T, 4H), w_hh (S, 4H, H) and
-    the bias (S, 4H)."""
-    S, B, T, G = acts.shape
-    H = G // 4
-    w_t = np.empty((S, H, G), dtype=np.float32)
-    for s in range(S):
-        for j in range(G):
-            for k in range(H):
-                w_t[s, k, j] = w_hh[s, j, k]
-    g_gates = np.empty((S, B, T, G), dtype=np.float32)
-    g_wt = np.zeros((S, H, G), dtype=np.float32)  # transposed like w_t: the gate loop is the contiguous one
-    g_bias = np.zeros((S, G), dtype=np.float32)
-    g_cell = np.zeros((S, B, H), dtype=np.float32)  # adjoint of c_t, carried back through f_{t+1}
-    g_h = np.empty(H, dtype=np.float32)
-    one = np.float32(1.0)
-    for s in range(S):
-        for b in range(B):
-            for t in range(T - 1, -1, -1):
-                for k in range(H):
-                    g_h[k] = g_hidden[s, b, t, k]
-                if t < T - 1:
-                    for k in range(H):  # h_t feeds the gates of t + 1 through w_hh
-                        total = np.float32(0.0)
-                        for j in range(G):
-                            total += g_gates[s, b, t + 1, j] * w_t[s, k, j]
-                        g_h[k] += total
-                        g_cell[s, b, k] *= acts[s, b, t + 1, H + k]
-                for k in range(H):
-                    i = acts[s, b, t, k]
-                    f = acts[s, b, t, H + k]
-                    g = acts[s, b, t, 2 * H + k]
-                    o = acts[s, b, t, 3 * H + k]
-                    tc = tanh_cells[s, b, t, k]
-                    gc = g_cell[s, b, k] + g_h[k] * o * (one - tc * tc)
-                    g_cell[s, b, k] = gc
-                    c_prev = cells[s, b, t - 1, k] if t > 0 else np.float32(0.0)
-                    g_gates[s, b, t, k] = gc * g * i * (one - i)
-                    g_gates[s, b, t, H + k] = gc * c_prev * f * (one - f)
-                    g_gates[s, b, t, 2 * H + k] = gc * i * (one - g * g)
-                    g_gates[s, b, t, 3 * H + k] = g_h[k] * tc * o * (one - o)
-                for j in range(G):
-                    g_bias[s, j] += g_gates[s, b, t, j]
-                if t > 0:
-                    for k in range(H):
-                        hk = hidden[s, b, t - 1, k]
-                        for j in range(G):
-                            g_wt[s, k, j] += g_gates[s, b, t, j] * hk
-    g_w = np.empty((S, G, H), dtype=np.float32)
-    for s in range(S):
-        for j in range(G):
-            for k in range(H):
-                g_w[s, j, k] = g_wt[s, k, j]
-    return g_gates, g_w, g_bias
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def fused_forward(inputs, w_ih, w_hh, bias, h0, c0, B, save):
     """The LSTM with its input projection inside: inputs (S, D, B*T) (the layer below, transposed: row b*T + t of
-    sequence b), w_ih (S, 4H, D), w_hh (S, 4H, H), bias (S, 4H), initial state h0, c0 (S, B, H) -> activations,
-    cells, tanh(c_t), hidden as `lstm_forward` (S, B, T, .). The (S, B, T, 4H) input projections are never written
-    out. Without `save` the cells come back with a time axis of length 1 holding the last c_t."""
+    sequence b), w_ih (S, 4H, D), w_hh (S, 4H, H), bias (S, 4H) (both LSTM biases), initial state h0, c0 (S, B, H)
+    -> activations (S, B, T, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o], cells c_t, tanh(c_t) and hidden states
+    h_t, each (S, B, T, H). The (S, B, T, 4H) input projections are never written out. Without `save` (no backward
+    pass to come) only h_t is kept: the other three come back with a time axis of length 1, the cells holding the
+    last c_t."""
     S, D, N = inputs.shape
     T = N // B
     G = w_hh.shape[1]
@@ -165,14 +63,17 @@ def fused_forward(inputs, w_ih, w_hh, bias, h0, c0, B, save):
                 w_t[s, k, j] = w_hh[s, j, k]
     kept = T if save else 1
     acts = np.empty((S, B, kept, G), dtype=np.float32)
-    cells = np.zeros((S, B, kept, H), dtype=np.float32)
+    cells = np.empty((S, B, kept, H), dtype=np.float32)
     tanh_cells = np.empty((S, B, kept, H), dtype=np.float32)
     hidden = np.empty((S, B, T, H), dtype=np.float32)
-    gates = np.empty(G, dtype=np.float32)
+    gates, a = np.empty(G, dtype=np.float32), np.empty(G, dtype=np.float32)
+    c, h = np.empty(H, dtype=np.float32), np.empty(H, dtype=np.float32)  # the running state of the sequence
     for s in range(S):
         for b in range(B):
+            for k in range(H):
+                c[k] = c0[s, b, k]
+                h[k] = h0[s, b, k]
             for t in range(T):
-                now = t if save else 0
                 row = b * T + t
                 for j in range(G):
                     gates[j] = bias[s, j]
@@ -181,22 +82,29 @@ def fused_forward(inputs, w_ih, w_hh, bias, h0, c0, B, save):
                     for j in range(G):
                         gates[j] += wi_t[s, k, j] * xk
                 for k in range(H):
-                    hk = hidden[s, b, t - 1, k] if t > 0 else h0[s, b, k]
+                    hk = h[k]
                     for j in range(G):
                         gates[j] += w_t[s, k, j] * hk
                 for j in range(2 * H):  # i, f
-                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+                    a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
                 for j in range(2 * H, 3 * H):  # g
-                    acts[s, b, now, j] = _tanh(gates[j])
+                    a[j] = _tanh(gates[j])
                 for j in range(3 * H, G):  # o
-                    acts[s, b, now, j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+                    a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
                 for k in range(H):
-                    previous = cells[s, b, now - 1 if save else 0, k] if t > 0 else c0[s, b, k]
-                    c = acts[s, b, now, H + k] * previous + acts[s, b, now, k] * acts[s, b, now, 2 * H + k]
-                    cells[s, b, now, k] = c
-                    tc = _tanh(c)
-                    tanh_cells[s, b, now, k] = tc
-                    hidden[s, b, t, k] = acts[s, b, now, 3 * H + k] * tc
+                    c[k] = a[H + k] * c[k] + a[k] * a[2 * H + k]
+                    tc = _tanh(c[k])
+                    h[k] = a[3 * H + k] * tc
+                    hidden[s, b, t, k] = h[k]
+                    if save:
+                        cells[s, b, t, k] = c[k]
+                        tanh_cells[s, b, t, k] = tc
+                if save:
+                    for j in range(G):
+                        acts[s, b, t, j] = a[j]
+            if not save:
+                for k in range(H):
+                    cells[s, b, 0, k] = c[k]
     return acts, cells, tanh_cells, hidden
 
 

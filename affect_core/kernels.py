@@ -12,12 +12,8 @@ def warm_up() -> None:
     from affect_core.filters.compiled import warm_up as warm_up_filters
 
     warm_up_filters()
-    xw = np.zeros((2, 1, 1, 8), dtype=np.float32)
     w_hh = np.zeros((1, 8, 2), dtype=np.float32)
     bias = np.zeros((1, 8), dtype=np.float32)
-    acts, cells, tanh_cells, hidden = _seed_lstm.lstm_forward(xw, w_hh, bias, True)
-    _seed_lstm.lstm_backward(np.ones_like(hidden), w_hh, acts, cells, tanh_cells, hidden)
-    _seed_lstm.lstm_forward(xw, w_hh, bias, False)
     inputs, w_ih = np.zeros((1, 3, 2), dtype=np.float32), np.zeros((1, 8, 3), dtype=np.float32)
     state = np.zeros((1, 1, 2), dtype=np.float32)
     acts, cells, tanh_cells, hidden = _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, state, state, 1, True)

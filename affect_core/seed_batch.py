@@ -65,23 +65,16 @@ class SeedLSTMRecurrence(torch.autograd.Function):
     """The recurrent part of S independent single-layer LSTMs (PyTorch's gate order i, f, g, o), zero initial state.
 
     Inputs: xw, the input projections, shape `(S, B, T, 4H)`; w_hh, the recurrent weights, shape `(S, 4H, H)`;
-    bias, both LSTM biases summed, shape `(S, 4H)`; save (keep what the backward pass reads: pass
-    `torch.is_grad_enabled()`). Output: hidden states h_t, shape `(S, B, T, H)`.
+    bias, both LSTM biases summed, shape `(S, 4H)`; save (as `FusedSeedLSTM`'s; this loop keeps its intermediates
+    either way). Output: hidden states h_t, shape `(S, B, T, H)`.
 
-    float32 CPU tensors go through compiled loops (`affect_core._seed_lstm`: per row and step a vectorised 4H x H
-    matrix-vector product and the gates; the seeds split over torch's threads). Other devices and dtypes take a
-    TorchScript loop whose step is one batched matmul over the seed dimension plus a few elementwise operations on
-    `(S, B, 4H)`. Both backward passes are the LSTM's adjoint written out step by step (tested against
-    torch.nn.LSTM's autograd).
+    A TorchScript loop whose step is one batched matmul over the seed dimension plus a few elementwise operations on
+    `(S, B, 4H)`; its backward pass is the LSTM's adjoint written out step by step (tested against torch.nn.LSTM's
+    autograd). The stack takes it where the compiled `FusedSeedLSTM` does not apply (GPU, float64).
     """
 
     @staticmethod
     def forward(ctx: Any, xw: Tensor, w_hh: Tensor, bias: Tensor, save: bool = True) -> Tensor:  # type: ignore[override]
-        ctx.compiled = _compiled_applies(xw)
-        if ctx.compiled:
-            acts, cells, tanh_cells, hidden = _compiled_forward(xw.detach(), w_hh.detach(), bias.detach(), save)
-            ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
-            return hidden
         time_major = (xw.detach() + bias.detach()[:, None, None, :]).permute(2, 0, 1, 3).contiguous()  # (T, S, B, 4H)
         acts, cells, tanh_cells, hidden = _steps()[0](time_major, w_hh.detach())
         ctx.save_for_backward(w_hh, acts, cells, tanh_cells, hidden)
@@ -90,8 +83,6 @@ class SeedLSTMRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
         w_hh, acts, cells, tanh_cells, hidden = ctx.saved_tensors
-        if ctx.compiled:
-            return (*_compiled_backward(g_hidden, w_hh.detach(), acts, cells, tanh_cells, hidden), None)
         g_time_major = g_hidden.permute(2, 0, 1, 3).contiguous()
         g_gates, g_w_hh = _steps()[1](g_time_major, w_hh.detach(), acts, cells, tanh_cells, hidden)
         return g_gates.permute(1, 2, 0, 3), g_w_hh, g_gates.sum((0, 2)), None
@@ -147,24 +138,6 @@ def _compiled_applies(tensor: Tensor) -> bool:
 
 def _joined(parts: list[np.ndarray]) -> Tensor:
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
-
-
-def _compiled_forward(xw: Tensor, w_hh: Tensor, bias: Tensor, save: bool) -> tuple[Tensor, ...]:
-    from affect_core import _seed_lstm
-    from affect_core.filters.compiled import batch_slices, run_slices
-
-    xw_np, w_np, b_np = xw.contiguous().numpy(), w_hh.contiguous().numpy(), bias.contiguous().numpy()
-    outputs = run_slices(lambda s: _seed_lstm.lstm_forward(xw_np[s], w_np[s], b_np[s], save), batch_slices(xw.shape[0]))
-    return tuple(_joined([o[i] for o in outputs]) for i in range(4))
-
-
-def _compiled_backward(g_hidden: Tensor, w_hh: Tensor, *saved: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    from affect_core import _seed_lstm
-    from affect_core.filters.compiled import batch_slices, run_slices
-
-    arrays = [g_hidden.contiguous().numpy(), w_hh.contiguous().numpy(), *(t.numpy() for t in saved)]
-    outputs = run_slices(lambda s: _seed_lstm.lstm_backward(*(a[s] for a in arrays)), batch_slices(w_hh.shape[0]))
-    return tuple(_joined([o[i] for o in outputs]) for i in range(3))  # type: ignore[return-value]
 
 
 def _lstm_forward_steps(xw: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

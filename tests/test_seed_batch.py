@@ -158,8 +158,8 @@ def test_run_seeds_batched_writes_what_run_seed_writes_and_resumes(tiny_corpus, 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_compiled_seed_lstm_equals_torch_lstm_in_float32(threads):
-    """float32 CPU tensors take the compiled kernels (seeds split over the threads); same numbers as nn.LSTM to
-    float32 rounding, values and gradients."""
+    """The TorchScript loop in float32 (the stack's path where the compiled one does not apply): same numbers as
+    nn.LSTM to float32 rounding, values and gradients, whatever the thread count."""
     torch.manual_seed(1)
     seeds, batch, steps, width, hidden = 4, 3, 120, 6, 16
     lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]

@@ -220,6 +220,56 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, save, size):
     return states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _joseph_adjoint(G, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n):
+    """Adjoint of P = sym(M P^ M^T + K R K^T), given G = sym(dL/dP): gM = 2 G M P^, gP^ = M^T G M, gK = 2 G K R;
+    adds K^T G K to gR."""
+    _mm(G, Mm, u1, n)
+    _mm(u1, Pp, gM, n)
+    _mm_tn(Mm, u1, gPp, n)
+    _mm(G, K, t2, n)
+    _mm(t2, R, gK, n)
+    _mm_tn(K, t2, u2, n)
+    for i in range(n):
+        for k in range(n):
+            gR[i, k] += u2[i, k]
+            gM[i, k] *= 2.0
+            gK[i, k] *= 2.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _gain_adjoint(gK, K, Sinv, J, Pp, gPp, gJ, gR, gKS, gS, t1, u3, n):
+    """Adjoint of K = mu B S^-1 with B = P^ J^T and S = J P^ J^T + R, given gK (already times mu; K carries mu):
+    adds to gP^, gJ and gR."""
+    _mm(gK, Sinv, gKS, n)  # gB = gK S^-1
+    _mm_tn(K, gKS, gS, n)  # gS = -sym(K^T gK S^-1)
+    for i in range(n):
+        for k in range(i, n):
+            s = -0.5 * (gS[i, k] + gS[k, i])
+            gS[i, k] = s
+            gS[k, i] = s
+    _mm(gKS, J, t1, n)  # gP^ += gB J
+    for i in range(n):
+        for k in range(n):
+            gPp[i, k] += t1[i, k]
+    _mm_tn(gKS, Pp, u3, n)  # gJ += gB^T P^
+    for i in range(n):
+        for k in range(n):
+            gJ[i, k] += u3[i, k]
+    _mm(gS, J, u3, n)  # S = J P^ J^T + R: gJ += 2 gS J P^; gP^ += J^T gS J; gR += gS
+    for i in range(n):
+        for k in range(n):
+            s = 0.0
+            for j in range(n):
+                s += u3[i, j] * Pp[j, k]
+            gJ[i, k] += 2.0 * s
+    _mm_tn(J, u3, t1, n)
+    for i in range(n):
+        for k in range(n):
+            gPp[i, k] += t1[i, k]
+            gR[i, k] += gS[i, k]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def filter_backward(
     obs,
@@ -278,20 +328,7 @@ def filter_backward(
             for i in range(n):  # through P = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     G[i, k] = 0.5 * (gP[i, k] + gP[k, i])
-            _mm(G, Mm, u1, n)
-            _mm(u1, Pp, gMm, n)  # gM = 2 G M P^
-            _mm_tn(Mm, u1, gPp, n)  # gP^ = M^T G M
-            _mm(G, K, t2, n)
-            _mm(t2, R, gK, n)  # gK = 2 G K R
-            _mm_tn(K, t2, u2, n)  # gR += K^T G K
-            for i in range(m):
-                for k in range(m):
-                    gR[b, i, k] += u2[i, k]
-            for i in range(n):
-                for k in range(n):
-                    gMm[i, k] *= 2.0
-                for k in range(m):
-                    gK[i, k] *= 2.0
+            _joseph_adjoint(G, Mm, Pp, K, R, gMm, gPp, gK, gR[b], u1, t2, u2, n)
             _mm(gMm, Jh.T, t2, n)  # M = I - K J_h: gK -= gM J_h^T; gJ_h = -K^T gM
             _mm_tn(K, gMm, gJh, n)
             for i in range(n):
@@ -312,38 +349,7 @@ def filter_backward(
             for i in range(n):  # K = mu B S^-1 with B = P^ J_h^T
                 for k in range(m):
                     gK[i, k] *= mu
-            _mm(gK, Sinv, gKS, n)  # gB = gK S^-1
-            _mm_tn(K, gKS, gS, n)  # gS = -K^T gK S^-1 (K already carries mu), symmetrised
-            for i in range(m):
-                for k in range(m):
-                    gS[i, k] = -gS[i, k]
-            for i in range(m):
-                for k in range(i + 1, m):
-                    s = 0.5 * (gS[i, k] + gS[k, i])
-                    gS[i, k] = s
-                    gS[k, i] = s
-            _mm(gKS, Jh, t1, n)  # gP^ += gB J_h
-            for i in range(n):
-                for k in range(n):
-                    gPp[i, k] += t1[i, k]
-            _mm_tn(gKS, Pp, u3, n)  # gJ_h += gB^T P^
-            for i in range(m):
-                for k in range(n):
-                    gJh[i, k] += u3[i, k]
-            _mm(gS, Jh, u3, n)  # S = J_h P^ J_h^T + R: gJ_h += 2 gS J_h P^; gP^ += J_h^T gS J_h; gR += gS
-            for i in range(m):
-                for k in range(n):
-                    s = 0.0
-                    for j in range(n):
-                        s += u3[i, j] * Pp[j, k]
-                    gJh[i, k] += 2.0 * s
-            _mm_tn(Jh, u3, t1, n)
-            for i in range(n):
-                for k in range(n):
-                    gPp[i, k] += t1[i, k]
-            for i in range(m):
-                for k in range(m):
-                    gR[b, i, k] += gS[i, k]
+            _gain_adjoint(gK, K, Sinv, Jh, Pp, gPp, gJh, gR[b], gKS, gS, t1, u3, n)
             for i in range(m):  # J_h = diag(e) W_h, e = 1 - h^2, h = tanh(c), c = W_h z^ + b_h
                 s = 0.0
                 for k in range(n):

@@ -20,7 +20,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from affect_core.filters._kernels import _mm, _mm_nt, _mm_tn, _spd_inverse, _sym, _unobserved
+from affect_core.filters._kernels import (
+    _gain_adjoint,
+    _joseph_adjoint,
+    _mm,
+    _mm_nt,
+    _mm_tn,
+    _spd_inverse,
+    _sym,
+    _unobserved,
+)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -145,20 +154,10 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
             for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     G[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
-            _mm(G, Mm, u1, n)
-            _mm(u1, Pp, gM, n)  # gM = 2 G M P^
-            _mm_tn(Mm, u1, gPp, n)  # gP^ = M^T G M
-            _mm(G, K, t2, n)
-            _mm(t2, R, gK, n)  # gK = 2 G K R
-            _mm_tn(K, t2, u2, n)  # gR += K^T G K
-            for i in range(m):
-                for k in range(m):
-                    gR[i, k] += u2[i, k]
+            _joseph_adjoint(G, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n)
             for i in range(n):
-                for k in range(n):
-                    gM[i, k] *= 2.0
                 for k in range(m):
-                    gK[i, k] = 2.0 * gK[i, k] + g_gains[b, t, i, k]
+                    gK[i, k] += g_gains[b, t, i, k]
             _mm_nt(gM, H, t2, n)  # M = I - K H: gK -= gM H^T; gH -= K^T gM
             _mm_tn(K, gM, u3, n)
             for i in range(n):
@@ -167,35 +166,7 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
             for i in range(m):
                 for k in range(n):
                     gH[i, k] -= u3[i, k]
-            _mm(gK, Sinv, gKS, n)  # gB = gK S^-1
-            _mm_tn(K, gKS, gS, n)  # gS = -sym(K^T gK S^-1)
-            for i in range(m):
-                for k in range(i, m):
-                    s = -0.5 * (gS[i, k] + gS[k, i])
-                    gS[i, k] = s
-                    gS[k, i] = s
-            _mm(gKS, H, t1, n)  # B = P^ H^T: gP^ += gB H; gH += gB^T P^
-            for i in range(n):
-                for k in range(n):
-                    gPp[i, k] += t1[i, k]
-            _mm_tn(gKS, Pp, u3, n)
-            for i in range(m):
-                for k in range(n):
-                    gH[i, k] += u3[i, k]
-            _mm(gS, H, u3, n)  # S = H P^ H^T + R: gH += 2 gS H P^; gP^ += H^T gS H; gR += gS
-            for i in range(m):
-                for k in range(n):
-                    s = 0.0
-                    for j in range(n):
-                        s += u3[i, j] * Pp[j, k]
-                    gH[i, k] += 2.0 * s
-            _mm_tn(H, u3, t1, n)
-            for i in range(n):
-                for k in range(n):
-                    gPp[i, k] += t1[i, k]
-            for i in range(m):
-                for k in range(m):
-                    gR[i, k] += gS[i, k]
+            _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR, gKS, gS, t1, u3, n)
             for i in range(n):  # P^ = sym(F P F^T + Q)
                 for k in range(n):
                     G[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
