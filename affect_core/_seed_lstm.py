@@ -109,6 +109,45 @@ def fused_forward(inputs, w_ih, w_hh, bias, h0, c0, B, save):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+def projected_forward(pre, w_hh, h0, c0, B):
+    """One LSTM's recurrence without gradients, its input projection already done: pre (B*T, 4H) holds
+    w_ih x_t + both biases at row b*T + t of sequence b (one matrix product outside, where a GEMM runs it several
+    times faster than this loop would), w_hh (4H, H), initial state h0, c0 (B, H) -> hidden states (B*T, H) and
+    the last h, c (B, H)."""
+    N, G = pre.shape
+    T = N // B
+    H = G // 4
+    w_t = np.empty((H, G), dtype=np.float32)
+    for j in range(G):
+        for k in range(H):
+            w_t[k, j] = w_hh[j, k]
+    hidden = np.empty((N, H), dtype=np.float32)
+    h, c = h0.copy(), c0.copy()
+    gates, a = np.empty(G, dtype=np.float32), np.empty(G, dtype=np.float32)
+    for b in range(B):
+        for t in range(T):
+            row = b * T + t
+            for j in range(G):
+                gates[j] = pre[row, j]
+            for k in range(H):
+                hk = h[b, k]
+                for j in range(G):
+                    gates[j] += w_t[k, j] * hk
+            for j in range(2 * H):  # i, f
+                a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+            for j in range(2 * H, 3 * H):  # g
+                a[j] = _tanh(gates[j])
+            for j in range(3 * H, G):  # o
+                a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
+            for k in range(H):
+                cell = a[H + k] * c[b, k] + a[k] * a[2 * H + k]
+                c[b, k] = cell
+                h[b, k] = a[3 * H + k] * _tanh(cell)
+                hidden[row, k] = h[b, k]
+    return hidden, h, c
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def fused_backward(g_hidden, inputs, w_ih, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
     """Adjoint of `fused_forward` (run with `save`): g_hidden (S, B, T, H) -> gradients w.r.t. inputs (S, D, B*T),
     w_ih (S, 4H, D), w_hh (S, 4H, H) and the bias (S, 4H) (the initial state is a constant here). The gate adjoints

@@ -148,26 +148,35 @@ def _forward_padded(model: AffectModel, xs: list[np.ndarray]) -> list[tuple[np.n
     else:
         z = o
     results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xs)
-    # The non-causal stages, per video on its true length; videos of equal length share one call.
+    k = model.config.num_dims
+    # The non-causal stages, per video on its true length; videos of equal length share one call. They act channel
+    # by channel, so only the level channels are smoothed and aligned, and the levels' variances (the alignment
+    # applied to P's level diagonal, as ModelOutput.y_var computes them) go through the same call beside them.
     for length in sorted(set(lengths)):
         rows = [b for b, n in enumerate(lengths) if n == length]
         index = torch.tensor(rows, device=x.device)
-        zg = z.index_select(0, index)[:, :length]
+        level = z.index_select(0, index)[:, :length, 0::3]
         if model.smoothing is not None:
-            zg = model.smoothing(zg)
-        y = zg if model.alignment is None else model.alignment(zg)
-        levels = y[..., 0::3].cpu().numpy()
-        # The level variances as ModelOutput.y_var computes them, on the video's true length.
+            level = model.smoothing(level)
         if P is None:
+            levels = _aligned(model, level).cpu().numpy()
             variances = np.full_like(levels, np.nan)
         elif P.stride(0) == 0:  # one covariance sequence shared by the batch (no mask)
-            shared = model._aligned_level_variance(P[:1, :length]).cpu().numpy()
-            variances = np.repeat(shared, len(rows), axis=0)
+            levels = _aligned(model, level).cpu().numpy()
+            shared = _aligned(model, torch.diagonal(P[:1, :length], dim1=-2, dim2=-1)[..., 0::3].to(level.dtype))
+            variances = np.repeat(shared.cpu().numpy(), len(rows), axis=0)
         else:
-            variances = model._aligned_level_variance(P.index_select(0, index)[:, :length]).cpu().numpy()
+            level_var = torch.diagonal(P.index_select(0, index)[:, :length], dim1=-2, dim2=-1)[..., 0::3]
+            both = _aligned(model, torch.cat([level, level_var.to(level.dtype)], dim=-1)).cpu().numpy()
+            levels, variances = both[..., :k], both[..., k:]
         for j, b in enumerate(rows):
             results[b] = (levels[j], variances[j])
     return [r for r in results if r is not None]
+
+
+def _aligned(model: AffectModel, channels: Tensor) -> Tensor:
+    """The model's alignment, which acts on each channel of (B, T, C) alone, on any set of channels."""
+    return channels if model.alignment is None else model.alignment(channels)
 
 
 def evaluate_videos(

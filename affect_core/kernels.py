@@ -19,3 +19,4 @@ def warm_up() -> None:
     acts, cells, tanh_cells, hidden = _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, state, state, 1, True)
     _seed_lstm.fused_backward(np.ones_like(hidden), inputs, w_ih, w_hh, state, state, acts, cells, tanh_cells, hidden)
     _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, state, state, 1, False)
+    _seed_lstm.projected_forward(np.zeros((2, 8), dtype=np.float32), w_hh[0], state[0], state[0], 1)

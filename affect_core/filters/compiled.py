@@ -27,6 +27,11 @@ def _tensor(array: np.ndarray, like: Tensor) -> Tensor:
     return torch.from_numpy(array).to(dtype=like.dtype, device=like.device)
 
 
+def _joined(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The slices' outputs along the batch axis (no copy when there is one slice)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def batch_slices(batch: int) -> list[slice]:
     """Contiguous slices of `range(batch)`, one per torch thread (at most one per sequence)."""
     parts = max(1, min(torch.get_num_threads(), batch))
@@ -73,7 +78,7 @@ class CompiledRecursion(torch.autograd.Function):
         save = save and any(ctx.needs_input_grad)
         slices = batch_slices(obs.shape[0])
         parts = run_slices(lambda s: _kernels.filter_forward(obs[s], observed[s], *params, linear, save, n), slices)
-        outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        outputs = [_joined([p[i] for p in parts]) for i in range(len(parts[0]))]
         ctx.saved = (obs, observed, params, linear, outputs, slices, n)
         return _tensor(outputs[0], observations), _tensor(outputs[1], observations)
 
@@ -92,7 +97,7 @@ class CompiledRecursion(torch.autograd.Function):
 
         parts = run_slices(kernel, slices)
         like = g_states if g_states is not None else g_covs
-        g_obs = _tensor(np.concatenate([p[0] for p in parts]), like)
+        g_obs = _tensor(_joined([p[0] for p in parts]), like)
         summed = [_tensor(sum(p[i].sum(axis=0) for p in parts), like) for i in range(1, len(parts[0]))]
         return (g_obs, None, *summed, None, None)
 
@@ -113,8 +118,8 @@ class RiccatiRecursion(torch.autograd.Function):
         n = _square(F, H)
         slices = batch_slices(observed.shape[0])
         parts = run_slices(lambda s: _linear_kernels.riccati_forward(observed[s], *params, n), slices)
-        covs = np.concatenate([p[0] for p in parts])
-        gains = np.concatenate([p[1] for p in parts])
+        covs = _joined([p[0] for p in parts])
+        gains = _joined([p[1] for p in parts])
         ctx.saved = (observed, params, covs, gains, slices, n)
         ctx.like = F
         return torch.from_numpy(covs), torch.from_numpy(gains)
@@ -154,7 +159,7 @@ class LinearStateRecursion(torch.autograd.Function):
         slices = batch_slices(obs.shape[0])
         shared = K.shape[0] == 1
         parts = run_slices(lambda s: _linear_kernels.state_forward(obs[s], K if shared else K[s], *params, n), slices)
-        states = np.concatenate(parts)
+        states = _joined(parts)
         ctx.saved = (obs, K, params, states, slices, n)
         ctx.likes = (observations, gains, F)
         return _tensor(states, observations)
@@ -173,8 +178,8 @@ class LinearStateRecursion(torch.autograd.Function):
 
         parts = run_slices(kernel, slices)
         like_obs, like_gains, like_param = ctx.likes
-        g_obs = _tensor(np.concatenate([p[0] for p in parts]), like_obs)
-        g_gains = sum(p[1] for p in parts) if shared else np.concatenate([p[1] for p in parts])
+        g_obs = _tensor(_joined([p[0] for p in parts]), like_obs)
+        g_gains = sum(p[1] for p in parts) if shared else _joined([p[1] for p in parts])
         gF, gHF, gz0 = (_tensor(sum(p[i] for p in parts), like_param) for i in (2, 3, 4))
         return g_obs, _tensor(g_gains, like_gains), gF, gHF, gz0
 
