@@ -1,9 +1,12 @@
 """Compiled (numba) recurrence of S independent single-layer LSTMs over B sequences each, forward and adjoint.
 
-PyTorch's gate order (i, f, g, o), float32. A time step is, per row (s, b), the input projection, the 4H x H
-recurrent matrix-vector product and the gate nonlinearities; the loops over the 4H gates are contiguous so that
-they run as SIMD instructions, and tanh is a rational approximation (the one Eigen uses for float32, within a few
-ulp) that vectorises where a call to the C library's tanhf would not. sigmoid(x) = (1 + tanh(x / 2)) / 2.
+PyTorch's gate order (i, f, g, o), float32. The forward takes the input projections of every frame from one matrix
+product done by the caller, a seed at a time (small enough to stay in cache); a time step of its recurrence is, per
+sequence, the 4H x H recurrent matrix-vector product and the gate nonlinearities. The backward takes the input
+projection's adjoint inside, so that the (S, B, T, 4H) gate adjoints are never written out. The loops over the 4H
+gates are contiguous so that they run as SIMD instructions, and tanh is a rational approximation (the one Eigen uses
+for float32, within a few ulp) that vectorises where a call to the C library's tanhf would not.
+sigmoid(x) = (1 + tanh(x / 2)) / 2.
 
 All kernels release the GIL: callers may run slices of the seed dimension on several threads.
 """
@@ -42,95 +45,33 @@ def _tanh(x):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def fused_forward(inputs, w_ih, w_hh, bias, h0, c0, B, save):
-    """The LSTM with its input projection inside: inputs (S, D, B*T) (the layer below, transposed: row b*T + t of
-    sequence b), w_ih (S, 4H, D), w_hh (S, 4H, H), bias (S, 4H) (both LSTM biases), initial state h0, c0 (S, B, H)
-    -> activations (S, B, T, 4H) [sigmoid i, sigmoid f, tanh g, sigmoid o], cells c_t, tanh(c_t) and hidden states
-    h_t, each (S, B, T, H). The (S, B, T, 4H) input projections are never written out. Without `save` (no backward
-    pass to come) only h_t is kept: the other three come back with a time axis of length 1, the cells holding the
-    last c_t."""
-    S, D, N = inputs.shape
-    T = N // B
-    G = w_hh.shape[1]
-    H = G // 4
-    wi_t = np.empty((S, D, G), dtype=np.float32)
-    w_t = np.empty((S, H, G), dtype=np.float32)
-    for s in range(S):
-        for j in range(G):
-            for k in range(D):
-                wi_t[s, k, j] = w_ih[s, j, k]
-            for k in range(H):
-                w_t[s, k, j] = w_hh[s, j, k]
-    kept = T if save else 1
-    acts = np.empty((S, B, kept, G), dtype=np.float32)
-    cells = np.empty((S, B, kept, H), dtype=np.float32)
-    tanh_cells = np.empty((S, B, kept, H), dtype=np.float32)
-    hidden = np.empty((S, B, T, H), dtype=np.float32)
-    gates, a = np.empty(G, dtype=np.float32), np.empty(G, dtype=np.float32)
-    c, h = np.empty(H, dtype=np.float32), np.empty(H, dtype=np.float32)  # the running state of the sequence
-    for s in range(S):
-        for b in range(B):
-            for k in range(H):
-                c[k] = c0[s, b, k]
-                h[k] = h0[s, b, k]
-            for t in range(T):
-                row = b * T + t
-                for j in range(G):
-                    gates[j] = bias[s, j]
-                for k in range(D):
-                    xk = inputs[s, k, row]
-                    for j in range(G):
-                        gates[j] += wi_t[s, k, j] * xk
-                for k in range(H):
-                    hk = h[k]
-                    for j in range(G):
-                        gates[j] += w_t[s, k, j] * hk
-                for j in range(2 * H):  # i, f
-                    a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
-                for j in range(2 * H, 3 * H):  # g
-                    a[j] = _tanh(gates[j])
-                for j in range(3 * H, G):  # o
-                    a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
-                for k in range(H):
-                    c[k] = a[H + k] * c[k] + a[k] * a[2 * H + k]
-                    tc = _tanh(c[k])
-                    h[k] = a[3 * H + k] * tc
-                    hidden[s, b, t, k] = h[k]
-                    if save:
-                        cells[s, b, t, k] = c[k]
-                        tanh_cells[s, b, t, k] = tc
-                if save:
-                    for j in range(G):
-                        acts[s, b, t, j] = a[j]
-            if not save:
-                for k in range(H):
-                    cells[s, b, 0, k] = c[k]
-    return acts, cells, tanh_cells, hidden
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
-def projected_forward(pre, w_hh, h0, c0, B):
-    """One LSTM's recurrence without gradients, its input projection already done: pre (B*T, 4H) holds
+def recurrent_forward(pre, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
+    """One LSTM's recurrence over B sequences, its input projection already done: pre (B*T, 4H) holds
     w_ih x_t + both biases at row b*T + t of sequence b (one matrix product outside, where a GEMM runs it several
-    times faster than this loop would), w_hh (4H, H), initial state h0, c0 (B, H) -> hidden states (B*T, H) and
-    the last h, c (B, H)."""
-    N, G = pre.shape
-    T = N // B
-    H = G // 4
+    times faster than this loop would), w_hh (4H, H), initial state h0, c0 (B, H). Writes the hidden states h_t into
+    hidden (B, T, H) and, when acts has a time axis of length T (a backward pass to come), the activations
+    [sigmoid i, sigmoid f, tanh g, sigmoid o] into acts (B, T, 4H) and c_t, tanh(c_t) into cells and tanh_cells
+    (B, T, H). Otherwise acts and tanh_cells (time axis of length 1) are left alone and cells (B, 1, H) receives
+    the last c_t."""
+    B, T, H = hidden.shape
+    G = 4 * H
+    save = acts.shape[1] == T
     w_t = np.empty((H, G), dtype=np.float32)
     for j in range(G):
         for k in range(H):
             w_t[k, j] = w_hh[j, k]
-    hidden = np.empty((N, H), dtype=np.float32)
-    h, c = h0.copy(), c0.copy()
     gates, a = np.empty(G, dtype=np.float32), np.empty(G, dtype=np.float32)
+    c, h = np.empty(H, dtype=np.float32), np.empty(H, dtype=np.float32)  # the running state of the sequence
     for b in range(B):
+        for k in range(H):
+            c[k] = c0[b, k]
+            h[k] = h0[b, k]
         for t in range(T):
             row = b * T + t
             for j in range(G):
                 gates[j] = pre[row, j]
             for k in range(H):
-                hk = h[b, k]
+                hk = h[k]
                 for j in range(G):
                     gates[j] += w_t[k, j] * hk
             for j in range(2 * H):  # i, f
@@ -140,18 +81,27 @@ def projected_forward(pre, w_hh, h0, c0, B):
             for j in range(3 * H, G):  # o
                 a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
             for k in range(H):
-                cell = a[H + k] * c[b, k] + a[k] * a[2 * H + k]
-                c[b, k] = cell
-                h[b, k] = a[3 * H + k] * _tanh(cell)
-                hidden[row, k] = h[b, k]
-    return hidden, h, c
+                c[k] = a[H + k] * c[k] + a[k] * a[2 * H + k]
+                tc = _tanh(c[k])
+                h[k] = a[3 * H + k] * tc
+                hidden[b, t, k] = h[k]
+                if save:
+                    cells[b, t, k] = c[k]
+                    tanh_cells[b, t, k] = tc
+            if save:
+                for j in range(G):
+                    acts[b, t, j] = a[j]
+        if not save:
+            for k in range(H):
+                cells[b, 0, k] = c[k]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def fused_backward(g_hidden, inputs, w_ih, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
-    """Adjoint of `fused_forward` (run with `save`): g_hidden (S, B, T, H) -> gradients w.r.t. inputs (S, D, B*T),
-    w_ih (S, 4H, D), w_hh (S, 4H, H) and the bias (S, 4H) (the initial state is a constant here). The gate adjoints
-    of a step live only until the step before is done."""
+    """Adjoint of S LSTMs run by `recurrent_forward` (saving) after their input projection, inputs (S, D, B*T):
+    g_hidden (S, B, T, H) -> gradients w.r.t. inputs (S, D, B*T), w_ih (S, 4H, D), w_hh (S, 4H, H) and the bias
+    (S, 4H) (the initial state is a constant here). The gate adjoints of a step live only until the step before is
+    done."""
     S, B, T, G = acts.shape
     H = G // 4
     D = inputs.shape[1]

@@ -13,10 +13,11 @@ def warm_up() -> None:
 
     warm_up_filters()
     w_hh = np.zeros((1, 8, 2), dtype=np.float32)
-    bias = np.zeros((1, 8), dtype=np.float32)
-    inputs, w_ih = np.zeros((1, 3, 2), dtype=np.float32), np.zeros((1, 8, 3), dtype=np.float32)
+    inputs, w_ih = np.zeros((1, 3, 1), dtype=np.float32), np.zeros((1, 8, 3), dtype=np.float32)
     state = np.zeros((1, 1, 2), dtype=np.float32)
-    acts, cells, tanh_cells, hidden = _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, state, state, 1, True)
+    acts, cells = np.zeros((1, 1, 1, 8), dtype=np.float32), np.zeros((1, 1, 1, 2), dtype=np.float32)
+    tanh_cells, hidden = np.zeros_like(cells), np.zeros_like(cells)
+    _seed_lstm.recurrent_forward(
+        np.zeros((1, 8), dtype=np.float32), w_hh[0], state[0], state[0], acts[0], cells[0], tanh_cells[0], hidden[0]
+    )
     _seed_lstm.fused_backward(np.ones_like(hidden), inputs, w_ih, w_hh, state, state, acts, cells, tanh_cells, hidden)
-    _seed_lstm.fused_forward(inputs, w_ih, w_hh, bias, state, state, 1, False)
-    _seed_lstm.projected_forward(np.zeros((2, 8), dtype=np.float32), w_hh[0], state[0], state[0], 1)

@@ -99,22 +99,26 @@ class FrontEnd(nn.Module):
 
     def _compiled_lstm(self, h: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The LSTM without gradients on the CPU (scoring, evaluation): the input projection as one matrix product,
-        then the compiled recurrence `affect_core._seed_lstm.projected_forward`; together about twice as fast as
+        then the compiled recurrence `affect_core._seed_lstm.recurrent_forward`; together about twice as fast as
         nn.LSTM at the batch sizes scoring uses, and equal to it to float32 rounding. h: (B, T, D); state as
         nn.LSTM's, (1, B, H) each."""
         from affect_core import _seed_lstm
 
         batch, steps, width = h.shape
         lstm = self.lstm
+        size = lstm.hidden_size
         pre = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, h.reshape(batch * steps, width), lstm.weight_ih_l0.T)
         if state is None:
-            h0 = c0 = np.zeros((batch, lstm.hidden_size), dtype=np.float32)
+            h0 = c0 = np.zeros((batch, size), dtype=np.float32)
         else:
             h0, c0 = (s[0].detach().to(torch.float32).contiguous().numpy() for s in state)
+        hidden = np.empty((batch, steps, size), dtype=np.float32)
+        last_c = np.empty((batch, 1, size), dtype=np.float32)
+        unused = np.empty((batch, 1, 4 * size), dtype=np.float32), np.empty((batch, 1, size), dtype=np.float32)
         w_hh = lstm.weight_hh_l0.detach().contiguous().numpy()
-        hidden, last_h, last_c = _seed_lstm.projected_forward(pre.detach().numpy(), w_hh, h0, c0, batch)
-        last = (torch.from_numpy(last_h)[None], torch.from_numpy(last_c)[None])
-        return torch.from_numpy(hidden).view(batch, steps, lstm.hidden_size), last
+        _seed_lstm.recurrent_forward(pre.detach().numpy(), w_hh, h0, c0, unused[0], last_c, unused[1], hidden)
+        last = (torch.from_numpy(hidden[:, -1].copy())[None], torch.from_numpy(last_c[:, 0].copy())[None])
+        return torch.from_numpy(hidden), last
 
     def _input_layer(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """The layers before the LSTM on [x, mask]. The mask column of the first weight is added on its own rather

@@ -89,12 +89,14 @@ class SeedLSTMRecurrence(torch.autograd.Function):
 
 
 class FusedSeedLSTM(torch.autograd.Function):
-    """S LSTMs with their input projection, compiled (`affect_core._seed_lstm.fused_forward`): float32 CPU tensors.
+    """S LSTMs, compiled (`affect_core._seed_lstm`): float32 CPU tensors.
 
     Inputs: the layer below, transposed, shape `(S, D, B*T)` (row b*T + t is frame t of sequence b); w_ih
     `(S, 4H, D)`; w_hh `(S, 4H, H)`; bias `(S, 4H)` (both LSTM biases); B; save (keep what the backward pass reads:
-    pass `torch.is_grad_enabled()`). Output: hidden states `(S, B, T, H)`. Unlike `SeedLSTMRecurrence` after a
-    batched matmul, neither the `(S, B, T, 4H)` input projections nor their gradient are ever written to memory.
+    pass `torch.is_grad_enabled()`). Output: hidden states `(S, B, T, H)`. The forward runs a seed at a time: its
+    input projections as one matrix product (which stays in cache), then `recurrent_forward`; the backward
+    (`fused_backward`) takes the projection's adjoint inside, so the `(S, B, T, 4H)` gate adjoints are never written
+    to memory.
     """
 
     @staticmethod
@@ -102,16 +104,29 @@ class FusedSeedLSTM(torch.autograd.Function):
         from affect_core import _seed_lstm
         from affect_core.filters.compiled import batch_slices, run_slices
 
-        arrays = [t.detach().contiguous().numpy() for t in (inputs, w_ih, w_hh, bias)]
-        zeros = np.zeros((inputs.shape[0], batch, w_hh.shape[-1]), dtype=np.float32)  # zero initial state
-        outputs = run_slices(
-            lambda s: _seed_lstm.fused_forward(*(a[s] for a in arrays), zeros[s], zeros[s], batch, save),
-            batch_slices(inputs.shape[0]),
-        )
-        acts, cells, tanh_cells, hidden = (_joined([o[i] for o in outputs]) for i in range(4))
-        ctx.save_for_backward(inputs, w_ih, w_hh, acts, cells, tanh_cells, hidden)
-        ctx.zeros = zeros
-        return hidden
+        seeds, size = inputs.shape[0], w_hh.shape[-1]
+        steps = inputs.shape[-1] // batch
+        kept = steps if save else 1
+        acts = np.empty((seeds, batch, kept, 4 * size), dtype=np.float32)
+        cells = np.empty((seeds, batch, kept, size), dtype=np.float32)
+        tanh_cells = np.empty((seeds, batch, kept, size), dtype=np.float32)
+        hidden = np.empty((seeds, batch, steps, size), dtype=np.float32)
+        recurrent = w_hh.detach().contiguous().numpy()
+        zeros = np.zeros((batch, size), dtype=np.float32)  # zero initial state
+        x, w_in, b_in = inputs.detach(), w_ih.detach(), bias.detach()  # the pool's threads record no graph either
+
+        def run(part: slice) -> None:
+            for s in range(seeds)[part]:
+                pre = torch.addmm(b_in[s], x[s].T, w_in[s].T).numpy()  # (B*T, 4H)
+                _seed_lstm.recurrent_forward(
+                    pre, recurrent[s], zeros, zeros, acts[s], cells[s], tanh_cells[s], hidden[s]
+                )
+
+        run_slices(run, batch_slices(seeds))
+        acts_t, cells_t, tanh_t, hidden_t = (torch.from_numpy(a) for a in (acts, cells, tanh_cells, hidden))
+        ctx.save_for_backward(inputs, w_ih, w_hh, acts_t, cells_t, tanh_t, hidden_t)
+        ctx.zeros = np.zeros((seeds, batch, size), dtype=np.float32)
+        return hidden_t
 
     @staticmethod
     def backward(ctx: Any, g_hidden: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -426,7 +441,8 @@ def evaluate_stack(stack: SeedStack, videos: _EvalSet, seeds: list[int]) -> dict
     per_seed: dict[int, dict[str, list[dict[str, float]]]] = {s: {d: [] for d in videos.dimensions} for s in seeds}
     for x, golds in videos.groups:
         _, states = stack.causal(x, seeds)
-        levels = np.stack([stack.finish(s, states[s])[..., 0::3].numpy() for s in seeds])  # (S', V, T, k)
+        # The smoothing and alignment act channel by channel: only the level channels are needed.
+        levels = np.stack([stack.finish(s, states[s][..., 0::3]).numpy() for s in seeds])  # (S', V, T, k)
         for j, dim in enumerate(videos.dimensions):
             rows = [v for v, gold_by_dim in enumerate(golds) if dim in gold_by_dim]
             if not rows:
