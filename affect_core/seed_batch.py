@@ -380,13 +380,12 @@ class SeedStack(nn.Module):
             bias = self.tensor(f"frontend.feed_forward.{2 * j}.bias")  # (S, out)
             if j == 0:
                 weight = torch.cat([weight, bias.unsqueeze(-1)], dim=-1)  # (S, out, d+2): bias times the ones
-                if h.dim() == 2:  # shared input
-                    h = torch.mm(weight.reshape(-1, weight.shape[-1]), h.T).view(S, -1, rows)
+                if h.dim() == 2:  # shared input (ReLU in place before the view: on the view autograd would copy)
+                    h = torch.relu_(torch.mm(weight.reshape(-1, weight.shape[-1]), h.T)).view(S, -1, rows)
                 else:
-                    h = torch.bmm(weight, h.mT)  # (S, out, B*T)
+                    h = torch.relu_(torch.bmm(weight, h.mT))  # (S, out, B*T)
             else:
-                h = torch.baddbmm(bias.unsqueeze(-1), weight, h)
-            h = torch.relu_(h)  # (S, out, B*T)
+                h = torch.relu_(torch.baddbmm(bias.unsqueeze(-1), weight, h))
         w_ih = self.tensor("frontend.lstm.weight_ih_l0")  # (S, 4H, in)
         w_hh = self.tensor("frontend.lstm.weight_hh_l0")
         lstm_bias = self.tensor("frontend.lstm.bias_ih_l0") + self.tensor("frontend.lstm.bias_hh_l0")
