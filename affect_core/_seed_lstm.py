@@ -61,17 +61,15 @@ def recurrent_forward(pre, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
         for k in range(H):
             w_t[k, j] = w_hh[j, k]
     gates, a = np.empty(G, dtype=np.float32), np.empty(G, dtype=np.float32)
-    c, h = np.empty(H, dtype=np.float32), np.empty(H, dtype=np.float32)  # the running state of the sequence
+    h, c = h0.copy(), c0.copy()  # the running state of each sequence
+    tc = np.empty(H, dtype=np.float32)
     for b in range(B):
-        for k in range(H):
-            c[k] = c0[b, k]
-            h[k] = h0[b, k]
         for t in range(T):
             row = b * T + t
             for j in range(G):
                 gates[j] = pre[row, j]
             for k in range(H):
-                hk = h[k]
+                hk = h[b, k]
                 for j in range(G):
                     gates[j] += w_t[k, j] * hk
             for j in range(2 * H):  # i, f
@@ -80,20 +78,21 @@ def recurrent_forward(pre, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
                 a[j] = _tanh(gates[j])
             for j in range(3 * H, G):  # o
                 a[j] = _HALF * _tanh(_HALF * gates[j]) + _HALF
-            for k in range(H):
-                c[k] = a[H + k] * c[k] + a[k] * a[2 * H + k]
-                tc = _tanh(c[k])
-                h[k] = a[3 * H + k] * tc
-                hidden[b, t, k] = h[k]
-                if save:
-                    cells[b, t, k] = c[k]
-                    tanh_cells[b, t, k] = tc
+            for k in range(H):  # no branch inside: the loop stays SIMD
+                cell = a[H + k] * c[b, k] + a[k] * a[2 * H + k]
+                c[b, k] = cell
+                tc[k] = _tanh(cell)
+                h[b, k] = a[3 * H + k] * tc[k]
+                hidden[b, t, k] = h[b, k]
             if save:
+                for k in range(H):
+                    cells[b, t, k] = c[b, k]
+                    tanh_cells[b, t, k] = tc[k]
                 for j in range(G):
                     acts[b, t, j] = a[j]
         if not save:
             for k in range(H):
-                cells[b, 0, k] = c[k]
+                cells[b, 0, k] = c[b, k]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")

@@ -40,7 +40,9 @@ class FeatureTransform:
             raise AffectError(
                 f"feature transform: expected features of shape (frames, {self.input_dim}), got {features.shape}"
             )
-        x = (features.astype(np.float64) - self.mean) / self.scale
+        x = features.astype(np.float64)
+        np.subtract(x, self.mean, out=x)
+        np.divide(x, self.scale, out=x)
         if self.components is not None:
             x = x @ self.components
         if self.pooling_window > 0:

@@ -130,10 +130,9 @@ class FrontEnd(nn.Module):
         first = layers[0]
         d = x.shape[-1]
         weight, mask_weight = first.weight[:, :d], first.weight[:, d]
-        if mask is None:
-            h = nn.functional.linear(x, weight, first.bias + mask_weight)
-        else:
-            h = nn.functional.linear(x, weight, first.bias) + mask.to(x.dtype).unsqueeze(-1) * mask_weight
+        h = nn.functional.linear(x, weight, first.bias + mask_weight)
+        if mask is not None:  # a frame without a face is all zeros, mask 0: the layer gives its bias alone
+            h = torch.where(mask.unsqueeze(-1), h, first.bias)
         for layer in layers[1:]:
             h = layer(h)
         return h
