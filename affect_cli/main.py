@@ -12,6 +12,7 @@ import typer
 import typer.core
 
 from affect_cli import cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
+from affect_core.runtime import retain_freed_memory
 
 # click's UsageError, whether typer uses click or its own copy of it (typer exports only its subclass BadParameter).
 UsageError = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
@@ -81,8 +82,10 @@ app.command("demo")(one_line_errors(cmd_flows.demo))
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    retain_freed_memory()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
+    retain_freed_memory()
     sys.exit(app())

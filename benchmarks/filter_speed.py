@@ -23,6 +23,7 @@ import torch
 
 from affect_core.config import ModelConfig
 from affect_core.model import AffectModel
+from affect_core.runtime import retain_freed_memory
 
 BATCH, STEPS, FEATURES = 9, 7501, 168
 TARGETS = {"lstm-kf": 1.25, "lstm-ekf": 2.0}
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow step-by-step loops")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU paths: KF scan, EKF via the host)")
     args = parser.parse_args()
+    retain_freed_memory()  # as the affect CLI and the Ray workers do
     global DEVICE
     DEVICE = torch.device(args.device)
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())

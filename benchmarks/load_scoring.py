@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from affect_core.config import RunConfig
 from affect_core.data.dataset import dataset_metadata, dataset_schema, video_table
 from affect_core.experiment import plan_seed_tasks, run_seed
+from affect_core.runtime import retain_freed_memory
 from affect_core.synth import SynthConfig, generate_corpus
 from affect_core.synth.generator import feature_sets
 
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--short-frames", type=int, default=9_000, help="frames of the short single video")
     parser.add_argument("--long-frames", type=int, default=90_000, help="frames of the long single video (1 h)")
     args = parser.parse_args()
+    retain_freed_memory()  # as the affect CLI and the Ray workers do
     with tempfile.TemporaryDirectory(prefix="affect-load-") as tmp:
         root = Path(tmp)
         model = train_model(str(root / "run"))

@@ -31,6 +31,7 @@ from affect_core.artifact import load_bundle
 from affect_core.config import RunConfig
 from affect_core.data.dataset import dataset_info, ingest, iter_videos, read_corpus
 from affect_core.experiment import plan_seed_tasks, run_seed
+from affect_core.runtime import retain_freed_memory
 from affect_core.scoring import model_threads, read_predictions, score_videos
 from affect_core.synth import SynthConfig, write_corpus
 from tuning.cluster import ensure_ray, shutdown_ray
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray Data run")
     args = parser.parse_args()
+    retain_freed_memory()  # as the affect CLI and the Ray workers do
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

@@ -19,6 +19,7 @@ import numba
 import torch
 
 from affect_core.config import ModelConfig, RunConfig, TrainConfig
+from affect_core.runtime import retain_freed_memory
 from affect_core.seed_batch import train_seeds_batched
 from affect_core.synth import SynthConfig, generate_corpus
 from affect_core.training import train_model
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=0, help="truncated-BPTT window in frames (0 = whole sequences)")
     parser.add_argument("--skip-one-by-one", action="store_true")
     args = parser.parse_args()
+    retain_freed_memory()  # as the affect CLI and the Ray workers do
     torch.set_num_threads(1)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(

@@ -16,6 +16,7 @@ import torch
 
 from affect_core.config import ModelConfig, RunConfig, TrainConfig
 from affect_core.experiment import variant_label
+from affect_core.runtime import retain_freed_memory
 from affect_core.synth import SynthConfig, generate_corpus, select_feature_set
 from affect_core.training import train_model
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", default="all", help="comma-separated model/align pairs, or all")
     args = parser.parse_args()
+    retain_freed_memory()  # as the affect CLI and the Ray workers do
     torch.set_num_threads(args.threads)
     synth = SynthConfig(videos_per_split=args.videos, frames=args.frames)
     corpus = select_feature_set(generate_corpus(synth), args.feature_set)

@@ -138,3 +138,18 @@ def test_front_end_without_gradients_takes_the_compiled_lstm_with_the_same_resul
         torch.testing.assert_close(got, h_n.detach(), atol=2e-6, rtol=1e-5)
     for got in (c_w, c_c):
         torch.testing.assert_close(got, c_n.detach(), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_input_layer_equals_the_layers_on_features_and_mask_channel(masked):
+    """The first layers see [x, mask] (paper: the mask as an extra input channel); the model adds the mask column of
+    the first weight on its own instead of concatenating, and frames without a face (zeros) get the bias alone."""
+    m = make("lstm-kf")
+    x = torch.randn(2, 40, 5)
+    mask = torch.rand(2, 40) > 0.3 if masked else torch.ones(2, 40, dtype=torch.bool)
+    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+    expected = m.frontend.feed_forward(torch.cat([x, mask.unsqueeze(-1).to(x.dtype)], dim=-1))
+    got = m.frontend._input_layer(x, mask if masked else None)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    got.sum().backward()  # the in-place write on the rows without a face keeps the graph valid
+    assert all(p.grad is not None for p in m.frontend.feed_forward.parameters())

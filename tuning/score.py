@@ -44,8 +44,10 @@ class VideoScorer:
         import torch
 
         from affect_core.artifact import load_bundle
+        from affect_core.runtime import retain_freed_memory
         from affect_core.storage import resolve
 
+        retain_freed_memory()
         torch.set_num_threads(max(1, threads))
         self.data_url = data_url
         self.feature_set = feature_set

@@ -193,9 +193,11 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
 
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seed
+    from affect_core.runtime import retain_freed_memory
     from affect_core.seed_batch import run_seeds_batched
     from tuning.cluster import current_node
 
+    retain_freed_memory()
     tasks = [
         SeedTask(p["name"], int(p["seed"]), RunConfig.from_dict(p["config"], where=f"seed {p['name']}"))
         for p in loop_config["task"]

@@ -246,8 +246,10 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
 
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seed
+    from affect_core.runtime import retain_freed_memory
     from tuning.cluster import current_node, worker_placement_group
 
+    retain_freed_memory()
     torch.set_num_threads(1)
     group = worker_placement_group()
     options = loop_config["storage_options"] or None
