@@ -31,7 +31,10 @@ def ingest(
     ] = None,
     fps: Annotated[
         float | None,
-        typer.Option(help="Frame rate, only for files that number frames and have no frameTime column."),
+        typer.Option(
+            help="Frame rate of files that number frames and have no frameTime column; where files have "
+            "frameTime, a given rate must agree with it."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over videos.")] = True,
 ) -> None:

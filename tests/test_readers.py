@@ -145,3 +145,16 @@ def test_source_that_does_not_exist_or_unknown_layout(tmp_path):
         read_source(str(tmp_path / "nope"), "csv")
     with pytest.raises(AffectError, match="unknown input layout"):
         read_source(str(DATA / "csv"), "xlsx")
+
+
+@pytest.mark.parametrize("fps", [0.0, -25.0, float("nan"), float("inf")])
+def test_a_frame_rate_that_is_not_a_positive_number_is_refused(fps):
+    with pytest.raises(AffectError, match="expected a positive frame rate"):
+        read_source(str(DATA / "csv"), "csv", fps=fps)
+
+
+def test_a_given_frame_rate_must_agree_with_the_files_time_axes():
+    measured = read_source(str(DATA / "csv"), "csv").fps
+    assert read_source(str(DATA / "csv"), "csv", fps=measured).fps == measured
+    with pytest.raises(AffectError, match="contradicts the files' time axes"):
+        read_source(str(DATA / "csv"), "csv", fps=measured * 2)

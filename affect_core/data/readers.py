@@ -6,6 +6,7 @@ is written. Every problem is an AffectError naming the file, the row or attribut
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -536,6 +537,10 @@ def _check_frames(track: Track, frames: np.ndarray, fps: float) -> None:
 
 
 def _corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
+    """The corpus frame rate: from the time axes (frameTime) when the files have them, else the given ``fps``. A
+    given rate must be a positive number and, where the files have time axes, agree with them."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise _fail(where, f"fps={fps:g}: expected a positive frame rate in frames per second (e.g. 25)")
     steps = [np.diff(t.time_s) for t in tracks if t.time_s is not None and t.num_rows > 1]
     if not steps:
         if any(t.time_s is not None for t in tracks) or fps is None:
@@ -546,7 +551,14 @@ def _corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
             )
         return float(fps)
     median = float(np.median(np.concatenate(steps)))
-    return float(round(1.0 / median, 6))
+    measured = float(round(1.0 / median, 6))
+    if fps is not None and abs(fps / measured - 1.0) > FPS_TOLERANCE:
+        raise _fail(
+            where,
+            f"fps={fps:g} contradicts the files' time axes ({measured:g} fps from the median frameTime step "
+            f"{median:g} s); leave fps out for files with frameTime, or fix the files",
+        )
+    return measured
 
 
 def _check_track_rate(track: Track, fps: float) -> None:
