@@ -56,10 +56,7 @@ def recurrent_forward(pre, w_hh, h0, c0, acts, cells, tanh_cells, hidden):
     B, T, H = hidden.shape
     G = 4 * H
     save = acts.shape[1] == T
-    w_t = np.empty((H, G), dtype=np.float32)
-    for j in range(G):
-        for k in range(H):
-            w_t[k, j] = w_hh[j, k]
+    w_t = w_hh.T.copy()  # (H, 4H): the loops over the gates read it contiguously
     gates, a = np.empty(G, dtype=np.float32), np.empty(G, dtype=np.float32)
     h, c = h0.copy(), c0.copy()  # the running state of each sequence
     tc = np.empty(H, dtype=np.float32)
@@ -104,14 +101,7 @@ def fused_backward(g_hidden, inputs, w_ih, w_hh, h0, c0, acts, cells, tanh_cells
     S, B, T, G = acts.shape
     H = G // 4
     D = inputs.shape[1]
-    wi_t = np.empty((S, D, G), dtype=np.float32)
-    w_t = np.empty((S, H, G), dtype=np.float32)
-    for s in range(S):
-        for j in range(G):
-            for k in range(D):
-                wi_t[s, k, j] = w_ih[s, j, k]
-            for k in range(H):
-                w_t[s, k, j] = w_hh[s, j, k]
+    wi_t, w_t = _transposed(w_ih), _transposed(w_hh)
     g_inputs = np.empty(inputs.shape, dtype=np.float32)
     g_wi_t = np.zeros((S, D, G), dtype=np.float32)
     g_wt = np.zeros((S, H, G), dtype=np.float32)
@@ -163,12 +153,16 @@ def fused_backward(g_hidden, inputs, w_ih, w_hh, h0, c0, acts, cells, tanh_cells
                         g_wt[s, k, j] += dg[j] * hk
                 for j in range(G):
                     later[j] = dg[j]
-    g_wi = np.empty((S, G, D), dtype=np.float32)
-    g_w = np.empty((S, G, H), dtype=np.float32)
+    return g_inputs, _transposed(g_wi_t), _transposed(g_wt), g_bias
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _transposed(a):
+    """a (S, m, n) float32 -> a C-contiguous copy of shape (S, n, m) with out[s, j, k] = a[s, k, j]."""
+    S, m, n = a.shape
+    out = np.empty((S, n, m), dtype=np.float32)
     for s in range(S):
-        for j in range(G):
-            for k in range(D):
-                g_wi[s, j, k] = g_wi_t[s, k, j]
-            for k in range(H):
-                g_w[s, j, k] = g_wt[s, k, j]
-    return g_inputs, g_wi, g_w, g_bias
+        for k in range(m):
+            for j in range(n):
+                out[s, j, k] = a[s, k, j]
+    return out

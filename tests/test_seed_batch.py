@@ -112,14 +112,20 @@ def test_stack_gradients_are_each_models_gradients():
             assert torch.allclose(stack.tensor(name).grad[s], p.grad, atol=1e-4, rtol=1e-4), name
 
 
+def stacked_weights(lstms: list[torch.nn.LSTM]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LSTMs' w_ih, w_hh and summed biases stacked along a seed axis, as leaves that take gradients."""
+    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
+    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
+    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    return w_ih, w_hh, bias
+
+
 def test_seed_lstm_recurrence_equals_torch_lstm():
     torch.manual_seed(0)
     seeds, batch, steps, width, hidden = 3, 2, 40, 6, 5
     lstms = [torch.nn.LSTM(width, hidden, batch_first=True).double() for _ in range(seeds)]
     x = torch.randn(seeds, batch, steps, width, dtype=torch.float64)
-    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
-    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
-    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    w_ih, w_hh, bias = stacked_weights(lstms)
     xw = torch.einsum("sbti,sgi->sbtg", x, w_ih)
     hidden_states = SeedLSTMRecurrence.apply(xw, w_hh, bias)  # (S, B, T, H)
     grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
@@ -164,9 +170,7 @@ def test_compiled_seed_lstm_equals_torch_lstm_in_float32(threads):
     seeds, batch, steps, width, hidden = 4, 3, 120, 6, 16
     lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]
     x = torch.randn(seeds, batch, steps, width)
-    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
-    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
-    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    w_ih, w_hh, bias = stacked_weights(lstms)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -231,9 +235,7 @@ def test_fused_seed_lstm_equals_torch_lstm_in_float32(threads):
     seeds, batch, steps, width, hidden = 3, 2, 90, 7, 16
     lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]
     x = torch.randn(seeds, batch, steps, width, requires_grad=True)
-    w_ih = torch.stack([m.weight_ih_l0 for m in lstms]).detach().requires_grad_()
-    w_hh = torch.stack([m.weight_hh_l0 for m in lstms]).detach().requires_grad_()
-    bias = torch.stack([m.bias_ih_l0 + m.bias_hh_l0 for m in lstms]).detach().requires_grad_()
+    w_ih, w_hh, bias = stacked_weights(lstms)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

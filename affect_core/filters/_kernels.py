@@ -163,6 +163,12 @@ def _finish(zp, Pp, K, v, Mm, R, z_out, P_out, t1, t2, t3, n):
         for k in range(n):
             s += K[i, k] * v[k]
         z_out[i] = s
+    _joseph(Pp, K, Mm, R, P_out, t1, t2, t3, n)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _joseph(Pp, K, Mm, R, P_out, t1, t2, t3, n):
+    """P = sym(M P^ M^T + K R K^T): the Joseph-form covariance update, positive definite whatever the rounding."""
     _mm(Mm, Pp, t1, n)
     _mm_nt(t1, Mm, P_out, n)
     _mm(K, R, t2, n)

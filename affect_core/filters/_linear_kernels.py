@@ -22,6 +22,7 @@ from numba import njit
 
 from affect_core.filters._kernels import (
     _gain_adjoint,
+    _joseph,
     _joseph_adjoint,
     _mm,
     _mm_nt,
@@ -99,15 +100,7 @@ def riccati_forward(mask, F, H, Q, R, P0, size):
             P = P0 if t == 0 else covs[b, t - 1]
             K = gains[b, t]
             _riccati_step(P, mask[b, t], F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n)
-            P_out = covs[b, t]
-            _mm(Mm, Pp, t1, n)  # P = sym(M P^ M^T + K R K^T)
-            _mm_nt(t1, Mm, P_out, n)
-            _mm(K, R, t2, n)
-            _mm_nt(t2, K, t3, n)
-            for i in range(n):
-                for k in range(n):
-                    P_out[i, k] += t3[i, k]
-            _sym(P_out, n)
+            _joseph(Pp, K, Mm, R, covs[b, t], t1, t2, t3, n)
     return covs, gains
 
 
