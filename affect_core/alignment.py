@@ -82,6 +82,10 @@ class AdaptiveAlignment(nn.Module):
     def weights(self) -> Tensor:
         return gaussian_weights(self.offsets.to(self.mu_raw.dtype), self.mu, self.sigma2)
 
+    def kernel(self) -> Tensor:
+        """The weights w_k, k = -D..D, of y_t = sum_k w_k z_{t-k} (detached), shape (2D + 1,)."""
+        return self.weights().detach()
+
     def forward(self, z: Tensor) -> Tensor:
         """z: (B, T, C) -> y: (B, T, C)."""
         return lagged_convolution(z, self.weights().to(z.dtype))
@@ -93,6 +97,12 @@ class FixedShift(nn.Module):
     def __init__(self, shift: int = 0) -> None:
         super().__init__()
         self.shift = int(shift)
+
+    def kernel(self) -> Tensor:
+        """The delay as convolution weights w_k, k = -|shift|..|shift|: one at k = shift."""
+        one_hot = torch.zeros(2 * abs(self.shift) + 1)
+        one_hot[abs(self.shift) + self.shift] = 1.0
+        return one_hot
 
     def forward(self, z: Tensor) -> Tensor:
         s = self.shift
@@ -114,6 +124,10 @@ class FixedGaussianSmoothing(nn.Module):
         offsets = torch.arange(-half, half + 1, dtype=torch.float32)
         weights = gaussian_weights(offsets, torch.tensor(0.0), torch.tensor(max(sigma, 1e-3) ** 2))
         self.register_buffer("weights", weights)
+
+    def kernel(self) -> Tensor:
+        """The smoothing weights, shape (2D + 1,)."""
+        return self.weights
 
     def forward(self, z: Tensor) -> Tensor:
         return lagged_convolution(z, self.weights.to(z.dtype))

@@ -110,6 +110,31 @@ def save_bundle(bundle: ModelBundle, url: str, storage_options: dict[str, Any] |
     write_bytes_atomic(loc.fs, loc.join("bundle.json").path, json.dumps(manifest, indent=2).encode())
 
 
+_LEGACY_FRONTEND = {"head.weight": "head_weight", "head.bias": "head_bias"} | {
+    f"lstm.{name}_l0": f"lstm_{name}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+}
+
+
+def one_seed_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A one-seed model's state dict; weights of bundles from before the seed axis (keys ``frontend.head.weight``,
+    ``filter.*``, ``alignment.*``) are renamed and given their seed dimension of 1."""
+    if "frontend.head.weight" not in state:
+        return state
+    upgraded = {}
+    for key, value in state.items():
+        kind, _, rest = key.partition(".")
+        if kind == "frontend":
+            if rest.startswith("feed_forward."):
+                _, index, leaf = rest.split(".")
+                rest = f"ff{int(index) // 2}_{leaf}"
+            upgraded[f"frontend.{_LEGACY_FRONTEND.get(rest, rest)}"] = value.unsqueeze(0)
+        elif kind in ("filter", "alignment"):
+            upgraded[f"{kind}s.0.{rest}"] = value
+        else:
+            upgraded[key] = value
+    return upgraded
+
+
 def load_bundle(url: str, storage_options: dict[str, Any] | None = None, device: str = "cpu") -> ModelBundle:
     """Read a bundle written by :func:`save_bundle`; refuses anything else with an AffectError."""
     loc = resolve(url, storage_options)
@@ -136,7 +161,7 @@ def load_bundle(url: str, storage_options: dict[str, Any] | None = None, device:
         except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not safetensors
             raise AffectError(f"{file_where}: not a safetensors weights file ({type(exc).__name__})") from None
         model = AffectModel(config.model)
-        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        state = one_seed_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

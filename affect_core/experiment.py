@@ -6,9 +6,11 @@ Layout of RUN_URL:
     summary.md                 mean and std over seeds, laid out like the paper's Tables I-IV
     model/                     the model bundle ``affect score`` takes (per model name, its best seed by dev CCC)
     seeds/<name>-seed<k>/      every seed's bundle
-    checkpoints/<name>-seed<k>.pt   training checkpoints (``--resume`` continues from them)
+    checkpoints/<name>-seed<k>.pt   training checkpoints of a seed, or <name>-seeds<k>-<l>-... of seeds trained
+                               together (``--resume`` continues from them)
 
-This module runs seeds one after the other in one process; ``tuning`` runs the same :func:`run_seed` on Ray.
+This module owns what a run writes. It trains groups of seeds one after the other in one process; ``tuning`` runs
+the same :func:`run_seeds` on Ray, a group per worker.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from affect_core.artifact import ModelBundle, TrainedModel, load_bundle, save_bundle
-from affect_core.config import RunConfig, check_choice
+from affect_core.config import RunConfig, check_choice, config_json
 from affect_core.data.records import Corpus
 from affect_core.errors import AffectError
 from affect_core.storage import exists, read_bytes, resolve, write_bytes_atomic
-from affect_core.training import EpochRecord, TrainResult, train_model
+from affect_core.training import EpochRecord, TrainResult, train_seeds
 
 TRAIN_DIMENSIONS = ("arousal", "valence", "both", "joint")
 RESULT_COLUMNS = [
@@ -90,7 +92,7 @@ def plan_seed_tasks(config: RunConfig, dimension: str, seeds: Iterable[int]) -> 
 
 def group_seed_tasks(tasks: list[SeedTask], per_group: int) -> list[list[SeedTask]]:
     """The tasks cut into groups of at most ``per_group`` seeds of the same model (name), in order: each group trains
-    as one seed stack (:func:`affect_core.seed_batch.run_seeds_batched`) in one process or Ray worker."""
+    together (:func:`run_seeds`) in one process or Ray worker."""
     if per_group < 1:
         raise AffectError(f"seeds per worker must be >= 1, got {per_group}")
     by_name: dict[str, list[SeedTask]] = {}
@@ -111,28 +113,75 @@ def run_seed(
     node: str | None = None,
     device: str | None = None,
 ) -> SeedOutcome:
-    """Train one seed on the corpus's train split (early stopping on dev), save its bundle, return its result rows.
-
-    A seed whose bundle and rows already exist under ``run_url`` is not trained again when ``resume`` is set.
-    """
-    run = resolve(run_url, storage_options)
-    if resume:
-        done = load_seed_outcome(task, run_url, storage_options)
-        if done is not None:
-            return done
-    train, dev = corpus.split("train"), corpus.split("dev")
-    result = train_model(
-        train,
-        dev,
-        task.config,
-        checkpoint_path=run.join("checkpoints", f"{task.key}.pt").url,
+    """:func:`run_seeds` for one seed."""
+    callback = None if on_epoch is None else (lambda _task, record: on_epoch(record))
+    return run_seeds(
+        [task],
+        corpus,
+        run_url,
         resume=resume,
         progress=progress,
-        on_epoch=on_epoch,
+        on_epoch=callback,
         storage_options=storage_options,
+        node=node,
         device=device,
-    )
-    return save_seed_outcome(task, result, corpus, run_url, storage_options=storage_options, node=node)
+    )[0]
+
+
+def run_seeds(
+    tasks: list[SeedTask],
+    corpus: Corpus,
+    run_url: str,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    on_epoch: Callable[[SeedTask, EpochRecord], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    node: str | None = None,
+    device: str | None = None,
+) -> list[SeedOutcome]:
+    """Train the seeds of ``tasks`` on the corpus's train split (early stopping on dev) and save each seed's bundle and
+    result rows under ``run_url``. The seeds of each model (tasks with the same name and configuration apart from the
+    seed) train together as one :func:`affect_core.training.train_seeds` call, checkpointed after every epoch.
+
+    With ``resume``, seeds that finished under ``run_url`` are not trained again, and the others continue from their
+    checkpoint. Returns one outcome per task, in the order of ``tasks``.
+    """
+    run = resolve(run_url, storage_options)
+    outcomes: dict[int, SeedOutcome] = {}
+    groups: dict[str, list[int]] = {}
+    for index, task in enumerate(tasks):
+        if resume:
+            done = load_seed_outcome(task, run_url, storage_options)
+            if done is not None:
+                outcomes[index] = done
+                continue
+        variant = copy.deepcopy(task.config)
+        variant.train.seed = 0
+        groups.setdefault(task.name + "\n" + config_json(variant), []).append(index)
+    train, dev = corpus.split("train"), corpus.split("dev")
+    for indices in groups.values():
+        group = [tasks[i] for i in indices]
+        by_seed = {t.seed: t for t in group}
+        callback = None if on_epoch is None else (lambda seed, record: on_epoch(by_seed[seed], record))
+        key = group[0].key if len(group) == 1 else f"{group[0].name}-seeds{'-'.join(str(t.seed) for t in group)}"
+        results = train_seeds(
+            train,
+            dev,
+            group[0].config,
+            [t.seed for t in group],
+            checkpoint_path=run.join("checkpoints", f"{key}.pt").url,
+            resume=resume,
+            progress=progress,
+            on_epoch=callback,
+            storage_options=storage_options,
+            device=device,
+        )
+        for index, task, result in zip(indices, group, results, strict=True):
+            outcomes[index] = save_seed_outcome(
+                task, result, corpus, run_url, storage_options=storage_options, node=node
+            )
+    return [outcomes[i] for i in range(len(tasks))]
 
 
 def save_seed_outcome(
@@ -325,21 +374,17 @@ def train_run(
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     seeds_per_worker: int = 1,
+    device: str | None = None,
 ) -> dict[str, str]:
-    """Train every seed in this process and write the run's outputs: one after the other, or with
-    ``seeds_per_worker`` > 1 in stacks of that many seeds of the same model (same results, less wall time)."""
+    """Train every seed in this process and write the run's outputs: in groups of ``seeds_per_worker`` seeds of the
+    same model, each group trained together (same results, less wall time)."""
     from tqdm.auto import tqdm
 
     tasks = plan_seed_tasks(config, dimension, range(seeds))
     outcomes = []
-    if seeds_per_worker > 1:
-        from affect_core.seed_batch import run_seeds_batched
-
-        for group in tqdm(group_seed_tasks(tasks, seeds_per_worker), desc="seed stacks", disable=not progress):
-            outcomes += run_seeds_batched(group, corpus, run_url, resume=resume, storage_options=storage_options)
-        return finish_run(outcomes, run_url, fps=corpus.fps, storage_options=storage_options)
-    for task in tqdm(tasks, desc="seeds", disable=not progress):
-        outcomes.append(
-            run_seed(task, corpus, run_url, resume=resume, progress=progress, storage_options=storage_options)
+    groups = group_seed_tasks(tasks, seeds_per_worker)
+    for group in tqdm(groups, desc="seeds" if seeds_per_worker == 1 else "seed groups", disable=not progress):
+        outcomes += run_seeds(
+            group, corpus, run_url, resume=resume, progress=progress, storage_options=storage_options, device=device
         )
     return finish_run(outcomes, run_url, fps=corpus.fps, storage_options=storage_options)

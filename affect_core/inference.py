@@ -1,26 +1,26 @@
-"""Running a trained model over whole videos: the one prediction path used by evaluation, training and scoring.
+"""Running a trained model over whole videos: the one prediction path of evaluation (in training too) and scoring.
 
-:func:`predict_features` runs one video through ``AffectModel.forward``; :func:`predict_batch` gives the same result
-for many videos at a fraction of the cost by stacking them into one padded batch (see its docstring).
+:func:`predict_batch` stacks videos into one padded batch through :meth:`AffectModel.causal` (front-end and filter) and
+applies :meth:`AffectModel.noncausal` (smoothing, alignment) per video on its true length; videos longer than a chunk
+stream through :func:`affect_core.streaming.stream_predict` (bounded memory, the same result).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
 from affect_core.metrics import average_over_sequences, sequence_metrics
-from affect_core.model import AffectModel, finite_rows
+from affect_core.model import AffectModel, level_variances
 
-# Time steps of a padded batch that go through the front-end together (see _forward_padded).
-FRONTEND_PIECE = 1024
+# Frames of one padded evaluation batch (all its videos together): bounds the memory of evaluating a large split.
+EVALUATION_BATCH_FRAMES = 1 << 19
 
 
 @dataclass
@@ -36,34 +36,14 @@ class Prediction:
         return self.levels[:, j], self.variances[:, j]
 
 
-@torch.no_grad()
 def predict_features(
     model: AffectModel, transform: FeatureTransform | None, features: np.ndarray, *, chunk_frames: int | None = None
 ) -> Prediction:
-    """features: (T, d) raw features (NaN rows = no face) -> the model's per-frame prediction.
+    """features: (T, d) raw features (NaN rows = no face) -> a one-seed model's per-frame prediction.
 
-    chunk_frames: videos longer than this stream through the model in chunks (bounded memory, same result).
+    chunk_frames: a video longer than this streams through the model in chunks (bounded memory, same result).
     """
-    if chunk_frames is not None and len(features) > chunk_frames:
-        from affect_core.streaming import iter_chunks, stream_predict
-
-        parts = list(stream_predict(model, transform, iter_chunks(features, chunk_frames)))
-        levels = np.concatenate([p[0] for p in parts])
-        variances = np.concatenate([p[1] for p in parts])
-        return Prediction(model.config.affect_dimensions, levels, variances)
-    x = transform.apply(features) if transform is not None else np.asarray(features, dtype=np.float32)
-    param = next(model.parameters())
-    xt = torch.as_tensor(x, dtype=param.dtype, device=param.device).unsqueeze(0)
-    was_training = model.training
-    model.eval()
-    out = model(xt)
-    model.train(was_training)
-    levels = out.levels()[0].cpu().numpy()
-    if out.y_var is None:
-        variances = np.full_like(levels, np.nan)
-    else:
-        variances = out.y_var[0].cpu().numpy()
-    return Prediction(model.config.affect_dimensions, levels, variances)
+    return predict_batch(model, transform, [features], chunk_frames=chunk_frames)[0]
 
 
 def predict_batch(
@@ -73,14 +53,11 @@ def predict_batch(
     *,
     chunk_frames: int | None = None,
 ) -> list[Prediction]:
-    """Per-video predictions of several videos, each equal to :func:`predict_features` on that video alone.
+    """Per-video predictions of a one-seed model for several videos, each equal to predicting that video alone.
 
     videos: raw features (T_i, d) per video, NaN rows = no face. The videos of at most ``chunk_frames`` frames go
     through the model together: per video, the front-end LSTM costs less than half as much in a batch of 16 as alone.
-    They are padded at the end to the longest; the causal stages (front-end, filter) never carry a padding frame back
-    to the real frames before it, and the non-causal ones (the baseline's smoothing, the alignment and its variance) run
-    per video on its true length, so the replicate padding sits at the video's own end. Longer videos stream through
-    :func:`predict_features` in chunks, one at a time (bounded memory). The caller bounds the batch's size.
+    Longer videos stream through in chunks, one at a time (bounded memory). The caller bounds the batch's size.
     """
     dims = model.config.affect_dimensions
     out: list[Prediction | None] = [None] * len(videos)
@@ -89,111 +66,118 @@ def predict_batch(
         if len(features) == 0:
             out[i] = Prediction(dims, np.zeros((0, len(dims)), np.float32), np.zeros((0, len(dims)), np.float32))
         elif chunk_frames is not None and len(features) > chunk_frames:
-            out[i] = predict_features(model, transform, features, chunk_frames=chunk_frames)
+            from affect_core.streaming import iter_chunks, stream_predict
+
+            parts = list(stream_predict(model, transform, iter_chunks(features, chunk_frames)))
+            out[i] = Prediction(dims, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         else:
             stacked.append(i)
     if stacked:
-        was_training = model.training
-        model.eval()
-        try:
-            xs = [_model_input(transform, videos[i]) for i in stacked]
-            for i, (levels, variances) in zip(stacked, _forward_padded(model, xs), strict=True):
-                out[i] = Prediction(dims, levels, variances)
-        finally:
-            model.train(was_training)
+        xs = [model_input(transform, videos[i]) for i in stacked]
+        for i, (levels, variances) in zip(stacked, forward_padded(model, xs)[0], strict=True):
+            out[i] = Prediction(dims, levels, variances)
     return [p for p in out if p is not None]
 
 
-def _model_input(transform: FeatureTransform | None, features: np.ndarray) -> np.ndarray:
+def model_input(transform: FeatureTransform | None, features: np.ndarray) -> np.ndarray:
+    """The model's input of raw features (T, d): the fitted transform applied, float32."""
     return transform.apply(features) if transform is not None else np.asarray(features, dtype=np.float32)
 
 
 @torch.inference_mode()
-def _forward_padded(model: AffectModel, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``AffectModel.forward`` over videos of different lengths: xs (T_i, d) transformed features, NaN rows = no face.
+def forward_padded(
+    model: AffectModel, xs: list[np.ndarray], seeds: list[int] | None = None
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The model over videos of different lengths: xs (T_i, d) transformed features, NaN rows = no face.
 
-    Returns per video (levels (T_i, k), variances (T_i, k); NaN variances without a filter).
+    Returns, per seed in ``seeds`` (default all), per video: (levels (T_i, k), variances (T_i, k); NaN variances
+    without a filter). The videos are padded at the end to the longest with observed zero rows: the causal stages never
+    carry a padding frame back to the real frames before it, and an observed frame keeps the filter's covariance
+    bounded (a long predict-only tail would not), so when every real frame has a face the batch runs unmasked and the
+    Kalman filter shares one covariance recursion across it. The non-causal stages run per video on its true length
+    (videos of equal length share a call), so their replicate padding sits at the video's own end.
     """
-    param = next(model.parameters())
+    param = model.frontend.head_bias
     lengths = [len(x) for x in xs]
-    width = max(lengths)
-    # Padding rows are observed zeros. The causal stages never carry them back to the real frames before them, and
-    # an observed frame keeps the filter's covariance bounded (a long predict-only tail would let it grow without
-    # bound). So when every real frame has a face the batch runs without a mask exactly as forward() does, and the
-    # Kalman filter shares one covariance recursion across the batch.
-    padded = np.zeros((len(xs), width, xs[0].shape[1]), dtype=np.float32)
+    padded = np.zeros((len(xs), max(lengths), xs[0].shape[1]), dtype=np.float32)
     for b, x in enumerate(xs):
         padded[b, : len(x)] = x
     if padded.shape[-1] != model.config.input_dim:
         raise AffectError(f"model input: expected shape (B, T, {model.config.input_dim}), got {padded.shape}")
-    x = torch.from_numpy(padded).to(dtype=param.dtype, device=param.device)
-    observed = finite_rows(x)
-    mask: Tensor | None = None
-    if not bool(observed.all()):
-        mask = observed
-        x.masked_fill_(~mask.unsqueeze(-1), 0.0)
-    # The front-end in pieces of the time axis, its LSTM state carried across (it is causal: the same result). The
-    # pieces' activations stay in cache, where the whole batch's would not: a third less time.
-    pieces = []
-    state = None
-    for start in range(0, width, FRONTEND_PIECE):
-        stop = start + FRONTEND_PIECE
-        o, state = model.frontend(x[:, start:stop], None if mask is None else mask[:, start:stop], state)
-        pieces.append(o)
-    o = torch.cat(pieces, dim=1)
-    P = None
-    if model.filter is not None:
-        filtered = model.filter(o, mask=mask)
-        z, P = filtered.states, filtered.covariances
-    else:
-        z = o
-    results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xs)
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.from_numpy(padded).to(dtype=param.dtype, device=param.device, non_blocking=True)
+        chosen = list(range(model.seeds)) if seeds is None else seeds
+        causal = model.causal(x, seeds=chosen)
+    finally:
+        model.train(was_training)
     k = model.config.num_dims
-    # The non-causal stages, per video on its true length; videos of equal length share one call. They act channel
-    # by channel, so only the level channels are smoothed and aligned, and the levels' variances (the alignment
-    # applied to P's level diagonal, as ModelOutput.y_var computes them) go through the same call beside them.
-    for length in sorted(set(lengths)):
-        rows = [b for b, n in enumerate(lengths) if n == length]
-        index = torch.tensor(rows, device=x.device)
-        level = z.index_select(0, index)[:, :length, 0::3]
-        if model.smoothing is not None:
-            level = model.smoothing(level)
-        if P is None:
-            levels = _aligned(model, level).cpu().numpy()
-            variances = np.full_like(levels, np.nan)
-        elif P.stride(0) == 0:  # one covariance sequence shared by the batch (no mask)
-            levels = _aligned(model, level).cpu().numpy()
-            shared = _aligned(model, torch.diagonal(P[:1, :length], dim1=-2, dim2=-1)[..., 0::3].to(level.dtype))
-            variances = np.repeat(shared.cpu().numpy(), len(rows), axis=0)
-        else:
-            level_var = torch.diagonal(P.index_select(0, index)[:, :length], dim1=-2, dim2=-1)[..., 0::3]
-            both = _aligned(model, torch.cat([level, level_var.to(level.dtype)], dim=-1)).cpu().numpy()
-            levels, variances = both[..., :k], both[..., k:]
-        for j, b in enumerate(rows):
-            results[b] = (levels[j], variances[j])
-    return [r for r in results if r is not None]
+    results = []
+    for s in chosen:
+        z, P = causal.states[s], causal.covariances[s]
+        assert z is not None
+        per_video: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xs)
+        for length in sorted(set(lengths)):
+            rows = [b for b, n in enumerate(lengths) if n == length]
+            index = torch.tensor(rows, device=x.device)
+            level = z.index_select(0, index)[:, :length, 0::3]
+            if P is None:
+                levels = model.noncausal(level, s).cpu().numpy()
+                variances = np.full_like(levels, np.nan)
+            elif P.stride(0) == 0:  # one covariance sequence shared by the batch (no mask)
+                levels = model.noncausal(level, s).cpu().numpy()
+                shared = model.noncausal(level_variances(P[:1, :length]).to(level.dtype), s)
+                variances = np.repeat(shared.cpu().numpy(), len(rows), axis=0)
+            else:  # the variances beside the levels through one call
+                level_var = level_variances(P.index_select(0, index)[:, :length]).to(level.dtype)
+                both = model.noncausal(torch.cat([level, level_var], dim=-1), s).cpu().numpy()
+                levels, variances = both[..., :k], both[..., k:]
+            for j, b in enumerate(rows):
+                per_video[b] = (levels[j], variances[j])
+        results.append([r for r in per_video if r is not None])
+    return results
 
 
-def _aligned(model: AffectModel, channels: Tensor) -> Tensor:
-    """The model's alignment, which acts on each channel of (B, T, C) alone, on any set of channels."""
-    return channels if model.alignment is None else model.alignment(channels)
+def _evaluation_batches(videos: list[Video]) -> Iterator[list[Video]]:
+    batch: list[Video] = []
+    frames = 0
+    for video in videos:
+        if batch and frames + video.num_frames > EVALUATION_BATCH_FRAMES:
+            yield batch
+            batch, frames = [], 0
+        batch.append(video)
+        frames += video.num_frames
+    if batch:
+        yield batch
+
+
+def evaluate_seeds(
+    model: AffectModel, transform: FeatureTransform | None, videos: list[Video], seeds: list[int] | None = None
+) -> list[dict[str, dict[str, float]]]:
+    """The one dev metric: per seed in ``seeds`` (default all), AVEC protocol metrics per affect dimension,
+    {dimension: {ccc, rmse, pcc}}, per video then averaged over the videos.
+
+    Videos without labels for a dimension (or whose labels are all missing) are left out of that dimension's average;
+    unlabelled frames are left out of each video's metrics.
+    """
+    chosen = list(range(model.seeds)) if seeds is None else seeds
+    dims = model.config.affect_dimensions
+    rows: list[dict[str, list[dict[str, float]]]] = [{d: [] for d in dims} for _ in chosen]
+    labelled = [v for v in videos if v.labelled and v.num_frames > 0]
+    for batch in _evaluation_batches(labelled):
+        outputs = forward_padded(model, [model_input(transform, v.features) for v in batch], chosen)
+        for per_seed, predictions in zip(rows, outputs, strict=True):
+            for video, (levels, _) in zip(batch, predictions, strict=True):
+                for j, dim in enumerate(dims):
+                    gold = video.labels(dim)
+                    if gold is not None and np.isfinite(gold).any():
+                        per_seed[dim].append(sequence_metrics(levels[:, j], gold))
+    return [{dim: average_over_sequences(per_dim[dim]) for dim in dims} for per_dim in rows]
 
 
 def evaluate_videos(
     model: AffectModel, transform: FeatureTransform | None, videos: list[Video]
 ) -> dict[str, dict[str, float]]:
-    """AVEC protocol metrics per affect dimension of the model: {dimension: {ccc, rmse, pcc}}.
-
-    Videos without labels for a dimension are left out of that dimension's average.
-    """
-    per_dim: dict[str, list[dict[str, float]]] = {d: [] for d in model.config.affect_dimensions}
-    for video in videos:
-        if not video.labelled:
-            continue
-        pred = predict_features(model, transform, video.features)
-        for dim in per_dim:
-            gold = video.labels(dim)
-            if gold is None or not np.isfinite(gold).any():
-                continue
-            per_dim[dim].append(sequence_metrics(pred.track(dim)[0], gold))
-    return {dim: average_over_sequences(rows) for dim, rows in per_dim.items()}
+    """:func:`evaluate_seeds` of a one-seed model: {dimension: {ccc, rmse, pcc}}."""
+    return evaluate_seeds(model, transform, videos, [0])[0]

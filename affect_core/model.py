@@ -1,37 +1,74 @@
 """The LSTM-BF-AA model family (paper section III), readable top to bottom.
 
     features x_t (NaN row = no face)
-      -> front-end: [x_t, mask_t] -> FF(29)+ReLU -> FF(16)+ReLU -> LSTM(16) -> FC(m)+tanh = observation o_t
-      -> smoother: baseline = fixed Gaussian; lstm-kf = Kalman filter; lstm-ekf = extended Kalman filter
-         (frames without a face are predict-only filter steps)
-      -> alignment: none | manual (fixed delay) | adaptive (learnable Gaussian, mu and sigma^2)
+      -> causal stages, carrying their state across pieces of a sequence (:meth:`AffectModel.causal`):
+         front-end: [x_t, mask_t] -> FF(29)+ReLU -> FF(16)+ReLU -> LSTM(16) -> FC(m)+tanh = observation o_t
+         filter: lstm-kf = Kalman filter; lstm-ekf = extended Kalman filter (a frame without a face is a predict-only
+         step); baseline: none
+      -> non-causal stages, channel by channel (:meth:`AffectModel.noncausal`):
+         the baseline's fixed Gaussian smoothing, then alignment: none | manual (fixed delay) | adaptive (learnable
+         Gaussian, mu and sigma^2)
       -> y_t = [level, d level, d2 level] per affect dimension
 
 One configuration (:class:`affect_core.config.ModelConfig`) selects every variant of the paper's Tables I-III.
+
+A model holds S seeds of one configuration along a leading seed dimension (S = 1 for one trained model): the
+front-end's parameters are stacked (one batched product per layer for every seed), and each seed has its own filter
+and alignment module. Seeds never interact, so training S seeds together equals training each alone. Every path
+(training, evaluation, batched scoring, streaming) goes through :meth:`causal` and :meth:`noncausal`; the compiled
+kernels sit behind the front-end (`affect_core.frontend.lstm_hidden`) and the filters (`method`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from affect_core.alignment import AdaptiveAlignment, FixedGaussianSmoothing, FixedShift, lagged_convolution
+from affect_core.alignment import AdaptiveAlignment, FixedGaussianSmoothing, FixedShift
 from affect_core.config import ModelConfig
 from affect_core.errors import AffectError
+from affect_core.frontend import FrontEnd, LSTMState
+
+FilterState = tuple[Tensor, Tensor]
+"""A filter's last (z `(n,)`, P `(n, n)`) of one sequence."""
+
+
+@dataclass
+class CausalState:
+    """What the causal stages carry from one piece of a sequence to the next: the LSTM's (h, c) and, per seed, the
+    filter's last (z, P) (one sequence per batch)."""
+
+    lstm: LSTMState
+    filters: list[FilterState | None]
+
+
+@dataclass
+class CausalOutput:
+    """The causal stages' outputs for the seeds asked for (None for the others).
+
+    observations: (S, B, T, n) the front-end's o_t, every seed.
+    states: per seed (B, T, n) the filtered states z_t (the baseline: its observations).
+    covariances: per seed (B, T, n, n) the filter's P_t, or None (baseline); may be an expanded (stride-0 batch) view
+        when the sequences share one covariance recursion.
+    state: what the next piece of the same sequences starts from.
+    """
+
+    observations: Tensor
+    states: list[Tensor | None]
+    covariances: list[Tensor | None]
+    state: CausalState
 
 
 @dataclass
 class ModelOutput:
-    """Per-frame outputs. B sequences, T frames, n = 3 x affect dimensions.
+    """Per-frame outputs of a one-seed model. B sequences, T frames, n = 3 x affect dimensions.
 
     y: (B, T, n) aligned prediction (level, first and second derivative per dimension).
-    z: (B, T, n) filtered state (for the baseline: the smoothed observation).
+    z: (B, T, n) filtered state (for the baseline: the observation before smoothing).
     P: (B, T, n, n) filter covariance, or None for the baseline (no filter).
-    y_var: (B, T, k) variance of each aligned level (alignment weights applied to P's level diagonal), or None;
+    y_var: (B, T, k) variance of each aligned level (the alignment applied to P's level diagonal), or None;
         computed on first access (training never reads it).
     observations: (B, T, n) the front-end's observations o_t.
     """
@@ -40,13 +77,13 @@ class ModelOutput:
     z: Tensor
     P: Tensor | None
     observations: Tensor
-    _variance: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    _model: AffectModel | None = field(default=None, repr=False)
     _y_var: Tensor | None = field(default=None, repr=False)
 
     @property
     def y_var(self) -> Tensor | None:
-        if self._y_var is None and self.P is not None and self._variance is not None:
-            self._y_var = self._variance(self.P)
+        if self._y_var is None and self.P is not None and self._model is not None:
+            self._y_var = self._model.noncausal(level_variances(self.P))
         return self._y_var
 
     def levels(self) -> Tensor:
@@ -54,8 +91,13 @@ class ModelOutput:
         return self.y[..., 0::3]
 
 
+def level_variances(P: Tensor) -> Tensor:
+    """(..., T, k) the variances of the level components of covariances P (..., T, n, n)."""
+    return torch.diagonal(P, dim1=-2, dim2=-1)[..., 0::3]
+
+
 def finite_rows(x: Tensor) -> Tensor:
-    """(B, T) bool: True where every feature of the frame is finite. x: (B, T, d).
+    """(..., T) bool: True where every feature of the frame is finite. x: (..., T, d).
 
     A row sum is finite for almost every row, and then the row is finite; only rows whose sum is not (a NaN or an
     infinity in the row, or finite values overflowing the sum) are checked feature by feature. One pass over x
@@ -68,149 +110,210 @@ def finite_rows(x: Tensor) -> Tensor:
     return finite
 
 
-class FrontEnd(nn.Module):
-    """Per-frame feed-forward layers, a unidirectional LSTM and a tanh output layer: x (B, T, d) -> o (B, T, m).
+class AffectModel(nn.Module):
+    """LSTM + Bayesian filter + alignment for S seeds. See the module docstring for the data flow.
 
-    The input is the feature vector with NaN rows replaced by zeros, plus one mask channel (1 = face present).
+    seeds: the seeds whose initial weights to draw (``torch.manual_seed(seed)`` before each seed's layers); None for
+    one model drawn from the current random state (weights about to be loaded).
     """
 
-    def __init__(self, input_dim: int, hidden_sizes: tuple[int, ...], lstm_size: int, output_dim: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = input_dim + 1
-        for size in hidden_sizes:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.feed_forward = nn.Sequential(*layers)
-        self.lstm = nn.LSTM(width, lstm_size, batch_first=True)
-        self.head = nn.Linear(lstm_size, output_dim)
-
-    def forward(
-        self, x: Tensor, mask: Tensor | None, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (B, T, d) with zeros where mask is False; mask: (B, T) bool, or None when every frame is observed.
-        Returns o (B, T, m) and the LSTM state."""
-        h = self._input_layer(x, mask)
-        if not torch.is_grad_enabled() and h.device.type == "cpu" and h.dtype == torch.float32 and h.shape[1] > 0:
-            h, state = self._compiled_lstm(h, state)
-        else:
-            h, state = self.lstm(h, state)
-        return torch.tanh(self.head(h)), state
-
-    def _compiled_lstm(self, h: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The LSTM without gradients on the CPU (scoring, evaluation): the input projection as one matrix product,
-        then the compiled recurrence `affect_core._seed_lstm.recurrent_forward`; together about twice as fast as
-        nn.LSTM at the batch sizes scoring uses, and equal to it to float32 rounding. h: (B, T, D); state as
-        nn.LSTM's, (1, B, H) each."""
-        from affect_core import _seed_lstm
-
-        batch, steps, width = h.shape
-        lstm = self.lstm
-        size = lstm.hidden_size
-        pre = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, h.reshape(batch * steps, width), lstm.weight_ih_l0.T)
-        if state is None:
-            h0 = c0 = np.zeros((batch, size), dtype=np.float32)
-        else:
-            h0, c0 = (s[0].detach().to(torch.float32).contiguous().numpy() for s in state)
-        hidden = np.empty((batch, steps, size), dtype=np.float32)
-        last_c = np.empty((batch, 1, size), dtype=np.float32)
-        unused = np.empty((batch, 1, 4 * size), dtype=np.float32), np.empty((batch, 1, size), dtype=np.float32)
-        w_hh = lstm.weight_hh_l0.detach().contiguous().numpy()
-        _seed_lstm.recurrent_forward(pre.detach().numpy(), w_hh, h0, c0, unused[0], last_c, unused[1], hidden)
-        last = (torch.from_numpy(hidden[:, -1].copy())[None], torch.from_numpy(last_c[:, 0].copy())[None])
-        return torch.from_numpy(hidden), last
-
-    def _input_layer(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """The layers before the LSTM on [x, mask]. The mask column of the first weight is added on its own rather
-        than concatenating a channel to x, which would copy the whole feature tensor."""
-        layers = list(self.feed_forward)
-        if not layers:
-            column = x.new_ones(x.shape[:-1]) if mask is None else mask.to(x.dtype)
-            return torch.cat([x, column.unsqueeze(-1)], dim=-1)
-        first = layers[0]
-        d = x.shape[-1]
-        weight, mask_weight = first.weight[:, :d], first.weight[:, d]
-        h = nn.functional.linear(x, weight, first.bias + mask_weight)
-        if mask is not None:  # a frame without a face is all zeros, mask 0: the layer gives its bias alone
-            h[~mask] = first.bias  # in place on those few rows (a where over the whole tensor costs 6x more)
-        for layer in layers[1:]:
-            h = layer(h)
-        return h
-
-
-class AffectModel(nn.Module):
-    """LSTM + Bayesian filter + alignment. See the module docstring for the data flow."""
-
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, seeds: list[int] | None = None) -> None:
         super().__init__()
         if config.input_dim <= 0:
             raise AffectError(f"model config: input_dim must be positive, got {config.input_dim}")
         self.config = config
         k = config.num_dims
         self.state_dim = 3 * k
-        self.frontend = FrontEnd(config.input_dim, config.hidden_sizes, config.lstm_size, self.state_dim)
-        self.filter: nn.Module | None = None
-        self.smoothing: nn.Module | None = None
-        if config.model == "baseline":
-            self.smoothing = FixedGaussianSmoothing(config.smooth_sigma)
-        else:
-            import affect_core.filters as filters
+        draws: list[int | None] = list(seeds) if seeds else [None]
+        self.frontend = FrontEnd(config.input_dim, config.hidden_sizes, config.lstm_size, self.state_dim, draws)
+        self.filters = nn.ModuleList([self._new_filter(config) for _ in draws] if config.model != "baseline" else [])
+        self.smoothing = FixedGaussianSmoothing(config.smooth_sigma) if config.model == "baseline" else None
+        self.alignments = nn.ModuleList([self._new_alignment(config) for _ in draws] if config.align != "none" else [])
 
-            kind = filters.KalmanFilter if config.model == "lstm-kf" else filters.ExtendedKalmanFilter
-            self.filter = kind(
-                num_dims=k,
-                fps=config.fps,
-                q_init=config.q_init,
-                r_init=config.r_init,
-                p0=config.p0,
-                method=config.filter_method,
-            )
-        self.alignment: nn.Module | None = None
+    @staticmethod
+    def _new_filter(config: ModelConfig) -> nn.Module:
+        import affect_core.filters as filters
+
+        kind = filters.KalmanFilter if config.model == "lstm-kf" else filters.ExtendedKalmanFilter
+        return kind(
+            num_dims=config.num_dims,
+            fps=config.fps,
+            q_init=config.q_init,
+            r_init=config.r_init,
+            p0=config.p0,
+            method=config.filter_method,
+        )
+
+    @staticmethod
+    def _new_alignment(config: ModelConfig) -> nn.Module:
         if config.align == "adaptive":
-            self.alignment = AdaptiveAlignment(
+            return AdaptiveAlignment(
                 window=config.window, mu_init=config.mu_init_frames, sigma2_init=config.sigma2_init
             )
-        elif config.align == "manual":
-            self.alignment = FixedShift(config.manual_shift or 0)
+        return FixedShift(config.manual_shift or 0)
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> ModelOutput:
-        """x: (B, T, d) features, NaN rows for frames without a face; mask: optional (B, T) bool, True = observed."""
-        if x.dim() != 3 or x.shape[-1] != self.config.input_dim:
-            raise AffectError(f"model input: expected shape (B, T, {self.config.input_dim}), got {tuple(x.shape)}")
+    @property
+    def seeds(self) -> int:
+        return self.frontend.seeds
+
+    # ------------------------------------------------------------------------------------------------------------
+    def causal(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        state: CausalState | None = None,
+        seeds: list[int] | None = None,
+    ) -> CausalOutput:
+        """Front-end and filter: the stages whose output at frame t depends on frames up to t only.
+
+        Args:
+            x: Features, NaN rows for frames without a face. Shape should be `(B, T, d)` (the same input for every
+                seed) or `(S, B, T, d)` (one input per seed).
+            mask: Optional bool `(B, T)` (or `(S, B, T)`), True = observed; False frames count as frames without a face.
+            state: The state after the previous piece of the same sequences (one sequence per batch when a filter
+                carries it), or None at the sequences' start.
+            seeds: Indices of the seeds whose filter runs (default: all); the others get None.
+        """
+        if x.dim() not in (3, 4) or x.shape[-1] != self.config.input_dim:
+            raise AffectError(
+                f"model input: expected shape (B, T, {self.config.input_dim}) or (S, B, T, ...), got {tuple(x.shape)}"
+            )
         observed = finite_rows(x)
         if mask is not None:
-            observed = observed & mask
+            observed = observed & mask.to(observed.device)
         # One check per call (not per frame): a batch with every frame observed skips the masking and lets the
         # Kalman filter share one covariance recursion across the batch.
         everything_observed = bool(observed.all())
         if not everything_observed:
             x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
-        o, _ = self.frontend(x, None if everything_observed else observed)
-        P = None
-        if self.filter is not None:
-            out = self.filter(o, mask=None if everything_observed else observed)
-            z, P = out.states, out.covariances
-        else:
-            z = self.smoothing(o)
-        y = z if self.alignment is None else self.alignment(z)
-        return ModelOutput(y=y, z=z, P=P, observations=o, _variance=self._aligned_level_variance)
+        o, lstm_state = self.frontend(
+            x, None if everything_observed else observed, None if state is None else state.lstm
+        )
+        chosen = range(self.seeds) if seeds is None else seeds
+        states: list[Tensor | None] = [None] * self.seeds
+        covariances: list[Tensor | None] = [None] * self.seeds
+        filter_states: list[FilterState | None] = [None] * self.seeds
+        for s in chosen:
+            if not self.filters:
+                states[s] = o[s]
+                continue
+            seed_mask = None if everything_observed else observed if observed.dim() == 2 else observed[s]
+            initial = None if state is None else state.filters[s]
+            out = self.filters[s](o[s], mask=seed_mask, initial=initial)
+            states[s], covariances[s] = out.states, out.covariances
+            if out.states.shape[0] == 1 and out.states.shape[1] > 0:
+                filter_states[s] = (out.states[0, -1], out.covariances[0, -1])
+            elif state is not None:
+                filter_states[s] = state.filters[s]
+        return CausalOutput(o, states, covariances, CausalState(lstm_state, filter_states))
 
-    def _aligned_level_variance(self, P: Tensor) -> Tensor:
-        level_var = torch.diagonal(P, dim1=-2, dim2=-1)[..., 0::3]
-        if isinstance(self.alignment, AdaptiveAlignment):
-            return lagged_convolution(level_var, self.alignment.weights().to(P.dtype))
-        if self.alignment is not None:
-            return self.alignment(level_var)
-        return level_var
+    def noncausal(self, channels: Tensor, seed: int = 0) -> Tensor:
+        """The baseline's smoothing and the alignment of seed ``seed``, channel by channel: (B, T, C) -> (B, T, C).
 
+        They act on each channel alone, so any set of channels may go through (the level channels only, or the
+        levels beside their variances)."""
+        if self.smoothing is not None:
+            channels = self.smoothing(channels)
+        if self.alignments:
+            channels = self.alignments[seed](channels)
+        return channels
+
+    def noncausal_kernels(self, seed: int = 0) -> list[Tensor]:
+        """The non-causal stages of seed ``seed`` as convolution weights `(2D + 1,)`, in order (for streaming)."""
+        kernels = [] if self.smoothing is None else [self.smoothing.kernel()]
+        if self.alignments:
+            kernels.append(self.alignments[seed].kernel())
+        return kernels
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> ModelOutput:
+        """Whole sequences through a one-seed model. x: (B, T, d) features, NaN rows for frames without a face;
+        mask: optional (B, T) bool, True = observed."""
+        if self.seeds != 1:
+            raise AffectError(f"model: forward() runs a one-seed model; this one holds {self.seeds} seeds")
+        out = self.causal(x, mask=mask)
+        z = out.states[0]
+        assert z is not None
+        return ModelOutput(
+            y=self.noncausal(z), z=z, P=out.covariances[0], observations=out.observations[0], _model=self
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
     def alignment_parameters(self) -> list[nn.Parameter]:
-        """The parameters that get their own learning rate (mu', s)."""
-        return list(self.alignment.parameters()) if isinstance(self.alignment, AdaptiveAlignment) else []
+        """The parameters that get their own learning rate (mu', s of adaptive alignment)."""
+        return [p for a in self.alignments if isinstance(a, AdaptiveAlignment) for p in a.parameters()]
 
-    def learned_lag(self) -> tuple[float, float]:
-        """(mu in frames, sigma^2) of the alignment: learned for AA, the fixed delay for MA, (0, 0) otherwise."""
-        if isinstance(self.alignment, AdaptiveAlignment):
-            return float(self.alignment.mu.detach()), float(self.alignment.sigma2.detach())
-        if isinstance(self.alignment, FixedShift):
-            return float(self.alignment.shift), 0.0
-        return 0.0, 0.0
+    def parameter_groups(self, lr: float, lr_align: float) -> list[dict[str, object]]:
+        """Adam's parameter groups: the alignment parameters get their own learning rate, so that mu reaches a lag
+        of seconds (DESIGN.md section 3)."""
+        align = self.alignment_parameters()
+        align_ids = {id(p) for p in align}
+        groups: list[dict[str, object]] = [
+            {"params": [p for p in self.parameters() if id(p) not in align_ids], "lr": lr}
+        ]
+        if align:
+            groups.append({"params": align, "lr": lr_align})
+        return groups
+
+    def clip_grad_norm_per_seed(self, max_norm: float) -> Tensor:
+        """:func:`torch.nn.utils.clip_grad_norm_` for each seed on its own. Returns the norms before clipping, (S,)."""
+        squares = torch.zeros(self.seeds, dtype=torch.float32, device=self.frontend.head_bias.device)
+        seeded = [(p.grad, None) for p in self.frontend.parameters() if p.grad is not None]
+        for modules in (self.filters, self.alignments):
+            seeded += [(p.grad, s) for s, m in enumerate(modules) for p in m.parameters() if p.grad is not None]
+        for grad, s in seeded:
+            if s is None:
+                squares += grad.reshape(self.seeds, -1).square().sum(1).to(squares.dtype)
+            else:
+                squares[s] += grad.square().sum().to(squares.dtype)
+        norms = squares.sqrt()
+        coefficients = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for grad, s in seeded:
+            if s is None:
+                grad.mul_(coefficients.view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
+            else:
+                grad.mul_(coefficients[s].to(grad.dtype))
+        return norms
+
+    def learned_lag(self, seed: int = 0) -> tuple[float, float]:
+        """(mu in frames, sigma^2) of a seed's alignment: learned for AA, the fixed delay for MA, (0, 0) otherwise."""
+        if not self.alignments:
+            return 0.0, 0.0
+        alignment = self.alignments[seed]
+        if isinstance(alignment, AdaptiveAlignment):
+            return float(alignment.mu.detach()), float(alignment.sigma2.detach())
+        return float(alignment.shift), 0.0
+
+    # ------------------------------------------------------------------------------------------------------------
+    def seed_state(self, seed: int) -> dict[str, Tensor]:
+        """The state of seed ``seed`` as a one-seed model's state dict (detached copies)."""
+        state = {}
+        for name, value in self.state_dict().items():
+            kind, _, rest = name.partition(".")
+            if kind == "frontend":
+                state[name] = value[seed : seed + 1].detach().clone()
+            elif kind in ("filters", "alignments"):
+                index, _, leaf = rest.partition(".")
+                if int(index) == seed:
+                    state[f"{kind}.0.{leaf}"] = value.detach().clone()
+            else:
+                state[name] = value.detach().clone()
+        return state
+
+    def load_seed_state(self, seed: int, state: dict[str, Tensor]) -> None:
+        """Set seed ``seed``'s tensors from a one-seed state dict (as :meth:`seed_state` gives)."""
+        with torch.no_grad():
+            for name, value in self.state_dict(keep_vars=True).items():
+                kind, _, rest = name.partition(".")
+                if kind == "frontend":
+                    value[seed : seed + 1].copy_(state[name])
+                elif kind in ("filters", "alignments"):
+                    index, _, leaf = rest.partition(".")
+                    if int(index) == seed:
+                        value.copy_(state[f"{kind}.0.{leaf}"])
+
+    def seed_model(self, seed: int) -> AffectModel:
+        """A one-seed model holding seed ``seed``'s weights (on this model's device)."""
+        single = AffectModel(self.config)
+        single.load_state_dict(self.seed_state(seed))
+        return single.to(self.frontend.head_bias.device)

@@ -95,11 +95,8 @@ def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[
     """features: (T_i, d) raw features per video -> per video {dimension: (level (T_i,), variance (T_i,))}.
 
     The videos go through each model of the bundle in one batch (equal to ``bundle.predict`` on each video); videos
-    longer than CHUNK_FRAMES stream through in chunks. An object that only has ModelBundle's ``predict`` (a stand-in
-    model) is asked video by video.
+    longer than CHUNK_FRAMES stream through in chunks.
     """
-    if not isinstance(bundle, ModelBundle):
-        return [bundle.predict(f, chunk_frames=CHUNK_FRAMES) for f in features]
     for f in features:
         if f.ndim != 2 or f.shape[1] != len(bundle.feature_names):
             raise AffectError(

@@ -4,9 +4,10 @@ A video streams through in chunks of raw feature rows. Each stage keeps only the
 
 - the feature transform keeps the last rows its pooling window reaches back to, and waits for the rows it reaches
   forward to (standardisation and PCA are per frame);
-- the LSTM carries its (h, c) state and the filter its last (z, P) across chunks (both are causal);
-- the non-causal stages (the baseline's smoothing, the alignment y_t = sum_k w_k z_{t-k}) are
-  :class:`StreamingLaggedConvolution`: they hold the last D inputs and wait for the next D, with the same replicate
+- the causal stages (:meth:`AffectModel.causal`: the LSTM's (h, c), the filter's last (z, P)) carry their state
+  across chunks;
+- the non-causal stages (:meth:`AffectModel.noncausal_kernels`: the baseline's smoothing, the alignment
+  y_t = sum_k w_k z_{t-k}) are :class:`StreamingLaggedConvolution`: they hold the last D inputs and wait for the next D, with the same replicate
   padding at the true ends of the video as :func:`affect_core.alignment.lagged_convolution`.
 
 Memory is O(chunk + window), whatever the video's length.
@@ -21,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from affect_core.alignment import AdaptiveAlignment, FixedShift
 from affect_core.features import FeatureTransform
-from affect_core.model import AffectModel
+from affect_core.model import AffectModel, level_variances
 
 
 class StreamingLaggedConvolution:
@@ -111,51 +111,33 @@ class StreamingFeatureTransform:
         return out
 
 
-def _post_weights(model: AffectModel) -> list[Tensor]:
-    """The non-causal stages after the filter (or the front-end, for the baseline), as convolution weights."""
-    stages = []
-    if model.smoothing is not None:
-        stages.append(model.smoothing.weights)
-    if isinstance(model.alignment, AdaptiveAlignment):
-        stages.append(model.alignment.weights().detach())
-    elif isinstance(model.alignment, FixedShift):
-        shift = model.alignment.shift
-        one_hot = torch.zeros(2 * abs(shift) + 1)
-        one_hot[abs(shift) + shift] = 1.0
-        stages.append(one_hot)
-    return stages
-
-
 @torch.no_grad()
 def stream_predict(
-    model: AffectModel, transform: FeatureTransform | None, chunks: Iterable[np.ndarray]
+    model: AffectModel, transform: FeatureTransform | None, chunks: Iterable[np.ndarray], *, seed: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Predict a video given as consecutive chunks of raw feature rows (NaN rows = no face).
+    """Predict a video given as consecutive chunks of raw feature rows (NaN rows = no face) with seed ``seed``.
 
     Yields (levels (c, k), variances (c, k)) for consecutive frames; all yields together cover the video once. The
     result equals :func:`affect_core.inference.predict_features` on the whole video (up to float rounding).
     """
+    was_training = model.training
     model.eval()
-    param = next(model.parameters())
+    param = model.frontend.head_bias
     k = model.config.num_dims
+    filtered = bool(model.filters)
     features = StreamingFeatureTransform(transform)
-    convs = [StreamingLaggedConvolution(w.to(param)) for w in _post_weights(model)]
-    lstm_state = None
-    filter_state: tuple[Tensor, Tensor] | None = None
+    convs = [StreamingLaggedConvolution(w.to(param)) for w in model.noncausal_kernels(seed)]
+    state = None
 
     def causal(x_np: np.ndarray) -> Tensor:
-        """Front-end and filter over one piece: rows (c, n + k) = [z, level variances] (baseline: [o])."""
-        nonlocal lstm_state, filter_state
+        """The causal stages over one piece: rows (c, n + k) = [z, level variances] (baseline: [o])."""
+        nonlocal state
         x = torch.as_tensor(x_np, dtype=param.dtype, device=param.device).unsqueeze(0)
-        observed = torch.isfinite(x).all(-1)
-        x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
-        o, lstm_state = model.frontend(x, observed, lstm_state)
-        if model.filter is None:
-            return o[0]
-        out = model.filter(o, mask=observed, initial=filter_state)
-        filter_state = (out.states[0, -1], out.covariances[0, -1])
-        level_var = torch.diagonal(out.covariances[0], dim1=-2, dim2=-1)[:, 0::3]
-        return torch.cat([out.states[0], level_var], dim=-1)
+        out = model.causal(x, state=state, seeds=[seed])
+        state = out.state
+        z, P = out.states[seed], out.covariances[seed]
+        assert z is not None
+        return z[0] if P is None else torch.cat([z[0], level_variances(P[0]).to(z.dtype)], dim=-1)
 
     def through_stages(rows: Tensor, final: bool) -> Tensor:
         for conv in convs:
@@ -167,21 +149,24 @@ def stream_predict(
         if rows.shape[0] == 0:
             return None
         levels = rows[:, 0 : 3 * k : 3].cpu().numpy()
-        if model.filter is None:
+        if not filtered:
             return levels, np.full_like(levels, np.nan)
         return levels, rows[:, 3 * k :].cpu().numpy()
 
-    for chunk in chunks:
-        x = features.push(np.asarray(chunk))
-        if len(x):
-            out = emit(through_stages(causal(x), final=False))
-            if out is not None:
-                yield out
-    x = features.finish()
-    rows = causal(x) if len(x) else torch.zeros(0, 3 * k + (k if model.filter is not None else 0))
-    out = emit(through_stages(rows.to(param), final=True))
-    if out is not None:
-        yield out
+    try:
+        for chunk in chunks:
+            x = features.push(np.asarray(chunk))
+            if len(x):
+                out = emit(through_stages(causal(x), final=False))
+                if out is not None:
+                    yield out
+        x = features.finish()
+        rows = causal(x) if len(x) else torch.zeros(0, 3 * k + (k if filtered else 0))
+        out = emit(through_stages(rows.to(param), final=True))
+        if out is not None:
+            yield out
+    finally:
+        model.train(was_training)
 
 
 def iter_chunks(features: np.ndarray, chunk_frames: int) -> Iterator[np.ndarray]:

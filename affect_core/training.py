@@ -1,5 +1,6 @@
-"""Single-process training: Adam, BPTT over whole sequences (or truncated windows), early stopping on dev CCC,
-seeded and deterministic on CPU, checkpoint and resume, a progress bar and a result record.
+"""The training loop: S seeds of one model variant in one process (S = 1 for one model), Adam, BPTT over whole
+sequences (or truncated windows), early stopping per seed on dev CCC, seeded and deterministic on CPU, checkpoint and
+resume, a progress bar and a result record per seed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from affect_core.config import RunConfig
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform, fit_feature_transform
-from affect_core.inference import evaluate_videos
+from affect_core.inference import evaluate_seeds
 from affect_core.losses import affect_loss
 from affect_core.model import AffectModel
 
@@ -134,12 +135,12 @@ def prepare_training(
 
 
 def build_optimizer(model: AffectModel, config: RunConfig) -> torch.optim.Adam:
-    """Adam; the alignment parameters get their own learning rate so that mu reaches a lag of seconds."""
-    align_ids = {id(p) for p in model.alignment_parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in align_ids], "lr": config.train.lr}]
-    if align_ids:
-        groups.append({"params": model.alignment_parameters(), "lr": config.train.lr_align})
-    return torch.optim.Adam(groups, betas=config.train.betas)
+    """Adam over :meth:`AffectModel.parameter_groups` (the alignment parameters at their own learning rate)."""
+    return torch.optim.Adam(model.parameter_groups(config.train.lr, config.train.lr_align), betas=config.train.betas)
+
+
+SeedEpochCallback = Callable[[int, EpochRecord], None]
+"""Called after each epoch of each seed still training: (seed, record)."""
 
 
 def train_model(
@@ -154,101 +155,233 @@ def train_model(
     storage_options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
 ) -> TrainResult:
-    """Train one model on ``train``, early-stopping on the mean dev CCC over its affect dimensions.
+    """Train one model (seed ``config.train.seed``): the one-seed case of :func:`train_seeds`."""
+    callback = None if on_epoch is None else (lambda _seed, record: on_epoch(record))
+    return train_seeds(
+        train,
+        dev,
+        config,
+        [config.train.seed],
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        progress=progress,
+        on_epoch=callback,
+        storage_options=storage_options,
+        device=device,
+    )[0]
+
+
+def train_seeds(
+    train: list[Video],
+    dev: list[Video],
+    config: RunConfig,
+    seeds: list[int],
+    *,
+    checkpoint_path: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: SeedEpochCallback | None = None,
+    storage_options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+) -> list[TrainResult]:
+    """Train one model per seed in ``seeds``, together as one :class:`AffectModel` of S seeds; early stopping per seed
+    on its mean dev CCC over the model's affect dimensions.
+
+    Seeds never interact: seed s starts from the weights ``torch.manual_seed(s)`` draws, takes its truncated-BPTT
+    windows from ``np.random.default_rng(s)``, its loss is its own term of the summed loss, its gradient is clipped on
+    its own norm, Adam's update is elementwise, and a seed that has stopped is restored after every step. So each
+    result is what training that seed alone gives (up to float summation order), and S seeds cost far less than S
+    runs: the front-end of every seed is one batched product per layer.
 
     checkpoint_path: any fsspec URL; written after every epoch, read back when ``resume`` is set.
-    on_epoch: called after each epoch (Ray reports dev CCC through it).
-    device: where the model trains; None picks the GPU when one is present, else the CPU. Results on the CPU are
-    deterministic for a seed.
+    on_epoch: called after each epoch of each seed still training, with (seed, record) (Ray reports through it).
+    device: where the model trains; None picks the GPU when one is present, else the CPU. The batches go to it as
+    pinned host memory with non-blocking copies. Results on the CPU are deterministic for a seed.
+    Each result's ``train_seconds`` (and each record's ``seconds``) is the wall time divided by the number of seeds
+    training at that moment, so that per-seed figures stay comparable with one-seed runs.
     """
     started = time.perf_counter()
-    config = copy.deepcopy(config)
-    transform, train_items, fps = prepare_training(train, config)
-    seed = config.train.seed
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = AffectModel(config.model).to(resolve_device(device))
-    optimizer = build_optimizer(model, config)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    best_state = copy.deepcopy(model.state_dict())
+    if not seeds:
+        raise AffectError("training: no seeds given")
+    if len(set(seeds)) != len(seeds):
+        raise AffectError(f"training: seeds must be distinct, got {seeds}")
+    base = copy.deepcopy(config)
+    transform, train_items, fps = prepare_training(train, base)
+    hp = base.train
+    target = resolve_device(device)
+    S = len(seeds)
+    model = AffectModel(base.model, seeds=[int(s) for s in seeds]).to(target)
+    optimizer = build_optimizer(model, base)
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    progress_state: dict[str, Any] = {
+        "epochs": [0] * S,
+        "bad_epochs": [0] * S,
+        "best_epoch": [0] * S,
+        "best_score": [-math.inf] * S,
+        "histories": [[] for _ in range(S)],
+        "frozen": [],
+    }
+    best_state = [model.seed_state(s) for s in range(S)]
     if resume and checkpoint_path is not None and _exists(checkpoint_path, storage_options):
         ckpt = load_checkpoint(checkpoint_path, storage_options)
+        if list(ckpt.get("seeds", [])) != list(seeds):
+            raise AffectError(f"{checkpoint_path}: a checkpoint of seeds {ckpt.get('seeds')}, not {list(seeds)}")
         model.load_state_dict(ckpt["model"])
-        ckpt["best_model"] = {k: v.to(next(model.parameters()).device) for k, v in ckpt["best_model"].items()}
         optimizer.load_state_dict(ckpt["optimizer"])
-        best_state = ckpt["best_model"]
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        rng.bit_generator.state = ckpt["numpy_rng"]
-    history = [EpochRecord(**r) for r in state["history"]]
-    bar = tqdm(
-        total=config.train.max_epochs,
-        initial=state["epoch"],
-        disable=not progress,
-        desc="epochs",
-        leave=False,
-    )
-    while state["epoch"] < config.train.max_epochs and state["bad_epochs"] < config.train.patience:
+        best_state = ckpt["best_states"]
+        progress_state = ckpt["progress"]
+        for rng, rng_state in zip(rngs, ckpt["numpy_rngs"], strict=True):
+            rng.bit_generator.state = rng_state
+    epochs, bad_epochs = progress_state["epochs"], progress_state["bad_epochs"]
+    best_epoch, best_score = progress_state["best_epoch"], progress_state["best_score"]
+    histories = [[EpochRecord(**r) for r in h] for h in progress_state["histories"]]
+    frozen = {s: model.seed_state(s) for s in progress_state["frozen"]}
+
+    def is_active(s: int) -> bool:
+        return epochs[s] < hp.max_epochs and bad_epochs[s] < hp.patience
+
+    whole = [to_device(pad_batch(train_items), target)] if hp.window_frames is None else None
+    label = f"epochs ({S} seeds)" if S > 1 else "epochs"
+    bar = tqdm(total=hp.max_epochs, initial=max(epochs), disable=not progress, desc=label, leave=False)
+    active = [s for s in range(S) if is_active(s)]
+    while active:
         t0 = time.perf_counter()
         model.train()
-        losses = []
-        for batch in epoch_batches(train_items, config.train.window_frames, config.train.batch_size, rng):
+        losses: dict[int, list[float]] = {s: [] for s in active}
+        for x, labels, lengths in _epoch_steps(train_items, hp, rngs, active, S, whole, target):
             optimizer.zero_grad()
-            out = model(batch.x)
-            loss = affect_loss(out.y, batch.labels, fps=fps, lambda1=config.train.lambda1, lambda2=config.train.lambda2)
-            if not torch.isfinite(loss):
-                raise AffectError(f"training: the loss became {float(loss)} at epoch {state['epoch'] + 1}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            causal = model.causal(x, seeds=active)
+            total = None
+            for s in active:
+                z = causal.states[s]
+                assert z is not None
+                y = model.noncausal(z[:, : lengths[s]], s)
+                loss = affect_loss(y, labels[s], fps=fps, lambda1=hp.lambda1, lambda2=hp.lambda2)
+                if not torch.isfinite(loss):
+                    raise AffectError(
+                        f"training: the loss of seed {seeds[s]} became {float(loss)} at epoch {epochs[s] + 1}"
+                    )
+                losses[s].append(float(loss.detach()))
+                total = loss if total is None else total + loss
+            assert total is not None
+            total.backward()
+            model.clip_grad_norm_per_seed(hp.grad_clip)
             optimizer.step()
-            losses.append(float(loss.detach()))
-        state["epoch"] += 1
-        dev_score = _mean_ccc(evaluate_videos(model, transform, dev)) if dev else -float(np.mean(losses))
-        if dev_score > state["best_score"]:
-            state.update(best_score=dev_score, best_epoch=state["epoch"], bad_epochs=0)
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            state["bad_epochs"] += 1
-        record = EpochRecord(state["epoch"], float(np.mean(losses)), dev_score, time.perf_counter() - t0)
-        history.append(record)
-        state["history"] = [dataclasses.asdict(r) for r in history]
+            for s, state in frozen.items():
+                model.load_seed_state(s, state)
+        scores = evaluate_seeds(model, transform, dev, active) if dev else None
+        seconds = (time.perf_counter() - t0) / len(active)
+        for i, s in enumerate(active):
+            epochs[s] += 1
+            dev_score = mean_ccc(scores[i]) if scores is not None else -float(np.mean(losses[s]))
+            if dev_score > best_score[s]:
+                best_score[s], best_epoch[s], bad_epochs[s] = dev_score, epochs[s], 0
+                best_state[s] = model.seed_state(s)
+            else:
+                bad_epochs[s] += 1
+            record = EpochRecord(epochs[s], float(np.mean(losses[s])), dev_score, seconds)
+            histories[s].append(record)
+            if not is_active(s):
+                frozen[s] = model.seed_state(s)
         if checkpoint_path is not None:
+            progress_state.update(
+                histories=[[dataclasses.asdict(r) for r in h] for h in histories], frozen=sorted(frozen)
+            )
             save_checkpoint(
                 checkpoint_path,
                 {
+                    "seeds": list(seeds),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "best_model": best_state,
-                    "state": state,
-                    "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": rng.bit_generator.state,
+                    "best_states": best_state,
+                    "progress": progress_state,
+                    "numpy_rngs": [rng.bit_generator.state for rng in rngs],
                 },
                 storage_options,
             )
-        mu, _ = model.learned_lag()
-        bar.set_postfix(loss=f"{record.train_loss:.3f}", dev_ccc=f"{dev_score:.3f}", mu=f"{mu:.1f}")
-        bar.update(1)
         if on_epoch is not None:
-            on_epoch(record)
+            for s in active:
+                on_epoch(seeds[s], histories[s][-1])
+        lead = active[0]
+        bar.set_postfix(
+            loss=f"{histories[lead][-1].train_loss:.3f}",
+            dev_ccc=f"{histories[lead][-1].dev_ccc:.3f}",
+            mu=f"{model.learned_lag(lead)[0]:.1f}",
+        )
+        active = [s for s in active if is_active(s)]
+        bar.update(max(epochs) - bar.n)
     bar.close()
-    model.load_state_dict(best_state)
+
+    for s in range(S):
+        model.load_seed_state(s, best_state[s])
     model.eval()
-    metrics = {"train": evaluate_videos(model, transform, train)}
-    if dev:
-        metrics["dev"] = evaluate_videos(model, transform, dev)
-    mu, sigma2 = model.learned_lag()
-    return TrainResult(
-        model=model,
-        transform=transform,
-        config=config,
-        metrics=metrics,
-        mu_frames=mu,
-        sigma2=sigma2,
-        epochs=state["epoch"],
-        best_epoch=state["best_epoch"],
-        train_seconds=time.perf_counter() - started,
-        history=history,
-    )
+    train_metrics = evaluate_seeds(model, transform, train)
+    dev_metrics = evaluate_seeds(model, transform, dev) if dev else None
+    seconds = (time.perf_counter() - started) / S
+    results = []
+    for s, seed in enumerate(seeds):
+        seed_config = copy.deepcopy(base)
+        seed_config.train.seed = int(seed)
+        metrics = {"train": train_metrics[s]}
+        if dev_metrics is not None:
+            metrics["dev"] = dev_metrics[s]
+        mu, sigma2 = model.learned_lag(s)
+        single = model.seed_model(s).eval()
+        results.append(
+            TrainResult(
+                model=single,
+                transform=transform,
+                config=seed_config,
+                metrics=metrics,
+                mu_frames=mu,
+                sigma2=sigma2,
+                epochs=epochs[s],
+                best_epoch=best_epoch[s],
+                train_seconds=seconds,
+                history=histories[s],
+            )
+        )
+    return results
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch on ``device``: from pinned host memory with non-blocking copies when that is a GPU."""
+    if device.type == "cpu":
+        return batch
+    pin = device.type == "cuda"
+    x, labels = (t.pin_memory() if pin else t for t in (batch.x, batch.labels))
+    return Batch(x.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+
+
+def _epoch_steps(
+    train_items: list[tuple[np.ndarray, np.ndarray]],
+    hp: Any,
+    rngs: list[np.random.Generator],
+    active: list[int],
+    seeds: int,
+    whole: list[Batch] | None,
+    device: torch.device,
+) -> list[tuple[torch.Tensor, list[torch.Tensor], list[int]]]:
+    """One epoch's steps: (x, per-seed labels, per-seed lengths). Whole sequences: one batch shared by every seed,
+    x `(B, T, d)`. Truncated windows: each active seed draws its own, x `(S, B, T_max, d)` padded with NaN (a seed
+    that has stopped draws none and gets a copy of an active seed's batch, whose output is unused)."""
+    if whole is not None:
+        return [(b.x, [b.labels] * seeds, [b.x.shape[1]] * seeds) for b in whole]
+    per_seed = {s: epoch_batches(train_items, hp.window_frames, hp.batch_size, rngs[s]) for s in active}
+    steps = []
+    for j in range(len(per_seed[active[0]])):
+        batches = [per_seed[s][j] if s in per_seed else per_seed[active[0]][j] for s in range(seeds)]
+        lengths = [b.x.shape[1] for b in batches]
+        longest = max(lengths)
+        xs = [
+            b.x
+            if b.x.shape[1] == longest
+            else torch.cat([b.x, b.x.new_full((b.x.shape[0], longest - b.x.shape[1], b.x.shape[2]), math.nan)], 1)
+            for b in batches
+        ]
+        stacked = to_device(Batch(torch.stack(xs), torch.zeros(0)), device).x
+        steps.append((stacked, [to_device(b, device).labels for b in batches], lengths))
+    return steps
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -258,7 +391,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _mean_ccc(metrics: dict[str, dict[str, float]]) -> float:
+def mean_ccc(metrics: dict[str, dict[str, float]]) -> float:
+    """The early-stopping score: the mean CCC over a model's affect dimensions (finite ones)."""
     values = [m["ccc"] for m in metrics.values() if np.isfinite(m["ccc"])]
     return float(np.mean(values)) if values else -math.inf
 

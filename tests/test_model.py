@@ -59,9 +59,9 @@ def test_frames_without_a_face_are_predict_only_steps(model):
     # the filter's state in the gap follows its own prediction: z_t = F z_{t-1} (KF) / f(z_{t-1}) (EKF)
     z = out.z[0]
     if model == "lstm-kf":
-        predicted = z[24] @ m.filter.F.detach().T
+        predicted = z[24] @ m.filters[0].F.detach().T
     else:
-        predicted = torch.tanh(z[24] @ m.filter.W_f.detach().T + m.filter.b_f.detach())
+        predicted = torch.tanh(z[24] @ m.filters[0].W_f.detach().T + m.filters[0].b_f.detach())
     assert torch.allclose(z[25], predicted, atol=1e-5)
 
 
@@ -103,16 +103,16 @@ def test_finite_rows_finds_every_non_finite_frame():
 
 @pytest.mark.parametrize("model", ["lstm-kf", "lstm-ekf", "baseline"])
 def test_fully_observed_batch_takes_the_unmasked_path_with_the_same_result(model):
-    """A batch with every frame observed skips the masking (no mask channel copy, one shared covariance
-    recursion); forcing the masked path with an all-True mask must give the same outputs and gradients."""
+    """A batch with every frame observed skips the masking (no mask writes, one shared covariance recursion);
+    forcing the masked path with an all-True mask must give the same outputs and gradients."""
     m = make(model).double()
     x = torch.randn(3, 60, 5, dtype=torch.float64)
     results = []
     for force_mask in (False, True):
         m.zero_grad()
         o, _ = m.frontend(x, torch.ones(3, 60, dtype=torch.bool) if force_mask else None)
-        out = m.filter(o, mask=torch.ones(3, 60, dtype=torch.bool) if force_mask else None) if m.filter else None
-        z = out.states if out is not None else o
+        mask = torch.ones(3, 60, dtype=torch.bool) if force_mask else None
+        z = m.filters[0](o[0], mask=mask).states if m.filters else o[0]
         z.square().sum().backward()
         results.append((z.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-10, rtol=1e-10)
@@ -120,36 +120,70 @@ def test_fully_observed_batch_takes_the_unmasked_path_with_the_same_result(model
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
-def test_front_end_without_gradients_takes_the_compiled_lstm_with_the_same_result():
-    """Scoring and evaluation (no gradients, CPU float32) run the compiled LSTM; it equals nn.LSTM's output and
-    carries the state across chunks like it."""
+def reference_front_end(m: AffectModel, x: torch.Tensor, mask: torch.Tensor, seed: int = 0):
+    """The paper's front-end written with torch.nn layers on seed ``seed``'s weights: [x, mask] -> Linear+ReLU
+    layers -> nn.LSTM -> Linear+tanh. Returns o (B, T, m) and the LSTM's (h_n, c_n)."""
+    fe = m.frontend
+    h = torch.cat([x.masked_fill(~mask.unsqueeze(-1), 0.0), mask.unsqueeze(-1).to(x.dtype)], dim=-1)
+    for j in range(fe.layers):
+        h = torch.relu(
+            torch.nn.functional.linear(h, getattr(fe, f"ff{j}_weight")[seed], getattr(fe, f"ff{j}_bias")[seed])
+        )
+    lstm = torch.nn.LSTM(h.shape[-1], fe.lstm_size, batch_first=True)
+    weights = {
+        f"{name}_l0": getattr(fe, f"lstm_{name}")[seed] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    }
+    out, state = torch.func.functional_call(lstm, weights, (h,))
+    return torch.tanh(torch.nn.functional.linear(out, fe.head_weight[seed], fe.head_bias[seed])), state
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_front_end_equals_torch_nn_layers_and_carries_its_state_across_pieces(grad):
+    """The front-end (compiled LSTM on CPU float32, with and without gradients) equals torch.nn layers on the same
+    weights, and running a sequence in two pieces with the state carried gives the whole sequence's result."""
     m = make("lstm-kf")
     x = torch.randn(3, 80, 5)
     mask = torch.rand(3, 80) > 0.2
-    expected, (h_n, c_n) = m.frontend(x, mask)  # gradients on: nn.LSTM
-    assert expected.requires_grad
-    with torch.no_grad():
+    expected, (h_n, c_n) = reference_front_end(m, x, mask)
+    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+    with torch.set_grad_enabled(grad):
         whole, (h_w, c_w) = m.frontend(x, mask)
         first, state = m.frontend(x[:, :30], mask[:, :30])
         second, (h_c, c_c) = m.frontend(x[:, 30:], mask[:, 30:], state)
-    torch.testing.assert_close(whole, expected.detach(), atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-7, rtol=0)
+    torch.testing.assert_close(whole[0], expected.detach(), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first, second], 2), whole, atol=1e-6, rtol=0)
     for got in (h_w, h_c):
-        torch.testing.assert_close(got, h_n.detach(), atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(got[0], h_n[0].detach(), atol=2e-6, rtol=1e-5)
     for got in (c_w, c_c):
-        torch.testing.assert_close(got, c_n.detach(), atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(got[0], c_n[0].detach(), atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_input_layer_equals_the_layers_on_features_and_mask_channel(masked):
-    """The first layers see [x, mask] (paper: the mask as an extra input channel); the model adds the mask column of
-    the first weight on its own instead of concatenating, and frames without a face (zeros) get the bias alone."""
+def test_front_end_gradients_equal_torch_nn_layers():
+    """The compiled LSTM's hand-derived backward through the whole front-end equals autograd through torch.nn."""
     m = make("lstm-kf")
-    x = torch.randn(2, 40, 5)
-    mask = torch.rand(2, 40) > 0.3 if masked else torch.ones(2, 40, dtype=torch.bool)
-    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-    expected = m.frontend.feed_forward(torch.cat([x, mask.unsqueeze(-1).to(x.dtype)], dim=-1))
-    got = m.frontend._input_layer(x, mask if masked else None)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    got.sum().backward()  # the in-place write on the rows without a face keeps the graph valid
-    assert all(p.grad is not None for p in m.frontend.feed_forward.parameters())
+    x = torch.randn(2, 50, 5)
+    mask = torch.rand(2, 50) > 0.3
+    expected, _ = reference_front_end(m, x, mask)
+    expected.square().sum().backward()
+    wanted = {name: p.grad.clone() for name, p in m.frontend.named_parameters()}
+    m.zero_grad()
+    got, _ = m.frontend(x.masked_fill(~mask.unsqueeze(-1), 0.0), mask)
+    got.square().sum().backward()
+    for name, p in m.frontend.named_parameters():
+        torch.testing.assert_close(p.grad, wanted[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_model_of_several_seeds_is_each_seed_alone():
+    """Seeds of one model never interact: each seed of a 3-seed model predicts what its one-seed model predicts, and
+    its weights are those ``torch.manual_seed(seed)`` draws for one model."""
+    config = ModelConfig(model="lstm-ekf", align="adaptive", input_dim=5, window=10)
+    stack = AffectModel(config, seeds=[4, 5, 6])
+    x = torch.randn(2, 60, 5)
+    x[0, 10:15] = float("nan")
+    out = stack.causal(x)
+    for s, seed in enumerate([4, 5, 6]):
+        alone = AffectModel(config, seeds=[seed])
+        for name, value in alone.state_dict().items():
+            torch.testing.assert_close(stack.seed_state(s)[name], value, msg=name)
+        y = stack.noncausal(out.states[s], s)
+        torch.testing.assert_close(y, alone(x).y, atol=1e-6, rtol=1e-5)

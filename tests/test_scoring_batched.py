@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import affect_core.frontend as frontend
 import affect_core.inference as inference
 import affect_core.scoring as scoring
 from affect_core.artifact import ModelBundle, TrainedModel
@@ -16,7 +17,7 @@ from affect_core.config import FeatureConfig, ModelConfig, RunConfig
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.features import fit_feature_transform
-from affect_core.inference import predict_batch, predict_features
+from affect_core.inference import predict_batch
 from affect_core.model import AffectModel
 from affect_core.scoring import (
     MANIFEST,
@@ -67,7 +68,18 @@ def make_model(model: str, align: str, dimension: str = "arousal", pooling: int 
 @pytest.fixture(autouse=True)
 def small_front_end_pieces(monkeypatch):
     """Several front-end pieces per batch even for short test videos."""
-    monkeypatch.setattr(inference, "FRONTEND_PIECE", 64)
+    monkeypatch.setattr(frontend, "INFERENCE_PIECE", 64)
+
+
+def alone(model, transform, features) -> inference.Prediction:
+    """One video through the model's forward pass, whole and unbatched: what every batched path must equal."""
+    was_training = model.training
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(transform.apply(features)).unsqueeze(0))
+    model.train(was_training)
+    levels = out.levels()[0].numpy()
+    variances = np.full_like(levels, np.nan) if out.y_var is None else out.y_var[0].detach().numpy()
+    return inference.Prediction(model.config.affect_dimensions, levels, variances)
 
 
 def assert_same(got, expected):
@@ -98,7 +110,7 @@ def test_a_batch_equals_each_video_alone(model, align, dimension, pooling, missi
     batched = predict_batch(m, transform, videos)
     assert len(batched) == len(videos)
     for features, got in zip(videos, batched, strict=True):
-        assert_same(got, predict_features(m, transform, features))
+        assert_same(got, alone(m, transform, features))
 
 
 def test_videos_longer_than_a_chunk_stream_and_the_rest_are_batched():
@@ -106,7 +118,7 @@ def test_videos_longer_than_a_chunk_stream_and_the_rest_are_batched():
     videos = make_videos((300, 1200, 40, 900, 301))
     batched = predict_batch(m, transform, videos, chunk_frames=500)
     for features, got in zip(videos, batched, strict=True):
-        assert_same(got, predict_features(m, transform, features))
+        assert_same(got, alone(m, transform, features))
 
 
 def test_a_video_without_any_face_in_a_batch():
@@ -114,7 +126,7 @@ def test_a_video_without_any_face_in_a_batch():
     videos = make_videos((200, 80, 150))
     videos[1][:] = np.nan
     for features, got in zip(videos, predict_batch(m, transform, videos), strict=True):
-        assert_same(got, predict_features(m, transform, features))
+        assert_same(got, alone(m, transform, features))
 
 
 def test_empty_videos_and_the_training_mode_is_kept():
@@ -123,7 +135,7 @@ def test_empty_videos_and_the_training_mode_is_kept():
     empty, video = np.zeros((0, FEATURES), np.float32), make_videos((50,))[0]
     got = predict_batch(m, transform, [empty, video])
     assert got[0].levels.shape == (0, 1) and got[0].variances.shape == (0, 1)
-    assert_same(got[1], predict_features(m, transform, video))
+    assert_same(got[1], alone(m, transform, video))
     assert m.training
 
 
@@ -229,21 +241,6 @@ def test_a_write_error_reaches_the_caller_and_no_manifest_is_written(tmp_path, m
         score_videos(bundle, iter(corpus()), str(tmp_path / "p"), feature_names=bundle.feature_names, progress=False)
     assert not (tmp_path / "p" / MANIFEST).exists()
     assert "test_3" not in finished_videos(resolve(str(tmp_path / "p")))
-
-
-def test_the_stand_in_model_interface_is_still_accepted(tmp_path):
-    class Constant:
-        model_id, feature_set, feature_names = "constant", "features", [f"f{i}" for i in range(FEATURES)]
-
-        def predict(self, features, *, chunk_frames=None):
-            ones = np.ones(len(features), np.float32)
-            return {"arousal": (ones, ones)}
-
-    videos = corpus((30, 40))
-    score_videos(Constant(), videos, str(tmp_path / "p"), feature_names=Constant.feature_names, progress=False)
-    table = read_predictions(str(tmp_path / "p"))["test_1"]
-    assert table.column("arousal").to_pylist() == [1.0] * 40
-    assert table.column("valence").null_count == 40
 
 
 def test_video_batches_respect_the_limits():

@@ -76,7 +76,7 @@ def train_seeds(
     """Train ``seeds`` seeds per model in parallel on Ray and write the run's outputs under ``run_url``.
 
     With ``seeds_per_worker`` > 1 each Train worker trains a group of that many seeds of one model as one seed stack
-    (:func:`affect_core.seed_batch.run_seeds_batched`, on the worker's CPUs): fewer, busier workers. A restarted
+    (:func:`affect_core.experiment.run_seeds`, on the worker's CPUs): fewer, busier workers. A restarted
     group worker keeps its finished seeds and trains the others again from the start.
 
     Returns the URLs of results.parquet, summary.md and the model bundle (as ``finish_run``). Raises AffectError
@@ -180,21 +180,19 @@ WORKER_SETTINGS = ("dataset_url", "run_url", "feature_set", "resume", "storage_o
 
 
 def seed_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: train its seed with :func:`affect_core.experiment.run_seed` (or its group of seeds as one
-    stack with :func:`affect_core.seed_batch.run_seeds_batched`), reporting every epoch.
+    """Ray Train worker: train its seed or group of seeds with :func:`affect_core.experiment.run_seeds`, reporting
+    every epoch.
 
     Each epoch's report carries a small Ray checkpoint (the epoch and the seed); a restarted worker finds it with
-    ``ray.train.get_checkpoint()`` and resumes instead of starting again (a single seed from its last checkpoint, a
-    group with its finished seeds kept).
+    ``ray.train.get_checkpoint()`` and resumes from the group's training checkpoint instead of starting again.
     """
     import ray.train
     import ray.train.torch
     import torch
 
     from affect_core.data.dataset import read_corpus
-    from affect_core.experiment import run_seed
+    from affect_core.experiment import run_seeds
     from affect_core.runtime import retain_freed_memory
-    from affect_core.seed_batch import run_seeds_batched
     from tuning.cluster import current_node
 
     retain_freed_memory()
@@ -214,18 +212,12 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
                 json.dump({**metrics, "seed": task.key}, handle)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
-    if len(tasks) > 1:
-        run_seeds_batched(
-            tasks, corpus, loop_config["run_url"], resume=resume, on_epoch=report, storage_options=options,
-            node=current_node(),
-        )  # fmt: skip
-        return
-    run_seed(
-        tasks[0],
+    run_seeds(
+        tasks,
         corpus,
         loop_config["run_url"],
         resume=resume,
-        on_epoch=lambda record: report(tasks[0], record),
+        on_epoch=report,
         storage_options=options,
         node=current_node(),
         device=str(ray.train.torch.get_device()),

@@ -1,4 +1,5 @@
-"""Seeds trained as one stack give what training each seed alone gives; the stack's LSTM equals torch.nn.LSTM."""
+"""The training loop: seeds trained together give what training each seed alone gives, one seed gives what the
+plain recipe gives (tests/reference_training.py), and the compiled LSTM equals torch.nn.LSTM."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import torch
 
 from affect_core.config import ModelConfig, RunConfig, TrainConfig
 from affect_core.errors import AffectError
-from affect_core.experiment import load_seed_outcome, plan_seed_tasks, run_seed
-from affect_core.inference import predict_features
+from affect_core.experiment import load_seed_outcome, plan_seed_tasks, run_seed, run_seeds
+from affect_core.frontend import FusedLSTM
 from affect_core.model import AffectModel
-from affect_core.seed_batch import SeedLSTMRecurrence, SeedStack, run_seeds_batched, train_seeds_batched
 from affect_core.synth import SynthConfig, generate_corpus
-from affect_core.training import train_model
+from affect_core.training import train_model, train_seeds
+from tests.reference_training import train_reference
 
 SEEDS = [0, 1, 2]
 TOL = 1e-4
@@ -45,7 +46,7 @@ def test_each_seed_equals_training_it_alone(tiny_corpus, model, align, window, m
     torch.set_num_threads(1)
     train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
     config = run_config(model, align, window, max_epochs, patience)
-    batched = train_seeds_batched(train, dev, config, SEEDS)
+    batched = train_seeds(train, dev, config, SEEDS, progress=False)
     assert len(batched) == len(SEEDS)
     for seed, got in zip(SEEDS, batched, strict=True):
         seed_config = copy.deepcopy(config)
@@ -71,45 +72,53 @@ def test_each_seed_equals_training_it_alone(tiny_corpus, model, align, window, m
         assert len({r.epochs for r in batched}) > 1, "the early-stopping case must stop seeds at different epochs"
 
 
-def stacked_models(config: ModelConfig, count: int) -> list[AffectModel]:
-    models = []
-    for seed in range(count):
-        torch.manual_seed(seed)
-        model = AffectModel(config)
-        if model.alignment is not None and hasattr(model.alignment, "mu_raw"):
-            with torch.no_grad():
-                model.alignment.mu_raw.fill_(0.2 * seed - 0.2)  # distinct lags per seed
-        models.append(model)
-    return models
-
-
-@pytest.mark.parametrize("model", ["lstm-kf", "lstm-ekf", "baseline"])
-def test_unstacked_models_predict_what_the_stack_predicts(model):
+@pytest.mark.parametrize(
+    ("model", "align", "window", "max_epochs", "patience"),
+    [
+        ("lstm-kf", "adaptive", 100, 4, 2),
+        ("lstm-ekf", "adaptive", None, 6, 2),
+        ("baseline", "none", None, 3, 2),
+        ("lstm-kf", "manual", None, 3, 2),
+    ],
+)
+def test_one_seed_equals_the_plain_recipe(tiny_corpus, model, align, window, max_epochs, patience):
+    """Per-seed results of the training loop equal the plain recipe's (torch.nn layers, one model, video-by-video
+    dev CCC) to float32 rounding: the same epochs, losses, dev CCC and best weights."""
     torch.set_num_threads(1)
-    config = ModelConfig(model=model, align="adaptive", input_dim=5, window=10)
-    stack = SeedStack(stacked_models(config, 3))
-    x = torch.randn(2, 80, 5)
-    x[0, 10:15] = float("nan")  # frames without a face
-    with torch.no_grad():
-        y = stack(x)
-    for s, single in enumerate(stack.unstack()):
-        with torch.no_grad():
-            assert torch.allclose(single(x).y, y[s], atol=1e-5)
-        levels = predict_features(single, None, x[1].numpy()).levels
-        assert torch.allclose(torch.from_numpy(levels), y[s, 1, :, 0::3], atol=1e-5)
+    train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
+    config = run_config(model, align, window, max_epochs, patience)
+    config.train.seed = 1
+    got = train_model(train, dev, config, progress=False)
+    history, best_state = train_reference(train, dev, config)
+    assert [r.epoch for r in got.history] == [h[0] for h in history]
+    for record, (_, loss, ccc) in zip(got.history, history, strict=True):
+        assert record.train_loss == pytest.approx(loss, abs=TOL)
+        assert record.dev_ccc == pytest.approx(ccc, abs=TOL)
+    fe = got.model.frontend
+    torch.testing.assert_close(fe.head_weight[0], best_state["head.weight"], atol=TOL, rtol=0)
+    torch.testing.assert_close(fe.lstm_weight_hh[0], best_state["lstm.weight_hh_l0"], atol=TOL, rtol=0)
+    torch.testing.assert_close(fe.ff0_weight[0], best_state["feed_forward.0.weight"], atol=TOL, rtol=0)
+    if align == "adaptive":
+        assert got.mu_frames == pytest.approx(float(20 * torch.tanh(best_state["alignment.mu_raw"])), abs=TOL)
 
 
-def test_stack_gradients_are_each_models_gradients():
+def test_gradients_of_a_model_of_seeds_are_each_seeds_gradients():
     torch.set_num_threads(1)
     config = ModelConfig(model="lstm-ekf", align="adaptive", input_dim=5, window=10)
-    models = stacked_models(config, 3)
-    stack = SeedStack(models)
+    stack = AffectModel(config, seeds=[0, 1, 2])
     x = torch.randn(2, 60, 5)
-    (stack(x) ** 2).sum().backward()
-    for s, model in enumerate(models):
-        (model(x).y ** 2).sum().backward()
-        for name, p in model.named_parameters():
-            assert torch.allclose(stack.tensor(name).grad[s], p.grad, atol=1e-4, rtol=1e-4), name
+    out = stack.causal(x)
+    sum((stack.noncausal(z, s) ** 2).sum() for s, z in enumerate(out.states)).backward()
+    for s in range(3):
+        single = stack.seed_model(s)
+        (single(x).y ** 2).sum().backward()
+        grads = {name: p.grad for name, p in single.named_parameters()}
+        for name, p in stack.frontend.named_parameters():
+            assert torch.allclose(p.grad[s], grads[f"frontend.{name}"][0], atol=1e-4, rtol=1e-4), name
+        for name, p in stack.filters[s].named_parameters():
+            assert torch.allclose(p.grad, grads[f"filters.0.{name}"], atol=1e-4, rtol=1e-4), name
+        for name, p in stack.alignments[s].named_parameters():
+            assert torch.allclose(p.grad, grads[f"alignments.0.{name}"], atol=1e-4, rtol=1e-4), name
 
 
 def stacked_weights(lstms: list[torch.nn.LSTM]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,31 +129,13 @@ def stacked_weights(lstms: list[torch.nn.LSTM]) -> tuple[torch.Tensor, torch.Ten
     return w_ih, w_hh, bias
 
 
-def test_seed_lstm_recurrence_equals_torch_lstm():
-    torch.manual_seed(0)
-    seeds, batch, steps, width, hidden = 3, 2, 40, 6, 5
-    lstms = [torch.nn.LSTM(width, hidden, batch_first=True).double() for _ in range(seeds)]
-    x = torch.randn(seeds, batch, steps, width, dtype=torch.float64)
-    w_ih, w_hh, bias = stacked_weights(lstms)
-    xw = torch.einsum("sbti,sgi->sbtg", x, w_ih)
-    hidden_states = SeedLSTMRecurrence.apply(xw, w_hh, bias)  # (S, B, T, H)
-    grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
-    for s, lstm in enumerate(lstms):
-        expected, _ = lstm(x[s])
-        assert torch.allclose(hidden_states[s], expected, atol=1e-12)
-        g_ih, g_hh, g_b_ih, _ = torch.autograd.grad((expected**3).sum(), list(lstm.parameters()))
-        assert torch.allclose(grads[0][s], g_ih, atol=1e-12)
-        assert torch.allclose(grads[1][s], g_hh, atol=1e-12)
-        assert torch.allclose(grads[2][s], g_b_ih, atol=1e-12)
-
-
-def test_run_seeds_batched_writes_what_run_seed_writes_and_resumes(tiny_corpus, tmp_path):
+def test_run_seeds_writes_what_run_seed_writes_and_resumes(tiny_corpus, tmp_path):
     torch.set_num_threads(1)
     config = run_config("lstm-kf", "adaptive", 100, 2, 5)
     run_url = str(tmp_path / "run")
     tasks = plan_seed_tasks(config, "arousal", [0, 1])
     trained: list[str] = []
-    outcomes = run_seeds_batched(tasks, tiny_corpus, run_url, on_epoch=lambda task, _: trained.append(task.key))
+    outcomes = run_seeds(tasks, tiny_corpus, run_url, on_epoch=lambda task, _: trained.append(task.key))
     assert [o.task.key for o in outcomes] == ["arousal-seed0", "arousal-seed1"]
     assert sorted(set(trained)) == ["arousal-seed0", "arousal-seed1"]
     alone = run_seed(tasks[1], tiny_corpus, str(tmp_path / "alone"))
@@ -156,41 +147,13 @@ def test_run_seeds_batched_writes_what_run_seed_writes_and_resumes(tiny_corpus, 
     assert load_seed_outcome(tasks[0], run_url) is not None
     trained.clear()
     more = plan_seed_tasks(config, "arousal", [0, 1, 2])
-    resumed = run_seeds_batched(more, tiny_corpus, run_url, resume=True, on_epoch=lambda t, _: trained.append(t.key))
+    resumed = run_seeds(more, tiny_corpus, run_url, resume=True, on_epoch=lambda t, _: trained.append(t.key))
     assert set(trained) == {"arousal-seed2"}  # finished seeds are not trained again
     assert [o.task.key for o in resumed] == ["arousal-seed0", "arousal-seed1", "arousal-seed2"]
     assert resumed[0].rows == outcomes[0].rows
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_compiled_seed_lstm_equals_torch_lstm_in_float32(threads):
-    """The TorchScript loop in float32 (the stack's path where the compiled one does not apply): same numbers as
-    nn.LSTM to float32 rounding, values and gradients, whatever the thread count."""
-    torch.manual_seed(1)
-    seeds, batch, steps, width, hidden = 4, 3, 120, 6, 16
-    lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]
-    x = torch.randn(seeds, batch, steps, width)
-    w_ih, w_hh, bias = stacked_weights(lstms)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        xw = torch.einsum("sbti,sgi->sbtg", x, w_ih)
-        hidden_states = SeedLSTMRecurrence.apply(xw, w_hh, bias)  # (S, B, T, H)
-        grads = torch.autograd.grad((hidden_states**3).sum(), [w_ih, w_hh, bias])
-        with torch.no_grad():  # inference keeps only h_t
-            assert torch.equal(SeedLSTMRecurrence.apply(xw, w_hh, bias, False), hidden_states)
-    finally:
-        torch.set_num_threads(previous)
-    for s, lstm in enumerate(lstms):
-        expected, _ = lstm(x[s])
-        torch.testing.assert_close(hidden_states[s], expected, atol=2e-6, rtol=1e-5)
-        g_ih, g_hh, g_b_ih, _ = torch.autograd.grad((expected**3).sum(), list(lstm.parameters()))
-        torch.testing.assert_close(grads[0][s], g_ih, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(grads[1][s], g_hh, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(grads[2][s], g_b_ih, atol=1e-4, rtol=1e-4)
-
-
-def test_train_run_with_seed_stacks_gives_the_one_by_one_results(tiny_corpus, tmp_path):
+def test_train_run_with_seed_groups_gives_the_one_by_one_results(tiny_corpus, tmp_path):
     """`affect train --seeds-per-worker K`: both models' seeds trained in stacks of K give the rows of the
     one-by-one run (seeds 0-2 of arousal and valence: stacks of 2 and 1 per model)."""
     import pyarrow.parquet as pq
@@ -226,11 +189,9 @@ def test_seed_groups_keep_models_apart():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_fused_seed_lstm_equals_torch_lstm_in_float32(threads):
-    """The stack's CPU LSTM (input projection inside the compiled recurrence) against nn.LSTM: outputs and the
+def test_fused_lstm_equals_torch_lstm_in_float32(threads):
+    """The compiled CPU LSTM (input projection inside the compiled recurrence) against nn.LSTM: outputs and the
     gradients of the inputs, both weight matrices and the biases."""
-    from affect_core.seed_batch import FusedSeedLSTM
-
     torch.manual_seed(2)
     seeds, batch, steps, width, hidden = 3, 2, 90, 7, 16
     lstms = [torch.nn.LSTM(width, hidden, batch_first=True) for _ in range(seeds)]
@@ -240,10 +201,11 @@ def test_fused_seed_lstm_equals_torch_lstm_in_float32(threads):
     torch.set_num_threads(threads)
     try:
         inputs = x.reshape(seeds, batch * steps, width).mT  # (S, D, B*T)
-        got = FusedSeedLSTM.apply(inputs.contiguous(), w_ih, w_hh, bias, batch, True)  # (S, B, T, H)
+        zeros = torch.zeros(seeds, batch, hidden)
+        got, _ = FusedLSTM.apply(inputs.contiguous(), w_ih, w_hh, bias, zeros, zeros, True)  # (S, B, T, H)
         grads = torch.autograd.grad((got**3).sum(), [x, w_ih, w_hh, bias])
         with torch.no_grad():
-            assert torch.equal(FusedSeedLSTM.apply(inputs.contiguous(), w_ih, w_hh, bias, batch, False), got)
+            assert torch.equal(FusedLSTM.apply(inputs.contiguous(), w_ih, w_hh, bias, zeros, zeros, False)[0], got)
     finally:
         torch.set_num_threads(previous)
     for s, lstm in enumerate(lstms):
