@@ -162,8 +162,7 @@ def run_seeds(
     train, dev = corpus.split("train"), corpus.split("dev")
     for indices in groups.values():
         group = [tasks[i] for i in indices]
-        by_seed = {t.seed: t for t in group}
-        callback = None if on_epoch is None else (lambda seed, record: on_epoch(by_seed[seed], record))
+        callback = None if on_epoch is None else _per_task(group, on_epoch)
         key = group[0].key if len(group) == 1 else f"{group[0].name}-seeds{'-'.join(str(t.seed) for t in group)}"
         results = train_seeds(
             train,
@@ -182,6 +181,13 @@ def run_seeds(
                 task, result, corpus, run_url, storage_options=storage_options, node=node
             )
     return [outcomes[i] for i in range(len(tasks))]
+
+
+def _per_task(
+    group: list[SeedTask], on_epoch: Callable[[SeedTask, EpochRecord], None]
+) -> Callable[[int, EpochRecord], None]:
+    by_seed = {t.seed: t for t in group}
+    return lambda seed, record: on_epoch(by_seed[seed], record)
 
 
 def save_seed_outcome(

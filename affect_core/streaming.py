@@ -7,8 +7,9 @@ A video streams through in chunks of raw feature rows. Each stage keeps only the
 - the causal stages (:meth:`AffectModel.causal`: the LSTM's (h, c), the filter's last (z, P)) carry their state
   across chunks;
 - the non-causal stages (:meth:`AffectModel.noncausal_kernels`: the baseline's smoothing, the alignment
-  y_t = sum_k w_k z_{t-k}) are :class:`StreamingLaggedConvolution`: they hold the last D inputs and wait for the next D, with the same replicate
-  padding at the true ends of the video as :func:`affect_core.alignment.lagged_convolution`.
+  y_t = sum_k w_k z_{t-k}) are :class:`StreamingLaggedConvolution`: they hold the last D inputs and wait for the
+  next D, with the same replicate padding at the true ends of the video as
+  :func:`affect_core.alignment.lagged_convolution`.
 
 Memory is O(chunk + window), whatever the video's length.
 """

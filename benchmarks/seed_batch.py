@@ -20,9 +20,8 @@ import torch
 
 from affect_core.config import ModelConfig, RunConfig, TrainConfig
 from affect_core.runtime import retain_freed_memory
-from affect_core.seed_batch import train_seeds_batched
 from affect_core.synth import SynthConfig, generate_corpus
-from affect_core.training import train_model
+from affect_core.training import train_model, train_seeds
 
 
 def main() -> None:
@@ -60,7 +59,7 @@ def main() -> None:
     )
     warm = copy.deepcopy(config)
     warm.train.max_epochs = 1
-    train_seeds_batched(train[:1], dev[:1], warm, [0, 1])  # load compiled kernels before timing
+    train_seeds(train[:1], dev[:1], warm, [0, 1], progress=False)  # load compiled kernels before timing
 
     def alone(seed: int) -> tuple[float, float]:
         seed_config = copy.deepcopy(config)
@@ -72,11 +71,11 @@ def main() -> None:
     one_seconds, _ = alone(0)
     seeds = list(range(args.seeds))
     started = time.perf_counter()
-    results = train_seeds_batched(train, dev, config, seeds)
+    results = train_seeds(train, dev, config, seeds, progress=False)
     batched_seconds = time.perf_counter() - started
     print(f"1 seed alone (train_model):          {one_seconds:8.2f} s")
     print(
-        f"{args.seeds} seeds as one stack:              {batched_seconds:8.2f} s   "
+        f"{args.seeds} seeds trained together:         {batched_seconds:8.2f} s   "
         f"= {batched_seconds / one_seconds:.2f}x one seed (target <= 4x)"
     )
     if not args.skip_one_by_one:
