@@ -75,7 +75,8 @@ class FeatureConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation: Adam with its own learning rate for the alignment parameters (see DESIGN.md section 3).
+    """Optimisation: Adam with its own learning rate for the alignment parameters (docs/architecture.md,
+    "Conventions").
 
     window_frames: None for full-length BPTT over whole sequences, else truncated windows of that many frames with
     ``batch_size`` windows per step.

@@ -245,7 +245,7 @@ class AffectModel(nn.Module):
 
     def parameter_groups(self, lr: float, lr_align: float) -> list[dict[str, object]]:
         """Adam's parameter groups: the alignment parameters get their own learning rate, so that mu reaches a lag
-        of seconds (DESIGN.md section 3)."""
+        of seconds (docs/architecture.md, "Conventions")."""
         align = self.alignment_parameters()
         align_ids = {id(p) for p in align}
         groups: list[dict[str, object]] = [

@@ -12,7 +12,8 @@ from affect_core.filters.types import MaskTorch, ObservationsTorch
 
 
 class ExtendedKalmanFilter(BayesFilter):
-    """Extended Kalman filter layer: f(z) = tanh(W_f z + b_f), h(z) = tanh(W_h z + b_h) (DESIGN.md section 3).
+    """Extended Kalman filter layer: f(z) = tanh(W_f z + b_f), h(z) = tanh(W_h z + b_h) (docs/architecture.md,
+    "Conventions").
 
     z^_t = f(z_{t-1}); F_t = diag(1 - z^_t^2) W_f; P^_t = F_t P_{t-1} F_t^T + Q;
     h_t = h(z^_t); H_t = diag(1 - h_t^2) W_h; K_t = P^_t H_t^T (H_t P^_t H_t^T + R)^-1;

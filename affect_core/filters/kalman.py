@@ -61,7 +61,7 @@ def _affine_combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> t
 
 
 class KalmanFilter(BayesFilter):
-    """Linear Kalman filter layer with learnable F, H, Q, R (DESIGN.md section 3).
+    """Linear Kalman filter layer with learnable F, H, Q, R (docs/architecture.md, "Conventions").
 
     z^_t = F z_{t-1}; P^_t = F P_{t-1} F^T + Q; K_t = P^_t H^T (H P^_t H^T + R)^-1; z_t = z^_t + K_t (o_t - H z^_t);
     P_t = (I - K_t H) P^_t (Joseph form). Unobserved frames are predict-only.
