@@ -257,10 +257,12 @@ class FrontEnd(nn.Module):
             h = torch.baddbmm(present_bias, features_w, flat.mT)
         if observed is not None:
             absent = ~observed.reshape(-1 if shared else (S, rows))
-            if shared:
-                h[:, :, absent] = bias.unsqueeze(-1)  # in place on the few columns without a face
+            if shared and h.device.type == "cpu":
+                # In place on the few columns without a face: a where over the whole tensor costs several times more
+                # on the CPU. Elsewhere boolean indexing would wait for the device (it counts the columns first).
+                h[:, :, absent] = bias.unsqueeze(-1)
             else:
-                h = torch.where(absent.unsqueeze(1), bias.unsqueeze(-1), h)
+                h = torch.where(absent.unsqueeze(-2), bias.unsqueeze(-1), h)
         h = torch.relu_(h)
         for j in range(1, self.layers):
             h = torch.relu_(

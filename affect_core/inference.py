@@ -17,7 +17,7 @@ from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
 from affect_core.metrics import average_over_sequences, sequence_metrics
-from affect_core.model import AffectModel, level_variances
+from affect_core.model import AffectModel, host_finite_rows, level_variances
 
 # Frames of one padded evaluation batch (all its videos together): bounds the memory of evaluating a large split.
 EVALUATION_BATCH_FRAMES = 1 << 19
@@ -84,7 +84,6 @@ def model_input(transform: FeatureTransform | None, features: np.ndarray) -> np.
     return transform.apply(features) if transform is not None else np.asarray(features, dtype=np.float32)
 
 
-@torch.inference_mode()
 def forward_padded(
     model: AffectModel, xs: list[np.ndarray], seeds: list[int] | None = None
 ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -94,8 +93,8 @@ def forward_padded(
     without a filter). The videos are padded at the end to the longest with observed zero rows: the causal stages never
     carry a padding frame back to the real frames before it, and an observed frame keeps the filter's covariance
     bounded (a long predict-only tail would not), so when every real frame has a face the batch runs unmasked and the
-    Kalman filter shares one covariance recursion across it. The non-causal stages run per video on its true length
-    (videos of equal length share a call), so their replicate padding sits at the video's own end.
+    Kalman filter shares one covariance recursion across it. The frames with a face are found here, on the host, so the
+    model's device is never waited for until the results come back.
     """
     param = model.frontend.head_bias
     lengths = [len(x) for x in xs]
@@ -104,12 +103,37 @@ def forward_padded(
         padded[b, : len(x)] = x
     if padded.shape[-1] != model.config.input_dim:
         raise AffectError(f"model input: expected shape (B, T, {model.config.input_dim}), got {padded.shape}")
+    observed = host_finite_rows(padded)
+    mask = None if observed.all() else to_model_device(torch.from_numpy(observed), param)
+    x = to_model_device(torch.from_numpy(padded), param)
+    outputs = padded_predictions(model, x, mask, lengths, seeds)
+    results = []
+    for per_video in outputs:
+        results.append(
+            [
+                (
+                    levels.cpu().numpy(),
+                    np.full(tuple(levels.shape), np.nan, np.float32) if var is None else var.cpu().numpy(),
+                )
+                for levels, var in per_video
+            ]
+        )
+    return results
+
+
+@torch.inference_mode()
+def padded_predictions(
+    model: AffectModel, x: torch.Tensor, mask: torch.Tensor | None, lengths: list[int], seeds: list[int] | None = None
+) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """The device side of :func:`forward_padded`: x `(B, T, d)` padded features with zero rows where ``mask`` (the
+    frames with a face, `(B, T)`; None = all) is False. Returns per seed, per video (levels (T_i, k), level variances
+    (T_i, k) or None without a filter), on the model's device. The non-causal stages run per video on its true length
+    (videos of equal length share a call), so their replicate padding sits at the video's own end."""
     was_training = model.training
     model.eval()
     try:
-        x = torch.from_numpy(padded).to(dtype=param.dtype, device=param.device, non_blocking=True)
         chosen = list(range(model.seeds)) if seeds is None else seeds
-        causal = model.causal(x, seeds=chosen)
+        causal = model.causal(x, mask=mask, seeds=chosen, checked=True)
     finally:
         model.train(was_training)
     k = model.config.num_dims
@@ -117,26 +141,36 @@ def forward_padded(
     for s in chosen:
         z, P = causal.states[s], causal.covariances[s]
         assert z is not None
-        per_video: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xs)
+        per_video: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             rows = [b for b, n in enumerate(lengths) if n == length]
             index = torch.tensor(rows, device=x.device)
             level = z.index_select(0, index)[:, :length, 0::3]
+            variances: torch.Tensor | None
             if P is None:
-                levels = model.noncausal(level, s).cpu().numpy()
-                variances = np.full_like(levels, np.nan)
+                levels, variances = model.noncausal(level, s), None
             elif P.stride(0) == 0:  # one covariance sequence shared by the batch (no mask)
-                levels = model.noncausal(level, s).cpu().numpy()
+                levels = model.noncausal(level, s)
                 shared = model.noncausal(level_variances(P[:1, :length]).to(level.dtype), s)
-                variances = np.repeat(shared.cpu().numpy(), len(rows), axis=0)
+                variances = shared.expand(len(rows), -1, -1)
             else:  # the variances beside the levels through one call
                 level_var = level_variances(P.index_select(0, index)[:, :length]).to(level.dtype)
-                both = model.noncausal(torch.cat([level, level_var], dim=-1), s).cpu().numpy()
+                both = model.noncausal(torch.cat([level, level_var], dim=-1), s)
                 levels, variances = both[..., :k], both[..., k:]
             for j, b in enumerate(rows):
-                per_video[b] = (levels[j], variances[j])
+                per_video[b] = (levels[j], None if variances is None else variances[j])
         results.append([r for r in per_video if r is not None])
     return results
+
+
+def to_model_device(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A host tensor on the device of ``like`` (floating point: in its dtype), through pinned memory and a
+    non-blocking copy when that is a GPU."""
+    if tensor.is_floating_point():
+        tensor = tensor.to(like.dtype)
+    if like.device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(like.device, non_blocking=True)
 
 
 def _evaluation_batches(videos: list[Video]) -> Iterator[list[Video]]:

@@ -25,7 +25,7 @@ from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform, fit_feature_transform
 from affect_core.inference import evaluate_seeds
 from affect_core.losses import affect_loss
-from affect_core.model import AffectModel
+from affect_core.model import AffectModel, host_finite_rows
 
 
 @dataclass
@@ -57,10 +57,12 @@ class TrainResult:
 
 @dataclass
 class Batch:
-    """x: (B, T, d) float32 with NaN rows (no face or padding); labels: (B, T, k) NaN where unlabelled or padded."""
+    """x: (B, T, d) float32 with NaN rows (no face or padding); labels: (B, T, k) NaN where unlabelled or padded;
+    observed: (B, T) bool, the frames with a face (found on the host), or None when every frame has one."""
 
     x: torch.Tensor
     labels: torch.Tensor
+    observed: torch.Tensor | None = None
 
 
 def stack_videos(
@@ -86,7 +88,8 @@ def pad_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
     for i, (x, y) in enumerate(items):
         xs[i, : len(x)] = x
         ys[i, : len(y)] = y
-    return Batch(torch.from_numpy(xs), torch.from_numpy(ys))
+    observed = host_finite_rows(xs)
+    return Batch(torch.from_numpy(xs), torch.from_numpy(ys), None if observed.all() else torch.from_numpy(observed))
 
 
 def epoch_batches(
@@ -248,27 +251,17 @@ def train_seeds(
         t0 = time.perf_counter()
         model.train()
         losses: dict[int, list[float]] = {s: [] for s in active}
-        for x, labels, lengths in _epoch_steps(train_items, hp, rngs, active, S, whole, target):
-            optimizer.zero_grad()
-            causal = model.causal(x, seeds=active)
-            total = None
-            for s in active:
-                z = causal.states[s]
-                assert z is not None
-                y = model.noncausal(z[:, : lengths[s]], s)
-                loss = affect_loss(y, labels[s], fps=fps, lambda1=hp.lambda1, lambda2=hp.lambda2)
-                if not torch.isfinite(loss):
-                    raise AffectError(
-                        f"training: the loss of seed {seeds[s]} became {float(loss)} at epoch {epochs[s] + 1}"
-                    )
-                losses[s].append(float(loss.detach()))
-                total = loss if total is None else total + loss
-            assert total is not None
-            total.backward()
-            model.clip_grad_norm_per_seed(hp.grad_clip)
-            optimizer.step()
-            for s, state in frozen.items():
-                model.load_seed_state(s, state)
+        step_losses = [
+            training_step(model, optimizer, step, active, fps=fps, train=hp, frozen=frozen)
+            for step in _epoch_steps(train_items, hp, rngs, active, S, whole, target)
+        ]
+        per_step = torch.stack(step_losses).cpu().tolist()  # the epoch's one wait for the device
+        for i, s in enumerate(active):
+            losses[s] = [row[i] for row in per_step]
+            if not all(math.isfinite(v) for v in losses[s]):
+                raise AffectError(
+                    f"training: the loss of seed {seeds[s]} became {losses[s][-1]} at epoch {epochs[s] + 1}"
+                )
         scores = evaluate_seeds(model, transform, dev, active) if dev else None
         seconds = (time.perf_counter() - t0) / len(active)
         for i, s in enumerate(active):
@@ -344,13 +337,58 @@ def train_seeds(
     return results
 
 
+@dataclass
+class Step:
+    """One optimisation step's data on the model's device. x: (B, T, d) shared by every seed, or (S, B, T, d);
+    observed: the frames with a face, (B, T) or (S, B, T), None when all have one; labels: per seed (B, T_s, k);
+    lengths: per seed T_s (a seed's windows may be shorter than the padded x)."""
+
+    x: torch.Tensor
+    observed: torch.Tensor | None
+    labels: list[torch.Tensor]
+    lengths: list[int]
+
+
+def training_step(
+    model: AffectModel,
+    optimizer: torch.optim.Optimizer,
+    step: Step,
+    active: list[int],
+    *,
+    fps: float,
+    train: Any,
+    frozen: dict[int, dict[str, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """One Adam step of the ``active`` seeds: loss (17) per seed, their sum backward, per-seed gradient clipping, the
+    update, then the stopped seeds restored. Returns the active seeds' losses, shape (len(active),), on the model's
+    device: nothing here waits for the device (no host synchronisation)."""
+    optimizer.zero_grad()
+    causal = model.causal(step.x, mask=step.observed, seeds=active, checked=True)
+    losses = []
+    for s in active:
+        z = causal.states[s]
+        assert z is not None
+        y = model.noncausal(z[:, : step.lengths[s]], s)
+        losses.append(affect_loss(y, step.labels[s], fps=fps, lambda1=train.lambda1, lambda2=train.lambda2))
+    total = torch.stack(losses)
+    total.sum().backward()
+    model.clip_grad_norm_per_seed(train.grad_clip)
+    optimizer.step()
+    for s, state in (frozen or {}).items():
+        model.load_seed_state(s, state)
+    return total.detach()
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """The batch on ``device``: from pinned host memory with non-blocking copies when that is a GPU."""
     if device.type == "cpu":
         return batch
     pin = device.type == "cuda"
-    x, labels = (t.pin_memory() if pin else t for t in (batch.x, batch.labels))
-    return Batch(x.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+    moved = [
+        None if t is None else (t.pin_memory() if pin else t).to(device, non_blocking=True)
+        for t in (batch.x, batch.labels, batch.observed)
+    ]
+    return Batch(*moved)
 
 
 def _epoch_steps(
@@ -361,26 +399,25 @@ def _epoch_steps(
     seeds: int,
     whole: list[Batch] | None,
     device: torch.device,
-) -> list[tuple[torch.Tensor, list[torch.Tensor], list[int]]]:
-    """One epoch's steps: (x, per-seed labels, per-seed lengths). Whole sequences: one batch shared by every seed,
-    x `(B, T, d)`. Truncated windows: each active seed draws its own, x `(S, B, T_max, d)` padded with NaN (a seed
-    that has stopped draws none and gets a copy of an active seed's batch, whose output is unused)."""
+) -> list[Step]:
+    """One epoch's steps. Whole sequences: one batch shared by every seed, x `(B, T, d)`. Truncated windows: each active
+    seed draws its own, x `(S, B, T_max, d)` padded with NaN (a seed that has stopped draws none and gets a copy of an
+    active seed's batch, whose output is unused)."""
     if whole is not None:
-        return [(b.x, [b.labels] * seeds, [b.x.shape[1]] * seeds) for b in whole]
+        return [Step(b.x, b.observed, [b.labels] * seeds, [b.x.shape[1]] * seeds) for b in whole]
     per_seed = {s: epoch_batches(train_items, hp.window_frames, hp.batch_size, rngs[s]) for s in active}
     steps = []
     for j in range(len(per_seed[active[0]])):
         batches = [per_seed[s][j] if s in per_seed else per_seed[active[0]][j] for s in range(seeds)]
         lengths = [b.x.shape[1] for b in batches]
         longest = max(lengths)
-        xs = [
-            b.x
-            if b.x.shape[1] == longest
-            else torch.cat([b.x, b.x.new_full((b.x.shape[0], longest - b.x.shape[1], b.x.shape[2]), math.nan)], 1)
-            for b in batches
-        ]
-        stacked = to_device(Batch(torch.stack(xs), torch.zeros(0)), device).x
-        steps.append((stacked, [to_device(b, device).labels for b in batches], lengths))
+        xs = np.full((seeds, batches[0].x.shape[0], longest, batches[0].x.shape[2]), np.nan, dtype=np.float32)
+        for s, b in enumerate(batches):
+            xs[s, :, : lengths[s]] = b.x.numpy()
+        observed = host_finite_rows(xs)
+        stacked = Batch(torch.from_numpy(xs), torch.zeros(0), None if observed.all() else torch.from_numpy(observed))
+        moved = to_device(stacked, device)
+        steps.append(Step(moved.x, moved.observed, [to_device(b, device).labels for b in batches], lengths))
     return steps
 
 
