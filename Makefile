@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint format bench clean
+.PHONY: install test demo lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ format: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
+
+# On a machine with a GPU: training on cuda against the CPU, scoring on cuda, the filter and seed benchmarks on cuda.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,10 +1,11 @@
-"""Wall time of training 10 seeds as one stack against one seed alone, side by side in one run.
+"""Wall time of training 10 seeds together against one seed alone, side by side in one run.
 
 Same variant, same generated data, a fixed number of epochs (early stopping off), torch threads = 1. Also times the
-seeds one by one with ``train_model`` for reference, and checks that the stack's per-seed dev CCC equals theirs.
+seeds one by one with ``train_model`` for reference, and checks that each seed's dev CCC trained together equals its
+dev CCC trained alone.
 
     python -m benchmarks.seed_batch [--seeds 10] [--epochs 3] [--frames 1500] [--videos-per-split 4]
-        [--model lstm-kf] [--align adaptive] [--window 0] [--skip-one-by-one]
+        [--model lstm-kf] [--align adaptive] [--window 0] [--skip-one-by-one] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--align", default="adaptive")
     parser.add_argument("--window", type=int, default=0, help="truncated-BPTT window in frames (0 = whole sequences)")
     parser.add_argument("--skip-one-by-one", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the models train (cpu or cuda)")
     args = parser.parse_args()
     retain_freed_memory()  # as the affect CLI and the Ray workers do
     torch.set_num_threads(1)
@@ -41,7 +43,8 @@ def main() -> None:
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.system()}, load average {load}; "
         f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}; "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}; device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
     corpus = generate_corpus(
         SynthConfig(videos_per_split=args.videos_per_split, frames=args.frames, appearance_dim=6, geometric_dim=8)
@@ -59,19 +62,21 @@ def main() -> None:
     )
     warm = copy.deepcopy(config)
     warm.train.max_epochs = 1
-    train_seeds(train[:1], dev[:1], warm, [0, 1], progress=False)  # load compiled kernels before timing
+    train_seeds(
+        train[:1], dev[:1], warm, [0, 1], progress=False, device=args.device
+    )  # load compiled kernels before timing
 
     def alone(seed: int) -> tuple[float, float]:
         seed_config = copy.deepcopy(config)
         seed_config.train.seed = seed
         started = time.perf_counter()
-        result = train_model(train, dev, seed_config, progress=False)
+        result = train_model(train, dev, seed_config, progress=False, device=args.device)
         return time.perf_counter() - started, result.metrics["dev"][config.model.dimension]["ccc"]
 
     one_seconds, _ = alone(0)
     seeds = list(range(args.seeds))
     started = time.perf_counter()
-    results = train_seeds(train, dev, config, seeds, progress=False)
+    results = train_seeds(train, dev, config, seeds, progress=False, device=args.device)
     batched_seconds = time.perf_counter() - started
     print(f"1 seed alone (train_model):          {one_seconds:8.2f} s")
     print(
