@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from affect_core.parallel import Workers
+
 
 def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
     """y_t = sum_k weights[k + D] * z_{t-k}, k = -D..D, replicate padding at both ends.
@@ -151,6 +153,7 @@ def choose_manual_shift(
     max_seconds: float = 4.0,
     step_seconds: float = 0.2,
     ridge: float = 1.0,
+    workers: Workers | None = None,
 ) -> int:
     """Grid search of the manual-alignment delay on the training split (0 to 4 s, 0.2 s step).
 
@@ -158,26 +161,47 @@ def choose_manual_shift(
     training sequences; the delay whose fit has the best mean CCC wins. Returns the delay in frames.
 
     features: per video (T, d) with NaN rows for frames without a face; labels: per video (T,) with NaN unlabelled.
+    workers: data-parallel workers, each with its shard of the videos: the standardisation and the normal equations
+    are summed over them and the per-video CCCs gathered, so every worker finds the delay of the whole split.
     """
-    from affect_core.metrics import average_over_sequences, sequence_metrics
+    from affect_core.metrics import sequence_metrics
+
+    def summed(value: np.ndarray) -> np.ndarray:
+        return value if workers is None else np.sum(workers.gather(value), axis=0)
 
     steps = int(round(max_seconds / step_seconds))
     candidates = sorted({int(round(i * step_seconds * fps)) for i in range(steps + 1)})
     xs = [np.nan_to_num(np.asarray(f, dtype=np.float64)) for f in features]
-    stacked = np.concatenate(xs)
-    mean, std = stacked.mean(0), stacked.std(0) + 1e-8
+    width = xs[0].shape[1] if xs else 0
+    width = int(max(workers.gather(width))) if workers is not None else width
+    moments = summed(
+        np.stack([sum((x.sum(0) for x in xs), np.zeros(width)), sum(((x * x).sum(0) for x in xs), np.zeros(width))])
+    )
+    frames = float(summed(np.array([sum(len(x) for x in xs)], dtype=np.float64))[0])
+    mean = moments[0] / frames
+    std = np.sqrt(np.maximum(moments[1] / frames - mean**2, 0.0)) + 1e-8
     xs = [np.hstack([(x - mean) / std, np.ones((len(x), 1))]) for x in xs]
-    best_shift, best_score = 0, -np.inf
+    systems, all_targets = [], []
     for shift in candidates:
         targets = [shift_labels_back(np.asarray(lab, dtype=np.float64), shift) for lab in labels]
-        rows = [np.isfinite(t) for t in targets]
-        a = np.concatenate([x[r] for x, r in zip(xs, rows, strict=True)])
-        b = np.concatenate([t[r] for t, r in zip(targets, rows, strict=True)])
-        coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
-        score = average_over_sequences([sequence_metrics(x @ coef, t) for x, t in zip(xs, targets, strict=True)])["ccc"]
-        if score > best_score:
-            best_shift, best_score = shift, score
-    return best_shift
+        gram = np.zeros((width + 1, width + 1))
+        moment = np.zeros(width + 1)
+        for x, t in zip(xs, targets, strict=True):
+            rows = np.isfinite(t)
+            gram += x[rows].T @ x[rows]
+            moment += x[rows].T @ t[rows]
+        systems.append(np.concatenate([gram.ravel(), moment]))
+        all_targets.append(targets)
+    systems = summed(np.stack(systems)) if systems else np.zeros((0,))
+    per_video = []
+    for targets, system in zip(all_targets, systems, strict=True):
+        gram, moment = system[: (width + 1) ** 2].reshape(width + 1, width + 1), system[(width + 1) ** 2 :]
+        coef = np.linalg.solve(gram + ridge * np.eye(width + 1), moment)
+        per_video.append([sequence_metrics(x @ coef, t)["ccc"] for x, t in zip(xs, targets, strict=True)])
+    if workers is not None:
+        per_video = [sum(parts, []) for parts in zip(*workers.gather(per_video), strict=True)]
+    scores = [float(np.mean(cccs)) if cccs else -np.inf for cccs in per_video]
+    return candidates[int(np.argmax(scores))] if scores else 0
 
 
 def _inverse_softplus(value: float) -> float:

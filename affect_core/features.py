@@ -72,26 +72,71 @@ class FeatureTransform:
             raise AffectError(f"feature transform: missing array {exc} in the model artifact") from None
 
 
+@dataclass
+class FeatureStatistics:
+    """What the feature transform is fitted from, summable over shards of the train split (data-parallel workers):
+    the number of frames with a face, their mean (d,), and the scatter matrix about that mean (d, d)."""
+
+    count: int
+    mean: np.ndarray
+    scatter: np.ndarray
+
+    def merged(self, other: FeatureStatistics) -> FeatureStatistics:
+        """The statistics of both shards together (Chan et al.'s pairwise update, exact in exact arithmetic)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / count)
+        return FeatureStatistics(count, mean, scatter)
+
+
+def feature_statistics(train_features: list[np.ndarray]) -> FeatureStatistics:
+    """The statistics of the frames with a face of some training videos. train_features: per video (T, d)."""
+    if not train_features:
+        return FeatureStatistics(0, np.zeros(0), np.zeros((0, 0)))
+    stacked = np.concatenate([np.asarray(f, dtype=np.float64) for f in train_features])
+    stacked = stacked[np.isfinite(stacked).all(axis=1)]
+    if len(stacked) == 0:
+        width = stacked.shape[1]
+        return FeatureStatistics(0, np.zeros(width), np.zeros((width, width)))
+    mean = stacked.mean(axis=0)
+    centred = stacked - mean
+    return FeatureStatistics(len(stacked), mean, centred.T @ centred)
+
+
 def fit_feature_transform(train_features: list[np.ndarray], config: FeatureConfig) -> FeatureTransform:
     """Fit on the frames with a face of the training videos. train_features: per video (T, d), NaN rows allowed."""
     if not train_features:
         raise AffectError("feature transform: the train split has no videos to fit on")
-    stacked = np.concatenate([np.asarray(f, dtype=np.float64) for f in train_features])
-    stacked = stacked[np.isfinite(stacked).all(axis=1)]
-    if len(stacked) < 2:
+    return transform_from_statistics(feature_statistics(train_features), config)
+
+
+def transform_from_statistics(stats: FeatureStatistics, config: FeatureConfig) -> FeatureTransform:
+    """The transform of :func:`fit_feature_transform` from (summed) statistics: z-score from the mean and the
+    population variance; PCA from the eigenvectors of the standardised scatter matrix, largest first, each signed so
+    that its largest loading is positive (a fixed choice, so every worker and every run gets the same components)."""
+    if stats.count < 2:
         raise AffectError("feature transform: the train split has fewer than 2 frames with a face")
-    mean = stacked.mean(axis=0)
-    scale = stacked.std(axis=0)
+    mean = stats.mean
+    scale = np.sqrt(np.maximum(np.diag(stats.scatter) / stats.count, 0.0))
     scale[scale < 1e-8] = 1.0
     components = None
     if config.pca_share > 0:
         if not 0 < config.pca_share <= 1:
             raise AffectError(f"features: pca_share must lie in (0, 1], got {config.pca_share}")
-        z = (stacked - mean) / scale
-        _, singular, vt = np.linalg.svd(z, full_matrices=False)
-        share = np.cumsum(singular**2) / np.sum(singular**2)
+        standardised = stats.scatter / np.outer(scale, scale)
+        eigenvalues, vectors = np.linalg.eigh(standardised)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues, vectors = np.maximum(eigenvalues[order], 0.0), vectors[:, order]
+        share = np.cumsum(eigenvalues) / np.sum(eigenvalues)
         keep = int(np.searchsorted(share, config.pca_share - 1e-12) + 1)
-        components = vt[:keep].T
+        components = vectors[:, :keep]
+        signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(keep)])
+        components = components * np.where(signs == 0, 1.0, signs)
     return FeatureTransform(mean, scale, components, int(config.pooling_window))
 
 

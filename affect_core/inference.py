@@ -18,6 +18,7 @@ from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
 from affect_core.metrics import average_over_sequences, sequence_metrics
 from affect_core.model import AffectModel, host_finite_rows, level_variances
+from affect_core.parallel import Workers, natural_key
 
 # Frames of one padded evaluation batch (all its videos together): bounds the memory of evaluating a large split.
 EVALUATION_BATCH_FRAMES = 1 << 19
@@ -187,17 +188,23 @@ def _evaluation_batches(videos: list[Video]) -> Iterator[list[Video]]:
 
 
 def evaluate_seeds(
-    model: AffectModel, transform: FeatureTransform | None, videos: list[Video], seeds: list[int] | None = None
+    model: AffectModel,
+    transform: FeatureTransform | None,
+    videos: list[Video],
+    seeds: list[int] | None = None,
+    *,
+    workers: Workers | None = None,
 ) -> list[dict[str, dict[str, float]]]:
     """The one dev metric: per seed in ``seeds`` (default all), AVEC protocol metrics per affect dimension,
     {dimension: {ccc, rmse, pcc}}, per video then averaged over the videos.
 
     Videos without labels for a dimension (or whose labels are all missing) are left out of that dimension's average;
-    unlabelled frames are left out of each video's metrics.
+    unlabelled frames are left out of each video's metrics. workers: data-parallel workers, each evaluating its shard;
+    the per-video metrics are gathered (in video order) and averaged over every worker's videos.
     """
     chosen = list(range(model.seeds)) if seeds is None else seeds
     dims = model.config.affect_dimensions
-    rows: list[dict[str, list[dict[str, float]]]] = [{d: [] for d in dims} for _ in chosen]
+    rows: list[dict[str, list[tuple[str, dict[str, float]]]]] = [{d: [] for d in dims} for _ in chosen]
     labelled = [v for v in videos if v.labelled and v.num_frames > 0]
     for batch in _evaluation_batches(labelled):
         outputs = forward_padded(model, [model_input(transform, v.features) for v in batch], chosen)
@@ -206,8 +213,14 @@ def evaluate_seeds(
                 for j, dim in enumerate(dims):
                     gold = video.labels(dim)
                     if gold is not None and np.isfinite(gold).any():
-                        per_seed[dim].append(sequence_metrics(levels[:, j], gold))
-    return [{dim: average_over_sequences(per_dim[dim]) for dim in dims} for per_dim in rows]
+                        per_seed[dim].append((video.video_id, sequence_metrics(levels[:, j], gold)))
+    if workers is not None:
+        gathered = workers.gather(rows)
+        rows = [
+            {d: sorted((r for part in gathered for r in part[i][d]), key=lambda r: natural_key(r[0])) for d in dims}
+            for i in range(len(chosen))
+        ]
+    return [{dim: average_over_sequences([m for _, m in per_dim[dim]]) for dim in dims} for per_dim in rows]
 
 
 def evaluate_videos(

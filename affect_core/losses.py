@@ -38,9 +38,26 @@ def affect_loss(
     y: shape (B, T, 3k), states [level, d level, d2 level] per affect dimension, k dimensions.
     labels: shape (B, T, k), NaN where unlabelled.
     """
+    sums, counts = affect_loss_parts(y, labels, fps=fps, lambda1=lambda1, lambda2=lambda2)
+    return (sums / counts.clamp_min(1)).mean()
+
+
+def affect_loss_parts(
+    y: Tensor,
+    labels: Tensor,
+    *,
+    fps: float,
+    lambda1: float = 0.25,
+    lambda2: float = 0.25,
+) -> tuple[Tensor, Tensor]:
+    """Loss (17) summed over the sequences with labels, per affect dimension, and the number of those sequences:
+    (sums (k,), counts (k,)). The loss is ``(sums / counts).mean()``; data-parallel workers add their parts first.
+
+    Shapes as in :func:`affect_loss`.
+    """
     k = labels.shape[-1]
     assert y.shape[-1] == 3 * k, f"y has {y.shape[-1]} channels, expected 3 x {k}"
-    total = y.new_zeros(())
+    sums, counts = [], []
     for j in range(k):
         gold = labels[..., j]
         valid = torch.isfinite(gold)
@@ -50,5 +67,6 @@ def affect_loss(
         term = -ccc(level, gold0, valid)
         term = term + lambda1 * rmse(dlevel, d, dvalid) + lambda2 * rmse(d2level, d2, dvalid)
         has_labels = valid.any(-1)
-        total = total + (term * has_labels).sum() / has_labels.sum().clamp_min(1)
-    return total / k
+        sums.append((term * has_labels).sum())
+        counts.append(has_labels.sum().to(term.dtype))
+    return torch.stack(sums), torch.stack(counts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import io
 import math
 import time
@@ -22,10 +23,11 @@ from affect_core.alignment import choose_manual_shift
 from affect_core.config import RunConfig
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
-from affect_core.features import FeatureTransform, fit_feature_transform
+from affect_core.features import FeatureStatistics, FeatureTransform, feature_statistics, transform_from_statistics
 from affect_core.inference import evaluate_seeds
-from affect_core.losses import affect_loss
+from affect_core.losses import affect_loss_parts
 from affect_core.model import AffectModel, host_finite_rows
+from affect_core.parallel import Workers, natural_key
 
 
 @dataclass
@@ -92,45 +94,63 @@ def pad_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
     return Batch(torch.from_numpy(xs), torch.from_numpy(ys), None if observed.all() else torch.from_numpy(observed))
 
 
+def draw_windows(
+    lengths: list[int], window: int, batch_size: int, rng: np.random.Generator
+) -> list[list[tuple[int, int]]]:
+    """One epoch of truncated-BPTT windows: (video index, first frame) per window, in batches of ``batch_size``.
+    Windows are drawn at random covering the frames about once (a video's share of the draws is its share of the
+    frames); drawn from the lengths alone, so data-parallel workers draw the same windows."""
+    sizes = np.asarray(lengths)
+    count = max(1, int(math.ceil(sizes.sum() / window)))
+    picks = rng.choice(len(sizes), size=count, p=sizes / sizes.sum())
+    windows = [(int(i), int(rng.integers(0, max(int(sizes[i]) - window, 0) + 1))) for i in picks]
+    return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+
+
 def epoch_batches(
     items: list[tuple[np.ndarray, np.ndarray]], window: int | None, batch_size: int, rng: np.random.Generator
 ) -> list[Batch]:
-    """Full-length BPTT: one batch of all sequences. Truncated: random windows covering the frames once per epoch."""
+    """Full-length BPTT: one batch of all sequences. Truncated: the windows of :func:`draw_windows`."""
     if window is None:
         return [pad_batch(items)]
-    lengths = np.array([len(x) for x, _ in items])
-    count = max(1, int(math.ceil(lengths.sum() / window)))
-    picks = rng.choice(len(items), size=count, p=lengths / lengths.sum())
-    windows = []
-    for i in picks:
-        x, y = items[i]
-        start = int(rng.integers(0, max(len(x) - window, 0) + 1))
-        windows.append((x[start : start + window], y[start : start + window]))
-    return [pad_batch(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+    return [
+        pad_batch([(items[i][0][a : a + window], items[i][1][a : a + window]) for i, a in batch])
+        for batch in draw_windows([len(x) for x, _ in items], window, batch_size, rng)
+    ]
 
 
 def prepare_training(
-    train: list[Video], config: RunConfig
+    train: list[Video], config: RunConfig, workers: Workers | None = None
 ) -> tuple[FeatureTransform, list[tuple[np.ndarray, np.ndarray]], float]:
     """Check the train split, fit the feature transform on it, and complete ``config.model`` in place (input width,
     fps from the data, and the manual-alignment delay by grid search when it is not set).
 
+    workers: data-parallel workers, each holding its shard of ``train``: the transform and the delay are fitted from
+    statistics summed over the workers (the same as on the whole split).
     Returns the transform, the transformed training items [(x (T, d'), labels (T, k))] and the frame rate.
     """
     dims = config.model.affect_dimensions
-    if not train:
+    counts = [len(train)] if workers is None else workers.gather(len(train))
+    labelled = any(v.labels(d) is not None for v in train for d in dims)
+    if not sum(counts):
         raise AffectError("training: the train split has no videos")
-    if not any(v.labels(d) is not None for v in train for d in dims):
+    if not any([labelled] if workers is None else workers.gather(labelled)):
         raise AffectError(f"training: no train video has {'/'.join(dims)} labels")
-    fps = float(train[0].fps)
-    transform = fit_feature_transform([v.features for v in train], config.features)
+    rates = [float(v.fps) for v in train[:1]]
+    fps = (rates if workers is None else [r for rs in workers.gather(rates) for r in rs])[0]
+    stats = feature_statistics([v.features for v in train])
+    if workers is not None:
+        stats = functools.reduce(FeatureStatistics.merged, workers.gather(stats))
+    transform = transform_from_statistics(stats, config.features)
     config.model.input_dim = transform.output_dim
     config.model.fps = fps
     train_items = stack_videos(train, transform, dims, fps)
     if config.model.align == "manual" and config.model.manual_shift is None:
         # One delay per model: the mean over its dimensions of each dimension's best delay.
         shifts = [
-            choose_manual_shift([x for x, _ in train_items], [y[:, j] for _, y in train_items], fps=fps)
+            choose_manual_shift(
+                [x for x, _ in train_items], [y[:, j] for _, y in train_items], fps=fps, workers=workers
+            )
             for j in range(len(dims))
         ]
         config.model.manual_shift = int(round(float(np.mean(shifts))))
@@ -186,6 +206,7 @@ def train_seeds(
     on_epoch: SeedEpochCallback | None = None,
     storage_options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
+    workers: Workers | None = None,
 ) -> list[TrainResult]:
     """Train one model per seed in ``seeds``, together as one :class:`AffectModel` of S seeds; early stopping per seed
     on its mean dev CCC over the model's affect dimensions.
@@ -202,6 +223,9 @@ def train_seeds(
     pinned host memory with non-blocking copies. Results on the CPU are deterministic for a seed.
     Each result's ``train_seconds`` (and each record's ``seconds``) is the wall time divided by the number of seeds
     training at that moment, so that per-seed figures stay comparable with one-seed runs.
+    workers: data-parallel training (:mod:`affect_core.parallel`): ``train`` and ``dev`` are this worker's shards; the
+    workers draw the same windows, sum their gradients and gather their dev metrics, so each returns the model one
+    worker holding every video would train (up to float summation order). The leader writes the checkpoints.
     """
     started = time.perf_counter()
     if not seeds:
@@ -209,7 +233,9 @@ def train_seeds(
     if len(set(seeds)) != len(seeds):
         raise AffectError(f"training: seeds must be distinct, got {seeds}")
     base = copy.deepcopy(config)
-    transform, train_items, fps = prepare_training(train, base)
+    transform, train_items, fps = prepare_training(train, base, workers)
+    layout = _window_layout(train, workers)
+    has_dev = bool(dev) if workers is None else any(workers.gather(bool(dev)))
     hp = base.train
     target = resolve_device(device)
     S = len(seeds)
@@ -243,7 +269,7 @@ def train_seeds(
     def is_active(s: int) -> bool:
         return epochs[s] < hp.max_epochs and bad_epochs[s] < hp.patience
 
-    whole = [to_device(pad_batch(train_items), target)] if hp.window_frames is None else None
+    whole = [to_device(pad_batch(train_items), target) if train_items else None] if hp.window_frames is None else None
     label = f"epochs ({S} seeds)" if S > 1 else "epochs"
     bar = tqdm(total=hp.max_epochs, initial=max(epochs), disable=not progress, desc=label, leave=False)
     active = [s for s in range(S) if is_active(s)]
@@ -252,8 +278,8 @@ def train_seeds(
         model.train()
         losses: dict[int, list[float]] = {s: [] for s in active}
         step_losses = [
-            training_step(model, optimizer, step, active, fps=fps, train=hp, frozen=frozen)
-            for step in _epoch_steps(train_items, hp, rngs, active, S, whole, target)
+            training_step(model, optimizer, step, active, fps=fps, train=hp, frozen=frozen, workers=workers)
+            for step in _epoch_steps(train_items, hp, rngs, active, S, whole, target, layout)
         ]
         per_step = torch.stack(step_losses).cpu().tolist()  # the epoch's one wait for the device
         for i, s in enumerate(active):
@@ -262,7 +288,7 @@ def train_seeds(
                 raise AffectError(
                     f"training: the loss of seed {seeds[s]} became {losses[s][-1]} at epoch {epochs[s] + 1}"
                 )
-        scores = evaluate_seeds(model, transform, dev, active) if dev else None
+        scores = evaluate_seeds(model, transform, dev, active, workers=workers) if has_dev else None
         seconds = (time.perf_counter() - t0) / len(active)
         for i, s in enumerate(active):
             epochs[s] += 1
@@ -276,7 +302,7 @@ def train_seeds(
             histories[s].append(record)
             if not is_active(s):
                 frozen[s] = model.seed_state(s)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and (workers is None or workers.leader):
             progress_state.update(
                 histories=[[dataclasses.asdict(r) for r in h] for h in histories], frozen=sorted(frozen)
             )
@@ -308,8 +334,8 @@ def train_seeds(
     for s in range(S):
         model.load_seed_state(s, best_state[s])
     model.eval()
-    train_metrics = evaluate_seeds(model, transform, train)
-    dev_metrics = evaluate_seeds(model, transform, dev) if dev else None
+    train_metrics = evaluate_seeds(model, transform, train, workers=workers)
+    dev_metrics = evaluate_seeds(model, transform, dev, workers=workers) if has_dev else None
     seconds = (time.perf_counter() - started) / S
     results = []
     for s, seed in enumerate(seeds):
@@ -352,31 +378,69 @@ class Step:
 def training_step(
     model: AffectModel,
     optimizer: torch.optim.Optimizer,
-    step: Step,
+    step: Step | None,
     active: list[int],
     *,
     fps: float,
     train: Any,
     frozen: dict[int, dict[str, torch.Tensor]] | None = None,
+    workers: Workers | None = None,
 ) -> torch.Tensor:
     """One Adam step of the ``active`` seeds: loss (17) per seed, their sum backward, per-seed gradient clipping, the
     update, then the stopped seeds restored. Returns the active seeds' losses, shape (len(active),), on the model's
-    device: nothing here waits for the device (no host synchronisation)."""
+    device: nothing here waits for the device (no host synchronisation).
+
+    workers: data-parallel workers: each computes its windows' part of the loss (its sums over sequences, divided by
+    the counts of every worker's sequences), then the gradients and losses are summed over the workers, so every worker
+    takes the step one worker with all the windows would. A worker without windows in this step passes None.
+    """
     optimizer.zero_grad()
-    causal = model.causal(step.x, mask=step.observed, seeds=active, checked=True)
-    losses = []
-    for s in active:
-        z = causal.states[s]
-        assert z is not None
-        y = model.noncausal(z[:, : step.lengths[s]], s)
-        losses.append(affect_loss(y, step.labels[s], fps=fps, lambda1=train.lambda1, lambda2=train.lambda2))
-    total = torch.stack(losses)
-    total.sum().backward()
+    k = model.config.num_dims
+    if step is None:
+        parts = None
+    else:
+        causal = model.causal(step.x, mask=step.observed, seeds=active, checked=True)
+        parts = []
+        for s in active:
+            z = causal.states[s]
+            assert z is not None
+            y = model.noncausal(z[:, : step.lengths[s]], s)
+            parts.append(affect_loss_parts(y, step.labels[s], fps=fps, lambda1=train.lambda1, lambda2=train.lambda2))
+    like = model.frontend.head_bias
+    if parts is None:
+        sums, counts = like.new_zeros((len(active), k)), like.new_zeros((len(active), k))
+    else:
+        sums, counts = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+    if workers is not None:
+        counts = workers.sum_(counts.detach().clone())
+    losses = (sums / counts.clamp_min(1)).mean(-1)  # (A,): the mean over the model's affect dimensions
+    if parts is not None:
+        losses.sum().backward()
+    if workers is not None:
+        losses = _sum_gradients(model, losses.detach(), workers)
     model.clip_grad_norm_per_seed(train.grad_clip)
     optimizer.step()
     for s, state in (frozen or {}).items():
         model.load_seed_state(s, state)
-    return total.detach()
+    return losses.detach()
+
+
+def _sum_gradients(model: AffectModel, losses: torch.Tensor, workers: Workers) -> torch.Tensor:
+    """Sums every parameter's gradient and the losses over the workers in one collective; a parameter that no worker
+    has a gradient for keeps none (as Adam expects). Returns the summed losses."""
+    params = list(model.parameters())
+    like = model.frontend.head_bias
+    had = torch.tensor([p.grad is not None for p in params], dtype=like.dtype, device=like.device)
+    flat = torch.cat(
+        [p.grad.reshape(-1) if p.grad is not None else like.new_zeros(p.numel()) for p in params] + [losses, had]
+    )
+    workers.sum_(flat)
+    offset = 0
+    for i, p in enumerate(params):
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone() if flat[-len(params) + i] > 0 else None
+        offset += n
+    return flat[offset : offset + len(losses)]
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -391,33 +455,67 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(*moved)
 
 
+@dataclass
+class _WindowLayout:
+    """Where the train videos sit: every worker's video lengths in one order (the windows are drawn over them), and
+    which of those videos this worker holds (global index -> index into its own train items)."""
+
+    lengths: list[int]
+    local: dict[int, int]
+
+
+def _window_layout(train: list[Video], workers: Workers | None) -> _WindowLayout:
+    if workers is None:
+        return _WindowLayout([v.num_frames for v in train], {i: i for i in range(len(train))})
+    mine = [(v.video_id, v.num_frames) for v in train]
+    everyone = sorted((item for part in workers.gather(mine) for item in part), key=lambda item: natural_key(item[0]))
+    position = {video_id: i for i, (video_id, _) in enumerate(everyone)}
+    return _WindowLayout([n for _, n in everyone], {position[v.video_id]: j for j, v in enumerate(train)})
+
+
 def _epoch_steps(
     train_items: list[tuple[np.ndarray, np.ndarray]],
     hp: Any,
     rngs: list[np.random.Generator],
     active: list[int],
     seeds: int,
-    whole: list[Batch] | None,
+    whole: list[Batch | None] | None,
     device: torch.device,
-) -> list[Step]:
-    """One epoch's steps. Whole sequences: one batch shared by every seed, x `(B, T, d)`. Truncated windows: each active
-    seed draws its own, x `(S, B, T_max, d)` padded with NaN (a seed that has stopped draws none and gets a copy of an
-    active seed's batch, whose output is unused)."""
+    layout: _WindowLayout,
+) -> list[Step | None]:
+    """One epoch's steps (None: this worker holds none of a step's windows). Whole sequences: one batch shared by
+    every seed, x `(B, T, d)`. Truncated windows: each active seed draws its own, x `(S, B, T_max, d)` padded with NaN
+    (a seed that has stopped draws none and gets a copy of an active seed's windows, whose output is unused)."""
     if whole is not None:
-        return [Step(b.x, b.observed, [b.labels] * seeds, [b.x.shape[1]] * seeds) for b in whole]
-    per_seed = {s: epoch_batches(train_items, hp.window_frames, hp.batch_size, rngs[s]) for s in active}
-    steps = []
-    for j in range(len(per_seed[active[0]])):
-        batches = [per_seed[s][j] if s in per_seed else per_seed[active[0]][j] for s in range(seeds)]
-        lengths = [b.x.shape[1] for b in batches]
-        longest = max(lengths)
-        xs = np.full((seeds, batches[0].x.shape[0], longest, batches[0].x.shape[2]), np.nan, dtype=np.float32)
-        for s, b in enumerate(batches):
-            xs[s, :, : lengths[s]] = b.x.numpy()
+        return [None if b is None else Step(b.x, b.observed, [b.labels] * seeds, [b.x.shape[1]] * seeds) for b in whole]
+    window = hp.window_frames
+    drawn = {s: draw_windows(layout.lengths, window, hp.batch_size, rngs[s]) for s in active}
+    steps: list[Step | None] = []
+    for j in range(len(drawn[active[0]])):
+        mine = []
+        for s in range(seeds):
+            batch = drawn[s][j] if s in drawn else drawn[active[0]][j]
+            mine.append([(layout.local[i], a) for i, a in batch if i in layout.local])
+        if not any(mine[s] for s in active):
+            steps.append(None)
+            continue
+        rows = max(len(m) for m in mine)
+        lengths = [max((min(window, len(train_items[i][0]) - a) for i, a in m), default=0) for m in mine]
+        lengths = [n or max(lengths) for n in lengths]  # a seed without windows here: all-NaN rows, no loss
+        width, dims = train_items[0][0].shape[1], train_items[0][1].shape[1]
+        xs = np.full((seeds, rows, max(lengths), width), np.nan, dtype=np.float32)
+        labels = [np.full((rows, lengths[s], dims), np.nan, dtype=np.float32) for s in range(seeds)]
+        for s, m in enumerate(mine):
+            for r, (i, a) in enumerate(m):
+                x, y = train_items[i][0][a : a + window], train_items[i][1][a : a + window]
+                xs[s, r, : len(x)] = x
+                labels[s][r, : len(y)] = y
         observed = host_finite_rows(xs)
-        stacked = Batch(torch.from_numpy(xs), torch.zeros(0), None if observed.all() else torch.from_numpy(observed))
-        moved = to_device(stacked, device)
-        steps.append(Step(moved.x, moved.observed, [to_device(b, device).labels for b in batches], lengths))
+        stacked = to_device(
+            Batch(torch.from_numpy(xs), torch.zeros(0), None if observed.all() else torch.from_numpy(observed)), device
+        )
+        moved = [to_device(Batch(torch.zeros(0), torch.from_numpy(y)), device).labels for y in labels]
+        steps.append(Step(stacked.x, stacked.observed, moved, lengths))
     return steps
 
 
