@@ -246,6 +246,9 @@ class RayCluster(Service):
         env.update(self.env())
         env.pop("RAY_ADDRESS")
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # A job's entrypoint (`python ...`, `affect ...`) runs the environment the cluster runs with, as in the
+        # image, where that environment is first on PATH (infra/docker/Dockerfile).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
         env.update(extra)
         return env
 
