@@ -163,7 +163,7 @@ def _demo_on_s3(settings) -> dict:
     """The demo with dataset and run on a SeaweedFS S3 server started here (data under OUT/s3), then stopped."""
     import os
 
-    from affect_cli.services import SeaweedS3
+    from affect_services import SeaweedS3
     from flows.demo import run_demo
 
     bucket = "affect-demo"

@@ -1,6 +1,6 @@
 """Wall time of a multi-seed Ray run on one 1-CPU node against two 1-CPU nodes, side by side in one run.
 
-Each configuration starts its own local Ray cluster on 127.0.0.1 (``affect_cli.services.RayCluster``), runs
+Each configuration starts its own local Ray cluster on 127.0.0.1 (``affect_services.RayCluster``), runs
 ``affect train DATASET --seeds N --ray`` through ``RAY_ADDRESS`` in a subprocess (as a user would), and stops the
 cluster. The wall time includes Ray Train's per-seed start-up (a controller and a worker process per seed).
 
@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from affect_cli.services import RayCluster
 from affect_core.data.dataset import ingest
 from affect_core.synth import SynthConfig, write_corpus
+from affect_services import RayCluster
 
 
 def run_seeds(workdir: Path, dataset: str, worker_nodes: int, args: argparse.Namespace) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from affect_cli.services import PrefectServer, RayCluster, SeaweedS3
+from affect_services import PrefectServer, RayCluster, SeaweedS3
 
 S3_TEST_BUCKET = "affect-test"
 
@@ -42,7 +42,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     """A Ray cluster of two nodes with one CPU each (head + one worker), token authentication on.
 
     A driver needs ``ray_cluster.env()`` in its environment before it imports ray (a subprocess is simplest);
-    an in-process driver calls ``affect_cli.services.prepare_ray_driver(ray_cluster.env())`` before
+    an in-process driver calls ``affect_services.prepare_ray_driver(ray_cluster.env())`` before
     ``ray.init()``."""
     cluster = RayCluster(tmp_path_factory.mktemp("ray"), head_cpus=1, worker_nodes=1, worker_cpus=1)
     cluster.start()

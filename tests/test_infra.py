@@ -476,8 +476,8 @@ def test_ports_agree_with_ray_and_prefect_defaults() -> None:
 
 
 def code_text() -> str:
-    sources = ["affect_core/storage.py", "tuning/cluster.py", "affect_cli/services.py"]
-    return "\n".join((REPO / name).read_text() for name in sources)
+    sources = [REPO / "affect_core/storage.py", REPO / "tuning/cluster.py", *(REPO / "affect_services").glob("*.py")]
+    return "\n".join(path.read_text() for path in sorted(sources))
 
 
 def test_environment_names_are_the_ones_the_code_reads() -> None:
@@ -502,7 +502,7 @@ def test_environment_names_are_the_ones_the_code_reads() -> None:
 def test_local_stack_uses_the_same_names() -> None:
     import inspect
 
-    from affect_cli.services import LocalStack, RayCluster, SeaweedS3
+    from affect_services import LocalStack, RayCluster, SeaweedS3
 
     assert inspect.signature(LocalStack).parameters["bucket"].default == NAMES["s3"]["bucket"]
     ray_env = set(inspect.getsource(RayCluster.env).split('"')[1::2])
@@ -652,7 +652,14 @@ def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_
             assert env[name], name
         assert env["AFFECT_S3_BUCKET"] == NAMES["s3"]["bucket"]
 
-        run_env = {**os.environ, **env, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        assert env["RAY_ADDRESS"].startswith("http://")  # the job server; tests/test_services.py submits a job there
+        # The pipeline runs on this machine and joins the cluster as a driver, through its GCS address.
+        run_env = {
+            **os.environ,
+            **env,
+            "RAY_ADDRESS": env["AFFECT_RAY_GCS_ADDRESS"],
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
         corpus = tmp_path / "corpus"
         affect = [sys.executable, "-m", "affect_cli.main"]
         synth = [
