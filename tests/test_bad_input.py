@@ -687,7 +687,7 @@ def test_a_claimed_size_beyond_the_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(tables, "MAX_ROWS", 10)
     with pytest.raises(AffectError, match=r"features.parquet: claims 18 rows, more than the limit of 10"):
         ingest(str(source), str(tmp_path / "d"), layout="parquet", progress=False)
-    monkeypatch.setattr(readers, "MAX_ROWS", 5)
+    monkeypatch.setattr(tables, "MAX_ROWS", 5)
     with pytest.raises(AffectError, match=r"dev_1.arff: 6 rows, more than the limit of 5"):
         ingest(str(DATA / "avec2016"), str(tmp_path / "d"), layout="avec2016", progress=False)
 
