@@ -205,8 +205,6 @@ def _check_values(track: Track, *, labels: bool, column: int | None = None, unla
     raise fail(track.where, f"{track.row_ref(row)}, attribute {name!r}: {what}; {expected}")
 
 
-
-
 def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.ndarray) -> np.ndarray:
     """Put a label track on the feature frames by time.
 

@@ -70,9 +70,7 @@ def _header(data: bytes, where: str, delimiter: str = ",") -> list[str]:
     return names
 
 
-def read_csv_table(
-    data: bytes, where: str, *, string_columns: tuple[str, ...] = (), delimiter: str = ","
-) -> FileTable:
+def read_csv_table(data: bytes, where: str, *, string_columns: tuple[str, ...] = (), delimiter: str = ",") -> FileTable:
     """Parse a CSV file with a header line; every column is numeric except ``string_columns``.
 
     Numeric columns accept numbers, ``nan`` and empty/``?`` (read as NaN); blanks around values are ignored

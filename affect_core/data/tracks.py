@@ -274,5 +274,3 @@ def read_table_file(reader: SourceFiles, folder: str, name: str, table_format: s
     where = reader.loc.display(folder, name)
     data = reader.read(folder, name)
     return read_csv_table(data, where) if table_format == "csv" else read_parquet_table(data, where)
-
-

@@ -166,7 +166,8 @@ def read_avec2016(files: SourceFiles, feature_set: str | Sequence[str] | None, o
                     where,
                     f"labels for video {video_id!r} but no features file; expected {first_folder}/{video_id}.arff",
                 )
-            videos[video_id].labels[dimension] = (arff_track(files.read(folder, file_name), where, video_id, labels=True), 0)
+            track = arff_track(files.read(folder, file_name), where, video_id, labels=True)
+            videos[video_id].labels[dimension] = (track, 0)
         folder = f"{RATERS_FOLDER}/{dimension}"
         for file_name in files.files(folder, ".csv"):
             where = files.loc.display(folder, file_name)

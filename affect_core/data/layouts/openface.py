@@ -235,7 +235,8 @@ def read_openface(files: SourceFiles, feature_set: str | Sequence[str] | None, o
         tool = _tool(table)
         tools.add(tool)
         if len(tools) > 1:
-            raise fail(where, f"a {tool} CSV among {next(t for t in tools if t != tool)} CSVs; expected one tool's files")
+            other = next(t for t in tools if t != tool)
+            raise fail(where, f"a {tool} CSV among {other} CSVs; expected every file from one tool")
         if tool == "py-feat" and options.fps is None:
             raise fail(
                 where,
@@ -281,7 +282,9 @@ def _read_labels(files: SourceFiles, videos: dict[str, SourceVideo]) -> None:
                 raise fail(where, f"labels for video {video_id!r} also in {seen[video_id]}; expected one label file")
             seen[video_id] = where
             if video_id not in videos:
-                raise fail(where, f"labels for video {video_id!r} but no features file; expected features/{video_id}.csv")
+                raise fail(
+                    where, f"labels for video {video_id!r} but no features file; expected features/{video_id}.csv"
+                )
             data = files.read("labels", name)
             main = next(iter(videos[video_id].features.values()))
             assert main.frame is not None

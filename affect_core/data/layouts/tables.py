@@ -168,5 +168,3 @@ def _read_tables(
         for column, dimension in enumerate(AFFECT_DIMENSIONS):
             videos[video_id].labels[dimension] = (track, column)
     return list(videos.values()), chosen
-
-
