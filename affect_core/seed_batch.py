@@ -42,7 +42,7 @@ from affect_core.alignment import AdaptiveAlignment
 from affect_core.config import RunConfig, config_json
 from affect_core.data.records import Corpus, Video
 from affect_core.errors import AffectError
-from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome, save_seed_outcome
+from affect_core.experiment import SeedOutcome, SeedTask, load_seed_outcome, save_seed_outcome, select_model_features
 from affect_core.features import FeatureTransform
 from affect_core.losses import affect_loss
 from affect_core.metrics import average_over_sequences, metrics_table
@@ -650,6 +650,7 @@ def run_seeds_batched(
     outcomes: dict[int, SeedOutcome] = {}
     groups: dict[str, list[int]] = {}
     for index, task in enumerate(tasks):
+        select_model_features(task, corpus)
         if resume:
             done = load_seed_outcome(task, run_url, storage_options)
             if done is not None:
