@@ -157,7 +157,7 @@ def _corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
             )
         return float(fps)
     median = float(np.median(np.concatenate(steps)))
-    measured = float(round(1.0 / median, 6))
+    measured = snap_fps(float(round(1.0 / median, 6)))
     if fps is not None and abs(fps / measured - 1.0) > FPS_TOLERANCE:
         raise fail(
             where,
@@ -263,11 +263,11 @@ def _span_fps(track: Track) -> float | None:
 
 
 def snap_fps(fps: float) -> float:
-    """A measured rate as the common video rate it is within 0.03% of (29.97, 30, 25, ...), else to 1e-3 fps."""
+    """A measured rate as the common video rate it is within 0.03% of (29.97, 30, 25, ...), else unchanged."""
     for rate in STANDARD_FPS:
         if abs(fps / rate - 1.0) <= SNAP_TOLERANCE:
             return rate
-    return float(round(fps, 3))
+    return fps
 
 
 def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
@@ -276,7 +276,7 @@ def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> floa
     measured = [r for r in rates.values() if r is not None]
     if not measured:
         return _corpus_fps(tracks, fps, where)
-    corpus_fps = snap_fps(float(np.median(measured)))
+    corpus_fps = snap_fps(float(round(float(np.median(measured)), 3)))
     if fps is not None and abs(fps / corpus_fps - 1.0) > FPS_TOLERANCE:
         raise fail(
             where,
@@ -287,6 +287,8 @@ def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> floa
         own = rates[id(track)]
         if own is None:
             continue
+        if track.frame is None:
+            _check_no_gap(track)
         if abs(own / corpus_fps - 1.0) > FPS_TOLERANCE:
             raise fail(
                 track.where,
@@ -306,6 +308,22 @@ def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> floa
                 "(mixed frame rates?)",
             )
     return corpus_fps
+
+
+def _check_no_gap(track: Track) -> None:
+    """Rows without frame numbers: no step longer than 1.5 median steps (a missing row), before the rate is
+    taken as rows over duration."""
+    assert track.time_s is not None
+    steps = np.diff(track.time_s)
+    median = float(np.median(steps))
+    bad = np.flatnonzero(steps > (1.0 + STEP_TOLERANCE) * median)
+    if bad.size:
+        row = int(bad[0]) + 1
+        raise fail(
+            track.where,
+            f"{track.row_ref(row)}: gap in the time axis: time jumps from {track.time_s[row - 1]:g} to "
+            f"{track.time_s[row]:g} s; expected one row every {median:g} s",
+        )
 
 
 def assemble_corpus(

@@ -74,8 +74,8 @@ class Corpus:
 
         Sets recorded with a "dimension" are read only by a model of that dimension; sets without one by every
         model. A joint model (both dimensions) reads both dimensions' versions, in corpus column order."""
-        raw = self.metadata.get("feature_sets")
-        sets = json.loads(raw) if raw else []
+        raw = self.metadata.get("feature_sets", "")
+        sets = json.loads(raw) if raw.startswith("[") else []  # a generated corpus records "name:dim,..."
         if not any(s.get("dimension") for s in sets):
             return None
         return [

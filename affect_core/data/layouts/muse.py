@@ -132,6 +132,7 @@ def read_muse(files: SourceFiles, feature_set: str | Sequence[str] | None, optio
         list(videos.values()),
         chosen,
         labels_by_time=True,
+        fps_from_span=True,
         metadata={"pooled": "false", "source_format": "muse"},
         notes=notes,
     )
