@@ -209,8 +209,9 @@ def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.
     """Put a label track on the feature frames by time.
 
     label_time: (N,) strictly increasing seconds; values: (N,) with NaN where unlabelled; frame_time: (T,).
-    Returns (T,) float64. The rule: a frame takes the linear interpolation of the label samples just before and
-    just after its time (the sample itself at an exact match); it is unlabelled (NaN) when either of those
+    Returns (T,) float64. The rule: a frame takes the label sample within 1 ms of its time (a quarter of a label
+    step at rates above 250 Hz) where there is one, else the linear interpolation of the label samples just
+    before and just after its time; it is unlabelled (NaN) when either of those
     samples is unlabelled, when they lie more than 1.5 label steps apart (a gap in the labels), or when the
     frame lies more than half a label step before the first or after the last sample. The label step is the
     median step of the track."""
@@ -227,14 +228,18 @@ def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.
     span = t_hi - t_lo
     weight = np.clip((frame_time - t_lo) / np.where(span > 0, span, 1.0), 0.0, 1.0)
     mixed = values[lo] * (1.0 - weight) + values[hi] * weight
-    exact = np.abs(frame_time - t_lo) <= eps
-    out = np.where(exact, values[lo], np.where(np.abs(frame_time - t_hi) <= eps, values[hi], mixed))
+    match = min(1e-3, step / 4) + eps if n > 1 else eps
+    near_lo, near_hi = np.abs(frame_time - t_lo), np.abs(frame_time - t_hi)
+    matched = (near_lo <= match) | (near_hi <= match)
+    out = np.where(
+        (near_lo <= match) & (near_lo <= near_hi), values[lo], np.where(near_hi <= match, values[hi], mixed)
+    )
     gap = span > (1.0 + STEP_TOLERANCE) * step + eps
     before = frame_time < label_time[0] - step / 2 - eps
     after = frame_time > label_time[-1] + step / 2 + eps
     edge = (idx == 0) | (idx == n)  # outside the track: the nearest end sample, within half a step
     out = np.where(edge, np.where(idx == 0, values[0], values[-1]), out)
-    out[(gap & ~edge) | before | after] = np.nan
+    out[(gap & ~edge & ~matched) | before | after] = np.nan
     return out
 
 
@@ -262,12 +267,11 @@ def _span_fps(track: Track) -> float | None:
     return float(frames[-1] - frames[0]) / duration if duration > 0 else None
 
 
-def snap_fps(fps: float) -> float:
-    """A measured rate as the common video rate it is within 0.03% of (29.97, 30, 25, ...), else unchanged."""
-    for rate in STANDARD_FPS:
-        if abs(fps / rate - 1.0) <= SNAP_TOLERANCE:
-            return rate
-    return fps
+def snap_fps(fps: float, tolerance: float = SNAP_TOLERANCE) -> float:
+    """A measured rate as the nearest common video rate (29.97, 30, 25, ...) within ``tolerance`` (relative),
+    else unchanged."""
+    nearest = min(STANDARD_FPS, key=lambda rate: abs(fps / rate - 1.0))
+    return nearest if abs(fps / nearest - 1.0) <= tolerance else fps
 
 
 def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
@@ -276,7 +280,10 @@ def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> floa
     measured = [r for r in rates.values() if r is not None]
     if not measured:
         return _corpus_fps(tracks, fps, where)
-    corpus_fps = snap_fps(float(round(float(np.median(measured)), 3)))
+    # Timestamps printed to the millisecond put up to 1 ms of error on a video's duration.
+    durations = [float(t.time_s[-1] - t.time_s[0]) for t in tracks if rates[id(t)] is not None]  # type: ignore[index]
+    tolerance = max(SNAP_TOLERANCE, 1e-3 / float(np.median(durations)))
+    corpus_fps = snap_fps(float(round(float(np.median(measured)), 3)), tolerance)
     if fps is not None and abs(fps / corpus_fps - 1.0) > FPS_TOLERANCE:
         raise fail(
             where,
