@@ -46,7 +46,9 @@ def train_and_check(source: Path, layout: str, tmp_path: Path, *, lag_frames: fl
     for model, align in (("lstm-kf", "adaptive"), ("baseline", "none")):
         config = RunConfig(
             model=ModelConfig(model=model, align=align, q_init=0.1, r_init=1e-3),
-            train=TrainConfig(max_epochs=EPOCHS, window_frames=250, batch_size=4, patience=EPOCHS, lr=3e-3, lr_align=0.05),
+            train=TrainConfig(
+                max_epochs=EPOCHS, window_frames=250, batch_size=4, patience=EPOCHS, lr=3e-3, lr_align=0.05
+            ),
         )
         run = str(tmp_path / f"run-{model}")
         train_run(corpus, run, config, dimension="arousal", seeds=1, progress=False)
