@@ -231,9 +231,7 @@ def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.
     match = min(1e-3, step / 4) + eps if n > 1 else eps
     near_lo, near_hi = np.abs(frame_time - t_lo), np.abs(frame_time - t_hi)
     matched = (near_lo <= match) | (near_hi <= match)
-    out = np.where(
-        (near_lo <= match) & (near_lo <= near_hi), values[lo], np.where(near_hi <= match, values[hi], mixed)
-    )
+    out = np.where((near_lo <= match) & (near_lo <= near_hi), values[lo], np.where(near_hi <= match, values[hi], mixed))
     gap = span > (1.0 + STEP_TOLERANCE) * step + eps
     before = frame_time < label_time[0] - step / 2 - eps
     after = frame_time > label_time[-1] + step / 2 + eps

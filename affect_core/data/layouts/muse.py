@@ -43,7 +43,10 @@ def _partition(files: SourceFiles) -> dict[str, str]:
     where = files.loc.display(PARTITION)
     if not files.loc.exists(PARTITION):
         raise fail(where, "file not found; expected the partition table (columns Id, Partition) of the muse layout")
-    table = read_csv_table(files.read(PARTITION), where, string_columns=("Id", "Partition"))
+    data = files.read(PARTITION)
+    header = data.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff")
+    names = tuple(name.strip() for name in header.split(","))  # every column as text: ids may be numbers
+    table = read_csv_table(data, where, string_columns=names)
     for column in ("Id", "Partition"):
         if column not in table.columns:
             raise fail(where, f"missing column {column!r}; expected columns Id, Partition")

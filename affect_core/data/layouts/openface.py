@@ -125,7 +125,7 @@ def _one_face_per_frame(table: FileTable, score: np.ndarray) -> np.ndarray:
     if bad.size:
         raise fail(
             table.where,
-            f"{table.row_ref(int(bad[0]))}, column 'frame': {frame[bad[0]]!r} is not a frame number; expected an "
+            f"{table.row_ref(int(bad[0]))}, column 'frame': {frame[bad[0]]:g} is not a frame number; expected an "
             "integer",
         )
     ranked = np.where(np.isfinite(score), score, -np.inf)
@@ -145,13 +145,13 @@ def _feature_tracks(table: FileTable, tool: str, options: ReadOptions) -> dict[s
         if bad.size:
             raise fail(
                 table.where,
-                f"{table.row_ref(int(bad[0]))}, column 'success': {success[bad[0]]!r}; expected 0 or 1",
+                f"{table.row_ref(int(bad[0]))}, column 'success': {success[bad[0]]:g}; expected 0 or 1",
             )
         bad = np.flatnonzero(~np.isfinite(confidence) | (confidence < 0) | (confidence > 1))
         if bad.size:
             raise fail(
                 table.where,
-                f"{table.row_ref(int(bad[0]))}, column 'confidence': {confidence[bad[0]]!r}; expected a number "
+                f"{table.row_ref(int(bad[0]))}, column 'confidence': {confidence[bad[0]]:g}; expected a number "
                 "in [0, 1]",
             )
         score = np.where(success == 1.0, confidence, np.nan)
