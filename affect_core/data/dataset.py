@@ -453,7 +453,7 @@ def _selected_columns(
         )
     # A name selects the set of that name, or every per-dimension version of it ("appearance" selects
     # "arousal/appearance" and "valence/appearance"), in the dataset's order.
-    available = list(dict.fromkeys(n for s in sets for n in (s["name"], s.get("set")) if n))
+    available = list(dict.fromkeys([*(s.get("set") or s["name"] for s in sets), *(s["name"] for s in sets)]))
     ranges, chosen_names, chosen_sets, start = [], [], [], 0
     for name in wanted:
         matching = [s for s in sets if name in (s["name"], s.get("set"))]
