@@ -132,9 +132,29 @@ def test_faces_one_per_frame_by_confidence_and_missing_below_the_threshold(tmp_p
         read_source(str(root), "openface", min_face_confidence=1.5)
 
 
+def test_eye_landmarks_are_read_past_and_the_sets_found_by_name(tmp_path: Path) -> None:
+    header = "frame, face_id, timestamp, confidence, success, gaze_0_x, gaze_angle_y, eye_lmk_x_0, eye_lmk_Z_55, "
+    header += "pose_Tx, p_scale, p_0, AU04_r, AU04_c"
+    rows = [f"{i + 1}, 0, {i / 30:.3f}, 0.98, 1, 0.1, 0.2, 300.5, 12.1, 16.6, 1.2, -3.1, 0.5, 1" for i in range(3)]
+    root = _layout(tmp_path, {"dev_1": ("\n".join([header, *rows]) + "\n").encode()}, {"dev_1": "dev"})
+    corpus = read_source(str(root), "openface")
+    sets = {s["name"]: s["names"] for s in json.loads(corpus.metadata["feature_sets"])}
+    assert sets == {
+        "au_r": ["AU04_r"],
+        "au_c": ["AU04_c"],
+        "gaze": ["gaze_0_x", "gaze_angle_y"],
+        "pose": ["pose_Tx"],
+        "pdm": ["p_scale", "p_0"],
+    }
+    assert "eye_lmk_x_0" not in corpus.feature_names
+
+
 @pytest.mark.parametrize("fps", [30.0, 29.97, 25.0])
 def test_the_frame_rate_comes_from_millisecond_timestamps(tmp_path: Path, fps: float) -> None:
     corpus = write_corpus(SMALL.with_(fps=fps, frames=600), tmp_path / "src", "openface")
+    header = (tmp_path / "src" / "features" / "train_1.csv").read_text().splitlines()[:2]
+    assert header[0].startswith("frame, face_id, timestamp, confidence, success, gaze_0_x, gaze_0_y, ")
+    assert header[1].startswith("1, 0, 0.000, ")
     read = read_source(str(tmp_path / "src"), "openface")
     assert read.fps == fps
     for original, video in zip(corpus.videos, read.videos, strict=True):
@@ -209,3 +229,9 @@ def test_a_planted_lag_is_learned_from_openface_features_and_25_hz_labels(tmp_pa
     fps = 30.0
     write_corpus(learning_config(fps), tmp_path / "src", "openface", options=WriteOptions(label_fps=25.0))
     train_and_check(tmp_path / "src", "openface", tmp_path, lag_frames=LAG_S * fps)
+
+
+def test_a_corpus_wider_than_openfaces_columns_is_not_written(tmp_path: Path) -> None:
+    with pytest.raises(AffectError, match=r"corpus: 500 features, more than OpenFace's 429 columns"):
+        write_corpus(SMALL.with_(appearance_dim=250, geometric_dim=250), tmp_path / "wide", "openface")
+    assert not (tmp_path / "wide").exists()
