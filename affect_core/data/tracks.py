@@ -196,6 +196,8 @@ def label_track(table: FileTable) -> Track:
 
 @dataclass
 class SourceFiles:
+    """The source folder a layout reader reads: files by relative path, counting the bytes read."""
+
     loc: storage.Location
     bytes_read: int = 0
 
