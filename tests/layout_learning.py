@@ -56,7 +56,6 @@ def train_and_check(source: Path, layout: str, tmp_path: Path, *, lag_frames: fl
     kf, baseline = runs["lstm-kf"], runs["baseline"]
     dev_kf = kf[kf.split == "dev"].iloc[0]
     dev_base = baseline[baseline.split == "dev"].iloc[0]
-    print("learned", dev_kf.mu_frames, lag_frames, dev_kf.ccc, dev_base.ccc)
     assert abs(dev_kf.mu_frames - lag_frames) <= tolerance, (dev_kf.mu_frames, lag_frames)
     assert dev_kf.ccc > dev_base.ccc + 0.05, (dev_kf.ccc, dev_base.ccc)
     assert np.isfinite(dev_kf.ccc)
