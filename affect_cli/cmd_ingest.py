@@ -15,7 +15,9 @@ def ingest(
     dataset_url: Annotated[
         str, typer.Argument(help="Dataset to write: a local path, s3://bucket/prefix, memory://... .")
     ],
-    layout: Annotated[str, typer.Option(help="Input layout: avec2016, csv or parquet.")] = "avec2016",
+    layout: Annotated[
+        str, typer.Option(help="Input layout: avec2016 (release or flat), csv, parquet, openface or muse.")
+    ] = "avec2016",
     feature_set: Annotated[
         str | None,
         typer.Option(
@@ -32,10 +34,14 @@ def ingest(
     fps: Annotated[
         float | None,
         typer.Option(
-            help="Frame rate of files that number frames and have no frameTime column; where files have "
-            "frameTime, a given rate must agree with it."
+            help="Frame rate of files that number frames and have no time column (py-feat CSVs, csv files with a "
+            "frame column); where files have times, a given rate must agree with them."
         ),
     ] = None,
+    min_face_confidence: Annotated[
+        float,
+        typer.Option(help="openface: rows with a lower confidence (py-feat: FaceScore) are frames without a face."),
+    ] = 0.5,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over videos.")] = True,
 ) -> None:
     """Validate SOURCE, then write it to DATASET_URL as a new dataset version (no-op if unchanged)."""
@@ -53,8 +59,11 @@ def ingest(
             source_storage_options=storage_options if source.startswith(("s3://", "s3a://")) else None,
             progress=progress,
             fps=fps,
+            min_face_confidence=min_face_confidence,
         )
     except AffectError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
+    for note in result.notes:
+        typer.echo(note)
     typer.echo(result.summary())

@@ -13,7 +13,22 @@ import typer
 
 def synth(
     out: Annotated[str, typer.Argument(help="Output directory; must not exist or be empty (see --overwrite).")],
-    layout: Annotated[str, typer.Option(help="Input layout to write: avec2016, csv or parquet.")] = "avec2016",
+    layout: Annotated[
+        str, typer.Option(help="Input layout to write: avec2016 (the release's), csv, parquet, openface or muse.")
+    ] = "avec2016",
+    flat: Annotated[
+        bool, typer.Option(help="avec2016: the flat variant (features_<set>/<id>.arff) instead of the release's.")
+    ] = False,
+    label_fps: Annotated[
+        float | None,
+        typer.Option(help="openface, muse: write the labels at this rate (e.g. 25 against 30 fps features)."),
+    ] = None,
+    affwild2: Annotated[
+        bool, typer.Option(help="openface: labels as Aff-Wild2 VA text files (-5 where unlabelled).")
+    ] = False,
+    raters: Annotated[
+        int, typer.Option(help="Per-rater traces around the gold standard (avec2016: ratings_individual_centred).")
+    ] = 0,
     videos_per_split: Annotated[int, typer.Option(help="Videos in each of train, dev and test.")] = 9,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 7501,
     fps: Annotated[float, typer.Option(help="Frame rate (frames per second).")] = 25.0,
@@ -38,7 +53,7 @@ def synth(
     """Generate a corpus with a known latent affect and a planted annotation lag, and write it to OUT."""
     import time
 
-    from affect_core.synth import SynthConfig, write_corpus
+    from affect_core.synth import SynthConfig, WriteOptions, write_corpus
 
     started = time.perf_counter()
     config = SynthConfig(
@@ -52,9 +67,11 @@ def synth(
         feature_noise=feature_noise,
         label_noise=label_noise,
         test_labels=test_labels,
+        raters=raters,
         seed=seed,
     )
-    corpus = write_corpus(config, out, layout, overwrite=overwrite, progress=progress)
+    options = WriteOptions(flat=flat, label_fps=label_fps, affwild2=affwild2)
+    corpus = write_corpus(config, out, layout, overwrite=overwrite, progress=progress, options=options)
     sets = " + ".join(f"{name} {dim}" for name, dim in config.feature_dims.items())
     typer.echo(
         f"wrote {len(corpus.videos)} videos ({videos_per_split} per split, {frames} frames at {fps:g} fps, "

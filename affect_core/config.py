@@ -66,11 +66,15 @@ class FeatureConfig:
     """Feature transform fitted on the train split: z-score, optional PCA, optional mean+std pooling.
 
     pca_share: keep the principal components explaining this share of variance (0 = no PCA; paper 0.99).
-    pooling_window: frames of the centred mean+std pooling window (0 = none; paper arousal 150, valence 100).
+    pooling_window: frames of the centred mean+std pooling window (0 = none; paper arousal 150, valence 100). Leave
+    it 0 for a dataset whose features come pooled (``affect info``: pooled, e.g. the AVEC2016 features).
+    columns: indices of the dataset's feature columns the model reads (None = all); training sets it from the
+    dataset's per-dimension feature sets (``Corpus.dimension_columns``).
     """
 
     pca_share: float = 0.0
     pooling_window: int = 0
+    columns: list[int] | None = None
 
 
 @dataclass

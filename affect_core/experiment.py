@@ -101,6 +101,14 @@ def group_seed_tasks(tasks: list[SeedTask], per_group: int) -> list[list[SeedTas
     return [group[i : i + per_group] for group in by_name.values() for i in range(0, len(group), per_group)]
 
 
+def select_model_features(task: SeedTask, corpus: Corpus) -> None:
+    """Per-dimension feature sets (the AVEC2016 release): the task's model reads its own dimension's columns (a joint
+    model both dimensions'), recorded in ``task.config.features.columns``. Other corpora: every column."""
+    columns = corpus.dimension_columns(task.config.model.affect_dimensions)
+    if columns is not None:
+        task.config.features.columns = columns
+
+
 def run_seed(
     task: SeedTask,
     corpus: Corpus,
@@ -151,6 +159,7 @@ def run_seeds(
     outcomes: dict[int, SeedOutcome] = {}
     groups: dict[str, list[int]] = {}
     for index, task in enumerate(tasks):
+        select_model_features(task, corpus)
         if resume:
             done = load_seed_outcome(task, run_url, storage_options)
             if done is not None:

@@ -3,7 +3,9 @@
 Steps, in order: z-score standardisation, optional PCA keeping a share of the variance (paper: 99%), optional centred
 window mean+std pooling (paper: arousal 150 frames, valence 100). Frames without a face (NaN rows) stay NaN through
 standardisation and PCA; pooling averages over the frames of the window that have a face, and a window with none stays
-NaN. Scoring applies exactly the saved transform.
+NaN. Before all of them, a model may read only some of the dataset's feature columns (``FeatureConfig.columns``: a
+model of one affect dimension reads that dimension's version of per-dimension feature sets). Scoring applies exactly
+the saved transform.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from affect_core.errors import AffectError
 
 @dataclass
 class FeatureTransform:
-    """A fitted transform. mean, scale: (d,); components: (d, p) or None; pooling_window: frames (0 = none)."""
+    """A fitted transform. mean, scale: (d,); components: (d, p) or None; pooling_window: frames (0 = none);
+    columns: (d,) int64 indices of the raw feature columns read, or None for all of them."""
 
     mean: np.ndarray
     scale: np.ndarray
     components: np.ndarray | None
     pooling_window: int
+    columns: np.ndarray | None = None
 
     @property
     def input_dim(self) -> int:
@@ -35,7 +39,10 @@ class FeatureTransform:
         return 2 * width if self.pooling_window > 0 else width
 
     def apply(self, features: np.ndarray) -> np.ndarray:
-        """features: (T, d) float with NaN rows -> (T, output_dim) float32 with NaN rows where no face remains."""
+        """features: (T, D) float with NaN rows (D = d, or the dataset's width when ``columns`` selects d of them)
+        -> (T, output_dim) float32 with NaN rows where no face remains."""
+        if self.columns is not None and features.ndim == 2 and features.shape[1] > int(self.columns.max()):
+            features = features[:, self.columns]
         if features.ndim != 2 or features.shape[1] != self.input_dim:
             raise AffectError(
                 f"feature transform: expected features of shape (frames, {self.input_dim}), got {features.shape}"
@@ -57,6 +64,8 @@ class FeatureTransform:
         }
         if self.components is not None:
             arrays["components"] = self.components.astype(np.float64)
+        if self.columns is not None:
+            arrays["columns"] = self.columns.astype(np.int64)
         return arrays
 
     @classmethod
@@ -67,6 +76,7 @@ class FeatureTransform:
                 scale=np.asarray(arrays["scale"], dtype=np.float64),
                 components=None if "components" not in arrays else np.asarray(arrays["components"], np.float64),
                 pooling_window=int(np.asarray(arrays["pooling_window"])[0]),
+                columns=None if "columns" not in arrays else np.asarray(arrays["columns"], np.int64),
             )
         except KeyError as exc:
             raise AffectError(f"feature transform: missing array {exc} in the model artifact") from None
@@ -94,11 +104,29 @@ class FeatureStatistics:
         return FeatureStatistics(count, mean, scatter)
 
 
-def feature_statistics(train_features: list[np.ndarray]) -> FeatureStatistics:
-    """The statistics of the frames with a face of some training videos. train_features: per video (T, d)."""
+def selected_columns(width: int, columns: list[int] | None) -> np.ndarray | None:
+    """The checked column indices a model reads out of ``width`` feature columns (None: all of them)."""
+    if columns is None:
+        return None
+    chosen = np.asarray(columns, dtype=np.int64)
+    if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= width:
+        raise AffectError(
+            f"feature transform: columns must index the {width} feature columns, got "
+            f"{chosen.size} column(s) up to {int(chosen.max()) if chosen.size else 'none'}"
+        )
+    return chosen
+
+
+def feature_statistics(train_features: list[np.ndarray], columns: list[int] | None = None) -> FeatureStatistics:
+    """The statistics of the frames with a face of some training videos. train_features: per video (T, D); only the
+    columns ``columns`` (all when None) are read."""
     if not train_features:
-        return FeatureStatistics(0, np.zeros(0), np.zeros((0, 0)))
+        width = 0 if columns is None else len(columns)
+        return FeatureStatistics(0, np.zeros(width), np.zeros((width, width)))
     stacked = np.concatenate([np.asarray(f, dtype=np.float64) for f in train_features])
+    chosen = selected_columns(stacked.shape[1], columns)
+    if chosen is not None:
+        stacked = stacked[:, chosen]
     stacked = stacked[np.isfinite(stacked).all(axis=1)]
     if len(stacked) == 0:
         width = stacked.shape[1]
@@ -109,10 +137,11 @@ def feature_statistics(train_features: list[np.ndarray]) -> FeatureStatistics:
 
 
 def fit_feature_transform(train_features: list[np.ndarray], config: FeatureConfig) -> FeatureTransform:
-    """Fit on the frames with a face of the training videos. train_features: per video (T, d), NaN rows allowed."""
+    """Fit on the frames with a face of the training videos. train_features: per video (T, D), NaN rows allowed;
+    only the columns ``config.columns`` (all when None) are read."""
     if not train_features:
         raise AffectError("feature transform: the train split has no videos to fit on")
-    return transform_from_statistics(feature_statistics(train_features), config)
+    return transform_from_statistics(feature_statistics(train_features, config.columns), config)
 
 
 def transform_from_statistics(stats: FeatureStatistics, config: FeatureConfig) -> FeatureTransform:
@@ -137,7 +166,8 @@ def transform_from_statistics(stats: FeatureStatistics, config: FeatureConfig) -
         components = vectors[:, :keep]
         signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(keep)])
         components = components * np.where(signs == 0, 1.0, signs)
-    return FeatureTransform(mean, scale, components, int(config.pooling_window))
+    columns = None if config.columns is None else np.asarray(config.columns, dtype=np.int64)
+    return FeatureTransform(mean, scale, components, int(config.pooling_window), columns)
 
 
 def window_mean_std(x: np.ndarray, window: int) -> np.ndarray:

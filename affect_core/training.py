@@ -138,7 +138,7 @@ def prepare_training(
         raise AffectError(f"training: no train video has {'/'.join(dims)} labels")
     rates = [float(v.fps) for v in train[:1]]
     fps = (rates if workers is None else [r for rs in workers.gather(rates) for r in rs])[0]
-    stats = feature_statistics([v.features for v in train])
+    stats = feature_statistics([v.features for v in train], config.features.columns)
     if workers is not None:
         stats = functools.reduce(FeatureStatistics.merged, workers.gather(stats))
     transform = transform_from_statistics(stats, config.features)

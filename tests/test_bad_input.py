@@ -23,6 +23,7 @@ from affect_core.data.arff_format import read_arff
 from affect_core.data.dataset import ingest, list_versions, read_corpus
 from affect_core.data.tables import read_csv_table, read_parquet_table
 from affect_core.errors import AffectError
+from affect_core.synth import SynthConfig, WriteOptions, write_corpus
 
 DATA = Path(__file__).parent / "data"
 APPEARANCE = "features_video_appearance"
@@ -619,6 +620,382 @@ CASES[[c.id for c in CASES].index("arff-latin1-bytes")] = Case(
 )
 
 
+# --- layouts written by the generator: the AVEC2016 release, openface (OpenFace CSV; Aff-Wild2 labels), muse
+GENERATED = {
+    "avec2016-release": (
+        "avec2016",
+        SynthConfig(videos_per_split=1, frames=30, appearance_dim=3, geometric_dim=2, lag_s=0.2, raters=2),
+        WriteOptions(),
+    ),
+    "openface": (
+        "openface",
+        SynthConfig(videos_per_split=1, frames=30, appearance_dim=3, geometric_dim=2, fps=30.0, lag_s=0.2),
+        WriteOptions(),
+    ),
+    "openface-affwild": (
+        "openface",
+        SynthConfig(videos_per_split=1, frames=30, appearance_dim=3, geometric_dim=2, fps=30.0, lag_s=0.2),
+        WriteOptions(affwild2=True),
+    ),
+    "muse": (
+        "muse",
+        SynthConfig(videos_per_split=1, frames=30, appearance_dim=3, geometric_dim=2, fps=4.0, lag_s=0.0),
+        WriteOptions(),
+    ),
+}
+
+
+def make_source(layout: str, dest: Path) -> str:
+    """A valid corpus of ``layout`` at ``dest``; returns the layout name to ingest it with."""
+    if layout in GENERATED:
+        read_as, config, options = GENERATED[layout]
+        write_corpus(config, dest, read_as, options=options)
+        return read_as
+    shutil.copytree(DATA / ("csv" if layout == "parquet" else layout), dest)  # parquet cases convert it themselves
+    return layout
+
+
+def rewrite(relative: str, change: Callable[[list[str]], list[str]]) -> Callable[[Path], None]:
+    """Replace the lines of a file by ``change(lines)``."""
+
+    def mutate(root: Path) -> None:
+        _write(root / relative, change(_lines(root / relative)))
+
+    return mutate
+
+
+def append(relative: str, line: str) -> Callable[[Path], None]:
+    return rewrite(relative, lambda lines: [*lines, line])
+
+
+def copy_file(relative: str, new_relative: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / new_relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / relative, root / new_relative)
+
+    return mutate
+
+
+def _mixed_rate_times(lines: list[str]) -> list[str]:
+    """An OpenFace file whose first 15 frames are 25 fps and the rest faster (the same 30 fps on average)."""
+    out = [lines[0]]
+    total = (len(lines) - 2) / 30.0
+    for i, line in enumerate(lines[1:]):
+        t = 0.04 * i if i <= 15 else 0.6 + (i - 15) * (total - 0.6) / (len(lines) - 2 - 15)
+        parts = line.split(", ")
+        parts[2] = f"{t:.3f}"
+        out.append(", ".join(parts))
+    return out
+
+
+def _shift_times(column: int, offset: float, separator: str = ",") -> Callable[[list[str]], list[str]]:
+    def change(lines: list[str]) -> list[str]:
+        out = [lines[0]]
+        for line in lines[1:]:
+            parts = line.split(separator)
+            parts[column] = f"{float(parts[column]) + offset:g}"
+            out.append(separator.join(parts))
+        return out
+
+    return change
+
+
+OF = "features/train_1.csv"
+OF_LABELS = "labels/train_1.csv"
+AW = "labels/train_1.txt"
+MUSE_APP = "feature_segments/appearance/train_1.csv"
+MUSE_GEO = "feature_segments/geometric/train_1.csv"
+MUSE_AROUSAL = "label_segments/arousal/train_1.csv"
+MUSE_PARTITION = "metadata/partition.csv"
+REL_APP_V = "features_video_appearance/valence/train_1.arff"
+REL_RATINGS = "ratings_individual_centred/arousal/train_1.csv"
+
+CASES += [
+    # --- avec2016 as released
+    Case(
+        "release-instance-name-mismatch",
+        "avec2016-release",
+        edit_row(REL_APP_V, 4, lambda line: "train_2" + line[len("train_1") :]),
+        "valence/train_1.arff",
+        r"line 14, attribute 'Instance_name': 'train_2' is not the file's video id; expected 'train_1'",
+    ),
+    Case(
+        "release-no-valence-folder",
+        "avec2016-release",
+        remove("features_video_geometric/valence"),
+        "features_video_geometric",
+        r"has arousal/ but no valence/ folder",
+    ),
+    Case(
+        "release-flat-folder-among-per-dimension",
+        "avec2016-release",
+        both(
+            remove("features_video_geometric/valence"),
+            lambda root: [
+                p.rename(p.parent.parent / p.name) for p in (root / "features_video_geometric" / "arousal").iterdir()
+            ],
+            remove("features_video_geometric/arousal"),
+        ),
+        "features_video_geometric",
+        r"\*.arff directly in the folder while features_video_appearance has arousal/ and valence/",
+    ),
+    Case(
+        "release-dimension-file-missing",
+        "avec2016-release",
+        remove("features_video_appearance/valence/dev_1.arff"),
+        "dev_1.arff",
+        r"video 'dev_1' has no file in feature set 'valence/appearance'",
+    ),
+    Case(
+        "release-dimension-rows-disagree",
+        "avec2016-release",
+        drop_row(REL_APP_V, 29),
+        "valence/train_1.arff",
+        r"29 features rows but 30 feature rows",
+    ),
+    Case(
+        "release-ratings-not-semicolon",
+        "avec2016-release",
+        rewrite(REL_RATINGS, lambda lines: [line.replace(";", ",") for line in lines]),
+        "ratings_individual_centred/arousal/train_1.csv",
+        r"line 1: no ';' in the header",
+    ),
+    Case(
+        "release-ratings-for-unknown-video",
+        "avec2016-release",
+        copy_file(REL_RATINGS, "ratings_individual_centred/arousal/train_7.csv"),
+        "train_7.csv",
+        r"ratings for video 'train_7' but no features file",
+    ),
+    Case(
+        "release-ratings-not-a-number",
+        "avec2016-release",
+        rewrite(REL_RATINGS, lambda lines: [*lines[:3], lines[3].rsplit(";", 1)[0] + ";abc", *lines[4:]]),
+        "ratings_individual_centred/arousal/train_1.csv",
+        r"line 4, column 'R2': value 'abc' is not a number",
+    ),
+    Case(
+        "release-ratings-infinite",
+        "avec2016-release",
+        rewrite(REL_RATINGS, lambda lines: [*lines[:5], lines[5].rsplit(";", 1)[0] + ";inf", *lines[6:]]),
+        "ratings_individual_centred/arousal/train_1.csv",
+        r"line 6, attribute 'R2': infinite rating",
+    ),
+    # --- openface (OpenFace 2.x CSV, Aff-Wild2 VA labels)
+    Case(
+        "openface-wrong-separator",
+        "openface",
+        rewrite(OF, lambda lines: [line.replace(", ", ";") for line in lines]),
+        "features/train_1.csv",
+        r"line 1: no ',' between column names \(';' found\)",
+    ),
+    Case(
+        "openface-no-success-column",
+        "openface",
+        replace_text(OF, "success", "succes"),
+        "features/train_1.csv",
+        r"line 1: no 'success' column; expected an OpenFace 2.x FeatureExtraction CSV",
+    ),
+    Case(
+        "openface-success-not-binary",
+        "openface",
+        edit_row(OF, 2, set_value(4, " 2")),
+        "features/train_1.csv",
+        r"line 4, column 'success': 2; expected 0 or 1",
+    ),
+    Case(
+        "openface-confidence-out-of-range",
+        "openface",
+        edit_row(OF, 5, set_value(3, " 1.5")),
+        "features/train_1.csv",
+        r"line 7, column 'confidence': 1.5; expected a number in \[0, 1\]",
+    ),
+    Case(
+        "openface-frame-gap",
+        "openface",
+        drop_row(OF, 10),
+        "features/train_1.csv",
+        r"line 12: gap in the time axis",
+    ),
+    Case(
+        "openface-mixed-frame-rates",
+        "openface",
+        rewrite(OF, _mixed_rate_times),
+        "features/train_1.csv",
+        r"line \d+: timestamp .* s is not frame \d+'s time .* expected one frame rate within a video",
+    ),
+    Case(
+        "openface-labels-outside-the-frames",
+        "openface",
+        rewrite(OF_LABELS, _shift_times(0, 100.0)),
+        "labels/train_1.csv",
+        r"no arousal label falls on a feature frame \(labels 100 s to 100.967 s, features 0 s to 0.967 s\)",
+    ),
+    Case(
+        "openface-mixed-tools",
+        "openface",
+        write_bytes(OF, b"frame,FaceScore,AU01\n0,0.9,0.1\n1,0.9,0.2\n"),
+        "features/train_1.csv",
+        r"a py-feat CSV among openface CSVs",
+    ),
+    Case(
+        "openface-partition-video-without-features",
+        "openface",
+        append("partition.csv", "train_9,train"),
+        "partition.csv",
+        r"video 'train_9' has no features file",
+    ),
+    Case(
+        "openface-duplicate-id",
+        "openface",
+        append("partition.csv", "train_1,dev"),
+        "partition.csv",
+        r"line 5: duplicate video id 'train_1'",
+    ),
+    Case(
+        "openface-features-not-in-partition",
+        "openface",
+        copy_file(OF, "features/train_7.csv"),
+        "train_7.csv",
+        r"video 'train_7' is not listed in",
+    ),
+    Case(
+        "affwild-lines-not-matching-the-frames",
+        "openface-affwild",
+        drop_row(AW, 3),
+        "labels/train_1.txt",
+        r"29 label lines but the features have 30 frames \(frame 1 to 30\)",
+    ),
+    Case(
+        "affwild-only-unannotated",
+        "openface-affwild",
+        rewrite(AW, lambda lines: [lines[0]] + ["-5,-5"] * (len(lines) - 1)),
+        "labels/train_1.txt",
+        r"every line is -5 \(not annotated\)",
+    ),
+    Case(
+        "affwild-header",
+        "openface-affwild",
+        replace_text(AW, "valence,arousal", "arousal,valence"),
+        "labels/train_1.txt",
+        r"line 1: header 'arousal,valence'; expected 'valence,arousal'",
+    ),
+    Case(
+        "affwild-label-out-of-range",
+        "openface-affwild",
+        edit_row(AW, 2, lambda line: "1.5," + line.split(",")[1]),
+        "labels/train_1.txt",
+        r"line 4, attribute 'valence': 1.5 is outside \[-1, 1\]",
+    ),
+    Case(
+        "affwild-and-csv-labels",
+        "openface-affwild",
+        write_bytes(OF_LABELS, b"frameTime,arousal,valence\n0.0,0.1,0.1\n"),
+        "labels/train_1.txt",
+        r"labels for video 'train_1' also in .*labels/train_1.csv",
+    ),
+    # --- muse
+    Case(
+        "muse-no-partition",
+        "muse",
+        remove(MUSE_PARTITION),
+        "metadata/partition.csv",
+        r"file not found; expected the partition table \(columns Id, Partition\)",
+    ),
+    Case(
+        "muse-partition-without-id",
+        "muse",
+        replace_text(MUSE_PARTITION, "Id,", "Video,"),
+        "metadata/partition.csv",
+        r"missing column 'Id'",
+    ),
+    Case(
+        "muse-unknown-partition",
+        "muse",
+        replace_text(MUSE_PARTITION, "devel", "validation"),
+        "metadata/partition.csv",
+        r"line 3: unknown partition 'validation'",
+    ),
+    Case(
+        "muse-duplicate-id",
+        "muse",
+        append(MUSE_PARTITION, "train_1,devel"),
+        "metadata/partition.csv",
+        r"line 5: duplicate Id 'train_1'",
+    ),
+    Case(
+        "muse-id-without-features",
+        "muse",
+        append(MUSE_PARTITION, "99,train"),
+        "metadata/partition.csv",
+        r"video '99' has no features in feature_segments/appearance",
+    ),
+    Case(
+        "muse-features-without-id",
+        "muse",
+        copy_file(MUSE_APP, "feature_segments/appearance/train_5.csv"),
+        "train_5.csv",
+        r"video 'train_5' is not listed in metadata/partition.csv",
+    ),
+    Case(
+        "muse-no-timestamp",
+        "muse",
+        replace_text(MUSE_APP, "timestamp,", "time,"),
+        "feature_segments/appearance/train_1.csv",
+        r"line 1: missing column 'timestamp'",
+    ),
+    Case(
+        "muse-no-segment-id",
+        "muse",
+        replace_text(MUSE_GEO, "segment_id,", "segment,"),
+        "feature_segments/geometric/train_1.csv",
+        r"line 1: missing column 'segment_id'",
+    ),
+    Case(
+        "muse-label-without-value",
+        "muse",
+        replace_text(MUSE_AROUSAL, ",value,", ",arousal,"),
+        "label_segments/arousal/train_1.csv",
+        r"line 1: missing column 'value'",
+    ),
+    Case(
+        "muse-label-out-of-range",
+        "muse",
+        edit_row(MUSE_AROUSAL, 3, set_value(1, "1.5")),
+        "label_segments/arousal/train_1.csv",
+        r"line 5, attribute 'value': 1.5 is outside \[-1, 1\]",
+    ),
+    Case(
+        "muse-timestamps-decreasing",
+        "muse",
+        edit_row(MUSE_APP, 6, set_value(0, "1")),
+        "feature_segments/appearance/train_1.csv",
+        r"line 8, attribute 'frameTime': decreasing frameTime 0.001 after 1.25",
+    ),
+    Case(
+        "muse-feature-sets-disagree",
+        "muse",
+        rewrite(MUSE_GEO, _shift_times(0, 250.0)),
+        "feature_segments/geometric/train_1.csv",
+        r"line 2: frameTime 0.25 disagrees with 0 in .*appearance/train_1.csv",
+    ),
+    Case(
+        "muse-gap",
+        "muse",
+        drop_row(MUSE_APP, 8),
+        "feature_segments/appearance/train_1.csv",
+        r"line 10: gap in the time axis: time jumps from 1.75 to 2.25 s",
+    ),
+    Case(
+        "muse-labels-outside-the-features",
+        "muse",
+        rewrite(MUSE_AROUSAL, _shift_times(0, 1e6)),
+        "label_segments/arousal/train_1.csv",
+        r"no arousal label falls on a feature frame",
+    ),
+]
+
+
 def _snapshot(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -631,11 +1008,11 @@ def existing_dataset(tmp_path):
     def make(layout: str) -> tuple[Path, str]:
         if layout not in made:
             source = tmp_path / f"valid_{layout}"
-            shutil.copytree(DATA / ("csv" if layout == "parquet" else layout), source)
+            read_as = make_source(layout, source)
             if layout == "parquet":
                 _csv_parquet_features(source)
             target = tmp_path / f"dataset_{layout}"
-            result = ingest(str(source), str(target), layout=layout, progress=False)
+            result = ingest(str(source), str(target), layout=read_as, progress=False)
             made[layout] = (target, result.version)
         return made[layout]
 
@@ -647,10 +1024,10 @@ def test_bad_input_is_refused_and_nothing_becomes_visible(case: Case, tmp_path, 
     target, version = existing_dataset(case.layout)
     before = _snapshot(target)
     source = tmp_path / "src"
-    shutil.copytree(DATA / ("csv" if case.layout == "parquet" else case.layout), source)
+    read_as = make_source(case.layout, source)
     case.mutate(source)
     with pytest.raises(AffectError) as error:
-        ingest(str(source), str(target), layout=case.layout, progress=False)
+        ingest(str(source), str(target), layout=read_as, progress=False)
     message = str(error.value)
     assert "\n" not in message
     assert case.file in message, message
@@ -662,6 +1039,8 @@ def test_bad_input_is_refused_and_nothing_becomes_visible(case: Case, tmp_path, 
 
 def test_cases_are_distinct_and_many():
     assert len({c.id for c in CASES}) == len(CASES) >= 50
+    for family in ("release-", "openface-", "affwild-", "muse-"):
+        assert sum(c.id.startswith(family) for c in CASES) >= (5 if family == "affwild-" else 8), family
 
 
 def test_unknown_layout_and_feature_set_and_bad_destinations(tmp_path):
@@ -687,7 +1066,7 @@ def test_a_claimed_size_beyond_the_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(tables, "MAX_ROWS", 10)
     with pytest.raises(AffectError, match=r"features.parquet: claims 18 rows, more than the limit of 10"):
         ingest(str(source), str(tmp_path / "d"), layout="parquet", progress=False)
-    monkeypatch.setattr(readers, "MAX_ROWS", 5)
+    monkeypatch.setattr(tables, "MAX_ROWS", 5)
     with pytest.raises(AffectError, match=r"dev_1.arff: 6 rows, more than the limit of 5"):
         ingest(str(DATA / "avec2016"), str(tmp_path / "d"), layout="avec2016", progress=False)
 

@@ -225,6 +225,26 @@ def test_cli_ingest_prints_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "missing" in err and "does not exist" in err
 
 
+def test_cli_ingest_says_which_folders_it_skipped_and_takes_the_face_threshold(tmp_path, capsys):
+    from affect_cli.cmd_ingest import ingest as cli_ingest
+    from affect_core.synth import SynthConfig, write_corpus
+
+    config = SynthConfig(videos_per_split=1, frames=40, appearance_dim=2, geometric_dim=2, lag_s=0.2)
+    write_corpus(config, tmp_path / "release", "avec2016")
+    (tmp_path / "release" / "recordings_video").mkdir()
+    cli_ingest(str(tmp_path / "release"), str(tmp_path / "dataset"), layout="avec2016", progress=False)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "skipped folders not read by the avec2016 layout: recordings_video"
+    assert lines[1].startswith("ingested ") and len(lines) == 2
+    write_corpus(config.with_(fps=30.0), tmp_path / "openface", "openface")
+    cli_ingest(
+        str(tmp_path / "openface"), str(tmp_path / "of"), layout="openface", progress=False, min_face_confidence=0.99
+    )
+    assert capsys.readouterr().out.startswith("ingested ")
+    faces = read_corpus(str(tmp_path / "of")).videos[0].features
+    assert np.isnan(faces).all()  # the generated confidence is 0.98: below 0.99 no frame has a face
+
+
 def test_cli_module_imports_nothing_heavy():
     code = "import sys, affect_cli.cmd_ingest; print('pyarrow' in sys.modules, 'affect_core' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -237,7 +257,8 @@ def test_three_layouts_of_one_generated_corpus_ingest_to_the_same_dataset(tmp_pa
     generated = synth.generate_corpus(config)
     results, corpora = {}, {}
     for layout in ("avec2016", "csv", "parquet"):
-        synth.write_corpus(generated, tmp_path / layout, layout)
+        flat = synth.WriteOptions(flat=True)  # avec2016's flat variant: one version of each set, as csv/parquet
+        synth.write_corpus(generated, tmp_path / layout, layout, options=flat)
         results[layout] = ingest(str(tmp_path / layout), str(tmp_path / f"ds_{layout}"), layout=layout, progress=False)
         corpora[layout] = read_corpus(str(tmp_path / f"ds_{layout}"))
     for layout in ("csv", "parquet"):

@@ -1,4 +1,5 @@
-"""Readers of the input layouts (avec2016, csv, parquet) on small hand-written fixtures in tests/data/."""
+"""Readers of the input layouts (avec2016 flat, csv, parquet) on small hand-written fixtures in tests/data/; the
+layout table. The release, openface and muse layouts: tests/test_layout_*.py."""
 
 from __future__ import annotations
 
@@ -158,3 +159,22 @@ def test_a_given_frame_rate_must_agree_with_the_files_time_axes():
     assert read_source(str(DATA / "csv"), "csv", fps=measured).fps == measured
     with pytest.raises(AffectError, match="contradicts the files' time axes"):
         read_source(str(DATA / "csv"), "csv", fps=measured * 2)
+
+
+def test_a_layout_is_one_entry_in_the_reader_table(monkeypatch, tmp_path):
+    """read_source dispatches on a table of layout name -> reader(files, feature_set, options): a new layout (the
+    video layout, say) is one entry, checked and assembled like every other."""
+    from affect_core.data import readers
+    from affect_core.data.tracks import SourceRead, SourceVideo, Track
+
+    def read_demo(files, feature_set, options):
+        time_s = np.arange(4) / 25.0
+        video = SourceVideo("train_1", "train")
+        video.features["demo"] = Track(files.loc.display("x"), ["f"], np.ones((4, 1)), time_s, None, str)
+        return SourceRead([video], ["demo"], metadata={"source_format": "demo"})
+
+    monkeypatch.setitem(readers.LAYOUT_READERS, "demo", read_demo)
+    tmp_path.joinpath("x").write_text("")
+    corpus = read_source(str(tmp_path), "demo")
+    assert corpus.fps == 25.0 and corpus.metadata["layout"] == "demo" and corpus.metadata["source_format"] == "demo"
+    assert set(readers.LAYOUTS) >= {"avec2016", "csv", "parquet", "openface", "muse"}

@@ -122,7 +122,7 @@ def test_malformed_corpus_through_cli_ingest(case, destinations, tmp_path):
 def world(tmp_path_factory) -> dict[str, Path]:
     """A generated corpus ingested twice (all features; appearance only), models trained on each, and odd inputs."""
     base = tmp_path_factory.mktemp("world")
-    write_corpus(TINY, base / "corpus", "avec2016")
+    write_corpus(TINY, base / "corpus", "avec2016")  # the release layout: each set once per dimension
     write_corpus(TINY.with_(appearance_dim=5, geometric_dim=0), base / "corpus5", "avec2016")
     for args in (
         ["ingest", base / "corpus", base / "dataset", "--layout", "avec2016"],
@@ -315,14 +315,14 @@ CLI_CASES = [
     CliCase(
         "model-of-other-feature-set",
         _score("appearance", "run/model"),
-        r"the data has 6 features but the model was trained on 14 features of set 'appearance\+geometric'",
+        r"the data has 12 features but the model was trained on 28 features of set 'appearance\+geometric'",
         _name("new_preds"),
         "new_preds",
     ),
     CliCase(
         "model-of-other-feature-dimension",
         _score("appearance5", "run_app/model"),
-        r"the data has 5 features but the model was trained on 6 features of set 'appearance'",
+        r"the data has 10 features but the model was trained on 12 features of set 'appearance'",
         _name("new_preds"),
         "new_preds",
     ),

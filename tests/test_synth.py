@@ -23,6 +23,7 @@ from affect_core.errors import AffectError
 from affect_core.synth import (
     LAYOUTS,
     SynthConfig,
+    WriteOptions,
     feature_sets,
     generate,
     generate_corpus,
@@ -44,7 +45,8 @@ def written(tmp_path_factory: pytest.TempPathFactory, tiny: Corpus) -> dict[str,
     root = tmp_path_factory.mktemp("synth")
     for layout in LAYOUTS:
         write_corpus(tiny, root / layout, layout)
-    return {layout: root / layout for layout in LAYOUTS}
+    write_corpus(tiny, root / "avec2016-flat", "avec2016", options=WriteOptions(flat=True))
+    return {layout: root / layout for layout in (*LAYOUTS, "avec2016-flat")}
 
 
 def _labels(video) -> np.ndarray:
@@ -215,8 +217,32 @@ def _arff(path: Path) -> dict:
         return arff.load(handle)
 
 
-def test_avec2016_files_and_their_contract(written: dict[str, Path], tiny: Corpus) -> None:
+def test_avec2016_release_files_and_their_contract(written: dict[str, Path], tiny: Corpus) -> None:
+    """The release: each set once per dimension folder; a frame without a face is a row of zeros."""
     root = written["avec2016"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "features_video_appearance",
+        "features_video_geometric",
+        "ratings_gold_standard",
+    ]
+    for name, columns in (("appearance", slice(0, 6)), ("geometric", slice(6, 14))):
+        for dimension in ("arousal", "valence"):
+            folder = root / f"features_video_{name}" / dimension
+            assert sorted(p.stem for p in folder.iterdir()) == sorted(v.video_id for v in tiny.videos)
+            for video in tiny.videos:
+                parsed = _arff(folder / f"{video.video_id}.arff")
+                assert parsed["relation"] == f"features_video_{name}"
+                assert [a for a, _ in parsed["attributes"]][:2] == ["Instance_name", "frameTime"]
+                values = np.array([row[2:] for row in parsed["data"]], dtype=np.float32)
+                expected = video.features[:, columns].copy()
+                no_face = np.isnan(expected).all(axis=1)
+                assert no_face.any()
+                expected[no_face] = 0.0
+                np.testing.assert_array_equal(values, expected)
+
+
+def test_avec2016_flat_files_and_their_contract(written: dict[str, Path], tiny: Corpus) -> None:
+    root = written["avec2016-flat"]
     assert sorted(p.name for p in root.iterdir()) == [
         "features_video_appearance",
         "features_video_geometric",
@@ -389,15 +415,19 @@ def test_cli_writes_a_corpus_and_says_what_it_wrote(tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1
     assert "wrote 3 videos" in result.output and "avec2016" in result.output and "5 frames" in result.output
     assert (out / "ratings_gold_standard" / "arousal" / "test_1.arff").exists()
-    parsed = _arff(out / "features_video_geometric" / "dev_1.arff")
+    parsed = _arff(out / "features_video_geometric" / "valence" / "dev_1.arff")
     assert len(parsed["attributes"]) == 2 + 4 and len(parsed["data"]) == 60
     expected = generate_corpus(
         SynthConfig(videos_per_split=1, frames=60, appearance_dim=3, geometric_dim=4, lag_s=0.2, seed=3)
     )
+    geometric = expected.videos[1].features[:, 3:]
     np.testing.assert_array_equal(
-        np.array([[np.nan if x is None else x for x in row[2:]] for row in parsed["data"]], np.float32),
-        expected.videos[1].features[:, 3:],
+        np.array([row[2:] for row in parsed["data"]], np.float32),
+        np.where(np.isnan(geometric).all(axis=1)[:, None], np.float32(0.0), geometric),
     )
+    flat = tmp_path / "flat"
+    assert CliRunner().invoke(_app(), ["synth", str(flat), *args[2:], "--flat"]).exit_code == 0
+    assert (flat / "features_video_geometric" / "dev_1.arff").exists()
 
 
 def test_cli_reports_bad_input_as_the_project_error(tmp_path: Path) -> None:
@@ -419,7 +449,7 @@ def test_any_corpus_can_be_written_with_partial_missing_values(tmp_path: Path) -
     features = np.array([[0.25, np.nan], [-1.5, 2.0], [np.nan, np.nan]], dtype=np.float32)
     video = Video("dev_1", "dev", features, np.arange(3) / 50.0, 50.0, valence=np.array([0.1, -0.2, 0.3], np.float32))
     corpus = Corpus([video], ["AU01", "AU02"], 50.0, feature_set="openface")
-    write_corpus(corpus, tmp_path / "avec", "avec2016")
+    write_corpus(corpus, tmp_path / "avec", "avec2016", options=WriteOptions(flat=True))
     text = (tmp_path / "avec" / "features_video_openface" / "dev_1.arff").read_text()
     assert text.split("@data\n", 1)[1] == "dev_1,0.00,0.25,?\ndev_1,0.02,-1.5,2\ndev_1,0.04,?,?\n"
     assert not (tmp_path / "avec" / "ratings_gold_standard" / "arousal" / "dev_1.arff").exists()

@@ -1,8 +1,8 @@
 """Data formats: in-memory records, input-layout readers, Parquet datasets.
 
-``read_source`` reads an input layout (avec2016, csv, parquet) into a validated Corpus; ``ingest`` writes it
-as a versioned, Hive-partitioned Parquet dataset; ``read_corpus``, ``iter_videos`` and ``dataset_info`` read
-datasets back.
+``read_source`` reads an input layout (avec2016, csv, parquet, openface, muse) into a validated Corpus;
+``ingest`` writes it as a versioned, Hive-partitioned Parquet dataset; ``read_corpus``, ``iter_videos`` and
+``dataset_info`` read datasets back.
 Heavy submodules load on first use, so importing ``affect_core.data`` stays cheap.
 """
 

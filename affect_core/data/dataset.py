@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from affect_core import storage
 from affect_core.data.readers import (
     TIME_DECIMALS,
+    ReadOptions,
     parse_feature_sets,
     read_source,
     set_ranges,
@@ -42,7 +43,9 @@ MANIFESTS = "_manifests"
 VERSIONS = "versions"
 PART_FILE = "part-0.parquet"
 META_PREFIX = "affect."
-RESERVED_COLUMNS = ("video_id", "split", "frame", "time_s", "features", *AFFECT_DIMENSIONS)
+RESERVED_COLUMNS = ("video_id", "split", "frame", "time_s", "features", *AFFECT_DIMENSIONS, "ratings")
+# Corpus metadata kept in the dataset as affect.<key>: AVEC features come pooled; the tool that wrote the files.
+SOURCE_METADATA = ("pooled", "source_format")
 
 
 @dataclass
@@ -59,6 +62,7 @@ class IngestResult:
     seconds: float
     source_bytes: int
     mb_per_s: float
+    notes: list[str] = field(default_factory=list)  # what the reader skipped, one line each
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -121,6 +125,8 @@ def content_hash(corpus: Corpus) -> str:
         for dimension in AFFECT_DIMENSIONS:
             labels = video.labels(dimension)
             digest.update(b"none" if labels is None else np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+        if video.ratings:
+            digest.update(_ratings_matrix(video, rating_names(corpus)).tobytes())
     return "sha256:" + digest.hexdigest()
 
 
@@ -134,20 +140,36 @@ def _frames(video: Video) -> np.ndarray:
     return (np.rint((time_s - time_s[0]) * video.fps).astype(np.int64) + start).astype(np.int32)
 
 
-def dataset_schema(feature_dim: int, metadata: dict[str, str] | None = None) -> pa.Schema:
-    """The Parquet schema of a dataset file (DESIGN.md section 4)."""
-    return pa.schema(
-        [
-            ("video_id", pa.string()),
-            ("split", pa.string()),
-            ("frame", pa.int32()),
-            ("time_s", pa.float64()),
-            ("features", pa.list_(pa.float32(), feature_dim)),
-            ("arousal", pa.float32()),
-            ("valence", pa.float32()),
-        ],
-        metadata=metadata,
-    )
+def dataset_schema(feature_dim: int, metadata: dict[str, str] | None = None, num_ratings: int = 0) -> pa.Schema:
+    """The Parquet schema of a dataset file (DESIGN.md section 4); a ``ratings`` column (one value per rater
+    named in ``affect.ratings``) when the corpus has per-rater ratings."""
+    fields = [
+        ("video_id", pa.string()),
+        ("split", pa.string()),
+        ("frame", pa.int32()),
+        ("time_s", pa.float64()),
+        ("features", pa.list_(pa.float32(), feature_dim)),
+        ("arousal", pa.float32()),
+        ("valence", pa.float32()),
+    ]
+    if num_ratings:
+        fields.append(("ratings", pa.list_(pa.float32(), num_ratings)))
+    return pa.schema(fields, metadata=metadata)
+
+
+def rating_names(corpus: Corpus) -> list[str]:
+    """The per-rater rating tracks of a corpus ("<dimension>/<rater>"), in column order."""
+    raw = corpus.metadata.get("ratings")
+    return list(json.loads(raw)) if raw else []
+
+
+def _ratings_matrix(video: Video, names: list[str]) -> np.ndarray:
+    """(T, len(names)) float32; NaN for a rater the video lacks."""
+    out = np.full((video.num_frames, len(names)), np.nan, dtype=np.float32)
+    for j, name in enumerate(names):
+        if video.ratings and name in video.ratings:
+            out[:, j] = video.ratings[name]
+    return out
 
 
 def video_table(video: Video, schema: pa.Schema) -> pa.Table:
@@ -168,16 +190,24 @@ def video_table(video: Video, schema: pa.Schema) -> pa.Table:
             columns.append(pa.nulls(frames, pa.float32()))
         else:
             columns.append(pa.array(np.asarray(labels, dtype=np.float32), pa.float32()))
+    if "ratings" in schema.names:
+        names = json.loads(schema.metadata[b"affect.ratings"])
+        ratings = _ratings_matrix(video, names).reshape(-1)
+        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(ratings, pa.float32()), len(names)))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
 def dataset_metadata(corpus: Corpus, chash: str, layout: str, source: str) -> dict[str, str]:
     """The ``affect.*`` schema metadata keys of a dataset (also copied into the manifest)."""
-    sets = set_ranges(corpus)
+    sets = [{k: v for k, v in s.items() if k != "names"} for s in set_ranges(corpus)]  # + set, dimension
+    extra = {f"{META_PREFIX}{k}": corpus.metadata[k] for k in SOURCE_METADATA if k in corpus.metadata}
+    if rating_names(corpus):
+        extra[f"{META_PREFIX}ratings"] = json.dumps(rating_names(corpus))
     return {
+        **extra,
         "affect.format": FORMAT,
         "affect.feature_set": corpus.feature_set,
-        "affect.feature_sets": json.dumps([{"name": s["name"], "start": s["start"], "stop": s["stop"]} for s in sets]),
+        "affect.feature_sets": json.dumps(sets),
         "affect.feature_names": json.dumps(list(corpus.feature_names)),
         "affect.feature_dim": str(corpus.feature_dim),
         "affect.fps": repr(float(corpus.fps)),
@@ -230,7 +260,7 @@ def write_dataset(
         return str(latest["version"]), chash, True
     version = _new_version_id(chash)
     metadata = dataset_metadata(corpus, chash, layout or corpus.metadata.get("layout", ""), source or corpus.source)
-    schema = dataset_schema(corpus.feature_dim, metadata)
+    schema = dataset_schema(corpus.feature_dim, metadata, len(rating_names(corpus)))
     data_dir = storage.join(loc.path, VERSIONS, version)
     files: list[dict[str, Any]] = []
     videos = sorted(corpus.videos, key=lambda v: video_sort_key(v.split, v.video_id))
@@ -291,8 +321,9 @@ def ingest(
     source_storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     fps: float | None = None,
+    min_face_confidence: float = ReadOptions.min_face_confidence,
 ) -> IngestResult:
-    """Read and validate ``source_root`` (layout ``avec2016`` | ``csv`` | ``parquet``), then write it to
+    """Read and validate ``source_root`` (a layout of ``readers.LAYOUTS``), then write it to
     ``dataset_url`` as a new dataset version, or do nothing if the latest version has the same content hash.
 
     storage_options apply to the dataset URL (and to the source when ``source_storage_options`` is None).
@@ -304,6 +335,7 @@ def ingest(
         feature_set=feature_set,
         storage_options=source_storage_options if source_storage_options is not None else storage_options,
         fps=fps,
+        min_face_confidence=min_face_confidence,
     )
     version, chash, unchanged = write_dataset(
         corpus,
@@ -325,6 +357,7 @@ def ingest(
         seconds=seconds,
         source_bytes=source_bytes,
         mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
+        notes=json.loads(corpus.metadata.get("notes", "[]")),
     )
 
 
@@ -418,18 +451,23 @@ def _selected_columns(
             _meta(metadata, "feature_set", "+".join(s["name"] for s in sets)),
             sets,
         )
-    by_name = {s["name"]: s for s in sets}
+    # A name selects the set of that name, or every per-dimension version of it ("appearance" selects
+    # "arousal/appearance" and "valence/appearance"), in the dataset's order.
+    available = list(dict.fromkeys([*(s.get("set") or s["name"] for s in sets), *(s["name"] for s in sets)]))
     ranges, chosen_names, chosen_sets, start = [], [], [], 0
     for name in wanted:
-        if name not in by_name:
-            raise AffectError(f"{where}: unknown feature set {name!r}; available: {', '.join(by_name)}")
-        s = by_name[name]
-        ranges.append((int(s["start"]), int(s["stop"])))
-        chosen_names += names[int(s["start"]) : int(s["stop"])]
-        chosen_sets.append({"name": name, "start": start, "stop": start + int(s["stop"]) - int(s["start"])})
-        start += int(s["stop"]) - int(s["start"])
+        matching = [s for s in sets if name in (s["name"], s.get("set"))]
+        if not matching:
+            raise AffectError(f"{where}: unknown feature set {name!r}; available: {', '.join(available)}")
+        for s in matching:
+            width = int(s["stop"]) - int(s["start"])
+            ranges.append((int(s["start"]), int(s["stop"])))
+            chosen_names += names[int(s["start"]) : int(s["stop"])]
+            extra = {k: v for k, v in s.items() if k in ("set", "dimension")}
+            chosen_sets.append({"name": s["name"], "start": start, "stop": start + width, **extra})
+            start += width
     prefix = [f"{s['name']}:" for s in chosen_sets]
-    if all(any(n.startswith(p) for p in prefix) for n in chosen_names) and len(wanted) == 1:
+    if all(any(n.startswith(p) for p in prefix) for n in chosen_names) and len(chosen_sets) == 1:
         chosen_names = [n.split(":", 1)[1] for n in chosen_names]  # one set: its own attribute names
     return ranges, chosen_names, "+".join(wanted), chosen_sets
 
@@ -458,7 +496,15 @@ def _to_video(table: pa.Table, ranges: list[tuple[int, int]], fps: float | None,
             labels[dimension] = table.column(dimension).cast(pa.float32()).to_numpy().astype(np.float32)
         else:
             labels[dimension] = None
-    return Video(video_id, split, np.ascontiguousarray(features, dtype=np.float32), time_s, fps, **labels)
+    ratings = None
+    if "ratings" in table.column_names and table.schema.metadata and b"affect.ratings" in table.schema.metadata:
+        names = json.loads(table.schema.metadata[b"affect.ratings"])
+        matrix = table.column("ratings").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        matrix = matrix.astype(np.float32).reshape(-1, len(names))
+        ratings = {name: matrix[:, j].copy() for j, name in enumerate(names) if not np.isnan(matrix[:, j]).all()}
+    video = Video(video_id, split, np.ascontiguousarray(features, dtype=np.float32), time_s, fps, **labels)
+    video.ratings = ratings or None
+    return video
 
 
 def _feature_matrix(table: pa.Table, where: str) -> np.ndarray:
@@ -629,6 +675,9 @@ def read_corpus(
     metadata = dict(info.metadata)
     metadata["feature_sets"] = json.dumps(sets)
     metadata["version"] = info.version or ""
+    for key in (*SOURCE_METADATA, "ratings"):
+        if META_PREFIX + key in info.metadata:
+            metadata[key] = info.metadata[META_PREFIX + key]
     if videos and not names:
         names = [f"f{i}" for i in range(videos[0].features.shape[1])]
     fps = info.fps if info.fps == info.fps else (videos[0].fps if videos else float("nan"))

@@ -1,479 +1,85 @@
-"""Readers for the input layouts of DESIGN.md section 4: ``avec2016`` (ARFF), ``csv`` and ``parquet``.
+"""Readers for the input layouts of DESIGN.md section 4: ``avec2016``, ``csv``, ``parquet``, ``openface`` and
+``muse``.
 
 ``read_source`` reads and validates a whole corpus into a :class:`~affect_core.data.records.Corpus`; nothing
-is written. Every problem is an AffectError naming the file, the row or attribute and what was expected."""
+is written. Each layout is one reader function in ``LAYOUT_READERS`` (a module under
+``affect_core.data.layouts``) that turns its files into a :class:`~affect_core.data.tracks.SourceRead`;
+``assemble_corpus`` then checks the tracks against each other and puts them on one time grid. Every problem is
+an AffectError naming the file, the row or attribute and what was expected.
+
+Time grid: the corpus's frames are the frames of its first feature set (every other feature set must have the
+same frames). Where a layout's labels have their own rate or offset (``SourceRead.labels_by_time``: openface,
+muse), a label track is put on the feature frames by time with :func:`labels_on_frames`; label tracks that
+number frames instead (Aff-Wild2) are matched frame by frame."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from affect_core import storage
-from affect_core.data.arff_format import NUMERIC_TYPES, read_arff
-from affect_core.data.records import AFFECT_DIMENSIONS, SPLITS, Corpus, Video
-from affect_core.data.tables import MAX_ROWS, FileTable, read_csv_table, read_parquet_table, split_by_video
+from affect_core.data.layouts.avec2016 import read_avec2016
+from affect_core.data.layouts.muse import read_muse
+from affect_core.data.layouts.openface import read_openface
+from affect_core.data.layouts.tables import read_csv_layout, read_parquet_layout
+from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
+from affect_core.data.tables import MAX_ROWS
+from affect_core.data.tracks import (
+    FPS_TOLERANCE,
+    GOLD_STANDARD,
+    STEP_TOLERANCE,
+    TIME_DECIMALS,
+    ReadOptions,
+    SourceFiles,
+    SourceRead,
+    SourceVideo,
+    Track,
+    check_split,
+    check_video_id,
+    fail,
+    parse_feature_sets,
+    select_feature_sets,
+    video_sort_key,
+)
 from affect_core.errors import AffectError
 
-LAYOUTS = ("avec2016", "csv", "parquet")
-TIME_COLUMNS = ("frameTime", "time_s")
-FRAME_COLUMN = "frame"
-INSTANCE_NAME = "Instance_name"
-GOLD_STANDARD = "GoldStandard"
-# Frame steps further than this share from the median step are gaps (or doubled frames), not timing jitter.
-STEP_TOLERANCE = 0.5
-# A video whose own median frame step differs from the corpus's by more than this share has another frame
-# rate.
-FPS_TOLERANCE = 0.02
-# Frame times are kept to the nanosecond, so that every layout of the same times gives the same numbers.
-TIME_DECIMALS = 9
-_VIDEO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+LayoutReader = Callable[[SourceFiles, "str | Sequence[str] | None", ReadOptions], SourceRead]
+# One entry per input layout: name -> reader(files, feature_set, options).
+LAYOUT_READERS: dict[str, LayoutReader] = {
+    "avec2016": read_avec2016,
+    "csv": read_csv_layout,
+    "parquet": read_parquet_layout,
+    "openface": read_openface,
+    "muse": read_muse,
+}
+LAYOUTS = tuple(LAYOUT_READERS)
+# Common video frame rates: a rate measured from millisecond timestamps snaps to one of these when it is this
+# close (29.97 and 30 differ by 0.1%).
+STANDARD_FPS = (23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0)
+SNAP_TOLERANCE = 3e-4
 
-
-def _fail(where: str, problem: str) -> AffectError:
-    return AffectError(f"{where}: {problem}")
-
-
-@dataclass
-class Track:
-    """Per-frame values read from one file, before validation.
-
-    values: (T, k) float64 with the columns ``names``; time_s / frame: (T,) or None when the file lacks that
-    axis."""
-
-    where: str
-    names: list[str]
-    values: np.ndarray
-    time_s: np.ndarray | None
-    frame: np.ndarray | None
-    row_ref: Any
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.values.shape[0])
-
-
-@dataclass
-class SourceVideo:
-    video_id: str
-    split: str
-    features: dict[str, Track] = field(default_factory=dict)
-    labels: dict[str, tuple[Track, int]] = field(default_factory=dict)
-
-
-def check_video_id(video_id: str, where: str) -> str:
-    """Return ``video_id`` if it is a safe single path component; raise AffectError otherwise."""
-    text = str(video_id)
-    if "/" in text or "\\" in text or text.startswith(".") or ".." in text or text.startswith("~"):
-        raise _fail(
-            where,
-            f"video id {text[:80]!r} would escape the dataset root; expected a plain name without path "
-            "separators, '..' or a leading '.'",
-        )
-    if not _VIDEO_ID.match(text):
-        raise _fail(
-            where,
-            f"video id {text[:80]!r} is not valid; expected letters, digits, '_', '-' or '.' "
-            "(starting with a letter or digit, at most 200 characters)",
-        )
-    return text
-
-
-def check_split(split: str, where: str) -> str:
-    if split not in SPLITS:
-        raise _fail(where, f"unknown split {str(split)[:40]!r}; expected one of {', '.join(SPLITS)}")
-    return split
-
-
-def parse_feature_sets(feature_set: str | Sequence[str] | None) -> list[str] | None:
-    """``"appearance"``, ``"appearance+geometric"``, ``"a,b"`` or a list -> list of names; None means all
-    sets."""
-    if feature_set is None:
-        return None
-    names = re.split(r"[+,]", feature_set) if isinstance(feature_set, str) else list(feature_set)
-    names = [n.strip() for n in names if n and n.strip()]
-    return names or None
-
-
-def select_feature_sets(available: Sequence[str], feature_set: str | Sequence[str] | None, where: str) -> list[str]:
-    wanted = parse_feature_sets(feature_set)
-    if wanted is None:
-        return list(available)
-    for name in wanted:
-        if name not in available:
-            raise _fail(where, f"unknown feature set {name!r}; available: {', '.join(available) or '(none)'}")
-    return wanted
-
-
-def _natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def video_sort_key(split: str, video_id: str) -> tuple[object, ...]:
-    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split, _natural_key(video_id))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# tracks
-def _split_axes(table: FileTable, kind: str) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
-    """Pull the time / frame columns out of a table; the rest are value columns."""
-    time_names = [n for n in TIME_COLUMNS if n in table.columns]
-    if len(time_names) > 1:
-        raise _fail(table.where, f"both {time_names[0]!r} and {time_names[1]!r} columns; expected one time column")
-    time_s = table.columns[time_names[0]] if time_names else None
-    frame = table.columns.get(FRAME_COLUMN)
-    if time_s is None and frame is None:
-        raise _fail(
-            table.where,
-            f"missing attribute 'frameTime' (or 'frame'); expected a time axis column in every {kind} file",
-        )
-    rest = [n for n in table.names if n not in TIME_COLUMNS and n != FRAME_COLUMN]
-    return time_s, frame, rest
-
-
-def feature_track(table: FileTable) -> Track:
-    time_s, frame, names = _split_axes(table, "features")
-    if not names:
-        raise _fail(table.where, "no feature columns; expected numeric feature columns after the time axis")
-    values = np.column_stack([table.columns[n] for n in names]) if names else np.zeros((table.num_rows, 0))
-    return Track(table.where, names, values, time_s, frame, table.row_ref)
-
-
-def label_track(table: FileTable) -> Track:
-    time_s, frame, names = _split_axes(table, "labels")
-    expected = list(AFFECT_DIMENSIONS)
-    missing = [n for n in expected if n not in names]
-    extra = [n for n in names if n not in expected]
-    if missing:
-        raise _fail(
-            table.where,
-            f"missing attribute {missing[0]!r}; expected columns frameTime (or frame), arousal, valence",
-        )
-    if extra:
-        raise _fail(
-            table.where,
-            f"unexpected attribute {extra[0]!r}; expected columns frameTime (or frame), arousal, valence",
-        )
-    values = np.column_stack([table.columns[n] for n in expected])
-    return Track(table.where, expected, values, time_s, frame, table.row_ref)
-
-
-def _arff_track(data: bytes, where: str, *, labels: bool) -> Track:
-    table = read_arff(data, where)
-    kinds = dict(table.attributes)
-    names = [n for n, _ in table.attributes]
-    for required in (INSTANCE_NAME, "frameTime"):
-        if required not in kinds:
-            expected = "Instance_name, frameTime, GoldStandard" if labels else "Instance_name, frameTime, features"
-            raise _fail(where, f"missing attribute {required!r}; expected attributes {expected}")
-    if kinds["frameTime"] not in NUMERIC_TYPES:
-        raise _fail(where, f"attribute 'frameTime' is {kinds['frameTime']}; expected numeric (seconds)")
-    value_names = [n for n in names if n not in (INSTANCE_NAME, "frameTime")]
-    for name in value_names:
-        if kinds[name] not in NUMERIC_TYPES:
-            raise _fail(
-                where,
-                f"attribute {name!r} is {kinds[name] if isinstance(kinds[name], str) else 'nominal'}; expected numeric",
-            )
-    if table.num_rows > MAX_ROWS:
-        raise _fail(where, f"{table.num_rows} rows, more than the limit of {MAX_ROWS} frames per video")
-    if labels:
-        if GOLD_STANDARD not in value_names:
-            raise _fail(
-                where,
-                "missing attribute 'GoldStandard'; expected attributes Instance_name, frameTime, GoldStandard",
-            )
-        extra = [n for n in value_names if n != GOLD_STANDARD]
-        if extra:
-            raise _fail(
-                where,
-                f"unexpected attribute {extra[0]!r}; expected attributes Instance_name, frameTime, GoldStandard",
-            )
-    elif not value_names:
-        raise _fail(where, "no feature attributes; expected numeric attributes after frameTime")
-    values = np.column_stack([table.columns[n] for n in value_names])
-    return Track(where, value_names, values, table.columns["frameTime"], None, table.row_ref)
-
-
-# --------------------------------------------------------------------------------------------------------
-# layouts
-@dataclass
-class _Reader:
-    loc: storage.Location
-    bytes_read: int = 0
-
-    def read(self, *parts: str) -> bytes:
-        path = storage.join(self.loc.path, *parts)
-        try:
-            data = storage.read_bytes(self.loc.fs, path)
-        except FileNotFoundError:
-            raise _fail(self.loc.display(*parts), "file not found") from None
-        except (IsADirectoryError, PermissionError) as exc:
-            raise _fail(self.loc.display(*parts), f"cannot be read ({type(exc).__name__})") from None
-        self.bytes_read += len(data)
-        return data
-
-    def files(self, folder: str, suffix: str) -> list[str]:
-        """Names of the files ending in ``suffix`` directly in ``folder`` (hidden files skipped)."""
-        entries = storage.list_dir(self.loc.fs, storage.join(self.loc.path, folder))
-        return sorted(
-            name
-            for name, kind in entries
-            if kind == "file" and name.endswith(suffix) and not name.startswith((".", "_"))
-        )
-
-    def folders(self, folder: str = "") -> list[str]:
-        entries = storage.list_dir(self.loc.fs, storage.join(self.loc.path, folder) if folder else self.loc.path)
-        return [name for name, kind in entries if kind == "directory"]
-
-
-def _stem(name: str, suffix: str) -> str:
-    return name[: -len(suffix)] if name.endswith(suffix) else name
-
-
-def _avec_split(video_id: str, where: str) -> str:
-    prefix = video_id.split("_", 1)[0]
-    if prefix not in SPLITS:
-        raise _fail(where, f"unknown split {prefix!r} in file name; expected names like train_1, dev_1, test_1")
-    return prefix
-
-
-def _set_name_avec(folder: str) -> str:
-    name = folder[len("features_") :]
-    return name[len("video_") :] if name.startswith("video_") and len(name) > len("video_") else name
-
-
-def _read_avec2016(reader: _Reader, feature_set: str | Sequence[str] | None) -> tuple[list[SourceVideo], list[str]]:
-    folders = [f for f in reader.folders() if f.startswith("features_") and len(f) > len("features_")]
-    if not folders:
-        raise _fail(
-            reader.loc.display(),
-            "no features_* folder; expected ROOT/features_video_appearance/*.arff (avec2016 layout)",
-        )
-    by_name: dict[str, str] = {}
-    for folder in folders:
-        name = _set_name_avec(folder)
-        if name in by_name:
-            raise _fail(
-                reader.loc.display(folder),
-                f"feature set name {name!r} also used by {by_name[name]}; expected one folder per feature set",
-            )
-        by_name[name] = folder
-    chosen = select_feature_sets(sorted(by_name), feature_set, reader.loc.display())
-    videos: dict[str, SourceVideo] = {}
-    for set_name in chosen:
-        folder = by_name[set_name]
-        files = reader.files(folder, ".arff")
-        if not files:
-            raise _fail(reader.loc.display(folder), "no .arff files; expected one <video_id>.arff per video")
-        for name in files:
-            where = reader.loc.display(folder, name)
-            video_id = check_video_id(_stem(name, ".arff"), where)
-            split = _avec_split(video_id, where)
-            video = videos.setdefault(video_id, SourceVideo(video_id, split))
-            video.features[set_name] = _arff_track(reader.read(folder, name), where, labels=False)
-    for dimension in AFFECT_DIMENSIONS:
-        folder = f"ratings_gold_standard/{dimension}"
-        for name in reader.files(folder, ".arff"):
-            where = reader.loc.display(folder, name)
-            video_id = check_video_id(_stem(name, ".arff"), where)
-            if video_id not in videos:
-                raise _fail(
-                    where,
-                    f"labels for video {video_id!r} but no features file; expected "
-                    f"{by_name[chosen[0]]}/{video_id}.arff",
-                )
-            videos[video_id].labels[dimension] = (
-                _arff_track(reader.read(folder, name), where, labels=True),
-                0,
-            )
-    return list(videos.values()), chosen
-
-
-def _read_partition(reader: _Reader, table_format: str) -> tuple[dict[str, str], str]:
-    """video id -> split from ROOT/partition.csv (or partition.parquet for the parquet layout)."""
-    candidates = ["partition.csv"] if table_format == "csv" else ["partition.parquet", "partition.csv"]
-    name = next((c for c in candidates if reader.loc.exists(c)), None)
-    if name is None:
-        raise _fail(
-            reader.loc.display(candidates[0]),
-            "file not found; expected a partition table with columns video_id, split",
-        )
-    where = reader.loc.display(name)
-    data = reader.read(name)
-    columns = ("video_id", "split")
-    if name.endswith(".csv"):
-        table = read_csv_table(data, where, string_columns=columns)
-    else:
-        table = read_parquet_table(data, where, string_columns=columns)
-    for column in columns:
-        if column not in table.columns:
-            raise _fail(where, f"missing attribute {column!r}; expected columns video_id, split")
-    extra = [n for n in table.names if n not in columns]
-    if extra:
-        raise _fail(where, f"unexpected attribute {extra[0]!r}; expected columns video_id, split")
-    partition: dict[str, str] = {}
-    first_row: dict[str, int] = {}
-    for row, (video_id, split) in enumerate(zip(table.columns["video_id"], table.columns["split"], strict=False)):
-        ref = f"{where}: {table.row_ref(row)}"
-        if not str(split).strip():
-            raise AffectError(f"{ref}: missing split for video {str(video_id)[:80]!r}; expected train, dev or test")
-        check_video_id(str(video_id), ref)
-        check_split(str(split), ref)
-        if video_id in partition:
-            raise AffectError(
-                f"{ref}: duplicate video id {video_id!r} (already in split {partition[video_id]!r} at "
-                f"{table.row_ref(first_row[video_id])}); expected each video once"
-            )
-        partition[str(video_id)] = str(split)
-        first_row[str(video_id)] = row
-    if not partition:
-        raise _fail(where, "no videos; expected one row per video")
-    return partition, where
-
-
-def _read_table_file(reader: _Reader, folder: str, name: str, table_format: str) -> FileTable:
-    where = reader.loc.display(folder, name)
-    data = reader.read(folder, name)
-    return read_csv_table(data, where) if table_format == "csv" else read_parquet_table(data, where)
-
-
-def _read_parquet_tables(
-    reader: _Reader, feature_set: str | Sequence[str] | None, partition: dict[str, str], partition_where: str
-) -> tuple[list[SourceVideo], list[str]]:
-    """ROOT/features.parquet and ROOT/labels.parquet, each one table with a video_id column."""
-    where = reader.loc.display("features.parquet")
-    table = read_parquet_table(reader.read("features.parquet"), where, string_columns=("video_id",))
-    if "video_id" not in table.columns:
-        raise _fail(where, "missing attribute 'video_id'; expected columns video_id, frameTime, features")
-    per_video = split_by_video(table)
-    _, _, value_names = _split_axes(next(iter(per_video.values())), "features")
-    sets = _sets_from_metadata(table.metadata.get("affect.feature_sets"), value_names)
-    chosen = select_feature_sets(list(sets), feature_set, reader.loc.display())
-    videos: dict[str, SourceVideo] = {}
-    for video_id, video_table in per_video.items():
-        ref = f"{where}: video {video_id[:80]!r}"
-        check_video_id(video_id, ref)
-        if video_id not in partition:
-            raise _fail(ref, f"not listed in {partition_where}; expected a split for every video")
-        track = feature_track(video_table)
-        video = videos.setdefault(video_id, SourceVideo(video_id, partition[video_id]))
-        for set_name in chosen:
-            start, stop = sets[set_name]
-            video.features[set_name] = Track(
-                track.where,
-                track.names[start:stop],
-                track.values[:, start:stop],
-                track.time_s,
-                track.frame,
-                track.row_ref,
-            )
-    missing = [v for v in partition if v not in videos]
-    if missing:
-        raise _fail(
-            where,
-            f"no rows for video {missing[0]!r} listed in {partition_where}; expected features for every video",
-        )
-    if reader.loc.exists("labels.parquet"):
-        where = reader.loc.display("labels.parquet")
-        labels = read_parquet_table(reader.read("labels.parquet"), where, string_columns=("video_id",))
-        if "video_id" not in labels.columns:
-            raise _fail(where, "missing attribute 'video_id'; expected columns video_id, frameTime, arousal, valence")
-        for video_id, video_table in split_by_video(labels).items():
-            ref = f"{where}: video {video_id[:80]!r}"
-            check_video_id(video_id, ref)
-            if video_id not in videos:
-                raise _fail(
-                    ref,
-                    "labels but no features in features.parquet; expected features for every labelled video",
-                )
-            track = label_track(video_table)
-            for column, dimension in enumerate(AFFECT_DIMENSIONS):
-                videos[video_id].labels[dimension] = (track, column)
-    return list(videos.values()), chosen
-
-
-def _sets_from_metadata(raw: str | None, names: list[str]) -> dict[str, tuple[int, int]]:
-    """Feature sets recorded in features.parquet's ``affect.feature_sets`` ({name: dim} in column order), when
-    they add up to the feature columns; otherwise one set named "features"."""
-    if raw:
-        try:
-            dims = json.loads(raw)
-            if (
-                isinstance(dims, dict)
-                and all(isinstance(d, int) and d > 0 for d in dims.values())
-                and sum(dims.values()) == len(names)
-            ):
-                out, start = {}, 0
-                for name, dim in dims.items():
-                    out[str(name)] = (start, start + dim)
-                    start += dim
-                return out
-        except ValueError:
-            pass
-    return {"features": (0, len(names))}
-
-
-def _read_tables(
-    reader: _Reader, feature_set: str | Sequence[str] | None, table_format: str
-) -> tuple[list[SourceVideo], list[str]]:
-    suffix = "." + table_format
-    partition, partition_where = _read_partition(reader, table_format)
-    if table_format == "parquet" and reader.loc.exists("features.parquet"):
-        return _read_parquet_tables(reader, feature_set, partition, partition_where)
-    folders = {
-        ("features" if f == "features" else f[len("features_") :]): f
-        for f in reader.folders()
-        if f == "features" or (f.startswith("features_") and len(f) > 9)
-    }
-    if not folders:
-        raise _fail(
-            reader.loc.display(),
-            f"no features folder; expected ROOT/features/<video_id>{suffix} ({table_format} layout)",
-        )
-    chosen = select_feature_sets(sorted(folders), feature_set, reader.loc.display())
-    videos: dict[str, SourceVideo] = {}
-    for set_name in chosen:
-        folder = folders[set_name]
-        files = reader.files(folder, suffix)
-        if not files:
-            raise _fail(reader.loc.display(folder), f"no {suffix} files; expected one <video_id>{suffix} per video")
-        seen = set()
-        for name in files:
-            where = reader.loc.display(folder, name)
-            video_id = check_video_id(_stem(name, suffix), where)
-            if video_id not in partition:
-                raise _fail(
-                    where,
-                    f"video {video_id!r} is not listed in {partition_where}; expected a split for every video",
-                )
-            seen.add(video_id)
-            video = videos.setdefault(video_id, SourceVideo(video_id, partition[video_id]))
-            video.features[set_name] = feature_track(_read_table_file(reader, folder, name, table_format))
-        missing = [v for v in partition if v not in seen]
-        if missing:
-            raise _fail(
-                reader.loc.display(folder),
-                f"no features file for video {missing[0]!r} listed in "
-                f"{partition_where}; expected {folder}/{missing[0]}{suffix}",
-            )
-    for name in reader.files("labels", suffix):
-        where = reader.loc.display("labels", name)
-        video_id = check_video_id(_stem(name, suffix), where)
-        if video_id not in videos:
-            raise _fail(
-                where,
-                f"labels for video {video_id!r} but no features file; expected {folders[chosen[0]]}/{video_id}{suffix}",
-            )
-        track = label_track(_read_table_file(reader, "labels", name, table_format))
-        for column, dimension in enumerate(AFFECT_DIMENSIONS):
-            videos[video_id].labels[dimension] = (track, column)
-    return list(videos.values()), chosen
+__all__ = [
+    "LAYOUTS",
+    "LAYOUT_READERS",
+    "MAX_ROWS",
+    "STEP_TOLERANCE",
+    "TIME_DECIMALS",
+    "ReadOptions",
+    "SourceRead",
+    "assemble_corpus",
+    "check_split",
+    "check_video_id",
+    "labels_on_frames",
+    "parse_feature_sets",
+    "read_source",
+    "select_feature_sets",
+    "set_ranges",
+    "video_sort_key",
+]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -485,14 +91,14 @@ def _check_raw_axis(track: Track) -> None:
             continue
         bad = np.flatnonzero(~np.isfinite(axis))
         if bad.size:
-            raise _fail(
+            raise fail(
                 track.where,
                 f"{track.row_ref(bad[0])}, attribute {name!r}: missing or non-finite value; expected a number",
             )
         if name == "frame":
             if np.any(axis != np.round(axis)) or np.any(np.abs(axis) > np.iinfo(np.int32).max):
                 row = int(np.flatnonzero((axis != np.round(axis)) | (np.abs(axis) > np.iinfo(np.int32).max))[0])
-                raise _fail(
+                raise fail(
                     track.where,
                     f"{track.row_ref(row)}, attribute 'frame': {axis[row]!r} is not a frame "
                     "number; expected an integer below 2^31",
@@ -502,7 +108,7 @@ def _check_raw_axis(track: Track) -> None:
         if bad.size:
             row = int(bad[0]) + 1
             what = "duplicated" if steps[bad[0]] == 0 else "decreasing"
-            raise _fail(
+            raise fail(
                 track.where,
                 f"{track.row_ref(row)}, attribute {name!r}: {what} {name} {axis[row]:g} after "
                 f"{axis[row - 1]:g}; expected strictly increasing values",
@@ -533,27 +139,27 @@ def _check_frames(track: Track, frames: np.ndarray, fps: float) -> None:
         )
     else:
         problem = f"frameTime {times[row]:g} repeats the frame of {times[row - 1]:g} at {fps:g} fps (duplicated)"
-    raise _fail(track.where, f"{track.row_ref(row)}: {problem}; expected one row every {1 / fps:g} s")
+    raise fail(track.where, f"{track.row_ref(row)}: {problem}; expected one row every {1 / fps:g} s")
 
 
 def _corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
     """The corpus frame rate: from the time axes (frameTime) when the files have them, else the given ``fps``. A
     given rate must be a positive number and, where the files have time axes, agree with them."""
     if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise _fail(where, f"fps={fps:g}: expected a positive frame rate in frames per second (e.g. 25)")
+        raise fail(where, f"fps={fps:g}: expected a positive frame rate in frames per second (e.g. 25)")
     steps = [np.diff(t.time_s) for t in tracks if t.time_s is not None and t.num_rows > 1]
     if not steps:
         if any(t.time_s is not None for t in tracks) or fps is None:
-            raise _fail(
+            raise fail(
                 where,
                 "cannot determine the frame rate: no video has a time axis with two or more frames "
                 "(frameTime in seconds); expected frameTime columns, or pass fps= for frame-numbered files",
             )
         return float(fps)
     median = float(np.median(np.concatenate(steps)))
-    measured = float(round(1.0 / median, 6))
+    measured = snap_fps(float(round(1.0 / median, 6)))
     if fps is not None and abs(fps / measured - 1.0) > FPS_TOLERANCE:
-        raise _fail(
+        raise fail(
             where,
             f"fps={fps:g} contradicts the files' time axes ({measured:g} fps from the median frameTime step "
             f"{median:g} s); leave fps out for files with frameTime, or fix the files",
@@ -566,18 +172,19 @@ def _check_track_rate(track: Track, fps: float) -> None:
         return
     own = float(np.median(np.diff(track.time_s)))
     if abs(own * fps - 1.0) > FPS_TOLERANCE:
-        raise _fail(
+        raise fail(
             track.where,
             f"frame rate {1 / own:g} fps (median frameTime step {own:g} s) differs from the "
             f"corpus frame rate {fps:g} fps; expected one frame rate per corpus",
         )
 
 
-def _check_values(track: Track, *, labels: bool, column: int | None = None) -> None:
+def _check_values(track: Track, *, labels: bool, column: int | None = None, unlabelled: bool = False) -> None:
+    """Features finite in float32 (NaN = no face); labels in [-1, 1], NaN allowed only where ``unlabelled``."""
     values = track.values if column is None else track.values[:, column : column + 1]
     names = track.names if column is None else [track.names[column]]
     if labels:
-        bad = ~np.isfinite(values) | (np.abs(values) > 1.0)
+        bad = (np.isinf(values) if unlabelled else ~np.isfinite(values)) | (np.abs(values) > 1.0)
     else:
         bad = np.isinf(values) | (np.isfinite(values) & (np.abs(values) > np.finfo(np.float32).max))
     if not bad.any():
@@ -595,30 +202,188 @@ def _check_values(track: Track, *, labels: bool, column: int | None = None) -> N
     else:
         expected = "expected a finite number, or '?'/NaN for a frame without a face"
         what = f"{value:g} is not finite in float32"
-    raise _fail(track.where, f"{track.row_ref(row)}, attribute {name!r}: {what}; {expected}")
+    raise fail(track.where, f"{track.row_ref(row)}, attribute {name!r}: {what}; {expected}")
+
+
+def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.ndarray) -> np.ndarray:
+    """Put a label track on the feature frames by time.
+
+    label_time: (N,) strictly increasing seconds; values: (N,) with NaN where unlabelled; frame_time: (T,).
+    Returns (T,) float64. The rule: a frame takes the label sample within 1 ms of its time (a quarter of a label
+    step at rates above 250 Hz) where there is one, else the linear interpolation of the label samples just
+    before and just after its time; it is unlabelled (NaN) when either of those
+    samples is unlabelled, when they lie more than 1.5 label steps apart (a gap in the labels), or when the
+    frame lies more than half a label step before the first or after the last sample. The label step is the
+    median step of the track."""
+    n = label_time.shape[0]
+    out = np.full(frame_time.shape[0], np.nan)
+    if n == 0:
+        return out
+    step = float(np.median(np.diff(label_time))) if n > 1 else 0.0
+    eps = 1e-9
+    idx = np.searchsorted(label_time, frame_time + eps, side="right")
+    lo = np.clip(idx - 1, 0, n - 1)
+    hi = np.clip(idx, 0, n - 1)
+    t_lo, t_hi = label_time[lo], label_time[hi]
+    span = t_hi - t_lo
+    weight = np.clip((frame_time - t_lo) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    mixed = values[lo] * (1.0 - weight) + values[hi] * weight
+    match = min(1e-3, step / 4) + eps if n > 1 else eps
+    near_lo, near_hi = np.abs(frame_time - t_lo), np.abs(frame_time - t_hi)
+    matched = (near_lo <= match) | (near_hi <= match)
+    out = np.where((near_lo <= match) & (near_lo <= near_hi), values[lo], np.where(near_hi <= match, values[hi], mixed))
+    gap = span > (1.0 + STEP_TOLERANCE) * step + eps
+    before = frame_time < label_time[0] - step / 2 - eps
+    after = frame_time > label_time[-1] + step / 2 + eps
+    edge = (idx == 0) | (idx == n)  # outside the track: the nearest end sample, within half a step
+    out = np.where(edge, np.where(idx == 0, values[0], values[-1]), out)
+    out[(gap & ~edge & ~matched) | before | after] = np.nan
+    return out
+
+
+def _labels_by_frame(track_frames: np.ndarray, values: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Labels numbered by video frame (Aff-Wild2 lines) matched to the feature frames; NaN where none."""
+    idx = np.clip(np.searchsorted(track_frames, frames), 0, max(track_frames.shape[0] - 1, 0))
+    found = track_frames[idx] == frames if track_frames.size else np.zeros(frames.shape, bool)
+    return np.where(found, values[idx] if values.size else np.nan, np.nan)
+
+
+def _on_frames(track: Track, column: int, time_s: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    values = track.values[:, column]
+    if track.time_s is not None:
+        return labels_on_frames(track.time_s, values, time_s)
+    assert track.frame is not None
+    return _labels_by_frame(track.frame.astype(np.int64), values, frames)
+
+
+def _span_fps(track: Track) -> float | None:
+    """Frames over duration of a track that has frame numbers (or one row per frame) and times."""
+    if track.time_s is None or track.num_rows < 2:
+        return None
+    frames = track.frame if track.frame is not None else np.arange(track.num_rows)
+    duration = float(track.time_s[-1] - track.time_s[0])
+    return float(frames[-1] - frames[0]) / duration if duration > 0 else None
+
+
+def snap_fps(fps: float, tolerance: float = SNAP_TOLERANCE) -> float:
+    """A measured rate as the nearest common video rate (29.97, 30, 25, ...) within ``tolerance`` (relative),
+    else unchanged."""
+    nearest = min(STANDARD_FPS, key=lambda rate: abs(fps / rate - 1.0))
+    return nearest if abs(fps / nearest - 1.0) <= tolerance else fps
+
+
+def _span_corpus_fps(tracks: list[Track], fps: float | None, where: str) -> float:
+    """Corpus rate from each video's frames over duration; one rate per corpus, one rate within each video."""
+    rates = {id(t): _span_fps(t) for t in tracks}
+    measured = [r for r in rates.values() if r is not None]
+    if not measured:
+        return _corpus_fps(tracks, fps, where)
+    # Timestamps printed to the millisecond put up to 1 ms of error on a video's duration.
+    durations = [float(t.time_s[-1] - t.time_s[0]) for t in tracks if rates[id(t)] is not None]  # type: ignore[index]
+    tolerance = max(SNAP_TOLERANCE, 1e-3 / float(np.median(durations)))
+    corpus_fps = snap_fps(float(round(float(np.median(measured)), 3)), tolerance)
+    if fps is not None and abs(fps / corpus_fps - 1.0) > FPS_TOLERANCE:
+        raise fail(
+            where,
+            f"fps={fps:g} contradicts the files' timestamps ({corpus_fps:g} fps: frames over duration); leave "
+            "fps out for files with timestamps, or fix the files",
+        )
+    for track in tracks:
+        own = rates[id(track)]
+        if own is None:
+            continue
+        if track.frame is None:
+            _check_no_gap(track)
+        if abs(own / corpus_fps - 1.0) > FPS_TOLERANCE:
+            raise fail(
+                track.where,
+                f"frame rate {snap_fps(own):g} fps (frames over duration) differs from the corpus frame rate "
+                f"{corpus_fps:g} fps; expected one frame rate per corpus",
+            )
+        frames = track.frame if track.frame is not None else np.arange(track.num_rows)
+        assert track.time_s is not None
+        expected = track.time_s[0] + (frames - frames[0]) / own
+        off = np.abs(track.time_s - expected) > 0.5 / own + 1e-3
+        if off.any():
+            row = int(np.flatnonzero(off)[0])
+            raise fail(
+                track.where,
+                f"{track.row_ref(row)}: timestamp {track.time_s[row]:g} s is not frame {int(frames[row])}'s time "
+                f"({expected[row]:g} s at the video's {own:.3f} fps); expected one frame rate within a video "
+                "(mixed frame rates?)",
+            )
+    return corpus_fps
+
+
+def _check_no_gap(track: Track) -> None:
+    """Rows without frame numbers: no step longer than 1.5 median steps (a missing row), before the rate is
+    taken as rows over duration."""
+    assert track.time_s is not None
+    steps = np.diff(track.time_s)
+    median = float(np.median(steps))
+    bad = np.flatnonzero(steps > (1.0 + STEP_TOLERANCE) * median)
+    if bad.size:
+        row = int(bad[0]) + 1
+        raise fail(
+            track.where,
+            f"{track.row_ref(row)}: gap in the time axis: time jumps from {track.time_s[row - 1]:g} to "
+            f"{track.time_s[row]:g} s; expected one row every {median:g} s",
+        )
 
 
 def assemble_corpus(
-    videos: list[SourceVideo],
-    sets: list[str],
+    read: SourceRead,
     *,
     source: str,
     layout: str,
     fps: float | None = None,
 ) -> Corpus:
-    """Validate the tracks of every video against each other and build the Corpus (features of ``sets``
-    fused)."""
+    """Validate the tracks of every video against each other, put labels and ratings on the feature frames and
+    build the Corpus (features of ``read.sets`` fused in that order)."""
+    videos, sets = read.videos, read.sets
     if not videos:
-        raise _fail(source, "empty corpus: no videos found; expected feature files for at least one video")
+        raise fail(source, "empty corpus: no videos found; expected feature files for at least one video")
     videos = sorted(videos, key=lambda v: video_sort_key(v.split, v.video_id))
-    # Every video has every chosen set; each set has one attribute list across videos.
+    reference = _check_same_attributes(videos, sets)
+    tracks = [t for v in videos for t in v.features.values()]
+    tracks += [t for v in videos for t, _ in (*v.labels.values(), *v.ratings.values())]
+    for track in tracks:
+        _check_raw_axis(track)
+    main_tracks = [v.features[sets[0]] for v in videos]
+    if read.fps_from_span:
+        fps_value = _span_corpus_fps(main_tracks, fps, source)
+    else:
+        fps_value = _corpus_fps(main_tracks, fps, source)
+    out = [_assemble_video(video, sets, fps_value, read) for video in videos]
+    all_names = [n for set_name in sets for n in reference[set_name].names]
+    qualify = len(set(all_names)) != len(all_names)  # sets sharing attribute names: prefix them with the set
+    feature_names, ranges, start = [], [], 0
+    for set_name in sets:
+        names = reference[set_name].names
+        feature_names += [f"{set_name}:{n}" for n in names] if qualify else list(names)
+        entry: dict[str, Any] = {"name": set_name, "start": start, "stop": start + len(names), "names": list(names)}
+        entry.update(read.set_info.get(set_name, {}))
+        ranges.append(entry)
+        start += len(names)
+    metadata = {"feature_sets": json.dumps(ranges), "layout": layout, "source": source, **read.metadata}
+    raters = list(dict.fromkeys(name for v in out for name in (v.ratings or {})))
+    if raters:
+        metadata["ratings"] = json.dumps(raters)
+    if read.notes:
+        metadata["notes"] = json.dumps(read.notes)
+    label = "+".join(dict.fromkeys(read.set_info.get(s, {}).get("set", s) for s in sets))
+    return Corpus(out, feature_names, fps_value, feature_set=label, source=source, metadata=metadata)
+
+
+def _check_same_attributes(videos: list[SourceVideo], sets: list[str]) -> dict[str, Track]:
+    """Every video has every chosen set; each set has one attribute list across videos."""
     reference: dict[str, Track] = {}
     for video in videos:
         for set_name in sets:
             track = video.features.get(set_name)
             if track is None:
                 other = next(iter(video.features.values()))
-                raise _fail(
+                raise fail(
                     other.where,
                     f"video {video.video_id!r} has no file in feature set {set_name!r}; "
                     "expected every video in every feature set",
@@ -637,64 +402,82 @@ def assemble_corpus(
                     detail += f"; extra attribute {extra[0]!r}"
                 if not missing and not extra:
                     detail += "; attributes are in a different order"
-                raise _fail(track.where, f"{detail}; expected the same attributes in every video")
-    tracks = [t for v in videos for t in v.features.values()] + [t for v in videos for t, _ in v.labels.values()]
-    for track in tracks:
-        _check_raw_axis(track)
-    fps_value = _corpus_fps([v.features[sets[0]] for v in videos], fps, source)
-    out: list[Video] = []
-    for video in videos:
-        main = video.features[sets[0]]
-        _check_track_rate(main, fps_value)
-        frames = _frames(main, fps_value)
-        _check_frames(main, frames, fps_value)
-        for set_name in sets[1:]:
-            other = video.features[set_name]
-            _check_track_rate(other, fps_value)
-            _check_same_axis(other, _frames(other, fps_value), main, frames, "features")
-        blocks = []
-        for set_name in sets:
-            track = video.features[set_name]
-            _check_values(track, labels=False)
-            blocks.append(track.values)
-        labels: dict[str, np.ndarray | None] = {d: None for d in AFFECT_DIMENSIONS}
-        for dimension, (track, column) in video.labels.items():
-            if track.names != [GOLD_STANDARD] and np.isnan(track.values[:, column]).all():
-                continue  # a table layout writes NaN for the whole track of a dimension the video lacks
-            _check_track_rate(track, fps_value)
-            _check_same_axis(track, _frames(track, fps_value), main, frames, "labels")
-            _check_values(track, labels=True, column=column)
-            labels[dimension] = track.values[:, column].astype(np.float32)
-        time_s = main.time_s.astype(np.float64) if main.time_s is not None else frames / fps_value
-        # Text and binary layouts of the same times differ in the last bits (0.12 vs 0.12000000000000001).
-        time_s = np.round(time_s, TIME_DECIMALS)
-        features = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
-        out.append(
-            Video(
-                video.video_id,
-                video.split,
-                features,
-                np.asarray(time_s, dtype=np.float64),
-                fps_value,
-                arousal=labels["arousal"],
-                valence=labels["valence"],
-            )
-        )
-    all_names = [n for set_name in sets for n in reference[set_name].names]
-    qualify = len(set(all_names)) != len(all_names)  # sets sharing attribute names: prefix them with the set
-    feature_names, ranges, start = [], [], 0
+                raise fail(track.where, f"{detail}; expected the same attributes in every video")
+    return reference
+
+
+def _assemble_video(video: SourceVideo, sets: list[str], fps: float, read: SourceRead) -> Video:
+    main = video.features[sets[0]]
+    if not read.fps_from_span:
+        _check_track_rate(main, fps)
+    frames = _frames(main, fps)
+    _check_frames(main, frames, fps)
+    for set_name in sets[1:]:
+        other = video.features[set_name]
+        if not read.fps_from_span:
+            _check_track_rate(other, fps)
+        _check_same_axis(other, _frames(other, fps), main, frames, "features")
+    blocks = []
     for set_name in sets:
-        names = reference[set_name].names
-        feature_names += [f"{set_name}:{n}" for n in names] if qualify else list(names)
-        ranges.append({"name": set_name, "start": start, "stop": start + len(names), "names": list(names)})
-        start += len(names)
-    metadata = {"feature_sets": json.dumps(ranges), "layout": layout, "source": source}
-    return Corpus(out, feature_names, fps_value, feature_set="+".join(sets), source=source, metadata=metadata)
+        track = video.features[set_name]
+        _check_values(track, labels=False)
+        blocks.append(track.values)
+    time_s = main.time_s.astype(np.float64) if main.time_s is not None else frames / fps
+    # Text and binary layouts of the same times differ in the last bits (0.12 vs 0.12000000000000001).
+    time_s = np.round(time_s, TIME_DECIMALS)
+    labels: dict[str, np.ndarray | None] = {d: None for d in AFFECT_DIMENSIONS}
+    for dimension, (track, column) in video.labels.items():
+        if track.names != [GOLD_STANDARD] and np.isnan(track.values[:, column]).all():
+            continue  # a table layout writes NaN for the whole track of a dimension the video lacks
+        if read.labels_by_time:
+            _check_values(track, labels=True, column=column, unlabelled=True)
+            on_frames = _on_frames(track, column, time_s, frames)
+            if np.isnan(on_frames).all():
+                first, last = _span_text(track)
+                raise fail(
+                    track.where,
+                    f"no {dimension} label falls on a feature frame (labels {first} to {last}, features "
+                    f"{time_s[0]:g} s to {time_s[-1]:g} s); expected labels over the video's frames",
+                )
+            labels[dimension] = on_frames.astype(np.float32)
+            continue
+        _check_track_rate(track, fps)
+        _check_same_axis(track, _frames(track, fps), main, frames, "labels")
+        _check_values(track, labels=True, column=column)
+        labels[dimension] = track.values[:, column].astype(np.float32)
+    ratings: dict[str, np.ndarray] = {}
+    for name, (track, column) in video.ratings.items():
+        bad = np.flatnonzero(np.isinf(track.values[:, column]))
+        if bad.size:
+            raise fail(
+                track.where,
+                f"{track.row_ref(int(bad[0]))}, attribute {track.names[column]!r}: infinite rating; expected a "
+                "number (or empty where the rater gave none)",
+            )
+        ratings[name] = _on_frames(track, column, time_s, frames).astype(np.float32)
+    features = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+    return Video(
+        video.video_id,
+        video.split,
+        features,
+        np.asarray(time_s, dtype=np.float64),
+        fps,
+        arousal=labels["arousal"],
+        valence=labels["valence"],
+        ratings=ratings or None,
+    )
+
+
+def _span_text(track: Track) -> tuple[str, str]:
+    if track.time_s is not None:
+        return f"{track.time_s[0]:g} s", f"{track.time_s[-1]:g} s"
+    assert track.frame is not None
+    return f"frame {int(track.frame[0])}", f"frame {int(track.frame[-1])}"
 
 
 def _check_same_axis(track: Track, frames: np.ndarray, main: Track, main_frames: np.ndarray, kind: str) -> None:
     if track.num_rows != main.num_rows:
-        raise _fail(
+        raise fail(
             track.where,
             f"{track.num_rows} {kind} rows but {main.num_rows} feature rows in {main.where}; "
             "expected one row per feature frame on the same time axis",
@@ -704,7 +487,7 @@ def _check_same_axis(track: Track, frames: np.ndarray, main: Track, main_frames:
         row = int(bad[0])
         mine = track.time_s[row] if track.time_s is not None else frames[row]
         theirs = main.time_s[row] if main.time_s is not None else main_frames[row]
-        raise _fail(
+        raise fail(
             track.where,
             f"{track.row_ref(row)}: frameTime {mine:g} disagrees with {theirs:g} in "
             f"{main.where}; expected the same time axis as the features",
@@ -718,33 +501,36 @@ def read_source(
     feature_set: str | Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     fps: float | None = None,
+    min_face_confidence: float = ReadOptions.min_face_confidence,
 ) -> Corpus:
-    """Read and validate a corpus in one of the input layouts (``avec2016``, ``csv``, ``parquet``).
+    """Read and validate a corpus in one of the input layouts (``LAYOUTS``).
 
     root: a local path or fsspec URL. feature_set: a set name (``"appearance"``), several joined by ``+`` or a
-    list (concatenated in that order: early fusion), or None for every set. fps: only for files that have a
-    frame column and no frameTime; otherwise the frame rate is the median frame step of the data. Returns a
-    Corpus whose ``metadata`` holds ``feature_sets`` (JSON list of {name, start, stop, names}), ``layout``,
-    ``source`` and ``source_bytes``. Raises AffectError on any bad input."""
-    if layout not in LAYOUTS:
+    list (concatenated in that order: early fusion), or None for every set. fps: only for files that number
+    frames and have no time column; otherwise the frame rate comes from the data. min_face_confidence: OpenFace
+    and py-feat rows below it are frames without a face. Returns a Corpus whose ``metadata`` holds
+    ``feature_sets`` (JSON list of {name, start, stop, names[, set, dimension]}), ``layout``, ``source``,
+    ``source_bytes`` and what the layout adds (``pooled``, ``source_format``, ``ratings``, ``notes``). Raises
+    AffectError on any bad input."""
+    reader_fn = LAYOUT_READERS.get(layout)
+    if reader_fn is None:
         raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
+    if not (math.isfinite(min_face_confidence) and 0.0 <= min_face_confidence <= 1.0):
+        raise AffectError(f"min_face_confidence={min_face_confidence:g}: expected a number in [0, 1]")
     loc = storage.resolve(root, storage_options)
     if not storage.is_dir(loc.fs, loc.path):
         problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"
-        raise _fail(loc.display(), f"source {problem}; expected a directory in the {layout} layout")
-    reader = _Reader(loc)
-    if layout == "avec2016":
-        videos, sets = _read_avec2016(reader, feature_set)
-    else:
-        videos, sets = _read_tables(reader, feature_set, layout)
-    corpus = assemble_corpus(videos, sets, source=loc.display(), layout=layout, fps=fps)
-    corpus.metadata["source_bytes"] = str(reader.bytes_read)
+        raise fail(loc.display(), f"source {problem}; expected a directory in the {layout} layout")
+    files = SourceFiles(loc)
+    read = reader_fn(files, feature_set, ReadOptions(fps=fps, min_face_confidence=min_face_confidence))
+    corpus = assemble_corpus(read, source=loc.display(), layout=layout, fps=fps)
+    corpus.metadata["source_bytes"] = str(files.bytes_read)
     return corpus
 
 
 def set_ranges(corpus: Corpus) -> list[dict[str, Any]]:
-    """The feature sets of a corpus as [{name, start, stop, names}] (one set spanning everything if
-    unrecorded)."""
+    """The feature sets of a corpus as [{name, start, stop, names[, set, dimension]}] (one set spanning
+    everything if unrecorded)."""
     raw = corpus.metadata.get("feature_sets")
     if raw:
         return list(json.loads(raw))

@@ -52,16 +52,16 @@ def _check_text(data: bytes, where: str, kind: str) -> bytes:
     return data
 
 
-def _header(data: bytes, where: str) -> list[str]:
+def _header(data: bytes, where: str, delimiter: str = ",") -> list[str]:
     first = data.split(b"\n", 1)[0].rstrip(b"\r")
     try:
         text = first.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(where, f"line 1: header is not UTF-8 text (byte {exc.start})") from None
     try:
-        names = [n.strip() for n in next(csv.reader([text]))]
+        names = [n.strip() for n in next(csv.reader([text], delimiter=delimiter))]
     except (csv.Error, StopIteration):
-        raise _fail(where, "line 1: unparseable CSV header; expected comma-separated column names") from None
+        raise _fail(where, f"line 1: unparseable CSV header; expected {delimiter!r}-separated column names") from None
     if any(not n for n in names):
         raise _fail(where, f"line 1: empty column name in header {text[:120]!r}; expected named columns")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -70,18 +70,19 @@ def _header(data: bytes, where: str) -> list[str]:
     return names
 
 
-def read_csv_table(data: bytes, where: str, *, string_columns: tuple[str, ...] = ()) -> FileTable:
+def read_csv_table(data: bytes, where: str, *, string_columns: tuple[str, ...] = (), delimiter: str = ",") -> FileTable:
     """Parse a CSV file with a header line; every column is numeric except ``string_columns``.
 
-    Numeric columns accept numbers, ``nan`` and empty/``?`` (read as NaN). Raises AffectError naming line and
-    column."""
+    Numeric columns accept numbers, ``nan`` and empty/``?`` (read as NaN); blanks around values are ignored
+    (OpenFace separates with ', '). Raises AffectError naming line and column."""
     data = _check_text(data, where, "CSV")
-    names = _header(data, where)
+    names = _header(data, where, delimiter)
     types = {name: (pa.string() if name in string_columns else pa.float64()) for name in names}
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
             read_options=pacsv.ReadOptions(use_threads=True, column_names=names, skip_rows=1),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(
                 column_types=types,
                 null_values=CSV_NULLS,
@@ -90,7 +91,7 @@ def read_csv_table(data: bytes, where: str, *, string_columns: tuple[str, ...] =
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
-        _diagnose_csv(data, where, names, string_columns)
+        _diagnose_csv(data, where, names, string_columns, delimiter)
         raise _fail(where, f"unparseable CSV ({str(exc).splitlines()[0][:200]})") from None
     if table.num_rows == 0:
         raise _fail(where, "no data rows after the header; expected one row per frame")
@@ -115,7 +116,9 @@ def _csv_line_numbers(data: bytes) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def _diagnose_csv(data: bytes, where: str, names: list[str], string_columns: tuple[str, ...]) -> None:
+def _diagnose_csv(
+    data: bytes, where: str, names: list[str], string_columns: tuple[str, ...], delimiter: str = ","
+) -> None:
     """Scan line by line to raise the precise error the fast reader hit (row count, encoding, number)."""
     for line_no, raw in enumerate(data.split(b"\n"), start=1):
         if line_no == 1 or not raw.strip():
@@ -125,7 +128,7 @@ def _diagnose_csv(data: bytes, where: str, names: list[str], string_columns: tup
         except UnicodeDecodeError as exc:
             raise _fail(where, f"line {line_no}: not UTF-8 text (byte {exc.start}); expected UTF-8") from None
         try:
-            fields = next(csv.reader([text], strict=True))
+            fields = next(csv.reader([text], strict=True, delimiter=delimiter))
         except csv.Error as exc:
             raise _fail(where, f"line {line_no}: unparseable row ({exc})") from None
         if len(fields) != len(names):

@@ -18,7 +18,7 @@ from affect_core.synth.generator import (
     select_feature_set,
     video_ids,
 )
-from affect_core.synth.layouts import LAYOUTS, write_corpus
+from affect_core.synth.layouts import LAYOUTS, WriteOptions, write_corpus
 
 __all__ = [
     "FEATURE_SETS",
@@ -30,5 +30,6 @@ __all__ = [
     "generate_corpus",
     "select_feature_set",
     "video_ids",
+    "WriteOptions",
     "write_corpus",
 ]

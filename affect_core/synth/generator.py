@@ -18,6 +18,8 @@ Per video (all videos share one fixed feature mapping, so a model trained on som
 - Gold standard. ``label_t = latent_{t - L}`` with ``L = round(lag_s * fps)`` (the first value replicated at
   the start), plus smooth annotator noise (AR(1), time constant ``label_noise_tau_s``, standard deviation
   ``label_noise``), clipped to [-1, 1]. Test videos are unlabelled unless ``test_labels``.
+- Raters (``raters`` > 0, as in RECOLA's ratings_individual_centred): each rater's trace is the gold standard
+  plus that rater's own smooth noise of the same kind, clipped to [-1, 1]; kept as ``Video.ratings``.
 
 Features are rounded to ``feature_decimals`` and labels to ``label_decimals`` decimals in the records
 themselves, so that every file layout written from a corpus holds exactly its values (the text layouts print
@@ -30,6 +32,7 @@ videos are asked for.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, replace
@@ -80,6 +83,7 @@ class SynthConfig:
     gain: float = 0.9
     coupling: float = 0.5
     test_labels: bool = False
+    raters: int = 0
     feature_decimals: int = 4
     label_decimals: int = 6
     seed: int = 0
@@ -116,6 +120,7 @@ class SynthConfig:
             ("no_face_run_s", self.no_face_run_s > 0, "a positive number of seconds"),
             ("feature_noise", self.feature_noise >= 0, "0 or more"),
             ("label_noise", self.label_noise >= 0, "0 or more"),
+            ("raters", 0 <= self.raters <= 99, "0 to 99"),
             ("label_noise_tau_s", self.label_noise_tau_s > 0, "a positive number of seconds"),
             ("subject_offset", self.subject_offset >= 0, "0 or more"),
             ("informative_share", 0 < self.informative_share <= 1, "in (0, 1]"),
@@ -188,6 +193,7 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
         features[~face] = np.nan
         labels = _gold_standard(config, latent, rng)
         labelled = split != "test" or config.test_labels
+        ratings = _ratings(config, labels, rng) if labelled and config.raters else None
         videos.append(
             Video(
                 video_id=vid,
@@ -197,6 +203,7 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
                 fps=config.fps,
                 arousal=labels[:, 0].copy() if labelled else None,
                 valence=labels[:, 1].copy() if labelled else None,
+                ratings=ratings,
             )
         )
         latent_by_id[vid] = latent
@@ -208,6 +215,8 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
         lag_frames=str(config.lag_frames),
         feature_sets=",".join(f"{name}:{dim}" for name, dim in config.feature_dims.items()),
     )
+    if config.raters:
+        metadata["ratings"] = json.dumps([f"{d}/{r}" for d in AFFECT_DIMENSIONS for r in rater_names(config)])
     corpus = Corpus(
         videos=videos,
         feature_names=names,
@@ -368,3 +377,20 @@ def _gold_standard(config: SynthConfig, latent: np.ndarray, rng: np.random.Gener
     noise = np.stack([np.convolve(innovations[:, d], kernel, mode="valid") for d in range(2)], axis=1)
     labels = np.clip(delayed.astype(np.float64) + noise, -1.0, 1.0)
     return (np.round(labels, config.label_decimals) + 0.0).astype(np.float32)
+
+
+def rater_names(config: SynthConfig) -> list[str]:
+    """R1, R2, ... (one per rater)."""
+    return [f"R{i + 1}" for i in range(config.raters)]
+
+
+def _ratings(config: SynthConfig, labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-rater traces: the gold standard plus each rater's own smooth noise, "<dimension>/<rater>" -> (T,)."""
+    out: dict[str, np.ndarray] = {}
+    for rater in rater_names(config):
+        noise = _gold_standard(config.with_(lag_s=0.0), np.zeros_like(labels), rng).astype(np.float64)
+        traces = np.clip(labels.astype(np.float64) + noise, -1.0, 1.0)
+        traces = (np.round(traces, config.label_decimals) + 0.0).astype(np.float32)
+        for column, dimension in enumerate(AFFECT_DIMENSIONS):
+            out[f"{dimension}/{rater}"] = traces[:, column].copy()
+    return out
