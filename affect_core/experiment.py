@@ -31,6 +31,7 @@ from affect_core.artifact import ModelBundle, TrainedModel, load_bundle, save_bu
 from affect_core.config import RunConfig, check_choice, config_json
 from affect_core.data.records import Corpus
 from affect_core.errors import AffectError
+from affect_core.parallel import Workers
 from affect_core.storage import exists, read_bytes, resolve, write_bytes_atomic
 from affect_core.training import EpochRecord, TrainResult, train_seeds
 
@@ -147,6 +148,7 @@ def run_seeds(
     storage_options: dict[str, Any] | None = None,
     node: str | None = None,
     device: str | None = None,
+    workers: Workers | None = None,
 ) -> list[SeedOutcome]:
     """Train the seeds of ``tasks`` on the corpus's train split (early stopping on dev) and save each seed's bundle and
     result rows under ``run_url``. The seeds of each model (tasks with the same name and configuration apart from the
@@ -154,6 +156,10 @@ def run_seeds(
 
     With ``resume``, seeds that finished under ``run_url`` are not trained again, and the others continue from their
     checkpoint. Returns one outcome per task, in the order of ``tasks``.
+
+    workers: data-parallel training (:mod:`affect_core.parallel`): ``corpus`` is this worker's shard; every worker
+    calls this with the same tasks; the leader writes the checkpoints, bundles and rows (the others' outcomes carry
+    no rows).
     """
     run = resolve(run_url, storage_options)
     outcomes: dict[int, SeedOutcome] = {}
@@ -184,10 +190,11 @@ def run_seeds(
             on_epoch=callback,
             storage_options=storage_options,
             device=device,
+            workers=workers,
         )
         for index, task, result in zip(indices, group, results, strict=True):
             outcomes[index] = save_seed_outcome(
-                task, result, corpus, run_url, storage_options=storage_options, node=node
+                task, result, corpus, run_url, storage_options=storage_options, node=node, workers=workers
             )
     return [outcomes[i] for i in range(len(tasks))]
 
@@ -207,16 +214,20 @@ def save_seed_outcome(
     *,
     storage_options: dict[str, Any] | None = None,
     node: str | None = None,
+    workers: Workers | None = None,
 ) -> SeedOutcome:
     """Evaluate a trained seed on the labelled test videos, then write its bundle and result rows under ``run_url``
-    (rows last: their presence marks the seed as finished)."""
-    from affect_core.inference import evaluate_videos
+    (rows last: their presence marks the seed as finished). workers: data-parallel workers, each with its shard of
+    the corpus: the test metrics are gathered from every worker and the leader alone writes."""
+    from affect_core.inference import evaluate_seeds
 
     run = resolve(run_url, storage_options)
     bundle_url = run.join("seeds", task.key).url
     test = [v for v in corpus.split("test") if v.labelled]
-    if test:
-        result.metrics["test"] = evaluate_videos(result.model, result.transform, test)
+    if test if workers is None else any(workers.gather(bool(test))):
+        result.metrics["test"] = evaluate_seeds(result.model, result.transform, test, workers=workers)[0]
+    if workers is not None and not workers.leader:
+        return SeedOutcome(task, [], bundle_url, float("nan"))
     trained = TrainedModel(task.name, result.model, result.transform, result.config, result.metrics)
     bundle = ModelBundle([trained], corpus.feature_names, corpus.feature_set, corpus.fps)
     save_bundle(bundle, bundle_url, storage_options)
