@@ -11,7 +11,8 @@ for ``prefect deploy`` to a work pool)::
         description: ...              # optional
         tags: [nightly]               # optional
         paused: false                 # optional
-        parameters: {source: ..., dataset_url: ...}   # the flow's parameters (names checked against it)
+        parameters:                   # the flow's parameters: its job (flows/jobs.py), field by field
+          job: {source: ..., dataset_url: ...}
 
 Schedules need a real server: the ephemeral API that one-off runs start lives only as long as its process and
 runs no scheduler. :func:`require_server` says so as an AffectError.
@@ -133,7 +134,14 @@ def _check_cron(cron: Any, label: str) -> None:
 
 
 def _check_parameters(flow: Any, parameters: dict[str, Any], label: str) -> None:
+    """The parameters name the flow's parameters; a job parameter (a dataclass of :mod:`flows.jobs`) is checked
+    field by field, sub-jobs included."""
+    import typing
+
+    from flows.jobs import check_parameters, is_job
+
     signature = inspect.signature(flow.fn)
+    hints = typing.get_type_hints(flow.fn)
     unknown = set(parameters) - set(signature.parameters)
     if unknown:
         raise AffectError(
@@ -145,6 +153,9 @@ def _check_parameters(flow: Any, parameters: dict[str, Any], label: str) -> None
     ]
     if missing:
         raise AffectError(f"{label}: missing required parameter(s) {missing} of flow {flow.name}")
+    for name, value in parameters.items():
+        if is_job(hints.get(name)):
+            check_parameters(hints[name], value, f"{label}: {name}")
 
 
 def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:

@@ -67,7 +67,7 @@ def test_a_served_schedule_fires(prefect_api: str, corpus_dir: str, tmp_path: Pa
         "name": "every-few-seconds",
         "flow": "ingest",
         "interval": 5,
-        "parameters": {"source": corpus_dir, "dataset_url": str(dataset), "layout": "avec2016"},
+        "parameters": {"job": {"source": corpus_dir, "dataset_url": str(dataset), "layout": "avec2016"}},
     }
     schedules.write_text(yaml.safe_dump({"deployments": [entry]}))
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
@@ -87,7 +87,7 @@ def test_a_served_schedule_fires(prefect_api: str, corpus_dir: str, tmp_path: Pa
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(2)
         run = completed_runs("every-few-seconds")[0]
-        assert run.auto_scheduled and run.parameters["dataset_url"] == str(dataset)
+        assert run.auto_scheduled and run.parameters["job"]["dataset_url"] == str(dataset)
         assert (dataset / "_manifests").is_dir()
     finally:
         stop_group(serve)
@@ -108,6 +108,7 @@ def test_storage_outage_is_retried(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from affect_core.data.dataset import read_corpus
+    from flows.jobs import IngestJob
     from flows.workflows import ingest_flow
 
     for name, value in s3_server.env().items():
@@ -117,7 +118,8 @@ def test_storage_outage_is_retried(
     restart = threading.Timer(OUTAGE_S, s3_server.start)
     restart.start()
     try:
-        result, run_id = run_flow(ingest_flow, corpus_dir, dataset, s3_endpoint=s3_server.endpoint_url)
+        job = IngestJob(source=corpus_dir, dataset_url=dataset, s3_endpoint=s3_server.endpoint_url, progress=False)
+        result, run_id = run_flow(ingest_flow, job)
     finally:
         restart.join()
         if not s3_server.running:
@@ -141,7 +143,7 @@ def test_pipeline_on_s3_with_a_ray_cluster(
     tmp_path: Path,
 ) -> None:
     """`affect pipeline` with dataset and run on SeaweedFS and Ray at RAY_ADDRESS; no secret in any output."""
-    env = {k: v for k, v in os.environ.items() if k != "AFFECT_FLOWS_BACKEND"}
+    env = dict(os.environ)
     env.update({**s3_server.env(), **ray_cluster.env(), **prefect_server.env()})
     dataset, run = f"{s3_url}/dataset", f"{s3_url}/run"
     argv = [
@@ -155,7 +157,7 @@ def test_pipeline_on_s3_with_a_ray_cluster(
         run,
         "--s3-endpoint",
         s3_server.endpoint_url,
-        "--trials",
+        "--tune-num-samples",
         "1",
         "--dimension",
         "arousal",

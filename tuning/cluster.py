@@ -40,8 +40,6 @@ _OPTION_ENV = {
 }
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 
-_started_here = False
-
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -96,7 +94,6 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
     """
     import ray
 
-    global _started_here
     env = worker_env(storage_options)
     for name, value in env.items():
         os.environ.setdefault(name, value)
@@ -117,7 +114,6 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
             include_dashboard=False,
             logging_level=logging.WARNING,
         )
-        _started_here = True
     info = cluster_info()
     logger.info("Ray at %s: %d node(s), %g CPU, %g GPU", info.address, info.nodes, info.cpus, info.gpus)
     return info
@@ -139,14 +135,11 @@ def cluster_info() -> ClusterInfo:
 
 
 def shutdown_ray() -> None:
-    """Stop the in-process Ray if :func:`ensure_ray` started it; a cluster joined by address is left running
-    (only this driver disconnects)."""
+    """Disconnect from Ray: an in-process Ray stops; a cluster joined by address is left running."""
     import ray
 
-    global _started_here
     if ray.is_initialized():
         ray.shutdown()
-    _started_here = False
 
 
 def current_node() -> str:

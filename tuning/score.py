@@ -11,7 +11,6 @@ manifest is written last.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,9 +21,6 @@ from affect_core.scoring import BATCH_VIDEOS, ScoreResult
 from tuning.cluster import ensure_ray, shareable_storage_options
 
 logger = logging.getLogger(__name__)
-
-# Above this many frames ``affect score`` uses Ray Data even without --ray (about 90 RECOLA-length videos).
-AUTO_RAY_FRAMES = 5_000_000
 
 
 class VideoScorer:
@@ -149,10 +145,3 @@ def score_dataset(
     write_manifest(out, bundle.model_id, wanted)
     logger.info("scored %d video(s) on Ray Data in %.1f s", len(todo), time.perf_counter() - started)
     return ScoreResult(out.url, len(wanted), frames, len(wanted) - len(todo), time.perf_counter() - started)
-
-
-def want_ray(total_frames: int, requested: bool | None) -> bool:
-    """Whether ``affect score`` uses Ray Data: as asked, else when a cluster is named or the job is large."""
-    if requested is not None:
-        return requested
-    return bool(os.environ.get("RAY_ADDRESS")) or total_frames > AUTO_RAY_FRAMES

@@ -28,7 +28,6 @@ from affect_core.errors import AffectError
 from affect_core.experiment import SeedTask, finish_run, group_seed_tasks, load_seed_outcome, plan_seed_tasks
 from affect_core.storage import join, redact
 from tuning.cluster import (
-    ClusterInfo,
     driver_resources,
     ensure_ray,
     ray_storage,
@@ -42,20 +41,18 @@ RAY_STATE_DIR = "_ray"
 
 @dataclass(frozen=True)
 class SeedResources:
-    """Resources of one seed's Train worker. gpus None: a quarter GPU when the cluster has GPUs, else none."""
+    """What one seed's Train worker asks Ray for, whatever the cluster holds now: an autoscaler adds the nodes a
+    request needs (fractional GPUs share a card)."""
 
     cpus: float = 1.0
-    gpus: float | None = None
+    gpus: float = 0.0
 
-    def per_worker(self, cluster: ClusterInfo) -> tuple[bool, dict[str, float]]:
+    def per_worker(self) -> tuple[bool, dict[str, float]]:
         """``(use_gpu, resources_per_worker)`` for ``ray.train.ScalingConfig``."""
-        gpus = self.gpus if self.gpus is not None else (0.25 if cluster.has_gpus else 0.0)
-        if gpus > 0 and not cluster.has_gpus:
-            raise AffectError(f"--gpus-per-seed {gpus:g}: the Ray cluster has no GPUs")
         resources = {"CPU": float(self.cpus)}
-        if gpus > 0:
-            resources["GPU"] = float(gpus)
-        return gpus > 0, resources
+        if self.gpus > 0:
+            resources["GPU"] = float(self.gpus)
+        return self.gpus > 0, resources
 
 
 def train_seeds(
@@ -94,7 +91,7 @@ def train_seeds(
             )
         resources = SeedResources(cpus=resources.cpus, gpus=0.0)
     cluster = ensure_ray(storage_options=storage_options)
-    use_gpu, per_worker = resources.per_worker(cluster)
+    use_gpu, per_worker = resources.per_worker()
     tasks = plan_seed_tasks(config, dimension, range(seeds))
     groups = group_seed_tasks(tasks, seeds_per_worker)
     info = dataset_info(dataset_url, storage_options=dict(storage_options or {}))
@@ -116,14 +113,14 @@ def train_seeds(
         "+".join(t.key for t in group): [{"name": t.name, "seed": t.seed, "config": t.config.to_dict()} for t in group]
         for group in groups
     }
-    limiting = cluster.gpus / per_worker["GPU"] if use_gpu else cluster.cpus / per_worker["CPU"]
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(seed_trial, tasks=payloads, settings=settings), driver_resources(cluster)
     )
     tuner = ray.tune.Tuner(
         trainable,
         param_space={"seed_key": ray.tune.grid_search(list(payloads))},
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=max(1, int(limiting))),
+        # Every seed asks at once; Ray runs as many as the cluster (as the autoscaler grows it) can hold.
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=len(payloads)),
         run_config=ray.tune.RunConfig(
             name=f"seeds-{uuid.uuid4().hex[:8]}",
             storage_path=storage_path,
