@@ -81,6 +81,11 @@ class TuneJob:
     cpus_per_trial: float = option(1.0, "Ray: CPUs of each trial's worker.", min=0.01)
     gpus_per_trial: float = option(0.0, "Ray: GPUs of each trial's worker (fractions share a GPU).", min=0.0)
     max_failures: int = option(2, "Ray: retries of a failed trial.", min=0)
+    resource_timeout: float = option(
+        600.0,
+        "Ray: seconds to wait for a node that can hold one trial's worker (an autoscaler adds it) before failing.",
+        min=0.0,
+    )
     resume: bool = option(False, "Continue an interrupted search stored in --out (a finished one is read back).")
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show Tune's progress table.")
@@ -107,6 +112,11 @@ class TrainJob:
     cpus_per_seed: float = option(1.0, "Ray: CPUs per seed's worker.", min=0.01)
     gpus_per_seed: float = option(0.0, "Ray: GPUs per seed's worker (fractions share a GPU).", min=0.0)
     max_failures: int = option(3, "Ray: retries of a failed seed worker.", min=0)
+    resource_timeout: float = option(
+        600.0,
+        "Ray: seconds to wait for a node that can hold one seed's worker (an autoscaler adds it) before failing.",
+        min=0.0,
+    )
     seeds_per_worker: int = option(
         1,
         "Seeds of a model trained together as one stack in one process (Ray: one worker), on CPU; "
@@ -133,6 +143,11 @@ class ScoreJob:
     )
     cpus_per_actor: float = option(1.0, "Ray: CPUs per scoring actor.", min=0.01)
     gpus_per_actor: float = option(0.0, "Ray: GPUs per scoring actor (fractions share a GPU).", min=0.0)
+    resource_timeout: float = option(
+        600.0,
+        "Ray: seconds to wait for a node that can hold one scoring actor (an autoscaler adds it) before failing.",
+        min=0.0,
+    )
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar.")
 
@@ -270,6 +285,27 @@ def use_ray(requested: bool | None) -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
+def run(job: Any) -> Any:
+    """Run any job (its ``run_<job>`` function)."""
+    runners = {
+        IngestJob: run_ingest,
+        TuneJob: run_tune,
+        TrainJob: run_train,
+        ScoreJob: run_score,
+        EvaluateJob: run_evaluate,
+        ReportJob: run_report,
+    }
+    return runners[type(job)](job)
+
+
+def _ray_capacity(request: dict[str, float], *, what: str, timeout_s: float, url: str | None, s3: str | None) -> None:
+    """Connect to Ray and wait (at most ``timeout_s``) for a node that can hold one unit of work."""
+    from tuning.cluster import ensure_ray, wait_for_capacity
+
+    ensure_ray(storage_options=storage_options_for(url, s3))
+    wait_for_capacity(request, what=what, timeout_s=timeout_s)
+
+
 def run_ingest(job: IngestJob) -> Any:
     """Run an ingest; returns the library's IngestResult."""
     from affect_core.data.dataset import ingest
@@ -296,6 +332,13 @@ def run_tune(job: TuneJob) -> Any:
     if job.num_samples < 1:
         raise AffectError(f"tune: num_samples must be >= 1, got {job.num_samples}")
     options = storage_options_for(job.out, job.s3_endpoint)
+    _ray_capacity(
+        {"CPU": job.cpus_per_trial, "GPU": job.gpus_per_trial},
+        what="one trial's worker (--cpus-per-trial, --gpus-per-trial)",
+        timeout_s=job.resource_timeout,
+        url=job.out,
+        s3=job.s3_endpoint,
+    )
     return tune(
         job.dataset_url,
         job.out,
@@ -334,6 +377,13 @@ def run_train(job: TrainJob) -> dict[str, str]:
     if use_ray(job.ray):
         from tuning.train_seeds import SeedResources, train_seeds
 
+        _ray_capacity(
+            {"CPU": job.cpus_per_seed, "GPU": job.gpus_per_seed},
+            what="one seed's worker (--cpus-per-seed, --gpus-per-seed)",
+            timeout_s=job.resource_timeout,
+            url=job.out,
+            s3=job.s3_endpoint,
+        )
         return train_seeds(
             job.dataset_url,
             job.out,
@@ -378,12 +428,20 @@ def run_score(job: ScoreJob) -> Any:
     if use_ray(job.ray):
         from tuning.score import score_dataset
 
+        _ray_capacity(
+            {"CPU": job.cpus_per_actor, "GPU": job.gpus_per_actor},
+            what="one scoring actor (--cpus-per-actor, --gpus-per-actor)",
+            timeout_s=job.resource_timeout,
+            url=job.out,
+            s3=job.s3_endpoint,
+        )
         return score_dataset(
             job.data_url,
             model_url,
             job.out,
             splits=job.split or None,
             actors=job.actors,
+            min_actors=job.min_actors,
             cpus_per_actor=job.cpus_per_actor,
             gpus_per_actor=job.gpus_per_actor,
             storage_options=options,
@@ -437,3 +495,4 @@ def run_report(job: ReportJob) -> Any:
         videos=job.videos,
         storage_options=storage_options_for(job.run_url, job.s3_endpoint),
     )
+

@@ -74,6 +74,7 @@ def score_dataset(
     *,
     splits: Sequence[str] | None = None,
     actors: int | None = None,
+    min_actors: int = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float | None = None,
     videos_per_call: int | None = None,
@@ -82,10 +83,10 @@ def score_dataset(
 ) -> ScoreResult:
     """Score every video of ``data_url`` (or of ``splits``) into ``out_url`` with a Ray Data actor pool.
 
-    actors: the pool's largest size (default: as many as the cluster's CPUs, or GPUs, allow). gpus_per_actor None:
-    one GPU per actor when the cluster has GPUs. videos_per_call: the videos an actor scores together (predicted in
-    batches); None: about four calls per actor, at most BATCH_VIDEOS videos each. Raises AffectError for an
-    incompatible model or missing data.
+    actors: the pool's largest size (default: as many as the cluster's CPUs, or GPUs, allow); min_actors: its
+    smallest. gpus_per_actor None: one GPU per actor when the cluster has GPUs. videos_per_call: the videos an actor
+    scores together (predicted in batches); None: about four calls per actor, at most BATCH_VIDEOS videos each.
+    Raises AffectError for an incompatible model or missing data.
     """
     import ray.data
 
@@ -122,7 +123,7 @@ def score_dataset(
         scored = ids.map_batches(
             VideoScorer,
             batch_size=per_call,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+            compute=ray.data.ActorPoolStrategy(min_size=min(min_actors, size), max_size=size),
             fn_constructor_kwargs={
                 "data_url": data_url,
                 "model_url": model_url,

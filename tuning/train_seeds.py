@@ -1,8 +1,8 @@
-"""Multi-seed training on Ray: one Ray Train run (a ``TorchTrainer`` with one worker) per seed, the runs spread
+"""Multi-seed training on Ray: one Ray Train run of one worker per seed (or seed stack), the runs spread
 over the cluster's nodes by a Ray Tune ``Tuner`` whose trials are the seeds.
 
 Each Tune trial is only a driver (no CPU, on the head node where there is one) that launches its seed's
-``TorchTrainer``; the Train worker reads the dataset from its URL and calls
+one-worker Ray Train run; the Train worker reads the dataset from its URL and calls
 :func:`affect_core.experiment.run_seed`, which checkpoints every epoch to ``RUN_URL/checkpoints/<seed>.pt``.
 ``FailureConfig(max_failures)`` restarts a failed worker (a killed node, say); the restarted worker sees the Ray
 checkpoint it reported and resumes from the seed's last checkpoint. ``resume=True`` continues an interrupted run:
@@ -30,6 +30,7 @@ from affect_core.storage import join, redact
 from tuning.cluster import (
     driver_resources,
     ensure_ray,
+    one_worker_trainer,
     ray_storage,
     shareable_storage_options,
 )
@@ -148,13 +149,12 @@ def train_seeds(
 
 
 def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
-    """Tune trial = Ray Train driver of one seed: a ``TorchTrainer`` with one worker running :func:`seed_worker`."""
+    """Tune trial = Ray Train driver of one seed: a one-worker Ray Train run running :func:`seed_worker`."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
 
     key = config["seed_key"]
-    trainer = TorchTrainer(
+    trainer = one_worker_trainer(
         seed_worker,
         train_loop_config={"task": tasks[key], **{k: settings[k] for k in WORKER_SETTINGS}},
         scaling_config=ray.train.ScalingConfig(

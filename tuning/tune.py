@@ -1,6 +1,6 @@
 """Hyperparameter search with Ray Tune: Optuna proposes, ASHA stops weak trials on dev CCC per epoch.
 
-Every trial is a Ray Train driver (as in :mod:`tuning.train_seeds`): a ``TorchTrainer`` with one worker that
+Every trial is a Ray Train driver (as in :mod:`tuning.train_seeds`): a one-worker Ray Train run that
 trains the trial's configuration with :func:`affect_core.experiment.run_seed` and reports each epoch's dev CCC
 through ``ray.train.report``; ``TuneReportCallback`` passes the reports on to Tune, where ASHA decides.
 
@@ -36,6 +36,7 @@ from affect_core.storage import exists, join, read_bytes, redact, resolve, write
 from tuning.cluster import (
     driver_resources,
     ensure_ray,
+    one_worker_trainer,
     ray_storage,
     release_stopped_trials,
     shareable_storage_options,
@@ -221,16 +222,15 @@ def run_tune(
 
 
 def tune_trial(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
-    """Tune trial = Ray Train driver: train this trial's configuration in a one-worker ``TorchTrainer`` whose
+    """Tune trial = Ray Train driver: train this trial's configuration in a one-worker Ray Train run whose
     epoch reports reach Tune through ``TuneReportCallback``."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     run_config = apply_params(RunConfig.from_dict(settings["base"]), config)
-    trainer = TorchTrainer(
+    trainer = one_worker_trainer(
         tune_worker,
         train_loop_config={
             "config": run_config.to_dict(),
