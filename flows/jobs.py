@@ -138,9 +138,8 @@ class ScoreJob:
     ray: bool | None = option(
         None, "Score on Ray Data with an actor pool (default: when RAY_ADDRESS is set).", flag="--ray/--no-ray"
     )
-    actors: int | None = option(
-        None, "Ray: largest actor pool (default: as many as there are videos, at most 8).", min=1
-    )
+    actors: int = option(4, "Ray: most scoring actors at once (at most one per video).", min=1)
+    min_actors: int = option(1, "Ray: scoring actors kept however little work is queued.", min=1)
     cpus_per_actor: float = option(1.0, "Ray: CPUs per scoring actor.", min=0.01)
     gpus_per_actor: float = option(0.0, "Ray: GPUs per scoring actor (fractions share a GPU).", min=0.0)
     resource_timeout: float = option(
