@@ -4,7 +4,8 @@ A job is a dataclass holding every option of the job; its fields carry their hel
 whether they are an argument, a flag's spelling and a lower bound). ``affect_cli.job_options`` turns a job class into
 a typer command and :mod:`flows.workflows` takes the job as a flow parameter, so an option added here reaches the
 CLI, the flows and the deployments' parameters by itself. :func:`run` runs a job; :func:`use_ray` is the one place
-that decides between the single-process library (``affect_core``) and Ray (``tuning``).
+that decides between the single-process library (``affect_core``) and Ray (``tuning``), driven from this process or,
+when ``RAY_ADDRESS`` is a job server address, submitted to the cluster as a Ray job (:mod:`flows.ray_job`).
 
 This module imports neither ray nor prefect nor torch at import time (``affect --help`` stays instant); the layer a
 job needs is imported when it runs.
@@ -132,7 +133,7 @@ class ScoreJob:
     """Write per-frame arousal and valence (with the filter's variance) for every video, labelled or not."""
 
     data_url: str = required("Dataset or bare Parquet features URL to score.", argument=True)
-    model_url: str = required("Model bundle URL (RUN_URL/model) or a model alias (affect promote).", flag="--model")
+    model_url: str = required("Model bundle URL (RUN_URL/model).", flag="--model")
     out: str = required("Predictions URL (one Parquet file per video).", flag="--out")
     split: list[str] | None = option(None, "Only these splits (repeatable); default all.")
     ray: bool | None = option(
@@ -284,6 +285,15 @@ def use_ray(requested: bool | None) -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
+def job_server() -> str | None:
+    """``RAY_ADDRESS`` when it is a Ray job server address (``http://head:8265``): the Ray work of a job is then
+    submitted to it as a Ray job (:mod:`flows.ray_job`) instead of driven from this process."""
+    from flows.ray_job import is_job_server
+
+    address = os.environ.get("RAY_ADDRESS")
+    return address if is_job_server(address) else None
+
+
 def run(job: Any) -> Any:
     """Run any job (its ``run_<job>`` function)."""
     runners = {
@@ -295,6 +305,13 @@ def run(job: Any) -> Any:
         ReportJob: run_report,
     }
     return runners[type(job)](job)
+
+
+def _submitted(job: Any) -> Any:
+    """The job's result, run as a Ray job at the job server in ``RAY_ADDRESS``."""
+    from flows.ray_job import submit
+
+    return submit(job, job_server())
 
 
 def _ray_capacity(request: dict[str, float], *, what: str, timeout_s: float, url: str | None, s3: str | None) -> None:
@@ -330,6 +347,8 @@ def run_tune(job: TuneJob) -> Any:
     check_required(job)
     if job.num_samples < 1:
         raise AffectError(f"tune: num_samples must be >= 1, got {job.num_samples}")
+    if job_server():
+        return _submitted(job)
     options = storage_options_for(job.out, job.s3_endpoint)
     _ray_capacity(
         {"CPU": job.cpus_per_trial, "GPU": job.gpus_per_trial},
@@ -373,6 +392,8 @@ def run_train(job: TrainJob) -> dict[str, str]:
         epochs=job.epochs,
         window_frames=job.window_frames,
     )
+    if use_ray(job.ray) and job_server():
+        return _submitted(job)
     if use_ray(job.ray):
         from tuning.train_seeds import SeedResources, train_seeds
 
@@ -424,6 +445,8 @@ def run_score(job: ScoreJob) -> Any:
     check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
     model_url = job.model_url
+    if use_ray(job.ray) and job_server():
+        return _submitted(job)
     if use_ray(job.ray):
         from tuning.score import score_dataset
 
