@@ -1,4 +1,4 @@
-"""``affect train``, ``affect score`` and ``affect evaluate``: each command is its job of
+"""``affect train``, ``affect score``, ``affect evaluate`` and ``affect promote``: each command is its job of
 :mod:`flows.jobs` (options derived from the job's fields by :mod:`affect_cli.job_options`), run and summarised."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from affect_cli.job_options import job_command
-from flows.jobs import EvaluateJob, ScoreJob, TrainJob
+from flows.jobs import EvaluateJob, PromoteJob, ScoreJob, TrainJob
 
 
 def _train(job: TrainJob) -> None:
@@ -36,6 +36,16 @@ def _evaluate(job: EvaluateJob) -> None:
     typer.echo(evaluation_markdown(run_evaluate(job)), nl=False)
 
 
+def _promote(job: PromoteJob) -> None:
+    from affect_core.storage import redact
+    from flows.jobs import run_promote
+
+    state = run_promote(job)
+    action = state.history[-1]["action"]
+    typer.echo(f"{state.alias_url} -> {redact(state.model)} ({action}; {len(state.history)} change(s) kept)")
+
+
 train = job_command(TrainJob, _train)
 score = job_command(ScoreJob, _score)
 evaluate = job_command(EvaluateJob, _evaluate)
+promote = job_command(PromoteJob, _promote)

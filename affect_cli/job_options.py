@@ -27,8 +27,8 @@ def _parameter(name: str, field: dataclasses.Field, hint: Any, *, allow_required
             flag = None
         declarations = [flag] if flag else []
         info = typer.Option(*declarations, help=meta.get("help", ""), **bounds)
-    if meta.get("argument") and allow_required:
-        hint = str
+    if required:
+        hint = str  # a required URL: the dataclass's "" default is only for a pipeline to fill in
     default = inspect.Parameter.empty if required else _default(field)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, info])
 

@@ -76,6 +76,7 @@ COMMANDS = [
     ("train", cmd_train.train),
     ("score", cmd_train.score),
     ("evaluate", cmd_train.evaluate),
+    ("promote", cmd_train.promote),
     ("tune", cmd_tune.tune),
     ("report", cmd_flows.report),
     ("pipeline", cmd_flows.pipeline),

@@ -11,6 +11,7 @@ for ``prefect deploy`` to a work pool)::
         description: ...              # optional
         tags: [nightly]               # optional
         paused: false                 # optional
+        concurrency_limit: 1          # optional: at most this many runs of the deployment at once (others wait)
         parameters:                   # the flow's parameters: its job (flows/jobs.py), field by field
           job: {source: ..., dataset_url: ...}
 
@@ -31,7 +32,18 @@ from typing import Any
 from affect_core.errors import AffectError
 from affect_core.storage import redact
 
-SPEC_KEYS = {"name", "flow", "cron", "interval", "timezone", "description", "tags", "paused", "parameters"}
+SPEC_KEYS = {
+    "name",
+    "flow",
+    "cron",
+    "interval",
+    "timezone",
+    "description",
+    "tags",
+    "paused",
+    "concurrency_limit",
+    "parameters",
+}
 
 
 @dataclass
@@ -46,6 +58,7 @@ class DeploymentSpec:
     description: str | None = None
     tags: list[str] = field(default_factory=list)
     paused: bool = False
+    concurrency_limit: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +115,9 @@ def load_schedules(path: str | Path) -> list[DeploymentSpec]:
             raise AffectError(f"{label}: interval must be a positive number of seconds")
         if "cron" in entry:
             _check_cron(entry["cron"], label)
+        limit = entry.get("concurrency_limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise AffectError(f"{label}: concurrency_limit must be a whole number >= 1")
         parameters = entry.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise AffectError(f"{label}: 'parameters' must be a mapping")
@@ -116,6 +132,7 @@ def load_schedules(path: str | Path) -> list[DeploymentSpec]:
                 description=entry.get("description"),
                 tags=[str(t) for t in entry.get("tags") or []],
                 paused=bool(entry.get("paused", False)),
+                concurrency_limit=limit,
                 parameters=parameters,
             )
         )
@@ -177,6 +194,7 @@ def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:
                 description=spec.description,
                 tags=spec.tags,
                 paused=spec.paused,
+                concurrency_limit=spec.concurrency_limit,
                 # "flows.workflows.<name>": found wherever the package is installed, whatever the cwd
                 entrypoint_type=EntrypointType.MODULE_PATH,
             )

@@ -133,7 +133,7 @@ class ScoreJob:
     """Write per-frame arousal and valence (with the filter's variance) for every video, labelled or not."""
 
     data_url: str = required("Dataset or bare Parquet features URL to score.", argument=True)
-    model_url: str = required("Model bundle URL (RUN_URL/model).", flag="--model")
+    model_url: str = required("Model bundle URL (RUN_URL/model) or a model alias (affect promote).", flag="--model")
     out: str = required("Predictions URL (one Parquet file per video).", flag="--out")
     split: list[str] | None = option(None, "Only these splits (repeatable); default all.")
     ray: bool | None = option(
@@ -179,6 +179,20 @@ class ReportJob:
 
 
 @dataclass
+class PromoteJob:
+    """Make ALIAS_URL name the model bundle MODEL_URL (atomically; every earlier promotion is kept), or with --rollback
+    (`affect promote --rollback ALIAS_URL`) name the model promoted before the current one. `affect score --model
+    ALIAS_URL` and the scoring flows then use the model the alias names."""
+
+    model_url: str = required("Model bundle to promote (RUN_URL/model); with --rollback, the alias.", argument=True)
+    alias_url: str | None = option(
+        None, "The alias (a URL of its own, e.g. s3://bucket/models/current).", argument=True
+    )
+    rollback: bool = option(False, "Name the model promoted before the current one instead.")
+    s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
+
+
+@dataclass
 class PipelineJob:
     """ingest -> tune -> train over seeds -> score -> evaluate -> report, all under OUT; resumes when run again.
 
@@ -193,6 +207,7 @@ class PipelineJob:
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show progress bars.")
     report_videos: int = option(2, "Dev videos to plot in the report.", min=0)
+    promote_to: str | None = option(None, "Model alias to point at the run's model when the run is done.")
     ingest: IngestJob = sub_job(IngestJob, "", "The ingest step (--layout, --fps).")
     tune: TuneJob = sub_job(TuneJob, "tune-", "The search (--tune-num-samples 0: no search).")
     train: TrainJob = sub_job(TrainJob, "", "The training over seeds (--seeds, --epochs, --model, ...).")
@@ -303,6 +318,7 @@ def run(job: Any) -> Any:
         ScoreJob: run_score,
         EvaluateJob: run_evaluate,
         ReportJob: run_report,
+        PromoteJob: run_promote,
     }
     return runners[type(job)](job)
 
@@ -442,9 +458,11 @@ def run_train(job: TrainJob) -> dict[str, str]:
 def run_score(job: ScoreJob) -> Any:
     """Score every video (or ``split``), on Ray Data or in this process (:func:`use_ray`); returns the
     ``affect_core.scoring.ScoreResult``. ``model_url`` may be a model alias (``affect promote``)."""
+    from affect_core.alias import resolve_model
+
     check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
-    model_url = job.model_url
+    model_url = resolve_model(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
     if use_ray(job.ray) and job_server():
         return _submitted(job)
     if use_ray(job.ray):
@@ -518,3 +536,16 @@ def run_report(job: ReportJob) -> Any:
         storage_options=storage_options_for(job.run_url, job.s3_endpoint),
     )
 
+
+def run_promote(job: PromoteJob) -> Any:
+    """Promote a model to an alias, or roll the alias back; returns ``affect_core.alias.AliasState``."""
+    from affect_core.alias import promote, rollback
+
+    check_required(job)
+    if job.rollback:
+        if job.alias_url:
+            raise AffectError("promote --rollback takes the alias only: affect promote --rollback ALIAS_URL")
+        return rollback(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
+    if not job.alias_url:
+        raise AffectError("promote: give MODEL_URL and ALIAS_URL (or --rollback ALIAS_URL)")
+    return promote(job.model_url, job.alias_url, storage_options_for(job.alias_url, job.s3_endpoint))

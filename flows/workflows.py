@@ -8,7 +8,8 @@ from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), so no secret is
 or an artifact.
 
 Training and tuning run with ``resume`` in the flows: a retried task or a re-run flow never redoes finished seeds or
-a finished search.
+a finished search. A ``{date}`` in an output URL (``out``) becomes the flow run's scheduled date (UTC, YYYY-MM-DD),
+so a schedule writes a new dated run each time and a re-run of the same flow run resumes its own.
 
 Layout of the pipeline's RUN_URL (``out``)::
 
@@ -32,6 +33,7 @@ from flows.jobs import (
     EvaluateJob,
     IngestJob,
     PipelineJob,
+    PromoteJob,
     ReportJob,
     ScoreJob,
     TrainJob,
@@ -43,6 +45,7 @@ from flows.tasks import (
     check_run_task,
     evaluate_task,
     ingest_task,
+    promote_task,
     report_task,
     score_task,
     train_task,
@@ -83,7 +86,8 @@ def ingest_flow(job: IngestJob) -> dict[str, Any]:
 def tune_flow(job: TuneJob) -> Any:
     """Search the model's hyperparameters (dev CCC), writing best_config.yaml and trials.parquet under the job's
     out. A finished search there is read back; an interrupted one continues."""
-    outcome = tune_task(dataclasses.replace(job, resume=True))
+    job = dataclasses.replace(job, out=dated(job.out), resume=True)
+    outcome = tune_task(job)
     _publish_tuning(outcome, job)
     return outcome
 
@@ -92,7 +96,8 @@ def tune_flow(job: TuneJob) -> Any:
 def train_flow(job: TrainJob) -> dict[str, str]:
     """Train the job's models over its seeds (on Ray when the job asks for it or RAY_ADDRESS is set) and write
     results.parquet, summary.md and model/ under its out. Finished seeds are never trained again."""
-    outputs = train_task(dataclasses.replace(job, resume=True))
+    job = dataclasses.replace(job, out=dated(job.out), resume=True)
+    outputs = train_task(job)
     _publish_results(job.out, job.s3_endpoint)
     return outputs
 
@@ -101,6 +106,7 @@ def train_flow(job: TrainJob) -> dict[str, str]:
 def score_flow(job: ScoreJob) -> dict[str, Any]:
     """Score every video of the job's data (or its splits) with its model (a bundle or an alias), then evaluate
     the labelled ones. Finished videos are skipped, so a re-run never duplicates rows."""
+    job = dataclasses.replace(job, out=dated(job.out))
     result = dataclasses.asdict(score_task(job))
     result["url"] = redact(result["url"])
     evaluation = evaluate_task(
@@ -116,14 +122,14 @@ def score_flow(job: ScoreJob) -> dict[str, Any]:
 def pipeline_flow(job: PipelineJob) -> dict[str, Any]:
     """The whole product on one corpus: ingest, search hyperparameters (skipped when ``tune.num_samples`` is 0),
     train the best configuration over seeds, score every video, evaluate and write the report, all under the
-    job's out. Re-running after a crash resumes. The search runs on the training's dimension (``tune.dimension``
-    when the training is "both")."""
+    job's out; then, with ``promote_to``, point that model alias at the run's model. Re-running after a crash
+    resumes. The search runs on the training's dimension (``tune.dimension`` when the training is "both")."""
     logger = get_run_logger()
     shared = {"s3_endpoint": job.s3_endpoint, "progress": job.progress}
     ingested = ingest_flow(
         wire(job.ingest, source=job.source, dataset_url=job.dataset_url, feature_set=job.feature_set, **shared)
     )
-    out = job.out.replace("{version}", ingested["version"])
+    out = dated(job.out).replace("{version}", ingested["version"])
     tuning_url = join(out, "tuning")
     tune = wire(
         job.tune, dataset_url=job.dataset_url, out=tuning_url, feature_set=job.feature_set, resume=True, **shared
@@ -160,6 +166,9 @@ def pipeline_flow(job: PipelineJob) -> dict[str, Any]:
     )
     _publish_report(report)
     logger.info("report: %s; predictions: %s", report.summary_url, redact(predictions_url))
+    if job.promote_to:
+        alias = promote_task(PromoteJob(join(out, "model"), job.promote_to, s3_endpoint=job.s3_endpoint))
+        logger.info("%s now names %s", alias.alias_url, redact(alias.model))
     return {
         "report": report.summary_url,
         "plots": report.plots,
@@ -171,6 +180,18 @@ def pipeline_flow(job: PipelineJob) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+def dated(url: str) -> str:
+    """``url`` with ``{date}`` replaced by the flow run's scheduled date (today for a run started by hand)."""
+    if "{date}" not in url:
+        return url
+    import datetime as dt
+
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)
+    return url.replace("{date}", when.astimezone(dt.timezone.utc).strftime("%Y-%m-%d"))
+
+
 def _run_key(step: Any) -> dict[str, Any]:
     """The fields of a step that shape its outputs (recorded by the pipeline to refuse resuming other work)."""
     return {k: v for k, v in dataclasses.asdict(step).items() if k not in RUN_NEUTRAL}

@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": jobs.EvaluateJob,
     "report": jobs.ReportJob,
     "pipeline": jobs.PipelineJob,
+    "promote": jobs.PromoteJob,
 }
 
 

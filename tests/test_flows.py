@@ -103,6 +103,7 @@ def test_schedule_files_agree() -> None:
         assert getattr(module, function) is flows[spec.flow]
         assert deployment["schedules"] == [{"cron": spec.cron, "timezone": spec.timezone}]
         assert deployment["parameters"] == spec.parameters
+        assert deployment["concurrency_limit"] == spec.concurrency_limit
         assert deployment["work_pool"]["name"] == "affect-pool"
     built = build_deployments(specs)
     assert [d.entrypoint for d in built][0] == "flows.workflows.ingest_flow"

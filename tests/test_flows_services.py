@@ -4,6 +4,7 @@ and the pipeline end to end on SeaweedFS S3 with a real two-node Ray cluster (RA
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -212,3 +213,84 @@ def test_pipeline_on_s3_with_a_ray_cluster(
         )
     assert len({a.key for a in published}) == 6
     assert not any(secret in str(a.data) or secret in str(a.description) for a in published)
+
+
+# The sizes of the deployments' searches and trainings, and the GPUs they ask for, cut to what a 2-core machine
+# without a GPU runs in minutes; every other parameter (URLs, layout, models, aliases, limits) is the deployment's own.
+SMALL = {
+    "num_samples": 1,
+    "max_concurrent": 1,
+    "epochs": 1,
+    "seeds": 1,
+    "cpus_per_trial": 1,
+    "gpus_per_trial": 0,
+    "cpus_per_seed": 1,
+    "gpus_per_seed": 0,
+    "gpus_per_actor": 0,
+    "actors": 1,
+}
+
+
+def small(parameters: Any) -> Any:
+    """``parameters`` with the sizes of :data:`SMALL`, at every level (a pipeline's steps included)."""
+    if isinstance(parameters, dict):
+        return {k: SMALL[k] if k in SMALL else small(v) for k, v in parameters.items()}
+    return parameters
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_every_deployment_runs_through_its_flow_with_its_own_parameters(
+    prefect_api: str,
+    s3_server: Any,
+    corpus_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nightly-ingest, weekly-tune, weekly-pipeline and nightly-score, in that order, each with the parameters of
+    schedules.yaml (= prefect.yaml's) on a SeaweedFS S3 with the bucket they name: the search writes a dated run,
+    the pipeline promotes its model to the alias nightly-score reads, and scoring uses that model."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from flows.deployments import flow_objects, load_schedules
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    specs = load_schedules(repo / "schedules.yaml")
+    declared = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"]
+    assert [d["parameters"] for d in declared] == [s.parameters for s in specs]
+    assert all(s.concurrency_limit == 1 for s in specs)
+    urls = [v for s in specs for v in _strings(s.parameters) if "://" in v]
+    assert urls and all(u.startswith("s3://affect/") for u in urls), urls  # no local paths in short-lived pods
+
+    s3_server.create_bucket("affect")
+    fs = s3fs.S3FileSystem(**s3_server.storage_options())
+    fs.put(corpus_dir, "affect/recordings", recursive=True)
+    flows = flow_objects()
+    for spec in specs:
+        flow = flows[spec.flow]
+        state = flow(**flow.validate_parameters(small(spec.parameters)), return_state=True)
+        assert state.is_completed(), f"{spec.name}: {state.message}"
+
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    assert fs.exists(f"affect/tuning/{today}/best_config.yaml")
+    runs = [p for p in fs.ls("affect/runs", refresh=True) if fs.exists(f"{p}/report/summary.md")]
+    assert len(runs) == 1, fs.ls("affect/runs")  # the run of the one dataset version
+    run = runs[0]
+    assert fs.exists(f"{run}/tuning/best_config.yaml") and fs.exists(f"{run}/predictions/_evaluation.json")
+    alias = json.loads(fs.cat("affect/models/current/alias.json"))
+    assert alias["model"] == f"s3://{run}/model" and [e["action"] for e in alias["history"]] == ["promote"]
+    parts = fs.glob(f"affect/predictions/{today}/part-*.parquet")
+    assert len(parts) == 6
+    with fs.open(parts[0], "rb") as handle:
+        scored_by = set(pq.read_table(handle).column("model_id").to_pylist())
+    assert scored_by == {alias["history"][-1]["model_id"]}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
