@@ -72,18 +72,18 @@ def job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     try:
         assert head.stdout.readline().strip() == "ready", head.stdout.read()[-3000:]
         address = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:  # the job server starts a little after the head
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the job server never answered"
-                time.sleep(1)
         import psutil
 
-        sockets = listening_addresses(psutil.Process(head.pid))
-        assert sockets and all(is_loopback(ip) for ip, _, _ in sockets), sockets
+        root = psutil.Process(head.pid)
+        deadline = time.monotonic() + 120
+        # The job server is the head's own socket on the port (not another program that took the port meanwhile).
+        while port not in {p for _, p, _ in listening_addresses(root)}:
+            assert head.poll() is None and time.monotonic() < deadline, (
+                f"the head's job server never listened on {port}"
+            )
+            time.sleep(1)
+        sockets = listening_addresses(root)
+        assert all(is_loopback(ip) for ip, _, _ in sockets), sockets
         yield {"RAY_ADDRESS": address, **auth}
     finally:
         head.stdin.close()

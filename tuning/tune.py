@@ -151,9 +151,8 @@ def run_tune(
 
     if dimension not in TUNE_DIMENSIONS:
         raise AffectError(f"tune: dimension must be one of {', '.join(TUNE_DIMENSIONS)}; got {dimension!r}")
-    if resume and exists(
-        resolve(out_url, storage_options).fs, resolve(out_url, storage_options).join(BEST_CONFIG).path
-    ):
+    out = resolve(out_url, storage_options)
+    if resume and exists(out.fs, out.join(BEST_CONFIG).path):
         return read_outcome(out_url, storage_options=storage_options)
     base = copy.deepcopy(base_config) if base_config is not None else RunConfig()
     base.train.max_epochs = max_epochs
