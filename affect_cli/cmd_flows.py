@@ -1,6 +1,7 @@
 """``affect report``, ``affect pipeline``, ``affect serve`` and ``affect demo``: the Prefect side of the CLI.
 
-Prefect, matplotlib and the flows are imported inside the commands, so ``affect --help`` stays instant.
+``report`` and ``pipeline`` are their jobs of :mod:`flows.jobs`. Prefect, matplotlib and the flows are imported
+inside the commands, so ``affect --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -11,96 +12,29 @@ from typing import Annotated
 
 import typer
 
-S3_ENDPOINT_HELP = "S3 endpoint URL for s3:// URLs (default: $AFFECT_S3_ENDPOINT); keys come from the environment."
+from affect_cli.job_options import job_command
+from flows.jobs import PipelineJob, ReportJob
 
 
-def report(
-    run_url: Annotated[str, typer.Argument(help="Training run (results.parquet, model/) written by train/pipeline.")],
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Dataset with the gold standard, for the dev-video curves.")
-    ] = None,
-    predictions: Annotated[
-        str | None,
-        typer.Option(
-            "--predictions",
-            help="Predictions URL (default RUN_URL/predictions if it exists, else the "
-            "run's model predicts the plotted videos).",
-        ),
-    ] = None,
-    tuning: Annotated[
-        str | None, typer.Option("--tuning", help="Tuning run with trials.parquet (default RUN_URL/tuning).")
-    ] = None,
-    out: Annotated[str | None, typer.Option("--out", help="Where to write (default RUN_URL/report).")] = None,
-    video: Annotated[
-        list[str] | None, typer.Option("--video", help="Dev video id to plot (repeatable; default the first ones).")
-    ] = None,
-    videos: Annotated[int, typer.Option(min=0, help="How many dev videos to plot when --video is not given.")] = 2,
-    s3_endpoint: Annotated[str | None, typer.Option(help=S3_ENDPOINT_HELP)] = None,
-) -> None:
-    """Write summary.md and PNG plots (dev curves with uncertainty, learned lag, ablation, tuning) of a run."""
-    from affect_core.report import write_report
-    from flows.backend import storage_options_for
+def _report(job: ReportJob) -> None:
+    from flows.jobs import run_report
 
-    result = write_report(
-        run_url,
-        dataset_url=dataset,
-        predictions_url=predictions,
-        tuning_url=tuning,
-        out_url=out,
-        video_ids=video or None,
-        videos=videos,
-        storage_options=storage_options_for(run_url, s3_endpoint),
-    )
+    result = run_report(job)
     typer.echo(f"report: {result.summary_url}")
     for name, url in result.plots.items():
         typer.echo(f"  {name}: {url}")
 
 
-def pipeline(
-    source: Annotated[str, typer.Argument(help="Input corpus (local directory or fsspec URL).")],
-    dataset_url: Annotated[str, typer.Argument(help="Dataset to ingest into (path or fsspec URL).")],
-    out: Annotated[str, typer.Option("--out", help="Run URL: tuning/, results, model/, predictions/, report/.")],
-    layout: Annotated[str, typer.Option(help="Input layout: avec2016, csv or parquet.")] = "avec2016",
-    feature_set: Annotated[str | None, typer.Option(help="Feature set(s) to train on, e.g. appearance.")] = None,
-    dimension: Annotated[str, typer.Option(help="arousal | valence | both | joint.")] = "both",
-    model: Annotated[str | None, typer.Option(help="baseline | lstm-kf | lstm-ekf (default lstm-kf).")] = "lstm-kf",
-    align: Annotated[str | None, typer.Option(help="none | manual | adaptive (default adaptive).")] = "adaptive",
-    seeds: Annotated[int, typer.Option(min=1, help="Seeds per model for the final training.")] = 2,
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs of the final training.")] = 3,
-    trials: Annotated[int, typer.Option(min=0, help="Search trials (0: no search, train the defaults).")] = 2,
-    max_concurrent: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = 1,
-    tune_epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs per trial (default --epochs).")] = None,
-    window_frames: Annotated[
-        int | None, typer.Option(help="Truncated BPTT windows of this many frames (0 = whole sequences).")
-    ] = None,
-    report_videos: Annotated[int, typer.Option(min=0, help="Dev videos to plot in the report.")] = 2,
-    s3_endpoint: Annotated[str | None, typer.Option(help=S3_ENDPOINT_HELP)] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
-    """Run the pipeline flow: ingest -> tune -> train over seeds -> score -> report (resumes when re-run)."""
+def _pipeline(job: PipelineJob) -> None:
     from flows.workflows import pipeline_flow
 
     started = time.perf_counter()
-    result = pipeline_flow(
-        source,
-        dataset_url,
-        out,
-        layout=layout,
-        feature_set=feature_set,
-        dimension=dimension,
-        model=model,
-        align=align,
-        seeds=seeds,
-        epochs=epochs,
-        num_samples=trials,
-        max_concurrent=max_concurrent,
-        tune_epochs=tune_epochs,
-        window_frames=window_frames,
-        report_videos=report_videos,
-        s3_endpoint=s3_endpoint,
-        progress=progress,
-    )
+    result = pipeline_flow(job)
     _print_outcome(result, time.perf_counter() - started)
+
+
+report = job_command(ReportJob, _report)
+pipeline = job_command(PipelineJob, _pipeline)
 
 
 def serve(

@@ -69,16 +69,22 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-app.command("synth")(one_line_errors(cmd_synth.synth))
-app.command("ingest")(one_line_errors(cmd_ingest.ingest))
-app.command("train")(one_line_errors(cmd_train.train))
-app.command("score")(one_line_errors(cmd_train.score))
-app.command("evaluate")(one_line_errors(cmd_train.evaluate))
-app.command("tune")(one_line_errors(cmd_tune.tune))
-app.command("report")(one_line_errors(cmd_flows.report))
-app.command("pipeline")(one_line_errors(cmd_flows.pipeline))
-app.command("serve")(one_line_errors(cmd_flows.serve))
-app.command("demo")(one_line_errors(cmd_flows.demo))
+# (name, command): one line per command of `affect`.
+COMMANDS = [
+    ("synth", cmd_synth.synth),
+    ("ingest", cmd_ingest.ingest),
+    ("train", cmd_train.train),
+    ("score", cmd_train.score),
+    ("evaluate", cmd_train.evaluate),
+    ("promote", cmd_train.promote),
+    ("tune", cmd_tune.tune),
+    ("report", cmd_flows.report),
+    ("pipeline", cmd_flows.pipeline),
+    ("serve", cmd_flows.serve),
+    ("demo", cmd_flows.demo),
+]
+for name, command in COMMANDS:
+    app.command(name)(one_line_errors(command))
 
 
 def main() -> None:  # pragma: no cover - console entry point

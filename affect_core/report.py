@@ -39,7 +39,10 @@ REPORT_DIR = "report"
 TUNING_DIR = "tuning"
 PREDICTIONS_DIR = "predictions"
 DIMENSION_COLOURS = {"arousal": "#c0392b", "valence": "#2471a3"}
-SCORE_COLUMNS = ("best_dev_ccc", "dev_ccc", "score", "ccc", "mean_dev_ccc")
+# The trials table of a search (``tuning.tune`` writes it): trial_id, status, best_dev_ccc, last_dev_ccc, epochs and one
+# column per searched parameter named ``section.name`` (``train.lr``, ``model.lstm_size``, ...).
+TRIALS_FILE = "trials.parquet"
+TRIAL_SCORE = "best_dev_ccc"
 DPI = 100
 
 
@@ -157,7 +160,7 @@ def run_fps(run: Location) -> float:
 
 def read_trials(tuning: Location) -> pa.Table | None:
     """The trials table of a tuning run (``trials.parquet``), or None when there is none."""
-    path = tuning.join("trials.parquet").path
+    path = tuning.join(TRIALS_FILE).path
     if not exists(tuning.fs, path):
         return None
     try:
@@ -167,30 +170,15 @@ def read_trials(tuning: Location) -> pa.Table | None:
 
 
 def score_column(trials: pa.Table) -> str | None:
-    """The column of a trials table holding each trial's dev CCC."""
-    names = trials.column_names
-    for name in SCORE_COLUMNS:
-        if name in names:
-            return name
-    return next((n for n in names if "ccc" in n.lower() and _is_numeric(trials, n)), None)
+    """The column of a trials table holding each trial's dev CCC (:data:`TRIAL_SCORE`), None when it is missing."""
+    return TRIAL_SCORE if TRIAL_SCORE in trials.column_names else None
 
 
 def hyperparameter_columns(trials: pa.Table, limit: int = 5) -> list[str]:
-    """Numeric columns that vary between trials and are not results (the search space's main axes)."""
-    score = score_column(trials)
-    skip = {
-        score,
-        "trial_id",
-        "trial",
-        "epochs",
-        "iterations",
-        "training_iteration",
-        "seconds",
-        "time_total_s",
-    }
+    """The searched parameters (``section.name`` columns) that are numeric and vary between trials."""
     out = []
     for name in trials.column_names:
-        if name in skip or not _is_numeric(trials, name) or "ccc" in name.lower() or "time" in name.lower():
+        if "." not in name or not _is_numeric(trials, name):
             continue
         values = np.asarray(trials.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
         if np.unique(values[np.isfinite(values)]).size > 1:

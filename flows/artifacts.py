@@ -66,10 +66,10 @@ def tune_markdown(outcome: Any, trials_table: str) -> str:
     lines = [
         "# Tuning",
         "",
-        f"Backend: {outcome.backend}; trials: {outcome.trials}; best dev CCC: {outcome.best_dev_ccc:.4f}"
-        + (" (reused a finished search)" if outcome.reused else ""),
+        f"Trials: {outcome.trials} ({outcome.stopped_early} stopped early, {outcome.errored} failed); "
+        f"best dev CCC: {outcome.best_dev_ccc:.4f} (trial {outcome.best_trial})",
         "",
-        f"Best configuration: `{outcome.best_config_url}`",
+        f"Best configuration: `{redact(outcome.best_config_url)}`",
     ]
     if trials_table:
         lines += ["", trials_table]

@@ -63,7 +63,7 @@ def run_demo(
     """Generate the corpus under ``settings.out/corpus`` and run the pipeline flow with the dataset and run under
     ``root_url`` (default ``settings.out``). Returns the pipeline's result (report, predictions, ...)."""
     from affect_core.synth import SynthConfig, write_corpus
-    from flows.backend import storage_options_for
+    from flows.jobs import IngestJob, PipelineJob, TrainJob, TuneJob, storage_options_for
     from flows.workflows import pipeline_flow
 
     out = settings.out.absolute()
@@ -79,25 +79,26 @@ def run_demo(
     )
     write_corpus(synth, corpus_dir, "avec2016", overwrite=True, progress=settings.progress)
     echo(f"running the pipeline flow: dataset {dataset_url}, run {run_url}")
-    return pipeline_flow(
-        str(corpus_dir),
-        dataset_url,
-        run_url,
-        layout="avec2016",
+    job = PipelineJob(
+        source=str(corpus_dir),
+        dataset_url=dataset_url,
+        out=run_url,
         feature_set=settings.feature_set,
-        dimension="both",
-        model=settings.model,
-        align=settings.align,
-        seeds=settings.seeds,
-        epochs=settings.epochs,
-        num_samples=settings.trials,
-        max_concurrent=1,
-        tune_epochs=settings.tune_epochs,
-        window_frames=settings.window_frames,
-        report_videos=settings.report_videos,
         s3_endpoint=s3_endpoint,
         progress=settings.progress,
+        report_videos=settings.report_videos,
+        ingest=IngestJob(layout="avec2016"),
+        tune=TuneJob(num_samples=settings.trials, max_concurrent=1, epochs=settings.tune_epochs),
+        train=TrainJob(
+            dimension="both",
+            model=settings.model,
+            align=settings.align,
+            seeds=settings.seeds,
+            epochs=settings.epochs,
+            window_frames=settings.window_frames,
+        ),
     )
+    return pipeline_flow(job)
 
 
 def _start_afresh_if_changed(

@@ -11,7 +11,9 @@ for ``prefect deploy`` to a work pool)::
         description: ...              # optional
         tags: [nightly]               # optional
         paused: false                 # optional
-        parameters: {source: ..., dataset_url: ...}   # the flow's parameters (names checked against it)
+        concurrency_limit: 1          # optional: at most this many runs of the deployment at once (others wait)
+        parameters:                   # the flow's parameters: its job (flows/jobs.py), field by field
+          job: {source: ..., dataset_url: ...}
 
 Schedules need a real server: the ephemeral API that one-off runs start lives only as long as its process and
 runs no scheduler. :func:`require_server` says so as an AffectError.
@@ -30,7 +32,18 @@ from typing import Any
 from affect_core.errors import AffectError
 from affect_core.storage import redact
 
-SPEC_KEYS = {"name", "flow", "cron", "interval", "timezone", "description", "tags", "paused", "parameters"}
+SPEC_KEYS = {
+    "name",
+    "flow",
+    "cron",
+    "interval",
+    "timezone",
+    "description",
+    "tags",
+    "paused",
+    "concurrency_limit",
+    "parameters",
+}
 
 
 @dataclass
@@ -45,6 +58,7 @@ class DeploymentSpec:
     description: str | None = None
     tags: list[str] = field(default_factory=list)
     paused: bool = False
+    concurrency_limit: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,6 +115,9 @@ def load_schedules(path: str | Path) -> list[DeploymentSpec]:
             raise AffectError(f"{label}: interval must be a positive number of seconds")
         if "cron" in entry:
             _check_cron(entry["cron"], label)
+        limit = entry.get("concurrency_limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise AffectError(f"{label}: concurrency_limit must be a whole number >= 1")
         parameters = entry.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise AffectError(f"{label}: 'parameters' must be a mapping")
@@ -115,6 +132,7 @@ def load_schedules(path: str | Path) -> list[DeploymentSpec]:
                 description=entry.get("description"),
                 tags=[str(t) for t in entry.get("tags") or []],
                 paused=bool(entry.get("paused", False)),
+                concurrency_limit=limit,
                 parameters=parameters,
             )
         )
@@ -133,7 +151,14 @@ def _check_cron(cron: Any, label: str) -> None:
 
 
 def _check_parameters(flow: Any, parameters: dict[str, Any], label: str) -> None:
+    """The parameters name the flow's parameters; a job parameter (a dataclass of :mod:`flows.jobs`) is checked
+    field by field, sub-jobs included."""
+    import typing
+
+    from flows.jobs import check_parameters, is_job
+
     signature = inspect.signature(flow.fn)
+    hints = typing.get_type_hints(flow.fn)
     unknown = set(parameters) - set(signature.parameters)
     if unknown:
         raise AffectError(
@@ -145,6 +170,9 @@ def _check_parameters(flow: Any, parameters: dict[str, Any], label: str) -> None
     ]
     if missing:
         raise AffectError(f"{label}: missing required parameter(s) {missing} of flow {flow.name}")
+    for name, value in parameters.items():
+        if is_job(hints.get(name)):
+            check_parameters(hints[name], value, f"{label}: {name}")
 
 
 def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:
@@ -166,6 +194,7 @@ def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:
                 description=spec.description,
                 tags=spec.tags,
                 paused=spec.paused,
+                concurrency_limit=spec.concurrency_limit,
                 # "flows.workflows.<name>": found wherever the package is installed, whatever the cwd
                 entrypoint_type=EntrypointType.MODULE_PATH,
             )

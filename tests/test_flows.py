@@ -1,7 +1,7 @@
 """The Prefect flows against a real Prefect server: outputs, artifacts, resume after a crash, schedule files.
 
-The flows here run on the single-process backend (``AFFECT_FLOWS_BACKEND=local``) to stay fast; the pipeline on
-S3 with a real Ray cluster is in tests/test_flows_services.py.
+Training and scoring run in this process (no RAY_ADDRESS); the search runs on an in-process Ray, the one tuner. The
+pipeline on S3 with a real Ray cluster is in tests/test_flows_services.py.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ TINY = SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_d
 # ------------------------------------------------------------------------------------------------ helpers
 @pytest.fixture
 def prefect_api(prefect_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """This process talks to the session's Prefect server; flows run on the single-process backend."""
+    """This process talks to the session's Prefect server; training and scoring run in this process."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    monkeypatch.setenv("AFFECT_FLOWS_BACKEND", "local")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         yield prefect_server.api_url
         from prefect.logging.handlers import APILogWorker
@@ -103,6 +103,7 @@ def test_schedule_files_agree() -> None:
         assert getattr(module, function) is flows[spec.flow]
         assert deployment["schedules"] == [{"cron": spec.cron, "timezone": spec.timezone}]
         assert deployment["parameters"] == spec.parameters
+        assert deployment["concurrency_limit"] == spec.concurrency_limit
         assert deployment["work_pool"]["name"] == "affect-pool"
     built = build_deployments(specs)
     assert [d.entrypoint for d in built][0] == "flows.workflows.ingest_flow"
@@ -114,8 +115,13 @@ def test_schedule_files_agree() -> None:
     [
         ({"name": "x", "flow": "nope", "cron": "0 2 * * *"}, "flow 'nope' unknown"),
         ({"name": "x", "flow": "ingest", "cron": "99 2 * * *"}, "invalid cron"),
-        ({"name": "x", "flow": "ingest", "interval": 5, "parameters": {"source": "a"}}, "missing required"),
+        ({"name": "x", "flow": "ingest", "interval": 5, "parameters": {"job": {"source": "a"}}}, "missing required"),
         ({"name": "x", "flow": "score", "interval": 5, "parameters": {"bogus": 1}}, "unknown parameter"),
+        ({"name": "x", "flow": "score", "interval": 5, "parameters": {"job": {"actor": 1}}}, r"unknown.*\['actor'\]"),
+        (
+            {"name": "x", "flow": "pipeline", "interval": 5, "parameters": {"job": {"train": {"out": "elsewhere"}}}},
+            "set by the pipeline",
+        ),
         ({"name": "x", "flow": "ingest", "cron": "0 2 * * *", "interval": 3}, "exactly one of"),
     ],
 )
@@ -147,42 +153,52 @@ def test_serve_without_server_is_one_clear_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- flows on the server
 @pytest.mark.services
 def test_each_flow_produces_outputs_and_artifacts(prefect_api: str, corpus_dir: str, tmp_path: Path) -> None:
+    from flows.jobs import IngestJob, ScoreJob, TrainJob, TuneJob
     from flows.workflows import ingest_flow, score_flow, train_flow, tune_flow
 
     dataset, tuning, run, preds = (str(tmp_path / n) for n in ("dataset", "tuning", "run", "preds"))
-    first, ingest_id = run_flow(ingest_flow, corpus_dir, dataset, layout="avec2016")
+    ingest = IngestJob(source=corpus_dir, dataset_url=dataset, layout="avec2016", progress=False)
+    first, ingest_id = run_flow(ingest_flow, ingest)
     assert not first["unchanged"] and first["videos"] == 6
-    again, again_id = run_flow(ingest_flow, corpus_dir, dataset, layout="avec2016")
+    again, again_id = run_flow(ingest_flow, ingest)
     assert again["unchanged"] and again["version"] == first["version"]
     assert "unchanged (skipped" in by_key(artifacts([again_id]))["affect-ingest"].data
 
-    outcome, tune_id = run_flow(tune_flow, dataset, tuning, num_samples=2, max_epochs=1, model="lstm-kf")
+    tune = TuneJob(dataset_url=dataset, out=tuning, num_samples=2, max_concurrent=2, epochs=1, progress=False)
+    outcome, tune_id = run_flow(tune_flow, tune)
     assert outcome.trials == 2 and (tmp_path / "tuning" / "best_config.yaml").is_file()
     tune_artifacts = by_key(artifacts([tune_id]))
     assert "best dev CCC" in tune_artifacts["affect-tune"].data
     assert tune_artifacts["affect-tune-best-config"].type == "markdown"  # link artifacts render as markdown
+    stamp = (tmp_path / "tuning" / "best_config.yaml").stat().st_mtime_ns
+    reread, _ = run_flow(tune_flow, tune)  # a finished search is read back, not run again
+    assert reread.best_trial == outcome.best_trial and reread.trials == 2
+    assert (tmp_path / "tuning" / "best_config.yaml").stat().st_mtime_ns == stamp
 
-    outputs, train_id = run_flow(
-        train_flow,
-        dataset,
-        run,
+    train = TrainJob(
+        dataset_url=dataset,
+        out=run,
         dimension="both",
         seeds=2,
         epochs=1,
         config=f"{tuning}/best_config.yaml",
         model="lstm-kf",
+        seeds_per_worker=2,  # every option of the job reaches the flow
+        progress=False,
     )
+    outputs, train_id = run_flow(train_flow, train)
     assert set(outputs) == {"results", "summary", "model"}
     table = pq.read_table(f"{run}/results.parquet")
     assert sorted(set(table.column("seed").to_pylist())) == [0, 1]
     results_md = by_key(artifacts([train_id]))["affect-train-results"].data
     assert "## dev split" in results_md and "## Learned lag" in results_md and "LSTM-KF-AA" in results_md
 
-    scored, score_id = run_flow(score_flow, dataset, f"{run}/model", preds)
+    score = ScoreJob(data_url=dataset, model_url=f"{run}/model", out=preds, progress=False)
+    scored, score_id = run_flow(score_flow, score)
     assert scored["videos"] == 6 and scored["frames"] == 6 * 300
     assert len(list(Path(preds).glob("part-*.parquet"))) == 6 and (Path(preds) / "_evaluation.json").is_file()
     assert "| dev | arousal | 2 |" in by_key(artifacts([score_id]))["affect-score"].data
-    rescored, _ = run_flow(score_flow, dataset, f"{run}/model", preds)
+    rescored, _ = run_flow(score_flow, score)
     assert rescored["skipped"] == 6 and rescored["frames"] == 0
 
 
@@ -193,16 +209,27 @@ def test_pipeline_resumes_after_a_crash(
 ) -> None:
     """A pipeline that crashed in scoring, run again: ingest no-op, search and seeds not redone, report written."""
     from affect_core import scoring
+    from flows.jobs import PipelineJob, TrainJob, TuneJob
     from flows.workflows import pipeline_flow
 
     dataset, run = str(tmp_path / "dataset"), str(tmp_path / "run")
-    params = dict(seeds=2, epochs=1, num_samples=2, model="lstm-kf", align="adaptive", report_videos=1)
+
+    def job(epochs: int = 1) -> PipelineJob:
+        return PipelineJob(
+            source=corpus_dir,
+            dataset_url=dataset,
+            out=run,
+            progress=False,
+            report_videos=1,
+            tune=TuneJob(num_samples=2, epochs=1),
+            train=TrainJob(seeds=2, epochs=epochs, model="lstm-kf", align="adaptive"),
+        )
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("worker lost its mind")  # not transient: fails at once, no retry
 
     monkeypatch.setattr(scoring, "score_dataset", crash)
-    state = pipeline_flow(corpus_dir, dataset, run, return_state=True, **params)
+    state = pipeline_flow(job(), return_state=True)
     assert state.is_failed()
     seed_rows = sorted(Path(run, "seeds").glob("*/rows.json"))
     assert len(seed_rows) == 4
@@ -210,8 +237,8 @@ def test_pipeline_resumes_after_a_crash(
     versions_before = sorted(Path(dataset, "_manifests").iterdir())
 
     monkeypatch.undo()
-    monkeypatch.setenv("AFFECT_FLOWS_BACKEND", "local")
-    result, run_id = run_flow(pipeline_flow, corpus_dir, dataset, run, **params)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result, run_id = run_flow(pipeline_flow, job())
     assert sorted(Path(dataset, "_manifests").iterdir()) == versions_before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing redone
     assert len(list(Path(run, "predictions").glob("part-*.parquet"))) == 6
@@ -229,4 +256,4 @@ def test_pipeline_resumes_after_a_crash(
     assert keys["affect-report-ablation"].data.startswith("[ablation.png](file://")
 
     with pytest.raises(AffectError, match="other input or parameters"):
-        pipeline_flow(corpus_dir, dataset, run, **{**params, "epochs": 2})
+        pipeline_flow(job(epochs=2))

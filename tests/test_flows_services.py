@@ -4,6 +4,7 @@ and the pipeline end to end on SeaweedFS S3 with a real two-node Ray cluster (RA
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ def test_a_served_schedule_fires(prefect_api: str, corpus_dir: str, tmp_path: Pa
         "name": "every-few-seconds",
         "flow": "ingest",
         "interval": 5,
-        "parameters": {"source": corpus_dir, "dataset_url": str(dataset), "layout": "avec2016"},
+        "parameters": {"job": {"source": corpus_dir, "dataset_url": str(dataset), "layout": "avec2016"}},
     }
     schedules.write_text(yaml.safe_dump({"deployments": [entry]}))
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
@@ -87,7 +88,7 @@ def test_a_served_schedule_fires(prefect_api: str, corpus_dir: str, tmp_path: Pa
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(2)
         run = completed_runs("every-few-seconds")[0]
-        assert run.auto_scheduled and run.parameters["dataset_url"] == str(dataset)
+        assert run.auto_scheduled and run.parameters["job"]["dataset_url"] == str(dataset)
         assert (dataset / "_manifests").is_dir()
     finally:
         stop_group(serve)
@@ -108,6 +109,7 @@ def test_storage_outage_is_retried(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from affect_core.data.dataset import read_corpus
+    from flows.jobs import IngestJob
     from flows.workflows import ingest_flow
 
     for name, value in s3_server.env().items():
@@ -117,7 +119,8 @@ def test_storage_outage_is_retried(
     restart = threading.Timer(OUTAGE_S, s3_server.start)
     restart.start()
     try:
-        result, run_id = run_flow(ingest_flow, corpus_dir, dataset, s3_endpoint=s3_server.endpoint_url)
+        job = IngestJob(source=corpus_dir, dataset_url=dataset, s3_endpoint=s3_server.endpoint_url, progress=False)
+        result, run_id = run_flow(ingest_flow, job)
     finally:
         restart.join()
         if not s3_server.running:
@@ -141,7 +144,7 @@ def test_pipeline_on_s3_with_a_ray_cluster(
     tmp_path: Path,
 ) -> None:
     """`affect pipeline` with dataset and run on SeaweedFS and Ray at RAY_ADDRESS; no secret in any output."""
-    env = {k: v for k, v in os.environ.items() if k != "AFFECT_FLOWS_BACKEND"}
+    env = dict(os.environ)
     env.update({**s3_server.env(), **ray_cluster.env(), **prefect_server.env()})
     dataset, run = f"{s3_url}/dataset", f"{s3_url}/run"
     argv = [
@@ -155,7 +158,7 @@ def test_pipeline_on_s3_with_a_ray_cluster(
         run,
         "--s3-endpoint",
         s3_server.endpoint_url,
-        "--trials",
+        "--tune-num-samples",
         "1",
         "--dimension",
         "arousal",
@@ -210,3 +213,84 @@ def test_pipeline_on_s3_with_a_ray_cluster(
         )
     assert len({a.key for a in published}) == 6
     assert not any(secret in str(a.data) or secret in str(a.description) for a in published)
+
+
+# The sizes of the deployments' searches and trainings, and the GPUs they ask for, cut to what a 2-core machine
+# without a GPU runs in minutes; every other parameter (URLs, layout, models, aliases, limits) is the deployment's own.
+SMALL = {
+    "num_samples": 1,
+    "max_concurrent": 1,
+    "epochs": 1,
+    "seeds": 1,
+    "cpus_per_trial": 1,
+    "gpus_per_trial": 0,
+    "cpus_per_seed": 1,
+    "gpus_per_seed": 0,
+    "gpus_per_actor": 0,
+    "actors": 1,
+}
+
+
+def small(parameters: Any) -> Any:
+    """``parameters`` with the sizes of :data:`SMALL`, at every level (a pipeline's steps included)."""
+    if isinstance(parameters, dict):
+        return {k: SMALL[k] if k in SMALL else small(v) for k, v in parameters.items()}
+    return parameters
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_every_deployment_runs_through_its_flow_with_its_own_parameters(
+    prefect_api: str,
+    s3_server: Any,
+    corpus_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nightly-ingest, weekly-tune, weekly-pipeline and nightly-score, in that order, each with the parameters of
+    schedules.yaml (= prefect.yaml's) on a SeaweedFS S3 with the bucket they name: the search writes a dated run,
+    the pipeline promotes its model to the alias nightly-score reads, and scoring uses that model."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from flows.deployments import flow_objects, load_schedules
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    specs = load_schedules(repo / "schedules.yaml")
+    declared = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"]
+    assert [d["parameters"] for d in declared] == [s.parameters for s in specs]
+    assert all(s.concurrency_limit == 1 for s in specs)
+    urls = [v for s in specs for v in _strings(s.parameters) if "://" in v]
+    assert urls and all(u.startswith("s3://affect/") for u in urls), urls  # no local paths in short-lived pods
+
+    s3_server.create_bucket("affect")
+    fs = s3fs.S3FileSystem(**s3_server.storage_options())
+    fs.put(corpus_dir, "affect/recordings", recursive=True)
+    flows = flow_objects()
+    for spec in specs:
+        flow = flows[spec.flow]
+        state = flow(**flow.validate_parameters(small(spec.parameters)), return_state=True)
+        assert state.is_completed(), f"{spec.name}: {state.message}"
+
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    assert fs.exists(f"affect/tuning/{today}/best_config.yaml")
+    runs = [p for p in fs.ls("affect/runs", refresh=True) if fs.exists(f"{p}/report/summary.md")]
+    assert len(runs) == 1, fs.ls("affect/runs")  # the run of the one dataset version
+    run = runs[0]
+    assert fs.exists(f"{run}/tuning/best_config.yaml") and fs.exists(f"{run}/predictions/_evaluation.json")
+    alias = json.loads(fs.cat("affect/models/current/alias.json"))
+    assert alias["model"] == f"s3://{run}/model" and [e["action"] for e in alias["history"]] == ["promote"]
+    parts = fs.glob(f"affect/predictions/{today}/part-*.parquet")
+    assert len(parts) == 6
+    with fs.open(parts[0], "rb") as handle:
+        scored_by = set(pq.read_table(handle).column("model_id").to_pylist())
+    assert scored_by == {alias["history"][-1]["model_id"]}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return [value] if isinstance(value, str) else []

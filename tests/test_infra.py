@@ -468,10 +468,13 @@ def test_ports_agree_with_ray_and_prefect_defaults() -> None:
         "client": ports["ray_client"],
     }
     config = next(doc for _, doc in objects_of("ConfigMap"))["data"]
-    assert config["RAY_ADDRESS"].endswith(
-        f"-head-svc.{NAMES['kubernetes']['namespace']}.svc.cluster.local:{ports['ray_gcs']}"
+    assert "RAY_ADDRESS" not in config  # Ray's own pods must not be pointed at the job server
+    # The flow-run pods are no Ray nodes: they submit Ray jobs to the head's job server.
+    flow_run_env = json.loads(BASE_JOB_TEMPLATE.read_text())["variables"]["properties"]["env"]["default"]
+    assert flow_run_env["RAY_ADDRESS"] == (
+        f"http://{NAMES['kubernetes']['ray_cluster']}-head-svc.{NAMES['kubernetes']['namespace']}"
+        f".svc.cluster.local:{ports['ray_dashboard']}"
     )
-    assert config["RAY_ADDRESS"].startswith(NAMES["kubernetes"]["ray_cluster"] + "-head-svc.")
     assert config["PREFECT_API_URL"].endswith(f":{ports['prefect_api']}/api")
 
 
@@ -700,9 +703,9 @@ def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_
             "2",
             "--epochs",
             "1",
-            "--trials",
+            "--tune-num-samples",
             "1",
-            "--max-concurrent",
+            "--tune-max-concurrent",
             "1",
             "--window-frames",
             "100",

@@ -5,12 +5,14 @@ The driver is the ``affect`` CLI in a subprocess with the cluster's environment,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -164,3 +166,91 @@ def _ray_nodes(env: dict[str, str]) -> list[dict]:
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def listening_addresses(root: psutil.Process) -> set[tuple[str, int, str]]:
+    """``(address, port, process name)`` of every listening TCP socket of ``root`` and its descendants."""
+    found = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            for connection in process.net_connections(kind="inet"):
+                if connection.status == psutil.CONN_LISTEN:
+                    found.add((connection.laddr.ip, connection.laddr.port, process.name()))
+        except psutil.Error:
+            continue  # a worker that ended between the listing and the look
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_the_embedded_ray_listens_on_loopback_only(command, tmp_path):
+    """`affect train --ray` and `affect tune` without RAY_ADDRESS start Ray in their process: every socket that Ray
+    (GCS, raylet, agents, workers) listens on while the job runs is on 127.0.0.1."""
+    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
+    args = {
+        "train": [
+            "train",
+            dataset,
+            "--out",
+            str(tmp_path / "run"),
+            *TRAIN_ARGS[:-4],
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--ray",
+        ],
+        "tune": ["tune", dataset, "--out", str(tmp_path / "run"), "--num-samples", "1", "--epochs", "1"],
+    }[command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "affect_cli.main", *args, "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: set[tuple[str, int, str]] = set()
+    try:
+        root = psutil.Process(driver.pid)
+        while driver.poll() is None:
+            seen |= listening_addresses(root)
+            time.sleep(0.5)
+        output = driver.communicate(timeout=60)[0]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == 0, output[-3000:]
+    names = {name for _, _, name in seen}
+    assert {"gcs_server", "raylet"} <= names, seen  # Ray ran, and its servers were looked at
+    assert [s for s in seen if not is_loopback(s[0])] == []
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (["train", "{dataset}", "--out", "{out}", "--ray", "--cpus-per-seed", "4"], "one seed's worker"),
+        (["train", "{dataset}", "--out", "{out}", "--ray", "--gpus-per-seed", "0.5"], "one seed's worker"),
+        (["score", "{dataset}", "--model", "{out}/model", "--out", "{out}/p", "--ray", "--gpus-per-actor", "0.25"],
+         "one scoring actor"),
+    ],
+)  # fmt: skip
+def test_a_request_no_node_can_hold_fails_after_its_timeout(ray_cluster, tmp_path, command, what):
+    """On the fixed two-node cluster (1 CPU, no GPU per node) a seed or actor asking for more than any node has is
+    an error after --resource-timeout, naming the request and the largest node, not a run that waits forever."""
+    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
+    args = [part.format(dataset=dataset, out=tmp_path / "run") for part in command]
+    done = affect([*args, "--resource-timeout", "3", "--no-progress"], ray_cluster.env(), timeout=180)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"no node can hold {what}" in errors[0], done.stderr[-2000:]
+    asked = args[-1] + (" CPU" if "cpus" in args[-2] else " GPU")
+    assert asked in errors[0] and "the largest node has" in errors[0] and "within 3 s" in errors[0]
+    assert not (tmp_path / "run" / "results.parquet").exists() and not (tmp_path / "run" / "p").exists()

@@ -1,7 +1,16 @@
 """Connecting to Ray and giving Ray a place for its own state.
 
 ``ensure_ray`` joins the cluster named by ``RAY_ADDRESS`` when it is set and otherwise starts Ray in this process
-(``ray.init(num_cpus=...)``); it is idempotent. The S3 settings the workers need (endpoint and keys) travel to
+(``ray.init(num_cpus=...)``), every one of its servers bound to 127.0.0.1; it is idempotent.
+
+Loopback: Ray binds its servers (GCS, raylet, object manager, agents) to every interface unless its node address is
+127.0.0.1, and it turns a given 127.0.0.1 into the machine's outward address unless
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's local-only mode) was set when ray was imported. So importing this module
+without ``RAY_ADDRESS`` sets that variable (the drivers in ``tuning`` import ray only inside their functions, after this
+module); the workers inherit it. A process that imported ray before gets Ray's cached value corrected by
+:func:`ensure_ray` before it starts Ray. Joining a cluster (``RAY_ADDRESS``) leaves all of this alone.
+
+The S3 settings the workers need (endpoint and keys) travel to
 every worker as ``runtime_env`` environment variables, never inside task arguments, Tune configs or pickled
 filesystems, so they are not written to experiment files or logs. Only variable names are ever logged.
 """
@@ -10,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +49,11 @@ _OPTION_ENV = {
     "endpoint_url": "AFFECT_S3_ENDPOINT",
 }
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+LOOPBACK = "127.0.0.1"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
-_started_here = False
+if not os.environ.get("RAY_ADDRESS"):
+    os.environ.setdefault(LOCAL_ONLY_ENV, "0")
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,6 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
     """
     import ray
 
-    global _started_here
     env = worker_env(storage_options)
     for name, value in env.items():
         os.environ.setdefault(name, value)
@@ -108,19 +120,81 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
         return cluster_info()
     runtime_env = {"env_vars": env} if env else None
     address = os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise AffectError(
+            f"RAY_ADDRESS={address}: a Ray job server address; work reaches it as a Ray job (the affect commands and "
+            "flows submit one), not by joining the cluster from here"
+        )
     if address:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
+        _local_only()
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
             runtime_env=runtime_env,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            _node_ip_address=LOOPBACK,
         )
-        _started_here = True
     info = cluster_info()
     logger.info("Ray at %s: %d node(s), %g CPU, %g GPU", info.address, info.nodes, info.cpus, info.gpus)
     return info
+
+
+def _local_only() -> None:
+    """Ray's local-only mode for the Ray about to start in this process (see the module docstring)."""
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+        constants.ENABLE_RAY_CLUSTER = False  # read when ray was imported, before the variable was set
+
+
+def wait_for_capacity(request: Mapping[str, float], *, what: str, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Return once some node of the cluster can hold ``request`` (what one unit of work asks for: one seed's worker,
+    one trial, one scoring actor), whatever is busy now. While none can, the request is posted to the autoscaler
+    (``ray.autoscaler.sdk.request_resources``) so that an autoscaling cluster adds such a node; after ``timeout_s``
+    seconds without one, an AffectError names the request, ``what`` sets it, and the largest node there is (instead
+    of waiting forever for a node a fixed cluster will never have)."""
+    import time
+
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    wanted = {name: float(amount) for name, amount in request.items() if amount > 0}
+    deadline = time.monotonic() + timeout_s
+    posted = False
+    while True:
+        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        if any(all(node.get(name, 0.0) >= amount for name, amount in wanted.items()) for node in nodes):
+            if posted:
+                request_resources(bundles=[])
+            return
+        if time.monotonic() >= deadline:
+            if posted:
+                request_resources(bundles=[])
+            largest = {name: max((node.get(name, 0.0) for node in nodes), default=0.0) for name in wanted}
+            raise AffectError(
+                f"Ray: no node can hold {what} ({_resources_text(wanted)}); the largest node has "
+                f"{_resources_text(largest)} and none was added within {timeout_s:g} s; ask for less or add nodes "
+                "(an autoscaler adds them when it can)"
+            )
+        if not posted:
+            request_resources(bundles=[wanted])
+            posted = True
+        time.sleep(poll_s)
+
+
+def _resources_text(resources: Mapping[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
+
+
+def one_worker_trainer(train_loop: Any, **kwargs: Any) -> Any:
+    """A Ray Train run of one worker (one seed, one trial) with no torch process group: a ``TorchTrainer`` would
+    start a process group of one whose TCP store listens on every interface of the node. ``kwargs`` are
+    ``train_loop_config``, ``scaling_config`` and ``run_config`` as for any Ray Train V2 trainer."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    return DataParallelTrainer(train_loop, **kwargs)
 
 
 def cluster_info() -> ClusterInfo:
@@ -139,14 +213,11 @@ def cluster_info() -> ClusterInfo:
 
 
 def shutdown_ray() -> None:
-    """Stop the in-process Ray if :func:`ensure_ray` started it; a cluster joined by address is left running
-    (only this driver disconnects)."""
+    """Disconnect from Ray: an in-process Ray stops; a cluster joined by address is left running."""
     import ray
 
-    global _started_here
     if ray.is_initialized():
         ray.shutdown()
-    _started_here = False
 
 
 def current_node() -> str:

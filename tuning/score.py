@@ -11,7 +11,6 @@ manifest is written last.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,9 +21,6 @@ from affect_core.scoring import BATCH_VIDEOS, ScoreResult
 from tuning.cluster import ensure_ray, shareable_storage_options
 
 logger = logging.getLogger(__name__)
-
-# Above this many frames ``affect score`` uses Ray Data even without --ray (about 90 RECOLA-length videos).
-AUTO_RAY_FRAMES = 5_000_000
 
 
 class VideoScorer:
@@ -78,6 +74,7 @@ def score_dataset(
     *,
     splits: Sequence[str] | None = None,
     actors: int | None = None,
+    min_actors: int = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float | None = None,
     videos_per_call: int | None = None,
@@ -86,10 +83,10 @@ def score_dataset(
 ) -> ScoreResult:
     """Score every video of ``data_url`` (or of ``splits``) into ``out_url`` with a Ray Data actor pool.
 
-    actors: the pool's largest size (default: as many as the cluster's CPUs, or GPUs, allow). gpus_per_actor None:
-    one GPU per actor when the cluster has GPUs. videos_per_call: the videos an actor scores together (predicted in
-    batches); None: about four calls per actor, at most BATCH_VIDEOS videos each. Raises AffectError for an
-    incompatible model or missing data.
+    actors: the pool's largest size (default: as many as the cluster's CPUs, or GPUs, allow); min_actors: its
+    smallest. gpus_per_actor None: one GPU per actor when the cluster has GPUs. videos_per_call: the videos an actor
+    scores together (predicted in batches); None: about four calls per actor, at most BATCH_VIDEOS videos each.
+    Raises AffectError for an incompatible model or missing data.
     """
     import ray.data
 
@@ -126,7 +123,7 @@ def score_dataset(
         scored = ids.map_batches(
             VideoScorer,
             batch_size=per_call,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+            compute=ray.data.ActorPoolStrategy(min_size=min(min_actors, size), max_size=size),
             fn_constructor_kwargs={
                 "data_url": data_url,
                 "model_url": model_url,
@@ -149,10 +146,3 @@ def score_dataset(
     write_manifest(out, bundle.model_id, wanted)
     logger.info("scored %d video(s) on Ray Data in %.1f s", len(todo), time.perf_counter() - started)
     return ScoreResult(out.url, len(wanted), frames, len(wanted) - len(todo), time.perf_counter() - started)
-
-
-def want_ray(total_frames: int, requested: bool | None) -> bool:
-    """Whether ``affect score`` uses Ray Data: as asked, else when a cluster is named or the job is large."""
-    if requested is not None:
-        return requested
-    return bool(os.environ.get("RAY_ADDRESS")) or total_frames > AUTO_RAY_FRAMES

@@ -1,8 +1,8 @@
-"""Multi-seed training on Ray: one Ray Train run (a ``TorchTrainer`` with one worker) per seed, the runs spread
+"""Multi-seed training on Ray: one Ray Train run of one worker per seed (or seed stack), the runs spread
 over the cluster's nodes by a Ray Tune ``Tuner`` whose trials are the seeds.
 
 Each Tune trial is only a driver (no CPU, on the head node where there is one) that launches its seed's
-``TorchTrainer``; the Train worker reads the dataset from its URL and calls
+one-worker Ray Train run; the Train worker reads the dataset from its URL and calls
 :func:`affect_core.experiment.run_seed`, which checkpoints every epoch to ``RUN_URL/checkpoints/<seed>.pt``.
 ``FailureConfig(max_failures)`` restarts a failed worker (a killed node, say); the restarted worker sees the Ray
 checkpoint it reported and resumes from the seed's last checkpoint. ``resume=True`` continues an interrupted run:
@@ -28,9 +28,9 @@ from affect_core.errors import AffectError
 from affect_core.experiment import SeedTask, finish_run, group_seed_tasks, load_seed_outcome, plan_seed_tasks
 from affect_core.storage import join, redact
 from tuning.cluster import (
-    ClusterInfo,
     driver_resources,
     ensure_ray,
+    one_worker_trainer,
     ray_storage,
     shareable_storage_options,
 )
@@ -42,20 +42,18 @@ RAY_STATE_DIR = "_ray"
 
 @dataclass(frozen=True)
 class SeedResources:
-    """Resources of one seed's Train worker. gpus None: a quarter GPU when the cluster has GPUs, else none."""
+    """What one seed's Train worker asks Ray for, whatever the cluster holds now: an autoscaler adds the nodes a
+    request needs (fractional GPUs share a card)."""
 
     cpus: float = 1.0
-    gpus: float | None = None
+    gpus: float = 0.0
 
-    def per_worker(self, cluster: ClusterInfo) -> tuple[bool, dict[str, float]]:
+    def per_worker(self) -> tuple[bool, dict[str, float]]:
         """``(use_gpu, resources_per_worker)`` for ``ray.train.ScalingConfig``."""
-        gpus = self.gpus if self.gpus is not None else (0.25 if cluster.has_gpus else 0.0)
-        if gpus > 0 and not cluster.has_gpus:
-            raise AffectError(f"--gpus-per-seed {gpus:g}: the Ray cluster has no GPUs")
         resources = {"CPU": float(self.cpus)}
-        if gpus > 0:
-            resources["GPU"] = float(gpus)
-        return gpus > 0, resources
+        if self.gpus > 0:
+            resources["GPU"] = float(self.gpus)
+        return self.gpus > 0, resources
 
 
 def train_seeds(
@@ -94,7 +92,7 @@ def train_seeds(
             )
         resources = SeedResources(cpus=resources.cpus, gpus=0.0)
     cluster = ensure_ray(storage_options=storage_options)
-    use_gpu, per_worker = resources.per_worker(cluster)
+    use_gpu, per_worker = resources.per_worker()
     tasks = plan_seed_tasks(config, dimension, range(seeds))
     groups = group_seed_tasks(tasks, seeds_per_worker)
     info = dataset_info(dataset_url, storage_options=dict(storage_options or {}))
@@ -116,14 +114,14 @@ def train_seeds(
         "+".join(t.key for t in group): [{"name": t.name, "seed": t.seed, "config": t.config.to_dict()} for t in group]
         for group in groups
     }
-    limiting = cluster.gpus / per_worker["GPU"] if use_gpu else cluster.cpus / per_worker["CPU"]
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(seed_trial, tasks=payloads, settings=settings), driver_resources(cluster)
     )
     tuner = ray.tune.Tuner(
         trainable,
         param_space={"seed_key": ray.tune.grid_search(list(payloads))},
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=max(1, int(limiting))),
+        # Every seed asks at once; Ray runs as many as the cluster (as the autoscaler grows it) can hold.
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=len(payloads)),
         run_config=ray.tune.RunConfig(
             name=f"seeds-{uuid.uuid4().hex[:8]}",
             storage_path=storage_path,
@@ -151,13 +149,12 @@ def train_seeds(
 
 
 def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
-    """Tune trial = Ray Train driver of one seed: a ``TorchTrainer`` with one worker running :func:`seed_worker`."""
+    """Tune trial = Ray Train driver of one seed: a one-worker Ray Train run running :func:`seed_worker`."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
 
     key = config["seed_key"]
-    trainer = TorchTrainer(
+    trainer = one_worker_trainer(
         seed_worker,
         train_loop_config={"task": tasks[key], **{k: settings[k] for k in WORKER_SETTINGS}},
         scaling_config=ray.train.ScalingConfig(

@@ -1,13 +1,16 @@
 """Hyperparameter search with Ray Tune: Optuna proposes, ASHA stops weak trials on dev CCC per epoch.
 
-Every trial is a Ray Train driver (as in :mod:`tuning.train_seeds`): a ``TorchTrainer`` with one worker that
+Every trial is a Ray Train driver (as in :mod:`tuning.train_seeds`): a one-worker Ray Train run that
 trains the trial's configuration with :func:`affect_core.experiment.run_seed` and reports each epoch's dev CCC
 through ``ray.train.report``; ``TuneReportCallback`` passes the reports on to Tune, where ASHA decides.
 
 Layout of OUT_URL:
 
-    best_config.yaml      the best trial's configuration; ``affect train --config`` takes it
-    trials.parquet        one row per trial: its parameters, best dev CCC, epochs run, status
+    best_config.yaml      the best trial's configuration; ``affect train --config`` takes it (written last: a
+                          search with this file is finished)
+    trials.parquet        one row per trial (the schema ``affect_core.report`` reads): trial_id, status
+                          (finished | stopped | error), best_dev_ccc, last_dev_ccc, epochs, and one column per
+                          searched parameter named ``section.name`` (``train.lr``, ``model.lstm_size``, ...)
     tuning.png            dev CCC against the main hyperparameters
     trials/<trial_id>/    each trial's model bundle, result rows and training checkpoint
     _ray/tune/            Ray Tune's experiment state (``resume=True`` continues from it)
@@ -28,10 +31,12 @@ from typing import Any
 from affect_core.config import RunConfig
 from affect_core.errors import AffectError
 from affect_core.experiment import SeedTask
-from affect_core.storage import join, redact, resolve, write_bytes_atomic
+from affect_core.report import TRIAL_SCORE, TRIALS_FILE
+from affect_core.storage import exists, join, read_bytes, redact, resolve, write_bytes_atomic
 from tuning.cluster import (
     driver_resources,
     ensure_ray,
+    one_worker_trainer,
     ray_storage,
     release_stopped_trials,
     shareable_storage_options,
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT_NAME = "tune"
 METRIC = "dev_ccc"
+BEST_CONFIG = "best_config.yaml"
 TUNE_DIMENSIONS = ("arousal", "valence", "joint")
 # Feed-forward front-end sizes, as strings because Optuna's categorical values must be plain scalars.
 HIDDEN_SIZES = ("29,16", "32,16", "64,32", "16")
@@ -125,12 +131,18 @@ def run_tune(
     grace_period: int = 1,
     reduction_factor: int = 2,
     seed: int = 0,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
     max_failures: int = 2,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> TuneOutcome:
     """Run (or, with ``resume``, continue) a search of ``num_samples`` trials, at most ``max_concurrent`` at once,
     each for at most ``max_epochs`` epochs; write best_config.yaml, trials.parquet and tuning.png in ``out_url``.
+
+    Each trial's worker asks for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, whatever the cluster holds
+    now (an autoscaler adds the nodes). With ``resume``, a finished search (its best_config.yaml exists) is read
+    back from its outputs without starting Ray.
     """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
@@ -139,6 +151,9 @@ def run_tune(
 
     if dimension not in TUNE_DIMENSIONS:
         raise AffectError(f"tune: dimension must be one of {', '.join(TUNE_DIMENSIONS)}; got {dimension!r}")
+    out = resolve(out_url, storage_options)
+    if resume and exists(out.fs, out.join(BEST_CONFIG).path):
+        return read_outcome(out_url, storage_options=storage_options)
     base = copy.deepcopy(base_config) if base_config is not None else RunConfig()
     base.train.max_epochs = max_epochs
     base.train.patience = max_epochs  # ASHA decides when a trial stops, not the per-trial early stopping
@@ -154,8 +169,11 @@ def run_tune(
         "storage_path": storage_path,
         "storage_filesystem": storage_fs,
         "max_failures": max_failures,
-        "use_gpu": cluster.has_gpus,
-        "resources_per_worker": {"CPU": 1.0, **({"GPU": 0.25} if cluster.has_gpus else {})},
+        "use_gpu": gpus_per_trial > 0,
+        "resources_per_worker": {
+            "CPU": float(cpus_per_trial),
+            **({"GPU": float(gpus_per_trial)} if gpus_per_trial > 0 else {}),
+        },
     }
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(tune_trial, settings=settings), driver_resources(cluster)
@@ -203,16 +221,15 @@ def run_tune(
 
 
 def tune_trial(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
-    """Tune trial = Ray Train driver: train this trial's configuration in a one-worker ``TorchTrainer`` whose
+    """Tune trial = Ray Train driver: train this trial's configuration in a one-worker Ray Train run whose
     epoch reports reach Tune through ``TuneReportCallback``."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     run_config = apply_params(RunConfig.from_dict(settings["base"]), config)
-    trainer = TorchTrainer(
+    trainer = one_worker_trainer(
         tune_worker,
         train_loop_config={
             "config": run_config.to_dict(),
@@ -297,7 +314,7 @@ def trial_rows(grid: Any, *, max_epochs: int) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "trial_id": (result.metrics or {}).get("trial_id") or os.path.basename(result.path or ""),
             "status": "error" if result.error is not None else ("stopped" if epochs < max_epochs else "finished"),
-            "best_dev_ccc": max(scores) if scores else float("nan"),
+            TRIAL_SCORE: max(scores) if scores else float("nan"),
             "last_dev_ccc": scores[-1] if scores else float("nan"),
             "epochs": epochs,
         }
@@ -316,35 +333,62 @@ def write_outputs(
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> TuneOutcome:
-    """Write trials.parquet, tuning.png and best_config.yaml from the trial rows; return the outcome."""
+    """Write trials.parquet, tuning.png and best_config.yaml (last: it marks the search finished) from the trial
+    rows; return the outcome."""
     import pandas as pd
 
     out = resolve(out_url, storage_options)
-    scored = [r for r in rows if math.isfinite(r["best_dev_ccc"])]
-    if not scored:
-        raise AffectError(f"{out.display()}: no trial reported a dev CCC; see the Ray logs for the trials' errors")
-    best = max(scored, key=lambda r: r["best_dev_ccc"])
+    best = _best_row(rows, out.display())
     frame = pd.DataFrame(rows)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    write_bytes_atomic(out.fs, out.join("trials.parquet").path, buffer.getvalue())
+    write_bytes_atomic(out.fs, out.join(TRIALS_FILE).path, buffer.getvalue())
     write_bytes_atomic(out.fs, out.join("tuning.png").path, plot_trials(frame))
+    best_config = apply_params(base, _params_of(best))
+    best_config.train.patience = RunConfig().train.patience
+    write_bytes_atomic(out.fs, out.join(BEST_CONFIG).path, best_config.to_yaml().encode())
+    return _outcome(rows, out)
+
+
+def read_outcome(out_url: str, *, storage_options: Mapping[str, Any] | None = None) -> TuneOutcome:
+    """The outcome of a finished search, read back from its trials.parquet."""
+    import pyarrow.parquet as pq
+
+    out = resolve(out_url, storage_options)
+    try:
+        rows = pq.read_table(io.BytesIO(read_bytes(out.fs, out.join(TRIALS_FILE).path))).to_pylist()
+    except FileNotFoundError:
+        raise AffectError(f"{out.display(TRIALS_FILE)}: a finished search has its trials here; none found") from None
+    return _outcome(rows, out)
+
+
+def _best_row(rows: list[dict[str, Any]], where: str) -> dict[str, Any]:
+    scored = [r for r in rows if r[TRIAL_SCORE] is not None and math.isfinite(r[TRIAL_SCORE])]
+    if not scored:
+        raise AffectError(f"{where}: no trial reported a dev CCC; see the Ray logs for the trials' errors")
+    return max(scored, key=lambda r: r[TRIAL_SCORE])
+
+
+def _params_of(row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A trial row's parameters (``section.name`` columns), nested by section as :func:`search_space`."""
     params: dict[str, dict[str, Any]] = {}
-    for name, value in best.items():
+    for name, value in row.items():
         if "." in name:
             section, key = name.split(".", 1)
             params.setdefault(section, {})[key] = value
-    best_config = apply_params(base, params)
-    best_config.train.patience = RunConfig().train.patience
-    write_bytes_atomic(out.fs, out.join("best_config.yaml").path, best_config.to_yaml().encode())
+    return params
+
+
+def _outcome(rows: list[dict[str, Any]], out: Any) -> TuneOutcome:
+    best = _best_row(rows, out.display())
     return TuneOutcome(
         out_url=out.display(),
-        best_config_url=out.join("best_config.yaml").url,
-        trials_url=out.join("trials.parquet").url,
+        best_config_url=out.join(BEST_CONFIG).url,
+        trials_url=out.join(TRIALS_FILE).url,
         plot_url=out.join("tuning.png").url,
         best_trial=str(best["trial_id"]),
-        best_dev_ccc=float(best["best_dev_ccc"]),
-        best_params=params,
+        best_dev_ccc=float(best[TRIAL_SCORE]),
+        best_params=_params_of(best),
         trials=len(rows),
         stopped_early=sum(r["status"] == "stopped" for r in rows),
         errored=sum(r["status"] == "error" for r in rows),
@@ -374,8 +418,8 @@ def plot_trials(frame: Any) -> bytes:
             x = values
             if log:
                 ax.set_xscale("log")
-        ax.scatter(x[~stopped], frame["best_dev_ccc"][~stopped], label="ran all epochs", color="tab:blue")
-        ax.scatter(x[stopped], frame["best_dev_ccc"][stopped], label="stopped early", color="tab:orange", marker="x")
+        ax.scatter(x[~stopped], frame[TRIAL_SCORE][~stopped], label="ran all epochs", color="tab:blue")
+        ax.scatter(x[stopped], frame[TRIAL_SCORE][stopped], label="stopped early", color="tab:orange", marker="x")
         ax.set_xlabel(name)
         ax.set_ylabel("best dev CCC")
     for ax in list(axes.flat)[len(columns) :]:

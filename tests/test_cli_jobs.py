@@ -1,0 +1,102 @@
+"""One description per job: the CLI commands and the flows are built from the job dataclasses of flows/jobs.py, so
+every option of a job reaches both; one place decides local or Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from affect_cli.job_options import job_command
+from affect_cli.main import app
+from affect_core.errors import AffectError
+from flows import jobs
+
+COMMANDS = {
+    "ingest": jobs.IngestJob,
+    "tune": jobs.TuneJob,
+    "train": jobs.TrainJob,
+    "score": jobs.ScoreJob,
+    "evaluate": jobs.EvaluateJob,
+    "report": jobs.ReportJob,
+    "pipeline": jobs.PipelineJob,
+    "promote": jobs.PromoteJob,
+}
+
+
+def cli_names(kind: type, prefix: str = "", top: bool = True) -> set[str]:
+    """The command-line parameter names a job should have: its fields, a step's fields with its prefix, except
+    the fields the pipeline sets."""
+    names = set()
+    for field, hint in jobs.job_fields(kind):
+        if jobs.is_job(hint):
+            names |= cli_names(hint, prefix + field.metadata["prefix"], top=False)
+        elif top or field.name not in jobs.PIPELINE_WIRING:
+            names.add((prefix + field.name).replace("-", "_"))
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_field_of_a_job_is_an_option_of_its_command(name: str) -> None:
+    command = typer.main.get_command(app).commands[name]
+    assert {p.name for p in command.params} == cli_names(COMMANDS[name])
+
+
+def test_options_given_on_the_command_line_arrive_in_the_job() -> None:
+    received: list[Any] = []
+    probe = typer.Typer()
+    probe.command("pipeline")(job_command(jobs.PipelineJob, received.append))
+    probe.command("other")(lambda: None)
+    argv = ["pipeline", "src", "data", "--out", "runs/x", "--seeds-per-worker", "3", "--tune-grace-period", "2",
+            "--cpus-per-seed", "0.5", "--score-actors", "4", "--layout", "csv", "--tune-num-samples", "0",
+            "--score-split", "dev", "--score-split", "test", "--no-ray"]  # fmt: skip
+    result = CliRunner().invoke(probe, argv)
+    assert result.exit_code == 0, result.output
+    (job,) = received
+    assert (job.source, job.dataset_url, job.out) == ("src", "data", "runs/x")
+    assert (job.train.seeds_per_worker, job.train.cpus_per_seed, job.train.ray) == (3, 0.5, False)
+    assert (job.tune.grace_period, job.tune.num_samples) == (2, 0)
+    assert (job.score.actors, job.score.split) == (4, ["dev", "test"])
+    assert job.ingest.layout == "csv"
+    assert job.train.out == "" and job.score.model_url == ""  # set by the pipeline, not options
+
+
+@pytest.mark.parametrize("flow_name", ["ingest", "tune", "train", "score", "pipeline"])
+def test_each_flow_takes_its_job(flow_name: str) -> None:
+    from flows.deployments import flow_objects
+
+    flow = flow_objects()[flow_name]
+    hints = typing.get_type_hints(flow.fn)
+    assert hints["job"] is COMMANDS[flow_name]
+    # a deployment's parameters become the job, sub-jobs included
+    full = {f.name: getattr(COMMANDS[flow_name](), f.name) for f in dataclasses.fields(COMMANDS[flow_name])}
+    if flow_name == "pipeline":
+        full["train"] = {"seeds_per_worker": 2, "cpus_per_seed": 2.0}
+    validated = flow.validate_parameters({"job": full})["job"]
+    assert isinstance(validated, COMMANDS[flow_name])
+    if flow_name == "pipeline":
+        assert (validated.train.seeds_per_worker, validated.train.cpus_per_seed) == (2, 2.0)
+
+
+def test_one_place_decides_local_or_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not jobs.use_ray(None) and jobs.use_ray(True)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert jobs.use_ray(None) and not jobs.use_ray(False)
+
+
+def test_a_step_of_the_pipeline_cannot_be_given_what_the_pipeline_sets() -> None:
+    step = jobs.TrainJob(out="elsewhere")
+    with pytest.raises(AffectError, match="TrainJob.out is set by the pipeline"):
+        jobs.wire(step, out="runs/x", dataset_url="data")
+    wired = jobs.wire(jobs.TrainJob(seeds=3), out="runs/x", dataset_url="data")
+    assert (wired.out, wired.dataset_url, wired.seeds) == ("runs/x", "data", 3)
+
+
+def test_a_job_without_its_urls_is_refused() -> None:
+    with pytest.raises(AffectError, match="TrainJob: missing dataset_url, out"):
+        jobs.run_train(jobs.TrainJob())
