@@ -210,6 +210,7 @@ def dataset_metadata(corpus: Corpus, chash: str, layout: str, source: str) -> di
     sets = set_ranges(corpus)
     return {
         "affect.format": FORMAT,
+        "affect.kind": "dataset",
         "affect.feature_set": corpus.feature_set,
         "affect.feature_sets": json.dumps([{"name": s["name"], "start": s["start"], "stop": s["stop"]} for s in sets]),
         "affect.feature_names": json.dumps(list(corpus.feature_names)),
@@ -231,7 +232,8 @@ def _check_destination(loc: storage.Location) -> None:
             f"{loc.display()}: holds a dataset in the earlier per-video layout ({legacy.FORMAT}); convert it first "
             f"with `affect migrate {loc.display()}`"
         )
-    entries = [name for name, _ in storage.list_dir(loc.fs, loc.path) if not name.startswith(".")]
+    # split=... folders without a log are a crashed first ingest's uncommitted files: an ingest may write here
+    entries = [name for name, _ in storage.list_dir(loc.fs, loc.path) if not name.startswith((".", "split="))]
     if entries:
         raise AffectError(
             f"{loc.display()}: directory holds {entries[0]!r} and is not an affect dataset (no _delta_log/); "

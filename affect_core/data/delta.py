@@ -287,7 +287,7 @@ def iter_entry_tables(
         key = (entry.path, entry.row_group)
         if cached is None or cached[0] != key:
             table = read_row_groups(loc, entry.path, [entry.row_group], columns)
-            cached = (key, table, _video_slices(table))
+            cached = (key, table, video_slices(table))
         _, table, slices = cached
         if entry.video_id not in slices:
             raise AffectError(
@@ -298,7 +298,7 @@ def iter_entry_tables(
         yield entry, table.slice(start, length)
 
 
-def _video_slices(table: pa.Table) -> dict[str, tuple[int, int]]:
+def video_slices(table: pa.Table) -> dict[str, tuple[int, int]]:
     """{video id: (first row, rows)} of a table whose rows are grouped by video."""
     import numpy as np
 
