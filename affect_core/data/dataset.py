@@ -349,8 +349,13 @@ def _write_once(
             replace=snap is not None and not same_header,
             operation="ingest",
         )
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        if storage.is_store_error(exc) and not isinstance(exc, AffectError):
+            raise AffectError(
+                f"{loc.display()}: writing a new version failed ({type(exc).__name__}: "
+                f"{storage.redact(str(exc))[:200]}); nothing was published"
+            ) from None
         raise
     written = sum(len(f.videos) for f in added)
     return str(version), chash, False, written, len(added)
