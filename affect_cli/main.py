@@ -11,7 +11,7 @@ from typing import Any
 import typer
 import typer.core
 
-from affect_cli import cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
+from affect_cli import cmd_data, cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
 from affect_core.runtime import retain_freed_memory
 
 # click's UsageError, whether typer uses click or its own copy of it (typer exports only its subclass BadParameter).
@@ -72,6 +72,10 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 app.command("synth")(one_line_errors(cmd_synth.synth))
 app.command("ingest")(one_line_errors(cmd_ingest.ingest))
 app.command("train")(one_line_errors(cmd_train.train))
+app.command("info")(one_line_errors(cmd_data.info))
+app.command("export")(one_line_errors(cmd_data.export))
+app.command("migrate")(one_line_errors(cmd_data.migrate))
+app.command("vacuum")(one_line_errors(cmd_data.vacuum))
 app.command("score")(one_line_errors(cmd_train.score))
 app.command("evaluate")(one_line_errors(cmd_train.evaluate))
 app.command("tune")(one_line_errors(cmd_tune.tune))
