@@ -263,13 +263,20 @@ class PredictionWriter:
         self.ready: list[delta.DataFile] = []
         self.last_commit = time.monotonic()
         self.commits = 0
+        self.failed = False
 
     def add(self, video: Video, tracks: Tracks) -> None:
-        table = tracks_table(video, tracks, self.model_id, self.target.dataset_version)
-        entry = delta.VideoEntry(video.video_id, video.split, video.num_frames)
-        self.ready += self.files.add(table, entry)
-        if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
-            self.commit(flush=not self.ready)
+        if self.failed:  # a video before this one failed: the job stops committing
+            return
+        try:
+            table = tracks_table(video, tracks, self.model_id, self.target.dataset_version)
+            entry = delta.VideoEntry(video.video_id, video.split, video.num_frames)
+            self.ready += self.files.add(table, entry)
+            if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
+                self.commit(flush=not self.ready)
+        except BaseException:
+            self.failed = True
+            raise
 
     def add_rows(self, table: pa.Table) -> None:
         """Add prediction rows (PREDICTION_SCHEMA) of whole videos, grouped by video, as a scorer elsewhere (a Ray
