@@ -87,8 +87,8 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
             scoring.score_dataset(dataset, model, crashed, storage_options=options, progress=False, target_file_bytes=1)
     finally:
         scoring.tracks_table = real
-    done = finished_videos(resolve(crashed, options))
-    assert len(done) == 3
+    committed = finished_videos(resolve(crashed, options))
+    assert len(committed) == 3
     again = affect(["score", dataset, "--model", model, "--out", crashed, "--ray", "--no-progress"], env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 already done" in again.stdout
