@@ -1,4 +1,4 @@
-"""`affect ingest`: validate a corpus in an input layout and write it as a versioned Parquet dataset.
+"""`affect ingest`: validate a corpus in an input layout and write it as a versioned dataset table (Delta Lake).
 
 affect_core is imported inside the command, so importing this module (and `affect --help`) stays instant.
 """
@@ -37,23 +37,41 @@ def ingest(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over videos.")] = True,
+    file_mb: Annotated[
+        float, typer.Option(min=0.001, help="Target size of the dataset's data files in MB (each holds many videos).")
+    ] = 256.0,
+    ray: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Read the videos in parallel with Ray tasks (default: when RAY_ADDRESS is set).",
+        ),
+    ] = None,
 ) -> None:
     """Validate SOURCE, then write it to DATASET_URL as a new dataset version (no-op if unchanged)."""
-    from affect_core.data.dataset import ingest as ingest_dataset
+    import os
+
     from affect_core.errors import AffectError
 
     storage_options = {"endpoint_url": s3_endpoint} if s3_endpoint else None
+    parallel = ray if ray is not None else bool(os.environ.get("RAY_ADDRESS"))
+    options = {
+        "layout": layout,
+        "feature_set": feature_set,
+        "storage_options": storage_options if dataset_url.startswith(("s3://", "s3a://")) else None,
+        "source_storage_options": storage_options if source.startswith(("s3://", "s3a://")) else None,
+        "fps": fps,
+        "target_file_bytes": int(file_mb * 2**20),
+    }
     try:
-        result = ingest_dataset(
-            source,
-            dataset_url,
-            layout=layout,
-            feature_set=feature_set,
-            storage_options=storage_options if dataset_url.startswith(("s3://", "s3a://")) else None,
-            source_storage_options=storage_options if source.startswith(("s3://", "s3a://")) else None,
-            progress=progress,
-            fps=fps,
-        )
+        if parallel:
+            from tuning.ingest import ingest as ingest_parallel
+
+            result = ingest_parallel(source, dataset_url, **options)
+        else:
+            from affect_core.data.dataset import ingest as ingest_dataset
+
+            result = ingest_dataset(source, dataset_url, progress=progress, **options)
     except AffectError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None

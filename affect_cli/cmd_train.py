@@ -90,7 +90,7 @@ def train(
 def score(
     data_url: Annotated[str, typer.Argument(help="Dataset or bare Parquet features URL to score.")],
     model_url: Annotated[str, typer.Option("--model", help="Model bundle URL (RUN_URL/model).")],
-    out: Annotated[str, typer.Option("--out", help="Predictions URL (one Parquet file per video).")],
+    out: Annotated[str, typer.Option("--out", help="Predictions table URL (files of many videos, Delta Lake).")],
     split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeatable); default all.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ray: Annotated[
@@ -101,21 +101,39 @@ def score(
         ),
     ] = None,
     actors: Annotated[int | None, typer.Option(min=1, help="Ray: largest actor pool (default: all CPUs).")] = None,
+    min_actors: Annotated[int, typer.Option(min=1, help="Ray: smallest actor pool.")] = 1,
+    gpus_per_actor: Annotated[
+        float | None, typer.Option(min=0, help="Ray: GPUs per actor, a fraction allowed (default: 1 if any).")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Dataset version to score (default: the latest).")] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace/--no-replace",
+            help="Replace predictions of another model or dataset version at --out (else refuse).",
+        ),
+    ] = True,
+    file_mb: Annotated[
+        float, typer.Option(min=0.001, help="Target size of the predictions' data files in MB.")
+    ] = 256.0,
 ) -> None:
     """Write per-frame arousal and valence (with the filter's variance) for every video, labelled or not."""
     from affect_core.data.dataset import dataset_info
     from tuning.score import want_ray
 
-    info = dataset_info(data_url)
+    info = dataset_info(data_url, version=version)
     frames = info.rows if not split else 0
+    common = {"splits": split or None, "progress": progress, "version": info.version, "replace": replace}
+    common["target_file_bytes"] = int(file_mb * 2**20)
     if want_ray(frames, ray):
         from tuning.score import score_dataset
 
-        result = score_dataset(data_url, model_url, out, splits=split or None, actors=actors, progress=progress)
+        extra = {"actors": actors, "min_actors": min_actors, "gpus_per_actor": gpus_per_actor}
+        result = score_dataset(data_url, model_url, out, **common, **extra)
     else:
         from affect_core.scoring import score_dataset
 
-        result = score_dataset(data_url, model_url, out, splits=split or None, progress=progress)
+        result = score_dataset(data_url, model_url, out, **common)
     typer.echo(
         f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s "
         f"({result.frames_per_second:.0f} frames/s, {result.skipped} already done) -> {result.url}"

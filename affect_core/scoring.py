@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from affect_core.artifact import ModelBundle
 from affect_core.data import delta
-from affect_core.data.readers import video_sort_key
+from affect_core.data.readers import check_video_id, video_sort_key
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.inference import predict_batch
@@ -526,6 +526,7 @@ def score_dataset(
     from affect_core.artifact import load_bundle
 
     info, _, _, wanted = scoring_plan(data_url, storage_options, splits, version, None)
+    check_video_ids(wanted, resolve(out_url, storage_options))
     bundle = load_bundle(model_url, storage_options)
     feature_set, names = bundle_features(bundle, info)
     from affect_core.data.dataset import iter_videos
@@ -567,6 +568,13 @@ def scoring_plan(
     feature_set, names = bundle_features(bundle, info) if bundle is not None else (None, list(info.feature_names))
     wanted = [v for s, ids in info.videos.items() if not splits or s in splits for v in ids]
     return info, feature_set, names, wanted
+
+
+def check_video_ids(video_ids: Iterable[str], out: Location) -> None:
+    """Refuse, before anything is written, a video id that is no plain name (e.g. '../x'): ids name files when
+    predictions are exported per video."""
+    for video_id in video_ids:
+        check_video_id(video_id, out.display())
 
 
 def bundle_features(bundle: ModelBundle, info: Any) -> tuple[str | None, list[str]]:

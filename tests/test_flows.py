@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from affect_core.errors import AffectError
+from affect_core.scoring import finished_videos
+from affect_core.storage import resolve
 from affect_core.synth import SynthConfig, write_corpus
 from flows.retry import is_transient
 
@@ -180,7 +182,7 @@ def test_each_flow_produces_outputs_and_artifacts(prefect_api: str, corpus_dir: 
 
     scored, score_id = run_flow(score_flow, dataset, f"{run}/model", preds)
     assert scored["videos"] == 6 and scored["frames"] == 6 * 300
-    assert len(list(Path(preds).glob("part-*.parquet"))) == 6 and (Path(preds) / "_evaluation.json").is_file()
+    assert len(finished_videos(resolve(preds))) == 6 and (Path(preds) / "_evaluation.json").is_file()
     assert "| dev | arousal | 2 |" in by_key(artifacts([score_id]))["affect-score"].data
     rescored, _ = run_flow(score_flow, dataset, f"{run}/model", preds)
     assert rescored["skipped"] == 6 and rescored["frames"] == 0
@@ -207,14 +209,14 @@ def test_pipeline_resumes_after_a_crash(
     seed_rows = sorted(Path(run, "seeds").glob("*/rows.json"))
     assert len(seed_rows) == 4
     stamps = {p: p.stat().st_mtime_ns for p in [*seed_rows, Path(run, "tuning", "best_config.yaml")]}
-    versions_before = sorted(Path(dataset, "_manifests").iterdir())
+    versions_before = sorted(Path(dataset, "_delta_log").glob("*.json"))
 
     monkeypatch.undo()
     monkeypatch.setenv("AFFECT_FLOWS_BACKEND", "local")
     result, run_id = run_flow(pipeline_flow, corpus_dir, dataset, run, **params)
-    assert sorted(Path(dataset, "_manifests").iterdir()) == versions_before
+    assert sorted(Path(dataset, "_delta_log").glob("*.json")) == versions_before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing redone
-    assert len(list(Path(run, "predictions").glob("part-*.parquet"))) == 6
+    assert len(finished_videos(resolve(str(Path(run, "predictions"))))) == 6
     report_dir = Path(run, "report")
     assert {p.name for p in report_dir.iterdir()} >= {
         "summary.md",

@@ -120,6 +120,7 @@ def score_dataset(
         PredictionWriter,
         bundle_features,
         check_compatible,
+        check_video_ids,
         plan_scoring,
         scoring_plan,
     )
@@ -132,6 +133,7 @@ def score_dataset(
     feature_set, names = bundle_features(bundle, info)
     out = resolve(out_url, options)
     check_compatible(bundle, names, out.display())
+    check_video_ids(wanted, out)
     target = PredictionTarget(bundle.model_id, info.url, info.version or "")
     snap, done, replacing = plan_scoring(out, target, replace=replace)
     writer = PredictionWriter(
