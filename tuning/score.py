@@ -3,13 +3,13 @@ table by the driver.
 
 The dataset version is resolved once and pinned. The videos to score become a Ray dataset of video ids in the table's
 order (videos that share a file and row group are neighbours), and ``map_batches`` hands each actor call consecutive
-whole videos (a row is a video, never a part of one); an actor loads the model once (``ActorPoolStrategy`` with a
-minimum and maximum size, ``num_gpus`` a fraction when asked), reads its videos' row groups from the table
-(``iter_videos(video_ids=..., version=...)``) and predicts them with the single-process scorer's code
-(:func:`affect_core.scoring.score_stream`), returning their prediction rows. The driver streams those rows into the
-same :class:`affect_core.scoring.PredictionWriter` as the single-process scorer (files of many videos, commits as files
-fill), so both write the same rows and a re-run resumes from the videos committed by the same model on the same
-version.
+whole videos (a row is a video, never a part of one). An actor loads the model once and opens the pinned version once
+(:class:`affect_core.data.dataset.DatasetReader`); the pool is an ``ActorPoolStrategy`` with a minimum and maximum
+size, and ``num_gpus`` may be a fraction. Each call reads its videos' row groups and predicts them with the
+single-process scorer's code (:func:`affect_core.scoring.score_stream`), returning their prediction rows. The driver
+streams those rows into the same :class:`affect_core.scoring.PredictionWriter` as the single-process scorer (files of
+many videos, commits as files fill), so both write the same rows and a re-run resumes from the videos committed by the
+same model on the same version.
 """
 
 from __future__ import annotations
@@ -52,27 +52,23 @@ class VideoScorer:
 
         retain_freed_memory()
         torch.set_num_threads(max(1, threads))
-        self.data_url = data_url
-        self.feature_set = feature_set
+        from affect_core.data.dataset import DatasetReader
+
         self.version = version
         self.storage_options = storage_options or None
+        # The pinned version's log and index are read once per actor, not once per call.
+        self.reader = DatasetReader(
+            data_url, version=version, feature_set=feature_set, storage_options=self.storage_options
+        )
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.bundle = load_bundle(model_url, self.storage_options, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         import pyarrow as pa
 
-        from affect_core.data.dataset import iter_videos
         from affect_core.scoring import PREDICTION_SCHEMA, score_stream, tracks_table
 
-        ids = [str(v) for v in batch["video_id"]]
-        videos = iter_videos(
-            self.data_url,
-            video_ids=ids,
-            feature_set=self.feature_set,
-            version=self.version,
-            storage_options=self.storage_options,
-        )
+        videos = self.reader.videos(video_ids=[str(v) for v in batch["video_id"]])
         tables: list[pa.Table] = []
         model_id, version = self.bundle.model_id, self.version or ""
 

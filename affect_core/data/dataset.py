@@ -711,6 +711,66 @@ def _entries(
     return entries
 
 
+class DatasetReader:
+    """One dataset version opened once (its log, metadata and video index read once), then read video by video as
+    often as asked: what a Ray actor or a training worker holds for a whole job. ``version`` (or ``URL@VERSION``)
+    pins the version; the latest is resolved here otherwise."""
+
+    def __init__(
+        self,
+        dataset_url: str,
+        *,
+        version: str | int | None = None,
+        feature_set: str | Sequence[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._load(_open(dataset_url, version, storage_options), feature_set)
+
+    @classmethod
+    def _of(cls, source: _Source, feature_set: str | Sequence[str] | None) -> DatasetReader:
+        reader = cls.__new__(cls)
+        reader._load(source, feature_set)
+        return reader
+
+    def _load(self, source: _Source, feature_set: str | Sequence[str] | None) -> None:
+        if source.snapshot is None:
+            raise AffectError(f"{source.loc.display()}: not a dataset table (no _delta_log/)")
+        self.location = source.loc
+        self.snapshot = source.snapshot
+        self.version = str(source.snapshot.version)
+        metadata = _snapshot_metadata(source.snapshot)
+        self.ranges, self.feature_names, _, _ = _selected_columns(metadata, feature_set, source.loc.display())
+        self.fps = float(_meta(metadata, "fps"))
+
+    def entries(
+        self,
+        *,
+        splits: Sequence[str] | None = None,
+        video_ids: Sequence[str] | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> list[delta.VideoEntry]:
+        """Index entries of the chosen videos in split and natural id order (``shard=(i, n)``: every n-th from i)."""
+        entries = _entries(self.snapshot, splits, video_ids)
+        if shard is not None:
+            index, count = shard
+            if not 0 <= index < count:
+                raise AffectError(f"{self.location.display()}: shard {index} of {count} does not exist")
+            entries = entries[index::count]
+        return entries
+
+    def videos(
+        self,
+        *,
+        splits: Sequence[str] | None = None,
+        video_ids: Sequence[str] | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[Video]:
+        """The chosen videos, one at a time (one row group in memory)."""
+        entries = self.entries(splits=splits, video_ids=video_ids, shard=shard)
+        for entry, table in delta.iter_entry_tables(self.location, entries):
+            yield _to_video(table, self.ranges, self.fps, self.location.display(entry.path))
+
+
 def iter_videos(
     dataset_url: str,
     *,
@@ -723,7 +783,7 @@ def iter_videos(
 ) -> Iterator[Video]:
     """Stream the videos of a dataset version one at a time (bounded memory: one row group), in split then natural
     id order. ``version`` (or ``URL@VERSION``) pins the version; ``shard=(i, n)`` keeps every n-th video from the
-    i-th (the part of one of n training workers).
+    i-th (the part of one of n training workers). A caller that reads many times opens a :class:`DatasetReader`.
 
     dataset_url may also be a bare Parquet file or directory in the dataset schema (a "features URL", no
     table); its rows must be grouped by video. Labels are None for a video without labels."""
@@ -731,18 +791,11 @@ def iter_videos(
     if source.snapshot is None:
         yield from _iter_bare(source.loc, splits, feature_set, video_ids)
         return
-    snap = source.snapshot
-    metadata = _snapshot_metadata(snap)
-    ranges, _, _, _ = _selected_columns(metadata, feature_set, source.loc.display())
-    fps = float(_meta(metadata, "fps"))
-    entries = _entries(snap, splits, video_ids)
-    if shard is not None:
-        index, count = shard
-        if not 0 <= index < count:
-            raise AffectError(f"{source.loc.display()}: shard {index} of {count} does not exist")
-        entries = entries[index::count]
-    for entry, table in delta.iter_entry_tables(source.loc, entries):
-        yield _to_video(table, ranges, fps, source.loc.display(entry.path))
+    url, _ = delta.parse_versioned_url(dataset_url)
+    reader = DatasetReader(
+        url, version=source.snapshot.version, feature_set=feature_set, storage_options=storage_options
+    )
+    yield from reader.videos(splits=splits, video_ids=video_ids, shard=shard)
 
 
 def video_parts(
