@@ -599,15 +599,25 @@ class PredictionStore(Mapping[str, pa.Table]):
         entries = snapshot.index()
         self._entries = dict(sorted(entries.items(), key=lambda kv: video_sort_key(kv[1].split, kv[0])))
         self._cached: tuple[tuple[str, int], pa.Table] | None = None
+        self._file: Any = None
 
     def __getitem__(self, video_id: str) -> pa.Table:
         entry = self._entries[video_id]
         key = (entry.path, entry.row_group)
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, delta.read_row_groups(self.out, entry.path, [entry.row_group]))
+            if self._file is None or self._file.path != entry.path:
+                self.close()
+                self._file = delta.TableFile(self.out, entry.path)  # the footer is parsed once per file
+            self._cached = (key, self._file.read([entry.row_group]))
         table = self._cached[1]
         mask = pc.equal(table.column("video_id"), video_id)
         return table.filter(mask)
+
+    def close(self) -> None:
+        """Close the file held open (reading again reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

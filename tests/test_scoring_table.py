@@ -123,13 +123,13 @@ def test_evaluation_streams_from_the_table(dataset, tmp_path, monkeypatch):
     in_memory = {k: v for k, v in scoring.read_predictions(out).items()}
     expected = scoring.evaluate_predictions(in_memory, ds.iter_videos(dataset))
     reads = []
-    real = delta.read_row_groups
+    real = delta.TableFile.read
 
-    def counted(*args, **kwargs):
-        reads.append((args[1], tuple(args[2])))
-        return real(*args, **kwargs)
+    def counted(self, row_groups, columns=None):
+        reads.append((self.path, tuple(row_groups)))
+        return real(self, row_groups, columns)
 
-    monkeypatch.setattr(delta, "read_row_groups", counted)
+    monkeypatch.setattr(delta.TableFile, "read", counted)
     store = scoring.read_predictions(out)
     got = scoring.evaluate_predictions(store, ds.iter_videos(dataset, video_ids=sorted(store)))
     assert got == expected

@@ -72,13 +72,13 @@ def test_one_video_is_read_from_its_row_group_without_the_rest_of_its_file(tmp_p
         group = pq.ParquetFile(path).read_row_group(entry["row_group"], columns=["video_id"])
         assert group.column("video_id").to_pylist().count(entry["video_id"]) == entry["frames"]
     groups_read = []
-    real = delta.read_row_groups
+    real = delta.TableFile.read
 
-    def spy(loc, file, row_groups, columns=None):
-        groups_read.append((file, list(row_groups)))
-        return real(loc, file, row_groups, columns)
+    def spy(self, row_groups, columns=None):
+        groups_read.append((self.path, list(row_groups)))
+        return real(self, row_groups, columns)
 
-    monkeypatch.setattr(delta, "read_row_groups", spy)
+    monkeypatch.setattr(delta.TableFile, "read", spy)
     wanted = index[-1]["video_id"]
     video = next(ds.iter_videos(str(url), video_ids=[wanted]))
     assert video.video_id == wanted and video.num_frames == index[-1]["frames"]

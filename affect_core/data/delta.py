@@ -267,35 +267,68 @@ def read_footer_index(loc: storage.Location, data_file: DataFile) -> list[VideoE
 # -------------------------------------------------------------------------------------------------------- reading
 def read_row_groups(loc: storage.Location, path: str, row_groups: Sequence[int], columns: list[str] | None = None):
     """The rows of ``row_groups`` of one table file (a pyarrow Table)."""
-    where = loc.display(path)
-    try:
-        with loc.fs.open(storage.join(loc.path, path), "rb", cache_type="none") as handle:
-            return pq.ParquetFile(handle).read_row_groups(sorted(set(row_groups)), columns=columns)
-    except FileNotFoundError:
-        raise AffectError(f"{where}: listed in the table's log but missing; the table is damaged") from None
-    except (OSError, pa.ArrowException) as exc:
-        raise AffectError(f"{where}: unreadable ({type(exc).__name__})") from None
+    with TableFile(loc, path) as opened:
+        return opened.read(row_groups, columns)
+
+
+class TableFile:
+    """One table file held open, its footer parsed once, for reading several of its row groups."""
+
+    def __init__(self, loc: storage.Location, path: str) -> None:
+        self.loc, self.path = loc, path
+        self.where = loc.display(path)
+        try:
+            self.handle = loc.fs.open(storage.join(loc.path, path), "rb", cache_type="none")
+            self.file = pq.ParquetFile(self.handle)
+        except FileNotFoundError:
+            raise AffectError(f"{self.where}: listed in the table's log but missing; the table is damaged") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise AffectError(f"{self.where}: unreadable ({type(exc).__name__})") from None
+
+    def read(self, row_groups: Sequence[int], columns: list[str] | None = None) -> pa.Table:
+        try:
+            return self.file.read_row_groups(sorted(set(row_groups)), columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise AffectError(f"{self.where}: unreadable ({type(exc).__name__})") from None
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> TableFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def iter_entry_tables(
     loc: storage.Location, entries: Iterable[VideoEntry], columns: list[str] | None = None
 ) -> Iterator[tuple[VideoEntry, pa.Table]]:
-    """(entry, its rows) for each of ``entries`` in the given order; consecutive entries of one row group share a
-    read (the last row group read is kept)."""
+    """(entry, its rows) for each of ``entries`` in the given order. The file of the last entry stays open (its footer
+    parsed once) and the last row group read is kept, so consecutive entries of one file or row group share reads."""
+    opened: TableFile | None = None
     cached: tuple[tuple[str, int], pa.Table, dict[str, tuple[int, int]]] | None = None
-    for entry in entries:
-        key = (entry.path, entry.row_group)
-        if cached is None or cached[0] != key:
-            table = read_row_groups(loc, entry.path, [entry.row_group], columns)
-            cached = (key, table, video_slices(table))
-        _, table, slices = cached
-        if entry.video_id not in slices:
-            raise AffectError(
-                f"{loc.display(entry.path)}: row group {entry.row_group} has no rows of video {entry.video_id!r}; "
-                "the file's index is damaged"
-            )
-        start, length = slices[entry.video_id]
-        yield entry, table.slice(start, length)
+    try:
+        for entry in entries:
+            key = (entry.path, entry.row_group)
+            if cached is None or cached[0] != key:
+                if opened is None or opened.path != entry.path:
+                    if opened is not None:
+                        opened.close()
+                    opened = TableFile(loc, entry.path)
+                table = opened.read([entry.row_group], columns)
+                cached = (key, table, video_slices(table))
+            _, table, slices = cached
+            if entry.video_id not in slices:
+                raise AffectError(
+                    f"{loc.display(entry.path)}: row group {entry.row_group} has no rows of video "
+                    f"{entry.video_id!r}; the file's index is damaged"
+                )
+            start, length = slices[entry.video_id]
+            yield entry, table.slice(start, length)
+    finally:
+        if opened is not None:
+            opened.close()
 
 
 def video_slices(table: pa.Table) -> dict[str, tuple[int, int]]:
