@@ -12,9 +12,7 @@ import typer
 
 def ingest(
     source: Annotated[str, typer.Argument(help="Input corpus: a local directory or fsspec URL (s3://...).")],
-    dataset_url: Annotated[
-        str, typer.Argument(help="Dataset table to write: a local path or s3://bucket/prefix.")
-    ],
+    dataset_url: Annotated[str, typer.Argument(help="Dataset table to write: a local path or s3://bucket/prefix.")],
     layout: Annotated[str, typer.Option(help="Input layout: avec2016, csv or parquet.")] = "avec2016",
     feature_set: Annotated[
         str | None,

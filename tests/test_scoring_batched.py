@@ -1,5 +1,6 @@
 """Batched scoring equals scoring one video at a time, and the scoring pipeline's background reading and writing
-keep its guarantees: bounded read-ahead, errors raised in the caller, nothing uncommitted visible, idempotent re-runs."""
+keep its guarantees: bounded read-ahead, errors raised in the caller, nothing uncommitted visible, idempotent
+re-runs."""
 
 from __future__ import annotations
 

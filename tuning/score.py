@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from affect_core.scoring import BATCH_VIDEOS, ScoreResult
+from affect_core.scoring import ScoreResult
 from tuning.cluster import ensure_ray, shareable_storage_options
 
 logger = logging.getLogger(__name__)
 
+# The most videos one actor call scores (in model batches of BATCH_VIDEOS): each call costs Ray Data a task round
+# trip, so short videos go many to a call.
+VIDEOS_PER_CALL = 64
 # Above this many frames ``affect score`` uses Ray Data even without --ray (about 90 RECOLA-length videos).
 AUTO_RAY_FRAMES = 5_000_000
 
@@ -102,9 +105,9 @@ def score_dataset(
 
     actors: the pool's largest size (default: as many as the cluster's CPUs, or GPUs, allow); min_actors its
     smallest. gpus_per_actor: a GPU fraction per actor (None: one GPU per actor when the cluster has GPUs, 0: CPU
-    only). videos_per_call: the videos an actor scores together (predicted in batches); None: about four calls per
-    actor, at most BATCH_VIDEOS videos each. version / replace: as :func:`affect_core.scoring.score_dataset`. Raises
-    AffectError for an incompatible model or missing data.
+    only). videos_per_call: the videos an actor scores together (predicted in batches of BATCH_VIDEOS); None: about
+    four calls per actor, at most VIDEOS_PER_CALL videos each. version / replace: as
+    :func:`affect_core.scoring.score_dataset`. Raises AffectError for an incompatible model or missing data.
     """
     import ray.data
 
@@ -151,7 +154,7 @@ def score_dataset(
             gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if cluster.has_gpus else 0.0)
             limit = cluster.gpus / gpus if gpus > 0 else cluster.cpus / cpus_per_actor
             size = max(1, min(actors or int(limit) or 1, len(todo)))
-            per_call = videos_per_call or max(1, min(BATCH_VIDEOS, -(-len(todo) // (4 * size))))
+            per_call = videos_per_call or max(1, min(VIDEOS_PER_CALL, -(-len(todo) // (4 * size))))
             ids = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=min(len(todo), 4 * size))
             scored = ids.map_batches(
                 VideoScorer,
