@@ -139,3 +139,29 @@ def test_evaluation_streams_from_the_table(dataset, tmp_path, monkeypatch):
     for split in got.values():
         for metrics in split.values():
             assert np.isfinite(metrics["ccc"])
+
+
+def test_info_and_export_of_a_predictions_table(dataset, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from affect_cli.main import app
+
+    model = bundle_for(dataset, 1, tmp_path, "a")
+    out = str(tmp_path / "pred")
+    scoring.score_dataset(dataset, model, out, progress=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["info", out, "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["kind"] == "predictions" and info["metadata"]["affect.model_id"] == load_bundle(model).model_id
+    assert [(v["video_id"], v["frames"]) for v in info["videos"]] == [
+        (v.video_id, v.num_frames) for v in ds.iter_videos(dataset)
+    ]
+    assert "model_id: " in runner.invoke(app, ["info", out]).output
+    assert runner.invoke(app, ["export", f"{out}@0", str(tmp_path / "p.parquet")]).exit_code == 0
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.num_rows == ds.dataset_info(dataset).rows
+    assert set(table.column("model_id").to_pylist()) == {load_bundle(model).model_id}
