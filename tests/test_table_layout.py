@@ -223,3 +223,23 @@ def test_a_directory_that_is_not_a_table_is_refused(tmp_path):
     with pytest.raises(AffectError, match="not an affect dataset"):
         ds.ingest(str(make_source(tmp_path / "src", 1)), str(tmp_path / "ds"), layout="csv", progress=False)
     assert storage.list_dir(storage.resolve(str(tmp_path / "ds")).fs, str(tmp_path / "ds")) == [("notes.txt", "file")]
+
+
+def test_workers_read_disjoint_parts_of_one_pinned_version(tmp_path):
+    """Training workers: each its own shard (or part) of the same version, together every video once."""
+    source = make_source(tmp_path / "src", 5)
+    url = str(tmp_path / "ds")
+    ds.ingest(str(source), url, layout="csv", progress=False, target_file_bytes=30_000, row_group_rows=300)
+    everything = [v.video_id for v in ds.iter_videos(url, splits=["train", "dev"])]
+    (source / "labels" / "train_1.csv").unlink()
+    ds.ingest(str(source), url, layout="csv", progress=False)  # a newer version meanwhile: the pin holds
+    reader = ds.DatasetReader(url, version=0, feature_set="features")
+    shards = [[v.video_id for v in reader.videos(splits=["train", "dev"], shard=(i, 3))] for i in range(3)]
+    assert sorted(sum(shards, [])) == sorted(everything) and all(shards)
+    assert next(reader.videos(video_ids=["train_1"])).labelled  # version 0 still has its labels
+    parts = ds.video_parts(url, version=0, parts=4)
+    assert sorted(sum(parts, [])) == sorted(v.video_id for v in ds.iter_videos(url, version=0))
+    frames = [sum(v.num_frames for v in reader.videos(video_ids=p)) for p in parts]
+    assert max(frames) <= 2 * min(frames)
+    with pytest.raises(AffectError, match="shard 3 of 3"):
+        list(reader.videos(shard=(3, 3)))
