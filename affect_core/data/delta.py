@@ -532,7 +532,9 @@ def commit(
         if read_version is None and ("already exists" in text or "exists" in text):
             raise CommitConflict(f"{loc.display()}: another writer created the table first") from None
         raise _delta_error(loc, exc, "committing") from None
-    return _open_delta(loc, None).version()
+    # No retries: the commit landed at exactly the next version or failed. (Asking the table for its latest version
+    # could name a version another writer committed just after, and hide a conflict from this writer's next commit.)
+    return next_version
 
 
 def vacuum(loc: storage.Location, *, retention_hours: float, dry_run: bool) -> list[str]:
