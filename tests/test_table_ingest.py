@@ -104,3 +104,26 @@ def test_parallel_ingest_on_ray_reads_and_writes_only_what_changed(tmp_path):
     assert not changed.unchanged and changed.version == "1"
     assert 1 <= changed.videos_written < 9 and changed.source_bytes == path.stat().st_size
     assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
+
+
+def test_a_no_op_reingest_reads_no_file_and_a_touched_file_is_read_but_not_written(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src")
+    url = str(tmp_path / "ds")
+    first = ds.ingest(str(root), url, layout="csv", progress=False)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the source was read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ds, "read_source", no_reading)
+        again = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert again.unchanged and again.version == first.version and again.source_bytes == 0
+    assert again.content_hash == first.content_hash
+
+    path = root / "features" / "dev_1.csv"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new time: read, hash, no write
+    touched = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert touched.unchanged and touched.source_bytes > 0 and ds.list_versions(url) == ["0"]
+    other = ds.ingest(str(root), url, layout="csv", progress=False, feature_set="features", fps=25.0)
+    assert other.source_bytes > 0  # other options: the recorded stamps do not apply

@@ -13,7 +13,6 @@ single-process :func:`affect_core.data.dataset.ingest`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -52,14 +51,6 @@ def _read_task(
     return summary, read.video
 
 
-def options_stamp(fingerprint: str, layout: str, feature_set: str | Sequence[str] | None, fps: float | None) -> str:
-    """A video's source fingerprint combined with the ingest options that shape what is read from it."""
-    options = json.dumps(
-        [layout, feature_set if isinstance(feature_set, str) or feature_set is None else list(feature_set), fps]
-    )
-    return fingerprint + ":" + hashlib.sha256(options.encode()).hexdigest()[:12]
-
-
 def ingest(
     source_root: str,
     dataset_url: str,
@@ -81,7 +72,7 @@ def ingest(
     from affect_core.data import dataset as ds
     from affect_core.data import delta
     from affect_core.data.records import Corpus
-    from affect_core.data.source_videos import CorpusHeader, list_source_videos, splittable
+    from affect_core.data.source_videos import CorpusHeader, list_source_videos, options_stamp, splittable
     from affect_core.errors import AffectError
     from tuning.cluster import ensure_ray, shareable_storage_options
 

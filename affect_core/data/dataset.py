@@ -400,6 +400,7 @@ def _write_corpus(
     source: str,
     target_file_bytes: int,
     row_group_rows: int,
+    sources: dict[str, str] | None = None,
 ) -> tuple[str, str, bool, int, int]:
     header = header_hash(corpus.feature_names, set_ranges(corpus), corpus.fps)
     metadata = dataset_metadata(corpus, header, layout or corpus.metadata.get("layout", ""), source or corpus.source)
@@ -410,7 +411,24 @@ def _write_corpus(
         storage_options=storage_options,
         target_file_bytes=target_file_bytes,
         row_group_rows=row_group_rows,
+        sources=sources,
     )
+
+
+def _unchanged_by_stamps(
+    dataset_url: str, storage_options: dict[str, Any] | None, stamps: dict[str, str]
+) -> delta.Snapshot | None:
+    """The latest version when it records exactly these videos with exactly these source stamps, else None."""
+    loc = storage.resolve(dataset_url, storage_options)
+    if not delta.is_table(loc):
+        return None
+    snap = delta.snapshot(loc)
+    if snap is None:
+        return None
+    index = snap.index()
+    if set(index) != set(stamps) or any(index[v].source != stamp for v, stamp in stamps.items()):
+        return None
+    return snap
 
 
 def ingest(
@@ -431,14 +449,25 @@ def ingest(
 
     storage_options apply to the dataset URL (and to the source when ``source_storage_options`` is None).
     Raises AffectError on bad input (nothing is written) or when the destination cannot take the dataset."""
+    from affect_core.data.source_videos import source_stamps
+
     started = time.perf_counter()
-    corpus = read_source(
-        source_root,
-        layout,
-        feature_set=feature_set,
-        storage_options=source_storage_options if source_storage_options is not None else storage_options,
-        fps=fps,
-    )
+    source_options = source_storage_options if source_storage_options is not None else storage_options
+    stamps = source_stamps(source_root, layout, feature_set=feature_set, storage_options=source_options, fps=fps)
+    same = _unchanged_by_stamps(dataset_url, storage_options, stamps) if stamps else None
+    if same is not None:  # every file as the latest version recorded it: nothing is read
+        return IngestResult(
+            dataset_url=storage.redact(dataset_url),
+            version=str(same.version),
+            content_hash=dataset_info(dataset_url, version=same.version, storage_options=storage_options).content_hash,
+            unchanged=True,
+            rows=int(sum(e.frames for e in same.index().values())),
+            videos=len(stamps or {}),
+            seconds=time.perf_counter() - started,
+            source_bytes=0,
+            mb_per_s=0.0,
+        )
+    corpus = read_source(source_root, layout, feature_set=feature_set, storage_options=source_options, fps=fps)
     version, chash, unchanged, written, files = _write_corpus(
         corpus,
         dataset_url,
@@ -447,6 +476,7 @@ def ingest(
         source=source_root,
         target_file_bytes=target_file_bytes,
         row_group_rows=row_group_rows,
+        sources=stamps or {},
     )
     seconds = time.perf_counter() - started
     source_bytes = int(corpus.metadata.get("source_bytes", "0"))

@@ -64,6 +64,33 @@ class VideoRead:
     fingerprint: str
 
 
+def options_stamp(fingerprint: str, layout: str, feature_set: str | Sequence[str] | None, fps: float | None) -> str:
+    """A video's source fingerprint combined with the ingest options that shape what is read from it (what a dataset
+    records per video, and compares on the next ingest)."""
+    chosen = feature_set if isinstance(feature_set, str) or feature_set is None else list(feature_set)
+    options = json.dumps([layout, chosen, fps])
+    return fingerprint + ":" + hashlib.sha256(options.encode()).hexdigest()[:12]
+
+
+def source_stamps(
+    root: str,
+    layout: str,
+    *,
+    feature_set: str | Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    fps: float | None = None,
+) -> dict[str, str] | None:
+    """{video id: options stamp} of a source that can be listed per video, else None (a single-file layout, or a
+    source the listing cannot make sense of: its reader then reports what is wrong)."""
+    try:
+        if not splittable(root, layout, storage_options):
+            return None
+        items = list_source_videos(root, layout, storage_options)
+    except AffectError:
+        return None
+    return {item.video_id: options_stamp(item.fingerprint, layout, feature_set, fps) for item in items}
+
+
 def _stamp(info: dict[str, Any]) -> str:
     for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
