@@ -430,6 +430,7 @@ class _OpenFile:
         self.pending_rows += table.num_rows
 
     def estimated_bytes(self) -> int:
+        """Bytes written so far plus the buffered row group at a guessed 3:1 compression (zstd on features)."""
         return int(self.handle.tell()) + sum(t.nbytes for t in self.pending) // 3
 
     def _write_row_group(self) -> None:
