@@ -226,6 +226,8 @@ def main() -> None:
             url, preds = f"{base}/ds{n}", f"{base}/pred{n}"
             for stage in args.stages:
                 out = {"floor": f"{base}/floor{n}", "ray": f"{base}/ray{n}"}.get(stage, preds)
+                if stage == "evaluate" and "score" not in args.stages:
+                    out = f"{base}/floor{n}"  # evaluate the floor's predictions (zeros) when there is no score run
                 result = run_stage(["--stage", stage, "--url", url, "--out", out, "--model", model, "--n", str(n)], env)
                 counted = object_count(url if stage == "ingest" else out, options)
                 notes = f"process {result['seconds']:.1f} s"
