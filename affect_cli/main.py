@@ -11,7 +11,7 @@ from typing import Any
 import typer
 import typer.core
 
-from affect_cli import cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
+from affect_cli import cmd_data, cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
 from affect_core.runtime import retain_freed_memory
 
 # click's UsageError, whether typer uses click or its own copy of it (typer exports only its subclass BadParameter).
@@ -77,6 +77,10 @@ COMMANDS = [
     ("score", cmd_train.score),
     ("evaluate", cmd_train.evaluate),
     ("promote", cmd_train.promote),
+    ("info", cmd_data.info),
+    ("export", cmd_data.export),
+    ("migrate", cmd_data.migrate),
+    ("vacuum", cmd_data.vacuum),
     ("tune", cmd_tune.tune),
     ("report", cmd_flows.report),
     ("pipeline", cmd_flows.pipeline),

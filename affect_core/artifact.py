@@ -11,6 +11,7 @@ a bundle is either complete or absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ class ModelBundle:
     feature_names: list[str]
     feature_set: str
     fps: float
+    _model_id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -60,7 +62,26 @@ class ModelBundle:
 
     @property
     def model_id(self) -> str:
-        return "+".join(f"{m.name}:{m.config.model.model}-{m.config.model.align}" for m in self.models)
+        """``<variant>@<hash>``: the variant readable, then SHA-256 (first 16 hex digits) over every model's weights,
+        fitted feature transform and configuration, and the bundle's feature space. Two trainings of one variant
+        differ; the same bundle saved and loaded again keeps its id."""
+        if self._model_id is None:
+            variant = "+".join(f"{m.name}:{m.config.model.model}-{m.config.model.align}" for m in self.models)
+            self._model_id = f"{variant}@{self._content_digest()[:16]}"
+        return self._model_id
+
+    def _content_digest(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.feature_set, list(self.feature_names), float(self.fps)]).encode())
+        for trained in self.models:
+            digest.update(json.dumps([trained.name, trained.config.to_dict()], sort_keys=True, default=str).encode())
+            arrays = {f"model.{k}": v.detach().cpu().numpy() for k, v in trained.model.state_dict().items()}
+            arrays.update({f"transform.{k}": np.asarray(v) for k, v in trained.transform.to_arrays().items()})
+            for key in sorted(arrays):
+                array = np.ascontiguousarray(arrays[key])
+                digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
+                digest.update(array.tobytes())
+        return digest.hexdigest()
 
     def predict(
         self, features: np.ndarray, *, chunk_frames: int | None = None

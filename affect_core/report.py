@@ -250,19 +250,18 @@ def curve_data(
 def _predictions_for(
     predictions_url: str, video_ids: Sequence[str], storage_options: dict[str, Any] | None
 ) -> dict[str, pa.Table]:
-    """Prediction tables of just these videos (one file each), not the whole predictions dataset."""
-    from affect_core.scoring import part_name
+    """Prediction tables of just these videos (their row groups), not the whole predictions table."""
+    from affect_core.scoring import read_predictions
 
-    loc = resolve(predictions_url, storage_options)
+    store = read_predictions(predictions_url, storage_options)
     out = {}
     for video_id in video_ids:
-        try:
-            out[video_id] = pq.read_table(io.BytesIO(read_bytes(loc.fs, loc.join(part_name(video_id)).path)))
-        except FileNotFoundError:
+        if video_id not in store:
             raise AffectError(
-                f"{loc.display(part_name(video_id))}: no predictions for video {video_id!r}; score the dataset "
-                "first or leave out the predictions URL"
-            ) from None
+                f"{store.out.display()}: no predictions for video {video_id!r}; score the dataset first or leave "
+                "out the predictions URL"
+            )
+        out[video_id] = store[video_id]
     return out
 
 

@@ -1,12 +1,12 @@
 """Scoring: per-frame valence and arousal with the filter's variance for every video, and evaluation against labels.
 
-Predictions layout of PRED_URL (readable by pyarrow.dataset, pandas, polars and duckdb as one dataset):
-
-    part-<video_id>.parquet   one file per video, columns PREDICTION_SCHEMA, frames in order
-    _manifest.json            written last: model id, videos and rows; its presence means the job finished
-
-Each video's file is written atomically and is the whole video, so an interrupted job re-run skips the finished videos
-and never duplicates a row. Files whose names start with "_" are ignored by Parquet dataset readers.
+Predictions are a table (:mod:`affect_core.data.delta`, Delta Lake) at PRED_URL: columns PREDICTION_SCHEMA, files of
+many whole videos partitioned by split, frames in order. The table's metadata names the model (``model_id``: a hash of
+its weights and configuration) and the dataset URL and version it scored; every row carries both too. A job commits
+what it has scored each time a file fills (or every COMMIT_SECONDS), so a crashed job resumes by skipping the videos
+committed by the same model on the same dataset version. Scoring into a URL that holds another model's or another
+version's predictions replaces them in the job's first commit (one transaction: readers see the old rows or the new,
+never both), or with ``replace=False`` refuses.
 
 Throughput: videos are predicted in batches (:func:`affect_core.inference.predict_batch`: one model pass for up to
 BATCH_VIDEOS videos), the next videos are read on a background thread and the finished ones written on another while
@@ -16,33 +16,33 @@ stays bounded whatever the corpus; their errors are raised in the caller.
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
 from affect_core.artifact import ModelBundle
-from affect_core.data.readers import check_video_id
+from affect_core.data import delta
+from affect_core.data.readers import check_video_id, video_sort_key
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.inference import predict_batch
 from affect_core.metrics import average_over_sequences, sequence_metrics
-from affect_core.storage import Location, exists, list_dir, read_bytes, resolve, write_bytes_atomic
+from affect_core.storage import Location, resolve
 
 PREDICTION_SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),
+        ("split", pa.string()),
         ("frame", pa.int32()),
         ("time_s", pa.float64()),
         ("arousal", pa.float32()),
@@ -50,9 +50,12 @@ PREDICTION_SCHEMA = pa.schema(
         ("arousal_var", pa.float32()),
         ("valence_var", pa.float32()),
         ("model_id", pa.string()),
+        ("dataset_version", pa.string()),
     ]
 )
-MANIFEST = "_manifest.json"
+PREDICTIONS_KIND = "predictions"
+# A running job commits what it has scored at least this often (a crash loses at most this much work).
+COMMIT_SECONDS = 300.0
 # Videos longer than this are scored in chunks with the LSTM and filter state carried across (bounded memory).
 CHUNK_FRAMES = 15_000
 # Videos predicted in one model pass, and the most frames (counting the padding to the longest) such a batch may hold.
@@ -112,12 +115,13 @@ def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[
     return out
 
 
-def tracks_table(video: Video, tracks: Tracks, model_id: str) -> pa.Table:
+def tracks_table(video: Video, tracks: Tracks, model_id: str, dataset_version: str = "") -> pa.Table:
     """One video's predicted tracks as a table in PREDICTION_SCHEMA (a dimension missing from ``tracks`` is null)."""
     t = video.num_frames
     empty = np.full(t, np.nan, dtype=np.float32)
     columns: dict[str, Any] = {
         "video_id": pa.repeat(pa.scalar(video.video_id, pa.string()), t),
+        "split": pa.repeat(pa.scalar(video.split, pa.string()), t),
         "frame": pa.array(np.arange(t, dtype=np.int32)),
         "time_s": pa.array(np.asarray(video.time_s, dtype=np.float64)),
     }
@@ -126,6 +130,7 @@ def tracks_table(video: Video, tracks: Tracks, model_id: str) -> pa.Table:
         columns[dim] = pa.array(np.asarray(level, np.float32), from_pandas=dim not in tracks)
         columns[f"{dim}_var"] = pa.array(np.asarray(var, np.float32), from_pandas=True)
     columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), t)
+    columns["dataset_version"] = pa.repeat(pa.scalar(dataset_version, pa.string()), t)
     return pa.table(columns, schema=PREDICTION_SCHEMA)
 
 
@@ -153,39 +158,166 @@ def video_batches(
         yield batch
 
 
-def part_name(video_id: str) -> str:
-    return f"part-{video_id}.parquet"
+@dataclass
+class PredictionTarget:
+    """Who the predictions at a URL are from: the model and the dataset (URL and version) it scored."""
+
+    model_id: str
+    dataset_url: str = ""
+    dataset_version: str = ""
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "affect.kind": PREDICTIONS_KIND,
+            "affect.model_id": self.model_id,
+            "affect.dataset_url": self.dataset_url,
+            "affect.dataset_version": self.dataset_version,
+        }
+
+    @classmethod
+    def of(cls, snapshot: delta.Snapshot) -> PredictionTarget:
+        meta = snapshot.metadata
+        return cls(
+            str(meta.get("affect.model_id", "")),
+            str(meta.get("affect.dataset_url", "")),
+            str(meta.get("affect.dataset_version", "")),
+        )
 
 
-def check_video_ids(video_ids: Iterable[str], out: Location) -> None:
-    """Refuse, before anything is written, a video id that would name a file outside PRED_URL (e.g. '../x')."""
-    for video_id in video_ids:
-        check_video_id(video_id, out.display())
+def open_predictions(out: Location, *, version: int | None = None) -> delta.Snapshot | None:
+    """The predictions table at ``out`` (None if there is none yet); refuses a URL holding something else."""
+    snap = delta.snapshot(out, version)
+    if snap is None:
+        # split=... folders without a log are a crashed first job's uncommitted files: the next job may write here
+        entries = [n for n, _ in _list(out) if not n.startswith((".", "_", "split="))]
+        if entries:
+            raise AffectError(
+                f"{out.display()}: holds {entries[0]!r} and is not a predictions table (no _delta_log/); "
+                "score into an empty directory or a new URL"
+            )
+        return None
+    if snap.metadata.get("affect.kind") != PREDICTIONS_KIND:
+        raise AffectError(
+            f"{out.display()}: a table of {snap.metadata.get('affect.kind', 'dataset')} rows, not of predictions; "
+            "score into another URL"
+        )
+    return snap
 
 
-def write_video_predictions(out: Location, table: pa.Table, video_id: str) -> None:
-    check_video_id(video_id, out.display())  # the part file's name comes from the data: never let it leave ``out``
-    buffer = io.BytesIO()
-    # Dictionary encoding only where values repeat (the ids): tried on the float columns it costs half the encoding
-    # time and makes the file larger.
-    pq.write_table(table, buffer, use_dictionary=["video_id", "model_id"])
-    write_bytes_atomic(out.fs, out.join(part_name(video_id)).path, buffer.getvalue())
+def _list(out: Location) -> list[tuple[str, str]]:
+    from affect_core.storage import list_dir
+
+    return list_dir(out.fs, out.path)
 
 
 def finished_videos(out: Location) -> set[str]:
-    """Video ids whose prediction file is already complete under ``out``."""
-    names = {name for name, kind in list_dir(out.fs, out.path) if kind == "file"}
-    return {n[len("part-") : -len(".parquet")] for n in names if n.startswith("part-") and n.endswith(".parquet")}
+    """Video ids whose predictions are committed under ``out``."""
+    snap = open_predictions(out)
+    return set(snap.index()) if snap is not None else set()
 
 
-def write_manifest(out: Location, model_id: str, video_ids: Iterable[str]) -> None:
-    """Write ``_manifest.json`` last, once every video's file exists: the job is complete."""
-    manifest = {
-        "model_id": model_id,
-        "videos": sorted(video_ids),
-        "schema": [f.name for f in PREDICTION_SCHEMA],
-    }
-    write_bytes_atomic(out.fs, out.join(MANIFEST).path, json.dumps(manifest, indent=2).encode())
+def plan_scoring(
+    out: Location, target: PredictionTarget, *, replace: bool = True
+) -> tuple[delta.Snapshot | None, set[str], bool]:
+    """(table snapshot, videos already done, whether the first commit replaces the table) for a job scoring
+    ``target`` into ``out``. Predictions of another model or dataset version are replaced (``replace``) or refused."""
+    snap = open_predictions(out)
+    if snap is None:
+        return None, set(), False
+    held = PredictionTarget.of(snap)
+    if held == target:
+        return snap, set(snap.index()), False
+    if not replace:
+        raise AffectError(
+            f"{out.display()}: holds predictions of model {held.model_id} on {held.dataset_url} version "
+            f"{held.dataset_version or '-'}, not of model {target.model_id} on {target.dataset_url} version "
+            f"{target.dataset_version or '-'}; score into another URL, or allow replacing them"
+        )
+    return snap, set(), True
+
+
+class PredictionWriter:
+    """Packs predicted videos into table files and commits them: when a file fills, every COMMIT_SECONDS, and at
+    :meth:`close`. The first commit replaces the table when ``replace``. Called from one thread."""
+
+    def __init__(
+        self,
+        out: Location,
+        target: PredictionTarget,
+        *,
+        snapshot: delta.Snapshot | None,
+        replace: bool,
+        target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+        commit_seconds: float = COMMIT_SECONDS,
+    ) -> None:
+        self.out = out
+        self.target = target
+        self.model_id = target.model_id
+        self.read_version = snapshot.version if snapshot is not None else None
+        self.replace = replace
+        self.commit_seconds = commit_seconds
+        self.files = delta.FileWriter(out, PREDICTION_SCHEMA, target_file_bytes=target_file_bytes)
+        self.ready: list[delta.DataFile] = []
+        self.last_commit = time.monotonic()
+        self.commits = 0
+        self.failed = False
+
+    def add(self, video: Video, tracks: Tracks) -> None:
+        if self.failed:  # a video before this one failed: the job stops committing
+            return
+        try:
+            table = tracks_table(video, tracks, self.model_id, self.target.dataset_version)
+            entry = delta.VideoEntry(video.video_id, video.split, video.num_frames)
+            self.ready += self.files.add(table, entry)
+            if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
+                self.commit(flush=not self.ready)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def add_rows(self, table: pa.Table) -> None:
+        """Add prediction rows (PREDICTION_SCHEMA) of whole videos, grouped by video, as a scorer elsewhere (a Ray
+        actor) produced them."""
+        for video_id, (start, length) in delta.video_slices(table).items():
+            rows = table.slice(start, length)
+            entry = delta.VideoEntry(video_id, str(rows.column("split")[0].as_py()), length)
+            self.ready += self.files.add(rows, entry)
+        if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
+            self.commit(flush=not self.ready)
+
+    def commit(self, *, flush: bool = True) -> None:
+        if flush:
+            self.ready += self.files.flush()
+        if not self.ready and not (self.replace or self.read_version is None):
+            return
+        try:
+            self.read_version = delta.commit(
+                self.out,
+                PREDICTION_SCHEMA,
+                added=self.ready,
+                read_version=self.read_version,
+                metadata=self.target.metadata(),
+                replace=self.replace,
+                operation="score",
+            )
+        except delta.CommitConflict as exc:
+            self.abort()
+            raise AffectError(
+                f"{exc}. Another scoring job wrote into this URL at the same time; run this one again to resume"
+            ) from None
+        self.files.written = [f for f in self.files.written if f not in self.ready]
+        self.ready = []
+        self.replace = False
+        self.commits += 1
+        self.last_commit = time.monotonic()
+
+    def close(self) -> None:
+        self.commit(flush=True)
+
+    def abort(self) -> None:
+        """Delete the files not yet committed."""
+        self.files.abort()
+        self.ready = []
 
 
 def score_videos(
@@ -198,17 +330,31 @@ def score_videos(
     progress: bool = True,
     total: int | None = None,
     batch_videos: int | None = None,
+    dataset_url: str = "",
+    dataset_version: str | None = None,
+    replace: bool = True,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    commit_seconds: float = COMMIT_SECONDS,
 ) -> ScoreResult:
-    """Score every video into ``out_url``; videos already scored there are skipped (idempotent re-runs).
+    """Score every video into the predictions table at ``out_url``; videos this model already scored there on the
+    same dataset version are skipped (a re-run resumes). Predictions of another model or version are replaced in the
+    first commit, or refused when ``replace`` is False.
 
     The videos go through :func:`score_stream` (read ahead, predicted ``batch_videos`` at a time, default
-    BATCH_VIDEOS, written behind); the manifest is written once every part file is.
-    """
+    BATCH_VIDEOS, written behind)."""
     started = time.perf_counter()
     out = resolve(out_url, storage_options)
     check_compatible(bundle, feature_names, out.display())
-    out.fs.makedirs(out.path, exist_ok=True)
-    done = finished_videos(out)
+    target = PredictionTarget(bundle.model_id, dataset_url, dataset_version or "")
+    snap, done, replacing = plan_scoring(out, target, replace=replace)
+    writer = PredictionWriter(
+        out,
+        target,
+        snapshot=snap,
+        replace=replacing,
+        target_file_bytes=target_file_bytes,
+        commit_seconds=commit_seconds,
+    )
     ids: list[str] = []
     skipped = 0
 
@@ -221,15 +367,20 @@ def score_videos(
                 continue
             yield video
 
-    frames = sum(n for _, n in score_stream(bundle, to_score(), out, batch_videos=batch_videos))
-    write_manifest(out, bundle.model_id, ids)
+    try:
+        frames = sum(n for _, n in score_stream(bundle, to_score(), writer, batch_videos=batch_videos))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     return ScoreResult(out.url, len(ids), frames, skipped, time.perf_counter() - started)
 
 
 def score_stream(
-    bundle: ModelBundle, videos: Iterable[Video], out: Location, *, batch_videos: int | None = None
+    bundle: ModelBundle, videos: Iterable[Video], out: PredictionWriter | Any, *, batch_videos: int | None = None
 ) -> list[tuple[str, int]]:
-    """Predict every video of ``videos`` and write its part file under ``out``; returns (video id, frames) of each.
+    """Predict every video of ``videos`` and hand its tracks to ``out.add(video, tracks)`` (a
+    :class:`PredictionWriter`, or any object with that method); returns (video id, frames) of each.
 
     ``videos`` is iterated on a background thread up to BATCH_FRAMES frames ahead, the videos are predicted in
     batches of up to ``batch_videos`` (default BATCH_VIDEOS; :func:`video_batches`, :func:`predict_tracks`) and
@@ -241,7 +392,6 @@ def score_stream(
     LSTM's time steps, for a member the scheduler has parked (on a 2-core machine 2 threads scored a third slower
     than 1).
     """
-    model_id = bundle.model_id
     size = max(1, batch_videos or BATCH_VIDEOS)
     scored: list[tuple[str, int]] = []
     threads = torch.get_num_threads()
@@ -250,7 +400,7 @@ def score_stream(
         with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(size) as writer:
             for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
                 for video, tracks in zip(batch, predict_tracks(bundle, [v.features for v in batch]), strict=True):
-                    writer.submit(_write_tracks, out, video, tracks, model_id)
+                    writer.submit(out.add, video, tracks)
                     scored.append((video.video_id, video.num_frames))
     finally:
         torch.set_num_threads(threads)
@@ -260,10 +410,6 @@ def score_stream(
 def model_threads() -> int:
     """torch threads the model gets while :func:`score_stream` reads and writes: one fewer than torch's setting."""
     return max(1, torch.get_num_threads() - 1)
-
-
-def _write_tracks(out: Location, video: Video, tracks: Tracks, model_id: str) -> None:
-    write_video_predictions(out, tracks_table(video, tracks, model_id), video.video_id)
 
 
 class ReadAhead:
@@ -365,28 +511,30 @@ def score_dataset(
     splits: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
+    version: str | int | None = None,
+    replace: bool = True,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    device: str | None = None,
 ) -> ScoreResult:
     """Score a dataset (or bare features URL) with a model bundle in this process, streaming one video at a time.
 
-    The bundle's feature set is selected from the dataset when it holds several; unknown splits and video ids that
-    would escape ``out_url`` are refused before anything is written.
-    """
+    The dataset version (``version``, ``URL@VERSION``, else the latest) is resolved once and pinned for the whole
+    job; the bundle's feature set is selected from the dataset when it holds several; unknown splits are refused
+    before anything is written. ``replace``: see :func:`score_videos`. device: where the model runs (None or "auto":
+    a GPU when present)."""
     from affect_core.artifact import load_bundle
-    from affect_core.data.dataset import dataset_info, iter_videos
+    from affect_core.training import resolve_device
 
-    info = dataset_info(data_url, storage_options=storage_options)
-    unknown = [s for s in splits or [] if s not in info.videos]
-    if unknown:
-        raise AffectError(f"{info.url}: split {unknown[0]!r} has no videos; available: {', '.join(info.videos)}")
-    bundle = load_bundle(model_url, storage_options)
-    feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
-    names = list(info.feature_names)
-    if feature_set is not None and names:
-        lo, hi = info.feature_sets[feature_set]
-        names = names[lo:hi]
-    wanted = [v for s, ids in info.videos.items() if not splits or s in splits for v in ids]
+    info, _, _, wanted = scoring_plan(data_url, storage_options, splits, version, None)
     check_video_ids(wanted, resolve(out_url, storage_options))
-    videos = iter_videos(data_url, splits=splits or None, feature_set=feature_set, storage_options=storage_options)
+    bundle = load_bundle(model_url, storage_options, device=str(resolve_device(device)))
+    feature_set, names = bundle_features(bundle, info)
+    from affect_core.data.dataset import iter_videos
+
+    url, _ = delta.parse_versioned_url(data_url)
+    videos = iter_videos(
+        url, splits=splits or None, feature_set=feature_set, version=info.version, storage_options=storage_options
+    )
     return score_videos(
         bundle,
         videos,
@@ -395,30 +543,114 @@ def score_dataset(
         storage_options=storage_options,
         progress=progress,
         total=len(wanted),
+        dataset_url=info.url,
+        dataset_version=info.version,
+        replace=replace,
+        target_file_bytes=target_file_bytes,
     )
 
 
-def read_predictions(pred_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, pa.Table]:
-    """Prediction tables per video id from PRED_URL."""
-    loc = resolve(pred_url, storage_options)
-    if not exists(loc.fs, loc.path):
+def scoring_plan(
+    data_url: str,
+    storage_options: dict[str, Any] | None,
+    splits: Sequence[str] | None,
+    version: str | int | None,
+    bundle: ModelBundle | None,
+) -> tuple[Any, str | None, list[str], list[str]]:
+    """(dataset info at the pinned version, feature set, feature names, video ids to score) of a scoring job;
+    refuses unknown splits."""
+    from affect_core.data.dataset import dataset_info
+
+    info = dataset_info(data_url, version=version, storage_options=storage_options)
+    unknown = [s for s in splits or [] if s not in info.videos]
+    if unknown:
+        raise AffectError(f"{info.url}: split {unknown[0]!r} has no videos; available: {', '.join(info.videos)}")
+    feature_set, names = bundle_features(bundle, info) if bundle is not None else (None, list(info.feature_names))
+    wanted = [v for s, ids in info.videos.items() if not splits or s in splits for v in ids]
+    return info, feature_set, names, wanted
+
+
+def check_video_ids(video_ids: Iterable[str], out: Location) -> None:
+    """Refuse, before anything is written, a video id that is no plain name (e.g. '../x'): ids name files when
+    predictions are exported per video."""
+    for video_id in video_ids:
+        check_video_id(video_id, out.display())
+
+
+def bundle_features(bundle: ModelBundle, info: Any) -> tuple[str | None, list[str]]:
+    """The feature set a bundle reads from a dataset (None: every column) and its feature names."""
+    feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
+    names = list(info.feature_names)
+    if feature_set is not None and names:
+        lo, hi = info.feature_sets[feature_set]
+        names = names[lo:hi]
+    return feature_set, names
+
+
+class PredictionStore(Mapping[str, pa.Table]):
+    """The predictions of one table version as a read-only mapping {video id: its rows (PREDICTION_SCHEMA)}. Rows
+    are read on access, one row group at a time (the last one read is kept, so videos looked up in the table's order
+    cost one read per row group): memory stays bounded whatever the table holds."""
+
+    def __init__(self, out: Location, snapshot: delta.Snapshot) -> None:
+        self.out = out
+        self.snapshot = snapshot
+        self.target = PredictionTarget.of(snapshot)
+        entries = snapshot.index()
+        self._entries = dict(sorted(entries.items(), key=lambda kv: video_sort_key(kv[1].split, kv[0])))
+        self._cached: tuple[tuple[str, int], pa.Table] | None = None
+        self._file: Any = None
+
+    def __getitem__(self, video_id: str) -> pa.Table:
+        entry = self._entries[video_id]
+        key = (entry.path, entry.row_group)
+        if self._cached is None or self._cached[0] != key:
+            if self._file is None or self._file.path != entry.path:
+                self.close()
+                self._file = delta.TableFile(self.out, entry.path)  # the footer is parsed once per file
+            self._cached = (key, self._file.read([entry.row_group]))
+        table = self._cached[1]
+        mask = pc.equal(table.column("video_id"), video_id)
+        return table.filter(mask)
+
+    def close(self) -> None:
+        """Close the file held open (reading again reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def read_predictions(
+    pred_url: str, storage_options: dict[str, Any] | None = None, *, version: int | str | None = None
+) -> PredictionStore:
+    """The predictions at PRED_URL (``URL@VERSION`` or ``version`` pins a version) as a lazy mapping {video id:
+    table}; the table's ``target`` names the model and dataset version they are from."""
+    url, pinned = delta.parse_versioned_url(pred_url)
+    loc = resolve(url, storage_options)
+    wanted = pinned if pinned is not None else delta.parse_version(version, loc.display())
+    snap = open_predictions(loc, version=wanted)
+    if snap is None:
         raise AffectError(f"{loc.display()}: no predictions here")
-    out = {}
-    for video_id in sorted(finished_videos(loc)):
-        data = read_bytes(loc.fs, loc.join(part_name(video_id)).path)
-        out[video_id] = pq.read_table(io.BytesIO(data))
-    if not out:
-        raise AffectError(f"{loc.display()}: no prediction files (part-*.parquet) here")
-    return out
+    store = PredictionStore(loc, snap)
+    if not len(store):
+        raise AffectError(f"{loc.display()}: the predictions table holds no video")
+    return store
 
 
 def evaluate_predictions(
-    predictions: dict[str, pa.Table], videos: Iterable[Video]
+    predictions: Mapping[str, pa.Table], videos: Iterable[Video]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {dimension: {ccc, rmse, pcc, sequences}}}: per sequence, then averaged over a split's sequences.
 
-    Frames are matched by frame index; a labelled video without predictions is an error (the evaluation would be
-    silently partial otherwise).
+    Streams: one video and its predictions at a time (``predictions`` from :func:`read_predictions` reads rows on
+    access), so memory is bounded whatever the corpus. Frames are matched by frame index; a labelled video without
+    predictions is an error (the evaluation would be silently partial otherwise).
     """
     per: dict[str, dict[str, list[dict[str, float]]]] = {}
     for video in videos:

@@ -520,9 +520,13 @@ def _epoch_steps(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The training device: the one asked for, else the GPU when one is present, else the CPU."""
-    if device is not None:
-        return torch.device(device)
+    """The device a model runs on: the one asked for, else ("auto" or None) the GPU when one is present, else the CPU.
+    Asking for a GPU where there is none is a clear error."""
+    if device is not None and str(device) != "auto":
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise AffectError(f"device {device!r}: no CUDA GPU is visible here; use --device cpu or auto")
+        return chosen
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

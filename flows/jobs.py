@@ -63,6 +63,10 @@ class IngestJob:
     min_face_confidence: float = option(
         0.5, "openface: rows with a lower confidence (py-feat: FaceScore) are frames without a face.", min=0.0
     )
+    file_mb: float = option(256.0, "Target size of the dataset's data files in MB (each holds many videos).", min=0.001)
+    ray: bool | None = option(
+        None, "Read the videos in parallel with Ray tasks (default: when RAY_ADDRESS is set).", flag="--ray/--no-ray"
+    )
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar over videos.")
 
@@ -123,10 +127,17 @@ class TrainJob:
     )
     seeds_per_worker: int = option(
         1,
-        "Seeds of a model trained together as one stack in one process (Ray: one worker), on CPU; "
-        "1 = one seed at a time.",
+        "Seeds of a model trained together in one process (Ray: one worker group): one batched front-end for all "
+        "of them, each seed's result as if trained alone; 1 = one seed at a time.",
         min=1,
     )
+    workers: int = option(
+        1,
+        "Ray: data-parallel workers per seed group, each holding its part of the videos (gradients summed: the "
+        "model one worker would train). 1 = one worker.",
+        min=1,
+    )
+    device: str = option("auto", "auto | cpu | cuda: where the models train (auto: a GPU when present).")
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show progress bars.")
 
@@ -151,6 +162,14 @@ class ScoreJob:
         "Ray: seconds to wait for a node that can hold one scoring actor (an autoscaler adds it) before failing.",
         min=0.0,
     )
+    version: str | None = option(None, "Dataset version to score (default: the latest; or DATA_URL@VERSION).")
+    replace: bool = option(
+        True,
+        "Replace predictions of another model or dataset version at --out in one commit (--no-replace: refuse).",
+        flag="--replace/--no-replace",
+    )
+    file_mb: float = option(256.0, "Target size of the predictions' data files in MB.", min=0.001)
+    device: str = option("auto", "auto | cpu | cuda: where the model runs (auto: a GPU when present).")
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar.")
 
@@ -346,17 +365,20 @@ def run_ingest(job: IngestJob) -> Any:
     from affect_core.data.dataset import ingest
 
     check_required(job)
-    return ingest(
-        job.source,
-        job.dataset_url,
-        layout=job.layout,
-        feature_set=job.feature_set,
-        storage_options=storage_options_for(job.dataset_url, job.s3_endpoint),
-        source_storage_options=storage_options_for(job.source, job.s3_endpoint),
-        progress=job.progress,
-        fps=job.fps,
-        min_face_confidence=job.min_face_confidence,
-    )
+    options = {
+        "layout": job.layout,
+        "feature_set": job.feature_set,
+        "storage_options": storage_options_for(job.dataset_url, job.s3_endpoint),
+        "source_storage_options": storage_options_for(job.source, job.s3_endpoint),
+        "fps": job.fps,
+        "target_file_bytes": int(job.file_mb * 2**20),
+        "min_face_confidence": job.min_face_confidence,
+    }
+    if use_ray(job.ray):
+        from tuning.ingest import ingest as ingest_on_ray
+
+        return ingest_on_ray(job.source, job.dataset_url, **options)
+    return ingest(job.source, job.dataset_url, progress=job.progress, **options)
 
 
 def run_tune(job: TuneJob) -> Any:
@@ -437,7 +459,11 @@ def run_train(job: TrainJob) -> dict[str, str]:
             storage_options=options,
             progress=job.progress,
             seeds_per_worker=job.seeds_per_worker,
+            workers=job.workers,
+            device=job.device,
         )
+    if job.workers > 1:
+        raise AffectError("train: --workers > 1 trains data-parallel on Ray; add --ray (or set RAY_ADDRESS)")
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import train_run
 
@@ -456,6 +482,7 @@ def run_train(job: TrainJob) -> dict[str, str]:
         progress=job.progress,
         storage_options=options,
         seeds_per_worker=job.seeds_per_worker,
+        device=None if job.device == "auto" else job.device,
     )
 
 
@@ -490,11 +517,23 @@ def run_score(job: ScoreJob) -> Any:
             gpus_per_actor=job.gpus_per_actor,
             storage_options=options,
             progress=job.progress,
+            version=job.version,
+            replace=job.replace,
+            target_file_bytes=int(job.file_mb * 2**20),
         )
     from affect_core.scoring import score_dataset
 
     return score_dataset(
-        job.data_url, model_url, job.out, splits=job.split or None, storage_options=options, progress=job.progress
+        job.data_url,
+        model_url,
+        job.out,
+        splits=job.split or None,
+        storage_options=options,
+        progress=job.progress,
+        version=job.version,
+        replace=job.replace,
+        target_file_bytes=int(job.file_mb * 2**20),
+        device=job.device,
     )
 
 

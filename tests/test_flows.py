@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from affect_core.errors import AffectError
+from affect_core.scoring import finished_videos
+from affect_core.storage import resolve
 from affect_core.synth import SynthConfig, write_corpus
 from flows.retry import is_transient
 
@@ -196,7 +198,7 @@ def test_each_flow_produces_outputs_and_artifacts(prefect_api: str, corpus_dir: 
     score = ScoreJob(data_url=dataset, model_url=f"{run}/model", out=preds, progress=False)
     scored, score_id = run_flow(score_flow, score)
     assert scored["videos"] == 6 and scored["frames"] == 6 * 300
-    assert len(list(Path(preds).glob("part-*.parquet"))) == 6 and (Path(preds) / "_evaluation.json").is_file()
+    assert len(finished_videos(resolve(preds))) == 6 and (Path(preds) / "_evaluation.json").is_file()
     assert "| dev | arousal | 2 |" in by_key(artifacts([score_id]))["affect-score"].data
     rescored, _ = run_flow(score_flow, score)
     assert rescored["skipped"] == 6 and rescored["frames"] == 0
@@ -234,14 +236,14 @@ def test_pipeline_resumes_after_a_crash(
     seed_rows = sorted(Path(run, "seeds").glob("*/rows.json"))
     assert len(seed_rows) == 4
     stamps = {p: p.stat().st_mtime_ns for p in [*seed_rows, Path(run, "tuning", "best_config.yaml")]}
-    versions_before = sorted(Path(dataset, "_manifests").iterdir())
+    versions_before = sorted(Path(dataset, "_delta_log").glob("*.json"))
 
     monkeypatch.undo()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     result, run_id = run_flow(pipeline_flow, job())
-    assert sorted(Path(dataset, "_manifests").iterdir()) == versions_before
+    assert sorted(Path(dataset, "_delta_log").glob("*.json")) == versions_before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing redone
-    assert len(list(Path(run, "predictions").glob("part-*.parquet"))) == 6
+    assert len(finished_videos(resolve(str(Path(run, "predictions"))))) == 6
     report_dir = Path(run, "report")
     assert {p.name for p in report_dir.iterdir()} >= {
         "summary.md",

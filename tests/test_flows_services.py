@@ -19,6 +19,9 @@ import s3fs
 import yaml
 from test_flows import artifacts, by_key, corpus_dir, prefect_api, run_flow  # noqa: F401 - fixtures
 
+from affect_core.scoring import finished_videos
+from affect_core.storage import resolve
+
 pytestmark = pytest.mark.services
 OUTAGE_S = 15.0  # longer than s3fs's and botocore's own retries, shorter than the task's retry budget
 
@@ -89,7 +92,7 @@ def test_a_served_schedule_fires(prefect_api: str, corpus_dir: str, tmp_path: Pa
             time.sleep(2)
         run = completed_runs("every-few-seconds")[0]
         assert run.auto_scheduled and run.parameters["job"]["dataset_url"] == str(dataset)
-        assert (dataset / "_manifests").is_dir()
+        assert (dataset / "_delta_log").is_dir()
     finally:
         stop_group(serve)
         log.close()
@@ -179,7 +182,7 @@ def test_pipeline_on_s3_with_a_ray_cluster(
 
     fs = s3fs.S3FileSystem(**s3_server.storage_options())
     base = run[len("s3://") :]
-    assert len(fs.glob(f"{base}/predictions/part-*.parquet")) == 6
+    assert len(finished_videos(resolve(f"{run}/predictions", s3_server.storage_options()))) == 6
     assert {p.rsplit("/", 1)[1] for p in fs.ls(f"{base}/report")} >= {
         "summary.md",
         "ablation.png",

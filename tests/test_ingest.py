@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pytest
 from corpus_checks import assert_same_corpus
 
@@ -32,29 +31,29 @@ def _copy(layout: str, tmp_path: Path) -> Path:
     return root
 
 
-def test_ingest_local_writes_hive_partitioned_parquet_with_schema_and_metadata(tmp_path):
+def delta_rows(path) -> pa.Table:
+    """A dataset's rows as another Delta Lake reader (deltalake's own) sees them."""
+    from deltalake import DeltaTable
+
+    return pa.table(DeltaTable(str(path)).to_pyarrow_table())
+
+
+def test_ingest_local_writes_a_delta_table_with_schema_and_metadata(tmp_path):
     target = tmp_path / "dataset"
     result = ingest(str(DATA / "avec2016"), str(target), layout="avec2016", progress=False)
     assert not result.unchanged and result.videos == 3 and result.rows == 18 and result.mb_per_s > 0
-    assert result.content_hash.startswith("sha256:")
-    manifest = json.loads((target / "_manifests" / f"{result.version}.json").read_text())
-    assert manifest["content_hash"] == result.content_hash and manifest["rows"] == 18
-    files = sorted(
-        p.relative_to(target / "versions" / result.version).as_posix() for p in (target / "versions").rglob("*.parquet")
-    )
-    assert files == [
-        "split=dev/video_id=dev_1/part-0.parquet",
-        "split=test/video_id=test_1/part-0.parquet",
-        "split=train/video_id=train_1/part-0.parquet",
-    ]
-    table = pads.dataset(target / "versions" / result.version, format="parquet", partitioning="hive").to_table()
+    assert result.content_hash.startswith("sha256:") and result.version == "0"
+    assert (target / "_delta_log").is_dir()
+    files = sorted(p.relative_to(target).parent.as_posix() for p in target.rglob("*.parquet"))
+    assert files == ["split=dev", "split=test", "split=train"]  # one file per split here: three small videos
+    table = delta_rows(target)
     assert table.schema.field("video_id").type == pa.string()
     assert table.schema.field("frame").type == pa.int32()
     assert table.schema.field("time_s").type == pa.float64()
-    assert table.schema.field("features").type == pa.list_(pa.float32(), 5)
+    assert pa.types.is_list(table.schema.field("features").type)
     assert table.schema.field("arousal").type == pa.float32()
-    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-    assert metadata["affect.content_hash"] == result.content_hash
+    metadata = dataset_info(str(target)).metadata
+    assert dataset_info(str(target)).content_hash == result.content_hash
     assert metadata["affect.fps"] == "25.0" and metadata["affect.layout"] == "avec2016"
     assert json.loads(metadata["affect.feature_sets"]) == [
         {"name": "appearance", "start": 0, "stop": 3},
@@ -88,11 +87,11 @@ def test_read_api_selects_splits_feature_sets_and_streams(tmp_path):
         read_corpus(target, feature_set="audio")
 
 
-def test_ingest_to_memory_url():
+def test_a_memory_url_is_refused_clearly():
+    """Delta Lake commits through its own object store, which cannot share fsspec's memory://."""
     url = f"memory://affect-test-{uuid.uuid4().hex}/ds"
-    result = ingest(str(DATA / "csv"), url, layout="csv", progress=False)
-    assert list_versions(url) == [result.version]
-    assert_same_corpus(read_corpus(url), read_source(str(DATA / "csv"), "csv"))
+    with pytest.raises(AffectError, match="memory:// is not one"):
+        ingest(str(DATA / "csv"), url, layout="csv", progress=False)
 
 
 def test_unchanged_input_is_a_no_op_and_changed_input_makes_a_new_version(tmp_path):
@@ -120,26 +119,28 @@ def test_a_writer_failing_mid_write_leaves_no_visible_version(tmp_path, monkeypa
     target = str(tmp_path / "dataset")
     first = ingest(str(DATA / "avec2016"), target, layout="avec2016", progress=False)
     source = _copy("avec2016", tmp_path)
-    arff = source / "features_video_geometric" / "dev_1.arff"
-    lines = arff.read_text().splitlines()
-    data_at = lines.index("@data") + 1
-    lines[data_at] = "dev_1,0.00,0.25,0.25"
-    arff.write_text("\n".join(lines) + "\n")
+    for video_id in ("dev_1", "train_1"):  # two changed videos: the first file is complete when the second fails
+        arff = source / "features_video_geometric" / f"{video_id}.arff"
+        lines = arff.read_text().splitlines()
+        data_at = lines.index("@data") + 1
+        lines[data_at] = f"{video_id},0.00,0.25,0.25"
+        arff.write_text("\n".join(lines) + "\n")
 
-    real_write = ds._write_video_file
+    real_add = ds.delta.FileWriter.add
     calls = []
 
-    def failing_write(fs, path, table):
-        calls.append(path)
+    def failing_add(self, table, entry):
+        calls.append(entry.video_id)
         if len(calls) == 2:
             raise OSError("disk unplugged")
-        return real_write(fs, path, table)
+        return real_add(self, table, entry)
 
-    monkeypatch.setattr(ds, "_write_video_file", failing_write)
+    monkeypatch.setattr(ds.delta.FileWriter, "add", failing_add)
     with pytest.raises(AffectError, match="nothing was published"):
-        ingest(str(source), target, layout="avec2016", progress=False)
+        ingest(str(source), target, layout="avec2016", progress=False, target_file_bytes=1)
     assert list_versions(target) == [first.version]
     assert_same_corpus(read_corpus(target), read_source(str(DATA / "avec2016"), "avec2016"))
+    assert len(list(Path(target).rglob("*.parquet"))) == 3, "the failed writer's files were left behind"
 
 
 def test_a_killed_writer_leaves_no_visible_version(tmp_path):
@@ -153,20 +154,15 @@ def test_a_killed_writer_leaves_no_visible_version(tmp_path):
         f"""
         import os
         from affect_core.data import dataset as ds
-        real = ds._write_video_file
-        count = [0]
-        def killed(fs, path, table):
-            count[0] += 1
-            if count[0] == 2:
-                os._exit(9)
-            return real(fs, path, table)
-        ds._write_video_file = killed
-        ds.ingest({str(source)!r}, {str(target)!r}, layout="csv", progress=False)
+        def killed(*args, **kwargs):
+            os._exit(9)  # every file is uploaded, the commit never happens
+        ds.delta.commit = killed
+        ds.ingest({str(source)!r}, {str(target)!r}, layout="csv", progress=False, target_file_bytes=1)
         """
     )
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
     assert run.returncode == 9
-    assert len(list((target / "versions").iterdir())) == 2  # the killed writer's files are there...
+    assert len(list(target.rglob("*.parquet"))) > 3  # the killed writer's files are there...
     assert list_versions(str(target)) == [first.version]  # ...but no reader sees them
     assert dataset_info(str(target)).version == first.version
     assert read_corpus(str(target)).videos[1].labelled
@@ -177,10 +173,9 @@ def test_a_killed_writer_leaves_no_visible_version(tmp_path):
 
 def test_bare_parquet_features_url_is_readable_by_iter_videos(tmp_path):
     target = tmp_path / "dataset"
-    result = ingest(str(DATA / "avec2016"), str(target), layout="avec2016", progress=False)
-    version_dir = target / "versions" / result.version
+    ingest(str(DATA / "avec2016"), str(target), layout="avec2016", progress=False)
     features_dir = tmp_path / "features_copy"
-    shutil.copytree(version_dir, features_dir)
+    shutil.copytree(target, features_dir, ignore=shutil.ignore_patterns("_delta_log"))
     videos = list(iter_videos(str(features_dir)))
     reference = read_corpus(str(target))
     assert [v.video_id for v in videos] == ["dev_1", "test_1", "train_1"]  # directory order
@@ -188,7 +183,7 @@ def test_bare_parquet_features_url_is_readable_by_iter_videos(tmp_path):
     for video in reference.videos:
         np.testing.assert_array_equal(by_id[video.video_id].features, video.features)
         assert by_id[video.video_id].fps == 25.0
-    single = list(iter_videos(str(version_dir / "split=train" / "video_id=train_1" / "part-0.parquet")))
+    single = list(iter_videos(str(next((features_dir / "split=train").glob("*.parquet")))))
     assert len(single) == 1 and single[0].video_id == "train_1" and single[0].split == "train"
     geometric = list(iter_videos(str(features_dir), feature_set="geometric", splits=["dev"]))
     assert [v.video_id for v in geometric] == ["dev_1"] and geometric[0].features.shape == (6, 2)
@@ -269,8 +264,7 @@ def test_three_layouts_of_one_generated_corpus_ingest_to_the_same_dataset(tmp_pa
     assert corpora["avec2016"].metadata["affect.feature_sets"] == corpora["parquet"].metadata["affect.feature_sets"]
     assert corpora["csv"].feature_set == "features"
     tables = {
-        layout: pads.dataset(tmp_path / f"ds_{layout}" / "versions", format="parquet")
-        .to_table()
+        layout: delta_rows(tmp_path / f"ds_{layout}")
         .sort_by([("video_id", "ascending"), ("frame", "ascending")])
         .replace_schema_metadata(None)
         for layout in corpora
@@ -301,6 +295,5 @@ def test_ingest_and_read_back_on_s3(request):
     assert ingest(str(DATA / "avec2016"), url, layout="avec2016", storage_options=options, progress=False).unchanged
     streamed = list(iter_videos(url, splits=["dev"], storage_options=options))
     assert [v.video_id for v in streamed] == ["dev_1"]
-    versions_dir = f"{url}/versions/{result.version}"
-    bare = list(iter_videos(versions_dir, storage_options=options))
-    assert sorted(v.video_id for v in bare) == ["dev_1", "test_1", "train_1"]
+    pinned = list(iter_videos(f"{url}@{result.version}", storage_options=options))
+    assert sorted(v.video_id for v in pinned) == ["dev_1", "test_1", "train_1"]

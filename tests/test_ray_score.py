@@ -1,20 +1,20 @@
-"""Ray Data scoring equals the single-process scorer, skips finished videos and never duplicates a frame; local
-storage and SeaweedFS S3; plus the S3 settings given to Ray workers keep secrets out of pickles."""
+"""Ray Data scoring equals the single-process scorer, resumes from the videos a crashed job committed and never
+duplicates a frame; local storage and SeaweedFS S3; plus the S3 settings given to Ray workers keep secrets out of
+pickles."""
 
 from __future__ import annotations
 
-import io
 import pickle
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from affect_core import scoring
 from affect_core.artifact import load_bundle
 from affect_core.config import RunConfig
 from affect_core.data.dataset import dataset_info, iter_videos, read_corpus
 from affect_core.experiment import plan_seed_tasks, run_seed
-from affect_core.scoring import MANIFEST, finished_videos, part_name, score_videos
+from affect_core.scoring import finished_videos, read_predictions, score_videos
 from affect_core.storage import resolve
 from tests.test_ray_train import affect, make_dataset
 from tuning.cluster import ray_storage, shareable_storage_options, worker_env
@@ -33,12 +33,7 @@ def train_bundle(dataset: str, run_url: str, storage_options: dict | None) -> st
 
 
 def read_parts(url: str, storage_options: dict | None) -> dict:
-    out = resolve(url, storage_options)
-    tables = {}
-    for video_id in finished_videos(out):
-        with out.fs.open(out.join(part_name(video_id)).path, "rb") as handle:
-            tables[video_id] = pq.read_table(io.BytesIO(handle.read()))
-    return tables
+    return dict(read_predictions(url, storage_options).items())
 
 
 @pytest.mark.services
@@ -76,16 +71,28 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
                 atol=1e-5,
             )
 
-    # An interrupted job: some videos' parts and the manifest are missing. The re-run scores only those.
-    out = resolve(predictions, options)
-    lost = sorted(got)[::2]
-    for name in [part_name(v) for v in lost] + [MANIFEST]:
-        out.fs.rm(out.join(name).path)
-    again = affect(["score", dataset, "--model", model, "--out", predictions, "--ray", "--no-progress"], env)
+    # A crashed job committed some videos; the Ray re-run scores only the others.
+    crashed = f"{base}/crashed"
+    real, seen = scoring.tracks_table, []
+
+    def crash_at_the_fourth(video, *args):
+        seen.append(video.video_id)
+        if len(seen) == 4:
+            raise OSError("node lost")
+        return real(video, *args)
+
+    scoring.tracks_table = crash_at_the_fourth
+    try:
+        with pytest.raises(OSError, match="node lost"):
+            scoring.score_dataset(dataset, model, crashed, storage_options=options, progress=False, target_file_bytes=1)
+    finally:
+        scoring.tracks_table = real
+    committed = finished_videos(resolve(crashed, options))
+    assert len(committed) == 3
+    again = affect(["score", dataset, "--model", model, "--out", crashed, "--ray", "--no-progress"], env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{len(got) - len(lost)} already done" in again.stdout
-    rerun = read_parts(predictions, options)
-    assert out.exists(MANIFEST)
+    assert "3 already done" in again.stdout
+    rerun = read_parts(crashed, options)
     assert sorted(rerun) == sorted(got)
     for video_id, table in rerun.items():
         frames = table.column("frame").to_pylist()

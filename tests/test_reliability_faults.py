@@ -19,14 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.dataset as pads
 import pytest
 import s3fs
 
 from affect_core.config import RunConfig
 from affect_core.data.dataset import dataset_info, ingest, list_versions, read_corpus
 from affect_core.experiment import plan_seed_tasks, run_seed
-from affect_core.scoring import MANIFEST
+from affect_core.scoring import finished_videos
+from affect_core.storage import resolve
 from affect_core.synth import SynthConfig, write_corpus
 
 MANY_VIDEOS = SynthConfig(videos_per_split=40, frames=300, appearance_dim=6, geometric_dim=8)
@@ -68,7 +68,9 @@ def test_s3_server_killed_during_ingest(s3_server, s3_url, many_videos):
     dataset = f"{s3_url}/dataset"
     options = s3_server.storage_options()
     fs = s3fs.S3FileSystem(**options)
-    process = affect_process(["ingest", many_videos, dataset, "--layout", "parquet", "--no-progress"], s3_server.env())
+    small_files = ["--file-mb", "0.02"]  # many data files, so the server can be stopped between them
+    command = ["ingest", many_videos, dataset, "--layout", "parquet", "--no-progress", *small_files]
+    process = affect_process(command, s3_server.env())
     restart: threading.Timer | None = None
     try:
         deadline = time.monotonic() + 180
@@ -77,7 +79,8 @@ def test_s3_server_killed_during_ingest(s3_server, s3_url, many_videos):
             assert time.monotonic() < deadline, "the ingest never started writing"
             try:
                 fs.invalidate_cache()
-                written = len(fs.find(f"{dataset.removeprefix('s3://')}/versions"))
+                found = fs.find(dataset.removeprefix("s3://"))
+                written = len([p for p in found if p.endswith(".parquet") and "_delta_log" not in p])
             except (FileNotFoundError, OSError):
                 written = 0
             if written >= 5:
@@ -105,7 +108,7 @@ def test_s3_server_killed_during_ingest(s3_server, s3_url, many_videos):
         assert len(read_corpus(dataset, version=version, storage_options=options).videos) == total
     assert s3_server.secret_key not in stdout + stderr
 
-    again = affect_process(["ingest", many_videos, dataset, "--layout", "parquet", "--no-progress"], s3_server.env())
+    again = affect_process(command, s3_server.env())
     stdout, stderr = finish(again, timeout=300)
     assert again.returncode == 0, stderr[-3000:]
     assert stdout.startswith("unchanged: " if versions else "ingested "), stdout
@@ -115,8 +118,8 @@ def test_s3_server_killed_during_ingest(s3_server, s3_url, many_videos):
 
 @pytest.mark.slow
 def test_scoring_killed_with_sigkill_then_rerun(many_videos, tmp_path):
-    """`affect score` is killed with SIGKILL once some part files exist; the re-run skips the finished videos and the
-    predictions hold every (video, frame) exactly once."""
+    """`affect score` is killed with SIGKILL once some videos are committed; the re-run skips the committed videos and
+    the predictions hold every (video, frame) exactly once."""
     dataset = str(tmp_path / "dataset")
     ingest(str(many_videos), dataset, layout="parquet", progress=False)
     config = RunConfig()
@@ -125,15 +128,15 @@ def test_scoring_killed_with_sigkill_then_rerun(many_videos, tmp_path):
     corpus = read_corpus(dataset)
     model = run_seed(plan_seed_tasks(config, "arousal", [0])[0], corpus, str(tmp_path / "run")).bundle_url
     preds = tmp_path / "preds"
-    command = ["score", dataset, "--model", model, "--out", preds, "--no-ray", "--no-progress"]
+    command = ["score", dataset, "--model", model, "--out", preds, "--no-ray", "--no-progress", "--file-mb", "0.02"]
 
     process = affect_process(command)
     try:
         deadline = time.monotonic() + 180
-        while len(list(preds.glob("part-*.parquet"))) < 10:
+        while not (preds / "_delta_log").exists() or len(finished_videos(resolve(str(preds)))) < 10:
             assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "scoring never wrote a part file"
-            time.sleep(0.01)
+            assert time.monotonic() < deadline, "scoring never committed"
+            time.sleep(0.02)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -141,17 +144,18 @@ def test_scoring_killed_with_sigkill_then_rerun(many_videos, tmp_path):
             process.kill()
         process.communicate()
     assert process.returncode == -signal.SIGKILL
-    finished = len(list(preds.glob("part-*.parquet")))
+    finished = len(finished_videos(resolve(str(preds))))
     info = dataset_info(dataset)
     total = sum(len(ids) for ids in info.videos.values())
-    assert not (preds / MANIFEST).exists() and 10 <= finished < total, f"{finished} of {total} finished"
+    assert 10 <= finished < total, f"{finished} of {total} finished"
 
     again = affect_process(command)
     stdout, stderr = finish(again, timeout=300)
     assert again.returncode == 0, stderr[-3000:]
     assert f"{finished} already done" in stdout, stdout
-    assert (preds / MANIFEST).exists()
-    table = pads.dataset(preds, format="parquet").to_table(columns=["video_id", "frame"])
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(preds)).to_pyarrow_table(columns=["video_id", "frame"])  # every committed row
     keys = list(zip(table.column("video_id").to_pylist(), table.column("frame").to_pylist(), strict=True))
     expected = {(v.video_id, f) for v in corpus.videos for f in range(v.num_frames)}
     assert len(keys) == len(set(keys)), "duplicate (video, frame) rows"

@@ -1,9 +1,8 @@
 """Batched scoring equals scoring one video at a time, and the scoring pipeline's background reading and writing
-keep its guarantees: bounded read-ahead, errors raised in the caller, manifest last, idempotent re-runs."""
+keep its guarantees: bounded read-ahead, errors raised in the caller, nothing uncommitted visible, idempotent
+re-runs."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from affect_core.features import fit_feature_transform
 from affect_core.inference import predict_batch
 from affect_core.model import AffectModel
 from affect_core.scoring import (
-    MANIFEST,
     ReadAhead,
     finished_videos,
     predict_tracks,
@@ -173,8 +171,7 @@ def test_score_videos_equals_each_video_predicted_alone(tmp_path, monkeypatch):
             level, var = alone[dim]
             np.testing.assert_allclose(table.column(dim).to_numpy(zero_copy_only=False), level, atol=1e-5)
             np.testing.assert_allclose(table.column(f"{dim}_var").to_numpy(zero_copy_only=False), var, atol=1e-5)
-    manifest = json.loads((tmp_path / "p" / MANIFEST).read_text())
-    assert manifest["videos"] == sorted(v.video_id for v in videos)
+    assert tables.target.model_id == bundle.model_id
 
 
 def test_the_model_leaves_a_core_to_reading_and_writing_and_torch_threads_are_restored(tmp_path, monkeypatch):
@@ -211,36 +208,36 @@ def test_a_reader_error_reaches_the_caller_and_a_rerun_finishes_the_job(tmp_path
         yield from videos[:5]
         raise AffectError("features: row 7 is damaged")
 
+    small = {"target_file_bytes": 1}  # every video closes a file and commits: the crash leaves some committed
     with pytest.raises(AffectError, match="row 7 is damaged"):
-        score_videos(bundle, failing(), out, feature_names=bundle.feature_names, progress=False)
-    assert not (tmp_path / "p" / MANIFEST).exists()
+        score_videos(bundle, failing(), out, feature_names=bundle.feature_names, progress=False, **small)
     written = finished_videos(resolve(out))
-    assert written <= {v.video_id for v in videos[:5]}
-    assert not [p for p in (tmp_path / "p").iterdir() if p.name.endswith(".tmp")]
+    assert 0 < len(written) and written <= {v.video_id for v in videos[:5]}
+    committed = {str(p.relative_to(tmp_path / "p")) for p in (tmp_path / "p").glob("split=*/*.parquet")}
+    assert len(committed) == len(written), "uncommitted files were left behind"
 
-    again = score_videos(bundle, iter(videos), out, feature_names=bundle.feature_names, progress=False)
+    again = score_videos(bundle, iter(videos), out, feature_names=bundle.feature_names, progress=False, **small)
     assert again.skipped == len(written) and again.videos == len(videos)
-    assert (tmp_path / "p" / MANIFEST).exists()
     for video_id, table in read_predictions(out).items():
         n = next(v.num_frames for v in videos if v.video_id == video_id)
         assert table.column("frame").to_pylist() == list(range(n)), f"{video_id}: duplicate or missing frames"
 
 
-def test_a_write_error_reaches_the_caller_and_no_manifest_is_written(tmp_path, monkeypatch):
+def test_a_write_error_reaches_the_caller_and_nothing_is_committed(tmp_path, monkeypatch):
     monkeypatch.setattr(scoring, "BATCH_VIDEOS", 2)
-    real = scoring.write_video_predictions
+    real = scoring.tracks_table
 
-    def write(out, table, video_id):
-        if video_id == "test_3":
+    def table(video, tracks, model_id, dataset_version=""):
+        if video.video_id == "test_3":
             raise OSError("disk full")
-        real(out, table, video_id)
+        return real(video, tracks, model_id, dataset_version)
 
-    monkeypatch.setattr(scoring, "write_video_predictions", write)
+    monkeypatch.setattr(scoring, "tracks_table", table)
     bundle = make_bundle()
     with pytest.raises(OSError, match="disk full"):
         score_videos(bundle, iter(corpus()), str(tmp_path / "p"), feature_names=bundle.feature_names, progress=False)
-    assert not (tmp_path / "p" / MANIFEST).exists()
-    assert "test_3" not in finished_videos(resolve(str(tmp_path / "p")))
+    assert finished_videos(resolve(str(tmp_path / "p"))) == set()
+    assert not list((tmp_path / "p").glob("split=*/*.parquet")), "uncommitted files were left behind"
 
 
 def test_video_batches_respect_the_limits():

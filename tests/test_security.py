@@ -119,7 +119,7 @@ def test_no_secret_in_any_output_of_a_pipeline_on_s3(s3_server, s3_url, tmp_path
     assert "error: " in outputs[-2] and "error: " in outputs[-1]
     fs = s3fs.S3FileSystem(**s3_server.storage_options())
     written = {path: fs.cat_file(path) for path in fs.find(s3_url.removeprefix("s3://"))}
-    assert any(path.endswith("summary.md") for path in written) and any("_manifests" in p for p in written)
+    assert any(path.endswith("summary.md") for path in written) and any("_delta_log" in p for p in written)
     files = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     log = s3_server.log_path.read_bytes()
     for value in (secret, token, s3_server.access_key + ":" + secret):

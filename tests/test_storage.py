@@ -70,3 +70,35 @@ def test_unknown_protocol_is_an_affect_error():
         storage.resolve("nosuchproto://bucket/x")
     with pytest.raises(AffectError, match="empty"):
         storage.resolve("")
+
+
+def test_delta_lake_gets_the_s3_endpoint_and_keys_explicitly(monkeypatch):
+    """delta-rs reads neither AFFECT_S3_ENDPOINT nor AWS_ENDPOINT_URL_S3: the endpoint fsspec uses is passed on."""
+    from affect_core.data import delta
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AFFECT_S3_ENDPOINT", "http://127.0.0.1:8333")
+    loc = storage.resolve(
+        "s3://bucket/ds", {"key": "AKID", "secret": "s3cr3t", "client_kwargs": {"region_name": "eu-x"}}
+    )
+    options = delta.delta_storage_options(loc)
+    assert options["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8333" and options["AWS_ALLOW_HTTP"] == "true"
+    assert (options["AWS_ACCESS_KEY_ID"], options["AWS_SECRET_ACCESS_KEY"], options["AWS_REGION"]) == (
+        "AKID",
+        "s3cr3t",
+        "eu-x",
+    )
+    assert delta.table_uri(loc) == "s3://bucket/ds"
+    assert delta.delta_storage_options(storage.resolve("/tmp/x")) == {}
+    with pytest.raises(AffectError, match="memory:// is not one"):
+        delta.table_uri(storage.resolve("memory://x/y"))
+
+
+def test_versioned_urls_parse_only_a_numeric_suffix():
+    from affect_core.data import delta
+
+    assert delta.parse_versioned_url("s3://b/ds@12") == ("s3://b/ds", 12)
+    assert delta.parse_versioned_url("/data/ds") == ("/data/ds", None)
+    assert delta.parse_versioned_url("s3://key:secret@bucket/ds") == ("s3://key:secret@bucket/ds", None)
+    assert delta.parse_versioned_url("/data/name@host/ds") == ("/data/name@host/ds", None)

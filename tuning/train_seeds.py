@@ -70,27 +70,28 @@ def train_seeds(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
     seeds_per_worker: int = 1,
+    workers: int = 1,
+    device: str = "auto",
 ) -> dict[str, str]:
     """Train ``seeds`` seeds per model in parallel on Ray and write the run's outputs under ``run_url``.
 
-    With ``seeds_per_worker`` > 1 each Train worker trains a group of that many seeds of one model as one seed stack
-    (:func:`affect_core.experiment.run_seeds`, on the worker's CPUs): fewer, busier workers. A restarted
-    group worker keeps its finished seeds and trains the others again from the start.
+    With ``seeds_per_worker`` > 1 each Train run trains a group of that many seeds of one model together
+    (:func:`affect_core.experiment.run_seeds`): fewer, busier workers. A restarted group continues from its
+    checkpoint. With ``workers`` > 1 each group trains data-parallel on that many workers, each reading its part of
+    the train, dev and test videos of one pinned dataset version and joined in a torch process group
+    (:mod:`tuning.process_group`); the result is the model one worker would train. device: "auto" (the worker's GPU
+    when it was given one), "cpu" or "cuda".
 
     Returns the URLs of results.parquet, summary.md and the model bundle (as ``finish_run``). Raises AffectError
     naming the seeds that did not finish (after ``max_failures`` retries each).
     """
     import ray.tune
 
-    from affect_core.data.dataset import dataset_info
+    from affect_core.data.dataset import dataset_info, resolve_version
 
     resources = resources or SeedResources()
-    if seeds_per_worker > 1:
-        if resources.gpus:
-            raise AffectError(
-                "--seeds-per-worker > 1 trains each seed stack on the worker's CPUs; leave out --gpus-per-seed"
-            )
-        resources = SeedResources(cpus=resources.cpus, gpus=0.0)
+    if device == "cuda" and not resources.gpus:
+        raise AffectError("--device cuda on Ray needs GPUs for the workers: give --gpus-per-seed")
     cluster = ensure_ray(storage_options=storage_options)
     use_gpu, per_worker = resources.per_worker()
     tasks = plan_seed_tasks(config, dimension, range(seeds))
@@ -99,6 +100,9 @@ def train_seeds(
     storage_path, storage_fs = ray_storage(join(run_url, RAY_STATE_DIR), storage_options)
     settings = {
         "dataset_url": dataset_url,
+        "version": resolve_version(dataset_url, storage_options=dict(storage_options or {})),
+        "workers": int(workers),
+        "device": device,
         "run_url": run_url,
         "feature_set": feature_set,
         "resume": resume,
@@ -158,7 +162,9 @@ def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], sett
         seed_worker,
         train_loop_config={"task": tasks[key], **{k: settings[k] for k in WORKER_SETTINGS}},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=1, use_gpu=settings["use_gpu"], resources_per_worker=settings["resources_per_worker"]
+            num_workers=settings["workers"],
+            use_gpu=settings["use_gpu"],
+            resources_per_worker=settings["resources_per_worker"],
         ),
         run_config=ray.train.RunConfig(
             # The trial id keeps the name stable across Tune's restarts of this trial (Train then restores
@@ -173,7 +179,17 @@ def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], sett
     trainer.fit()
 
 
-WORKER_SETTINGS = ("dataset_url", "run_url", "feature_set", "resume", "storage_options", "threads")
+WORKER_SETTINGS = (
+    "dataset_url",
+    "version",
+    "run_url",
+    "feature_set",
+    "resume",
+    "storage_options",
+    "threads",
+    "device",
+    "use_gpu",
+)
 
 
 def seed_worker(loop_config: dict[str, Any]) -> None:
@@ -200,14 +216,45 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     options = loop_config["storage_options"] or None
     resume = bool(loop_config["resume"]) or ray.train.get_checkpoint() is not None
-    corpus = read_corpus(loop_config["dataset_url"], feature_set=loop_config["feature_set"], storage_options=options)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    workers = None
+    video_ids = None
+    if world > 1:
+        from affect_core.data.dataset import video_parts
+        from affect_core.parallel import Workers
+        from tuning.process_group import join_process_group
+
+        join_process_group(use_gpu=bool(loop_config["use_gpu"]))
+        workers = Workers()
+        video_ids = []  # this worker's part of every split: each split cut into parts of about equal frames
+        for split in ("train", "dev", "test"):
+            parts = video_parts(
+                loop_config["dataset_url"],
+                splits=[split],
+                version=loop_config["version"],
+                storage_options=options,
+                parts=world,
+            )
+            video_ids += parts[rank] if rank < len(parts) else []
+    corpus = read_corpus(
+        loop_config["dataset_url"],
+        feature_set=loop_config["feature_set"],
+        version=loop_config["version"],
+        storage_options=options,
+        video_ids=video_ids,
+    )
+    device = loop_config["device"]
+    if device == "auto":
+        device = str(ray.train.torch.get_device())
 
     def report(task: SeedTask, record: Any) -> None:
         metrics = {"epoch": record.epoch, "dev_ccc": record.dev_ccc, "train_loss": record.train_loss}
         with tempfile.TemporaryDirectory() as directory:
             with open(os.path.join(directory, "progress.json"), "w") as handle:
                 json.dump({**metrics, "seed": task.key}, handle)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            checkpoint = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint)
 
     run_seeds(
         tasks,
@@ -217,5 +264,10 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
         on_epoch=report,
         storage_options=options,
         node=current_node(),
-        device=str(ray.train.torch.get_device()),
+        device=device,
+        workers=workers,
     )
+    if workers is not None:
+        from tuning.process_group import leave_process_group
+
+        leave_process_group()

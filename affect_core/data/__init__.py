@@ -1,8 +1,8 @@
 """Data formats: in-memory records, input-layout readers, Parquet datasets.
 
-``read_source`` reads an input layout (avec2016, csv, parquet, openface, muse) into a validated Corpus;
-``ingest`` writes it as a versioned, Hive-partitioned Parquet dataset; ``read_corpus``, ``iter_videos`` and
-``dataset_info`` read datasets back.
+``read_source`` reads an input layout (avec2016, csv, parquet, openface, muse) into a validated Corpus; ``ingest``
+writes it as a versioned dataset table (Delta Lake, files of many whole videos partitioned by split);
+``read_corpus``, ``iter_videos``, ``DatasetReader`` and ``dataset_info`` read datasets back.
 Heavy submodules load on first use, so importing ``affect_core.data`` stays cheap.
 """
 
@@ -24,6 +24,9 @@ _LAZY = {
     "list_versions": "affect_core.data.dataset",
     "write_dataset": "affect_core.data.dataset",
     "content_hash": "affect_core.data.dataset",
+    "DatasetReader": "affect_core.data.dataset",
+    "video_parts": "affect_core.data.dataset",
+    "migrate": "affect_core.data.dataset",
 }
 
 

@@ -1,22 +1,22 @@
-"""Versioned Parquet datasets on any fsspec store: ``ingest`` writes them; ``read_corpus``, ``iter_videos``
-and ``dataset_info`` read them.
+"""Versioned datasets on any local path or S3 URL: ``ingest`` writes them; ``read_corpus``, ``iter_videos``,
+``iter_video_parts`` and ``dataset_info`` read them; ``migrate`` converts the earlier per-video layout.
 
-Layout (docs/data_formats.md)::
+A dataset is a Delta Lake table (:mod:`affect_core.data.delta`): Parquet files of many whole videos, partitioned by
+split, rows sorted by video and frame, row groups ending at video boundaries, an index of each file's videos in its
+footer. A commit is atomic and makes a new version; any version can be read (``version=`` or ``URL@VERSION``) until
+``affect vacuum`` removes it. Re-ingesting input whose every video has the hash the latest version holds is a no-op;
+changed input writes the changed videos (and the rest of each file that held an old copy of one) in one commit.
 
-    DATASET_URL/_manifests/<version>.json                                      written last: makes it visible
-    DATASET_URL/versions/<version>/split=<split>/video_id=<id>/part-0.parquet  one file per video
-
-A version is visible only once its manifest exists; readers list ``_manifests/`` and read exactly the files a
-manifest names, so a crashed writer (no manifest) leaves nothing visible. Re-ingesting input with the content
-hash of the latest version is a no-op; changed input makes a new version and the older ones stay readable."""
+Columns (DESIGN.md section 4): video_id, split, frame (int32), time_s (float64), features (list<float32>, one list per
+frame, NaN where there is no face), arousal, valence (float32, null where unlabelled). The table's description holds
+the metadata: feature names and sets, fps, source, layout."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from affect_core import storage
+from affect_core.data import delta, legacy
 from affect_core.data.readers import (
     TIME_DECIMALS,
     ReadOptions,
@@ -38,20 +39,19 @@ from affect_core.data.readers import (
 from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
 from affect_core.errors import AffectError
 
-FORMAT = "affect-dataset/1"
-MANIFESTS = "_manifests"
-VERSIONS = "versions"
-PART_FILE = "part-0.parquet"
+FORMAT = "affect-dataset/2"
 META_PREFIX = "affect."
 RESERVED_COLUMNS = ("video_id", "split", "frame", "time_s", "features", *AFFECT_DIMENSIONS, "ratings")
 # Corpus metadata kept in the dataset as affect.<key>: AVEC features come pooled; the tool that wrote the files.
 SOURCE_METADATA = ("pooled", "source_format")
+# A writer that loses a commit race re-plans from the new version this many times before giving up.
+COMMIT_ATTEMPTS = 4
 
 
 @dataclass
 class IngestResult:
     """What an ingest did. ``unchanged`` is True when the input matched the latest version (nothing
-    written)."""
+    written); ``videos_written`` counts the videos whose rows went into new files."""
 
     dataset_url: str
     version: str
@@ -62,6 +62,8 @@ class IngestResult:
     seconds: float
     source_bytes: int
     mb_per_s: float
+    videos_written: int = 0
+    files_written: int = 0
     notes: list[str] = field(default_factory=list)  # what the reader skipped, one line each
 
     def summary(self) -> str:
@@ -73,7 +75,8 @@ class IngestResult:
             )
         return (
             f"ingested {self.dataset_url} version {self.version}: {self.videos} videos, {self.rows} rows, "
-            f"{self.source_bytes / 1e6:.1f} MB in {self.seconds:.2f} s ({self.mb_per_s:.1f} MB/s)"
+            f"{self.source_bytes / 1e6:.1f} MB in {self.seconds:.2f} s ({self.mb_per_s:.1f} MB/s); "
+            f"{self.videos_written} video(s) written in {self.files_written} file(s)"
         )
 
 
@@ -95,43 +98,62 @@ class DatasetInfo:
     rows: int
     videos: dict[str, list[str]]
     metadata: dict[str, str] = field(default_factory=dict)
+    files: int = 0
+    bytes: int = 0
 
     @property
     def feature_dim(self) -> int:
         return len(self.feature_names)
 
 
-# ------------------------------------------------------------------------------------------------- content
-# hash
-def content_hash(corpus: Corpus) -> str:
-    """SHA-256 over what a dataset holds: feature names and sets, fps, and every video's ids, times, features
-    and labels (NaN canonicalised). Source path and layout are not part of it: the same data from elsewhere is
-    unchanged."""
-    digest = hashlib.sha256()
-    sets = [{"name": s["name"], "start": s["start"], "stop": s["stop"]} for s in set_ranges(corpus)]
+# ---------------------------------------------------------------------------------------------------- content hash
+def header_hash(
+    feature_names: Sequence[str], sets: Sequence[dict[str, Any]], fps: float, ratings: Sequence[str] = ()
+) -> str:
+    """SHA-256 over what every video of a dataset shares: feature names and sets, fps, the per-rater tracks."""
     header = {
         "format": FORMAT,
-        "feature_names": corpus.feature_names,
-        "feature_sets": sets,
-        "fps": corpus.fps,
+        "feature_names": list(feature_names),
+        "feature_sets": [{k: v for k, v in s.items() if k != "names"} for s in sets],
+        "fps": float(fps),
     }
-    digest.update(json.dumps(header, sort_keys=True).encode())
-    for video in sorted(corpus.videos, key=lambda v: video_sort_key(v.split, v.video_id)):
-        features = np.ascontiguousarray(video.features, dtype=np.float32)
-        features = np.where(np.isnan(features), np.float32(np.nan), features)
-        digest.update(json.dumps([video.video_id, video.split, list(features.shape)]).encode())
-        digest.update(np.ascontiguousarray(np.round(video.time_s, TIME_DECIMALS), dtype=np.float64).tobytes())
-        digest.update(features.tobytes())
-        for dimension in AFFECT_DIMENSIONS:
-            labels = video.labels(dimension)
-            digest.update(b"none" if labels is None else np.ascontiguousarray(labels, dtype=np.float32).tobytes())
-        if video.ratings:
-            digest.update(_ratings_matrix(video, rating_names(corpus)).tobytes())
+    if ratings:
+        header["ratings"] = list(ratings)
+    return "sha256:" + hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
+
+def video_hash(video: Video) -> str:
+    """SHA-256 over one video: id, split, times, features, labels and per-rater ratings (NaN canonicalised)."""
+    digest = hashlib.sha256()
+    features = np.ascontiguousarray(video.features, dtype=np.float32)
+    features = np.where(np.isnan(features), np.float32(np.nan), features)
+    digest.update(json.dumps([video.video_id, video.split, list(features.shape)]).encode())
+    digest.update(np.ascontiguousarray(np.round(video.time_s, TIME_DECIMALS), dtype=np.float64).tobytes())
+    digest.update(features.tobytes())
+    for dimension in AFFECT_DIMENSIONS:
+        labels = video.labels(dimension)
+        digest.update(b"none" if labels is None else np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+    for name in sorted(video.ratings or {}):
+        digest.update(name.encode() + np.ascontiguousarray(video.ratings[name], dtype=np.float32).tobytes())
     return "sha256:" + digest.hexdigest()
 
 
-# ------------------------------------------------------------------------------------------------------
-# writing
+def combined_hash(header: str, video_hashes: Iterable[tuple[str, str, str]]) -> str:
+    """The dataset's content hash from its header hash and (split, video id, video hash) of every video."""
+    digest = hashlib.sha256(header.encode())
+    for split, video_id, value in sorted(video_hashes, key=lambda t: video_sort_key(t[0], t[1])):
+        digest.update(f"{split}/{video_id}={value};".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def content_hash(corpus: Corpus) -> str:
+    """SHA-256 over what a dataset holds: feature names and sets, fps, and every video's ids, times, features
+    and labels. Source path and layout are not part of it: the same data from elsewhere is unchanged."""
+    header = header_hash(corpus.feature_names, set_ranges(corpus), corpus.fps, rating_names(corpus))
+    return combined_hash(header, [(v.split, v.video_id, video_hash(v)) for v in corpus.videos])
+
+
+# --------------------------------------------------------------------------------------------------------- writing
 def _frames(video: Video) -> np.ndarray:
     time_s = video.time_s
     if time_s.size == 0:
@@ -140,20 +162,21 @@ def _frames(video: Video) -> np.ndarray:
     return (np.rint((time_s - time_s[0]) * video.fps).astype(np.int64) + start).astype(np.int32)
 
 
-def dataset_schema(feature_dim: int, metadata: dict[str, str] | None = None, num_ratings: int = 0) -> pa.Schema:
-    """The Parquet schema of a dataset file (DESIGN.md section 4); a ``ratings`` column (one value per rater
-    named in ``affect.ratings``) when the corpus has per-rater ratings."""
+def dataset_schema(feature_dim: int = 0, metadata: dict[str, str] | None = None) -> pa.Schema:
+    """The Parquet schema of a dataset file (docs/data_formats.md). ``features`` is a variable-size list (Delta Lake
+    has no fixed-size list type); every frame's list has the dataset's feature count. A ``ratings`` column (one value
+    per rater track named in ``affect.ratings``) when the corpus has per-rater ratings."""
     fields = [
         ("video_id", pa.string()),
         ("split", pa.string()),
         ("frame", pa.int32()),
         ("time_s", pa.float64()),
-        ("features", pa.list_(pa.float32(), feature_dim)),
+        ("features", pa.list_(pa.float32())),
         ("arousal", pa.float32()),
         ("valence", pa.float32()),
     ]
-    if num_ratings:
-        fields.append(("ratings", pa.list_(pa.float32(), num_ratings)))
+    if metadata and metadata.get(f"{META_PREFIX}ratings"):
+        fields.append(("ratings", pa.list_(pa.float32())))
     return pa.schema(fields, metadata=metadata)
 
 
@@ -175,14 +198,15 @@ def _ratings_matrix(video: Video, names: list[str]) -> np.ndarray:
 def video_table(video: Video, schema: pa.Schema) -> pa.Table:
     """One video as a table in the dataset schema (labels null where the video has none)."""
     frames = video.num_frames
-    dim = schema.field("features").type.list_size
+    dim = video.features.shape[1] if video.features.ndim == 2 else 0
     flat = pa.array(np.ascontiguousarray(video.features, dtype=np.float32).reshape(-1), pa.float32())
+    offsets = pa.array(np.arange(frames + 1, dtype=np.int32) * dim, pa.int32())
     columns = [
-        pa.array([video.video_id] * frames, pa.string()),
-        pa.array([video.split] * frames, pa.string()),
+        pa.repeat(pa.scalar(video.video_id, pa.string()), frames),
+        pa.repeat(pa.scalar(video.split, pa.string()), frames),
         pa.array(_frames(video), pa.int32()),
         pa.array(np.round(video.time_s, TIME_DECIMALS), pa.float64()),
-        pa.FixedSizeListArray.from_arrays(flat, dim),
+        pa.ListArray.from_arrays(offsets, flat),
     ]
     for dimension in AFFECT_DIMENSIONS:
         labels = video.labels(dimension)
@@ -191,21 +215,39 @@ def video_table(video: Video, schema: pa.Schema) -> pa.Table:
         else:
             columns.append(pa.array(np.asarray(labels, dtype=np.float32), pa.float32()))
     if "ratings" in schema.names:
-        names = json.loads(schema.metadata[b"affect.ratings"])
+        names = json.loads(schema.metadata[f"{META_PREFIX}ratings".encode()])
         ratings = _ratings_matrix(video, names).reshape(-1)
-        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(ratings, pa.float32()), len(names)))
+        offsets = pa.array(np.arange(frames + 1, dtype=np.int32) * len(names), pa.int32())
+        columns.append(pa.ListArray.from_arrays(offsets, pa.array(ratings, pa.float32())))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def video_entry(video: Video, *, source: str = "") -> delta.VideoEntry:
+    """The index entry of one video (frames, frames without a face, content hash)."""
+    features = np.asarray(video.features)
+    missing = int(np.isnan(features).all(axis=1).sum()) if features.size else 0
+    return delta.VideoEntry(
+        video_id=video.video_id,
+        split=video.split,
+        frames=video.num_frames,
+        frames_without_face=missing,
+        hash=video_hash(video),
+        source=source,
+    )
+
+
 def dataset_metadata(corpus: Corpus, chash: str, layout: str, source: str) -> dict[str, str]:
-    """The ``affect.*`` schema metadata keys of a dataset (also copied into the manifest)."""
-    sets = [{k: v for k, v in s.items() if k != "names"} for s in set_ranges(corpus)]  # + set, dimension
+    """The ``affect.*`` keys of a dataset (the table's description and each file's schema metadata): feature sets
+    (with their ``set`` and ``dimension`` where the source keeps a version per affect dimension), the source's
+    metadata (``pooled``, ``source_format``) and the per-rater tracks."""
+    sets = [{k: v for k, v in s.items() if k != "names"} for s in set_ranges(corpus)]
     extra = {f"{META_PREFIX}{k}": corpus.metadata[k] for k in SOURCE_METADATA if k in corpus.metadata}
     if rating_names(corpus):
         extra[f"{META_PREFIX}ratings"] = json.dumps(rating_names(corpus))
     return {
         **extra,
         "affect.format": FORMAT,
+        "affect.kind": "dataset",
         "affect.feature_set": corpus.feature_set,
         "affect.feature_sets": json.dumps(sets),
         "affect.feature_names": json.dumps(list(corpus.feature_names)),
@@ -213,32 +255,153 @@ def dataset_metadata(corpus: Corpus, chash: str, layout: str, source: str) -> di
         "affect.fps": repr(float(corpus.fps)),
         "affect.source": storage.redact(source),
         "affect.layout": layout,
-        "affect.content_hash": chash,
+        "affect.header_hash": chash,
     }
-
-
-def _new_version_id(chash: str) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{stamp}-{chash.split(':')[-1][:12]}"
-
-
-def _write_video_file(fs: Any, path: str, table: pa.Table) -> int:
-    """Write one video's Parquet file; returns its size in bytes."""
-    with fs.open(path, "wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
-    return int(fs.size(path))
 
 
 def _check_destination(loc: storage.Location) -> None:
     if storage.exists(loc.fs, loc.path) and not storage.is_dir(loc.fs, loc.path):
         raise AffectError(f"{loc.display()}: exists and is a file; expected a dataset directory (or a new URL)")
-    entries = [name for name, _ in storage.list_dir(loc.fs, loc.path) if not name.startswith(".")]
-    if entries and MANIFESTS not in entries and VERSIONS not in entries:
+    if delta.is_table(loc):
+        return
+    if legacy.is_legacy(loc):
         raise AffectError(
-            f"{loc.display()}: directory holds {entries[0]!r} and is not an affect dataset (no "
-            f"{MANIFESTS}/); "
+            f"{loc.display()}: holds a dataset in the earlier per-video layout ({legacy.FORMAT}); convert it first "
+            f"with `affect migrate {loc.display()}`"
+        )
+    # split=... folders without a log are a crashed first ingest's uncommitted files: an ingest may write here
+    entries = [name for name, _ in storage.list_dir(loc.fs, loc.path) if not name.startswith((".", "split="))]
+    if entries:
+        raise AffectError(
+            f"{loc.display()}: directory holds {entries[0]!r} and is not an affect dataset (no _delta_log/); "
             "expected an empty directory, a new URL or an existing dataset"
         )
+
+
+@dataclass
+class _Pending:
+    """A video to write: from the input (``video``) or carried over from a file being rewritten (``entry``)."""
+
+    key: tuple[object, ...]
+    video: Video | None = None
+    entry: delta.VideoEntry | None = None
+
+
+def write_videos(
+    videos: Iterable[Video] | Sequence[Video],
+    dataset_url: str,
+    *,
+    metadata: dict[str, str],
+    storage_options: dict[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    row_group_rows: int = delta.ROW_GROUP_ROWS,
+    video_hashes: dict[str, str] | None = None,
+    splits: dict[str, str] | None = None,
+    load: Any = None,
+    check: bool = True,
+) -> tuple[str, str, bool, int, int]:
+    """Write ``videos`` as the new content of the dataset: a new version holding exactly these videos.
+
+    Only videos whose hash differs from the latest version's copy (or that are new) are written, together with the
+    other videos of each file that held an old copy; removed videos disappear with their files. ``video_hashes``
+    ({video id: hash}) lets a caller that knows a video is unchanged skip reading it: ``load(video_id)`` is then
+    called only for videos that must be written, and ``videos`` may be the ids' Video objects or None.
+    Returns (version, content hash, unchanged, videos written, files written)."""
+    loc = storage.resolve(dataset_url, storage_options)
+    if check:
+        _check_destination(loc)
+    given = {v.video_id: v for v in videos} if videos is not None else {}
+    hashes = dict(video_hashes or {})
+    for video_id, video in given.items():
+        hashes.setdefault(video_id, video_hash(video))
+    splits = {**(splits or {}), **{v.video_id: v.split for v in given.values()}}
+    if load is None:
+
+        def load(video_id: str) -> Video:
+            return given[video_id]
+
+    for attempt in range(COMMIT_ATTEMPTS):
+        snap = delta.snapshot(loc)
+        try:
+            return _write_once(
+                loc, snap, hashes, splits, load, metadata, sources or {}, target_file_bytes, row_group_rows
+            )
+        except delta.CommitConflict:
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _write_once(
+    loc: storage.Location,
+    snap: delta.Snapshot | None,
+    hashes: dict[str, str],
+    splits: dict[str, str],
+    load: Any,
+    metadata: dict[str, str],
+    sources: dict[str, str],
+    target_file_bytes: int,
+    row_group_rows: int,
+) -> tuple[str, str, bool, int, int]:
+    header = metadata["affect.header_hash"]
+    same_header = snap is not None and snap.metadata.get("affect.header_hash") == header
+    index = snap.index() if (snap is not None and same_header) else {}
+    changed = [v for v, h in hashes.items() if v not in index or index[v].hash != h or index[v].split != splits[v]]
+    deleted = [v for v in index if v not in hashes]
+    chash = combined_hash(header, [(splits[v], v, h) for v, h in hashes.items()])
+    if snap is not None and same_header and not changed and not deleted:
+        return str(snap.version), chash, True, 0, 0
+    touched = {index[v].path for v in [*changed, *deleted] if v in index}
+    removed = [f for f in snap.files if f.path in touched] if (snap is not None and same_header) else []
+    carried = [e for f in removed for e in f.videos if e.video_id in hashes and e.video_id not in set(changed)]
+    pending = [_Pending(video_sort_key(splits[v], v)) for v in changed]
+    pending += [_Pending(video_sort_key(e.split, e.video_id), entry=e) for e in carried]
+    pending.sort(key=lambda p: p.key)
+    changed_ids = iter(sorted(changed, key=lambda v: video_sort_key(splits[v], v)))
+    schema = dataset_schema(0, metadata)
+    writer = delta.FileWriter(loc, schema, target_file_bytes=target_file_bytes, row_group_rows=row_group_rows)
+    added: list[delta.DataFile] = []
+    try:
+        carried_rows = delta.iter_entry_tables(loc, [p.entry for p in pending if p.entry is not None])
+        for item in pending:
+            if item.entry is not None:
+                entry, table = next(carried_rows)
+                added += writer.add(table.replace_schema_metadata(metadata), _copy_entry(entry))
+                continue
+            video = load(next(changed_ids))
+            entry = video_entry(video, source=sources.get(video.video_id, ""))
+            if entry.hash != hashes[video.video_id]:
+                hashes[video.video_id] = entry.hash
+            added += writer.add(video_table(video, schema), entry)
+        added += writer.close()
+        version = delta.commit(
+            loc,
+            schema,
+            added=added,
+            removed=removed,
+            read_version=snap.version if snap is not None else None,
+            metadata=metadata,
+            replace=snap is not None and not same_header,
+            operation="ingest",
+        )
+    except BaseException as exc:
+        writer.abort()
+        if storage.is_store_error(exc) and not isinstance(exc, AffectError):
+            raise AffectError(
+                f"{loc.display()}: writing a new version failed ({type(exc).__name__}: "
+                f"{storage.redact(str(exc))[:200]}); nothing was published"
+            ) from None
+        raise
+    written = sum(len(f.videos) for f in added)
+    return str(version), chash, False, written, len(added)
+
+
+def _copy_entry(entry: delta.VideoEntry) -> delta.VideoEntry:
+    return delta.VideoEntry(
+        entry.video_id, entry.split, entry.frames, 0, entry.frames_without_face, entry.hash, entry.source
+    )
 
 
 def write_dataset(
@@ -249,66 +412,60 @@ def write_dataset(
     layout: str = "",
     source: str = "",
     progress: bool = True,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    row_group_rows: int = delta.ROW_GROUP_ROWS,
 ) -> tuple[str, str, bool]:
-    """Write ``corpus`` as a new dataset version (manifest last). Returns (version, content hash,
-    unchanged)."""
-    loc = storage.resolve(dataset_url, storage_options)
-    _check_destination(loc)
-    chash = content_hash(corpus)
-    latest = latest_manifest(loc)
-    if latest is not None and latest.get("content_hash") == chash:
-        return str(latest["version"]), chash, True
-    version = _new_version_id(chash)
-    metadata = dataset_metadata(corpus, chash, layout or corpus.metadata.get("layout", ""), source or corpus.source)
-    schema = dataset_schema(corpus.feature_dim, metadata, len(rating_names(corpus)))
-    data_dir = storage.join(loc.path, VERSIONS, version)
-    files: list[dict[str, Any]] = []
-    videos = sorted(corpus.videos, key=lambda v: video_sort_key(v.split, v.video_id))
-    make_dirs = loc.is_local or loc.protocol == "memory"
-    from tqdm import tqdm
+    """Write ``corpus`` as a new dataset version. Returns (version, content hash, unchanged)."""
+    version, chash, unchanged, _, _ = _write_corpus(
+        corpus,
+        dataset_url,
+        storage_options=storage_options,
+        layout=layout,
+        source=source,
+        target_file_bytes=target_file_bytes,
+        row_group_rows=row_group_rows,
+    )
+    return version, chash, unchanged
 
-    try:
-        for video in tqdm(videos, desc="ingest", unit="video", disable=not progress, leave=False):
-            relative = f"split={video.split}/video_id={video.video_id}/{PART_FILE}"
-            path = storage.join(data_dir, relative)
-            if make_dirs:
-                loc.fs.makedirs(storage.join(data_dir, f"split={video.split}/video_id={video.video_id}"), exist_ok=True)
-            size = _write_video_file(loc.fs, path, video_table(video, schema))
-            files.append(
-                {
-                    "path": relative,
-                    "video_id": video.video_id,
-                    "split": video.split,
-                    "rows": video.num_frames,
-                    "bytes": size,
-                    "labelled": video.labelled,
-                }
-            )
-        manifest = {
-            "format": FORMAT,
-            "version": version,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "content_hash": chash,
-            "data_path": f"{VERSIONS}/{version}",
-            "rows": int(sum(f["rows"] for f in files)),
-            "videos": len(files),
-            "metadata": metadata,
-            "files": files,
-        }
-        storage.write_bytes_atomic(
-            loc.fs,
-            storage.join(loc.path, MANIFESTS, f"{version}.json"),
-            json.dumps(manifest, indent=1).encode(),
-        )
-    except BaseException as exc:
-        storage.remove_tree(loc.fs, data_dir)
-        if storage.is_store_error(exc):
-            raise AffectError(
-                f"{loc.display()}: writing version {version} failed ({type(exc).__name__}: "
-                f"{storage.redact(str(exc))[:200]}); nothing was published"
-            ) from None
-        raise
-    return version, chash, False
+
+def _write_corpus(
+    corpus: Corpus,
+    dataset_url: str,
+    *,
+    storage_options: dict[str, Any] | None,
+    layout: str,
+    source: str,
+    target_file_bytes: int,
+    row_group_rows: int,
+    sources: dict[str, str] | None = None,
+) -> tuple[str, str, bool, int, int]:
+    header = header_hash(corpus.feature_names, set_ranges(corpus), corpus.fps, rating_names(corpus))
+    metadata = dataset_metadata(corpus, header, layout or corpus.metadata.get("layout", ""), source or corpus.source)
+    return write_videos(
+        corpus.videos,
+        dataset_url,
+        metadata=metadata,
+        storage_options=storage_options,
+        target_file_bytes=target_file_bytes,
+        row_group_rows=row_group_rows,
+        sources=sources,
+    )
+
+
+def _unchanged_by_stamps(
+    dataset_url: str, storage_options: dict[str, Any] | None, stamps: dict[str, str]
+) -> delta.Snapshot | None:
+    """The latest version when it records exactly these videos with exactly these source stamps, else None."""
+    loc = storage.resolve(dataset_url, storage_options)
+    if not delta.is_table(loc):
+        return None
+    snap = delta.snapshot(loc)
+    if snap is None:
+        return None
+    index = snap.index()
+    if set(index) != set(stamps) or any(index[v].source != stamp for v, stamp in stamps.items()):
+        return None
+    return snap
 
 
 def ingest(
@@ -321,29 +478,50 @@ def ingest(
     source_storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     fps: float | None = None,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    row_group_rows: int = delta.ROW_GROUP_ROWS,
     min_face_confidence: float = ReadOptions.min_face_confidence,
 ) -> IngestResult:
-    """Read and validate ``source_root`` (a layout of ``readers.LAYOUTS``), then write it to
-    ``dataset_url`` as a new dataset version, or do nothing if the latest version has the same content hash.
+    """Read and validate ``source_root`` (a layout of :func:`affect_core.data.readers.read_source`), then write it
+    to ``dataset_url`` as a new dataset version, or do nothing if the latest version holds the same videos.
 
     storage_options apply to the dataset URL (and to the source when ``source_storage_options`` is None).
     Raises AffectError on bad input (nothing is written) or when the destination cannot take the dataset."""
+    from affect_core.data.source_videos import source_stamps
+
     started = time.perf_counter()
+    source_options = source_storage_options if source_storage_options is not None else storage_options
+    stamps = source_stamps(source_root, layout, feature_set=feature_set, storage_options=source_options, fps=fps)
+    same = _unchanged_by_stamps(dataset_url, storage_options, stamps) if stamps else None
+    if same is not None:  # every file as the latest version recorded it: nothing is read
+        return IngestResult(
+            dataset_url=storage.redact(dataset_url),
+            version=str(same.version),
+            content_hash=dataset_info(dataset_url, version=same.version, storage_options=storage_options).content_hash,
+            unchanged=True,
+            rows=int(sum(e.frames for e in same.index().values())),
+            videos=len(stamps or {}),
+            seconds=time.perf_counter() - started,
+            source_bytes=0,
+            mb_per_s=0.0,
+        )
     corpus = read_source(
         source_root,
         layout,
         feature_set=feature_set,
-        storage_options=source_storage_options if source_storage_options is not None else storage_options,
+        storage_options=source_options,
         fps=fps,
         min_face_confidence=min_face_confidence,
     )
-    version, chash, unchanged = write_dataset(
+    version, chash, unchanged, written, files = _write_corpus(
         corpus,
         dataset_url,
         storage_options=storage_options,
         layout=layout,
         source=source_root,
-        progress=progress,
+        target_file_bytes=target_file_bytes,
+        row_group_rows=row_group_rows,
+        sources=stamps or {},
     )
     seconds = time.perf_counter() - started
     source_bytes = int(corpus.metadata.get("source_bytes", "0"))
@@ -357,78 +535,146 @@ def ingest(
         seconds=seconds,
         source_bytes=source_bytes,
         mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
+        videos_written=written,
+        files_written=files,
         notes=json.loads(corpus.metadata.get("notes", "[]")),
     )
 
 
-# ------------------------------------------------------------------------------------------------------
-# reading
-def list_versions(dataset_url: str, *, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Visible (complete) versions of a dataset, oldest first."""
-    return _versions(storage.resolve(dataset_url, storage_options))
+def migrate(
+    source_url: str,
+    dataset_url: str | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    keep_old: bool = False,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    row_group_rows: int = delta.ROW_GROUP_ROWS,
+) -> IngestResult:
+    """Convert the latest version of a dataset in the earlier per-video layout into a table at ``dataset_url``
+    (default: in place, after which the earlier layout's files are deleted unless ``keep_old``)."""
+    started = time.perf_counter()
+    source = storage.resolve(source_url, storage_options)
+    if not legacy.is_legacy(source):
+        if delta.is_table(source):
+            raise AffectError(f"{source.display()}: already a table; nothing to migrate")
+        raise AffectError(f"{source.display()}: no dataset of format {legacy.FORMAT} here (no _manifests/)")
+    manifest = legacy.latest_manifest(source)
+    target = storage.resolve(dataset_url, storage_options) if dataset_url else source
+    if target.path == source.path and delta.is_table(target):
+        raise AffectError(f"{target.display()}: already holds a table next to the earlier layout")
+    metadata = dict(manifest["metadata"])
+    names = json.loads(metadata.get("affect.feature_names", "[]"))
+    sets = json.loads(metadata.get("affect.feature_sets", "[]"))
+    fps = float(metadata.get("affect.fps", "nan"))
+    metadata["affect.format"] = FORMAT
+    metadata["affect.header_hash"] = header_hash(names, sets, fps)
+    metadata.pop("affect.content_hash", None)
+    ranges = [(0, len(names))]
+    where = source.display()
 
+    def videos() -> Iterator[Video]:
+        for _, table in legacy.iter_video_tables(source, manifest):
+            yield _to_video(table, ranges, fps, where)
 
-def _versions(loc: storage.Location) -> list[str]:
-    entries = storage.list_dir(loc.fs, storage.join(loc.path, MANIFESTS))
-    return sorted(
-        name[: -len(".json")]
-        for name, kind in entries
-        if kind == "file" and name.endswith(".json") and not name.startswith(".")
+    # The videos are written one file at a time: the hashes need one pass, the write another.
+    hashes = {}
+    splits = {}
+    for video in videos():
+        hashes[video.video_id] = video_hash(video)
+        splits[video.video_id] = video.split
+    entries = {e["video_id"]: e for e in manifest["files"]}
+
+    def load(video_id: str) -> Video:
+        entry = entries[video_id]
+        with source.fs.open(storage.join(source.path, manifest["data_path"], entry["path"]), "rb") as handle:
+            return _to_video(pq.read_table(handle), ranges, fps, where)
+
+    if target.path == source.path:
+        _check_table_or_empty_besides_legacy(target)
+    else:
+        _check_destination(target)
+    version, chash, _, written, files = write_videos(
+        [],
+        target.url,
+        metadata=metadata,
+        storage_options=storage_options,
+        video_hashes=hashes,
+        splits=splits,
+        load=load,
+        target_file_bytes=target_file_bytes,
+        row_group_rows=row_group_rows,
+        check=False,
+    )
+    if target.path == source.path and not keep_old:
+        legacy.remove(source, manifest)
+    return IngestResult(
+        dataset_url=target.display(),
+        version=version,
+        content_hash=chash,
+        unchanged=False,
+        rows=int(manifest.get("rows", 0)),
+        videos=len(hashes),
+        seconds=time.perf_counter() - started,
+        source_bytes=int(sum(int(e.get("bytes", 0)) for e in manifest["files"])),
+        mb_per_s=0.0,
+        videos_written=written,
+        files_written=files,
     )
 
 
-def _read_manifest(loc: storage.Location, version: str) -> dict[str, Any]:
-    where = loc.display(MANIFESTS, f"{version}.json")
-    try:
-        manifest = json.loads(storage.read_bytes(loc.fs, storage.join(loc.path, MANIFESTS, f"{version}.json")))
-    except FileNotFoundError:
-        raise AffectError(f"{where}: manifest not found") from None
-    except (ValueError, UnicodeDecodeError):
-        raise AffectError(f"{where}: unreadable manifest; expected JSON written by affect ingest") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
-        raise AffectError(f"{where}: not a manifest of format {FORMAT}")
-    return manifest
+def _check_table_or_empty_besides_legacy(loc: storage.Location) -> None:
+    others = [n for n, _ in storage.list_dir(loc.fs, loc.path) if n not in (legacy.MANIFESTS, "versions")]
+    others = [n for n in others if not n.startswith(".")]
+    if others:
+        raise AffectError(f"{loc.display()}: holds {others[0]!r} besides the earlier layout; migrate to a new URL")
 
 
-def latest_manifest(loc: storage.Location) -> dict[str, Any] | None:
-    versions = _versions(loc)
-    return _read_manifest(loc, versions[-1]) if versions else None
+# --------------------------------------------------------------------------------------------------------- reading
+def list_versions(dataset_url: str, *, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Readable versions of a dataset, oldest first (as strings: "0", "1", ...)."""
+    url, _ = delta.parse_versioned_url(dataset_url)
+    return [str(v) for v in delta.versions(storage.resolve(url, storage_options))]
 
 
 @dataclass
 class _Source:
-    """A resolved dataset version (manifest) or a bare Parquet features URL (manifest None)."""
+    """A resolved dataset version (snapshot) or a bare Parquet features URL (snapshot None)."""
 
     loc: storage.Location
-    manifest: dict[str, Any] | None
+    snapshot: delta.Snapshot | None
     versions: list[str]
 
 
-def _open(dataset_url: str, version: str | None, storage_options: dict[str, Any] | None) -> _Source:
-    loc = storage.resolve(dataset_url, storage_options)
-    versions = _versions(loc)
-    if versions:
-        if version is None:
-            chosen = versions[-1]
-        else:
-            matches = [v for v in versions if v == version] or [v for v in versions if v.startswith(version)]
-            if len(matches) != 1:
-                raise AffectError(
-                    f"{loc.display()}: version {version!r} "
-                    f"{'is ambiguous' if matches else 'not found'}; available: {', '.join(versions)}"
-                )
-            chosen = matches[0]
-        return _Source(loc, _read_manifest(loc, chosen), versions)
-    if version is not None:
-        raise AffectError(f"{loc.display()}: no dataset versions (no {MANIFESTS}/); cannot select {version!r}")
+def _open(dataset_url: str, version: str | int | None, storage_options: dict[str, Any] | None) -> _Source:
+    url, pinned = delta.parse_versioned_url(dataset_url)
+    loc = storage.resolve(url, storage_options)
+    wanted = delta.parse_version(version, loc.display())
+    if pinned is not None:
+        if wanted is not None and wanted != pinned:
+            raise AffectError(f"{loc.display()}: version {version} given, but the URL names version {pinned}")
+        wanted = pinned
+    if delta.is_table(loc):
+        snap = delta.snapshot(loc, wanted)
+        assert snap is not None
+        return _Source(loc, snap, [str(v) for v in delta.versions(loc)])
+    if legacy.is_legacy(loc):
+        raise AffectError(
+            f"{loc.display()}: a dataset in the earlier per-video layout ({legacy.FORMAT}); convert it with "
+            f"`affect migrate {loc.display()}`"
+        )
+    if wanted is not None:
+        raise AffectError(f"{loc.display()}: no dataset versions (no _delta_log/); cannot select version {wanted}")
     if not storage.exists(loc.fs, loc.path):
         raise AffectError(f"{loc.display()}: does not exist; expected a dataset written by affect ingest")
-    if storage.is_dir(loc.fs, loc.path) and storage.exists(loc.fs, storage.join(loc.path, VERSIONS)):
-        raise AffectError(
-            f"{loc.display()}: no complete dataset version (no manifest in {MANIFESTS}/); an ingest may have "
-            "failed before finishing: run it again"
-        )
     return _Source(loc, None, [])
+
+
+def resolve_version(
+    dataset_url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
+) -> str | None:
+    """The version a read of ``dataset_url`` (``URL@VERSION`` or ``version``, else the latest) would see; None
+    for a bare Parquet features URL. Pin it for every later read of one job."""
+    return dataset_info(dataset_url, version=version, storage_options=storage_options).version
 
 
 def _meta(manifest_or_schema: dict[str, str], key: str, default: str = "") -> str:
@@ -496,14 +742,14 @@ def _to_video(table: pa.Table, ranges: list[tuple[int, int]], fps: float | None,
             labels[dimension] = table.column(dimension).cast(pa.float32()).to_numpy().astype(np.float32)
         else:
             labels[dimension] = None
-    ratings = None
-    if "ratings" in table.column_names and table.schema.metadata and b"affect.ratings" in table.schema.metadata:
-        names = json.loads(table.schema.metadata[b"affect.ratings"])
+    video = Video(video_id, split, np.ascontiguousarray(features, dtype=np.float32), time_s, fps, **labels)
+    metadata = table.schema.metadata or {}
+    if "ratings" in table.column_names and f"{META_PREFIX}ratings".encode() in metadata:
+        names = json.loads(metadata[f"{META_PREFIX}ratings".encode()])
         matrix = table.column("ratings").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         matrix = matrix.astype(np.float32).reshape(-1, len(names))
         ratings = {name: matrix[:, j].copy() for j, name in enumerate(names) if not np.isnan(matrix[:, j]).all()}
-    video = Video(video_id, split, np.ascontiguousarray(features, dtype=np.float32), time_s, fps, **labels)
-    video.ratings = ratings or None
+        video.ratings = ratings or None
     return video
 
 
@@ -514,6 +760,12 @@ def _feature_matrix(table: pa.Table, where: str) -> np.ndarray:
             dim = column.type.list_size
             values = column.flatten().to_numpy(zero_copy_only=False)
             return values.astype(np.float32, copy=False).reshape(-1, dim)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            if len(column) and column.null_count == 0 and (lengths == lengths[0]).all():
+                values = column.flatten().to_numpy(zero_copy_only=False)
+                return values.astype(np.float32, copy=False).reshape(len(column), int(lengths[0]))
+            raise AffectError(f"{where}: 'features' lists differ in length; expected one feature count per frame")
         rows = column.to_pylist()
         return np.asarray(rows, dtype=np.float32)
     names = [n for n in table.column_names if n not in RESERVED_COLUMNS]
@@ -527,49 +779,143 @@ def _feature_matrix(table: pa.Table, where: str) -> np.ndarray:
     return np.column_stack([table.column(n).cast(pa.float32()).to_numpy() for n in numeric]).astype(np.float32)
 
 
+def _snapshot_metadata(snap: delta.Snapshot) -> dict[str, str]:
+    return {str(k): str(v) for k, v in snap.metadata.items()}
+
+
+def _entries(
+    snap: delta.Snapshot,
+    splits: Sequence[str] | None,
+    video_ids: Sequence[str] | None,
+) -> list[delta.VideoEntry]:
+    wanted_splits = set(splits) if splits is not None else None
+    wanted_ids = set(video_ids) if video_ids is not None else None
+    entries = [
+        e
+        for f in snap.files
+        for e in f.videos
+        if (wanted_splits is None or e.split in wanted_splits) and (wanted_ids is None or e.video_id in wanted_ids)
+    ]
+    entries.sort(key=lambda e: video_sort_key(e.split, e.video_id))
+    return entries
+
+
+class DatasetReader:
+    """One dataset version opened once (its log, metadata and video index read once), then read video by video as
+    often as asked: what a Ray actor or a training worker holds for a whole job. ``version`` (or ``URL@VERSION``)
+    pins the version; the latest is resolved here otherwise."""
+
+    def __init__(
+        self,
+        dataset_url: str,
+        *,
+        version: str | int | None = None,
+        feature_set: str | Sequence[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._load(_open(dataset_url, version, storage_options), feature_set)
+
+    @classmethod
+    def _of(cls, source: _Source, feature_set: str | Sequence[str] | None) -> DatasetReader:
+        reader = cls.__new__(cls)
+        reader._load(source, feature_set)
+        return reader
+
+    def _load(self, source: _Source, feature_set: str | Sequence[str] | None) -> None:
+        if source.snapshot is None:
+            raise AffectError(f"{source.loc.display()}: not a dataset table (no _delta_log/)")
+        self.location = source.loc
+        self.snapshot = source.snapshot
+        self.version = str(source.snapshot.version)
+        metadata = _snapshot_metadata(source.snapshot)
+        self.ranges, self.feature_names, _, _ = _selected_columns(metadata, feature_set, source.loc.display())
+        self.fps = float(_meta(metadata, "fps"))
+
+    def entries(
+        self,
+        *,
+        splits: Sequence[str] | None = None,
+        video_ids: Sequence[str] | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> list[delta.VideoEntry]:
+        """Index entries of the chosen videos in split and natural id order (``shard=(i, n)``: every n-th from i)."""
+        entries = _entries(self.snapshot, splits, video_ids)
+        if shard is not None:
+            index, count = shard
+            if not 0 <= index < count:
+                raise AffectError(f"{self.location.display()}: shard {index} of {count} does not exist")
+            entries = entries[index::count]
+        return entries
+
+    def videos(
+        self,
+        *,
+        splits: Sequence[str] | None = None,
+        video_ids: Sequence[str] | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[Video]:
+        """The chosen videos, one at a time (one row group in memory)."""
+        entries = self.entries(splits=splits, video_ids=video_ids, shard=shard)
+        for entry, table in delta.iter_entry_tables(self.location, entries):
+            yield _to_video(table, self.ranges, self.fps, self.location.display(entry.path))
+
+
 def iter_videos(
     dataset_url: str,
     *,
     splits: Sequence[str] | None = None,
     feature_set: str | Sequence[str] | None = None,
-    version: str | None = None,
+    version: str | int | None = None,
     storage_options: dict[str, Any] | None = None,
     video_ids: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[Video]:
-    """Stream the videos of a dataset version one at a time (bounded memory), in split then natural id order.
+    """Stream the videos of a dataset version one at a time (bounded memory: one row group), in split then natural
+    id order. ``version`` (or ``URL@VERSION``) pins the version; ``shard=(i, n)`` keeps every n-th video from the
+    i-th (the part of one of n training workers). A caller that reads many times opens a :class:`DatasetReader`.
 
     dataset_url may also be a bare Parquet file or directory in the dataset schema (a "features URL", no
-    manifest); its rows must be grouped by video. Labels are None for a video without labels."""
+    table); its rows must be grouped by video. Labels are None for a video without labels."""
     source = _open(dataset_url, version, storage_options)
-    if source.manifest is None:
+    if source.snapshot is None:
         yield from _iter_bare(source.loc, splits, feature_set, video_ids)
         return
-    manifest = source.manifest
-    metadata = manifest["metadata"]
-    where = source.loc.display()
-    ranges, _, _, _ = _selected_columns(metadata, feature_set, where)
-    fps = float(_meta(metadata, "fps"))
-    wanted_splits = set(splits) if splits is not None else None
-    wanted_ids = set(video_ids) if video_ids is not None else None
-    entries = [
-        e
-        for e in manifest["files"]
-        if (wanted_splits is None or e["split"] in wanted_splits)
-        and (wanted_ids is None or e["video_id"] in wanted_ids)
-    ]
-    entries.sort(key=lambda e: video_sort_key(e["split"], e["video_id"]))
-    base = storage.join(source.loc.path, manifest["data_path"])
-    for entry in entries:
-        path = storage.join(base, entry["path"])
-        file_where = source.loc.display(manifest["data_path"], entry["path"])
-        try:
-            with source.loc.fs.open(path, "rb") as handle:
-                table = pq.read_table(handle)
-        except FileNotFoundError:
-            raise AffectError(f"{file_where}: listed in the manifest but missing; the dataset is damaged") from None
-        except (OSError, pa.ArrowException) as exc:
-            raise AffectError(f"{file_where}: unreadable ({type(exc).__name__})") from None
-        yield _to_video(table, ranges, fps, file_where)
+    url, _ = delta.parse_versioned_url(dataset_url)
+    reader = DatasetReader(
+        url, version=source.snapshot.version, feature_set=feature_set, storage_options=storage_options
+    )
+    yield from reader.videos(splits=splits, video_ids=video_ids, shard=shard)
+
+
+def video_parts(
+    dataset_url: str,
+    *,
+    splits: Sequence[str] | None = None,
+    version: str | int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    parts: int | None = None,
+) -> list[list[str]]:
+    """The video ids of a dataset version cut into ``parts`` lists of about equal frames (default: one per data
+    file), each in reading order: what a pool of workers (Ray Data tasks, training workers) takes one list each of,
+    passing it to :func:`iter_videos` as ``video_ids`` with the same pinned ``version``."""
+    source = _open(dataset_url, version, storage_options)
+    if source.snapshot is None:
+        info = _bare_info(source.loc)
+        ids = [v for s, vs in info.videos.items() if splits is None or s in splits for v in vs]
+        return [ids] if ids else []
+    entries = _entries(source.snapshot, splits, None)
+    if parts is None:
+        by_file: dict[str, list[str]] = {}
+        for entry in sorted(entries, key=lambda e: (e.path, e.row_group)):
+            by_file.setdefault(entry.path, []).append(entry.video_id)
+        return list(by_file.values())
+    total = sum(e.frames for e in entries)
+    out: list[list[str]] = [[] for _ in range(max(1, parts))]
+    running = 0
+    for entry in sorted(entries, key=lambda e: (e.path, e.row_group)):
+        out[min(len(out) - 1, running * len(out) // max(1, total))].append(entry.video_id)
+        running += entry.frames
+    return [p for p in out if p]
 
 
 def _iter_bare(
@@ -648,10 +994,11 @@ def read_corpus(
     *,
     splits: Sequence[str] | None = None,
     feature_set: str | Sequence[str] | None = None,
-    version: str | None = None,
+    version: str | int | None = None,
     storage_options: dict[str, Any] | None = None,
+    video_ids: Sequence[str] | None = None,
 ) -> Corpus:
-    """Read a dataset version (the latest by default) into memory.
+    """Read a dataset version (the latest by default) into memory; ``video_ids`` keeps only those videos.
 
     Frames are sorted; features are (T, d) float32 with NaN rows for frames without a face; labels are None
     for unlabelled videos. Raises AffectError for unknown versions, feature sets or splits."""
@@ -662,13 +1009,15 @@ def read_corpus(
             raise AffectError(
                 f"{info.url}: no split {unknown[0]!r} in version {info.version}; available: {', '.join(info.videos)}"
             )
+    url, _ = delta.parse_versioned_url(dataset_url)
     videos = list(
         iter_videos(
-            dataset_url,
+            url,
             splits=splits,
             feature_set=feature_set,
             version=info.version,
             storage_options=storage_options,
+            video_ids=video_ids,
         )
     )
     _, names, label, sets = _selected_columns(info.metadata, feature_set, info.url)
@@ -685,35 +1034,88 @@ def read_corpus(
 
 
 def dataset_info(
-    dataset_url: str, *, version: str | None = None, storage_options: dict[str, Any] | None = None
+    dataset_url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> DatasetInfo:
-    """Metadata of a dataset version (latest by default): versions, fps, feature sets, video ids per split."""
+    """Metadata of a dataset version (latest by default): versions, fps, feature sets, video ids per split,
+    files and bytes."""
     source = _open(dataset_url, version, storage_options)
-    where = source.loc.display()
-    if source.manifest is None:
+    if source.snapshot is None:
         return _bare_info(source.loc)
-    manifest = source.manifest
-    metadata = dict(manifest["metadata"])
+    snap = source.snapshot
+    metadata = _snapshot_metadata(snap)
+    entries = _entries(snap, None, None)
     videos: dict[str, list[str]] = {}
-    for entry in sorted(manifest["files"], key=lambda e: video_sort_key(e["split"], e["video_id"])):
-        videos.setdefault(entry["split"], []).append(entry["video_id"])
+    for entry in entries:
+        videos.setdefault(entry.split, []).append(entry.video_id)
     sets = json.loads(_meta(metadata, "feature_sets", "[]"))
+    header = _meta(metadata, "header_hash")
     return DatasetInfo(
-        url=where,
-        version=manifest["version"],
+        url=source.loc.display(),
+        version=str(snap.version),
         versions=source.versions,
-        content_hash=manifest["content_hash"],
-        created_at=manifest.get("created_at", ""),
+        content_hash=combined_hash(header, [(e.split, e.video_id, e.hash) for e in entries]),
+        created_at="",
         fps=float(_meta(metadata, "fps", "nan")),
         feature_set=_meta(metadata, "feature_set"),
         feature_sets={s["name"]: (int(s["start"]), int(s["stop"])) for s in sets},
         feature_names=json.loads(_meta(metadata, "feature_names", "[]")),
         source=_meta(metadata, "source"),
         layout=_meta(metadata, "layout"),
-        rows=int(manifest.get("rows", 0)),
+        rows=int(sum(e.frames for e in entries)),
         videos=videos,
         metadata=metadata,
+        files=len(snap.files),
+        bytes=int(sum(f.size for f in snap.files)),
     )
+
+
+def table_summary(
+    url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``affect info URL --json`` prints for a dataset or predictions table: version, versions, videos
+    [{video_id, split, frames, frames_without_face}], files, bytes, feature_sets, and the table's metadata."""
+    source = _open(url, version, storage_options)
+    if source.snapshot is None:
+        raise AffectError(f"{source.loc.display()}: not a table (no _delta_log/); expected a dataset or predictions")
+    snap = source.snapshot
+    metadata = _snapshot_metadata(snap)
+    sets = json.loads(_meta(metadata, "feature_sets", "[]"))
+    return {
+        "url": source.loc.display(),
+        "kind": metadata.get("affect.kind", "dataset"),
+        "version": snap.version,
+        "versions": [int(v) for v in source.versions],
+        "videos": [
+            {
+                "video_id": e.video_id,
+                "split": e.split,
+                "frames": e.frames,
+                "frames_without_face": e.frames_without_face,
+            }
+            for e in _entries(snap, None, None)
+        ],
+        "files": len(snap.files),
+        "bytes": int(sum(f.size for f in snap.files)),
+        "feature_sets": {s["name"]: int(s["stop"]) - int(s["start"]) for s in sets},
+        "fps": float(_meta(metadata, "fps", "nan")),
+        "metadata": {k: v for k, v in metadata.items() if k not in ("affect.feature_names",)},
+    }
+
+
+def iter_table_rows(
+    url: str,
+    *,
+    version: str | int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    video_ids: Sequence[str] | None = None,
+) -> Iterator[tuple[str, pa.Table]]:
+    """(video id, its rows) of a dataset or predictions table version, one video at a time in split and natural id
+    order (bounded memory): what ``affect export`` writes."""
+    source = _open(url, version, storage_options)
+    if source.snapshot is None:
+        raise AffectError(f"{source.loc.display()}: not a table (no _delta_log/); expected a dataset or predictions")
+    for entry, table in delta.iter_entry_tables(source.loc, _entries(source.snapshot, None, video_ids)):
+        yield entry.video_id, table
 
 
 def _bare_info(loc: storage.Location) -> DatasetInfo:

@@ -366,7 +366,7 @@ def assemble_corpus(
         ranges.append(entry)
         start += len(names)
     metadata = {"feature_sets": json.dumps(ranges), "layout": layout, "source": source, **read.metadata}
-    raters = list(dict.fromkeys(name for v in out for name in (v.ratings or {})))
+    raters = sorted({name for v in out for name in (v.ratings or {})})  # one order, however the videos are read
     if raters:
         metadata["ratings"] = json.dumps(raters)
     if read.notes:

@@ -39,7 +39,8 @@ PARTITION = "metadata/partition.csv"
 SPLIT_NAMES = {"train": "train", "devel": "dev", "dev": "dev", "test": "test"}
 
 
-def _partition(files: SourceFiles) -> dict[str, str]:
+def read_muse_partition(files: SourceFiles) -> dict[str, str]:
+    """Id -> split from ROOT/metadata/partition.csv (devel is the dev split)."""
     where = files.loc.display(PARTITION)
     if not files.loc.exists(PARTITION):
         raise fail(where, "file not found; expected the partition table (columns Id, Partition) of the muse layout")
@@ -95,7 +96,7 @@ def _label_track(data: bytes, where: str) -> Track:
 
 
 def read_muse(files: SourceFiles, feature_set: str | Sequence[str] | None, options: ReadOptions) -> SourceRead:
-    partition = _partition(files)
+    partition = read_muse_partition(files)
     available = sorted(files.folders(FEATURES))
     if not available:
         raise fail(

@@ -1,0 +1,118 @@
+"""Export a dataset or predictions table version to the forms other tools take: one Parquet file, one CSV file, or one
+CSV per video. Rows stream one video at a time (bounded memory); in CSV the ``features`` lists become one column per
+feature, named by the dataset's feature names."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from affect_core import storage
+from affect_core.errors import AffectError
+
+
+@dataclass
+class ExportResult:
+    videos: int
+    rows: int
+    where: str
+
+
+def flat_table(table: pa.Table, feature_names: list[str]) -> pa.Table:
+    """``table`` with its ``features`` list column (T lists of d) replaced by d float32 columns."""
+    if "features" not in table.column_names:
+        return table
+    from affect_core.data.dataset import _feature_matrix
+
+    matrix = _feature_matrix(table, "export")
+    names = feature_names if len(feature_names) == matrix.shape[1] else [f"f{i}" for i in range(matrix.shape[1])]
+    position = table.column_names.index("features")
+    out = table.remove_column(position)
+    for offset, name in enumerate(names):
+        out = out.add_column(position + offset, name, pa.array(np.ascontiguousarray(matrix[:, offset])))
+    return out
+
+
+def export_table(
+    url: str,
+    dest: str | None,
+    *,
+    per_video: str | None = None,
+    version: str | int | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Write the table at ``url`` (pinned ``version``, or ``URL@VERSION``) to ``dest`` (.parquet or .csv) and/or
+    one CSV per video under ``per_video``. Files appear whole (written under a temporary name, then moved)."""
+    from affect_core.data.dataset import dataset_info, iter_table_rows
+
+    if dest is None and per_video is None:
+        raise AffectError("export: give DEST (.parquet or .csv) or --per-video DIR")
+    kind = None
+    if dest is not None:
+        kind = posixpath.splitext(dest)[1].lower()
+        if kind not in (".parquet", ".csv"):
+            raise AffectError(
+                f"{storage.redact(dest)}: unknown export format {kind or '(none)'}; expected .parquet or .csv"
+            )
+    info = dataset_info(url, version=version, storage_options=storage_options)
+    names = list(info.feature_names)
+    target = storage.resolve(dest, storage_options) if dest is not None else None
+    folder = storage.resolve(per_video, storage_options) if per_video is not None else None
+    if folder is not None:
+        folder.fs.makedirs(folder.path, exist_ok=True)
+    writer: Any = None
+    handle: Any = None
+    temporary = None
+    videos = rows = 0
+    try:
+        if target is not None:
+            temporary = storage.join(
+                posixpath.dirname(target.path), f".{posixpath.basename(target.path)}.{uuid.uuid4().hex}"
+            )
+            if target.is_local:
+                target.fs.makedirs(posixpath.dirname(target.path), exist_ok=True)
+            handle = target.fs.open(temporary, "wb")
+        from affect_core.data import delta
+
+        base, _ = delta.parse_versioned_url(url)
+        for video_id, table in iter_table_rows(base, version=info.version, storage_options=storage_options):
+            videos += 1
+            rows += table.num_rows
+            table = table.replace_schema_metadata(None)
+            if handle is not None:
+                out = table if kind == ".parquet" else flat_table(table, names)
+                if writer is None:
+                    if kind == ".parquet":
+                        metadata = {"affect.feature_names": json.dumps(names), "affect.version": str(info.version)}
+                        writer = pq.ParquetWriter(handle, out.schema.with_metadata(metadata), compression="zstd")
+                    else:
+                        writer = pacsv.CSVWriter(handle, out.schema)
+                writer.write_table(out.cast(writer.schema) if kind == ".parquet" else out)
+            if folder is not None:
+                from affect_core.data.readers import check_video_id
+
+                check_video_id(video_id, folder.display())
+                with folder.fs.open(storage.join(folder.path, f"{video_id}.csv"), "wb") as one:
+                    pacsv.write_csv(flat_table(table, names), one)
+        if handle is not None:
+            if writer is not None:
+                writer.close()
+            handle.close()
+            handle = None
+            target.fs.mv(temporary, target.path)
+            temporary = None
+    finally:
+        if handle is not None:
+            handle.close()
+        if temporary is not None and target is not None:
+            storage.remove_tree(target.fs, temporary)
+    where = " and ".join(x.display() for x in (target, folder) if x is not None)
+    return ExportResult(videos, rows, where)

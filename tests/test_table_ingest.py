@@ -1,0 +1,129 @@
+"""Ingest video by video: the source listed once and grouped by video, each video read alone with the layout
+readers, cross-video checks as an aggregate; parallel ingest on Ray re-reads only changed files and writes only
+changed videos."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from corpus_checks import assert_same_corpus
+
+from affect_core.data import dataset as ds
+from affect_core.data import source_videos as sv
+from affect_core.data.readers import read_source
+from affect_core.errors import AffectError
+from affect_core.synth import SynthConfig, write_corpus
+
+DATA = Path(__file__).parent / "data"
+
+
+def make_source(root: Path, layout: str = "csv", videos_per_split: int = 2) -> Path:
+    config = SynthConfig(videos_per_split=videos_per_split, frames=80, appearance_dim=3, geometric_dim=2, seed=4)
+    write_corpus(config, root, layout)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["csv", "avec2016"])
+def test_videos_read_one_by_one_equal_the_whole_corpus(tmp_path, layout):
+    root = make_source(tmp_path / "src", layout)
+    whole = read_source(str(root), layout)
+    items = sv.list_source_videos(str(root), layout)
+    assert [(i.video_id, i.split) for i in items] == [(v.video_id, v.split) for v in whole.videos]
+    reads = [sv.read_source_video(str(root), layout, item) for item in items]
+    header = sv.check_consistent(reads, str(root))
+    assert header.feature_names == whole.feature_names and header.fps == whole.fps
+    for read, video in zip(reads, whole.videos, strict=True):
+        assert_same_corpus(
+            type(whole)([read.video], read.feature_names, read.fps),
+            type(whole)([video], whole.feature_names, whole.fps),
+        )
+        assert read.source_bytes == sum(size for size, _ in items[reads.index(read)].files.values()) > 0
+
+
+def test_a_bad_file_is_named_by_its_source_path_and_a_disagreeing_video_is_refused(tmp_path):
+    root = make_source(tmp_path / "src")
+    items = {i.video_id: i for i in sv.list_source_videos(str(root), "csv")}
+    bad = root / "features" / "dev_2.csv"
+    lines = bad.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",oops"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AffectError) as caught:
+        sv.read_source_video(str(root), "csv", items["dev_2"])
+    assert str(root / "features" / "dev_2.csv") in str(caught.value) and "memory://" not in str(caught.value)
+    narrow = root / "features" / "dev_1.csv"
+    text = narrow.read_text().splitlines()
+    narrow.write_text("\n".join(",".join(line.split(",")[:-1]) for line in text) + "\n")
+    first = sv.read_source_video(str(root), "csv", items["train_1"])
+    other = sv.read_source_video(str(root), "csv", items["dev_1"])
+    with pytest.raises(AffectError, match="video 'dev_1': feature dimension 4 differs from 5"):
+        sv.check_consistent([first, other], str(root))
+
+
+def test_a_fingerprint_changes_with_a_file_and_nothing_else(tmp_path):
+    root = make_source(tmp_path / "src")
+    before = {i.video_id: i.fingerprint for i in sv.list_source_videos(str(root), "csv")}
+    path = root / "labels" / "train_2.csv"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = {i.video_id: i.fingerprint for i in sv.list_source_videos(str(root), "csv")}
+    assert [v for v in before if before[v] != after[v]] == ["train_2"]
+
+
+def test_a_single_file_layout_cannot_be_split():
+    assert not sv.splittable(str(DATA / "parquet"), "parquet") or not (DATA / "parquet" / "features.parquet").exists()
+
+
+@pytest.mark.slow
+def test_parallel_ingest_on_ray_reads_and_writes_only_what_changed(tmp_path):
+    from tuning import ingest as parallel
+    from tuning.cluster import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    root = make_source(tmp_path / "src", videos_per_split=3)
+    url = str(tmp_path / "ds")
+    first = parallel.ingest(str(root), url, layout="csv", target_file_bytes=30_000)
+    assert not first.unchanged and first.videos == 9 and first.videos_written == 9
+    assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
+    assert ds.dataset_info(url).content_hash == ds.content_hash(read_source(str(root), "csv"))
+
+    again = parallel.ingest(str(root), url, layout="csv")
+    assert again.unchanged and again.version == first.version
+    assert again.source_bytes == 0, "a no-op re-ingest read source files"
+
+    path = root / "features" / "test_3.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[-1] = "0.5" if cells[-1] != "0.5" else "0.25"
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    time.sleep(0.01)
+    changed = parallel.ingest(str(root), url, layout="csv", target_file_bytes=30_000)
+    assert not changed.unchanged and changed.version == "1"
+    assert 1 <= changed.videos_written < 9 and changed.source_bytes == path.stat().st_size
+    assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
+
+
+def test_a_no_op_reingest_reads_no_file_and_a_touched_file_is_read_but_not_written(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src")
+    url = str(tmp_path / "ds")
+    first = ds.ingest(str(root), url, layout="csv", progress=False)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the source was read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ds, "read_source", no_reading)
+        again = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert again.unchanged and again.version == first.version and again.source_bytes == 0
+    assert again.content_hash == first.content_hash
+
+    path = root / "features" / "dev_1.csv"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new time: read, hash, no write
+    touched = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert touched.unchanged and touched.source_bytes > 0 and ds.list_versions(url) == ["0"]
+    other = ds.ingest(str(root), url, layout="csv", progress=False, feature_set="features", fps=25.0)
+    assert other.source_bytes > 0  # other options: the recorded stamps do not apply
