@@ -64,8 +64,10 @@ class IngestJob:
         0.5, "openface: rows with a lower confidence (py-feat: FaceScore) are frames without a face.", min=0.0
     )
     file_mb: float = option(256.0, "Target size of the dataset's data files in MB (each holds many videos).", min=0.001)
-    ray: bool | None = option(
-        None, "Read the videos in parallel with Ray tasks (default: when RAY_ADDRESS is set).", flag="--ray/--no-ray"
+    parallel: bool | None = option(
+        None,
+        "Read and validate the videos in parallel with Ray tasks (default: when RAY_ADDRESS is set).",
+        flag="--parallel/--no-parallel",
     )
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar over videos.")
@@ -349,7 +351,20 @@ def _submitted(job: Any) -> Any:
     """The job's result, run as a Ray job at the job server in ``RAY_ADDRESS``."""
     from flows.ray_job import submit
 
-    return submit(job, job_server())
+    return decode_result(job, submit(job, job_server()))
+
+
+def decode_result(job: Any, data: Any) -> Any:
+    """A job's result from its JSON form (what a Ray job prints), as :func:`run` returns it."""
+    if isinstance(job, ScoreJob):
+        from affect_core.scoring import ScoreResult
+
+        return ScoreResult(**data)
+    if isinstance(job, TuneJob):
+        from tuning.tune import TuneOutcome
+
+        return TuneOutcome(**data)
+    return data
 
 
 def _ray_capacity(request: dict[str, float], *, what: str, timeout_s: float, url: str | None, s3: str | None) -> None:
@@ -374,7 +389,7 @@ def run_ingest(job: IngestJob) -> Any:
         "target_file_bytes": int(job.file_mb * 2**20),
         "min_face_confidence": job.min_face_confidence,
     }
-    if use_ray(job.ray):
+    if use_ray(job.parallel):
         from tuning.ingest import ingest as ingest_on_ray
 
         return ingest_on_ray(job.source, job.dataset_url, **options)

@@ -3,9 +3,9 @@
 When ``RAY_ADDRESS`` is a Ray job server address (``http://head:8265``; a Prefect flow-run pod that is no Ray node
 reaches the cluster this way), :func:`submit` hands the job to the server with the job submission client
 (``ray.job_submission.JobSubmissionClient``), streams the job's logs to this process's stderr, waits for it, and
-returns its result or raises an AffectError carrying the job's own error. On the cluster the job's driver is this
-module run as ``python -m flows.ray_job '<job as JSON>'``: it runs the same job (with Ray, at the ``RAY_ADDRESS`` the
-job server gives its drivers) and prints its result as the last line of its logs.
+returns its result or raises an AffectError carrying the job's own error. On the cluster the job's driver is
+:mod:`flows.ray_job_driver` run as ``python -m flows.ray_job_driver '<job as JSON>'``: it runs the same job (with Ray,
+at the ``RAY_ADDRESS`` the job server gives its drivers) and prints its result as the last line of its logs.
 
 The job's JSON holds URLs and options only: storage keys never travel with it (the cluster's nodes have their own,
 from their environment).
@@ -35,11 +35,12 @@ def is_job_server(address: str | None) -> bool:
 def entrypoint(job: Any) -> str:
     """The shell command that runs ``job`` as the driver of a Ray job."""
     payload = json.dumps({"kind": type(job).__name__, "job": dataclasses.asdict(job)})
-    return f"python -m flows.ray_job {shlex.quote(payload)}"
+    return f"python -m flows.ray_job_driver {shlex.quote(payload)}"
 
 
 def submit(job: Any, address: str, *, poll_s: float = POLL_S) -> Any:
-    """Run ``job`` as a Ray job at the job server ``address``; stream its logs to stderr; return its result."""
+    """Run ``job`` as a Ray job at the job server ``address``; stream its logs to stderr; return its result in its
+    JSON form (:func:`flows.jobs.run` decodes it)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     where = redact(address)
@@ -71,7 +72,7 @@ def submit(job: Any, address: str, *, poll_s: float = POLL_S) -> Any:
     results = [line for line in logs.splitlines() if line.startswith(RESULT_MARK)]
     if not results:
         raise AffectError(f"Ray job {job_id} at {where} succeeded but printed no result")
-    return decode_result(job, json.loads(results[-1][len(RESULT_MARK) :]))
+    return json.loads(results[-1][len(RESULT_MARK) :])
 
 
 def _submit_when_ready(client: Any, command: str, metadata: dict[str, str], *, wait_s: float = 60.0) -> str:
@@ -98,41 +99,3 @@ def _echo(logs: str, shown: int) -> int:
 
 def _first_line(message: Any) -> str:
     return redact(str(message).strip().splitlines()[0] if str(message).strip() else "no message")[:500]
-
-
-def decode_result(job: Any, data: Any) -> Any:
-    """A job's result from its JSON form, as :func:`flows.jobs.run` returns it."""
-    from flows import jobs
-
-    if isinstance(job, jobs.ScoreJob):
-        from affect_core.scoring import ScoreResult
-
-        return ScoreResult(**data)
-    if isinstance(job, jobs.TuneJob):
-        from tuning.tune import TuneOutcome
-
-        return TuneOutcome(**data)
-    return data
-
-
-def main(argv: list[str]) -> int:
-    """The Ray job's driver: run the job given as JSON; print its result (or one error line)."""
-    from flows import jobs
-
-    request = json.loads(argv[0])
-    kind = getattr(jobs, request["kind"])
-    job = kind(**request["job"])
-    if hasattr(job, "ray"):
-        job = dataclasses.replace(job, ray=True)
-    try:
-        result = jobs.run(job)
-    except AffectError as exc:
-        print(f"error: {exc}", flush=True)
-        return 1
-    plain = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
-    print(RESULT_MARK + json.dumps(plain, default=str), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
