@@ -187,10 +187,38 @@ def is_loopback(address: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["train", "tune"])
+def test_two_data_parallel_workers_train_the_model_of_one(tmp_path):
+    """`affect train --ray --workers 2`: one seed trained by two Ray Train workers, each reading its part of every
+    split of the pinned dataset version and summing gradients through a torch process group, gives the results of
+    `--workers 1` (to float summation order)."""
+    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    args = ["--dimension", "arousal", "--model", "lstm-kf", "--seeds", "1", "--epochs", "3", "--window-frames", "100"]
+    runs = {}
+    for workers in (1, 2):
+        out = str(tmp_path / f"workers{workers}")
+        done = subprocess.run(
+            [sys.executable, "-m", "affect_cli.main", "train", dataset, "--out", out, *args, "--ray"]
+            + ["--workers", str(workers), "--no-progress"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[workers] = _results(out, None)
+    one, two = runs[1], runs[2]
+    assert one[["seed", "split", "epochs"]].equals(two[["seed", "split", "epochs"]])
+    assert (one["ccc"] - two["ccc"]).abs().max() < 2e-4, (one["ccc"].tolist(), two["ccc"].tolist())
+    assert (one["mu_frames"] - two["mu_frames"]).abs().max() < 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "tune", "train-workers"])
 def test_the_embedded_ray_listens_on_loopback_only(command, tmp_path):
-    """`affect train --ray` and `affect tune` without RAY_ADDRESS start Ray in their process: every socket that Ray
-    (GCS, raylet, agents, workers) listens on while the job runs is on 127.0.0.1."""
+    """`affect train --ray` (one worker per seed, or two data-parallel workers joined in a torch process group) and
+    `affect tune` without RAY_ADDRESS start Ray in their process: every socket that Ray (GCS, raylet, agents, workers)
+    or the process group listens on while the job runs is on 127.0.0.1."""
     dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
     args = {
         "train": [
@@ -206,7 +234,9 @@ def test_the_embedded_ray_listens_on_loopback_only(command, tmp_path):
             "--ray",
         ],
         "tune": ["tune", dataset, "--out", str(tmp_path / "run"), "--num-samples", "1", "--epochs", "1"],
-    }[command]
+    }
+    args["train-workers"] = [*args["train"], "--workers", "2"]
+    args = args[command]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     driver = subprocess.Popen(
         [sys.executable, "-m", "affect_cli.main", *args, "--no-progress"],
