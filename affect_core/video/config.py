@@ -1,4 +1,4 @@
-"""Settings of video feature extraction, kept with the fitted transform so that scoring extracts exactly as ingest did."""
+"""Settings of video feature extraction, kept with the fitted transform: scoring extracts exactly as ingest did."""
 
 from __future__ import annotations
 

@@ -118,7 +118,8 @@ def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> I
                 yield DecodedFrame(index, round(time_s, 9), frame.to_ndarray(format="gray"))
                 index += 1
         except av.FFmpegError as exc:
-            raise fail(where, f"decoding failed at frame {index} ({type(exc).__name__}); expected a readable video") from None
+            problem = f"decoding failed at frame {index} ({type(exc).__name__}); expected a readable video"
+            raise fail(where, problem) from None
         if index == 0:
             raise fail(where, "the video stream has no frames; expected at least one decodable frame")
     finally:

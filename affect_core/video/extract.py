@@ -95,9 +95,7 @@ def iter_chunks(
         start += drop
         return chunk
 
-    for frame, box in track_faces(
-        decode_frames(source, where), detector, detect_every=config.detect_every
-    ):
+    for frame, box in track_faces(decode_frames(source, where), detector, detect_every=config.detect_every):
         index.append(frame.index)
         times.append(frame.time_s)
         boxes.append(box)
@@ -140,7 +138,7 @@ def sample_video(
     limit: int,
     device: str | None = None,
 ) -> np.ndarray:
-    """Raw LGBP-TOP rows of every ``every``-th frame with a face, at most ``limit`` rows: (n, D) float32 (for the PCA)."""
+    """Raw LGBP-TOP rows of every ``every``-th frame with a face, at most ``limit``: (n, D) float32 (for the PCA)."""
     rows: list[np.ndarray] = []
     count = 0
     for chunk in iter_chunks(source, where, config, device=device):

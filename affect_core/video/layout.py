@@ -1,0 +1,328 @@
+"""The ``video`` input layout: video files in, the same Corpus / Video records as every other layout out.
+
+    ROOT/videos/<video_id>.<mp4|mkv|avi|mov|webm>   one file per video (a constant frame rate)
+    ROOT/partition.csv                              video_id,split (every video)
+    ROOT/labels/<video_id>.csv                      optional: frameTime (or frame),arousal,valence, one row per frame
+
+Every video goes through :func:`affect_core.video.extract.extract_video`. At ingest the PCA is fitted first, on frames
+sampled evenly from the train videos (at most ``pca_frames``), then every video is extracted and reduced; the fitted
+:class:`~affect_core.video.transform.VideoTransform` travels with the corpus (:class:`VideoCorpus`) and is stored
+beside the dataset. ``mapper`` runs the per-video work: the builtin ``map`` (one process, the default) or Ray
+(``tuning.video_extract.ray_mapper``: one task per video, only features leave the workers).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from affect_core import storage
+from affect_core.data.readers import SourceVideo, Track, assemble_corpus, check_split, check_video_id, label_track
+from affect_core.data.records import Corpus, Video
+from affect_core.data.tables import read_csv_table
+from affect_core.errors import AffectError, fail
+from affect_core.video.config import VideoConfig
+from affect_core.video.decode import VIDEO_SUFFIXES, probe
+from affect_core.video.extract import VideoFeatures, extract_video, sample_video
+from affect_core.video.transform import FEATURE_SET, VideoTransform, fit_transform, save_dataset_transform
+
+LAYOUT = "video"
+VIDEOS_DIR = "videos"
+LABELS_DIR = "labels"
+PARTITION = "partition.csv"
+# Videos whose fps differs from the model's by more than this share are refused at scoring.
+FPS_TOLERANCE = 0.02
+
+T = TypeVar("T")
+Mapper = Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]
+"""Runs a function over jobs and yields the results in the jobs' order (the builtin ``map`` is one)."""
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video file to read: ``url`` (fsspec URL or local path) and how to name it in messages."""
+
+    video_id: str
+    split: str
+    url: str
+    where: str
+    storage_options: dict[str, Any] | None = None
+
+    def open(self) -> Any:
+        loc = storage.resolve(self.url, self.storage_options)
+        if loc.is_local:
+            return loc.path
+        return loc.fs.open(loc.path, "rb")
+
+
+@dataclass
+class VideoCorpus(Corpus):
+    """A Corpus read from videos, with the fitted video transform that produced its features."""
+
+    video_transform: VideoTransform | None = field(default=None, repr=False)
+
+    def save_beside(self, dataset_url: str, content_hash: str, storage_options: dict[str, Any] | None = None) -> None:
+        """Store the video transform beside the dataset version with ``content_hash``."""
+        if self.video_transform is not None:
+            save_dataset_transform(self.video_transform, dataset_url, content_hash, storage_options)
+
+
+def _checked_source(job: VideoJob) -> Any:
+    try:
+        return job.open()
+    except (OSError, ValueError) as exc:
+        raise fail(job.where, f"cannot be opened ({type(exc).__name__})") from None
+
+
+def extract_job(job: VideoJob, transform: VideoTransform, device: str | None = None) -> VideoFeatures:
+    """The PCA-reduced features of one video (a picklable unit of work for a mapper)."""
+    source = _checked_source(job)
+    try:
+        return extract_video(source, job.where, transform, device=device)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def sample_job(job: VideoJob, config: VideoConfig, every: int, limit: int, device: str | None = None) -> np.ndarray:
+    """Raw LGBP-TOP rows of every ``every``-th frame with a face of one video, at most ``limit`` (for the PCA)."""
+    source = _checked_source(job)
+    try:
+        return sample_video(source, job.where, config, every=every, limit=limit, device=device)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _estimated_frames(job: VideoJob) -> int:
+    source = _checked_source(job)
+    try:
+        info = probe(source, job.where)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+    return max(1, info.frames)
+
+
+def list_video_files(loc: storage.Location) -> dict[str, str]:
+    """video id -> file name of every video in ROOT/videos/ (hidden files skipped)."""
+    folder = storage.join(loc.path, VIDEOS_DIR)
+    if not storage.is_dir(loc.fs, folder):
+        raise fail(loc.display(VIDEOS_DIR), "folder not found; expected ROOT/videos/<video_id>.mp4 (video layout)")
+    files: dict[str, str] = {}
+    for name, kind in storage.list_dir(loc.fs, folder):
+        if kind != "file" or name.startswith((".", "_")):
+            continue
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or "." + suffix.lower() not in VIDEO_SUFFIXES:
+            raise fail(
+                loc.display(VIDEOS_DIR, name),
+                f"unexpected file; expected video files named <video_id>{'|'.join(VIDEO_SUFFIXES)}",
+            )
+        check_video_id(stem, loc.display(VIDEOS_DIR, name))
+        if stem in files:
+            raise fail(
+                loc.display(VIDEOS_DIR, name),
+                f"video {stem!r} also in {files[stem]}; expected one file per video id",
+            )
+        files[stem] = name
+    if not files:
+        raise fail(loc.display(VIDEOS_DIR), "no video files; expected ROOT/videos/<video_id>.mp4")
+    return files
+
+
+def read_partition(loc: storage.Location, *, required: bool = True) -> dict[str, str] | None:
+    """video id -> split from ROOT/partition.csv (None when absent and not required)."""
+    where = loc.display(PARTITION)
+    if not storage.exists(loc.fs, loc.join(PARTITION).path):
+        if required:
+            raise fail(where, "file not found; expected a partition table with columns video_id, split")
+        return None
+    data = storage.read_bytes(loc.fs, loc.join(PARTITION).path)
+    table = read_csv_table(data, where, string_columns=("video_id", "split"))
+    if table.names != ["video_id", "split"]:
+        raise fail(where, f"columns {', '.join(table.names)}; expected columns video_id, split")
+    partition: dict[str, str] = {}
+    for row, (video_id, split) in enumerate(zip(table.columns["video_id"], table.columns["split"], strict=True)):
+        ref = f"{where}: {table.row_ref(row)}"
+        check_video_id(str(video_id), ref)
+        check_split(str(split), ref)
+        if video_id in partition:
+            raise AffectError(f"{ref}: duplicate video id {video_id!r}; expected each video once")
+        partition[str(video_id)] = str(split)
+    if not partition:
+        raise fail(where, "no videos; expected one row per video")
+    return partition
+
+
+def video_jobs(
+    root: str, storage_options: dict[str, Any] | None = None, *, partition_required: bool = True
+) -> list[VideoJob]:
+    """One job per video of ROOT, in the partition's order (or by id when there is no partition: split "test")."""
+    loc = storage.resolve(root, storage_options)
+    if not storage.is_dir(loc.fs, loc.path):
+        problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"
+        raise fail(loc.display(), f"source {problem}; expected a directory in the video layout")
+    files = list_video_files(loc)
+    partition = read_partition(loc, required=partition_required)
+    if partition is None:
+        partition = {video_id: "test" for video_id in sorted(files)}
+    for video_id in partition:
+        if video_id not in files:
+            raise fail(
+                loc.display(PARTITION),
+                f"video {video_id!r} has no file; expected {VIDEOS_DIR}/{video_id}.mp4 (or .mkv, .avi, .mov, .webm)",
+            )
+    for video_id, name in files.items():
+        if video_id not in partition:
+            raise fail(loc.display(VIDEOS_DIR, name), f"video {video_id!r} is not listed in {PARTITION}")
+    return [
+        VideoJob(
+            video_id,
+            split,
+            storage.join(root.rstrip("/"), VIDEOS_DIR, files[video_id]),
+            loc.display(VIDEOS_DIR, files[video_id]),
+            storage_options,
+        )
+        for video_id, split in partition.items()
+    ]
+
+
+def fit_video_transform(
+    jobs: list[VideoJob], config: VideoConfig, *, mapper: Mapper = map, device: str | None = None
+) -> VideoTransform:
+    """Fit the PCA on at most ``config.pca_frames`` frames sampled evenly over the train videos of ``jobs``."""
+    train = [j for j in jobs if j.split == "train"]
+    if not train:
+        raise AffectError("video layout: no train videos in the partition; expected train videos to fit the PCA on")
+    total = sum(mapper(_estimated_frames, train))
+    every = max(1, math.ceil(total / config.pca_frames))
+    sample = functools.partial(sample_job, config=config, every=every, limit=config.pca_frames, device=device)
+    rows = [r for r in mapper(sample, train) if len(r)]
+    samples = np.concatenate(rows) if rows else np.zeros((0, config.raw_dim), np.float32)
+    if len(samples) > config.pca_frames:
+        samples = samples[np.linspace(0, len(samples) - 1, config.pca_frames).round().astype(int)]
+    return fit_transform(samples, config)
+
+
+def _feature_track(features: VideoFeatures, names: list[str], where: str) -> Track:
+    return Track(
+        where,
+        names,
+        features.features.astype(np.float64),
+        features.time_s,
+        None,
+        lambda row: f"frame {row}",
+    )
+
+
+def read_video_source(
+    root: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    config: VideoConfig | None = None,
+    transform: VideoTransform | None = None,
+    mapper: Mapper = map,
+    device: str | None = None,
+    progress: bool = False,
+) -> VideoCorpus:
+    """Read and validate a corpus in the video layout: fit the video transform on the train split (unless given),
+    extract every video, attach labels. Raises AffectError on any bad input (nothing is written)."""
+    from tqdm.auto import tqdm
+
+    jobs = video_jobs(root, storage_options)
+    loc = storage.resolve(root, storage_options)
+    if transform is None:
+        transform = fit_video_transform(jobs, config or VideoConfig(), mapper=mapper, device=device)
+    names = transform.feature_names
+    extracted = mapper(functools.partial(extract_job, transform=transform, device=device), jobs)
+    videos: list[SourceVideo] = []
+    for job, features in tqdm(zip(jobs, extracted, strict=True), total=len(jobs), desc="videos", disable=not progress):
+        video = SourceVideo(job.video_id, job.split)
+        video.features[FEATURE_SET] = _feature_track(features, names, job.where)
+        label_path = loc.join(LABELS_DIR, f"{job.video_id}.csv").path
+        if storage.exists(loc.fs, label_path):
+            data = storage.read_bytes(loc.fs, label_path)
+            track = label_track(read_csv_table(data, loc.display(LABELS_DIR, f"{job.video_id}.csv")))
+            for column, dimension in enumerate(("arousal", "valence")):
+                video.labels[dimension] = (track, column)
+        videos.append(video)
+    corpus = assemble_corpus(videos, [FEATURE_SET], source=loc.display(), layout=LAYOUT)
+    corpus.metadata["source_bytes"] = str(_source_bytes(loc))
+    corpus.metadata["video_config"] = str(transform.config.to_dict())
+    return VideoCorpus(**vars(corpus), video_transform=transform)
+
+
+def _source_bytes(loc: storage.Location) -> int:
+    total = 0
+    for name, kind in storage.list_dir(loc.fs, storage.join(loc.path, VIDEOS_DIR)):
+        if kind == "file":
+            total += int(loc.fs.size(storage.join(loc.path, VIDEOS_DIR, name)))
+    return total
+
+
+def to_video(job: VideoJob, features: VideoFeatures) -> Video:
+    """A scoring record: one row per decoded frame at its timestamp (labels none)."""
+    return Video(job.video_id, job.split, features.features, features.time_s, features.fps)
+
+
+def ingest_videos(
+    root: str,
+    dataset_url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    source_storage_options: dict[str, Any] | None = None,
+    config: VideoConfig | None = None,
+    mapper: Mapper = map,
+    device: str | None = None,
+    progress: bool = True,
+) -> Any:
+    """``affect ingest ROOT DATASET --layout video``: read ROOT, write the dataset version and store the fitted video
+    transform beside it. Returns the dataset store's IngestResult. Nothing is written on bad input; a failed dataset
+    write removes the transform it had just stored."""
+    from affect_core.data.dataset import IngestResult, content_hash, write_dataset
+    from affect_core.video.transform import TRANSFORMS_DIR
+
+    started = time.perf_counter()
+    corpus = read_video_source(
+        root,
+        storage_options=source_storage_options if source_storage_options is not None else storage_options,
+        config=config,
+        mapper=mapper,
+        device=device,
+        progress=progress,
+    )
+    chash = content_hash(corpus)
+    loc = storage.resolve(dataset_url, storage_options)
+    folder = storage.join(loc.path, TRANSFORMS_DIR)
+    existed = storage.exists(loc.fs, folder)
+    # The transform goes first, so that a visible dataset version always has its transform; a failed write of the
+    # version takes it back out.
+    corpus.save_beside(dataset_url, chash, storage_options)
+    try:
+        version, chash, unchanged = write_dataset(
+            corpus, dataset_url, storage_options=storage_options, layout=LAYOUT, source=root, progress=progress
+        )
+    except BaseException:
+        if not existed:
+            storage.remove_tree(loc.fs, folder)
+        raise
+    seconds = time.perf_counter() - started
+    source_bytes = int(corpus.metadata.get("source_bytes", "0"))
+    return IngestResult(
+        dataset_url=storage.redact(dataset_url),
+        version=version,
+        content_hash=chash,
+        unchanged=unchanged,
+        rows=int(sum(v.num_frames for v in corpus.videos)),
+        videos=len(corpus.videos),
+        seconds=seconds,
+        source_bytes=source_bytes,
+        mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
+    )
