@@ -15,7 +15,7 @@ def ingest(
     dataset_url: Annotated[
         str, typer.Argument(help="Dataset to write: a local path, s3://bucket/prefix, memory://... .")
     ],
-    layout: Annotated[str, typer.Option(help="Input layout: avec2016, csv or parquet.")] = "avec2016",
+    layout: Annotated[str, typer.Option(help="Input layout: avec2016, csv, parquet or video.")] = "avec2016",
     feature_set: Annotated[
         str | None,
         typer.Option(
@@ -43,6 +43,13 @@ def ingest(
     from affect_core.errors import AffectError
 
     storage_options = {"endpoint_url": s3_endpoint} if s3_endpoint else None
+    if layout == "video":  # extraction (Ray when RAY_ADDRESS is set) and the fitted transform stored with the dataset
+        from functools import partial
+
+        from affect_core.video.layout import ingest_videos
+        from tuning.video_extract import video_mapper
+
+        ingest_dataset = partial(ingest_videos, mapper=video_mapper())
     try:
         result = ingest_dataset(
             source,

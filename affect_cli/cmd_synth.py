@@ -13,7 +13,9 @@ import typer
 
 def synth(
     out: Annotated[str, typer.Argument(help="Output directory; must not exist or be empty (see --overwrite).")],
-    layout: Annotated[str, typer.Option(help="Input layout to write: avec2016, csv or parquet.")] = "avec2016",
+    layout: Annotated[
+        str, typer.Option(help="Input layout to write: avec2016, csv, parquet or video (clips).")
+    ] = "avec2016",
     videos_per_split: Annotated[int, typer.Option(help="Videos in each of train, dev and test.")] = 9,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 7501,
     fps: Annotated[float, typer.Option(help="Frame rate (frames per second).")] = 25.0,
@@ -41,6 +43,25 @@ def synth(
     from affect_core.synth import SynthConfig, write_corpus
 
     started = time.perf_counter()
+    if layout == "video":  # generated clips of a real face; the feature and noise options do not apply
+        from affect_core.synth.video import VideoSynthConfig, write_video_corpus
+
+        clips = VideoSynthConfig(
+            videos_per_split,
+            frames,
+            fps,
+            lag_s=lag_s,
+            no_face_share=no_face_share,
+            label_noise=label_noise,
+            test_labels=test_labels,
+            seed=seed,
+        )
+        write_video_corpus(clips, out, overwrite=overwrite, progress=progress)
+        typer.echo(
+            f"wrote {3 * videos_per_split} clips of {frames} frames at {fps:g} fps (labels lagging by "
+            f"{lag_s:g} s) in the video layout to {out} in {time.perf_counter() - started:.1f} s"
+        )
+        return
     config = SynthConfig(
         videos_per_split=videos_per_split,
         frames=frames,

@@ -81,6 +81,9 @@ def train(
             progress=progress,
             seeds_per_worker=seeds_per_worker,
         )
+    from affect_core.video.transform import attach_to_bundle  # a model of video features carries their transform
+
+    attach_to_bundle(dataset_url, outputs["model"])
     typer.echo(
         f"trained {dimension} {run_config.model.model}/{run_config.model.align} x {seeds} seed(s): "
         f"results {outputs['results']}, summary {outputs['summary']}, model {outputs['model']}"
@@ -104,7 +107,20 @@ def score(
 ) -> None:
     """Write per-frame arousal and valence (with the filter's variance) for every video, labelled or not."""
     from affect_core.data.dataset import dataset_info
+    from affect_core.video.score import is_video_root
     from tuning.score import want_ray
+
+    if is_video_root(data_url):  # a folder of videos: extracted with the bundle's video transform, then scored
+        from affect_core.video.score import score_video_root
+        from tuning.video_extract import video_mapper
+
+        result = score_video_root(
+            data_url, model_url, out, splits=split or None, mapper=video_mapper(ray), progress=progress
+        )
+        typer.echo(
+            f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s -> {result.url}"
+        )
+        return
 
     info = dataset_info(data_url)
     frames = info.rows if not split else 0

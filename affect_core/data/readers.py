@@ -20,7 +20,7 @@ from affect_core.data.records import AFFECT_DIMENSIONS, SPLITS, Corpus, Video
 from affect_core.data.tables import MAX_ROWS, FileTable, read_csv_table, read_parquet_table, split_by_video
 from affect_core.errors import AffectError
 
-LAYOUTS = ("avec2016", "csv", "parquet")
+LAYOUTS = ("avec2016", "csv", "parquet", "video")
 TIME_COLUMNS = ("frameTime", "time_s")
 FRAME_COLUMN = "frame"
 INSTANCE_NAME = "Instance_name"
@@ -728,6 +728,10 @@ def read_source(
     ``source`` and ``source_bytes``. Raises AffectError on any bad input."""
     if layout not in LAYOUTS:
         raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
+    if layout == "video":
+        from affect_core.video.layout import read_video_source
+
+        return read_video_source(root, storage_options=storage_options)
     loc = storage.resolve(root, storage_options)
     if not storage.is_dir(loc.fs, loc.path):
         problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"

@@ -88,7 +88,6 @@ def face_image(name: str) -> np.ndarray:
         rgb = astronaut()
     elif name == "grace_hopper":
         import matplotlib.cbook
-
         from PIL import Image
 
         with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:

@@ -276,6 +276,9 @@ def ingest_videos(
     root: str,
     dataset_url: str,
     *,
+    layout: str = LAYOUT,
+    feature_set: str | None = None,
+    fps: float | None = None,
     storage_options: dict[str, Any] | None = None,
     source_storage_options: dict[str, Any] | None = None,
     config: VideoConfig | None = None,
@@ -285,10 +288,15 @@ def ingest_videos(
 ) -> Any:
     """``affect ingest ROOT DATASET --layout video``: read ROOT, write the dataset version and store the fitted video
     transform beside it. Returns the dataset store's IngestResult. Nothing is written on bad input; a failed dataset
-    write removes the transform it had just stored."""
+    write removes the transform it had just stored. ``layout``, ``feature_set`` and ``fps`` are those of the dataset
+    store's ingest: the layout must be "video", the feature set (if given) ``lgbptop``, a given fps the videos'."""
     from affect_core.data.dataset import IngestResult, content_hash, write_dataset
     from affect_core.video.transform import TRANSFORMS_DIR
 
+    if layout != LAYOUT:
+        raise AffectError(f"layout {layout!r}: ingest_videos reads the {LAYOUT} layout only")
+    if feature_set not in (None, FEATURE_SET):
+        raise AffectError(f"feature set {feature_set!r}: the video layout has one feature set, {FEATURE_SET!r}")
     started = time.perf_counter()
     corpus = read_video_source(
         root,
@@ -298,6 +306,8 @@ def ingest_videos(
         device=device,
         progress=progress,
     )
+    if fps is not None and abs(fps / corpus.fps - 1.0) > FPS_TOLERANCE:
+        raise fail(corpus.source, f"fps={fps:g} contradicts the videos' {corpus.fps:g} fps; leave fps out for videos")
     chash = content_hash(corpus)
     loc = storage.resolve(dataset_url, storage_options)
     folder = storage.join(loc.path, TRANSFORMS_DIR)

@@ -1,0 +1,57 @@
+"""Video feature extraction on Ray: one task per video; frames never leave the worker, only features come back.
+
+:func:`ray_mapper` returns a mapper for :mod:`affect_core.video.layout` (``read_video_source``, ``ingest_videos``,
+``score_video_root``): each video's job (its URL, not its bytes) goes to a Ray task that decodes, detects, describes
+and reduces the video there and returns its per-frame features. The work function (with the fitted transform) is put
+in the object store once and shared by every task. At most ``max_in_flight`` tasks run ahead of the consumer, and
+results come back in the jobs' order, so the driver holds a bounded number of videos' features. A task asks for
+``cpus`` CPUs and, on a cluster with GPUs, ``gpus`` of one (the Gabor bank then runs on it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from tuning.cluster import ensure_ray
+
+T = TypeVar("T")
+
+
+def _run(fn: Callable[[Any], Any], job: Any) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    return fn(job)
+
+
+def ray_mapper(
+    *, cpus: float = 1.0, gpus: float | None = None, max_in_flight: int | None = None, max_retries: int = 2
+) -> Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]:
+    """A mapper running each job as one Ray task (in order of the jobs, bounded look-ahead)."""
+
+    def mapper(fn: Callable[[Any], T], jobs: Iterable[Any]) -> Iterator[T]:
+        import ray
+
+        info = ensure_ray()
+        want_gpus = gpus if gpus is not None else (0.25 if info.has_gpus else 0.0)
+        task = ray.remote(_run).options(num_cpus=cpus, num_gpus=want_gpus, max_retries=max_retries)
+        shared = ray.put(fn)
+        limit = max_in_flight or max(2, int(2 * info.cpus / max(cpus, 0.01)))
+        pending: deque[Any] = deque()
+        for job in jobs:
+            pending.append(task.remote(shared, job))
+            if len(pending) >= limit:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+
+    return mapper
+
+
+def video_mapper(ray: bool | None = None) -> Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]:
+    """Ray when asked (or, by default, when ``RAY_ADDRESS`` is set), else the builtin ``map`` (one process)."""
+    use_ray = ray if ray is not None else bool(os.environ.get("RAY_ADDRESS"))
+    return ray_mapper() if use_ray else map
