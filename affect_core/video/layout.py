@@ -312,16 +312,21 @@ def ingest_videos(
     loc = storage.resolve(dataset_url, storage_options)
     folder = storage.join(loc.path, TRANSFORMS_DIR)
     existed = storage.exists(loc.fs, folder)
-    # The transform goes first, so that a visible dataset version always has its transform; a failed write of the
-    # version takes it back out.
-    corpus.save_beside(dataset_url, chash, storage_options)
+    # The dataset store checks the destination and publishes the version; the transform follows at once. Should
+    # storing it fail, the error says so and a re-run stores it (the version is unchanged then).
+    version, chash, unchanged = write_dataset(
+        corpus, dataset_url, storage_options=storage_options, layout=LAYOUT, source=root, progress=progress
+    )
     try:
-        version, chash, unchanged = write_dataset(
-            corpus, dataset_url, storage_options=storage_options, layout=LAYOUT, source=root, progress=progress
-        )
-    except BaseException:
+        corpus.save_beside(dataset_url, chash, storage_options)
+    except BaseException as exc:
         if not existed:
             storage.remove_tree(loc.fs, folder)
+        if storage.is_store_error(exc):
+            raise fail(
+                loc.display(TRANSFORMS_DIR),
+                f"storing the video transform of version {version} failed ({type(exc).__name__}); run the ingest again",
+            ) from None
         raise
     seconds = time.perf_counter() - started
     source_bytes = int(corpus.metadata.get("source_bytes", "0"))

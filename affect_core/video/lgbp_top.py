@@ -104,22 +104,29 @@ def gabor_magnitudes(faces: torch.Tensor, config: VideoConfig) -> torch.Tensor:
 
 
 def _codes(previous: torch.Tensor, current: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
-    """(T, F, S, S) magnitudes at t-1, t, t+1 -> (T, F, 3, S-2, S-2) int64 8-bit codes of planes XY, XT, YT."""
+    """(T, F, S, S) magnitudes at t-1, t, t+1 -> (T, F, 3, S-2, S-2) uint8 8-bit codes of planes XY, XT, YT.
+
+    Plane coordinates (d_row, d_col) of NEIGHBOURS: XY (dy, dx) in frame t; XT (dt, dx) on the same row; YT (dy, dt)
+    on the same column.
+    """
+    t, f, s, _ = current.shape
     centre = current[..., 1:-1, 1:-1]
     by_time = {-1: previous, 0: current, 1: following}
-
-    def plane(offset: callable) -> torch.Tensor:
-        code = torch.zeros(centre.shape, dtype=torch.int64, device=centre.device)
-        for bit, (a, b) in enumerate(NEIGHBOURS):
+    codes = torch.zeros((t, f, 3, s - 2, s - 2), dtype=torch.uint8, device=current.device)
+    above = torch.empty(centre.shape, dtype=torch.bool, device=current.device)
+    planes = (
+        lambda a, b: (current, a, b),
+        lambda a, b: (by_time[a], 0, b),
+        lambda a, b: (by_time[b], a, 0),
+    )
+    for p, offset in enumerate(planes):
+        code = codes[:, :, p]
+        # Highest bit first: code = 2 * code + bit leaves bit p of neighbour p in place, all in place.
+        for a, b in reversed(NEIGHBOURS):
             frames, dr, dc = offset(a, b)
-            neighbour = frames[..., 1 + dr : current.shape[-2] - 1 + dr, 1 + dc : current.shape[-1] - 1 + dc]
-            code |= (neighbour >= centre).to(torch.int64) << bit
-        return code
-
-    xy = plane(lambda a, b: (current, a, b))
-    xt = plane(lambda a, b: (by_time[a], 0, b))
-    yt = plane(lambda a, b: (by_time[b], a, 0))
-    return torch.stack([xy, xt, yt], dim=2)
+            torch.ge(frames[..., 1 + dr : s - 1 + dr, 1 + dc : s - 1 + dc], centre, out=above)
+            code.mul_(2).add_(above.view(torch.uint8))
+    return codes
 
 
 def frame_histograms(magnitudes: torch.Tensor, present: np.ndarray, config: VideoConfig) -> np.ndarray:
@@ -129,22 +136,22 @@ def frame_histograms(magnitudes: torch.Tensor, present: np.ndarray, config: Vide
     index = np.arange(t)
     prev_idx = np.where((index > 0) & np.roll(present, 1), index - 1, index)
     next_idx = np.where((index < t - 1) & np.roll(present, -1), index + 1, index)
-    prev_idx[0], next_idx[-1] = 0, t - 1
     device = magnitudes.device
     codes = _codes(
         magnitudes[torch.as_tensor(prev_idx, device=device)],
         magnitudes,
         magnitudes[torch.as_tensor(next_idx, device=device)],
     )
-    bins = torch.as_tensor(uniform_lbp_bins(), device=device)[codes]  # (T, F, 3, S-2, S-2)
+    table = torch.as_tensor(uniform_lbp_bins(), dtype=torch.int32, device=device)
+    bins = torch.index_select(table, 0, codes.reshape(-1).to(torch.int32)).reshape(t, f * 3, -1)
     rows = torch.arange(1, s - 1, device=device) * config.blocks // s
     block = (rows[:, None] * config.blocks + rows[None, :]).reshape(-1)  # (S-2)^2 block ids
     nb = config.blocks * config.blocks
     per_frame = f * 3 * nb * BINS
     slot = (torch.arange(f * 3, device=device)[:, None] * nb + block[None, :]) * BINS  # (F*3, (S-2)^2)
-    flat = bins.reshape(t, f * 3, -1) + slot[None]
-    flat = flat + (torch.arange(t, device=device) * per_frame)[:, None, None]
-    counts = torch.bincount(flat.reshape(-1), minlength=t * per_frame).reshape(t, f * 3, nb, BINS)
+    bins += slot[None].to(torch.int32)
+    bins += (torch.arange(t, device=device, dtype=torch.int32) * per_frame)[:, None, None]
+    counts = torch.bincount(bins.reshape(-1), minlength=t * per_frame).reshape(t, f * 3, nb, BINS)
     pixels = torch.bincount(block, minlength=nb).to(torch.float64)
     hist = (counts.to(torch.float64) / pixels[None, None, :, None]).reshape(t, per_frame).cpu().numpy()
     hist[~present] = np.nan
