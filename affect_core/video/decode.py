@@ -7,6 +7,7 @@ least one frame and a constant frame rate: every frame's timestamp lies within a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,8 +47,20 @@ def _open(source: str | IO[bytes], where: str) -> Any:
 
     try:
         return av.open(source, mode="r")
-    except (av.FFmpegError, OSError, ValueError) as exc:
+    except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+        if _is_empty(source):
+            raise fail(where, "empty file (0 bytes); expected a video file") from None
         raise fail(where, f"cannot be read as a video ({type(exc).__name__}); expected a video file") from None
+
+
+def _is_empty(source: str | IO[bytes]) -> bool:
+    try:
+        if isinstance(source, str):
+            return os.path.getsize(source) == 0
+        source.seek(0, os.SEEK_END)
+        return source.tell() == 0
+    except (OSError, ValueError):
+        return False
 
 
 def _rate(stream: Any) -> Fraction | None:
