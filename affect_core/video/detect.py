@@ -2,10 +2,14 @@
 interpolated between detections.
 
 The cascade runs on a copy of the frame shrunk to about DETECT_HEIGHT rows (block means), which is where its cost
-is set. Of several detections the largest is the face (the person in front of the camera). Between two key frames
-(every ``detect_every`` frames, and always the last frame) the box moves linearly from one detection to the next; a
-frame between a key frame with a face and one without has no face, so no-face stretches are never bridged. The
-tracker holds at most ``detect_every`` frames while it waits for the next key frame.
+is set. Of several detections the face is the one that continues the last face found (overlapping it, at least half
+its area), else the largest (the person in front of the camera) if it is at least half that area; otherwise the face
+is taken as hidden. So a smaller false detection in the background, or a part of a face behind a hand, neither takes
+over nor makes the box jump. The last face is forgotten after FORGET_KEY_FRAMES key frames without one.
+
+Between two key frames (every ``detect_every`` frames, and always the last frame) the box moves linearly from one
+detection to the next; a frame between a key frame with a face and one without has no face, so no-face stretches are
+never bridged. The tracker holds at most ``detect_every`` frames while it waits for the next key frame.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from affect_core.video.decode import DecodedFrame
 
 DETECT_HEIGHT = 180
+FORGET_KEY_FRAMES = 10
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,30 @@ class FaceDetector:
         self.scale_factor = scale_factor
         self.min_neighbours = min_neighbours
 
-    def __call__(self, gray: np.ndarray) -> Box | None:
-        """gray: (H, W) uint8 -> the largest face's Box in the frame's pixel coordinates, or None."""
+    def __call__(self, gray: np.ndarray, previous: Box | None = None) -> Box | None:
+        """gray: (H, W) uint8 -> the face's Box in the frame's pixel coordinates, or None; ``previous``: the face's box
+        at the last key frame, which a detection overlapping it continues."""
+        found = self.detect_all(gray)
+        if not found:
+            return None
+        largest = max(found, key=lambda b: (b.height * b.width, -b.top, -b.left))
+        if previous is None:
+            return largest
+        size = 0.5 * previous.height * previous.width
+        near = [b for b in found if iou(b, previous) > 0.2 and b.height * b.width >= size]
+        if near:
+            return max(near, key=lambda b: (iou(b, previous), b.height))
+        # The face jumped, or it is hidden (a hand, a turn) and what is left is a part of it or the background.
+        return largest if largest.height * largest.width >= size else None
+
+    def detect_all(self, gray: np.ndarray) -> list[Box]:
+        """gray: (H, W) uint8 -> every detection's Box in the frame's pixel coordinates."""
         factor = max(1, int(round(gray.shape[0] / DETECT_HEIGHT)))
         small = shrink(gray, factor)
         side = min(small.shape)
         smallest = max(24, int(self.min_face_share * small.shape[0]))
         if smallest > side:
-            return None
+            return []
         found = _cascade().detect_multi_scale(
             small,
             scale_factor=self.scale_factor,
@@ -80,15 +101,18 @@ class FaceDetector:
             max_size=(side, side),
             min_neighbor_number=self.min_neighbours,
         )
-        if not found:
-            return None
-        best = max(found, key=lambda d: (d["width"] * d["height"], -d["r"], -d["c"]))
-        return Box(
-            float(best["r"] * factor),
-            float(best["c"] * factor),
-            float(best["height"] * factor),
-            float(best["width"] * factor),
-        )
+        return [
+            Box(float(d["r"] * factor), float(d["c"] * factor), float(d["height"] * factor), float(d["width"] * factor))
+            for d in found
+        ]
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    rows = max(0.0, min(a.top + a.height, b.top + b.height) - max(a.top, b.top))
+    cols = max(0.0, min(a.left + a.width, b.left + b.width) - max(a.left, b.left))
+    inter = rows * cols
+    return inter / (a.height * a.width + b.height * b.width - inter)
 
 
 def track_faces(
@@ -102,6 +126,16 @@ def track_faces(
         raise ValueError("detect_every must be at least 1")
     pending: list[DecodedFrame] = []
     last_key: tuple[DecodedFrame, Box | None] | None = None
+    last_face: Box | None = None
+    misses = 0
+
+    def detect(gray: np.ndarray) -> Box | None:
+        nonlocal last_face, misses
+        box = detector(gray, last_face)
+        misses = 0 if box is not None else misses + 1
+        if box is not None or misses > FORGET_KEY_FRAMES:
+            last_face = box
+        return box
 
     def flush(key: DecodedFrame, box: Box | None) -> Iterator[tuple[DecodedFrame, Box | None]]:
         nonlocal last_key
@@ -121,10 +155,10 @@ def track_faces(
     for frame in frames:
         latest = frame
         if frame.index % detect_every == 0:
-            yield from flush(frame, detector(frame.gray))
+            yield from flush(frame, detect(frame.gray))
             latest = None
         else:
             pending.append(frame)
     if latest is not None:
         pending.pop()  # the last frame is a key frame
-        yield from flush(latest, detector(latest.gray))
+        yield from flush(latest, detect(latest.gray))
