@@ -1,0 +1,105 @@
+"""The video layout end to end in one process: videos -> dataset (features, labels, no-face rows, the transform stored
+beside it) -> a model bundle carrying the transform -> scores for every decoded frame at its timestamp."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from affect_core.config import load_run_config
+from affect_core.data.dataset import dataset_info, read_corpus
+from affect_core.data.readers import read_source
+from affect_core.errors import AffectError
+from affect_core.experiment import train_run
+from affect_core.synth.video import VideoSynthConfig, write_video_corpus
+from affect_core.video.config import VideoConfig
+from affect_core.video.decode import decode_frames
+from affect_core.video.extract import extract_video
+from affect_core.video.layout import ingest_videos, read_video_source
+from affect_core.video.score import score_video_root
+from affect_core.video.transform import attach_to_bundle, load_bundle_transform, load_dataset_transform
+
+FAST = VideoConfig(face_size=32, wavelengths=(3.0, 6.0), orientations=2, blocks=2, pca_share=0.95)
+CLIPS = VideoSynthConfig(videos_per_split=1, frames=40, width=320, height=180, no_face_share=0.25, test_labels=True)
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("layout")
+    write_video_corpus(CLIPS, base / "root")
+    ingest_videos(str(base / "root"), str(base / "dataset"), config=FAST, progress=False)
+    return base / "root", base / "dataset"
+
+
+def test_dataset_holds_features_no_face_rows_and_labels(ingested: tuple[Path, Path]) -> None:
+    root, dataset = ingested
+    corpus = read_corpus(str(dataset), splits=None)
+    transform = load_dataset_transform(str(dataset))
+    assert transform.config == FAST and corpus.feature_names == transform.feature_names
+    assert [v.video_id for v in corpus.videos] == ["train_1", "dev_1", "test_1"]
+    assert dataset_info(str(dataset)).layout == "video"
+    for video in corpus.videos:
+        assert video.num_frames == CLIPS.frames and video.fps == pytest.approx(CLIPS.fps)
+        # The features are exactly what extracting the clip with the stored transform gives (scoring does that).
+        fresh = extract_video(str(root / "videos" / f"{video.video_id}.mp4"), video.video_id, transform)
+        np.testing.assert_allclose(video.features, fresh.features, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(video.time_s, fresh.time_s)
+        no_face = np.isnan(video.features).all(axis=1)
+        assert no_face.any() and not no_face.all()
+        assert np.isfinite(video.features[~no_face]).all()
+        with open(root / "labels" / f"{video.video_id}.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        np.testing.assert_allclose(video.arousal, [float(r["arousal"]) for r in rows], atol=1e-6)
+        np.testing.assert_allclose(video.valence, [float(r["valence"]) for r in rows], atol=1e-6)
+
+
+def test_no_face_rows_follow_the_generated_no_face_runs(ingested: tuple[Path, Path]) -> None:
+    from affect_core.synth.generator import generate
+
+    _, dataset = ingested
+    truth = generate(CLIPS.latent_config()).corpus
+    for video, generated in zip(read_corpus(str(dataset), splits=None).videos, truth.videos, strict=True):
+        missing = np.isnan(video.features[:, 0])
+        planted = np.isnan(generated.features[:, 0])
+        assert missing[planted].all()  # a no-face stretch is never bridged
+        # A run's edges are decided every detect_every frames: frames further from them are found.
+        near_run = np.convolve(planted, np.ones(2 * FAST.detect_every + 1), mode="same") > 0
+        assert (~missing[~near_run]).mean() >= 0.8
+
+
+def test_reingest_is_unchanged_and_the_reader_dispatch_gives_the_same_corpus(ingested: tuple[Path, Path]) -> None:
+    root, dataset = ingested
+    again = ingest_videos(str(root), str(dataset), config=FAST, progress=False)
+    assert again.unchanged
+    transform = load_dataset_transform(str(dataset))
+    direct = read_video_source(str(root), transform=transform)
+    stored = read_corpus(str(dataset), splits=None)
+    for a, b in zip(direct.videos, stored.videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+    # The input-layout dispatch reads the same videos (default settings: its own PCA, the same faces).
+    dispatched = read_source(str(root), "video")
+    assert dispatched.video_transform is not None and dispatched.feature_dim == dispatched.video_transform.output_dim
+    for a, b in zip(dispatched.videos, stored.videos, strict=True):
+        np.testing.assert_array_equal(np.isnan(a.features[:, 0]), np.isnan(b.features[:, 0]))
+
+
+def test_scoring_videos_gives_one_prediction_per_decoded_frame(ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    root, dataset = ingested
+    corpus = read_corpus(str(dataset), splits=None)
+    config = load_run_config(None, model="baseline", align="none", epochs=1)
+    outputs = train_run(corpus, str(tmp_path / "run"), config, dimension="arousal", seeds=1, progress=False)
+    with pytest.raises(AffectError, match="video_transform.safetensors: file not found"):
+        score_video_root(str(root), outputs["model"], str(tmp_path / "nope"), progress=False)
+    assert attach_to_bundle(str(dataset), outputs["model"])
+    assert load_bundle_transform(outputs["model"]).config == FAST
+    result = score_video_root(str(root), outputs["model"], str(tmp_path / "pred"), progress=False)
+    assert result.videos == 3 and result.frames == 3 * CLIPS.frames
+    for video_id in ("train_1", "dev_1", "test_1"):
+        table = pq.read_table(tmp_path / "pred" / f"part-{video_id}.parquet")
+        times = [f.time_s for f in decode_frames(str(root / "videos" / f"{video_id}.mp4"), video_id)]
+        np.testing.assert_allclose(table.column("time_s").to_numpy(), times)
+        assert np.isfinite(table.column("arousal").to_numpy()).all()
