@@ -48,7 +48,10 @@ def ingest_task(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Validate the source corpus and write a new dataset version; a no-op when the content hash is unchanged."""
-    from affect_core.data.dataset import ingest
+    if layout == "video":  # videos: the fitted video transform is stored beside the dataset too
+        from affect_core.video.layout import ingest_videos as ingest
+    else:
+        from affect_core.data.dataset import ingest
 
     result = ingest(
         source,

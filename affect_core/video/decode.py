@@ -33,7 +33,8 @@ class DecodedFrame:
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """What the container says about the video stream (``frames`` may be 0 when the container does not know)."""
+    """What the container says about the video stream (``frames``: declared, else estimated from the duration; 0 when
+    the container tells neither)."""
 
     width: int
     height: int
@@ -76,11 +77,17 @@ def probe(source: str | IO[bytes], where: str) -> StreamInfo:
     try:
         stream = _video_stream(container, where)
         rate = _rate(stream)
+        frames = int(stream.frames or 0)
+        if not frames and rate:  # containers without a frame count (mkv, webm): from the duration
+            if stream.duration is not None and stream.time_base is not None:
+                frames = round(float(stream.duration * stream.time_base) * float(rate))
+            elif container.duration is not None:
+                frames = round(container.duration / 1_000_000 * float(rate))
         return StreamInfo(
             int(stream.codec_context.width),
             int(stream.codec_context.height),
             float(rate) if rate else 0.0,
-            int(stream.frames or 0),
+            frames,
             str(stream.codec_context.name),
         )
     finally:

@@ -203,7 +203,10 @@ def fit_video_transform(
         raise AffectError("video layout: no train videos in the partition; expected train videos to fit the PCA on")
     total = sum(mapper(_estimated_frames, train))
     every = max(1, math.ceil(total / config.pca_frames))
-    sample = functools.partial(sample_job, config=config, every=every, limit=config.pca_frames, device=device)
+    # Each video gives at most twice its even share, so the samples held at once stay near pca_frames rows even when
+    # the containers' frame counts are off.
+    limit = 2 * math.ceil(config.pca_frames / len(train))
+    sample = functools.partial(sample_job, config=config, every=every, limit=limit, device=device)
     rows = [r for r in mapper(sample, train) if len(r)]
     samples = np.concatenate(rows) if rows else np.zeros((0, config.raw_dim), np.float32)
     if len(samples) > config.pca_frames:
