@@ -124,6 +124,15 @@ def test_both_phone_recordings_have_a_variable_frame_rate(tmp_path: Path) -> Non
         (lambda root: (root / "videos" / "dev_1.mp4").unlink(), r"video 'dev_1' has no file"),
         (lambda root: (root / "videos" / "notes.txt").write_text("x"), r"notes\.txt: unexpected file"),
         (lambda root: shutil.rmtree(root / "videos"), r"videos: folder not found"),
+        (lambda root: (root / "labels" / "other_1.csv").write_text("frameTime,arousal,valence\n0,0,0\n"), r"other_1"),
+        (
+            lambda root: (root / "labels" / "dev_1.csv").write_text("frameTime,arousal,valence\n0.00,0.1,0.2\n"),
+            r"dev_1\.csv: 1 labels rows but 30 feature rows",
+        ),
+        (
+            lambda root: (root / "labels" / "dev_1.csv").write_text("frameTime,arousal\n0.00,0.1\n"),
+            r"dev_1\.csv: missing attribute 'valence'",
+        ),
     ],
 )
 def test_broken_layout_is_refused(good_root: Path, tmp_path: Path, change, pattern: str) -> None:

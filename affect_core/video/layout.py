@@ -14,6 +14,7 @@ beside the dataset. ``mapper`` runs the per-video work: the builtin ``map`` (one
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,7 @@ import numpy as np
 
 from affect_core import storage
 from affect_core.data.readers import SourceVideo, Track, assemble_corpus, check_split, check_video_id, label_track
-from affect_core.data.records import Corpus, Video
+from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
 from affect_core.data.tables import read_csv_table
 from affect_core.errors import AffectError, fail
 from affect_core.video.config import VideoConfig
@@ -214,6 +215,25 @@ def fit_video_transform(
     return fit_transform(samples, config)
 
 
+def read_labels(loc: storage.Location, video_ids: set[str]) -> dict[str, Track]:
+    """Label tracks of ROOT/labels/<video_id>.csv (the csv layout's label files), by video id."""
+    folder = storage.join(loc.path, LABELS_DIR)
+    if not storage.is_dir(loc.fs, folder):
+        return {}
+    tracks: dict[str, Track] = {}
+    for name, kind in storage.list_dir(loc.fs, folder):
+        if kind != "file" or name.startswith((".", "_")):
+            continue
+        where = loc.display(LABELS_DIR, name)
+        if not name.endswith(".csv"):
+            raise fail(where, "unexpected file; expected label files named <video_id>.csv")
+        video_id = check_video_id(name[: -len(".csv")], where)
+        if video_id not in video_ids:
+            raise fail(where, f"labels for video {video_id!r} but no such video; expected {VIDEOS_DIR}/{video_id}.mp4")
+        tracks[video_id] = label_track(read_csv_table(storage.read_bytes(loc.fs, storage.join(folder, name)), where))
+    return tracks
+
+
 def _feature_track(features: VideoFeatures, names: list[str], where: str) -> Track:
     return Track(
         where,
@@ -241,6 +261,7 @@ def read_video_source(
 
     jobs = video_jobs(root, storage_options)
     loc = storage.resolve(root, storage_options)
+    labels = read_labels(loc, {j.video_id for j in jobs})  # before any video is decoded: bad labels fail fast
     if transform is None:
         transform = fit_video_transform(jobs, config or VideoConfig(), mapper=mapper, device=device)
     names = transform.feature_names
@@ -249,16 +270,13 @@ def read_video_source(
     for job, features in tqdm(zip(jobs, extracted, strict=True), total=len(jobs), desc="videos", disable=not progress):
         video = SourceVideo(job.video_id, job.split)
         video.features[FEATURE_SET] = _feature_track(features, names, job.where)
-        label_path = loc.join(LABELS_DIR, f"{job.video_id}.csv").path
-        if storage.exists(loc.fs, label_path):
-            data = storage.read_bytes(loc.fs, label_path)
-            track = label_track(read_csv_table(data, loc.display(LABELS_DIR, f"{job.video_id}.csv")))
-            for column, dimension in enumerate(("arousal", "valence")):
-                video.labels[dimension] = (track, column)
+        if job.video_id in labels:
+            for column, dimension in enumerate(AFFECT_DIMENSIONS):
+                video.labels[dimension] = (labels[job.video_id], column)
         videos.append(video)
     corpus = assemble_corpus(videos, [FEATURE_SET], source=loc.display(), layout=LAYOUT)
     corpus.metadata["source_bytes"] = str(_source_bytes(loc))
-    corpus.metadata["video_config"] = str(transform.config.to_dict())
+    corpus.metadata["video_config"] = json.dumps(transform.config.to_dict())
     return VideoCorpus(**vars(corpus), video_transform=transform)
 
 
