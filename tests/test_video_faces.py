@@ -113,3 +113,22 @@ def test_features_are_deterministic_and_independent_of_chunking() -> None:
     np.testing.assert_array_equal(first.features, again.features)
     np.testing.assert_array_equal(first.features, chunked.features)
     np.testing.assert_array_equal(first.boxes, chunked.boxes)
+
+
+def test_tracking_between_detections_matches_detecting_every_frame(tmp_path) -> None:
+    path, centres, present, height = make_clip(tmp_path, "astronaut", gap=(30, 45))
+
+    def boxes(every: int) -> np.ndarray:
+        frames = decode_frames(str(path), path.name)
+        pairs = track_faces(frames, FaceDetector(), detect_every=every)
+        return np.array([[b.top, b.left, b.height, b.width] if b else [np.nan] * 4 for _, b in pairs])
+
+    every_frame, tracked = boxes(1), boxes(5)
+    both = np.isfinite(every_frame[:, 0]) & np.isfinite(tracked[:, 0])
+    assert both.sum() >= 0.6 * len(present)
+    assert (np.isfinite(every_frame[:, 0]) == np.isfinite(tracked[:, 0])).mean() >= 0.85
+    centre = lambda b: b[:, :2] + b[:, 2:] / 2  # noqa: E731
+    # Interpolated boxes sit as close to the truth as per-frame detections do (the cascade's own jitter).
+    error_tracked = np.abs(centre(tracked[both]) - centres[both]).mean()
+    error_every = np.abs(centre(every_frame[both]) - centres[both]).mean()
+    assert error_tracked <= 1.25 * error_every + 1.0
