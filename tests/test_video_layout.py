@@ -103,3 +103,26 @@ def test_scoring_videos_gives_one_prediction_per_decoded_frame(ingested: tuple[P
         times = [f.time_s for f in decode_frames(str(root / "videos" / f"{video_id}.mp4"), video_id)]
         np.testing.assert_allclose(table.column("time_s").to_numpy(), times)
         assert np.isfinite(table.column("arousal").to_numpy()).all()
+
+
+def test_synth_cli_writes_the_video_layout(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from affect_cli.main import app
+
+    out = tmp_path / "clips"
+    result = CliRunner().invoke(
+        app, ["synth", str(out), "--layout", "video", "--videos-per-split", "1", "--frames", "12", "--lag-s", "0.2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["dev_1.mp4", "test_1.mp4", "train_1.mp4"]
+    assert (out / "partition.csv").read_text().splitlines() == [
+        "video_id,split",
+        "train_1,train",
+        "dev_1,dev",
+        "test_1,test",
+    ]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["dev_1.csv", "train_1.csv"]
+    frames = list(decode_frames(str(out / "videos" / "train_1.mp4"), "train_1"))
+    assert len(frames) == 12 and frames[0].gray.shape == (360, 640)
+    assert len((out / "labels" / "train_1.csv").read_text().splitlines()) == 13

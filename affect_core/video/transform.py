@@ -51,9 +51,12 @@ class VideoTransform:
         return [f"{FEATURE_SET}_pc{i}" for i in range(self.output_dim)]
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """raw: (N, D) LGBP-TOP rows, NaN rows allowed -> (N, p) float32, NaN rows kept."""
-        out = (raw.astype(np.float32) - self.mean) @ self.components
-        return out.astype(np.float32)
+        """raw: (N, D) LGBP-TOP rows, NaN rows allowed -> (N, p) float32, NaN rows kept.
+
+        The product runs in torch (its thread setting; numpy's BLAS threads were 20x slower on one pinned core)."""
+        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+        out = (x - torch.from_numpy(self.mean)) @ torch.from_numpy(np.ascontiguousarray(self.components))
+        return out.numpy()
 
     def to_bytes(self) -> bytes:
         metadata = {"format": FORMAT, "config": json.dumps(self.config.to_dict())}
