@@ -15,7 +15,9 @@ Names starting with "_" are skipped by dataset readers and table-format maintena
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +55,11 @@ class VideoTransform:
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """raw: (N, D) LGBP-TOP rows, NaN rows allowed -> (N, p) float32, NaN rows kept.
 
-        The product runs in torch (its thread setting; numpy's BLAS threads were 20x slower on one pinned core)."""
+        The product runs in torch on one thread (numpy's BLAS threads were 20x slower on one pinned core), so that the
+        result does not depend on the machine's thread count: one process and Ray workers give the same bits."""
         x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        out = (x - torch.from_numpy(self.mean)) @ torch.from_numpy(np.ascontiguousarray(self.components))
+        with one_thread():
+            out = (x - torch.from_numpy(self.mean)) @ torch.from_numpy(np.ascontiguousarray(self.components))
         return out.numpy()
 
     def to_bytes(self) -> bytes:
@@ -85,8 +89,27 @@ def fit_transform(samples: np.ndarray, config: VideoConfig) -> VideoTransform:
     """samples: (N, D) LGBP-TOP rows of train frames with a face -> the PCA keeping ``config.pca_share`` of the
     variance (at most ``config.max_components`` components).
 
-    The eigenvectors come from the N x N Gram matrix of the centred rows (N is far below D), in float64.
+    The eigenvectors come from the N x N Gram matrix of the centred rows (N is far below D), in float64, on one torch
+    thread (a reduction split over threads changes the last bits, and the fit must not depend on where it ran).
     """
+    with one_thread():
+        return _fit(samples, config)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block (the setting before is restored)."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
+def _fit(samples: np.ndarray, config: VideoConfig) -> VideoTransform:
     samples = samples[np.isfinite(samples).all(axis=1)]
     if len(samples) < 2:
         raise AffectError(
