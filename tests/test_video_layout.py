@@ -126,3 +126,18 @@ def test_synth_cli_writes_the_video_layout(tmp_path: Path) -> None:
     frames = list(decode_frames(str(out / "videos" / "train_1.mp4"), "train_1"))
     assert len(frames) == 12 and frames[0].gray.shape == (360, 640)
     assert len((out / "labels" / "train_1.csv").read_text().splitlines()) == 13
+
+
+def test_videos_on_an_fsspec_store_read_like_local_ones(ingested: tuple[Path, Path]) -> None:
+    import fsspec
+
+    root, dataset = ingested
+    memory = fsspec.filesystem("memory")
+    for path in root.rglob("*"):
+        if path.is_file():
+            memory.pipe(f"/clips/{path.relative_to(root)}", path.read_bytes())
+    transform = load_dataset_transform(str(dataset))
+    remote = read_video_source("memory://clips", transform=transform)
+    for a, b in zip(remote.videos, read_corpus(str(dataset), splits=None).videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.arousal, b.arousal)

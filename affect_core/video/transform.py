@@ -151,14 +151,22 @@ def save_dataset_transform(
     storage.write_bytes_atomic(loc.fs, _transform_path(loc, content_hash), transform.to_bytes())
 
 
-def load_dataset_transform(dataset_url: str, storage_options: dict[str, Any] | None = None) -> VideoTransform:
-    """The video transform of the dataset's latest version; AffectError if the dataset was not ingested from videos."""
+def dataset_transform_path(dataset_url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """(Location of the dataset, path of its latest version's video transform file; the file may not exist)."""
     from affect_core.data.dataset import dataset_info
 
     info = dataset_info(dataset_url, storage_options=storage_options)
     loc = storage.resolve(dataset_url, storage_options)
-    path = _transform_path(loc, info.content_hash)
+    return loc, _transform_path(loc, info.content_hash)
+
+
+def load_dataset_transform(dataset_url: str, storage_options: dict[str, Any] | None = None) -> VideoTransform:
+    """The video transform of the dataset's latest version; AffectError if the dataset was not ingested from videos."""
+    from affect_core.data.dataset import dataset_info
+
+    loc, path = dataset_transform_path(dataset_url, storage_options)
     if not storage.exists(loc.fs, path):
+        info = dataset_info(dataset_url, storage_options=storage_options)
         raise AffectError(
             f"{loc.display()}: no video transform for version {info.version}; expected a dataset ingested with "
             "--layout video"
@@ -188,9 +196,8 @@ def load_bundle_transform(model_url: str, storage_options: dict[str, Any] | None
 
 def attach_to_bundle(dataset_url: str, model_url: str, storage_options: dict[str, Any] | None = None) -> bool:
     """Copy the dataset's video transform into the model bundle, if the dataset came from videos; returns whether."""
-    try:
-        transform = load_dataset_transform(dataset_url, storage_options)
-    except AffectError:
+    loc, path = dataset_transform_path(dataset_url, storage_options)
+    if not storage.exists(loc.fs, path):
         return False
-    save_bundle_transform(transform, model_url, storage_options)
+    save_bundle_transform(load_dataset_transform(dataset_url, storage_options), model_url, storage_options)
     return True
