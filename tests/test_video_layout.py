@@ -141,3 +141,45 @@ def test_videos_on_an_fsspec_store_read_like_local_ones(ingested: tuple[Path, Pa
     for a, b in zip(remote.videos, read_corpus(str(dataset), splits=None).videos, strict=True):
         np.testing.assert_array_equal(a.features, b.features)
         np.testing.assert_array_equal(a.arousal, b.arousal)
+
+
+def test_cli_train_carries_the_transform_and_score_takes_a_video_folder(
+    ingested: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from affect_cli.main import app
+
+    root, dataset = ingested
+    runner = CliRunner()
+    run = tmp_path / "run"
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            str(dataset),
+            "--out",
+            str(run),
+            "--model",
+            "baseline",
+            "--align",
+            "none",
+            "--epochs",
+            "1",
+            "--dimension",
+            "arousal",
+            "--no-progress",
+            "--no-ray",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert load_bundle_transform(str(run / "model")).config == FAST
+    pred = tmp_path / "pred"
+    scored = runner.invoke(
+        app, ["score", str(root), "--model", str(run / "model"), "--out", str(pred), "--no-progress"]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert "scored 3 video(s), 120 frame(s)" in scored.output
+    evaluated = runner.invoke(app, ["evaluate", str(pred), str(dataset)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "| dev | arousal | 1 |" in evaluated.output
