@@ -47,6 +47,7 @@ def make_clip(tmp_path, face: str, *, frames: int = 60, gap: tuple[int, int] = (
         )
         for i in range(frames)
     ]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{face}.mp4"
     write_clip(path, images, 25.0)
     return path, np.array(centres), present, height
@@ -132,3 +133,23 @@ def test_tracking_between_detections_matches_detecting_every_frame(tmp_path) -> 
     error_tracked = np.abs(centre(tracked[both]) - centres[both]).mean()
     error_every = np.abs(centre(every_frame[both]) - centres[both]).mean()
     assert error_tracked <= 1.25 * error_every + 1.0
+
+
+def test_memory_stays_flat_with_the_video_length(tmp_path) -> None:
+    import tracemalloc
+
+    from affect_core.video.transform import fit_transform
+
+    short, _, _, _ = make_clip(tmp_path / "s", "astronaut", frames=40, gap=(10, 15))
+    long, _, _, _ = make_clip(tmp_path / "l", "astronaut", frames=160, gap=(10, 15))
+    rows = extract_video(str(short), "short", None, config=FAST).features
+    transform = fit_transform(rows[np.isfinite(rows).all(axis=1)], FAST)
+    peaks = []
+    for path in (short, long, short, long):
+        tracemalloc.start()
+        extract_video(str(path), path.name, transform)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # Four times the frames: the peak grows by the longer output only (p floats a frame), not by the frames.
+    output_growth = 120 * (transform.output_dim * 4 + 4 * 4 + 8) * 3
+    assert peaks[3] <= peaks[2] + output_growth + 256 * 1024, peaks
