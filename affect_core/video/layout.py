@@ -308,9 +308,10 @@ def ingest_videos(
     progress: bool = True,
 ) -> Any:
     """``affect ingest ROOT DATASET --layout video``: read ROOT, write the dataset version and store the fitted video
-    transform beside it. Returns the dataset store's IngestResult. Nothing is written on bad input; a failed dataset
-    write removes the transform it had just stored. ``layout``, ``feature_set`` and ``fps`` are those of the dataset
-    store's ingest: the layout must be "video", the feature set (if given) ``lgbptop``, a given fps the videos'."""
+    transform beside it. Returns the dataset store's IngestResult. Nothing is written on bad input. The transform is
+    stored right after the version is published (the store checks the destination first); should that fail, the error
+    says so and a re-run stores it. ``layout``, ``feature_set`` and ``fps`` are those of the dataset store's ingest:
+    the layout must be "video", the feature set (if given) ``lgbptop``, a given fps the videos'."""
     from affect_core.data.dataset import IngestResult, content_hash, write_dataset
     from affect_core.video.transform import TRANSFORMS_DIR
 
