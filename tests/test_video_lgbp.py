@@ -121,3 +121,17 @@ def test_bad_settings_are_refused(bad: dict) -> None:
 
     with pytest.raises(AffectError, match="video config"):
         VideoConfig(**bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path needs a CUDA device")
+def test_filter_bank_on_the_gpu_agrees_with_the_cpu() -> None:
+    rng = np.random.default_rng(4)
+    config = VideoConfig()
+    faces = torch.from_numpy(rng.random((8, 64, 64)).astype(np.float32))
+    cpu = gabor_magnitudes(faces, config)
+    gpu = gabor_magnitudes(faces.cuda(), config).cpu()
+    np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), rtol=1e-4, atol=1e-4)
+    present = np.ones(8, bool)
+    a, b = lgbp_top(faces, present, config), lgbp_top(faces.cuda(), present, config)
+    # Float rounding may flip a comparison at a near-tie: a handful of codes out of 18 x 3 x 62 x 62 a frame.
+    assert np.abs(a - b).sum(axis=1).max() < 0.01 * config.filters * 3 * config.blocks**2
