@@ -49,3 +49,17 @@ def test_ray_ingest_and_scoring_equal_the_single_process_path(ray_cluster, tmp_p
         got = pq.read_table(tmp_path / "pred-ray" / f"part-{video_id}.parquet")
         for column in ("frame", "time_s", "arousal", "arousal_var"):
             np.testing.assert_allclose(got.column(column).to_numpy(), expected.column(column).to_numpy(), atol=1e-5)
+
+
+@pytest.mark.services
+def test_bad_video_found_by_a_ray_worker_is_one_line(ray_cluster, tmp_path) -> None:
+    root = tmp_path / "root"
+    write_video_corpus(CLIPS, root)
+    (root / "videos" / "dev_1.mp4").write_bytes(b"not a video at all" * 100)
+    dataset = tmp_path / "dataset"
+    done = affect(["ingest", str(root), str(dataset), "--layout", "video", "--no-progress"], ray_cluster.env())
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "dev_1.mp4: cannot be read as a video" in lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not dataset.exists()

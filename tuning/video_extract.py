@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from affect_core.errors import AffectError
 from tuning.cluster import ensure_ray
 
 T = TypeVar("T")
@@ -41,14 +42,30 @@ def ray_mapper(
         shared = ray.put(fn)
         limit = max_in_flight or max(2, int(2 * info.cpus / max(cpus, 0.01)))
         pending: deque[Any] = deque()
-        for job in jobs:
-            pending.append(task.remote(shared, job))
-            if len(pending) >= limit:
-                yield ray.get(pending.popleft())
-        while pending:
-            yield ray.get(pending.popleft())
+        try:
+            for job in jobs:
+                pending.append(task.remote(shared, job))
+                if len(pending) >= limit:
+                    yield _result(pending.popleft())
+            while pending:
+                yield _result(pending.popleft())
+        finally:
+            for ref in pending:  # stopped early (an error): the rest is not needed
+                ray.cancel(ref)
 
     return mapper
+
+
+def _result(ref: Any) -> Any:
+    """The task's result; bad input found by a worker is raised here as the one-line AffectError it was."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, AffectError):
+            raise AffectError(str(exc.cause)) from None
+        raise
 
 
 def video_mapper(ray: bool | None = None) -> Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]:
