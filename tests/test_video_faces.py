@@ -114,6 +114,11 @@ def test_features_are_deterministic_and_independent_of_chunking() -> None:
     np.testing.assert_array_equal(first.features, again.features)
     np.testing.assert_array_equal(first.features, chunked.features)
     np.testing.assert_array_equal(first.boxes, chunked.boxes)
+    # Segments (one Ray task each for a long video) give the whole video's rows.
+    cuts = [(0, 23), (23, 50), (50, None)]
+    parts = [extract_video(io.BytesIO(data), "a", None, config=FAST, start=s, stop=e) for s, e in cuts]
+    np.testing.assert_array_equal(np.concatenate([p.features for p in parts]), first.features)
+    np.testing.assert_array_equal(np.concatenate([p.time_s for p in parts]), first.time_s)
 
 
 def test_tracking_between_detections_matches_detecting_every_frame(tmp_path) -> None:

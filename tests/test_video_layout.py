@@ -183,3 +183,23 @@ def test_cli_train_carries_the_transform_and_score_takes_a_video_folder(
     evaluated = runner.invoke(app, ["evaluate", str(pred), str(dataset)])
     assert evaluated.exit_code == 0, evaluated.output
     assert "| dev | arousal | 1 |" in evaluated.output
+
+
+def test_long_videos_in_segments_give_the_whole_videos_rows(ingested: tuple[Path, Path]) -> None:
+    def segmenting_map(fn, jobs):
+        segmenting_map.jobs = list(jobs)
+        return map(fn, segmenting_map.jobs)
+
+    segmenting_map.segment_frames = 10  # 40-frame clips: 4 segments each
+    root, dataset = ingested
+    transform = load_dataset_transform(str(dataset))
+    segmented = read_video_source(str(root), transform=transform, mapper=segmenting_map)
+    assert [(j.video_id, j.start, j.stop) for j in segmenting_map.jobs[:4]] == [
+        ("train_1", 0, 10),
+        ("train_1", 10, 20),
+        ("train_1", 20, 30),
+        ("train_1", 30, None),
+    ]
+    for a, b in zip(segmented.videos, read_corpus(str(dataset), splits=None).videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.time_s, b.time_s)

@@ -1,11 +1,14 @@
-"""Video feature extraction on Ray: one task per video; frames never leave the worker, only features come back.
+"""Video feature extraction on Ray: one task per video (per segment of a long one); frames never leave the worker,
+only features come back.
 
 :func:`ray_mapper` returns a mapper for :mod:`affect_core.video.layout` (``read_video_source``, ``ingest_videos``,
 ``score_video_root``): each video's job (its URL, not its bytes) goes to a Ray task that decodes, detects, describes
 and reduces the video there and returns its per-frame features. The work function (with the fitted transform) is put
 in the object store once and shared by every task. At most ``max_in_flight`` tasks run ahead of the consumer, and
 results come back in the jobs' order, so the driver holds a bounded number of videos' features. A task asks for
-``cpus`` CPUs and, on a cluster with GPUs, ``gpus`` of one (the Gabor bank then runs on it).
+``cpus`` CPUs and, on a cluster with GPUs, ``gpus`` of one (the Gabor bank then runs on it). A video longer than 1.5
+SEGMENT_FRAMES is cut into segments of SEGMENT_FRAMES frames, one task each, whose rows equal the whole video's
+(``affect_core.video.extract.extract_video``'s ``start``/``stop``); the driver joins them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from affect_core.errors import AffectError
 from tuning.cluster import ensure_ray
 
 T = TypeVar("T")
+# A task per 10 minutes of 25 fps video: a long video's segments run in parallel.
+SEGMENT_FRAMES = 15_000
 
 
 def _run(fn: Callable[[Any], Any], job: Any) -> Any:
@@ -29,9 +34,15 @@ def _run(fn: Callable[[Any], Any], job: Any) -> Any:
 
 
 def ray_mapper(
-    *, cpus: float = 1.0, gpus: float | None = None, max_in_flight: int | None = None, max_retries: int = 2
+    *,
+    cpus: float = 1.0,
+    gpus: float | None = None,
+    max_in_flight: int | None = None,
+    max_retries: int = 2,
+    segment_frames: int | None = SEGMENT_FRAMES,
 ) -> Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]:
-    """A mapper running each job as one Ray task (in order of the jobs, bounded look-ahead)."""
+    """A mapper running each job as one Ray task (in order of the jobs, bounded look-ahead); videos longer than 1.5
+    ``segment_frames`` go to several tasks of ``segment_frames`` frames each (None: one task per video)."""
 
     def mapper(fn: Callable[[Any], T], jobs: Iterable[Any]) -> Iterator[T]:
         import ray
@@ -53,6 +64,7 @@ def ray_mapper(
             for ref in pending:  # stopped early (an error): the rest is not needed
                 ray.cancel(ref)
 
+    mapper.segment_frames = segment_frames  # type: ignore[attr-defined]
     return mapper
 
 

@@ -16,7 +16,7 @@ import torch
 
 from affect_core.video.align import align_face
 from affect_core.video.config import VideoConfig
-from affect_core.video.decode import decode_frames
+from affect_core.video.decode import DecodedFrame, decode_frames
 from affect_core.video.detect import Box, FaceDetector, track_faces
 from affect_core.video.lgbp_top import lgbp_top
 from affect_core.video.transform import VideoTransform
@@ -61,8 +61,13 @@ def iter_chunks(
     *,
     device: str | None = None,
     chunk_frames: int = CHUNK_FRAMES,
+    window: tuple[int, int | None] = (0, None),
 ) -> Iterator[FrameChunk]:
-    """Stream LGBP-TOP rows of every decoded frame of ``source`` in order, ``chunk_frames`` frames at a time."""
+    """Stream LGBP-TOP rows of the decoded frames of ``source`` in order, ``chunk_frames`` frames at a time.
+
+    window: (first, stop) frame indices to process (stop None: to the end); the frames before are decoded and
+    skipped, those at stop and after are not decoded. The rows within ``config.context`` frames of a window's cut, and
+    the frames before its first key frame, are not those of the whole video (see :func:`extract_video`)."""
     device = device or default_device()
     detector = FaceDetector(min_face_share=config.min_face_share)
     margin = config.context
@@ -95,7 +100,8 @@ def iter_chunks(
         start += drop
         return chunk
 
-    for frame, box in track_faces(decode_frames(source, where), detector, detect_every=config.detect_every):
+    frames = _window(decode_frames(source, where), *window)
+    for frame, box in track_faces(frames, detector, detect_every=config.detect_every):
         index.append(frame.index)
         times.append(frame.time_s)
         boxes.append(box)
@@ -114,19 +120,44 @@ def extract_video(
     config: VideoConfig | None = None,
     device: str | None = None,
     chunk_frames: int = CHUNK_FRAMES,
+    start: int = 0,
+    stop: int | None = None,
 ) -> VideoFeatures:
-    """Features of every frame of one video: PCA-reduced with ``transform`` (its settings), or the raw LGBP-TOP
-    rows when ``transform`` is None (then ``config`` gives the settings; raw rows are large, for short clips)."""
+    """Features of the frames ``start`` <= index < ``stop`` (default: every frame) of one video: PCA-reduced with
+    ``transform`` (its settings), or the raw LGBP-TOP rows when ``transform`` is None (then ``config`` gives the
+    settings; raw rows are large, for short clips).
+
+    A segment (``start`` > 0 or ``stop`` given) is computed from the key frame at or before ``start`` minus the
+    features' context to the key frame at or after ``stop`` plus it, so its rows are those of the whole video; only
+    the choice among several faces at the segment's first key frame may differ (no earlier face to continue).
+    """
     from affect_core.video.decode import frame_rate
 
     settings = transform.config if transform is not None else (config or VideoConfig())
     fps = frame_rate(_rewind(source), where)
-    parts, times, boxes = [], [], []
-    for chunk in iter_chunks(_rewind(source), where, settings, device=device, chunk_frames=chunk_frames):
-        parts.append(transform.apply(chunk.raw) if transform is not None else chunk.raw)
-        times.append(chunk.time_s)
-        boxes.append(chunk.boxes)
+    reach = settings.context + settings.detect_every
+    window = (max(0, start - reach), None if stop is None else stop + reach)
+    width = transform.output_dim if transform is not None else settings.raw_dim
+    parts, times, boxes = [np.zeros((0, width), np.float32)], [np.zeros(0)], [np.zeros((0, 4), np.float32)]
+    chunks = iter_chunks(_rewind(source), where, settings, device=device, chunk_frames=chunk_frames, window=window)
+    for chunk in chunks:
+        keep = (chunk.index >= start) & (chunk.index < (stop if stop is not None else np.iinfo(np.int64).max))
+        if keep.any():
+            parts.append(transform.apply(chunk.raw[keep]) if transform is not None else chunk.raw[keep])
+            times.append(chunk.time_s[keep])
+            boxes.append(chunk.boxes[keep])
     return VideoFeatures(np.concatenate(times), np.concatenate(parts), np.concatenate(boxes), fps)
+
+
+def _window(frames: Iterator[DecodedFrame], first: int, stop: int | None) -> Iterator[DecodedFrame]:
+    try:
+        for frame in frames:
+            if stop is not None and frame.index >= stop:
+                return
+            if frame.index >= first:
+                yield frame
+    finally:
+        frames.close()
 
 
 def sample_video(

@@ -13,6 +13,7 @@ beside the dataset. ``mapper`` runs the per-video work: the builtin ``map`` (one
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -42,7 +43,8 @@ FPS_TOLERANCE = 0.02
 
 T = TypeVar("T")
 Mapper = Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]
-"""Runs a function over jobs and yields the results in the jobs' order (the builtin ``map`` is one)."""
+"""Runs a function over jobs and yields the results in the jobs' order (the builtin ``map`` is one). A mapper with an
+attribute ``segment_frames`` (Ray's) gets a video longer than 1.5 times that as several jobs of that many frames."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class VideoJob:
     url: str
     where: str
     storage_options: dict[str, Any] | None = None
+    start: int = 0
+    stop: int | None = None
 
     def open(self) -> Any:
         loc = storage.resolve(self.url, self.storage_options)
@@ -85,7 +89,7 @@ def extract_job(job: VideoJob, transform: VideoTransform, device: str | None = N
     """The PCA-reduced features of one video (a picklable unit of work for a mapper)."""
     source = _checked_source(job)
     try:
-        return extract_video(source, job.where, transform, device=device)
+        return extract_video(source, job.where, transform, device=device, start=job.start, stop=job.stop)
     finally:
         if hasattr(source, "close"):
             source.close()
@@ -109,6 +113,57 @@ def _estimated_frames(job: VideoJob) -> int:
         if hasattr(source, "close"):
             source.close()
     return max(1, info.frames)
+
+
+def segment_jobs(jobs: list[VideoJob], segment_frames: int | None) -> list[VideoJob]:
+    """``jobs`` with every video longer than 1.5 ``segment_frames`` (by its container's frame count) split into
+    segments of ``segment_frames`` frames, in order; the last segment runs to the end of the video."""
+    if not segment_frames:
+        return jobs
+    out: list[VideoJob] = []
+    for job in jobs:
+        frames = _estimated_frames(job)
+        if frames <= 1.5 * segment_frames:
+            out.append(job)
+            continue
+        starts = list(range(0, frames - segment_frames // 2, segment_frames))
+        for start, stop in zip(starts, [*starts[1:], None], strict=True):
+            out.append(dataclasses.replace(job, start=start, stop=stop))
+    return out
+
+
+def merge_segments(jobs: list[VideoJob], results: Iterable[VideoFeatures]) -> Iterator[tuple[VideoJob, VideoFeatures]]:
+    """(whole-video job, features) per video from the results of :func:`segment_jobs`' jobs, in order."""
+    current: VideoJob | None = None
+    parts: list[VideoFeatures] = []
+
+    def whole() -> tuple[VideoJob, VideoFeatures]:
+        assert current is not None
+        features = VideoFeatures(
+            np.concatenate([p.time_s for p in parts]),
+            np.concatenate([p.features for p in parts]),
+            np.concatenate([p.boxes for p in parts]),
+            parts[0].fps,
+        )
+        return dataclasses.replace(current, start=0, stop=None), features
+
+    for job, result in zip(jobs, results, strict=True):
+        if current is not None and job.video_id != current.video_id:
+            yield whole()
+            parts = []
+        current = job
+        parts.append(result)
+    if parts:
+        yield whole()
+
+
+def extract_jobs(
+    jobs: list[VideoJob], transform: VideoTransform, *, mapper: Mapper = map, device: str | None = None
+) -> Iterator[tuple[VideoJob, VideoFeatures]]:
+    """(job, features) of every video of ``jobs``, in order; long videos in segments where the mapper asks for them."""
+    work = segment_jobs(jobs, getattr(mapper, "segment_frames", None))
+    extracted = mapper(functools.partial(extract_job, transform=transform, device=device), work)
+    return merge_segments(work, extracted)
 
 
 def list_video_files(loc: storage.Location) -> dict[str, str]:
@@ -265,9 +320,9 @@ def read_video_source(
     if transform is None:
         transform = fit_video_transform(jobs, config or VideoConfig(), mapper=mapper, device=device)
     names = transform.feature_names
-    extracted = mapper(functools.partial(extract_job, transform=transform, device=device), jobs)
+    extracted = extract_jobs(jobs, transform, mapper=mapper, device=device)
     videos: list[SourceVideo] = []
-    for job, features in tqdm(zip(jobs, extracted, strict=True), total=len(jobs), desc="videos", disable=not progress):
+    for job, features in tqdm(extracted, total=len(jobs), desc="videos", disable=not progress):
         video = SourceVideo(job.video_id, job.split)
         video.features[FEATURE_SET] = _feature_track(features, names, job.where)
         if job.video_id in labels:

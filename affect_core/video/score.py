@@ -9,13 +9,12 @@ without it every video is scored as split "test").
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
 from affect_core.data.records import Video
 from affect_core.errors import fail
-from affect_core.video.layout import FPS_TOLERANCE, Mapper, extract_job, to_video, video_jobs
+from affect_core.video.layout import FPS_TOLERANCE, Mapper, extract_jobs, to_video, video_jobs
 from affect_core.video.transform import load_bundle_transform
 
 
@@ -50,8 +49,7 @@ def score_video_root(
     check_video_ids([j.video_id for j in jobs], resolve(out_url, storage_options))
 
     def videos() -> Iterator[Video]:
-        extracted = mapper(functools.partial(extract_job, transform=transform, device=device), jobs)
-        for job, features in zip(jobs, extracted, strict=True):
+        for job, features in extract_jobs(jobs, transform, mapper=mapper, device=device):
             if bundle.fps > 0 and abs(features.fps / bundle.fps - 1.0) > FPS_TOLERANCE:
                 raise fail(
                     job.where,
