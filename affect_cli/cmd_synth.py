@@ -14,7 +14,7 @@ import typer
 def synth(
     out: Annotated[str, typer.Argument(help="Output directory; must not exist or be empty (see --overwrite).")],
     layout: Annotated[
-        str, typer.Option(help="Input layout to write: avec2016 (the release's), csv, parquet, openface or muse.")
+        str, typer.Option(help="Input layout to write: avec2016 (the release's), csv, parquet, openface, muse or video (clips of a real face).")
     ] = "avec2016",
     flat: Annotated[
         bool, typer.Option(help="avec2016: the flat variant (features_<set>/<id>.arff) instead of the release's.")
@@ -56,6 +56,25 @@ def synth(
     from affect_core.synth import SynthConfig, WriteOptions, write_corpus
 
     started = time.perf_counter()
+    if layout == "video":  # generated clips of a real face; the feature and noise options do not apply
+        from affect_core.synth.video import VideoSynthConfig, write_video_corpus
+
+        clips = VideoSynthConfig(
+            videos_per_split,
+            frames,
+            fps,
+            lag_s=lag_s,
+            no_face_share=no_face_share,
+            label_noise=label_noise,
+            test_labels=test_labels,
+            seed=seed,
+        )
+        write_video_corpus(clips, out, overwrite=overwrite, progress=progress)
+        typer.echo(
+            f"wrote {3 * videos_per_split} clips of {frames} frames at {fps:g} fps (labels lagging by "
+            f"{lag_s:g} s) in the video layout to {out} in {time.perf_counter() - started:.1f} s"
+        )
+        return
     config = SynthConfig(
         videos_per_split=videos_per_split,
         frames=frames,

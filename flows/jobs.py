@@ -389,6 +389,20 @@ def run_ingest(job: IngestJob) -> Any:
         "target_file_bytes": int(job.file_mb * 2**20),
         "min_face_confidence": job.min_face_confidence,
     }
+    if job.layout == "video":  # decoded and described first (Ray tasks when parallel); the transform kept beside
+        from affect_core.video.layout import ingest_videos
+        from tuning.video_extract import video_mapper
+
+        return ingest_videos(
+            job.source,
+            job.dataset_url,
+            feature_set=job.feature_set,
+            fps=job.fps,
+            storage_options=options["storage_options"],
+            source_storage_options=options["source_storage_options"],
+            mapper=video_mapper(use_ray(job.parallel)),
+            progress=job.progress,
+        )
     if use_ray(job.parallel):
         from tuning.ingest import ingest as ingest_on_ray
 
@@ -436,7 +450,16 @@ def run_tune(job: TuneJob) -> Any:
 
 def run_train(job: TrainJob) -> dict[str, str]:
     """Train every seed, on Ray or in this process (:func:`use_ray`); returns the URLs of results.parquet,
-    summary.md and the model bundle."""
+    summary.md and the model bundle. A model of a dataset made from videos carries the dataset's video transform."""
+    outputs = _trained(job)
+    if "model" in outputs:
+        from affect_core.video.transform import attach_to_bundle
+
+        attach_to_bundle(job.dataset_url, outputs["model"], storage_options_for(job.dataset_url, job.s3_endpoint))
+    return outputs
+
+
+def _trained(job: TrainJob) -> dict[str, str]:
     from affect_core.config import load_run_config
 
     check_required(job)
@@ -509,6 +532,22 @@ def run_score(job: ScoreJob) -> Any:
     check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
     model_url = resolve_model(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
+    from affect_core.video.score import is_video_root
+
+    if is_video_root(job.data_url):  # a folder of videos: described with the bundle's video transform, then scored
+        from affect_core.video.score import score_video_root
+        from tuning.video_extract import video_mapper
+
+        return score_video_root(
+            job.data_url,
+            model_url,
+            job.out,
+            splits=job.split or None,
+            storage_options=options,
+            mapper=video_mapper(use_ray(job.ray)),
+            device=None if job.device == "auto" else job.device,
+            progress=job.progress,
+        )
     if use_ray(job.ray) and job_server():
         return _submitted(job)
     if use_ray(job.ray):

@@ -56,7 +56,8 @@ LAYOUT_READERS: dict[str, LayoutReader] = {
     "openface": read_openface,
     "muse": read_muse,
 }
-LAYOUTS = tuple(LAYOUT_READERS)
+# The video layout (ROOT/videos/*) decodes videos and extracts features first: affect_core/video/layout.py.
+LAYOUTS = (*LAYOUT_READERS, "video")
 # Common video frame rates: a rate measured from millisecond timestamps snaps to one of these when it is this
 # close (29.97 and 30 differ by 0.1%).
 STANDARD_FPS = (23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0)
@@ -517,6 +518,10 @@ def read_source(
         raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
     if not (math.isfinite(min_face_confidence) and 0.0 <= min_face_confidence <= 1.0):
         raise AffectError(f"min_face_confidence={min_face_confidence:g}: expected a number in [0, 1]")
+    if layout == "video":
+        from affect_core.video.layout import read_video_source
+
+        return read_video_source(root, storage_options=storage_options)
     loc = storage.resolve(root, storage_options)
     if not storage.is_dir(loc.fs, loc.path):
         problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"

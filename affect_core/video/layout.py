@@ -1,0 +1,420 @@
+"""The ``video`` input layout: video files in, the same Corpus / Video records as every other layout out.
+
+    ROOT/videos/<video_id>.<mp4|mkv|avi|mov|webm>   one file per video (a constant frame rate)
+    ROOT/partition.csv                              video_id,split (every video)
+    ROOT/labels/<video_id>.csv                      optional: frameTime (or frame),arousal,valence, one row per frame
+
+Every video goes through :func:`affect_core.video.extract.extract_video`. At ingest the PCA is fitted first, on frames
+sampled evenly from the train videos (at most ``pca_frames``), then every video is extracted and reduced; the fitted
+:class:`~affect_core.video.transform.VideoTransform` travels with the corpus (:class:`VideoCorpus`) and is stored
+beside the dataset. ``mapper`` runs the per-video work: the builtin ``map`` (one process, the default) or Ray
+(``tuning.video_extract.ray_mapper``: one task per video, only features leave the workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from affect_core import storage
+from affect_core.data.readers import SourceVideo, Track, assemble_corpus, check_split, check_video_id, label_track
+from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
+from affect_core.data.tables import read_csv_table
+from affect_core.errors import AffectError, fail
+from affect_core.video.config import VideoConfig
+from affect_core.video.decode import VIDEO_SUFFIXES, probe
+from affect_core.video.extract import VideoFeatures, extract_video, sample_video
+from affect_core.video.transform import FEATURE_SET, VideoTransform, fit_transform, save_dataset_transform
+
+LAYOUT = "video"
+VIDEOS_DIR = "videos"
+LABELS_DIR = "labels"
+PARTITION = "partition.csv"
+# Videos whose fps differs from the model's by more than this share are refused at scoring.
+FPS_TOLERANCE = 0.02
+
+T = TypeVar("T")
+Mapper = Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]
+"""Runs a function over jobs and yields the results in the jobs' order (the builtin ``map`` is one). A mapper with an
+attribute ``segment_frames`` (Ray's) gets a video longer than 1.5 times that as several jobs of that many frames."""
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video file to read: ``url`` (fsspec URL or local path) and how to name it in messages."""
+
+    video_id: str
+    split: str
+    url: str
+    where: str
+    storage_options: dict[str, Any] | None = None
+    start: int = 0
+    stop: int | None = None
+
+    def open(self) -> Any:
+        loc = storage.resolve(self.url, self.storage_options)
+        if loc.is_local:
+            return loc.path
+        return loc.fs.open(loc.path, "rb")
+
+
+@dataclass
+class VideoCorpus(Corpus):
+    """A Corpus read from videos, with the fitted video transform that produced its features."""
+
+    video_transform: VideoTransform | None = field(default=None, repr=False)
+
+    def save_beside(self, dataset_url: str, content_hash: str, storage_options: dict[str, Any] | None = None) -> None:
+        """Store the video transform beside the dataset version with ``content_hash``."""
+        if self.video_transform is not None:
+            save_dataset_transform(self.video_transform, dataset_url, content_hash, storage_options)
+
+
+def _checked_source(job: VideoJob) -> Any:
+    try:
+        return job.open()
+    except (OSError, ValueError) as exc:
+        raise fail(job.where, f"cannot be opened ({type(exc).__name__})") from None
+
+
+def extract_job(job: VideoJob, transform: VideoTransform, device: str | None = None) -> VideoFeatures:
+    """The PCA-reduced features of one video (a picklable unit of work for a mapper)."""
+    source = _checked_source(job)
+    try:
+        return extract_video(source, job.where, transform, device=device, start=job.start, stop=job.stop)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def sample_job(job: VideoJob, config: VideoConfig, every: int, limit: int, device: str | None = None) -> np.ndarray:
+    """Raw LGBP-TOP rows of every ``every``-th frame with a face of one video, at most ``limit`` (for the PCA)."""
+    source = _checked_source(job)
+    try:
+        return sample_video(source, job.where, config, every=every, limit=limit, device=device)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _estimated_frames(job: VideoJob) -> int:
+    source = _checked_source(job)
+    try:
+        info = probe(source, job.where)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+    return max(1, info.frames)
+
+
+def segment_jobs(jobs: list[VideoJob], segment_frames: int | None) -> list[VideoJob]:
+    """``jobs`` with every video longer than 1.5 ``segment_frames`` (by its container's frame count) split into
+    segments of ``segment_frames`` frames, in order; the last segment runs to the end of the video."""
+    if not segment_frames:
+        return jobs
+    out: list[VideoJob] = []
+    for job in jobs:
+        frames = _estimated_frames(job)
+        if frames <= 1.5 * segment_frames:
+            out.append(job)
+            continue
+        starts = list(range(0, frames - segment_frames // 2, segment_frames))
+        for start, stop in zip(starts, [*starts[1:], None], strict=True):
+            out.append(dataclasses.replace(job, start=start, stop=stop))
+    return out
+
+
+def merge_segments(jobs: list[VideoJob], results: Iterable[VideoFeatures]) -> Iterator[tuple[VideoJob, VideoFeatures]]:
+    """(whole-video job, features) per video from the results of :func:`segment_jobs`' jobs, in order."""
+    current: VideoJob | None = None
+    parts: list[VideoFeatures] = []
+
+    def whole() -> tuple[VideoJob, VideoFeatures]:
+        assert current is not None
+        features = VideoFeatures(
+            np.concatenate([p.time_s for p in parts]),
+            np.concatenate([p.features for p in parts]),
+            np.concatenate([p.boxes for p in parts]),
+            parts[0].fps,
+        )
+        return dataclasses.replace(current, start=0, stop=None), features
+
+    for job, result in zip(jobs, results, strict=True):
+        if current is not None and job.video_id != current.video_id:
+            yield whole()
+            parts = []
+        current = job
+        parts.append(result)
+    if parts:
+        yield whole()
+
+
+def extract_jobs(
+    jobs: list[VideoJob], transform: VideoTransform, *, mapper: Mapper = map, device: str | None = None
+) -> Iterator[tuple[VideoJob, VideoFeatures]]:
+    """(job, features) of every video of ``jobs``, in order; long videos in segments where the mapper asks for them."""
+    work = segment_jobs(jobs, getattr(mapper, "segment_frames", None))
+    extracted = mapper(functools.partial(extract_job, transform=transform, device=device), work)
+    return merge_segments(work, extracted)
+
+
+def list_video_files(loc: storage.Location) -> dict[str, str]:
+    """video id -> file name of every video in ROOT/videos/ (hidden files skipped)."""
+    folder = storage.join(loc.path, VIDEOS_DIR)
+    if not storage.is_dir(loc.fs, folder):
+        raise fail(loc.display(VIDEOS_DIR), "folder not found; expected ROOT/videos/<video_id>.mp4 (video layout)")
+    files: dict[str, str] = {}
+    for name, kind in storage.list_dir(loc.fs, folder):
+        if kind != "file" or name.startswith((".", "_")):
+            continue
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or "." + suffix.lower() not in VIDEO_SUFFIXES:
+            raise fail(
+                loc.display(VIDEOS_DIR, name),
+                f"unexpected file; expected video files named <video_id>{'|'.join(VIDEO_SUFFIXES)}",
+            )
+        check_video_id(stem, loc.display(VIDEOS_DIR, name))
+        if stem in files:
+            raise fail(
+                loc.display(VIDEOS_DIR, name),
+                f"video {stem!r} also in {files[stem]}; expected one file per video id",
+            )
+        files[stem] = name
+    if not files:
+        raise fail(loc.display(VIDEOS_DIR), "no video files; expected ROOT/videos/<video_id>.mp4")
+    return files
+
+
+def read_partition(loc: storage.Location, *, required: bool = True) -> dict[str, str] | None:
+    """video id -> split from ROOT/partition.csv (None when absent and not required)."""
+    where = loc.display(PARTITION)
+    if not storage.exists(loc.fs, loc.join(PARTITION).path):
+        if required:
+            raise fail(where, "file not found; expected a partition table with columns video_id, split")
+        return None
+    data = storage.read_bytes(loc.fs, loc.join(PARTITION).path)
+    table = read_csv_table(data, where, string_columns=("video_id", "split"))
+    if table.names != ["video_id", "split"]:
+        raise fail(where, f"columns {', '.join(table.names)}; expected columns video_id, split")
+    partition: dict[str, str] = {}
+    for row, (video_id, split) in enumerate(zip(table.columns["video_id"], table.columns["split"], strict=True)):
+        ref = f"{where}: {table.row_ref(row)}"
+        check_video_id(str(video_id), ref)
+        check_split(str(split), ref)
+        if video_id in partition:
+            raise AffectError(f"{ref}: duplicate video id {video_id!r}; expected each video once")
+        partition[str(video_id)] = str(split)
+    if not partition:
+        raise fail(where, "no videos; expected one row per video")
+    return partition
+
+
+def video_jobs(
+    root: str, storage_options: dict[str, Any] | None = None, *, partition_required: bool = True
+) -> list[VideoJob]:
+    """One job per video of ROOT, in the partition's order (or by id when there is no partition: split "test")."""
+    loc = storage.resolve(root, storage_options)
+    if not storage.is_dir(loc.fs, loc.path):
+        problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"
+        raise fail(loc.display(), f"source {problem}; expected a directory in the video layout")
+    files = list_video_files(loc)
+    partition = read_partition(loc, required=partition_required)
+    if partition is None:
+        partition = {video_id: "test" for video_id in sorted(files)}
+    for video_id in partition:
+        if video_id not in files:
+            raise fail(
+                loc.display(PARTITION),
+                f"video {video_id!r} has no file; expected {VIDEOS_DIR}/{video_id}.mp4 (or .mkv, .avi, .mov, .webm)",
+            )
+    for video_id, name in files.items():
+        if video_id not in partition:
+            raise fail(loc.display(VIDEOS_DIR, name), f"video {video_id!r} is not listed in {PARTITION}")
+    return [
+        VideoJob(
+            video_id,
+            split,
+            storage.join(root.rstrip("/"), VIDEOS_DIR, files[video_id]),
+            loc.display(VIDEOS_DIR, files[video_id]),
+            storage_options,
+        )
+        for video_id, split in partition.items()
+    ]
+
+
+def fit_video_transform(
+    jobs: list[VideoJob], config: VideoConfig, *, mapper: Mapper = map, device: str | None = None
+) -> VideoTransform:
+    """Fit the PCA on at most ``config.pca_frames`` frames sampled evenly over the train videos of ``jobs``."""
+    train = [j for j in jobs if j.split == "train"]
+    if not train:
+        raise AffectError("video layout: no train videos in the partition; expected train videos to fit the PCA on")
+    total = sum(mapper(_estimated_frames, train))
+    every = max(1, math.ceil(total / config.pca_frames))
+    # Each video gives at most twice its even share, so the samples held at once stay near pca_frames rows even when
+    # the containers' frame counts are off.
+    limit = 2 * math.ceil(config.pca_frames / len(train))
+    sample = functools.partial(sample_job, config=config, every=every, limit=limit, device=device)
+    rows = [r for r in mapper(sample, train) if len(r)]
+    samples = np.concatenate(rows) if rows else np.zeros((0, config.raw_dim), np.float32)
+    if len(samples) > config.pca_frames:
+        samples = samples[np.linspace(0, len(samples) - 1, config.pca_frames).round().astype(int)]
+    return fit_transform(samples, config)
+
+
+def read_labels(loc: storage.Location, video_ids: set[str]) -> dict[str, Track]:
+    """Label tracks of ROOT/labels/<video_id>.csv (the csv layout's label files), by video id."""
+    folder = storage.join(loc.path, LABELS_DIR)
+    if not storage.is_dir(loc.fs, folder):
+        return {}
+    tracks: dict[str, Track] = {}
+    for name, kind in storage.list_dir(loc.fs, folder):
+        if kind != "file" or name.startswith((".", "_")):
+            continue
+        where = loc.display(LABELS_DIR, name)
+        if not name.endswith(".csv"):
+            raise fail(where, "unexpected file; expected label files named <video_id>.csv")
+        video_id = check_video_id(name[: -len(".csv")], where)
+        if video_id not in video_ids:
+            raise fail(where, f"labels for video {video_id!r} but no such video; expected {VIDEOS_DIR}/{video_id}.mp4")
+        tracks[video_id] = label_track(read_csv_table(storage.read_bytes(loc.fs, storage.join(folder, name)), where))
+    return tracks
+
+
+def _feature_track(features: VideoFeatures, names: list[str], where: str) -> Track:
+    return Track(
+        where,
+        names,
+        features.features.astype(np.float64),
+        features.time_s,
+        None,
+        lambda row: f"frame {row}",
+    )
+
+
+def read_video_source(
+    root: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    config: VideoConfig | None = None,
+    transform: VideoTransform | None = None,
+    mapper: Mapper = map,
+    device: str | None = None,
+    progress: bool = False,
+) -> VideoCorpus:
+    """Read and validate a corpus in the video layout: fit the video transform on the train split (unless given),
+    extract every video, attach labels. Raises AffectError on any bad input (nothing is written)."""
+    from tqdm.auto import tqdm
+
+    jobs = video_jobs(root, storage_options)
+    loc = storage.resolve(root, storage_options)
+    labels = read_labels(loc, {j.video_id for j in jobs})  # before any video is decoded: bad labels fail fast
+    if transform is None:
+        transform = fit_video_transform(jobs, config or VideoConfig(), mapper=mapper, device=device)
+    names = transform.feature_names
+    extracted = extract_jobs(jobs, transform, mapper=mapper, device=device)
+    videos: list[SourceVideo] = []
+    for job, features in tqdm(extracted, total=len(jobs), desc="videos", disable=not progress):
+        video = SourceVideo(job.video_id, job.split)
+        video.features[FEATURE_SET] = _feature_track(features, names, job.where)
+        if job.video_id in labels:
+            for column, dimension in enumerate(AFFECT_DIMENSIONS):
+                video.labels[dimension] = (labels[job.video_id], column)
+        videos.append(video)
+    corpus = assemble_corpus(videos, [FEATURE_SET], source=loc.display(), layout=LAYOUT)
+    corpus.metadata["source_bytes"] = str(_source_bytes(loc))
+    corpus.metadata["video_config"] = json.dumps(transform.config.to_dict())
+    return VideoCorpus(**vars(corpus), video_transform=transform)
+
+
+def _source_bytes(loc: storage.Location) -> int:
+    total = 0
+    for name, kind in storage.list_dir(loc.fs, storage.join(loc.path, VIDEOS_DIR)):
+        if kind == "file":
+            total += int(loc.fs.size(storage.join(loc.path, VIDEOS_DIR, name)))
+    return total
+
+
+def to_video(job: VideoJob, features: VideoFeatures) -> Video:
+    """A scoring record: one row per decoded frame at its timestamp (labels none)."""
+    return Video(job.video_id, job.split, features.features, features.time_s, features.fps)
+
+
+def ingest_videos(
+    root: str,
+    dataset_url: str,
+    *,
+    layout: str = LAYOUT,
+    feature_set: str | None = None,
+    fps: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    source_storage_options: dict[str, Any] | None = None,
+    config: VideoConfig | None = None,
+    mapper: Mapper = map,
+    device: str | None = None,
+    progress: bool = True,
+) -> Any:
+    """``affect ingest ROOT DATASET --layout video``: read ROOT, write the dataset version and store the fitted video
+    transform beside it. Returns the dataset store's IngestResult. Nothing is written on bad input. The transform is
+    stored right after the version is published (the store checks the destination first); should that fail, the error
+    says so and a re-run stores it. ``layout``, ``feature_set`` and ``fps`` are those of the dataset store's ingest:
+    the layout must be "video", the feature set (if given) ``lgbptop``, a given fps the videos'."""
+    from affect_core.data.dataset import IngestResult, content_hash, write_dataset
+    from affect_core.video.transform import TRANSFORMS_DIR
+
+    if layout != LAYOUT:
+        raise AffectError(f"layout {layout!r}: ingest_videos reads the {LAYOUT} layout only")
+    if feature_set not in (None, FEATURE_SET):
+        raise AffectError(f"feature set {feature_set!r}: the video layout has one feature set, {FEATURE_SET!r}")
+    started = time.perf_counter()
+    corpus = read_video_source(
+        root,
+        storage_options=source_storage_options if source_storage_options is not None else storage_options,
+        config=config,
+        mapper=mapper,
+        device=device,
+        progress=progress,
+    )
+    if fps is not None and abs(fps / corpus.fps - 1.0) > FPS_TOLERANCE:
+        raise fail(corpus.source, f"fps={fps:g} contradicts the videos' {corpus.fps:g} fps; leave fps out for videos")
+    chash = content_hash(corpus)
+    loc = storage.resolve(dataset_url, storage_options)
+    folder = storage.join(loc.path, TRANSFORMS_DIR)
+    existed = storage.exists(loc.fs, folder)
+    # The dataset store checks the destination and publishes the version; the transform follows at once. Should
+    # storing it fail, the error says so and a re-run stores it (the version is unchanged then).
+    version, chash, unchanged = write_dataset(
+        corpus, dataset_url, storage_options=storage_options, layout=LAYOUT, source=root, progress=progress
+    )
+    try:
+        corpus.save_beside(dataset_url, chash, storage_options)
+    except BaseException as exc:
+        if not existed:
+            storage.remove_tree(loc.fs, folder)
+        if storage.is_store_error(exc):
+            raise fail(
+                loc.display(TRANSFORMS_DIR),
+                f"storing the video transform of version {version} failed ({type(exc).__name__}); run the ingest again",
+            ) from None
+        raise
+    seconds = time.perf_counter() - started
+    source_bytes = int(corpus.metadata.get("source_bytes", "0"))
+    return IngestResult(
+        dataset_url=storage.redact(dataset_url),
+        version=version,
+        content_hash=chash,
+        unchanged=unchanged,
+        rows=int(sum(v.num_frames for v in corpus.videos)),
+        videos=len(corpus.videos),
+        seconds=seconds,
+        source_bytes=source_bytes,
+        mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
+    )

@@ -1,0 +1,70 @@
+"""``affect score VIDEO_ROOT --model MODEL``: score videos directly, one prediction per decoded frame at its timestamp.
+
+The bundle's video transform (MODEL/video_transform.safetensors, copied there from the dataset it was trained on)
+sets how the videos are described; each video is extracted (by ``mapper``, e.g. one Ray task per video) and handed,
+as a :class:`~affect_core.data.records.Video`, to the scorer every dataset goes through
+(:func:`affect_core.scoring.score_videos`). ROOT is a video-layout folder (ROOT/videos/, partition.csv optional:
+without it every video is scored as split "test").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from affect_core.data.records import Video
+from affect_core.errors import fail
+from affect_core.video.layout import FPS_TOLERANCE, Mapper, extract_jobs, to_video, video_jobs
+from affect_core.video.transform import load_bundle_transform
+
+
+def is_video_root(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` is a folder in the video layout (has videos/ and is not a dataset)."""
+    from affect_core import storage
+
+    loc = storage.resolve(url, storage_options)
+    dataset = storage.exists(loc.fs, loc.join("_delta_log").path) or storage.exists(loc.fs, loc.join("_manifests").path)
+    return storage.is_dir(loc.fs, loc.join("videos").path) and not dataset
+
+
+def score_video_root(
+    root: str,
+    model_url: str,
+    out_url: str,
+    *,
+    splits: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    mapper: Mapper = map,
+    device: str | None = None,
+    progress: bool = True,
+) -> Any:
+    """Extract every video of ``root`` with the bundle's video transform and score it into ``out_url``; returns the
+    scorer's ScoreResult. A video whose frame rate differs from the model's is refused before it is scored."""
+    from affect_core.artifact import load_bundle
+    from affect_core.scoring import check_video_ids, score_videos
+    from affect_core.storage import resolve
+
+    bundle = load_bundle(model_url, storage_options)
+    transform = load_bundle_transform(model_url, storage_options)
+    jobs = [j for j in video_jobs(root, storage_options, partition_required=False) if not splits or j.split in splits]
+    check_video_ids([j.video_id for j in jobs], resolve(out_url, storage_options))
+
+    def videos() -> Iterator[Video]:
+        for job, features in extract_jobs(jobs, transform, mapper=mapper, device=device):
+            if bundle.fps > 0 and abs(features.fps / bundle.fps - 1.0) > FPS_TOLERANCE:
+                raise fail(
+                    job.where,
+                    f"{features.fps:g} fps but the model was trained at {bundle.fps:g} fps; expected videos at the "
+                    "model's frame rate",
+                )
+            yield to_video(job, features)
+
+    return score_videos(
+        bundle,
+        videos(),
+        out_url,
+        feature_names=transform.feature_names,
+        storage_options=storage_options,
+        progress=progress,
+        total=len(jobs),
+    )

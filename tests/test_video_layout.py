@@ -1,0 +1,205 @@
+"""The video layout end to end in one process: videos -> dataset (features, labels, no-face rows, the transform stored
+beside it) -> a model bundle carrying the transform -> scores for every decoded frame at its timestamp."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from affect_core.config import load_run_config
+from affect_core.data.dataset import dataset_info, read_corpus
+from affect_core.data.readers import read_source
+from affect_core.errors import AffectError
+from affect_core.experiment import train_run
+from affect_core.synth.video import VideoSynthConfig, write_video_corpus
+from affect_core.video.config import VideoConfig
+from affect_core.video.decode import decode_frames
+from affect_core.video.extract import extract_video
+from affect_core.video.layout import ingest_videos, read_video_source
+from affect_core.video.score import score_video_root
+from affect_core.video.transform import attach_to_bundle, load_bundle_transform, load_dataset_transform
+
+FAST = VideoConfig(face_size=32, wavelengths=(3.0, 6.0), orientations=2, blocks=2, pca_share=0.95)
+CLIPS = VideoSynthConfig(videos_per_split=1, frames=40, width=320, height=180, no_face_share=0.25, test_labels=True)
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("layout")
+    write_video_corpus(CLIPS, base / "root")
+    ingest_videos(str(base / "root"), str(base / "dataset"), config=FAST, progress=False)
+    return base / "root", base / "dataset"
+
+
+def test_dataset_holds_features_no_face_rows_and_labels(ingested: tuple[Path, Path]) -> None:
+    root, dataset = ingested
+    corpus = read_corpus(str(dataset), splits=None)
+    transform = load_dataset_transform(str(dataset))
+    assert transform.config == FAST and corpus.feature_names == transform.feature_names
+    assert [v.video_id for v in corpus.videos] == ["train_1", "dev_1", "test_1"]
+    assert dataset_info(str(dataset)).layout == "video"
+    for video in corpus.videos:
+        assert video.num_frames == CLIPS.frames and video.fps == pytest.approx(CLIPS.fps)
+        # The features are exactly what extracting the clip with the stored transform gives (scoring does that).
+        fresh = extract_video(str(root / "videos" / f"{video.video_id}.mp4"), video.video_id, transform)
+        np.testing.assert_allclose(video.features, fresh.features, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(video.time_s, fresh.time_s)
+        no_face = np.isnan(video.features).all(axis=1)
+        assert no_face.any() and not no_face.all()
+        assert np.isfinite(video.features[~no_face]).all()
+        with open(root / "labels" / f"{video.video_id}.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        np.testing.assert_allclose(video.arousal, [float(r["arousal"]) for r in rows], atol=1e-6)
+        np.testing.assert_allclose(video.valence, [float(r["valence"]) for r in rows], atol=1e-6)
+
+
+def test_no_face_rows_follow_the_generated_no_face_runs(ingested: tuple[Path, Path]) -> None:
+    from affect_core.synth.generator import generate
+
+    _, dataset = ingested
+    truth = generate(CLIPS.latent_config()).corpus
+    for video, generated in zip(read_corpus(str(dataset), splits=None).videos, truth.videos, strict=True):
+        missing = np.isnan(video.features[:, 0])
+        planted = np.isnan(generated.features[:, 0])
+        assert missing[planted].all()  # a no-face stretch is never bridged
+        # A run's edges are decided every detect_every frames: frames further from them are found.
+        near_run = np.convolve(planted, np.ones(2 * FAST.detect_every + 1), mode="same") > 0
+        assert (~missing[~near_run]).mean() >= 0.8
+
+
+def test_reingest_is_unchanged_and_the_reader_dispatch_gives_the_same_corpus(ingested: tuple[Path, Path]) -> None:
+    root, dataset = ingested
+    again = ingest_videos(str(root), str(dataset), config=FAST, progress=False)
+    assert again.unchanged
+    transform = load_dataset_transform(str(dataset))
+    direct = read_video_source(str(root), transform=transform)
+    stored = read_corpus(str(dataset), splits=None)
+    for a, b in zip(direct.videos, stored.videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+    # The input-layout dispatch reads the same videos (default settings: its own PCA, the same faces).
+    dispatched = read_source(str(root), "video")
+    assert dispatched.video_transform is not None and dispatched.feature_dim == dispatched.video_transform.output_dim
+    for a, b in zip(dispatched.videos, stored.videos, strict=True):
+        np.testing.assert_array_equal(np.isnan(a.features[:, 0]), np.isnan(b.features[:, 0]))
+
+
+def test_scoring_videos_gives_one_prediction_per_decoded_frame(ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    root, dataset = ingested
+    corpus = read_corpus(str(dataset), splits=None)
+    config = load_run_config(None, model="baseline", align="none", epochs=1)
+    outputs = train_run(corpus, str(tmp_path / "run"), config, dimension="arousal", seeds=1, progress=False)
+    with pytest.raises(AffectError, match="video_transform.safetensors: file not found"):
+        score_video_root(str(root), outputs["model"], str(tmp_path / "nope"), progress=False)
+    assert attach_to_bundle(str(dataset), outputs["model"])
+    assert load_bundle_transform(outputs["model"]).config == FAST
+    result = score_video_root(str(root), outputs["model"], str(tmp_path / "pred"), progress=False)
+    assert result.videos == 3 and result.frames == 3 * CLIPS.frames
+    for video_id in ("train_1", "dev_1", "test_1"):
+        table = pq.read_table(tmp_path / "pred" / f"part-{video_id}.parquet")
+        times = [f.time_s for f in decode_frames(str(root / "videos" / f"{video_id}.mp4"), video_id)]
+        np.testing.assert_allclose(table.column("time_s").to_numpy(), times)
+        assert np.isfinite(table.column("arousal").to_numpy()).all()
+
+
+def test_synth_cli_writes_the_video_layout(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from affect_cli.main import app
+
+    out = tmp_path / "clips"
+    result = CliRunner().invoke(
+        app, ["synth", str(out), "--layout", "video", "--videos-per-split", "1", "--frames", "12", "--lag-s", "0.2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["dev_1.mp4", "test_1.mp4", "train_1.mp4"]
+    assert (out / "partition.csv").read_text().splitlines() == [
+        "video_id,split",
+        "train_1,train",
+        "dev_1,dev",
+        "test_1,test",
+    ]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["dev_1.csv", "train_1.csv"]
+    frames = list(decode_frames(str(out / "videos" / "train_1.mp4"), "train_1"))
+    assert len(frames) == 12 and frames[0].gray.shape == (360, 640)
+    assert len((out / "labels" / "train_1.csv").read_text().splitlines()) == 13
+
+
+def test_videos_on_an_fsspec_store_read_like_local_ones(ingested: tuple[Path, Path]) -> None:
+    import fsspec
+
+    root, dataset = ingested
+    memory = fsspec.filesystem("memory")
+    for path in root.rglob("*"):
+        if path.is_file():
+            memory.pipe(f"/clips/{path.relative_to(root)}", path.read_bytes())
+    transform = load_dataset_transform(str(dataset))
+    remote = read_video_source("memory://clips", transform=transform)
+    for a, b in zip(remote.videos, read_corpus(str(dataset), splits=None).videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.arousal, b.arousal)
+
+
+def test_cli_train_carries_the_transform_and_score_takes_a_video_folder(
+    ingested: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from affect_cli.main import app
+
+    root, dataset = ingested
+    runner = CliRunner()
+    run = tmp_path / "run"
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            str(dataset),
+            "--out",
+            str(run),
+            "--model",
+            "baseline",
+            "--align",
+            "none",
+            "--epochs",
+            "1",
+            "--dimension",
+            "arousal",
+            "--no-progress",
+            "--no-ray",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert load_bundle_transform(str(run / "model")).config == FAST
+    pred = tmp_path / "pred"
+    scored = runner.invoke(
+        app, ["score", str(root), "--model", str(run / "model"), "--out", str(pred), "--no-progress"]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert "scored 3 video(s), 120 frame(s)" in scored.output
+    evaluated = runner.invoke(app, ["evaluate", str(pred), str(dataset)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "| dev | arousal | 1 |" in evaluated.output
+
+
+def test_long_videos_in_segments_give_the_whole_videos_rows(ingested: tuple[Path, Path]) -> None:
+    def segmenting_map(fn, jobs):
+        segmenting_map.jobs = list(jobs)
+        return map(fn, segmenting_map.jobs)
+
+    segmenting_map.segment_frames = 10  # 40-frame clips: 4 segments each
+    root, dataset = ingested
+    transform = load_dataset_transform(str(dataset))
+    segmented = read_video_source(str(root), transform=transform, mapper=segmenting_map)
+    assert [(j.video_id, j.start, j.stop) for j in segmenting_map.jobs[:4]] == [
+        ("train_1", 0, 10),
+        ("train_1", 10, 20),
+        ("train_1", 20, 30),
+        ("train_1", 30, None),
+    ]
+    for a, b in zip(segmented.videos, read_corpus(str(dataset), splits=None).videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.time_s, b.time_s)

@@ -1,0 +1,65 @@
+"""Video extraction on a real two-node Ray cluster (one task per video, only features come back) gives the same
+dataset and the same scores as the single-process path, through the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from affect_core.config import load_run_config
+from affect_core.data.dataset import dataset_info, read_corpus
+from affect_core.experiment import train_run
+from affect_core.synth.video import VideoSynthConfig, write_video_corpus
+from affect_core.video.layout import ingest_videos
+from affect_core.video.score import score_video_root
+from affect_core.video.transform import attach_to_bundle
+from tests.test_ray_train import affect
+
+CLIPS = VideoSynthConfig(videos_per_split=1, frames=30, width=320, height=180, no_face_share=0.2)
+
+
+@pytest.mark.services
+def test_ray_ingest_and_scoring_equal_the_single_process_path(ray_cluster, tmp_path) -> None:
+    root = tmp_path / "root"
+    write_video_corpus(CLIPS, root)
+    local = str(tmp_path / "local")
+    ingest_videos(str(root), local, progress=False)
+
+    distributed = str(tmp_path / "ray")
+    done = affect(["ingest", str(root), distributed, "--layout", "video", "--no-progress"], ray_cluster.env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert dataset_info(distributed).content_hash == dataset_info(local).content_hash
+    for a, b in zip(read_corpus(local, splits=None).videos, read_corpus(distributed, splits=None).videos, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+
+    config = load_run_config(None, model="baseline", align="none", epochs=1)
+    model = train_run(
+        read_corpus(local, splits=None), str(tmp_path / "run"), config, dimension="arousal", seeds=1, progress=False
+    )["model"]
+    assert attach_to_bundle(local, model)
+    score_video_root(str(root), model, str(tmp_path / "pred-local"), progress=False)
+    scored = affect(
+        ["score", str(root), "--model", model, "--out", str(tmp_path / "pred-ray"), "--ray", "--no-progress"],
+        ray_cluster.env(),
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    for video_id in ("train_1", "dev_1", "test_1"):
+        expected = pq.read_table(tmp_path / "pred-local" / f"part-{video_id}.parquet")
+        got = pq.read_table(tmp_path / "pred-ray" / f"part-{video_id}.parquet")
+        for column in ("frame", "time_s", "arousal", "arousal_var"):
+            np.testing.assert_allclose(got.column(column).to_numpy(), expected.column(column).to_numpy(), atol=1e-5)
+
+
+@pytest.mark.services
+def test_bad_video_found_by_a_ray_worker_is_one_line(ray_cluster, tmp_path) -> None:
+    root = tmp_path / "root"
+    write_video_corpus(CLIPS, root)
+    (root / "videos" / "dev_1.mp4").write_bytes(b"not a video at all" * 100)
+    dataset = tmp_path / "dataset"
+    done = affect(["ingest", str(root), str(dataset), "--layout", "video", "--no-progress"], ray_cluster.env())
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "dev_1.mp4: cannot be read as a video" in lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not dataset.exists()
