@@ -14,7 +14,11 @@ import typer
 def synth(
     out: Annotated[str, typer.Argument(help="Output directory; must not exist or be empty (see --overwrite).")],
     layout: Annotated[
-        str, typer.Option(help="Input layout to write: avec2016 (the release's), csv, parquet, openface, muse or video (clips of a real face).")
+        str,
+        typer.Option(
+            help="Input layout to write: avec2016 (the release's), csv, parquet, openface, muse or video (clips of a "
+            "real face)."
+        ),
     ] = "avec2016",
     flat: Annotated[
         bool, typer.Option(help="avec2016: the flat variant (features_<set>/<id>.arff) instead of the release's.")

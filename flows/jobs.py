@@ -390,7 +390,7 @@ def run_ingest(job: IngestJob) -> Any:
         "min_face_confidence": job.min_face_confidence,
     }
     if job.layout == "video":  # decoded and described first (Ray tasks when parallel); the transform kept beside
-        from affect_core.video.layout import ingest_videos
+        from affect_core.video.ingest import ingest_videos
         from tuning.video_extract import video_mapper
 
         return ingest_videos(
@@ -453,7 +453,7 @@ def run_train(job: TrainJob) -> dict[str, str]:
     summary.md and the model bundle. A model of a dataset made from videos carries the dataset's video transform."""
     outputs = _trained(job)
     if "model" in outputs:
-        from affect_core.video.transform import attach_to_bundle
+        from affect_core.video.stored import attach_to_bundle
 
         attach_to_bundle(job.dataset_url, outputs["model"], storage_options_for(job.dataset_url, job.s3_endpoint))
     return outputs

@@ -19,9 +19,11 @@ from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import decode_frames
 from affect_core.video.extract import extract_video
-from affect_core.video.layout import ingest_videos, read_video_source
+from affect_core.video.ingest import ingest_videos
+from affect_core.video.layout import read_video_source
 from affect_core.video.score import score_video_root
-from affect_core.video.transform import attach_to_bundle, load_bundle_transform, load_dataset_transform
+from affect_core.video.stored import attach_to_bundle, load_dataset_transform
+from affect_core.video.transform import load_bundle_transform
 
 FAST = VideoConfig(face_size=32, wavelengths=(3.0, 6.0), orientations=2, blocks=2, pca_share=0.95)
 CLIPS = VideoSynthConfig(videos_per_split=1, frames=40, width=320, height=180, no_face_share=0.25, test_labels=True)

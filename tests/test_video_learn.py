@@ -12,7 +12,7 @@ from affect_core.data.dataset import read_corpus
 from affect_core.experiment import train_run
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.config import VideoConfig
-from affect_core.video.layout import ingest_videos
+from affect_core.video.ingest import ingest_videos
 
 LAG_FRAMES = 25
 # The pipeline's stages and recipe with a smaller face and block grid, so that the test takes a minute or two.

@@ -11,7 +11,7 @@ from affect_core.config import load_run_config
 from affect_core.data.dataset import dataset_info, read_corpus
 from affect_core.experiment import train_run
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
-from affect_core.video.layout import ingest_videos
+from affect_core.video.ingest import ingest_videos
 from affect_core.video.score import score_video_root
 from affect_core.video.transform import attach_to_bundle
 from tests.test_ray_train import affect

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,14 +24,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from affect_core import storage
-from affect_core.data.readers import SourceVideo, Track, assemble_corpus, check_split, check_video_id, label_track
+from affect_core.data.assemble import assemble_corpus
 from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
 from affect_core.data.tables import read_csv_table
+from affect_core.data.tracks import SourceRead, SourceVideo, Track, check_split, check_video_id, label_track
 from affect_core.errors import AffectError, fail
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import VIDEO_SUFFIXES, probe
 from affect_core.video.extract import VideoFeatures, extract_video, sample_video
-from affect_core.video.transform import FEATURE_SET, VideoTransform, fit_transform, save_dataset_transform
+from affect_core.video.transform import FEATURE_SET, VideoTransform, fit_transform
 
 LAYOUT = "video"
 VIDEOS_DIR = "videos"
@@ -71,11 +71,6 @@ class VideoCorpus(Corpus):
     """A Corpus read from videos, with the fitted video transform that produced its features."""
 
     video_transform: VideoTransform | None = field(default=None, repr=False)
-
-    def save_beside(self, dataset_url: str, content_hash: str, storage_options: dict[str, Any] | None = None) -> None:
-        """Store the video transform beside the dataset version with ``content_hash``."""
-        if self.video_transform is not None:
-            save_dataset_transform(self.video_transform, dataset_url, content_hash, storage_options)
 
 
 def _checked_source(job: VideoJob) -> Any:
@@ -329,7 +324,7 @@ def read_video_source(
             for column, dimension in enumerate(AFFECT_DIMENSIONS):
                 video.labels[dimension] = (labels[job.video_id], column)
         videos.append(video)
-    corpus = assemble_corpus(videos, [FEATURE_SET], source=loc.display(), layout=LAYOUT)
+    corpus = assemble_corpus(SourceRead(videos, [FEATURE_SET]), source=loc.display(), layout=LAYOUT)
     corpus.metadata["source_bytes"] = str(_source_bytes(loc))
     corpus.metadata["video_config"] = json.dumps(transform.config.to_dict())
     return VideoCorpus(**vars(corpus), video_transform=transform)
@@ -346,75 +341,3 @@ def _source_bytes(loc: storage.Location) -> int:
 def to_video(job: VideoJob, features: VideoFeatures) -> Video:
     """A scoring record: one row per decoded frame at its timestamp (labels none)."""
     return Video(job.video_id, job.split, features.features, features.time_s, features.fps)
-
-
-def ingest_videos(
-    root: str,
-    dataset_url: str,
-    *,
-    layout: str = LAYOUT,
-    feature_set: str | None = None,
-    fps: float | None = None,
-    storage_options: dict[str, Any] | None = None,
-    source_storage_options: dict[str, Any] | None = None,
-    config: VideoConfig | None = None,
-    mapper: Mapper = map,
-    device: str | None = None,
-    progress: bool = True,
-) -> Any:
-    """``affect ingest ROOT DATASET --layout video``: read ROOT, write the dataset version and store the fitted video
-    transform beside it. Returns the dataset store's IngestResult. Nothing is written on bad input. The transform is
-    stored right after the version is published (the store checks the destination first); should that fail, the error
-    says so and a re-run stores it. ``layout``, ``feature_set`` and ``fps`` are those of the dataset store's ingest:
-    the layout must be "video", the feature set (if given) ``lgbptop``, a given fps the videos'."""
-    from affect_core.data.dataset import IngestResult, content_hash, write_dataset
-    from affect_core.video.transform import TRANSFORMS_DIR
-
-    if layout != LAYOUT:
-        raise AffectError(f"layout {layout!r}: ingest_videos reads the {LAYOUT} layout only")
-    if feature_set not in (None, FEATURE_SET):
-        raise AffectError(f"feature set {feature_set!r}: the video layout has one feature set, {FEATURE_SET!r}")
-    started = time.perf_counter()
-    corpus = read_video_source(
-        root,
-        storage_options=source_storage_options if source_storage_options is not None else storage_options,
-        config=config,
-        mapper=mapper,
-        device=device,
-        progress=progress,
-    )
-    if fps is not None and abs(fps / corpus.fps - 1.0) > FPS_TOLERANCE:
-        raise fail(corpus.source, f"fps={fps:g} contradicts the videos' {corpus.fps:g} fps; leave fps out for videos")
-    chash = content_hash(corpus)
-    loc = storage.resolve(dataset_url, storage_options)
-    folder = storage.join(loc.path, TRANSFORMS_DIR)
-    existed = storage.exists(loc.fs, folder)
-    # The dataset store checks the destination and publishes the version; the transform follows at once. Should
-    # storing it fail, the error says so and a re-run stores it (the version is unchanged then).
-    version, chash, unchanged = write_dataset(
-        corpus, dataset_url, storage_options=storage_options, layout=LAYOUT, source=root, progress=progress
-    )
-    try:
-        corpus.save_beside(dataset_url, chash, storage_options)
-    except BaseException as exc:
-        if not existed:
-            storage.remove_tree(loc.fs, folder)
-        if storage.is_store_error(exc):
-            raise fail(
-                loc.display(TRANSFORMS_DIR),
-                f"storing the video transform of version {version} failed ({type(exc).__name__}); run the ingest again",
-            ) from None
-        raise
-    seconds = time.perf_counter() - started
-    source_bytes = int(corpus.metadata.get("source_bytes", "0"))
-    return IngestResult(
-        dataset_url=storage.redact(dataset_url),
-        version=version,
-        content_hash=chash,
-        unchanged=unchanged,
-        rows=int(sum(v.num_frames for v in corpus.videos)),
-        videos=len(corpus.videos),
-        seconds=seconds,
-        source_bytes=source_bytes,
-        mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
-    )

@@ -137,43 +137,6 @@ def _fit(samples: np.ndarray, config: VideoConfig) -> VideoTransform:
     return VideoTransform(config, mean.numpy().astype(np.float32), directions.to(torch.float32).numpy())
 
 
-def _transform_path(loc: storage.Location, content_hash: str) -> str:
-    return storage.join(loc.path, TRANSFORMS_DIR, content_hash.split(":")[-1] + ".safetensors")
-
-
-def save_dataset_transform(
-    transform: VideoTransform, dataset_url: str, content_hash: str, storage_options: dict[str, Any] | None = None
-) -> None:
-    """Store ``transform`` beside the dataset version whose content hash is ``content_hash`` (atomic write)."""
-    loc = storage.resolve(dataset_url, storage_options)
-    if loc.is_local or loc.protocol == "memory":
-        loc.fs.makedirs(storage.join(loc.path, TRANSFORMS_DIR), exist_ok=True)
-    storage.write_bytes_atomic(loc.fs, _transform_path(loc, content_hash), transform.to_bytes())
-
-
-def dataset_transform_path(dataset_url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """(Location of the dataset, path of its latest version's video transform file; the file may not exist)."""
-    from affect_core.data.dataset import dataset_info
-
-    info = dataset_info(dataset_url, storage_options=storage_options)
-    loc = storage.resolve(dataset_url, storage_options)
-    return loc, _transform_path(loc, info.content_hash)
-
-
-def load_dataset_transform(dataset_url: str, storage_options: dict[str, Any] | None = None) -> VideoTransform:
-    """The video transform of the dataset's latest version; AffectError if the dataset was not ingested from videos."""
-    from affect_core.data.dataset import dataset_info
-
-    loc, path = dataset_transform_path(dataset_url, storage_options)
-    if not storage.exists(loc.fs, path):
-        info = dataset_info(dataset_url, storage_options=storage_options)
-        raise AffectError(
-            f"{loc.display()}: no video transform for version {info.version}; expected a dataset ingested with "
-            "--layout video"
-        )
-    return VideoTransform.from_bytes(storage.read_bytes(loc.fs, path), loc.display(TRANSFORMS_DIR))
-
-
 def save_bundle_transform(
     transform: VideoTransform, model_url: str, storage_options: dict[str, Any] | None = None
 ) -> None:
@@ -192,12 +155,3 @@ def load_bundle_transform(model_url: str, storage_options: dict[str, Any] | None
             "--layout video (`affect train` copies the dataset's video transform into the bundle)"
         )
     return VideoTransform.from_bytes(storage.read_bytes(loc.fs, path), loc.display(BUNDLE_FILE))
-
-
-def attach_to_bundle(dataset_url: str, model_url: str, storage_options: dict[str, Any] | None = None) -> bool:
-    """Copy the dataset's video transform into the model bundle, if the dataset came from videos; returns whether."""
-    loc, path = dataset_transform_path(dataset_url, storage_options)
-    if not storage.exists(loc.fs, path):
-        return False
-    save_bundle_transform(load_dataset_transform(dataset_url, storage_options), model_url, storage_options)
-    return True
