@@ -13,7 +13,7 @@ from affect_core.experiment import train_run
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.ingest import ingest_videos
 from affect_core.video.score import score_video_root
-from affect_core.video.transform import attach_to_bundle
+from affect_core.video.stored import attach_to_bundle
 from tests.test_ray_train import affect
 
 CLIPS = VideoSynthConfig(videos_per_split=1, frames=30, width=320, height=180, no_face_share=0.2)
