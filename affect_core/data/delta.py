@@ -47,9 +47,10 @@ class CommitConflict(AffectError):
     """Another writer committed to the table since this one read it."""
 
 
-@dataclass
+@dataclass(slots=True)
 class VideoEntry:
-    """One video of a table file: where its rows are and what they hold."""
+    """One video of a table file: where its rows are and what they hold. A table version holds one per video, so it
+    has slots (no per-object dict)."""
 
     video_id: str
     split: str
