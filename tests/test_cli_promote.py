@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -37,7 +36,10 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]
 
 
 def model_ids(predictions: Path) -> set[str]:
-    return {m for p in predictions.glob("part-*.parquet") for m in pq.read_table(p).column("model_id").to_pylist()}
+    """The model ids in the current version of a predictions table."""
+    from deltalake import DeltaTable
+
+    return set(DeltaTable(str(predictions)).to_pyarrow_table(columns=["model_id"]).column("model_id").to_pylist())
 
 
 def test_promote_score_and_roll_back(two_models: tuple[str, str, str], tmp_path: Path) -> None:

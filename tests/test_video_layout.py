@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from affect_core.config import load_run_config
@@ -15,6 +14,7 @@ from affect_core.data.dataset import dataset_info, read_corpus
 from affect_core.data.readers import read_source
 from affect_core.errors import AffectError
 from affect_core.experiment import train_run
+from affect_core.scoring import read_predictions
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import decode_frames
@@ -100,8 +100,9 @@ def test_scoring_videos_gives_one_prediction_per_decoded_frame(ingested: tuple[P
     assert load_bundle_transform(outputs["model"]).config == FAST
     result = score_video_root(str(root), outputs["model"], str(tmp_path / "pred"), progress=False)
     assert result.videos == 3 and result.frames == 3 * CLIPS.frames
+    predictions = read_predictions(str(tmp_path / "pred"))
     for video_id in ("train_1", "dev_1", "test_1"):
-        table = pq.read_table(tmp_path / "pred" / f"part-{video_id}.parquet")
+        table = predictions[video_id]
         times = [f.time_s for f in decode_frames(str(root / "videos" / f"{video_id}.mp4"), video_id)]
         np.testing.assert_allclose(table.column("time_s").to_numpy(), times)
         assert np.isfinite(table.column("arousal").to_numpy()).all()

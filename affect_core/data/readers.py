@@ -92,7 +92,7 @@ def read_source(
     ``feature_sets`` (JSON list of {name, start, stop, names[, set, dimension]}), ``layout``, ``source``,
     ``source_bytes`` and what the layout adds (``pooled``, ``source_format``, ``ratings``, ``notes``). Raises
     AffectError on any bad input."""
-    if layout not in LAYOUTS:
+    if layout != "video" and layout not in LAYOUT_READERS:
         raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
     if not (math.isfinite(min_face_confidence) and 0.0 <= min_face_confidence <= 1.0):
         raise AffectError(f"min_face_confidence={min_face_confidence:g}: expected a number in [0, 1]")
