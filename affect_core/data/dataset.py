@@ -7,7 +7,7 @@ footer. A commit is atomic and makes a new version; any version can be read (``v
 ``affect vacuum`` removes it. Re-ingesting input whose every video has the hash the latest version holds is a no-op;
 changed input writes the changed videos (and the rest of each file that held an old copy of one) in one commit.
 
-Columns (DESIGN.md section 4): video_id, split, frame (int32), time_s (float64), features (list<float32>, one list per
+Columns (docs/data_formats.md): video_id, split, frame (int32), time_s (float64), features (list<float32>, one list per
 frame, NaN where there is no face), arousal, valence (float32, null where unlabelled). The table's description holds
 the metadata: feature names and sets, fps, source, layout."""
 

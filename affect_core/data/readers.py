@@ -1,4 +1,4 @@
-"""Readers for the input layouts of DESIGN.md section 4: ``avec2016``, ``csv``, ``parquet``, ``openface`` and
+"""Readers for the input layouts of docs/data_formats.md: ``avec2016``, ``csv``, ``parquet``, ``openface`` and
 ``muse``.
 
 ``read_source`` reads and validates a whole corpus into a :class:`~affect_core.data.records.Corpus`; nothing

@@ -1,7 +1,7 @@
 """Synthetic RECOLA-shaped corpora: a known latent affect, features that depend on it, labels that lag it.
 
 ``generate`` / ``generate_corpus`` build a corpus in memory (model: ``affect_core.synth.generator``);
-``write_corpus`` writes it in one of the input layouts of DESIGN.md section 4 (file layouts:
+``write_corpus`` writes it in one of the input layouts of docs/data_formats.md (file layouts:
 ``affect_core.synth.layouts`` and docs/data_formats_synth.md). Parquet layout, in short:
 ROOT/features.parquet (video_id, frameTime, one float32 column per feature, NaN = no face),
 ROOT/labels.parquet (video_id, frameTime, arousal, valence; labelled videos only),

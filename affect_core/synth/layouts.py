@@ -1,4 +1,4 @@
-"""Writers of a corpus in the input layouts of DESIGN.md section 4: ``avec2016``, ``csv``, ``parquet``,
+"""Writers of a corpus in the input layouts of docs/data_formats.md: ``avec2016``, ``csv``, ``parquet``,
 ``openface`` and ``muse``.
 
 All three hold the same values: features and labels are float32 in the corpus, and the text layouts print
