@@ -578,13 +578,17 @@ def check_video_ids(video_ids: Iterable[str], out: Location) -> None:
 
 
 def bundle_features(bundle: ModelBundle, info: Any) -> tuple[str | None, list[str]]:
-    """The feature set a bundle reads from a dataset (None: every column) and its feature names."""
-    feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
-    names = list(info.feature_names)
-    if feature_set is not None and names:
-        lo, hi = info.feature_sets[feature_set]
-        names = names[lo:hi]
-    return feature_set, names
+    """The feature set a bundle reads from a dataset (None: every column) and its feature names: the dataset's own
+    when the model was trained on all of it, else the selection its set names make (a set, sets fused with '+', or a
+    set kept per affect dimension, whose name selects both dimensions' versions as training did)."""
+    from affect_core.data.dataset import selected_feature_names
+
+    if not bundle.feature_set or bundle.feature_set == info.feature_set:
+        return None, list(info.feature_names)
+    try:
+        return bundle.feature_set, selected_feature_names(info.metadata, bundle.feature_set, info.url)
+    except AffectError:
+        return None, list(info.feature_names)
 
 
 class PredictionStore(Mapping[str, pa.Table]):

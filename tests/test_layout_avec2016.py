@@ -159,3 +159,24 @@ def test_a_planted_lag_is_learned_from_the_release_layout(tmp_path: Path) -> Non
     write_corpus(learning_config(fps, raters=2), tmp_path / "src", "avec2016")
     model = train_and_check(tmp_path / "src", "avec2016", tmp_path, lag_frames=LAG_S * fps)
     assert model.transform.columns.tolist() == list(range(50))  # the arousal model read arousal's 20 + 30 columns
+
+
+@pytest.mark.parametrize("feature_set", ["appearance", None])
+def test_a_model_of_one_set_or_of_all_scores_the_whole_release_dataset(release, tmp_path: Path, feature_set) -> None:
+    """Trained on `--feature-set appearance` (both dimensions' versions) or on every set, a model scores the dataset
+    as ingested: the scorer selects what the model was trained on, in the order training saw it."""
+    from affect_core.config import ModelConfig, RunConfig, TrainConfig
+    from affect_core.experiment import train_run
+    from affect_core.scoring import read_predictions, score_dataset
+
+    root, _ = release
+    dataset = str(tmp_path / "dataset")
+    ingest(str(root), dataset, layout="avec2016", progress=False)
+    config = RunConfig(model=ModelConfig(model="lstm-kf", align="none"), train=TrainConfig(max_epochs=1))
+    corpus = read_corpus(dataset, feature_set=feature_set)
+    outputs = train_run(corpus, str(tmp_path / "run"), config, dimension="arousal", seeds=1, progress=False)
+    result = score_dataset(dataset, outputs["model"], str(tmp_path / "predictions"), progress=False)
+    frames = sum(v.num_frames for v in read_corpus(dataset).videos)
+    assert result.frames == frames
+    predictions = read_predictions(str(tmp_path / "predictions"))
+    assert all(np.isfinite(predictions[v].column("arousal").to_numpy()).all() for v in predictions)

@@ -718,6 +718,11 @@ def _selected_columns(
     return ranges, chosen_names, "+".join(wanted), chosen_sets
 
 
+def selected_feature_names(metadata: dict[str, str], feature_set: str | Sequence[str], where: str) -> list[str]:
+    """The feature names a read with ``feature_set`` gives (AffectError for a set the dataset does not hold)."""
+    return _selected_columns(metadata, feature_set, where)[1]
+
+
 def _to_video(table: pa.Table, ranges: list[tuple[int, int]], fps: float | None, where: str) -> Video:
     """One video's rows (any order) as a Video with the selected feature columns."""
     if table.num_rows > 1:
