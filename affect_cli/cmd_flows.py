@@ -68,6 +68,14 @@ def demo(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    video: Annotated[
+        bool,
+        typer.Option(
+            "--video",
+            help="Start from generated video clips of a real face (the video layout: faces found, LGBP-TOP "
+            "features extracted) instead of feature files; use with --frames 250 or so.",
+        ),
+    ] = False,
 ) -> None:
     """Generate a corpus and run the whole pipeline flow on it (ingest, tune, train, score, report)."""
     from flows.demo import DemoSettings, run_demo
@@ -82,6 +90,7 @@ def demo(
         tune_epochs=tune_epochs,
         window_frames=window_frames,
         progress=progress,
+        video=video,
     )
     if full:
         settings = settings.full_scale()

@@ -38,6 +38,7 @@ class DemoSettings:
     feature_set: str = "appearance"
     report_videos: int = 2
     progress: bool = True
+    video: bool = False  # start from generated video clips (the video layout) instead of feature files
 
     def full_scale(self) -> DemoSettings:
         """The RECOLA-sized run: 9 videos per split of 7501 frames, 10 seeds, 100 epochs, 20 trials."""
@@ -63,6 +64,7 @@ def run_demo(
     """Generate the corpus under ``settings.out/corpus`` and run the pipeline flow with the dataset and run under
     ``root_url`` (default ``settings.out``). Returns the pipeline's result (report, predictions, ...)."""
     from affect_core.synth import SynthConfig, write_corpus
+    from affect_core.synth.video import VideoSynthConfig, write_video_corpus
     from flows.jobs import IngestJob, PipelineJob, TrainJob, TuneJob, storage_options_for
     from flows.workflows import pipeline_flow
 
@@ -72,22 +74,32 @@ def run_demo(
     dataset_url, run_url = join(root, "dataset"), join(root, "run")
     options = storage_options_for(root, s3_endpoint)
     _start_afresh_if_changed(settings, run_url, options, echo)
-    synth = SynthConfig(videos_per_split=settings.videos_per_split, frames=settings.frames, test_labels=True, seed=0)
-    echo(
-        f"generating {3 * settings.videos_per_split} videos of {settings.frames} frames "
-        f"(labels lag by {synth.lag_s:g} s) in {corpus_dir}"
-    )
-    write_corpus(synth, corpus_dir, "avec2016", overwrite=True, progress=settings.progress)
+    if settings.video:  # clips of a real face moving with the latent affect: the pipeline starts from videos
+        clips = VideoSynthConfig(settings.videos_per_split, settings.frames, test_labels=True, seed=0)
+        echo(
+            f"generating {3 * settings.videos_per_split} video clips of {settings.frames} frames "
+            f"(labels lag by {clips.lag_s:g} s) in {corpus_dir}"
+        )
+        write_video_corpus(clips, corpus_dir, overwrite=True, progress=settings.progress)
+    else:
+        synth = SynthConfig(
+            videos_per_split=settings.videos_per_split, frames=settings.frames, test_labels=True, seed=0
+        )
+        echo(
+            f"generating {3 * settings.videos_per_split} videos of {settings.frames} frames "
+            f"(labels lag by {synth.lag_s:g} s) in {corpus_dir}"
+        )
+        write_corpus(synth, corpus_dir, "avec2016", overwrite=True, progress=settings.progress)
     echo(f"running the pipeline flow: dataset {dataset_url}, run {run_url}")
     job = PipelineJob(
         source=str(corpus_dir),
         dataset_url=dataset_url,
         out=run_url,
-        feature_set=settings.feature_set,
+        feature_set=None if settings.video else settings.feature_set,
         s3_endpoint=s3_endpoint,
         progress=settings.progress,
         report_videos=settings.report_videos,
-        ingest=IngestJob(layout="avec2016"),
+        ingest=IngestJob(layout="video" if settings.video else "avec2016"),
         tune=TuneJob(num_samples=settings.trials, max_concurrent=1, epochs=settings.tune_epochs),
         train=TrainJob(
             dimension="both",
