@@ -90,6 +90,7 @@ class TuneJob:
     seed: int = option(0, "Seed of the Optuna sampler.")
     cpus_per_trial: float = option(1.0, "Ray: CPUs of each trial's worker.", min=0.01)
     gpus_per_trial: float = option(0.0, "Ray: GPUs of each trial's worker (fractions share a GPU).", min=0.0)
+    device: str = option("auto", "auto | cpu | cuda: where each trial trains (auto: its GPU when it has one).")
     max_failures: int = option(2, "Ray: retries of a failed trial.", min=0)
     resource_timeout: float = option(
         600.0,
@@ -445,6 +446,7 @@ def run_tune(job: TuneJob) -> Any:
         max_failures=job.max_failures,
         storage_options=options,
         progress=job.progress,
+        device=job.device,
     )
 
 

@@ -136,13 +136,15 @@ def run_tune(
     max_failures: int = 2,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    device: str = "auto",
 ) -> TuneOutcome:
     """Run (or, with ``resume``, continue) a search of ``num_samples`` trials, at most ``max_concurrent`` at once,
     each for at most ``max_epochs`` epochs; write best_config.yaml, trials.parquet and tuning.png in ``out_url``.
 
     Each trial's worker asks for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, whatever the cluster holds
     now (an autoscaler adds the nodes). With ``resume``, a finished search (its best_config.yaml exists) is read
-    back from its outputs without starting Ray.
+    back from its outputs without starting Ray. device: where each trial trains ("auto": its GPU when it was given
+    one, "cpu", "cuda").
     """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
@@ -169,6 +171,7 @@ def run_tune(
         "storage_path": storage_path,
         "storage_filesystem": storage_fs,
         "max_failures": max_failures,
+        "device": device,
         "use_gpu": gpus_per_trial > 0,
         "resources_per_worker": {
             "CPU": float(cpus_per_trial),
@@ -234,7 +237,10 @@ def tune_trial(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
         train_loop_config={
             "config": run_config.to_dict(),
             "trial_id": trial_id,
-            **{k: settings[k] for k in ("dataset_url", "out_url", "feature_set", "dimension", "storage_options")},
+            **{
+                k: settings[k]
+                for k in ("dataset_url", "out_url", "feature_set", "dimension", "storage_options", "device")
+            },
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=1, use_gpu=settings["use_gpu"], resources_per_worker=settings["resources_per_worker"]
@@ -294,7 +300,7 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
         on_epoch=report,
         storage_options=options,
         node=current_node(),
-        device=str(ray.train.torch.get_device()),
+        device=str(ray.train.torch.get_device()) if loop_config["device"] == "auto" else loop_config["device"],
     )
 
 
