@@ -75,7 +75,7 @@ def submit(job: Any, address: str, *, poll_s: float = POLL_S) -> Any:
     return json.loads(results[-1][len(RESULT_MARK) :])
 
 
-def _submit_when_ready(client: Any, command: str, metadata: dict[str, str], *, wait_s: float = 60.0) -> str:
+def _submit_when_ready(client: Any, command: str, metadata: dict[str, str], *, wait_s: float = 300.0) -> str:
     """Submit, retrying while a head that has just started says it has no job agent yet ("try again later")."""
     deadline = time.monotonic() + wait_s
     while True:

@@ -61,3 +61,15 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_in_process_ray_left_behind() -> Iterator[None]:
+    """A module whose tests start Ray inside the pytest process (flows, jobs run in-process) stops it when the module
+    ends: its actors would otherwise go on writing to this process's output, into other tests' captured stderr."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -254,8 +254,6 @@ def test_every_deployment_runs_through_its_flow_with_its_own_parameters(
     the pipeline promotes its model to the alias nightly-score reads, and scoring uses that model."""
     import datetime as dt
 
-    import pyarrow.parquet as pq
-
     from flows.deployments import flow_objects, load_schedules
 
     for name, value in s3_server.env().items():
@@ -286,10 +284,11 @@ def test_every_deployment_runs_through_its_flow_with_its_own_parameters(
     assert fs.exists(f"{run}/tuning/best_config.yaml") and fs.exists(f"{run}/predictions/_evaluation.json")
     alias = json.loads(fs.cat("affect/models/current/alias.json"))
     assert alias["model"] == f"s3://{run}/model" and [e["action"] for e in alias["history"]] == ["promote"]
-    parts = fs.glob(f"affect/predictions/{today}/part-*.parquet")
-    assert len(parts) == 6
-    with fs.open(parts[0], "rb") as handle:
-        scored_by = set(pq.read_table(handle).column("model_id").to_pylist())
+    from affect_core.scoring import read_predictions
+
+    predictions = read_predictions(f"s3://affect/predictions/{today}", s3_server.storage_options())
+    assert len(predictions) == 6
+    scored_by = {m for video in predictions for m in predictions[video].column("model_id").to_pylist()}
     assert scored_by == {alias["history"][-1]["model_id"]}
 
 

@@ -4,12 +4,12 @@ dataset and the same scores as the single-process path, through the CLI."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from affect_core.config import load_run_config
 from affect_core.data.dataset import dataset_info, read_corpus
 from affect_core.experiment import train_run
+from affect_core.scoring import read_predictions
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.ingest import ingest_videos
 from affect_core.video.score import score_video_root
@@ -45,8 +45,8 @@ def test_ray_ingest_and_scoring_equal_the_single_process_path(ray_cluster, tmp_p
     )
     assert scored.returncode == 0, scored.stderr[-3000:]
     for video_id in ("train_1", "dev_1", "test_1"):
-        expected = pq.read_table(tmp_path / "pred-local" / f"part-{video_id}.parquet")
-        got = pq.read_table(tmp_path / "pred-ray" / f"part-{video_id}.parquet")
+        expected = read_predictions(str(tmp_path / "pred-local"))[video_id]
+        got = read_predictions(str(tmp_path / "pred-ray"))[video_id]
         for column in ("frame", "time_s", "arousal", "arousal_var"):
             np.testing.assert_allclose(got.column(column).to_numpy(), expected.column(column).to_numpy(), atol=1e-5)
 
