@@ -209,9 +209,10 @@ class FrontEnd(nn.Module):
             Observations `(S, B, T, m)` and the LSTM's (h, c) after the last frame.
         """
         steps = x.shape[-2]
-        if not torch.is_grad_enabled() and steps > INFERENCE_PIECE:
-            # Without gradients the time axis goes through in pieces, the LSTM's state carried across (it is causal:
-            # the same result); the pieces' activations stay in cache, where the whole batch's would not.
+        if not torch.is_grad_enabled() and steps > INFERENCE_PIECE and self.seeds == 1:
+            # Without gradients (scoring) the time axis goes through in pieces, the LSTM's state carried across (it is
+            # causal: the same result); the pieces' activations stay in cache, where the whole batch's would not.
+            # Several seeds (training's dev metric) gain nothing: each piece costs a product per seed.
             pieces = []
             for start in range(0, steps, INFERENCE_PIECE):
                 part = slice(start, start + INFERENCE_PIECE)
@@ -250,20 +251,25 @@ class FrontEnd(nn.Module):
         weight, bias = self.ff0_weight, self.ff0_bias  # (S, out, d+1), (S, out)
         features_w, mask_w = weight[..., :d], weight[..., d]
         present_bias = (bias + mask_w).unsqueeze(-1)  # (S, out, 1): a frame with a face
-        if shared:
+        if shared:  # every seed's first layer as one product (S*out, d) x (d, B*T)
             out = weight.shape[1]
-            h = torch.addmm(present_bias.reshape(S * out, 1), features_w.reshape(S * out, d), flat.T).view(S, out, rows)
+            h = torch.addmm(present_bias.reshape(S * out, 1), features_w.reshape(S * out, d), flat.T)
+            if observed is not None:
+                absent = ~observed.reshape(-1)
+                if h.device.type == "cpu":
+                    # In place on the few columns without a face: a where over the whole tensor costs several times
+                    # more on the CPU. Elsewhere boolean indexing would wait for the device (it counts them first).
+                    h[:, absent] = bias.reshape(S * out, 1)
+                else:
+                    h = torch.where(absent, bias.reshape(S * out, 1), h)
+            # ReLU in place before the view: in place on the view, autograd would copy the activations.
+            h = torch.relu_(h).view(S, out, rows)
         else:
             h = torch.baddbmm(present_bias, features_w, flat.mT)
-        if observed is not None:
-            absent = ~observed.reshape(-1 if shared else (S, rows))
-            if shared and h.device.type == "cpu":
-                # In place on the few columns without a face: a where over the whole tensor costs several times more
-                # on the CPU. Elsewhere boolean indexing would wait for the device (it counts the columns first).
-                h[:, :, absent] = bias.unsqueeze(-1)
-            else:
+            if observed is not None:
+                absent = ~observed.reshape(S, rows)
                 h = torch.where(absent.unsqueeze(-2), bias.unsqueeze(-1), h)
-        h = torch.relu_(h)
+            h = torch.relu_(h)
         for j in range(1, self.layers):
             h = torch.relu_(
                 torch.baddbmm(getattr(self, f"ff{j}_bias").unsqueeze(-1), getattr(self, f"ff{j}_weight"), h)

@@ -306,18 +306,16 @@ class AffectModel(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     def seed_state(self, seed: int) -> dict[str, Tensor]:
         """The state of seed ``seed`` as a one-seed model's state dict (detached copies)."""
-        state = {}
-        for name, value in self.state_dict().items():
-            kind, _, rest = name.partition(".")
-            if kind == "frontend":
-                state[name] = value[seed : seed + 1].detach().clone()
-            elif kind in ("filters", "alignments"):
-                index, _, leaf = rest.partition(".")
-                if int(index) == seed:
-                    state[f"{kind}.0.{leaf}"] = value.detach().clone()
-            else:
-                state[name] = value.detach().clone()
+        state = {f"frontend.{name}": value[seed : seed + 1].detach().clone() for name, value in self._frontend_state()}
+        for kind, modules in (("filters", self.filters), ("alignments", self.alignments)):
+            if modules:
+                state.update({f"{kind}.0.{k}": v.detach().clone() for k, v in modules[seed].state_dict().items()})
+        if self.smoothing is not None:
+            state.update({f"smoothing.{k}": v.detach().clone() for k, v in self.smoothing.state_dict().items()})
         return state
+
+    def _frontend_state(self) -> list[tuple[str, Tensor]]:
+        return [*self.frontend.named_parameters(), *self.frontend.named_buffers()]
 
     def load_seed_state(self, seed: int, state: dict[str, Tensor]) -> None:
         """Set seed ``seed``'s tensors from a one-seed state dict (as :meth:`seed_state` gives)."""
