@@ -335,13 +335,15 @@ def score_videos(
     replace: bool = True,
     target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
     commit_seconds: float = COMMIT_SECONDS,
+    predict: Callable[[Sequence[np.ndarray]], list[Tracks]] | None = None,
 ) -> ScoreResult:
     """Score every video into the predictions table at ``out_url``; videos this model already scored there on the
     same dataset version are skipped (a re-run resumes). Predictions of another model or version are replaced in the
     first commit, or refused when ``replace`` is False.
 
     The videos go through :func:`score_stream` (read ahead, predicted ``batch_videos`` at a time, default
-    BATCH_VIDEOS, written behind)."""
+    BATCH_VIDEOS, written behind). predict: what turns a batch's features into tracks (default
+    :func:`predict_tracks` with ``bundle``; the benchmarks' I/O floor passes one that returns constants)."""
     started = time.perf_counter()
     out = resolve(out_url, storage_options)
     check_compatible(bundle, feature_names, out.display())
@@ -368,7 +370,8 @@ def score_videos(
             yield video
 
     try:
-        frames = sum(n for _, n in score_stream(bundle, to_score(), writer, batch_videos=batch_videos))
+        scored = score_stream(bundle, to_score(), writer, batch_videos=batch_videos, predict=predict)
+        frames = sum(n for _, n in scored)
         writer.close()
     except BaseException:
         writer.abort()
@@ -377,7 +380,12 @@ def score_videos(
 
 
 def score_stream(
-    bundle: ModelBundle, videos: Iterable[Video], out: PredictionWriter | Any, *, batch_videos: int | None = None
+    bundle: ModelBundle,
+    videos: Iterable[Video],
+    out: PredictionWriter | Any,
+    *,
+    batch_videos: int | None = None,
+    predict: Callable[[Sequence[np.ndarray]], list[Tracks]] | None = None,
 ) -> list[tuple[str, int]]:
     """Predict every video of ``videos`` and hand its tracks to ``out.add(video, tracks)`` (a
     :class:`PredictionWriter`, or any object with that method); returns (video id, frames) of each.
@@ -393,13 +401,14 @@ def score_stream(
     than 1).
     """
     size = max(1, batch_videos or BATCH_VIDEOS)
+    predicted = predict or (lambda features: predict_tracks(bundle, features))
     scored: list[tuple[str, int]] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(model_threads())
     try:
         with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(size) as writer:
             for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
-                for video, tracks in zip(batch, predict_tracks(bundle, [v.features for v in batch]), strict=True):
+                for video, tracks in zip(batch, predicted([v.features for v in batch]), strict=True):
                     writer.submit(out.add, video, tracks)
                     scored.append((video.video_id, video.num_frames))
     finally:

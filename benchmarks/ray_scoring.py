@@ -92,6 +92,7 @@ def main() -> None:
                 feature_names=info.feature_names,
                 progress=False,
                 batch_videos=batch_videos,
+                predict=getattr(model, "predict_batch", None),
             )
 
         runs = {
@@ -167,9 +168,13 @@ class IdentityModel:
     def __init__(self, feature_names: list[str], feature_set: str) -> None:
         self.feature_names, self.feature_set = feature_names, feature_set
 
-    def predict(self, features: np.ndarray, *, chunk_frames: int | None = None) -> dict[str, tuple]:
-        zeros = np.zeros(len(features), dtype=np.float32)
-        return {"arousal": (zeros, zeros), "valence": (zeros, zeros)}
+    def predict_batch(self, features: list[np.ndarray]) -> list[dict[str, tuple]]:
+        """Per video, constant tracks of its length."""
+        out = []
+        for f in features:
+            zeros = np.zeros(len(f), dtype=np.float32)
+            out.append({"arousal": (zeros, zeros), "valence": (zeros, zeros)})
+        return out
 
 
 if __name__ == "__main__":

@@ -104,9 +104,12 @@ def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
     class Zeros:
         model_id, feature_set, feature_names = "zeros", "features", [f"f{i}" for i in range(FEATURES)]
 
-        def predict(self, features: np.ndarray, *, chunk_frames: int | None = None) -> dict:
-            zeros = np.zeros(len(features), np.float32)
-            return {"arousal": (zeros, zeros), "valence": (zeros, zeros)}
+        @staticmethod
+        def predict_batch(features: list[np.ndarray]) -> list[dict]:
+            return [
+                {"arousal": (np.zeros(len(f), np.float32),) * 2, "valence": (np.zeros(len(f), np.float32),) * 2}
+                for f in features
+            ]
 
     info = dataset_info(url, storage_options=options)
     started = time.perf_counter()
@@ -121,6 +124,7 @@ def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
         progress=False,
         dataset_url=info.url,
         dataset_version=info.version,
+        predict=Zeros.predict_batch,
     )
     return {"frames": frames, "read_only_s": read_s, "pipeline_s": result.seconds}
 
