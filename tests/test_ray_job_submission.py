@@ -20,6 +20,9 @@ import pytest
 
 from tests.test_ray_train import affect, is_loopback, listening_addresses, make_dataset
 
+# `make test` runs this module in a pytest session of its own: after the rest of the suite in one process, the job
+# drivers here have failed to join the head started below ("Failed to connect to Ray cluster"), while the module
+# alone, or after any single other module tried, passes.
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 
