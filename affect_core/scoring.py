@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,11 +33,11 @@ from tqdm.auto import tqdm
 
 from affect_core.artifact import ModelBundle
 from affect_core.data import delta
-from affect_core.data.readers import check_video_id, video_sort_key
+from affect_core.data.readers import check_video_id
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.inference import predict_batch
-from affect_core.metrics import average_over_sequences, sequence_metrics
+from affect_core.metrics import sequence_metrics
 from affect_core.storage import Location, resolve
 
 PREDICTION_SCHEMA = pa.schema(
@@ -213,7 +214,7 @@ def _list(out: Location) -> list[tuple[str, str]]:
 def finished_videos(out: Location) -> set[str]:
     """Video ids whose predictions are committed under ``out``."""
     snap = open_predictions(out)
-    return set(snap.index()) if snap is not None else set()
+    return set(snap.video_ids().to_pylist()) if snap is not None else set()
 
 
 def plan_scoring(
@@ -226,7 +227,7 @@ def plan_scoring(
         return None, set(), False
     held = PredictionTarget.of(snap)
     if held == target:
-        return snap, set(snap.index()), False
+        return snap, set(snap.video_ids().to_pylist()), False
     if not replace:
         raise AffectError(
             f"{out.display()}: holds predictions of model {held.model_id} on {held.dataset_url} version "
@@ -357,26 +358,24 @@ def score_videos(
         target_file_bytes=target_file_bytes,
         commit_seconds=commit_seconds,
     )
-    ids: list[str] = []
-    skipped = 0
+    seen = skipped = 0
 
     def to_score() -> Iterator[Video]:
-        nonlocal skipped
+        nonlocal seen, skipped
         for video in tqdm(videos, total=total, desc="scoring", unit="video", disable=not progress):
-            ids.append(video.video_id)
+            seen += 1
             if video.video_id in done:
                 skipped += 1
                 continue
             yield video
 
     try:
-        scored = score_stream(bundle, to_score(), writer, batch_videos=batch_videos, predict=predict)
-        frames = sum(n for _, n in scored)
+        _, frames = score_stream(bundle, to_score(), writer, batch_videos=batch_videos, predict=predict)
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return ScoreResult(out.url, len(ids), frames, skipped, time.perf_counter() - started)
+    return ScoreResult(out.url, seen, frames, skipped, time.perf_counter() - started)
 
 
 def score_stream(
@@ -386,9 +385,9 @@ def score_stream(
     *,
     batch_videos: int | None = None,
     predict: Callable[[Sequence[np.ndarray]], list[Tracks]] | None = None,
-) -> list[tuple[str, int]]:
+) -> tuple[int, int]:
     """Predict every video of ``videos`` and hand its tracks to ``out.add(video, tracks)`` (a
-    :class:`PredictionWriter`, or any object with that method); returns (video id, frames) of each.
+    :class:`PredictionWriter`, or any object with that method); returns (videos, frames) predicted.
 
     ``videos`` is iterated on a background thread up to BATCH_FRAMES frames ahead, the videos are predicted in
     batches of up to ``batch_videos`` (default BATCH_VIDEOS; :func:`video_batches`, :func:`predict_tracks`) and
@@ -402,7 +401,7 @@ def score_stream(
     """
     size = max(1, batch_videos or BATCH_VIDEOS)
     predicted = predict or (lambda features: predict_tracks(bundle, features))
-    scored: list[tuple[str, int]] = []
+    videos_done = frames = 0
     threads = torch.get_num_threads()
     torch.set_num_threads(model_threads())
     try:
@@ -410,10 +409,11 @@ def score_stream(
             for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
                 for video, tracks in zip(batch, predicted([v.features for v in batch]), strict=True):
                     writer.submit(out.add, video, tracks)
-                    scored.append((video.video_id, video.num_frames))
+                    videos_done += 1
+                    frames += video.num_frames
     finally:
         torch.set_num_threads(threads)
-    return scored
+    return videos_done, frames
 
 
 def model_threads() -> int:
@@ -601,21 +601,36 @@ def bundle_features(bundle: ModelBundle, info: Any) -> tuple[str | None, list[st
 
 
 class PredictionStore(Mapping[str, pa.Table]):
-    """The predictions of one table version as a read-only mapping {video id: its rows (PREDICTION_SCHEMA)}. Rows
-    are read on access, one row group at a time (the last one read is kept, so videos looked up in the table's order
-    cost one read per row group): memory stays bounded whatever the table holds."""
+    """The predictions of one table version as a read-only mapping {video id: its rows (PREDICTION_SCHEMA)}, in the
+    table's order (split, then natural id). Memory stays flat whatever the table holds: the index is the snapshot's
+    Arrow columns, and rows are read on access, one row group at a time (the last one read is kept).
+
+    Lookups in the table's order (what evaluation does) walk a cursor forward through the index: each costs O(1)
+    and consecutive videos of a row group one read. A lookup behind the cursor restarts the walk from the first
+    video (O(videos) for that lookup)."""
 
     def __init__(self, out: Location, snapshot: delta.Snapshot) -> None:
         self.out = out
         self.snapshot = snapshot
         self.target = PredictionTarget.of(snapshot)
-        entries = snapshot.index()
-        self._entries = dict(sorted(entries.items(), key=lambda kv: video_sort_key(kv[1].split, kv[0])))
+        self._cursor: Iterator[delta.VideoEntry] = iter(())
         self._cached: tuple[tuple[str, int], pa.Table] | None = None
         self._file: Any = None
 
+    def _find(self, video_id: str) -> delta.VideoEntry | None:
+        for entry in self._cursor:
+            if entry.video_id == video_id:
+                return entry
+        self._cursor = self.snapshot.entries()  # behind the cursor, or absent: one walk from the start
+        for entry in self._cursor:
+            if entry.video_id == video_id:
+                return entry
+        return None
+
     def __getitem__(self, video_id: str) -> pa.Table:
-        entry = self._entries[video_id]
+        entry = self._find(video_id)
+        if entry is None:
+            raise KeyError(video_id)
         key = (entry.path, entry.row_group)
         if self._cached is None or self._cached[0] != key:
             if self._file is None or self._file.path != entry.path:
@@ -633,10 +648,23 @@ class PredictionStore(Mapping[str, pa.Table]):
             self._file = None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return (entry.video_id for entry in self.snapshot.entries())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self.snapshot.video_count
+
+    def __contains__(self, video_id: object) -> bool:
+        return isinstance(video_id, str) and bool(
+            delta.select_index(pa.table({"video_id": self.snapshot.video_ids()}), None, [video_id]).num_rows
+        )
+
+    def video_ids(self) -> pa.ChunkedArray:
+        """The ids of every video with predictions (an Arrow column: no object per video)."""
+        return self.snapshot.video_ids()
+
+    def frames(self) -> int:
+        """Predicted frames over the table."""
+        return sum(int(pc.sum(f.index.column("frames")).as_py() or 0) for f in self.snapshot.files if f.video_count)
 
 
 def read_predictions(
@@ -662,10 +690,11 @@ def evaluate_predictions(
     """{split: {dimension: {ccc, rmse, pcc, sequences}}}: per sequence, then averaged over a split's sequences.
 
     Streams: one video and its predictions at a time (``predictions`` from :func:`read_predictions` reads rows on
-    access), so memory is bounded whatever the corpus. Frames are matched by frame index; a labelled video without
-    predictions is an error (the evaluation would be silently partial otherwise).
+    access, fastest with ``videos`` in the table's order), so memory is bounded whatever the corpus: the per-sequence
+    metrics are kept as packed doubles (24 bytes a sequence). Frames are matched by frame index; a labelled video
+    without predictions is an error (the evaluation would be silently partial otherwise).
     """
-    per: dict[str, dict[str, list[dict[str, float]]]] = {}
+    per: dict[str, dict[str, dict[str, array]]] = {}
     for video in videos:
         if not video.labelled:
             continue
@@ -684,12 +713,16 @@ def evaluate_predictions(
                 )
             aligned = np.full(len(gold), np.nan)
             aligned[frames] = pred_col
-            per.setdefault(video.split, {}).setdefault(dim, []).append(sequence_metrics(aligned, gold))
+            packed = per.setdefault(video.split, {}).setdefault(dim, {})
+            for name, value in sequence_metrics(aligned, gold).items():
+                packed.setdefault(name, array("d")).append(value)
     result: dict[str, dict[str, dict[str, float]]] = {}
     for split, dims in per.items():
         result[split] = {}
-        for dim, rows in dims.items():
-            result[split][dim] = {**average_over_sequences(rows), "sequences": float(len(rows))}
+        for dim, packed in dims.items():
+            # the mean over sequences (average_over_sequences, read from the packed columns)
+            means = {name: float(np.mean(np.frombuffer(values, dtype=np.float64))) for name, values in packed.items()}
+            result[split][dim] = {**means, "sequences": float(len(next(iter(packed.values()))))}
     if not result:
         raise AffectError("evaluation: no labelled video has predictions for arousal or valence")
     return result

@@ -145,8 +145,8 @@ def stage_evaluate(url: str, out: str, options: dict | None) -> dict[str, Any]:
     from affect_core.scoring import evaluate_predictions, read_predictions
 
     store = read_predictions(out, options)
-    evaluate_predictions(store, iter_videos(url, video_ids=sorted(store), storage_options=options))
-    return {"frames": sum(e.frames for e in store._entries.values())}
+    evaluate_predictions(store, iter_videos(url, video_ids=store.video_ids(), storage_options=options))
+    return {"frames": store.frames()}
 
 
 def run_stage(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -188,6 +188,10 @@ def main() -> None:
     args = parser.parse_args()
     options = json.loads(os.environ["SCALE_CURVE_OPTIONS"]) if os.environ.get("SCALE_CURVE_OPTIONS") else None
     if args.stage:
+        from affect_core.runtime import limit_malloc_arenas, retain_freed_memory
+
+        limit_malloc_arenas()  # the process settings of the CLI (affect_cli.main) and the Ray scoring actors
+        retain_freed_memory()
         stages = {
             "ingest": lambda: stage_ingest(args.url, args.n, options),
             "floor": lambda: stage_floor(args.url, args.out, options),

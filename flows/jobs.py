@@ -606,7 +606,7 @@ def run_evaluate(job: EvaluateJob) -> dict[str, Any]:
     predictions = read_predictions(job.predictions_url, pred_options)
     videos = iter_videos(
         job.dataset_url,
-        video_ids=sorted(predictions),
+        video_ids=predictions.video_ids(),
         storage_options=storage_options_for(job.dataset_url, job.s3_endpoint),
     )
     result = evaluate_predictions(predictions, videos)

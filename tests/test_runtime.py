@@ -52,3 +52,50 @@ def test_retain_freed_memory_is_idempotent_and_reports_a_missing_mallopt(monkeyp
     assert runtime.retain_freed_memory() is False
     monkeypatch.setattr(runtime, "_applied", True)
     assert runtime.retain_freed_memory() is True  # applied earlier: nothing to do
+
+
+ARENAS = textwrap.dedent(
+    """
+    import ctypes, sys, threading
+    import numpy as np
+    from affect_core.runtime import limit_malloc_arenas
+
+    if sys.argv[1] == "limit":
+        assert limit_malloc_arenas(2)
+    held = []
+    barrier = threading.Barrier(6)
+
+    def work():
+        barrier.wait()  # every thread alive at once: each asks glibc for a heap
+        held.append(np.ones(4096))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per heap, on stderr
+    """
+)
+
+
+def _arenas(mode: str, env: dict[str, str] | None = None) -> int:
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | (env or {}),
+    )
+    return sum(1 for line in out.stderr.splitlines() if line.startswith("Arena "))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_limit_malloc_arenas_makes_threads_share_two_heaps():
+    assert _arenas("default") > 2  # glibc's default: a heap per thread (up to 8 per core)
+    assert _arenas("limit") <= 2
+
+
+def test_limit_malloc_arenas_leaves_a_users_setting(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert runtime.limit_malloc_arenas() is False

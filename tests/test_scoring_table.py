@@ -44,7 +44,7 @@ def bundle_for(dataset_url: str, seed: int, tmp_path, name: str) -> str:
 def rows(url: str, version: int | None = None):
     snap = scoring.open_predictions(resolve(url), version=version)
     return [
-        delta.read_row_groups(snap.location, f.path, range(len({e.row_group for e in f.videos}))) for f in snap.files
+        delta.read_row_groups(snap.location, f.path, range(len({e.row_group for e in f.entries()}))) for f in snap.files
     ]
 
 
@@ -133,7 +133,7 @@ def test_evaluation_streams_from_the_table(dataset, tmp_path, monkeypatch):
     store = scoring.read_predictions(out)
     got = scoring.evaluate_predictions(store, ds.iter_videos(dataset, video_ids=sorted(store)))
     assert got == expected
-    groups = {(f.path, e.row_group) for f in store.snapshot.files for e in f.videos}
+    groups = {(f.path, e.row_group) for f in store.snapshot.files for e in f.entries()}
     prediction_reads = [r for r in reads if r[0] in {p for p, _ in groups}]
     assert prediction_reads and len(prediction_reads) == len(set(prediction_reads)), "a row group read twice"
     for split in got.values():

@@ -127,3 +127,29 @@ def test_a_no_op_reingest_reads_no_file_and_a_touched_file_is_read_but_not_writt
     assert touched.unchanged and touched.source_bytes > 0 and ds.list_versions(url) == ["0"]
     other = ds.ingest(str(root), url, layout="csv", progress=False, feature_set="features", fps=25.0)
     assert other.source_bytes > 0  # other options: the recorded stamps do not apply
+
+
+@pytest.mark.slow
+def test_parallel_and_single_process_ingest_give_the_same_dataset_and_share_the_stamp_cache(tmp_path):
+    from tuning import ingest as parallel
+    from tuning.cluster import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    root = make_source(tmp_path / "src", "avec2016")
+    (root / "recordings_audio").mkdir()
+    serial_url, ray_url = str(tmp_path / "serial"), str(tmp_path / "ray")
+    serial = ds.ingest(str(root), serial_url, layout="avec2016", progress=False)
+    on_ray = parallel.ingest(str(root), ray_url, layout="avec2016")
+    fields = ("content_hash", "rows", "videos", "videos_written", "source_bytes", "notes")
+    assert [getattr(on_ray, f) for f in fields] == [getattr(serial, f) for f in fields]
+    assert ds.dataset_info(ray_url).metadata == ds.dataset_info(serial_url).metadata
+
+    path = root / "features_video_appearance" / "arousal" / "dev_1.arff"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new time
+    dev_1 = sum(p.stat().st_size for p in root.rglob("dev_1.*"))
+    for ingest, url in ((parallel.ingest, ray_url), (ds.ingest, serial_url)):
+        touched = ingest(str(root), url, layout="avec2016")
+        assert touched.unchanged and touched.source_bytes == dev_1 and ds.list_versions(url) == ["0"]
+        again = ingest(str(root), url, layout="avec2016")
+        assert again.unchanged and again.source_bytes == 0 and again.content_hash == serial.content_hash

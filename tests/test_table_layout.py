@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -67,7 +68,7 @@ def test_one_video_is_read_from_its_row_group_without_the_rest_of_its_file(tmp_p
     path = data_files(url)[0]
     metadata = pq.read_metadata(path)
     assert metadata.num_row_groups > 1
-    index = json.loads(metadata.metadata[b"affect.videos"])
+    index = delta.decode_index(metadata.metadata[b"affect.video_index"], str(path)).to_pylist()  # the footer's index
     for entry in index:  # every video lies in one row group, whole
         group = pq.ParquetFile(path).read_row_group(entry["row_group"], columns=["video_id"])
         assert group.column("video_id").to_pylist().count(entry["video_id"]) == entry["frames"]
@@ -101,7 +102,11 @@ def test_reingest_writes_only_the_changed_video_and_versions_stay_readable(tmp_p
     assert not second.unchanged and second.version == "1"
     new_files = set(data_files(Path(url))) - files_before
     videos_in_new = {
-        e["video_id"] for p in new_files for e in json.loads(pq.read_metadata(p).metadata[b"affect.videos"])
+        v
+        for p in new_files
+        for v in delta.decode_index(pq.read_metadata(p).metadata[b"affect.video_index"], str(p))
+        .column("video_id")
+        .to_pylist()
     }
     assert "dev_2" in videos_in_new
     assert videos_in_new < {f"{s}_{i}" for s in ("train", "dev", "test") for i in range(1, 7)}, "rewrote the corpus"
@@ -243,3 +248,79 @@ def test_workers_read_disjoint_parts_of_one_pinned_version(tmp_path):
     assert max(frames) <= 2 * min(frames)
     with pytest.raises(AffectError, match="shard 3 of 3"):
         list(reader.videos(shard=(3, 3)))
+
+
+def _rows(video_id: str, split: str, frames: int) -> pa.Table:
+    return pa.table(
+        {
+            "video_id": pa.array([video_id] * frames, pa.string()),
+            "split": pa.array([split] * frames, pa.string()),
+            "frame": pa.array(range(frames), pa.int32()),
+        }
+    )
+
+
+def _write_file(loc, videos):
+    writer = delta.FileWriter(loc, _rows("x", "train", 1).schema)
+    for video_id, split, frames in videos:
+        writer.add(_rows(video_id, split, frames), delta.VideoEntry(video_id, split, frames, hash=f"h-{video_id}"))
+    return writer.close()
+
+
+def test_a_version_streams_its_videos_in_order_across_files_without_an_object_per_video(tmp_path):
+    import gc
+
+    loc = storage.resolve(str(tmp_path / "t"))
+    first = _write_file(loc, [("train_1", "train", 3), ("train_5", "train", 2), ("dev_2", "dev", 4)])
+    second = _write_file(loc, [("train_2", "train", 1), ("train_10", "train", 5), ("dev_1", "dev", 2)])
+    delta.commit(loc, _rows("x", "train", 1).schema, added=[*first, *second], read_version=None)
+    snap = delta.snapshot(loc)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, delta.VideoEntry)]  # the index is Arrow columns
+    assert snap.video_count == 6
+    order = [(e.split, e.video_id) for e in snap.entries()]
+    assert order == [
+        ("train", "train_1"),
+        ("train", "train_2"),
+        ("train", "train_5"),
+        ("train", "train_10"),
+        ("dev", "dev_1"),
+        ("dev", "dev_2"),
+    ]
+    assert [e.video_id for e in snap.entries(splits=["dev"])] == ["dev_1", "dev_2"]
+    picked = snap.entries(video_ids=pa.array(["train_10", "dev_2", "nope"]))
+    assert [(e.video_id, e.frames, e.hash) for e in picked] == [("train_10", 5, "h-train_10"), ("dev_2", 4, "h-dev_2")]
+    assert sorted(snap.video_ids().to_pylist()) == sorted(v for _, v in order)
+    assert snap.column_map("frames")["train_5"] == 2
+    rows = [
+        (e.video_id, t.num_rows)
+        for e, t in delta.iter_entry_tables(loc, snap.entries(video_ids=["train_5", "train_10"]))
+    ]
+    assert rows == [("train_5", 2), ("train_10", 5)]
+
+
+def test_a_table_file_refuses_videos_out_of_order(tmp_path):
+    loc = storage.resolve(str(tmp_path / "t"))
+    writer = delta.FileWriter(loc, _rows("x", "train", 1).schema)
+    writer.add(_rows("train_2", "train", 1), delta.VideoEntry("train_2", "train", 1))
+    with pytest.raises(AffectError, match="order"):
+        writer.add(_rows("train_1", "train", 1), delta.VideoEntry("train_1", "train", 1))
+    with pytest.raises(AffectError, match="order"):
+        writer.add(_rows("train_2", "train", 1), delta.VideoEntry("train_2", "train", 1))
+    writer.abort()
+
+
+def test_the_first_release_footer_index_is_still_read(tmp_path):
+    path = tmp_path / "old.parquet"
+    table = pa.concat_tables([_rows("dev_1", "dev", 2), _rows("dev_3", "dev", 1)])
+    old = [
+        {"video_id": "dev_1", "split": "dev", "frames": 2, "row_group": 0, "hash": "h1", "frames_without_face": 1},
+        {"video_id": "dev_3", "split": "dev", "frames": 1, "row_group": 0, "hash": "h3"},
+    ]
+    pq.write_table(table.replace_schema_metadata({"affect.videos": json.dumps(old)}), path)
+    loc = storage.resolve(str(tmp_path))
+    index = delta.read_footer_index(loc, delta.DataFile("old.parquet", "dev", path.stat().st_size))
+    assert index.schema.equals(delta.INDEX_SCHEMA)
+    assert index.column("video_id").to_pylist() == ["dev_1", "dev_3"]
+    assert index.column("frames_without_face").to_pylist() == [1, 0]
+    assert index.column("source").to_pylist() == ["", ""]

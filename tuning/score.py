@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from affect_core.scoring import ScoreResult
 from tuning.cluster import ensure_ray, shareable_storage_options
@@ -48,8 +49,9 @@ class VideoScorer:
         import torch
 
         from affect_core.artifact import load_bundle
-        from affect_core.runtime import retain_freed_memory
+        from affect_core.runtime import limit_malloc_arenas, retain_freed_memory
 
+        limit_malloc_arenas()
         retain_freed_memory()
         torch.set_num_threads(max(1, threads))
         from affect_core.data.dataset import DatasetReader
@@ -110,7 +112,6 @@ def score_dataset(
 
     from affect_core.artifact import load_bundle
     from affect_core.data import delta
-    from affect_core.data.dataset import video_parts
     from affect_core.scoring import (
         PredictionTarget,
         PredictionWriter,
@@ -140,18 +141,23 @@ def score_dataset(
         target_file_bytes=target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES,
     )
     url, _ = delta.parse_versioned_url(data_url)
-    wanted_set = set(wanted)
-    ordered = [v for part in video_parts(url, version=info.version, storage_options=options) for v in part]
-    todo = [v for v in ordered if v in wanted_set and v not in done]
+    snapshot = delta.snapshot(resolve(url, options), int(info.version))
+    todo = [e.video_id for e in snapshot.entries(splits=splits) if e.video_id not in done]
+    del snapshot
     frames = 0
     try:
         if todo:
             ensure_ray(storage_options=storage_options)
-            ray.data.DataContext.get_current().enable_progress_bars = progress
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = progress
+            # the driver writes the actors' rows in the table's order (table files are sorted by split and id)
+            context.execution_options.preserve_order = True
             gpus = gpus_per_actor
             size = max(1, min(actors, len(todo)))
             per_call = videos_per_call or max(1, min(VIDEOS_PER_CALL, -(-len(todo) // (4 * size))))
-            ids = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=min(len(todo), 4 * size))
+            ids = ray.data.from_arrow(pa.table({"video_id": pa.array(todo, pa.string())})).repartition(
+                min(len(todo), 4 * size)
+            )
             scored = ids.map_batches(
                 VideoScorer,
                 batch_size=per_call,

@@ -14,11 +14,13 @@ the metadata: feature names and sets, fps, source, layout."""
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 
 from affect_core import storage
 from affect_core.data import delta, legacy
+from affect_core.data import source_videos as sv
 from affect_core.data.readers import (
     TIME_DECIMALS,
     ReadOptions,
@@ -138,10 +141,12 @@ def video_hash(video: Video) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def combined_hash(header: str, video_hashes: Iterable[tuple[str, str, str]]) -> str:
-    """The dataset's content hash from its header hash and (split, video id, video hash) of every video."""
+def combined_hash(header: str, video_hashes: Iterable[tuple[str, str, str]], *, ordered: bool = False) -> str:
+    """The dataset's content hash from its header hash and (split, video id, video hash) of every video; ``ordered``:
+    they come in split and natural id order already (streamed, not sorted here)."""
     digest = hashlib.sha256(header.encode())
-    for split, video_id, value in sorted(video_hashes, key=lambda t: video_sort_key(t[0], t[1])):
+    items = video_hashes if ordered else sorted(video_hashes, key=lambda t: video_sort_key(t[0], t[1]))
+    for split, video_id, value in items:
         digest.update(f"{split}/{video_id}={value};".encode())
     return "sha256:" + digest.hexdigest()
 
@@ -278,15 +283,6 @@ def _check_destination(loc: storage.Location) -> None:
         )
 
 
-@dataclass
-class _Pending:
-    """A video to write: from the input (``video``) or carried over from a file being rewritten (``entry``)."""
-
-    key: tuple[object, ...]
-    video: Video | None = None
-    entry: delta.VideoEntry | None = None
-
-
 def write_videos(
     videos: Iterable[Video] | Sequence[Video],
     dataset_url: str,
@@ -347,30 +343,40 @@ def _write_once(
 ) -> tuple[str, str, bool, int, int]:
     header = metadata["affect.header_hash"]
     same_header = snap is not None and snap.metadata.get("affect.header_hash") == header
-    index = snap.index() if (snap is not None and same_header) else {}
-    changed = [v for v, h in hashes.items() if v not in index or index[v].hash != h or index[v].split != splits[v]]
-    deleted = [v for v in index if v not in hashes]
-    chash = combined_hash(header, [(splits[v], v, h) for v, h in hashes.items()])
-    if snap is not None and same_header and not changed and not deleted:
-        return str(snap.version), chash, True, 0, 0
-    touched = {index[v].path for v in [*changed, *deleted] if v in index}
-    removed = [f for f in snap.files if f.path in touched] if (snap is not None and same_header) else []
-    carried = [e for f in removed for e in f.videos if e.video_id in hashes and e.video_id not in set(changed)]
-    pending = [_Pending(video_sort_key(splits[v], v)) for v in changed]
-    pending += [_Pending(video_sort_key(e.split, e.video_id), entry=e) for e in carried]
-    pending.sort(key=lambda p: p.key)
-    changed_ids = iter(sorted(changed, key=lambda v: video_sort_key(splits[v], v)))
+    held = snap if (snap is not None and same_header) else None
+    order = sorted(hashes, key=lambda v: video_sort_key(splits[v], v))  # the one sort: ids only
+
+    def content() -> str:
+        return combined_hash(header, ((splits[v], v, hashes[v]) for v in order), ordered=True)
+
+    changed, deleted = order, []
+    if held is not None:
+        held_hashes, held_splits = held.column_map("hash"), held.column_map("split")
+        changed = [v for v in order if held_hashes.get(v) != hashes[v] or held_splits.get(v) != splits[v]]
+        deleted = [v for v in held_hashes if v not in hashes]
+        del held_hashes, held_splits
+        if not changed and not deleted:
+            return str(held.version), content(), True, 0, 0
+    stale = pa.array([*changed, *deleted], pa.string()) if held is not None else None
+    removed = [f for f in held.files if select_index_rows(f, stale)] if held is not None else []
+    changed_set = set(changed) if removed else set()
+    carried = (
+        e
+        for e in heapq.merge(*(f.entries() for f in removed), key=_entry_key)
+        if e.video_id in hashes and e.video_id not in changed_set
+    )
     schema = dataset_schema(0, metadata)
     writer = delta.FileWriter(loc, schema, target_file_bytes=target_file_bytes, row_group_rows=row_group_rows)
     added: list[delta.DataFile] = []
     try:
-        carried_rows = delta.iter_entry_tables(loc, [p.entry for p in pending if p.entry is not None])
-        for item in pending:
-            if item.entry is not None:
-                entry, table = next(carried_rows)
-                added += writer.add(table.replace_schema_metadata(metadata), _copy_entry(entry))
+        # the changed videos (read now) and the carried ones (copied from the files being replaced), merged in order
+        incoming = ((video_sort_key(splits[v], v), v, None) for v in changed)
+        copied = ((_entry_key(e), e, t) for e, t in delta.iter_entry_tables(loc, carried))
+        for _, item, table in heapq.merge(incoming, copied, key=lambda t: t[0]):
+            if table is not None:
+                added += writer.add(table.replace_schema_metadata(metadata), _copy_entry(item))
                 continue
-            video = load(next(changed_ids))
+            video = load(item)
             entry = video_entry(video, source=sources.get(video.video_id, ""))
             if entry.hash != hashes[video.video_id]:
                 hashes[video.video_id] = entry.hash
@@ -394,8 +400,17 @@ def _write_once(
                 f"{storage.redact(str(exc))[:200]}); nothing was published"
             ) from None
         raise
-    written = sum(len(f.videos) for f in added)
-    return str(version), chash, False, written, len(added)
+    written = sum(f.video_count for f in added)
+    return str(version), content(), False, written, len(added)
+
+
+def _entry_key(entry: delta.VideoEntry) -> tuple[object, ...]:
+    return video_sort_key(entry.split, entry.video_id)
+
+
+def select_index_rows(data_file: delta.DataFile, video_ids: pa.Array) -> int:
+    """How many of ``video_ids`` the file holds."""
+    return delta.select_index(data_file.index, None, video_ids).num_rows if data_file.index is not None else 0
 
 
 def _copy_entry(entry: delta.VideoEntry) -> delta.VideoEntry:
@@ -452,20 +467,288 @@ def _write_corpus(
     )
 
 
-def _unchanged_by_stamps(
-    dataset_url: str, storage_options: dict[str, Any] | None, stamps: dict[str, str]
-) -> delta.Snapshot | None:
-    """The latest version when it records exactly these videos with exactly these source stamps, else None."""
-    loc = storage.resolve(dataset_url, storage_options)
-    if not delta.is_table(loc):
-        return None
-    snap = delta.snapshot(loc)
-    if snap is None:
-        return None
-    index = snap.index()
-    if set(index) != set(stamps) or any(index[v].source != stamp for v, stamp in stamps.items()):
-        return None
-    return snap
+# ---------------------------------------------------------------------------------------------------------- ingest
+# Single-process ingest keeps the videos it read last up to this many bytes: a small corpus is read once (checked,
+# then written from memory), a large one is read again, video by video, as it is written.
+READ_CACHE_BYTES = 256 * 2**20
+
+
+def read_summary(request: sv.SourceRequest, item: sv.SourceVideoFiles) -> tuple[sv.VideoSummary, Video]:
+    """Read and validate one video of a source: (its summary with its content hash, the video). What a Ray task of
+    parallel ingest runs."""
+    read = request.read(item)
+    return read.summary(video_hash(read.video)), read.video
+
+
+def reread_video(request: sv.SourceRequest, item: sv.SourceVideoFiles, expected: str | None) -> Video:
+    """Read a video again to write it; AffectError when its content hash is no longer ``expected`` (its files changed
+    during the ingest: what was checked would not be what is written)."""
+    video = request.read(item).video
+    if expected is not None and video_hash(video) != expected:
+        raise AffectError(
+            f"{request.where}: video {item.video_id!r} changed while it was being ingested; expected its files to "
+            "stay as they were read: run the ingest again"
+        )
+    return video
+
+
+class VideoReader(Protocol):
+    """How :func:`ingest_by_video` reads a per-video source: in this process (:class:`InProcessReader`) or with Ray
+    tasks (``tuning.ingest``). ``read`` reads and checks the videos, yielding each one's summary as it is done, in
+    any order; ``load`` gives one of them to be written (reading it again where it is no longer held)."""
+
+    def read(self, items: Sequence[sv.SourceVideoFiles]) -> Iterator[sv.VideoSummary]: ...
+
+    def load(self, item: sv.SourceVideoFiles) -> Video: ...
+
+
+class InProcessReader:
+    """Reads videos in this process, one at a time: each is read, hashed and checked, then dropped, except the most
+    recently read up to ``cache_bytes`` (default :data:`READ_CACHE_BYTES`), which ``load`` hands over without reading
+    them again. Memory holds the cache and at most two videos besides, whatever the corpus."""
+
+    def __init__(self, request: sv.SourceRequest, *, cache_bytes: int | None = None) -> None:
+        self.request = request
+        self.cache_bytes = READ_CACHE_BYTES if cache_bytes is None else cache_bytes
+        self._cache: dict[str, tuple[Video, int]] = {}  # oldest first
+        self._cached_bytes = 0
+        self._hashes: dict[str, str] = {}
+
+    def read(self, items: Sequence[sv.SourceVideoFiles]) -> Iterator[sv.VideoSummary]:
+        for item in items:
+            summary, video = read_summary(self.request, item)
+            self._hashes[item.video_id] = summary.hash
+            self._keep(video)
+            del video  # not held while the caller works on the summary
+            yield summary
+
+    def load(self, item: sv.SourceVideoFiles) -> Video:
+        held = self._cache.pop(item.video_id, None)
+        if held is None:
+            return reread_video(self.request, item, self._hashes.get(item.video_id))
+        self._cached_bytes -= held[1]
+        return held[0]
+
+    def _keep(self, video: Video) -> None:
+        size = _video_bytes(video)
+        if size > self.cache_bytes:
+            return
+        while self._cache and self._cached_bytes + size > self.cache_bytes:
+            _, dropped = self._cache.pop(next(iter(self._cache)))
+            self._cached_bytes -= dropped
+        self._cache[video.video_id] = (video, size)
+        self._cached_bytes += size
+
+
+def _video_bytes(video: Video) -> int:
+    arrays = [video.features, video.time_s, video.arousal, video.valence, *(video.ratings or {}).values()]
+    return sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
+
+
+@dataclass
+class _Tally:
+    """What ingest keeps of the videos it read: hash, split and frames of each; the corpus-wide parts (header, source
+    metadata, rater tracks, notes, bytes read) as running aggregates, the header checked as each video arrives."""
+
+    where: str
+    header: sv.CorpusHeader = field(default_factory=sv.CorpusHeader)
+    hashes: dict[str, str] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, int] = field(default_factory=dict)
+    source_bytes: int = 0
+    ratings: set[str] = field(default_factory=set)
+    metadata: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, summary: sv.VideoSummary) -> None:
+        """Count one video in; AffectError when it disagrees with the videos before it."""
+        self.header.check(summary.video_id, summary.feature_names, summary.feature_sets, summary.fps, self.where)
+        self.hashes[summary.video_id] = summary.hash
+        self.splits[summary.video_id] = summary.split
+        self.frames[summary.video_id] = summary.frames
+        self.source_bytes += summary.source_bytes
+        self.ratings.update(summary.ratings)
+        self.metadata.update(summary.metadata)
+        self.notes += [note for note in summary.notes if note not in self.notes]
+
+    def header_corpus(self, ratings: Iterable[str] = ()) -> Corpus:
+        """A Corpus without videos carrying the header of those read (and ``ratings``, tracks of videos not read)."""
+        sets = self.header.feature_sets or []
+        metadata = {"feature_sets": json.dumps(sets), **self.metadata}
+        raters = sorted(self.ratings.union(ratings))
+        if raters:
+            metadata["ratings"] = json.dumps(raters)
+        label = "+".join(dict.fromkeys(s.get("set", s["name"]) for s in sets)) or "features"
+        names = list(self.header.feature_names or [])
+        return Corpus([], names, float(self.header.fps or 0.0), feature_set=label, metadata=metadata)
+
+
+@dataclass
+class VideoIngest:
+    """One ingest of a per-video source (:func:`ingest_by_video`), step by step: :meth:`start` lists the source and
+    compares it with the latest version (``unchanged``: videos whose stamp the version records, or its stamp cache
+    vouches for, with the same split); :meth:`read` reads and checks the others; :meth:`write` writes what changed
+    and updates the stamp cache."""
+
+    request: sv.SourceRequest
+    dataset_url: str
+    storage_options: dict[str, Any] | None
+    videos: list[sv.SourceVideoFiles]  # the source's, in split and natural id order
+    stamps: dict[str, str]
+    snapshot: delta.Snapshot | None
+    held: dict[str, dict[str, Any]]  # "hash", "split", "frames" -> {video id: value} of the latest version
+    cache: dict[str, tuple[str, str]]  # the stamp cache as read
+    unchanged: set[str]
+    tally: _Tally
+    started: float
+    complete: bool = False  # every video that needs it was read and checked
+
+    @classmethod
+    def start(cls, request: sv.SourceRequest, dataset_url: str, storage_options: dict[str, Any] | None) -> VideoIngest:
+        """List the source (nothing is read but its partition table) and find the videos the latest version holds
+        as they are."""
+        started = time.perf_counter()
+        videos = sv.list_source_videos(request.root, request.layout, request.storage_options)
+        stamps = {item.video_id: request.stamp(item) for item in videos}
+        loc = storage.resolve(dataset_url, storage_options)
+        snap = delta.snapshot(loc) if delta.is_table(loc) else None
+        held = {column: snap.column_map(column) if snap else {} for column in ("source", "hash", "split", "frames")}
+        cache = sv.read_stamp_cache(loc) if snap else {}
+        recorded = sv.recorded_stamps(held.pop("source"), held["hash"], cache)
+        unchanged = {
+            item.video_id
+            for item in videos
+            if recorded.get(item.video_id) == stamps[item.video_id] and held["split"].get(item.video_id) == item.split
+        }
+        where = storage.resolve(request.root, request.storage_options).display()
+        return cls(
+            request, dataset_url, storage_options, videos, stamps, snap, held, cache, unchanged, _Tally(where), started
+        )
+
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the latest version holds exactly the source's videos, each as its stamp says: nothing to read."""
+        count = len(self.videos)
+        return self.snapshot is not None and len(self.unchanged) == count == self.snapshot.video_count
+
+    def read(self, reader: VideoReader) -> None:
+        """Read and check every video not known unchanged; then every video, when the header they give is not the
+        latest version's (every video is rewritten then, so every one must agree with it)."""
+        if not self.up_to_date:
+            self._read(reader, [item for item in self.videos if item.video_id not in self.unchanged])
+            if self.snapshot is not None and self.tally.hashes and not self._same_header(self._metadata()):
+                self._read(reader, [item for item in self.videos if item.video_id in self.unchanged])
+                self.unchanged = set()
+        self.complete = True
+
+    def _same_header(self, metadata: dict[str, str]) -> bool:
+        """Whether ``metadata`` has the latest version's header (feature names and sets, fps, rater tracks)."""
+        key = f"{META_PREFIX}header_hash"
+        return self.snapshot is not None and self.snapshot.metadata.get(key) == metadata[key]
+
+    def _read(self, reader: VideoReader, items: list[sv.SourceVideoFiles]) -> None:
+        if items:
+            for summary in reader.read(items):
+                self.tally.add(summary)
+
+    def _metadata(self) -> dict[str, str]:
+        """The new version's metadata: the header of the videos read (with the latest version's rater tracks where
+        videos were not read: theirs are among them); the latest version's when none was read (only deletions)."""
+        if not self.tally.hashes:
+            return {str(k): str(v) for k, v in (self.snapshot.metadata if self.snapshot else {}).items()}
+        kept = self.snapshot.metadata.get(f"{META_PREFIX}ratings") if self.snapshot and self.unchanged else None
+        corpus = self.tally.header_corpus(json.loads(kept) if kept else ())
+        header = header_hash(corpus.feature_names, set_ranges(corpus), corpus.fps, rating_names(corpus))
+        return dataset_metadata(corpus, header, self.request.layout, self.request.root)
+
+    def write(self, reader: VideoReader, *, target_file_bytes: int, row_group_rows: int) -> IngestResult:
+        """Write the videos whose content changed (``reader.load`` gives each) as a new version, or nothing when
+        none did; then keep the stamps of touched but unchanged videos in the stamp cache."""
+        if self.up_to_date:
+            assert self.snapshot is not None
+            return self._result(str(self.snapshot.version), self._latest_content_hash(), True)
+        metadata = self._metadata()
+        hashes = {video_id: self.held["hash"][video_id] for video_id in self.unchanged}
+        hashes.update(self.tally.hashes)
+        splits = {item.video_id: item.split for item in self.videos}
+        splits.update(self.tally.splits)
+        items = {item.video_id: item for item in self.videos}
+        version, chash, same, written, files = write_videos(
+            [],
+            self.dataset_url,
+            metadata=metadata,
+            storage_options=self.storage_options,
+            sources={video_id: self.stamps[video_id] for video_id in self.tally.hashes},
+            video_hashes=hashes,
+            splits=splits,
+            load=lambda video_id: reader.load(items[video_id]),
+            target_file_bytes=target_file_bytes,
+            row_group_rows=row_group_rows,
+        )
+        self._save_stamps(self._same_header(metadata))
+        return self._result(version, chash, same, written, files)
+
+    def _save_stamps(self, same_header: bool) -> None:
+        """Keep in the stamp cache the stamp of every video read whose content the version already held (it was not
+        written, so the version still records its old stamp), and the entries that vouched for videos not read."""
+        held_hash, held_split = self.held["hash"], self.held["split"]
+        entries = {
+            video_id: entry
+            for video_id, entry in self.cache.items()
+            if video_id in self.unchanged and entry == (self.stamps[video_id], held_hash.get(video_id))
+        }
+        if same_header:
+            entries.update(
+                (video_id, (self.stamps[video_id], value))
+                for video_id, value in self.tally.hashes.items()
+                if held_hash.get(video_id) == value and held_split.get(video_id) == self.tally.splits[video_id]
+            )
+        if entries != self.cache:
+            sv.write_stamp_cache(storage.resolve(self.dataset_url, self.storage_options), entries)
+
+    def _latest_content_hash(self) -> str:
+        assert self.snapshot is not None
+        header = self.snapshot.metadata.get(f"{META_PREFIX}header_hash", "")
+        videos = ((e.split, e.video_id, e.hash) for e in self.snapshot.entries())
+        return combined_hash(header, videos, ordered=True)
+
+    def _result(self, version: str, chash: str, unchanged: bool, written: int = 0, files: int = 0) -> IngestResult:
+        seconds = time.perf_counter() - self.started
+        source_bytes = self.tally.source_bytes
+        rows = sum(self.tally.frames.values()) + sum(self.held["frames"][v] for v in self.unchanged)
+        return IngestResult(
+            dataset_url=storage.redact(self.dataset_url),
+            version=version,
+            content_hash=chash,
+            unchanged=unchanged,
+            rows=int(rows),
+            videos=len(self.videos),
+            seconds=seconds,
+            source_bytes=source_bytes,
+            mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
+            videos_written=written,
+            files_written=files,
+            notes=list(self.tally.notes),
+        )
+
+
+def ingest_by_video(
+    request: sv.SourceRequest,
+    dataset_url: str,
+    *,
+    reader: VideoReader,
+    storage_options: dict[str, Any] | None = None,
+    target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+    row_group_rows: int = delta.ROW_GROUP_ROWS,
+) -> IngestResult:
+    """Ingest a per-video source (:func:`affect_core.data.source_videos.splittable`) video by video: list it, read
+    with ``reader`` only the videos whose stamps the latest version (or its stamp cache) does not vouch for, check
+    them against each other, write those whose content changed in one commit. A no-op re-ingest reads no file; a
+    touched but unchanged file is read once, then vouched for by the stamp cache. Raises AffectError on bad input
+    (nothing is written)."""
+    job = VideoIngest.start(request, dataset_url, storage_options)
+    job.read(reader)
+    return job.write(reader, target_file_bytes=target_file_bytes, row_group_rows=row_group_rows)
 
 
 def ingest(
@@ -485,43 +768,74 @@ def ingest(
     """Read and validate ``source_root`` (a layout of :func:`affect_core.data.readers.read_source`), then write it
     to ``dataset_url`` as a new dataset version, or do nothing if the latest version holds the same videos.
 
+    A source with a file per video is read video by video in this process (:func:`ingest_by_video` with an
+    :class:`InProcessReader`): memory does not grow with the corpus. A source holding every video in one file, or one
+    whose videos disagree or hold bad input, is read whole (:func:`affect_core.data.readers.read_source`), which
+    names the problem.
+
     storage_options apply to the dataset URL (and to the source when ``source_storage_options`` is None).
     Raises AffectError on bad input (nothing is written) or when the destination cannot take the dataset."""
-    from affect_core.data.source_videos import source_stamps
-
     started = time.perf_counter()
     source_options = source_storage_options if source_storage_options is not None else storage_options
-    stamps = source_stamps(source_root, layout, feature_set=feature_set, storage_options=source_options, fps=fps)
-    same = _unchanged_by_stamps(dataset_url, storage_options, stamps) if stamps else None
-    if same is not None:  # every file as the latest version recorded it: nothing is read
-        return IngestResult(
-            dataset_url=storage.redact(dataset_url),
-            version=str(same.version),
-            content_hash=dataset_info(dataset_url, version=same.version, storage_options=storage_options).content_hash,
-            unchanged=True,
-            rows=int(sum(e.frames for e in same.index().values())),
-            videos=len(stamps or {}),
-            seconds=time.perf_counter() - started,
-            source_bytes=0,
-            mb_per_s=0.0,
-        )
+    request = sv.SourceRequest(source_root, layout, feature_set, source_options, fps, min_face_confidence)
+    sizes = {"target_file_bytes": target_file_bytes, "row_group_rows": row_group_rows}
+    stamps: dict[str, str] = {}
+    if sv.splittable(source_root, layout, source_options):
+        reader = InProcessReader(request)
+        job = _read_by_video(request, dataset_url, storage_options, reader)
+        if job is not None and job.complete:
+            return job.write(reader, **sizes)
+        stamps = job.stamps if job is not None else {}
+        del reader, job  # what they hold is not needed by the whole-corpus read
+    return _ingest_whole(request, dataset_url, storage_options, stamps, started, **sizes)
+
+
+def _read_by_video(
+    request: sv.SourceRequest, dataset_url: str, storage_options: dict[str, Any] | None, reader: InProcessReader
+) -> VideoIngest | None:
+    """A per-video ingest, read and checked (``complete``); not complete, or None when the source could not even be
+    listed, where it met bad input (videos that disagree, a bad file): the whole-corpus reader then names the problem
+    as it always has, its checks across the whole corpus first."""
+    try:
+        job = VideoIngest.start(request, dataset_url, storage_options)
+    except AffectError:
+        return None
+    try:
+        job.read(reader)
+    except AffectError:
+        pass
+    return job
+
+
+def _ingest_whole(
+    request: sv.SourceRequest,
+    dataset_url: str,
+    storage_options: dict[str, Any] | None,
+    stamps: dict[str, str],
+    started: float,
+    *,
+    target_file_bytes: int,
+    row_group_rows: int,
+) -> IngestResult:
+    """Ingest the corpus read whole into memory (:func:`affect_core.data.readers.read_source`), recording ``stamps``
+    as the videos' source stamps."""
     corpus = read_source(
-        source_root,
-        layout,
-        feature_set=feature_set,
-        storage_options=source_options,
-        fps=fps,
-        min_face_confidence=min_face_confidence,
+        request.root,
+        request.layout,
+        feature_set=request.feature_set,
+        storage_options=request.storage_options,
+        fps=request.fps,
+        min_face_confidence=request.min_face_confidence,
     )
     version, chash, unchanged, written, files = _write_corpus(
         corpus,
         dataset_url,
         storage_options=storage_options,
-        layout=layout,
-        source=source_root,
+        layout=request.layout,
+        source=request.root,
         target_file_bytes=target_file_bytes,
         row_group_rows=row_group_rows,
-        sources=stamps or {},
+        sources=stamps,
     )
     seconds = time.perf_counter() - started
     source_bytes = int(corpus.metadata.get("source_bytes", "0"))
@@ -788,23 +1102,6 @@ def _snapshot_metadata(snap: delta.Snapshot) -> dict[str, str]:
     return {str(k): str(v) for k, v in snap.metadata.items()}
 
 
-def _entries(
-    snap: delta.Snapshot,
-    splits: Sequence[str] | None,
-    video_ids: Sequence[str] | None,
-) -> list[delta.VideoEntry]:
-    wanted_splits = set(splits) if splits is not None else None
-    wanted_ids = set(video_ids) if video_ids is not None else None
-    entries = [
-        e
-        for f in snap.files
-        for e in f.videos
-        if (wanted_splits is None or e.split in wanted_splits) and (wanted_ids is None or e.video_id in wanted_ids)
-    ]
-    entries.sort(key=lambda e: video_sort_key(e.split, e.video_id))
-    return entries
-
-
 class DatasetReader:
     """One dataset version opened once (its log, metadata and video index read once), then read video by video as
     often as asked: what a Ray actor or a training worker holds for a whole job. ``version`` (or ``URL@VERSION``)
@@ -842,14 +1139,15 @@ class DatasetReader:
         splits: Sequence[str] | None = None,
         video_ids: Sequence[str] | None = None,
         shard: tuple[int, int] | None = None,
-    ) -> list[delta.VideoEntry]:
-        """Index entries of the chosen videos in split and natural id order (``shard=(i, n)``: every n-th from i)."""
-        entries = _entries(self.snapshot, splits, video_ids)
+    ) -> Iterator[delta.VideoEntry]:
+        """Index entries of the chosen videos in split and natural id order, streamed (``shard=(i, n)``: every n-th
+        from i)."""
+        entries = self.snapshot.entries(splits=splits, video_ids=video_ids)
         if shard is not None:
             index, count = shard
             if not 0 <= index < count:
                 raise AffectError(f"{self.location.display()}: shard {index} of {count} does not exist")
-            entries = entries[index::count]
+            entries = itertools.islice(entries, index, None, count)
         return entries
 
     def videos(
@@ -908,16 +1206,13 @@ def video_parts(
         info = _bare_info(source.loc)
         ids = [v for s, vs in info.videos.items() if splits is None or s in splits for v in vs]
         return [ids] if ids else []
-    entries = _entries(source.snapshot, splits, None)
+    snap = source.snapshot
     if parts is None:
-        by_file: dict[str, list[str]] = {}
-        for entry in sorted(entries, key=lambda e: (e.path, e.row_group)):
-            by_file.setdefault(entry.path, []).append(entry.video_id)
-        return list(by_file.values())
-    total = sum(e.frames for e in entries)
+        return [[e.video_id for e in f.entries(splits=splits)] for f in snap.files if f.video_count] or []
+    total = sum(e.frames for e in snap.entries(splits=splits))
     out: list[list[str]] = [[] for _ in range(max(1, parts))]
     running = 0
-    for entry in sorted(entries, key=lambda e: (e.path, e.row_group)):
+    for entry in snap.entries(splits=splits):
         out[min(len(out) - 1, running * len(out) // max(1, total))].append(entry.video_id)
         running += entry.frames
     return [p for p in out if p]
@@ -1048,17 +1343,24 @@ def dataset_info(
         return _bare_info(source.loc)
     snap = source.snapshot
     metadata = _snapshot_metadata(snap)
-    entries = _entries(snap, None, None)
     videos: dict[str, list[str]] = {}
-    for entry in entries:
-        videos.setdefault(entry.split, []).append(entry.video_id)
+    rows = 0
+
+    def stream() -> Iterator[tuple[str, str, str]]:
+        nonlocal rows
+        for entry in snap.entries():
+            videos.setdefault(entry.split, []).append(entry.video_id)
+            rows += entry.frames
+            yield entry.split, entry.video_id, entry.hash
+
     sets = json.loads(_meta(metadata, "feature_sets", "[]"))
     header = _meta(metadata, "header_hash")
+    content = combined_hash(header, stream(), ordered=True)
     return DatasetInfo(
         url=source.loc.display(),
         version=str(snap.version),
         versions=source.versions,
-        content_hash=combined_hash(header, [(e.split, e.video_id, e.hash) for e in entries]),
+        content_hash=content,
         created_at="",
         fps=float(_meta(metadata, "fps", "nan")),
         feature_set=_meta(metadata, "feature_set"),
@@ -1066,7 +1368,7 @@ def dataset_info(
         feature_names=json.loads(_meta(metadata, "feature_names", "[]")),
         source=_meta(metadata, "source"),
         layout=_meta(metadata, "layout"),
-        rows=int(sum(e.frames for e in entries)),
+        rows=int(rows),
         videos=videos,
         metadata=metadata,
         files=len(snap.files),
@@ -1097,7 +1399,7 @@ def table_summary(
                 "frames": e.frames,
                 "frames_without_face": e.frames_without_face,
             }
-            for e in _entries(snap, None, None)
+            for e in snap.entries()
         ],
         "files": len(snap.files),
         "bytes": int(sum(f.size for f in snap.files)),
@@ -1119,7 +1421,7 @@ def iter_table_rows(
     source = _open(url, version, storage_options)
     if source.snapshot is None:
         raise AffectError(f"{source.loc.display()}: not a table (no _delta_log/); expected a dataset or predictions")
-    for entry, table in delta.iter_entry_tables(source.loc, _entries(source.snapshot, None, video_ids)):
+    for entry, table in delta.iter_entry_tables(source.loc, source.snapshot.entries(video_ids=video_ids)):
         yield entry.video_id, table
 
 

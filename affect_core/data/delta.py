@@ -3,9 +3,13 @@
 A table is a Delta Lake table (``deltalake``) at any local path or S3 URL, partitioned by ``split``. Its Parquet files
 are written here (not by delta-rs's writer) so that each holds many whole videos, rows sorted by (split, video, frame),
 with row groups that end at video boundaries; a file closes at about ``target_file_bytes``. Each file's footer carries
-an index of its videos (key ``affect.videos``: video id, split, frames, frames without a face, content hash, row group),
-so a table's video list costs one footer read per file, and one video is read from its row groups without reading the
-rest of its file.
+an index of its videos (key ``affect.video_index``: an Arrow IPC stream of INDEX_SCHEMA, base64, after the prefix
+``arrow-ipc-base64:``; columns video id, split, frames, row group, frames without a face, content hash, source stamp;
+files of the first release hold a JSON list of objects under ``affect.videos``, still read), so a table's video list
+costs one footer read per file, and one video is read from its row groups without reading the rest of its file. A
+version's index is held as Arrow columns (about 100 bytes a video), never as an object
+per video: :meth:`Snapshot.entries` makes the per-video records as it streams them, in split and natural id order (a
+merge of the files' sorted indexes), so memory stays flat whatever the table holds.
 
 Commits are delta-rs transactions: the files are uploaded first, then one commit adds and removes them together, so a
 reader sees a version whole or not at all. Every commit carries the application transaction ``affect`` at the next
@@ -19,21 +23,40 @@ table's description, a JSON object, versioned with the data.
 
 from __future__ import annotations
 
+import base64
+import heapq
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from affect_core import storage
+from affect_core.data.tracks import video_sort_key
 from affect_core.errors import AffectError
 
-INDEX_KEY = "affect.videos"
+INDEX_KEY = "affect.video_index"
+INDEX_PREFIX = "arrow-ipc-base64:"
+LIST_INDEX_KEY = "affect.videos"  # the first release's index: a JSON list of one object per video
+INDEX_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("split", pa.string()),
+        ("frames", pa.int64()),
+        ("row_group", pa.int32()),
+        ("frames_without_face", pa.int64()),
+        ("hash", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+# Index rows turned into per-video records at a time while streaming (bounds the objects alive per file).
+ENTRY_CHUNK = 2048
 APP_ID = "affect"
 DEFAULT_TARGET_FILE_BYTES = 256 * 2**20
 # Rows of one row group (whole videos only; a longer video is a row group of its own). Reading one video reads its
@@ -49,8 +72,8 @@ class CommitConflict(AffectError):
 
 @dataclass(slots=True)
 class VideoEntry:
-    """One video of a table file: where its rows are and what they hold. A table version holds one per video, so it
-    has slots (no per-object dict)."""
+    """One video of a table file: where its rows are and what they hold. Made while streaming a version's index
+    (:meth:`Snapshot.entries`) and while writing; fields in INDEX_SCHEMA's order, then the file's path."""
 
     video_id: str
     split: str
@@ -61,27 +84,52 @@ class VideoEntry:
     source: str = ""
     path: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"video_id": self.video_id, "split": self.split, "frames": self.frames}
-        out["row_group"] = self.row_group
-        if self.frames_without_face:
-            out["frames_without_face"] = self.frames_without_face
-        if self.hash:
-            out["hash"] = self.hash
-        if self.source:
-            out["source"] = self.source
-        return out
-
 
 @dataclass
 class DataFile:
-    """A data file of a table version: its path relative to the table root, size and the videos it holds."""
+    """A data file of a table version: its path relative to the table root, size, rows, and the index of the videos
+    it holds (INDEX_SCHEMA, in the file's row order, which is split and natural id order; None until read)."""
 
     path: str
     split: str
     size: int
     rows: int = 0
-    videos: list[VideoEntry] = field(default_factory=list)
+    index: pa.Table | None = None
+
+    @property
+    def video_count(self) -> int:
+        return self.index.num_rows if self.index is not None else 0
+
+    def entries(self, *, splits: Sequence[str] | None = None, video_ids: Any = None) -> Iterator[VideoEntry]:
+        """Per-video records of this file (those of ``splits`` / ``video_ids`` only), in row order, made a chunk at a
+        time."""
+        if self.index is None:
+            return
+        table = select_index(self.index, splits, video_ids)
+        for start in range(0, table.num_rows, ENTRY_CHUNK):
+            chunk = table.slice(start, ENTRY_CHUNK).to_pydict()
+            for values in zip(*(chunk[name] for name in INDEX_SCHEMA.names), strict=True):
+                yield VideoEntry(*values, path=self.path)
+
+
+def select_index(index: pa.Table, splits: Sequence[str] | None, video_ids: Any) -> pa.Table:
+    """The rows of an index table whose split is one of ``splits`` and id one of ``video_ids`` (None: any)."""
+    mask = None
+    if splits is not None:
+        mask = pc.is_in(index.column("split"), value_set=pa.array(list(splits), pa.string()))
+    if video_ids is not None:
+        wanted = (
+            video_ids if isinstance(video_ids, pa.Array | pa.ChunkedArray) else pa.array(list(video_ids), pa.string())
+        )
+        if isinstance(wanted, pa.ChunkedArray):
+            wanted = wanted.combine_chunks()
+        condition = pc.is_in(index.column("video_id"), value_set=wanted)
+        mask = condition if mask is None else pc.and_(mask, condition)
+    return index if mask is None else index.filter(mask)
+
+
+def _entry_key(entry: VideoEntry) -> tuple[object, ...]:
+    return video_sort_key(entry.split, entry.video_id)
 
 
 @dataclass
@@ -93,9 +141,32 @@ class Snapshot:
     metadata: dict[str, Any]
     files: list[DataFile]
 
-    def index(self) -> dict[str, VideoEntry]:
-        """{video id: entry (with its file's path)} over every file (footers are read once, on first use)."""
-        return {entry.video_id: entry for data_file in self.files for entry in data_file.videos}
+    @property
+    def video_count(self) -> int:
+        return sum(f.video_count for f in self.files)
+
+    def entries(self, *, splits: Sequence[str] | None = None, video_ids: Any = None) -> Iterator[VideoEntry]:
+        """Per-video records (of ``splits`` / ``video_ids`` only; ids as any sequence or an Arrow array) in split and
+        natural id order: a streaming merge of the files' sorted indexes, so records exist only while consumed."""
+        if video_ids is not None and not isinstance(video_ids, pa.Array | pa.ChunkedArray):
+            video_ids = pa.array(list(video_ids), pa.string())
+        streams = [f.entries(splits=splits, video_ids=video_ids) for f in self.files if f.video_count]
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=_entry_key)
+
+    def video_ids(self) -> pa.ChunkedArray:
+        """Every video id of the version (file by file), as one Arrow column."""
+        chunks = [f.index.column("video_id") for f in self.files if f.index is not None]
+        return pa.chunked_array([c for chunked in chunks for c in chunked.chunks], pa.string())
+
+    def column_map(self, column: str) -> dict[str, Any]:
+        """{video id: that video's ``column`` value} over the version (a lookup table for ingest's comparisons)."""
+        out: dict[str, Any] = {}
+        for f in self.files:
+            if f.index is not None:
+                out.update(zip(f.index.column("video_id").to_pylist(), f.index.column(column).to_pylist(), strict=True))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------------- location
@@ -230,13 +301,13 @@ def read_indexes(snap: Snapshot) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(data_file: DataFile) -> None:
-        data_file.videos = read_footer_index(snap.location, data_file)
+        data_file.index = read_footer_index(snap.location, data_file)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(one, [f for f in snap.files if not f.videos]))
+        list(pool.map(one, [f for f in snap.files if f.index is None]))
 
 
-def read_footer_index(loc: storage.Location, data_file: DataFile) -> list[VideoEntry]:
+def read_footer_index(loc: storage.Location, data_file: DataFile) -> pa.Table:
     where = loc.display(data_file.path)
     try:
         with loc.fs.open(storage.join(loc.path, data_file.path), "rb") as handle:
@@ -245,24 +316,59 @@ def read_footer_index(loc: storage.Location, data_file: DataFile) -> list[VideoE
         raise AffectError(f"{where}: listed in the table's log but missing; the table is damaged") from None
     except (OSError, pa.ArrowException) as exc:
         raise AffectError(f"{where}: unreadable Parquet footer ({type(exc).__name__})") from None
-    raw = (metadata.metadata or {}).get(INDEX_KEY.encode())
+    kv = metadata.metadata or {}
+    raw = kv.get(INDEX_KEY.encode())
+    if raw is not None:
+        return decode_index(raw, where)
+    raw = kv.get(LIST_INDEX_KEY.encode())
     if raw is None:
         raise AffectError(f"{where}: no video index ({INDEX_KEY}) in the footer; not a file written by affect")
-    entries = []
-    for item in json.loads(raw):
-        entries.append(
-            VideoEntry(
-                video_id=str(item["video_id"]),
-                split=str(item["split"]),
-                frames=int(item["frames"]),
-                row_group=int(item.get("row_group", 0)),
-                frames_without_face=int(item.get("frames_without_face", 0)),
-                hash=str(item.get("hash", "")),
-                source=str(item.get("source", "")),
-                path=data_file.path,
-            )
+    items = json.loads(raw)
+    columns: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
+    for item in items:
+        for name in INDEX_SCHEMA.names:
+            columns[name].append(item.get(name, 0 if name in ("row_group", "frames_without_face") else ""))
+    return index_from_columns(columns, where)
+
+
+def encode_index(index: pa.Table) -> str:
+    """A file's video index as footer text: no object per video is made to write or read it."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, INDEX_SCHEMA) as writer:
+        writer.write_table(index)
+    return INDEX_PREFIX + base64.b64encode(sink.getvalue().to_pybytes()).decode("ascii")
+
+
+def decode_index(raw: bytes, where: str) -> pa.Table:
+    if not raw.startswith(INDEX_PREFIX.encode()):
+        raise AffectError(f"{where}: the footer's video index is not in a known encoding; the file is damaged")
+    try:
+        table = pa.ipc.open_stream(base64.b64decode(raw[len(INDEX_PREFIX) :])).read_all()
+    except (ValueError, pa.ArrowException) as exc:
+        raise AffectError(f"{where}: unreadable video index in the footer ({type(exc).__name__})") from None
+    if not table.schema.equals(INDEX_SCHEMA):
+        raise AffectError(
+            f"{where}: the footer's video index has columns {table.schema.names}; expected {INDEX_SCHEMA.names}"
         )
-    return entries
+    return table
+
+
+def index_from_columns(columns: dict[str, list[Any]], where: str) -> pa.Table:
+    """An index table (INDEX_SCHEMA) from its columns as lists; an absent optional column is zeros or empty."""
+    count = len(columns.get("video_id", []))
+    arrays = []
+    for field_ in INDEX_SCHEMA:
+        values = columns.get(field_.name)
+        if values is None:
+            if field_.name in ("video_id", "split", "frames"):
+                raise AffectError(f"{where}: the footer's video index has no {field_.name!r}; the file is damaged")
+            values = [0] * count if pa.types.is_integer(field_.type) else [""] * count
+        if len(values) != count:
+            raise AffectError(
+                f"{where}: the footer's video index has columns of different lengths; the file is damaged"
+            )
+        arrays.append(pa.array(values, field_.type))
+    return pa.Table.from_arrays(arrays, schema=INDEX_SCHEMA)
 
 
 # -------------------------------------------------------------------------------------------------------- reading
@@ -333,14 +439,19 @@ def iter_entry_tables(
 
 
 def video_slices(table: pa.Table) -> dict[str, tuple[int, int]]:
-    """{video id: (first row, rows)} of a table whose rows are grouped by video."""
+    """{video id: (first row, rows)} of a table whose rows are grouped by video (found with Arrow compute: only the
+    ids at the boundaries become Python strings)."""
     import numpy as np
 
-    ids = table.column("video_id").to_numpy(zero_copy_only=False).astype(str)
-    if ids.size == 0:
+    ids = table.column("video_id")
+    count = len(ids)
+    if count == 0:
         return {}
-    bounds = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
-    return {ids[a]: (a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    change = pc.not_equal(ids.slice(1), ids.slice(0, count - 1)).to_numpy(zero_copy_only=False)
+    bounds = [0, *(np.flatnonzero(change) + 1).tolist(), count]
+    names = ids.take(pa.array(bounds[:-1], pa.int64())).to_pylist()
+    return {str(name): (a, b - a) for name, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)}
 
 
 # -------------------------------------------------------------------------------------------------------- writing
@@ -419,14 +530,23 @@ class _OpenFile:
         self.pending_rows = 0
         self.row_groups = 0
         self.rows = 0
-        self.entries: list[VideoEntry] = []
+        self.index: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
+        self.last_key: tuple[object, ...] | None = None
 
     def add(self, table: pa.Table, entry: VideoEntry) -> None:
+        key = _entry_key(entry)
+        if self.last_key is not None and key <= self.last_key:
+            raise AffectError(
+                f"{self.owner.loc.display(self.relative)}: video {entry.video_id!r} ({entry.split}) comes after a "
+                "video it sorts before (or is repeated); table files hold videos in split and natural id order"
+            )
+        self.last_key = key
         if self.pending_rows and self.pending_rows + table.num_rows > self.owner.row_group_rows:
             self._write_row_group()
         entry.row_group = self.row_groups
         entry.path = self.relative
-        self.entries.append(entry)
+        for name in INDEX_SCHEMA.names:
+            self.index[name].append(getattr(entry, name))
         self.pending.append(table)
         self.pending_rows += table.num_rows
 
@@ -445,11 +565,13 @@ class _OpenFile:
 
     def close(self) -> DataFile:
         self._write_row_group()
-        self.writer.add_key_value_metadata({INDEX_KEY: json.dumps([e.to_json() for e in self.entries])})
+        index = index_from_columns(self.index, self.owner.loc.display(self.relative))
+        self.index = {}
+        self.writer.add_key_value_metadata({INDEX_KEY: encode_index(index)})
         self.writer.close()
         self.handle.close()
         size = int(self.owner.loc.fs.size(self.path))
-        return DataFile(self.relative, self.split, size, self.rows, self.entries)
+        return DataFile(self.relative, self.split, size, self.rows, index)
 
     def abort(self) -> None:
         try:
@@ -460,11 +582,11 @@ class _OpenFile:
 
 
 def _stats(data_file: DataFile) -> str:
-    ids = [e.video_id for e in data_file.videos]
     stats: dict[str, Any] = {"numRecords": data_file.rows}
-    if ids:
-        stats["minValues"] = {"video_id": min(ids)}
-        stats["maxValues"] = {"video_id": max(ids)}
+    if data_file.video_count:
+        bounds = pc.min_max(data_file.index.column("video_id"))
+        stats["minValues"] = {"video_id": bounds["min"].as_py()}
+        stats["maxValues"] = {"video_id": bounds["max"].as_py()}
         stats["nullCount"] = {"video_id": 0}
     return json.dumps(stats)
 

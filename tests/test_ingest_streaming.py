@@ -1,0 +1,234 @@
+"""Single-process ingest of a per-video source streams: each video is read, hashed and checked, then dropped (a small
+cache of the last read keeps a small corpus from being read twice), and write_videos reads again only what it writes.
+A touched but unchanged file is read once: the stamp cache beside the table (outside the versions) vouches for it
+afterwards, survives vacuum, and costs only re-reading when lost or corrupt. Parallel ingest (Ray) is compared with
+this in tests/test_table_ingest.py."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from corpus_checks import assert_same_corpus
+from typer.testing import CliRunner
+
+from affect_core import storage
+from affect_core.data import dataset as ds
+from affect_core.data import delta
+from affect_core.data import source_videos as sv
+from affect_core.data.readers import read_source
+from affect_core.synth import SynthConfig, write_corpus
+
+LAYOUTS = ("avec2016", "csv", "openface", "muse")
+
+
+def make_source(root: Path, layout: str = "csv", videos_per_split: int = 2) -> Path:
+    config = SynthConfig(videos_per_split=videos_per_split, frames=80, appearance_dim=3, geometric_dim=2, seed=7)
+    write_corpus(config.with_(fps=30.0) if layout == "openface" else config, root, layout)
+    return root
+
+
+class ReadProbe:
+    """Counts the videos read from the source (per video id) and the Video objects alive at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads: Counter[str] = Counter()
+        self.alive = 0
+        self.peak = 0
+        original = sv.read_source_video
+
+        def counted(*args, **kwargs):
+            read = original(*args, **kwargs)
+            self.reads[read.video.video_id] += 1
+            self.alive += 1
+            self.peak = max(self.peak, self.alive)
+            weakref.finalize(read.video, self._gone)
+            return read
+
+        monkeypatch.setattr(sv, "read_source_video", counted)
+
+    def _gone(self) -> None:
+        self.alive -= 1
+
+    def reset(self) -> None:
+        self.reads.clear()
+
+
+def touch(path: Path) -> None:
+    """A new modification time, the same bytes."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def video_bytes(root: Path, video_id: str) -> int:
+    return sum(p.stat().st_size for p in root.rglob(f"{video_id}.*") if p.is_file())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_streamed_ingest_gives_what_the_whole_corpus_read_gives(tmp_path, layout, monkeypatch):
+    root = make_source(tmp_path / "src", layout)
+    if layout == "avec2016":
+        (root / "recordings_video").mkdir()  # skipped, with a note
+    if layout == "muse":
+        (root / "label_segments" / "physio-arousal").mkdir()
+        (root / "label_segments" / "physio-arousal" / "train_1.csv").write_bytes(
+            (root / "label_segments" / "arousal" / "train_1.csv").read_bytes()
+        )
+    probe = ReadProbe(monkeypatch)
+    streamed = ds.ingest(str(root), str(tmp_path / "streamed"), layout=layout, progress=False)
+    assert sorted(probe.reads) == sorted(v.video_id for v in read_source(str(root), layout).videos)
+    with monkeypatch.context() as patch:
+        patch.setattr(sv, "splittable", lambda *args, **kwargs: False)
+        whole = ds.ingest(str(root), str(tmp_path / "whole"), layout=layout, progress=False)
+    fields = ("version", "content_hash", "unchanged", "rows", "videos", "videos_written", "files_written", "notes")
+    assert [getattr(streamed, f) for f in fields] == [getattr(whole, f) for f in fields]
+    assert streamed.notes if layout in ("avec2016", "muse") else not streamed.notes
+    # Bytes of the videos' files: the whole read counts the partition table besides.
+    partition = {"avec2016": None, "muse": "metadata/partition.csv"}.get(layout, "partition.csv")
+    assert whole.source_bytes - streamed.source_bytes == ((root / partition).stat().st_size if partition else 0)
+    assert ds.dataset_info(streamed.dataset_url).metadata == ds.dataset_info(whole.dataset_url).metadata
+    assert_same_corpus(ds.read_corpus(streamed.dataset_url), ds.read_corpus(whole.dataset_url))
+
+
+def test_a_small_corpus_is_read_once(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src", videos_per_split=3)
+    probe = ReadProbe(monkeypatch)
+    result = ds.ingest(str(root), str(tmp_path / "ds"), layout="csv", progress=False, target_file_bytes=30_000)
+    assert result.videos_written == result.videos == 9
+    assert set(probe.reads.values()) == {1} and len(probe.reads) == 9
+    assert result.content_hash == ds.content_hash(read_source(str(root), "csv"))
+
+
+def test_with_a_tiny_cache_a_few_videos_are_held_at_once(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src", videos_per_split=4)
+    monkeypatch.setattr(ds, "READ_CACHE_BYTES", 1)
+    probe = ReadProbe(monkeypatch)
+    result = ds.ingest(str(root), str(tmp_path / "ds"), layout="csv", progress=False, target_file_bytes=30_000)
+    assert result.videos_written == 12
+    assert set(probe.reads.values()) == {2}, "each video is read to be checked, and again to be written"
+    assert probe.peak <= 2 and probe.alive == 0
+    assert_same_corpus(ds.read_corpus(str(tmp_path / "ds")), read_source(str(root), "csv"))
+
+
+def test_a_touched_file_is_read_once_then_the_stamp_cache_vouches_for_it(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src")
+    url = str(tmp_path / "ds")
+    first = ds.ingest(str(root), url, layout="csv", progress=False)
+    probe = ReadProbe(monkeypatch)
+    touch(root / "features" / "dev_1.csv")
+    touched = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert dict(probe.reads) == {"dev_1": 1}
+    assert touched.unchanged and touched.version == first.version and ds.list_versions(url) == ["0"]
+    assert touched.source_bytes == video_bytes(root, "dev_1") and touched.content_hash == first.content_hash
+    assert (tmp_path / "ds" / sv.STAMP_CACHE).is_file()
+
+    probe.reset()
+    monkeypatch.setattr(ds, "read_source", lambda *a, **k: pytest.fail("the source was read whole"))
+    again = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert not probe.reads and again.unchanged and again.source_bytes == 0
+    assert (again.version, again.content_hash, again.rows) == (first.version, first.content_hash, first.rows)
+
+
+def test_a_changed_video_writes_a_version_with_only_its_file(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src", videos_per_split=3)
+    url = str(tmp_path / "ds")
+    ds.ingest(str(root), url, layout="csv", progress=False, target_file_bytes=1)  # a file per video
+    touch(root / "labels" / "train_2.csv")
+    ds.ingest(str(root), url, layout="csv", progress=False)  # the stamp cache now vouches for train_2
+    loc = storage.resolve(url)
+    before = {f.path for f in delta.snapshot(loc).files}
+    probe = ReadProbe(monkeypatch)
+    path = root / "features" / "test_3.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[-1] = "0.5" if cells[-1] != "0.5" else "0.25"
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    changed = ds.ingest(str(root), url, layout="csv", progress=False, target_file_bytes=1)
+    assert dict(probe.reads) == {"test_3": 1}  # not train_2, which the stamp cache vouches for
+    assert not changed.unchanged and changed.version == "1"
+    assert (changed.videos_written, changed.files_written) == (1, 1)
+    assert changed.source_bytes == path.stat().st_size
+    added = [f for f in delta.snapshot(loc).files if f.path not in before]
+    assert [e.video_id for f in added for e in f.entries()] == ["test_3"]
+    assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
+    probe.reset()
+    assert ds.ingest(str(root), url, layout="csv", progress=False).unchanged and not probe.reads
+
+
+def test_the_stamp_cache_survives_vacuum_and_a_lost_or_corrupt_one_costs_only_rereading(tmp_path, monkeypatch):
+    from affect_cli.main import app
+
+    root = make_source(tmp_path / "src")
+    url = str(tmp_path / "ds")
+    ds.ingest(str(root), url, layout="csv", progress=False)
+    (root / "labels" / "train_1.csv").unlink()  # a second version, so that vacuum has an old file to delete
+    ds.ingest(str(root), url, layout="csv", progress=False)
+    touch(root / "features" / "dev_2.csv")
+    ds.ingest(str(root), url, layout="csv", progress=False)
+    cache = tmp_path / "ds" / sv.STAMP_CACHE
+    written = cache.read_bytes()
+    result = CliRunner().invoke(app, ["vacuum", url, "--retain-hours", "0"])
+    assert result.exit_code == 0, result.output
+    assert cache.read_bytes() == written
+    versions = ds.list_versions(url)  # vacuum's own commits among them
+    probe = ReadProbe(monkeypatch)
+    assert ds.ingest(str(root), url, layout="csv", progress=False).unchanged and not probe.reads
+
+    for damage in (lambda: cache.write_bytes(b"not parquet"), cache.unlink):
+        damage()
+        probe.reset()
+        again = ds.ingest(str(root), url, layout="csv", progress=False)
+        assert dict(probe.reads) == {"dev_2": 1} and again.unchanged and ds.list_versions(url) == versions
+        assert cache.read_bytes() and sv.read_stamp_cache(storage.resolve(url))
+        probe.reset()
+        assert ds.ingest(str(root), url, layout="csv", progress=False).unchanged and not probe.reads
+
+
+def test_a_stale_stamp_cache_entry_does_not_vouch_for_other_content(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src")
+    url = str(tmp_path / "ds")
+    ds.ingest(str(root), url, layout="csv", progress=False)
+    path = root / "features" / "dev_1.csv"
+    original = path.read_bytes()
+    touch(path)
+    ds.ingest(str(root), url, layout="csv", progress=False)
+    touched_ns = path.stat().st_mtime_ns
+    cache = tmp_path / "ds" / sv.STAMP_CACHE
+    stale = cache.read_bytes()  # vouches for dev_1 at this stamp with version 0's content
+    lines = original.decode().splitlines()
+    cells = lines[3].split(",")
+    cells[-1] = "0.5" if cells[-1] != "0.5" else "0.25"
+    lines[3] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    assert ds.ingest(str(root), url, layout="csv", progress=False).version == "1"
+    assert not cache.exists(), "the new version records dev_1's new stamp: nothing left to cache"
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_bytes(stale)
+    path.write_bytes(original)  # version 0's content again, under the stamp the stale entry names
+    os.utime(path, ns=(touched_ns, touched_ns))
+    probe = ReadProbe(monkeypatch)
+    back = ds.ingest(str(root), url, layout="csv", progress=False)
+    assert dict(probe.reads) == {"dev_1": 1} and not back.unchanged and back.version == "2"
+    assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
+
+
+@pytest.mark.services
+def test_the_stamp_cache_on_s3(s3_server, s3_url, tmp_path, monkeypatch):
+    """The cache beside a table on S3: written in one put, read back, vouching as on a local disk."""
+    options = s3_server.storage_options()
+    root = make_source(tmp_path / "src")
+    first = ds.ingest(str(root), s3_url, layout="csv", storage_options=options, progress=False)
+    touch(root / "features" / "train_2.csv")
+    probe = ReadProbe(monkeypatch)
+    touched = ds.ingest(str(root), s3_url, layout="csv", storage_options=options, progress=False)
+    assert dict(probe.reads) == {"train_2": 1} and touched.unchanged
+    loc = storage.resolve(s3_url, options)
+    assert set(sv.read_stamp_cache(loc)) == {"train_2"}
+    probe.reset()
+    again = ds.ingest(str(root), s3_url, layout="csv", storage_options=options, progress=False)
+    assert not probe.reads and again.unchanged and again.content_hash == first.content_hash
+    assert ds.list_versions(s3_url, storage_options=options) == ["0"]
