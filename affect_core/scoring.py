@@ -77,6 +77,10 @@ class ScoreResult:
     frames: int
     skipped: int
     seconds: float
+    # Seconds before the first videos were scored that are not scoring: a Ray job's actors starting (importing,
+    # loading the model, opening the dataset) up to its first results; 0 in this process.
+    startup_seconds: float = 0.0
+    startup_frames: int = 0  # frames of those first results (scored within startup_seconds)
 
     @property
     def frames_per_second(self) -> float:
@@ -116,23 +120,38 @@ def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[
     return out
 
 
-def tracks_table(video: Video, tracks: Tracks, model_id: str, dataset_version: str = "") -> pa.Table:
-    """One video's predicted tracks as a table in PREDICTION_SCHEMA (a dimension missing from ``tracks`` is null)."""
-    t = video.num_frames
-    empty = np.full(t, np.nan, dtype=np.float32)
+def prediction_rows(
+    videos: Sequence[Video], tracks: Sequence[Tracks], model_id: str, dataset_version: str = ""
+) -> pa.Table:
+    """The predicted tracks of consecutive videos as one table in PREDICTION_SCHEMA, a video's rows together and in
+    frame order (a dimension missing from a video's tracks is null). Built column by column for the whole batch."""
+    lengths = np.array([v.num_frames for v in videos], dtype=np.int64)
+    total = int(lengths.sum())
+    owner = pa.array(np.repeat(np.arange(len(videos), dtype=np.int64), lengths))
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     columns: dict[str, Any] = {
-        "video_id": pa.repeat(pa.scalar(video.video_id, pa.string()), t),
-        "split": pa.repeat(pa.scalar(video.split, pa.string()), t),
-        "frame": pa.array(np.arange(t, dtype=np.int32)),
-        "time_s": pa.array(np.asarray(video.time_s, dtype=np.float64)),
+        "video_id": pa.array([v.video_id for v in videos], pa.string()).take(owner),
+        "split": pa.array([v.split for v in videos], pa.string()).take(owner),
+        "frame": pa.array((np.arange(total, dtype=np.int64) - starts).astype(np.int32)),
+        "time_s": pa.array(_joined([np.asarray(v.time_s, dtype=np.float64) for v in videos], np.float64)),
     }
     for dim in ("arousal", "valence"):
-        level, var = tracks.get(dim, (empty, empty))
-        columns[dim] = pa.array(np.asarray(level, np.float32), from_pandas=dim not in tracks)
-        columns[f"{dim}_var"] = pa.array(np.asarray(var, np.float32), from_pandas=True)
-    columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), t)
-    columns["dataset_version"] = pa.repeat(pa.scalar(dataset_version, pa.string()), t)
+        levels = [np.asarray(t[dim][0], np.float32) if dim in t else None for t in tracks]
+        variances = [np.asarray(t[dim][1], np.float32) if dim in t else None for t in tracks]
+        missing = np.repeat(np.array([x is None for x in levels]), lengths)
+        filled = [x if x is not None else np.full(n, np.nan, np.float32) for x, n in zip(levels, lengths, strict=True)]
+        columns[dim] = pa.array(_joined(filled, np.float32), mask=missing if missing.any() else None)
+        filled = [
+            x if x is not None else np.full(n, np.nan, np.float32) for x, n in zip(variances, lengths, strict=True)
+        ]
+        columns[f"{dim}_var"] = pa.array(_joined(filled, np.float32), from_pandas=True)
+    columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), total)
+    columns["dataset_version"] = pa.repeat(pa.scalar(dataset_version, pa.string()), total)
     return pa.table(columns, schema=PREDICTION_SCHEMA)
+
+
+def _joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def video_batches(
@@ -263,13 +282,14 @@ class PredictionWriter:
         self.commits = 0
         self.failed = False
 
-    def add(self, video: Video, tracks: Tracks) -> None:
-        if self.failed:  # a video before this one failed: the job stops committing
+    def add_batch(self, videos: Sequence[Video], tracks: Sequence[Tracks]) -> None:
+        """Write the predicted tracks of consecutive videos (commits as files fill, or every commit_seconds)."""
+        if self.failed:  # a batch before this one failed: the job stops committing
             return
         try:
-            table = tracks_table(video, tracks, self.model_id, self.target.dataset_version)
-            entry = delta.VideoEntry(video.video_id, video.split, video.num_frames)
-            self.ready += self.files.add(table, entry)
+            table = prediction_rows(videos, tracks, self.model_id, self.target.dataset_version)
+            entries = [delta.VideoEntry(v.video_id, v.split, v.num_frames) for v in videos]
+            self.ready += self.files.add_videos(table, entries)
             if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
                 self.commit(flush=not self.ready)
         except BaseException:
@@ -279,10 +299,12 @@ class PredictionWriter:
     def add_rows(self, table: pa.Table) -> None:
         """Add prediction rows (PREDICTION_SCHEMA) of whole videos, grouped by video, as a scorer elsewhere (a Ray
         actor) produced them."""
-        for video_id, (start, length) in delta.video_slices(table).items():
-            rows = table.slice(start, length)
-            entry = delta.VideoEntry(video_id, str(rows.column("split")[0].as_py()), length)
-            self.ready += self.files.add(rows, entry)
+        splits = table.column("split")
+        entries = [
+            delta.VideoEntry(video_id, str(splits[start].as_py()), length)
+            for video_id, (start, length) in delta.video_slices(table).items()
+        ]
+        self.ready += self.files.add_videos(table, entries)
         if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
             self.commit(flush=not self.ready)
 
@@ -386,12 +408,13 @@ def score_stream(
     batch_videos: int | None = None,
     predict: Callable[[Sequence[np.ndarray]], list[Tracks]] | None = None,
 ) -> tuple[int, int]:
-    """Predict every video of ``videos`` and hand its tracks to ``out.add(video, tracks)`` (a
+    """Predict every video of ``videos`` and hand each batch's tracks to ``out.add_batch(videos, tracks)`` (a
     :class:`PredictionWriter`, or any object with that method); returns (videos, frames) predicted.
 
     ``videos`` is iterated on a background thread up to BATCH_FRAMES frames ahead, the videos are predicted in
     batches of up to ``batch_videos`` (default BATCH_VIDEOS; :func:`video_batches`, :func:`predict_tracks`) and
-    written on another thread, at most a batch behind. Returns once every file is written; the first error of any of
+    written on another thread, at most two batches behind (a batch's rows are built column by column, so the writing
+    thread holds the GIL little while the model runs). Returns once every file is written; the first error of any of
     the three is raised here.
 
     Meanwhile the model runs on :func:`model_threads` of torch's threads, one fewer than torch's setting: that core
@@ -405,12 +428,11 @@ def score_stream(
     threads = torch.get_num_threads()
     torch.set_num_threads(model_threads())
     try:
-        with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(size) as writer:
+        with ReadAhead(videos, max_frames=BATCH_FRAMES) as incoming, BackgroundWriter(2) as writer:
             for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
-                for video, tracks in zip(batch, predicted([v.features for v in batch]), strict=True):
-                    writer.submit(out.add, video, tracks)
-                    videos_done += 1
-                    frames += video.num_frames
+                writer.submit(out.add_batch, batch, predicted([v.features for v in batch]))
+                videos_done += len(batch)
+                frames += sum(v.num_frames for v in batch)
     finally:
         torch.set_num_threads(threads)
     return videos_done, frames

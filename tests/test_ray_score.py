@@ -58,7 +58,9 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
     )
 
     predictions = f"{base}/predictions"
-    done = affect(["score", dataset, "--model", model, "--out", predictions, "--ray", "--no-progress"], env)
+    # a pool holding every CPU of the cluster (two nodes of one): no task of Ray Data's may wait for a CPU
+    pool = ["--actors", "2", "--min-actors", "2"]
+    done = affect(["score", dataset, "--model", model, "--out", predictions, "--ray", "--no-progress", *pool], env)
     assert done.returncode == 0, done.stderr[-3000:]
     expected, got = read_parts(reference, options), read_parts(predictions, options)
     assert sorted(got) == sorted(expected) == sorted(v for ids in info.videos.values() for v in ids)
@@ -73,20 +75,20 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
 
     # A crashed job committed some videos; the Ray re-run scores only the others.
     crashed = f"{base}/crashed"
-    real, seen = scoring.tracks_table, []
+    real, seen, batch = scoring.prediction_rows, [], scoring.BATCH_VIDEOS
 
-    def crash_at_the_fourth(video, *args):
-        seen.append(video.video_id)
+    def crash_at_the_fourth(videos, *args):
+        seen.extend(v.video_id for v in videos)
         if len(seen) == 4:
             raise OSError("node lost")
-        return real(video, *args)
+        return real(videos, *args)
 
-    scoring.tracks_table = crash_at_the_fourth
+    scoring.prediction_rows, scoring.BATCH_VIDEOS = crash_at_the_fourth, 1  # a batch a video
     try:
         with pytest.raises(OSError, match="node lost"):
             scoring.score_dataset(dataset, model, crashed, storage_options=options, progress=False, target_file_bytes=1)
     finally:
-        scoring.tracks_table = real
+        scoring.prediction_rows, scoring.BATCH_VIDEOS = real, batch
     committed = finished_videos(resolve(crashed, options))
     assert len(committed) == 3
     again = affect(["score", dataset, "--model", model, "--out", crashed, "--ray", "--no-progress"], env)

@@ -225,14 +225,14 @@ def test_a_reader_error_reaches_the_caller_and_a_rerun_finishes_the_job(tmp_path
 
 def test_a_write_error_reaches_the_caller_and_nothing_is_committed(tmp_path, monkeypatch):
     monkeypatch.setattr(scoring, "BATCH_VIDEOS", 2)
-    real = scoring.tracks_table
+    real = scoring.prediction_rows
 
-    def table(video, tracks, model_id, dataset_version=""):
-        if video.video_id == "test_3":
+    def table(videos, tracks, model_id, dataset_version=""):
+        if any(v.video_id == "test_3" for v in videos):
             raise OSError("disk full")
-        return real(video, tracks, model_id, dataset_version)
+        return real(videos, tracks, model_id, dataset_version)
 
-    monkeypatch.setattr(scoring, "tracks_table", table)
+    monkeypatch.setattr(scoring, "prediction_rows", table)
     bundle = make_bundle()
     with pytest.raises(OSError, match="disk full"):
         score_videos(bundle, iter(corpus()), str(tmp_path / "p"), feature_names=bundle.feature_names, progress=False)
@@ -288,3 +288,23 @@ def test_leaving_read_ahead_early_stops_the_reader():
         next(iter(incoming))
     assert closed == [True]
     assert not reader._thread.is_alive()
+
+
+def test_prediction_rows_of_a_batch_keep_each_video_whole_and_in_order():
+    videos = corpus((3, 1, 4))
+    tracks = [
+        {"arousal": (np.arange(v.num_frames, dtype=np.float32) + i, np.full(v.num_frames, np.nan, np.float32))}
+        for i, v in enumerate(videos)
+    ]
+    tracks[1]["valence"] = (np.array([0.5], np.float32), np.array([0.25], np.float32))
+    table = scoring.prediction_rows(videos, tracks, "m1", "7")
+    assert table.schema.equals(scoring.PREDICTION_SCHEMA)
+    assert table.column("video_id").to_pylist() == [v.video_id for v in videos for _ in range(v.num_frames)]
+    assert table.column("frame").to_pylist() == [0, 1, 2, 0, 0, 1, 2, 3]
+    assert table.column("arousal").to_pylist() == [0, 1, 2, 1, 2, 3, 4, 5]
+    assert table.column("valence").to_pylist() == [None] * 3 + [0.5] + [None] * 4  # missing dimension: null
+    assert table.column("valence_var").to_pylist()[3] == 0.25 and table.column("arousal_var").null_count == 8
+    np.testing.assert_array_equal(table.column("time_s").to_numpy(), np.concatenate([v.time_s for v in videos]))
+    assert set(table.column("model_id").to_pylist()) == {"m1"} and set(table.column("dataset_version").to_pylist()) == {
+        "7"
+    }

@@ -95,19 +95,20 @@ def test_a_new_dataset_version_is_scored_again_and_a_pinned_one_is_kept(dataset,
 def test_a_crashed_job_resumes_only_with_the_same_model(dataset, tmp_path, monkeypatch):
     model_a, model_b = bundle_for(dataset, 1, tmp_path, "a"), bundle_for(dataset, 2, tmp_path, "b")
     out = str(tmp_path / "pred")
-    real = scoring.tracks_table
+    real = scoring.prediction_rows
     seen = []
 
-    def crash_at_the_fifth(video, *args):
-        seen.append(video.video_id)
+    def crash_at_the_fifth(videos, *args):
+        seen.extend(v.video_id for v in videos)
         if len(seen) == 5:
             raise OSError("node lost")
-        return real(video, *args)
+        return real(videos, *args)
 
-    monkeypatch.setattr(scoring, "tracks_table", crash_at_the_fifth)
+    monkeypatch.setattr(scoring, "BATCH_VIDEOS", 1)  # a batch a video: the crash comes after four are written
+    monkeypatch.setattr(scoring, "prediction_rows", crash_at_the_fifth)
     with pytest.raises(OSError, match="node lost"):
         scoring.score_dataset(dataset, model_a, out, progress=False, target_file_bytes=1)
-    monkeypatch.setattr(scoring, "tracks_table", real)
+    monkeypatch.setattr(scoring, "prediction_rows", real)
     done = scoring.finished_videos(resolve(out))
     assert len(done) == 4
     other = scoring.score_dataset(dataset, model_b, out, progress=False, target_file_bytes=1)

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # The most videos one actor call scores (in model batches of BATCH_VIDEOS): each call costs Ray Data a task round
 # trip, so short videos go many to a call.
-VIDEOS_PER_CALL = 64
+VIDEOS_PER_CALL = 256
 
 
 class VideoScorer:
@@ -66,17 +66,16 @@ class VideoScorer:
         self.bundle = load_bundle(model_url, self.storage_options, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        import pyarrow as pa
 
-        from affect_core.scoring import PREDICTION_SCHEMA, score_stream, tracks_table
+        from affect_core.scoring import PREDICTION_SCHEMA, prediction_rows, score_stream
 
         videos = self.reader.videos(video_ids=[str(v) for v in batch["video_id"]])
         tables: list[pa.Table] = []
         model_id, version = self.bundle.model_id, self.version or ""
 
         class Collect:
-            def add(self, video: Any, tracks: Any) -> None:
-                tables.append(tracks_table(video, tracks, model_id, version))
+            def add_batch(self, videos: Any, tracks: Any) -> None:
+                tables.append(prediction_rows(videos, tracks, model_id, version))
 
         score_stream(self.bundle, videos, Collect())
         return pa.concat_tables(tables) if tables else PREDICTION_SCHEMA.empty_table()
@@ -145,6 +144,7 @@ def score_dataset(
     todo = [e.video_id for e in snapshot.entries(splits=splits) if e.video_id not in done]
     del snapshot
     frames = 0
+    first, first_frames = 0.0, 0
     try:
         if todo:
             ensure_ray(storage_options=storage_options)
@@ -155,9 +155,10 @@ def score_dataset(
             gpus = gpus_per_actor
             size = max(1, min(actors, len(todo)))
             per_call = videos_per_call or max(1, min(VIDEOS_PER_CALL, -(-len(todo) // (4 * size))))
-            ids = ray.data.from_arrow(pa.table({"video_id": pa.array(todo, pa.string())})).repartition(
-                min(len(todo), 4 * size)
-            )
+            # blocks made here, in the table's order: no task of Ray Data's needs a CPU the actors hold
+            column = pa.table({"video_id": pa.array(todo, pa.string())})
+            step = -(-len(todo) // min(len(todo), 4 * size))
+            ids = ray.data.from_arrow([column.slice(i, step) for i in range(0, len(todo), step)])
             scored = ids.map_batches(
                 VideoScorer,
                 batch_size=per_call,
@@ -176,11 +177,14 @@ def score_dataset(
                 num_gpus=gpus or None,
             )
             for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if not frames:  # the first results: the pool's actors are up
+                    first, first_frames = time.perf_counter() - started, batch.num_rows
                 frames += batch.num_rows
                 writer.add_rows(batch)
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    logger.info("scored %d video(s) on Ray Data in %.1f s", len(todo), time.perf_counter() - started)
-    return ScoreResult(out.url, len(wanted), frames, len(wanted) - len(todo), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    logger.info("scored %d video(s) on Ray Data in %.1f s (first results after %.1f s)", len(todo), seconds, first)
+    return ScoreResult(out.url, len(wanted), frames, len(wanted) - len(todo), seconds, first, first_frames)

@@ -1072,6 +1072,43 @@ def _to_video(table: pa.Table, ranges: list[tuple[int, int]], fps: float | None,
     return video
 
 
+def _row_group_videos(
+    table: pa.Table,
+    picks: list[tuple[delta.VideoEntry, int, int]],
+    ranges: list[tuple[int, int]],
+    fps: float | None,
+    where: str,
+) -> Iterator[Video]:
+    """The videos of one row group of a dataset table (``picks``: (entry, first row, rows) of each), converted
+    column by column for the whole row group at once; each video's arrays are views of its rows. A video whose frames
+    are not in order (not a file written here) goes through :func:`_to_video`."""
+    if fps is None or "ratings" in table.column_names:
+        for _, start, length in picks:
+            yield _to_video(table.slice(start, length), ranges, fps, where)
+        return
+    frame = table.column("frame").to_numpy() if "frame" in table.column_names else table.column("time_s").to_numpy()
+    backwards = np.flatnonzero(np.diff(frame) <= 0) + 1  # rows where the order breaks: only at a video's start
+    features = _feature_matrix(table, where)
+    if ranges != [(0, features.shape[1])]:
+        features = np.concatenate([features[:, a:b] for a, b in ranges], axis=1)
+    features = np.array(features, dtype=np.float32, order="C")  # one writable copy for the row group
+    time_s = table.column("time_s").to_numpy().astype(np.float64)
+    labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for dimension in AFFECT_DIMENSIONS:
+        if dimension in table.column_names and table.column(dimension).null_count < table.num_rows:
+            column = table.column(dimension)
+            values = column.cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
+            labels[dimension] = (values, column.is_valid().to_numpy(zero_copy_only=False))
+    for entry, start, length in picks:
+        stop = start + length
+        if ((backwards > start) & (backwards < stop)).any():
+            yield _to_video(table.slice(start, length), ranges, fps, where)
+            continue
+        dims = {d: (v[start:stop] if valid[start:stop].any() else None) for d, (v, valid) in labels.items()}
+        dims = {d: dims.get(d) for d in AFFECT_DIMENSIONS}
+        yield Video(entry.video_id, entry.split, features[start:stop], time_s[start:stop], fps, **dims)
+
+
 def _feature_matrix(table: pa.Table, where: str) -> np.ndarray:
     if "features" in table.column_names:
         column = table.column("features").combine_chunks()
@@ -1159,8 +1196,8 @@ class DatasetReader:
     ) -> Iterator[Video]:
         """The chosen videos, one at a time (one row group in memory)."""
         entries = self.entries(splits=splits, video_ids=video_ids, shard=shard)
-        for entry, table in delta.iter_entry_tables(self.location, entries):
-            yield _to_video(table, self.ranges, self.fps, self.location.display(entry.path))
+        for table, picks in delta.iter_row_groups(self.location, entries):
+            yield from _row_group_videos(table, picks, self.ranges, self.fps, self.location.display(picks[0][0].path))
 
 
 def iter_videos(

@@ -411,28 +411,45 @@ class TableFile:
 def iter_entry_tables(
     loc: storage.Location, entries: Iterable[VideoEntry], columns: list[str] | None = None
 ) -> Iterator[tuple[VideoEntry, pa.Table]]:
-    """(entry, its rows) for each of ``entries`` in the given order. The file of the last entry stays open (its footer
-    parsed once) and the last row group read is kept, so consecutive entries of one file or row group share reads."""
+    """(entry, its rows) for each of ``entries`` in the given order (see :func:`iter_row_groups`)."""
+    for table, picks in iter_row_groups(loc, entries, columns):
+        for entry, start, length in picks:
+            yield entry, table.slice(start, length)
+
+
+def iter_row_groups(
+    loc: storage.Location, entries: Iterable[VideoEntry], columns: list[str] | None = None
+) -> Iterator[tuple[pa.Table, list[tuple[VideoEntry, int, int]]]]:
+    """The row groups that hold ``entries``, in the entries' order: (the row group's rows, [(entry, first row, rows)]
+    of the consecutive entries it holds). The file of the last entry stays open (its footer parsed once), so
+    consecutive entries of one file or row group share reads; a reader may convert a row group's videos at once."""
     opened: TableFile | None = None
-    cached: tuple[tuple[str, int], pa.Table, dict[str, tuple[int, int]]] | None = None
+    current: tuple[str, int] | None = None
+    table: pa.Table | None = None
+    slices: dict[str, tuple[int, int]] = {}
+    picks: list[tuple[VideoEntry, int, int]] = []
     try:
         for entry in entries:
             key = (entry.path, entry.row_group)
-            if cached is None or cached[0] != key:
+            if key != current:
+                if picks:
+                    yield table, picks
+                    picks = []
                 if opened is None or opened.path != entry.path:
                     if opened is not None:
                         opened.close()
                     opened = TableFile(loc, entry.path)
                 table = opened.read([entry.row_group], columns)
-                cached = (key, table, video_slices(table))
-            _, table, slices = cached
+                slices, current = video_slices(table), key
             if entry.video_id not in slices:
                 raise AffectError(
                     f"{loc.display(entry.path)}: row group {entry.row_group} has no rows of video "
                     f"{entry.video_id!r}; the file's index is damaged"
                 )
             start, length = slices[entry.video_id]
-            yield entry, table.slice(start, length)
+            picks.append((entry, start, length))
+        if picks:
+            yield table, picks
     finally:
         if opened is not None:
             opened.close()
@@ -478,15 +495,28 @@ class FileWriter:
         self._open: dict[str, _OpenFile] = {}
         self.written: list[DataFile] = []
 
-    def add(self, table: pa.Table, entry: VideoEntry) -> list[DataFile]:
-        """Append one video's rows (``table`` in the writer's schema, frames in order)."""
+    def add(self, table: pa.Table, entry: VideoEntry, *, nbytes: int | None = None) -> list[DataFile]:
+        """Append one video's rows (``table`` in the writer's schema, frames in order; ``nbytes``: its size in
+        memory when the caller knows it)."""
         current = self._open.get(entry.split)
         if current is None:
             current = self._open[entry.split] = _OpenFile(self, entry.split)
-        current.add(table, entry)
+        current.add(table, entry, table.nbytes if nbytes is None else nbytes)
         if current.estimated_bytes() >= self.target_file_bytes:
             return [self._close(entry.split)]
         return []
+
+    def add_videos(self, table: pa.Table, entries: Sequence[VideoEntry]) -> list[DataFile]:
+        """Append the rows of consecutive whole videos (``entries`` in the order of their rows in ``table``)."""
+        closed: list[DataFile] = []
+        share = table.nbytes / max(1, table.num_rows)
+        start = 0
+        for entry in entries:
+            closed += self.add(table.slice(start, entry.frames), entry, nbytes=int(share * entry.frames))
+            start += entry.frames
+        if start != table.num_rows:
+            raise AffectError(f"{self.loc.display()}: {table.num_rows} rows for videos of {start} frames")
+        return closed
 
     def flush(self) -> list[DataFile]:
         """Close every open file now (e.g. to commit what is done so far)."""
@@ -528,12 +558,13 @@ class _OpenFile:
         )
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
+        self.pending_bytes = 0  # kept as videos come (a table's nbytes walks its buffers: not once per add)
         self.row_groups = 0
         self.rows = 0
         self.index: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
         self.last_key: tuple[object, ...] | None = None
 
-    def add(self, table: pa.Table, entry: VideoEntry) -> None:
+    def add(self, table: pa.Table, entry: VideoEntry, nbytes: int) -> None:
         key = _entry_key(entry)
         if self.last_key is not None and key <= self.last_key:
             raise AffectError(
@@ -549,10 +580,11 @@ class _OpenFile:
             self.index[name].append(getattr(entry, name))
         self.pending.append(table)
         self.pending_rows += table.num_rows
+        self.pending_bytes += nbytes
 
     def estimated_bytes(self) -> int:
         """Bytes written so far plus the buffered row group at a guessed 3:1 compression (zstd on features)."""
-        return int(self.handle.tell()) + sum(t.nbytes for t in self.pending) // 3
+        return int(self.handle.tell()) + self.pending_bytes // 3
 
     def _write_row_group(self) -> None:
         if not self.pending:
@@ -561,7 +593,7 @@ class _OpenFile:
         self.writer.write_table(table, row_group_size=table.num_rows)
         self.rows += table.num_rows
         self.row_groups += 1
-        self.pending, self.pending_rows = [], 0
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
 
     def close(self) -> DataFile:
         self._write_row_group()
