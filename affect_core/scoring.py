@@ -290,7 +290,7 @@ class PredictionWriter:
             table = prediction_rows(videos, tracks, self.model_id, self.target.dataset_version)
             entries = [delta.VideoEntry(v.video_id, v.split, v.num_frames) for v in videos]
             self.ready += self.files.add_videos(table, entries)
-            if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
+            if self._due():
                 self.commit(flush=not self.ready)
         except BaseException:
             self.failed = True
@@ -305,8 +305,12 @@ class PredictionWriter:
             for video_id, (start, length) in delta.video_slices(table).items()
         ]
         self.ready += self.files.add_videos(table, entries)
-        if self.ready or time.monotonic() - self.last_commit >= self.commit_seconds:
+        if self._due():
             self.commit(flush=not self.ready)
+
+    def _due(self) -> bool:
+        """Whether to commit now: a file filled up, or commit_seconds passed since the last commit."""
+        return any(f.full for f in self.ready) or time.monotonic() - self.last_commit >= self.commit_seconds
 
     def commit(self, *, flush: bool = True) -> None:
         if flush:

@@ -154,6 +154,35 @@ def stage_evaluate(url: str, out: str, options: dict | None) -> dict[str, Any]:
     return {"frames": store.frames()}
 
 
+class MemoryPeaks:
+    """Samples the process's private (RssAnon) and shared (RssShmem: for a Ray driver, the object store's pages it has
+    mapped) resident memory every 0.1 s until :meth:`stop`, which returns their peaks in MB."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.private = self.shared = 0.0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        with open("/proc/self/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        self.private = max(self.private, int(fields.get("RssAnon", "0 kB").split()[0]) / 1024)
+        self.shared = max(self.shared, int(fields.get("RssShmem", "0 kB").split()[0]) / 1024)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(0.1):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stopped.set()
+        self._thread.join()
+        self._sample()
+        return {"private_mb": self.private, "shared_mb": self.shared}
+
+
 def run_stage(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run one stage in a subprocess; its result plus wall seconds and peak RSS (MB)."""
     started = time.perf_counter()
@@ -208,9 +237,11 @@ def main() -> None:
         import affect_core.data.dataset  # noqa: F401 - imports are not the stage's work
         import affect_core.scoring  # noqa: F401
 
+        peaks = MemoryPeaks()
         started = time.perf_counter()
         result = stages[args.stage]()
         result["work_s"] = time.perf_counter() - started
+        result.update(peaks.stop())
         print(json.dumps(result))
         return
 
@@ -250,6 +281,10 @@ def main() -> None:
                     notes += f"; read only {result['read_only_s']:.2f} s"
                     work_s = result["pipeline_s"]
                 if stage == "ray":
+                    notes += (
+                        f"; driver: private peak {result.get('private_mb', 0):.0f} MB, object-store pages mapped "
+                        f"{result.get('shared_mb', 0):.0f} MB"
+                    )
                     notes += (
                         f"; apart: Ray start-up {result['startup_s']:.1f} s, actors up to their first results "
                         f"{result['actors_s']:.1f} s"

@@ -56,6 +56,7 @@ def test_another_model_replaces_the_predictions_in_one_commit(dataset, tmp_path)
     frames = ds.dataset_info(dataset).rows
     first = scoring.score_dataset(dataset, model_a, out, progress=False)
     assert (first.frames, first.skipped) == (frames, 0)
+    last_of_a = scoring.open_predictions(resolve(out)).version  # a job commits as each split's file closes
     second = scoring.score_dataset(dataset, model_b, out, progress=False)
     assert (second.frames, second.skipped) == (frames, 0), "another model's predictions counted as done"
     tables = rows(out)
@@ -64,7 +65,7 @@ def test_another_model_replaces_the_predictions_in_one_commit(dataset, tmp_path)
     assert {v for t in tables for v in t.column("dataset_version").to_pylist()} == {"0"}
     store = scoring.read_predictions(out)
     assert store.target == scoring.PredictionTarget(id_b, ds.dataset_info(dataset).url, "0")
-    old = scoring.read_predictions(f"{out}@0")
+    old = scoring.read_predictions(f"{out}@{last_of_a}")
     assert old.target.model_id == id_a and len(old) == len(store)
     again = scoring.score_dataset(dataset, model_b, out, progress=False)
     assert again.skipped == len(store) and again.frames == 0

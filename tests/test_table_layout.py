@@ -262,9 +262,11 @@ def _rows(video_id: str, split: str, frames: int) -> pa.Table:
 
 def _write_file(loc, videos):
     writer = delta.FileWriter(loc, _rows("x", "train", 1).schema)
+    files = []
     for video_id, split, frames in videos:
-        writer.add(_rows(video_id, split, frames), delta.VideoEntry(video_id, split, frames, hash=f"h-{video_id}"))
-    return writer.close()
+        entry = delta.VideoEntry(video_id, split, frames, hash=f"h-{video_id}")
+        files += writer.add(_rows(video_id, split, frames), entry)
+    return files + writer.close()
 
 
 def test_a_version_streams_its_videos_in_order_across_files_without_an_object_per_video(tmp_path):
@@ -324,3 +326,14 @@ def test_the_first_release_footer_index_is_still_read(tmp_path):
     assert index.column("video_id").to_pylist() == ["dev_1", "dev_3"]
     assert index.column("frames_without_face").to_pylist() == [1, 0]
     assert index.column("source").to_pylist() == ["", ""]
+
+
+def test_a_split_s_file_closes_when_the_next_split_begins(tmp_path):
+    """Videos come in split order: one file is open (one upload buffered) at a time, not one per split."""
+    loc = storage.resolve(str(tmp_path / "t"))
+    writer = delta.FileWriter(loc, _rows("x", "train", 1).schema)
+    assert writer.add(_rows("train_1", "train", 2), delta.VideoEntry("train_1", "train", 2)) == []
+    assert writer.add(_rows("train_2", "train", 2), delta.VideoEntry("train_2", "train", 2)) == []
+    closed = writer.add(_rows("dev_1", "dev", 3), delta.VideoEntry("dev_1", "dev", 3))
+    assert [(f.split, f.video_count, f.rows) for f in closed] == [("train", 2, 4)]
+    assert [(f.split, f.video_count) for f in writer.close()] == [("dev", 1)]

@@ -62,6 +62,9 @@ DEFAULT_TARGET_FILE_BYTES = 256 * 2**20
 # Rows of one row group (whole videos only; a longer video is a row group of its own). Reading one video reads its
 # row group: about 16k rows x 88 features is 6 MB.
 ROW_GROUP_ROWS = 16_384
+# Bytes of one part of a table file's multipart upload to an object store (S3's least is 5 MiB): the memory a file
+# being written holds.
+UPLOAD_PART_BYTES = 8 * 2**20
 # Old versions' files are kept this long (``affect vacuum`` removes what is older and no longer referenced).
 DEFAULT_RETENTION_HOURS = 168
 
@@ -95,6 +98,7 @@ class DataFile:
     size: int
     rows: int = 0
     index: pa.Table | None = None
+    full: bool = False  # closed because it reached the target size (not because its split ended or the job did)
 
     @property
     def video_count(self) -> int:
@@ -493,18 +497,24 @@ class FileWriter:
         self.row_group_rows = max(1, int(row_group_rows))
         self.dictionary_columns = [c for c in dictionary_columns if c in schema.names]
         self._open: dict[str, _OpenFile] = {}
+        self._last_split: str | None = None
         self.written: list[DataFile] = []
 
     def add(self, table: pa.Table, entry: VideoEntry, *, nbytes: int | None = None) -> list[DataFile]:
         """Append one video's rows (``table`` in the writer's schema, frames in order; ``nbytes``: its size in
         memory when the caller knows it)."""
+        closed = []
+        if self._last_split is not None and self._last_split != entry.split and self._last_split in self._open:
+            # rows come in split order: the split before is done, its file closes (one open upload at a time)
+            closed.append(self._close(self._last_split))
+        self._last_split = entry.split
         current = self._open.get(entry.split)
         if current is None:
             current = self._open[entry.split] = _OpenFile(self, entry.split)
         current.add(table, entry, table.nbytes if nbytes is None else nbytes)
         if current.estimated_bytes() >= self.target_file_bytes:
-            return [self._close(entry.split)]
-        return []
+            closed.append(self._close(entry.split, full=True))
+        return closed
 
     def add_videos(self, table: pa.Table, entries: Sequence[VideoEntry]) -> list[DataFile]:
         """Append the rows of consecutive whole videos (``entries`` in the order of their rows in ``table``)."""
@@ -534,8 +544,9 @@ class FileWriter:
             storage.remove_tree(self.loc.fs, storage.join(self.loc.path, data_file.path))
         self.written.clear()
 
-    def _close(self, split: str) -> DataFile:
+    def _close(self, split: str, *, full: bool = False) -> DataFile:
         data_file = self._open.pop(split).close()
+        data_file.full = full
         self.written.append(data_file)
         return data_file
 
@@ -548,7 +559,8 @@ class _OpenFile:
         self.path = storage.join(owner.loc.path, self.relative)
         if owner.loc.is_local:
             owner.loc.fs.makedirs(storage.join(owner.loc.path, f"split={split}"), exist_ok=True)
-        self.handle = owner.loc.fs.open(self.path, "wb")
+        # an object store's upload buffers a part of UPLOAD_PART_BYTES (s3fs's default is 50 MB) before sending it
+        self.handle = owner.loc.fs.open(self.path, "wb", block_size=None if owner.loc.is_local else UPLOAD_PART_BYTES)
         self.writer = pq.ParquetWriter(
             self.handle,
             owner.schema,
