@@ -308,3 +308,21 @@ def test_prediction_rows_of_a_batch_keep_each_video_whole_and_in_order():
     assert set(table.column("model_id").to_pylist()) == {"m1"} and set(table.column("dataset_version").to_pylist()) == {
         "7"
     }
+
+
+def test_scoring_shortens_the_gil_switch_interval_only_while_it_runs(tmp_path):
+    import sys
+
+    seen = []
+
+    def predict(features):
+        seen.append(sys.getswitchinterval())
+        return [{"arousal": (np.zeros(len(f), np.float32),) * 2} for f in features]
+
+    bundle = make_bundle()
+    before = sys.getswitchinterval()
+    score_videos(
+        bundle, iter(corpus()), str(tmp_path / "p"), feature_names=bundle.feature_names, progress=False, predict=predict
+    )
+    assert seen and set(seen) == {min(before, scoring.SWITCH_INTERVAL_S)}
+    assert sys.getswitchinterval() == before
