@@ -73,9 +73,27 @@ def _same(A, B, n):
     return True
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _grown(array, size, fill):
+    """array with its first axis grown to ``size``: the first len(array) entries kept, the new ones ``fill``."""
+    out = np.full((size,) + array.shape[1:], fill, dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def riccati_forward(mask, F, H, Q, R, P0, size):
-    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n) and gains K (Bc, T, n, m)."""
+    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
+    computed (the others were shared).
+
+    A step is a function of its input P_{t-1} and mu_t only, so distinct steps are computed once and shared: node 0
+    is the prior P_0, every other node one computed step, whose (P_t, K_t) lie at the row and frame where it was
+    computed, and ``succ[node, mu]`` is the node that follows a node when the next frame is (mu = 1) or is not
+    (mu = 0) observed. Rows whose masks share a prefix share its steps; a step whose output equals, bit for bit, that
+    of its input's node (a fixed point) or of that node's parent (the two-cycle rounding often settles into) leads
+    back to that node, so a settled stretch, and the same gap after it, cost no new steps within a row or across
+    rows. Copying a computed step is exact. A mask value other than 0 and 1 is computed without sharing.
+    """
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
     m = n
@@ -84,24 +102,44 @@ def riccati_forward(mask, F, H, Q, R, P0, size):
     Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
     Bm, t2 = np.empty((n, m)), np.empty((n, m))
+    capacity = 256
+    succ, parent = np.full((capacity, 2), -1), np.full(capacity, -1)
+    at_row, at_frame = np.full(capacity, -1), np.full(capacity, -1)
+    count, computed = 1, 0
     for b in range(Bc):
+        current = 0
         for t in range(T):
-            # A step is a function of its input P_{t-1} and mu_t only. Once the recursion settles (a fixed point,
-            # or the two-cycle rounding often leaves), an input equal bit for bit to that of one of the two steps
-            # before gives that step's outputs: copying them is exact.
-            if t >= 2 and mask[b, t] == mask[b, t - 1] and _same(covs[b, t - 1], covs[b, t - 2], n):
-                covs[b, t] = covs[b, t - 1]
-                gains[b, t] = gains[b, t - 1]
+            mu = mask[b, t]
+            key = 1 if mu == 1.0 else (0 if mu == 0.0 else -1)
+            following = succ[current, key] if key >= 0 else -1
+            if following >= 0:
+                covs[b, t] = covs[at_row[following], at_frame[following]]
+                gains[b, t] = gains[at_row[following], at_frame[following]]
+                current = following
                 continue
-            if t >= 3 and mask[b, t] == mask[b, t - 2] and _same(covs[b, t - 1], covs[b, t - 3], n):
-                covs[b, t] = covs[b, t - 2]
-                gains[b, t] = gains[b, t - 2]
-                continue
-            P = P0 if t == 0 else covs[b, t - 1]
-            K = gains[b, t]
-            _riccati_step(P, mask[b, t], F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n)
-            _joseph(Pp, K, Mm, R, covs[b, t], t1, t2, t3, n)
-    return covs, gains
+            computed += 1
+            P = P0 if current == 0 else covs[at_row[current], at_frame[current]]
+            _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, gains[b, t], Mm, t1, n)
+            _joseph(Pp, gains[b, t], Mm, R, covs[b, t], t1, t2, t3, n)
+            following = -1
+            for earlier in (current, parent[current]):
+                if earlier > 0:
+                    r, f = at_row[earlier], at_frame[earlier]
+                    if _same(covs[b, t], covs[r, f], n) and _same(gains[b, t], gains[r, f], n):
+                        following = earlier
+                        break
+            if following < 0:
+                if count == capacity:
+                    capacity *= 2
+                    succ, parent = _grown(succ, capacity, -1), _grown(parent, capacity, -1)
+                    at_row, at_frame = _grown(at_row, capacity, -1), _grown(at_frame, capacity, -1)
+                following = count
+                count += 1
+                parent[following], at_row[following], at_frame[following] = current, b, t
+            if key >= 0:
+                succ[current, key] = following
+            current = following
+    return covs, gains, computed
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
