@@ -64,10 +64,13 @@ class IngestResult:
     videos: int
     seconds: float
     source_bytes: int
-    mb_per_s: float
     videos_written: int = 0
     files_written: int = 0
     notes: list[str] = field(default_factory=list)  # what the reader skipped, one line each
+    mb_per_s: float = field(init=False)  # source megabytes read per second of the ingest
+
+    def __post_init__(self) -> None:
+        self.mb_per_s = self.source_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -725,7 +728,6 @@ class VideoIngest:
             videos=len(self.videos),
             seconds=seconds,
             source_bytes=source_bytes,
-            mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
             videos_written=written,
             files_written=files,
             notes=list(self.tally.notes),
@@ -848,7 +850,6 @@ def _ingest_whole(
         videos=len(corpus.videos),
         seconds=seconds,
         source_bytes=source_bytes,
-        mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
         videos_written=written,
         files_written=files,
         notes=json.loads(corpus.metadata.get("notes", "[]")),
@@ -930,7 +931,6 @@ def migrate(
         videos=len(hashes),
         seconds=time.perf_counter() - started,
         source_bytes=int(sum(int(e.get("bytes", 0)) for e in manifest["files"])),
-        mb_per_s=0.0,
         videos_written=written,
         files_written=files,
     )

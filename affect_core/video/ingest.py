@@ -82,5 +82,4 @@ def ingest_videos(
         videos=len(corpus.videos),
         seconds=seconds,
         source_bytes=source_bytes,
-        mb_per_s=source_bytes / 1e6 / seconds if seconds > 0 else 0.0,
     )
