@@ -82,10 +82,9 @@ class ScoreResult:
     frames: int
     skipped: int
     seconds: float
-    # Seconds before the first videos were scored that are not scoring: a Ray job's actors starting (importing,
-    # loading the model, opening the dataset) up to its first results; 0 in this process.
+    # Seconds before the first video's scoring began that are not scoring: a Ray job's actors starting (importing,
+    # loading the model, opening the dataset); 0 in this process.
     startup_seconds: float = 0.0
-    startup_frames: int = 0  # frames of those first results (scored within startup_seconds)
 
     @property
     def frames_per_second(self) -> float:
@@ -123,6 +122,14 @@ def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[
             for dim in trained.dimensions:
                 tracks[dim] = prediction.track(dim)
     return out
+
+
+def write_predicted(
+    files: delta.FileWriter, videos: Sequence[Video], tracks: Sequence[Tracks], model_id: str, dataset_version: str
+) -> list[delta.DataFile]:
+    """Append the prediction rows of consecutive videos to table files; returns the files this closed."""
+    table = prediction_rows(videos, tracks, model_id, dataset_version)
+    return files.add_videos(table, [delta.VideoEntry(v.video_id, v.split, v.num_frames) for v in videos])
 
 
 def prediction_rows(
@@ -292,26 +299,19 @@ class PredictionWriter:
         if self.failed:  # a batch before this one failed: the job stops committing
             return
         try:
-            table = prediction_rows(videos, tracks, self.model_id, self.target.dataset_version)
-            entries = [delta.VideoEntry(v.video_id, v.split, v.num_frames) for v in videos]
-            self.ready += self.files.add_videos(table, entries)
+            self.ready += write_predicted(self.files, videos, tracks, self.model_id, self.target.dataset_version)
             if self._due():
                 self.commit(flush=not self.ready)
         except BaseException:
             self.failed = True
             raise
 
-    def add_rows(self, table: pa.Table) -> None:
-        """Add prediction rows (PREDICTION_SCHEMA) of whole videos, grouped by video, as a scorer elsewhere (a Ray
-        actor) produced them."""
-        splits = table.column("split")
-        entries = [
-            delta.VideoEntry(video_id, str(splits[start].as_py()), length)
-            for video_id, (start, length) in delta.video_slices(table).items()
-        ]
-        self.ready += self.files.add_videos(table, entries)
-        if self._due():
-            self.commit(flush=not self.ready)
+    def add_files(self, files: Sequence[delta.DataFile]) -> None:
+        """Commit table files of predictions that a scorer elsewhere (a Ray actor) wrote: with the next commit, which
+        is now. They are deleted by :meth:`abort` until committed."""
+        self.files.written += files
+        self.ready += files
+        self.commit(flush=False)
 
     def _due(self) -> bool:
         """Whether to commit now: a file filled up, or commit_seconds passed since the last commit."""

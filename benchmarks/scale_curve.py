@@ -139,7 +139,7 @@ def stage_ray(url: str, out: str, model: str, options: dict | None) -> dict[str,
     startup = time.perf_counter() - started
     result = score_dataset(url, model, out, storage_options=options, cpus_per_actor=1.0, actors=2, min_actors=2)
     return {
-        "frames": result.frames - result.startup_frames,  # the first results' frames count with the start-up
+        "frames": result.frames,
         "startup_s": startup,
         "actors_s": result.startup_seconds,
     }
@@ -286,7 +286,7 @@ def main() -> None:
                         f"{result.get('shared_mb', 0):.0f} MB"
                     )
                     notes += (
-                        f"; apart: Ray start-up {result['startup_s']:.1f} s, actors up to their first results "
+                        f"; apart: Ray start-up {result['startup_s']:.1f} s, actors up to their first call "
                         f"{result['actors_s']:.1f} s"
                     )
                     work_s = result["work_s"] - result["startup_s"] - result["actors_s"]

@@ -12,12 +12,14 @@ import pytest
 from affect_core import scoring
 from affect_core.artifact import load_bundle
 from affect_core.config import RunConfig
+from affect_core.data import delta
 from affect_core.data.dataset import dataset_info, iter_videos, read_corpus
 from affect_core.experiment import plan_seed_tasks, run_seed
 from affect_core.scoring import finished_videos, read_predictions, score_videos
 from affect_core.storage import resolve
 from tests.test_ray_train import affect, make_dataset
 from tuning.cluster import ray_storage, shareable_storage_options, worker_env
+from tuning.score import call_blocks
 
 COLUMNS = ("arousal", "valence", "arousal_var", "valence_var", "time_s")
 
@@ -73,6 +75,14 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
                 atol=1e-5,
             )
 
+    # The actors wrote the files, a call's at a time (several calls: several commits), and the driver committed every
+    # file they wrote: none is left on storage outside the table.
+    loc = resolve(predictions, options)
+    committed_files = {f.path for f in delta.snapshot(loc).files}
+    on_storage = {path[len(loc.path) :].lstrip("/") for path in loc.fs.find(loc.path) if path.endswith(".parquet")}
+    assert on_storage == committed_files and len(committed_files) >= 2
+    assert len(delta.versions(loc)) >= 2
+
     # A crashed job committed some videos; the Ray re-run scores only the others.
     crashed = f"{base}/crashed"
     real, seen, batch = scoring.prediction_rows, [], scoring.BATCH_VIDEOS
@@ -100,6 +110,24 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
         frames = table.column("frame").to_pylist()
         assert frames == list(range(expected[video_id].num_rows)), f"{video_id}: duplicate or missing frames"
     assert s3_server.secret_key not in done.stdout + done.stderr + again.stdout + again.stderr
+
+
+def test_call_blocks_cover_the_videos_to_do_in_order_and_files_travel_whole(tmp_path):
+    entries = [delta.VideoEntry(f"v{i}", "train", frames) for i, frames in enumerate([5, 5, 20, 1, 1, 1, 9])]
+    blocks = list(call_blocks(iter(entries), {"v1"}, call_frames=10))
+    assert [b.column("video_id").to_pylist() for b in blocks] == [["v0", "v2"], ["v3", "v4", "v5", "v6"]]
+
+    loc = resolve(str(tmp_path / "predictions"))
+    files = delta.FileWriter(loc, scoring.PREDICTION_SCHEMA, target_file_bytes=1 << 30)
+    videos = [scoring.Video(f"v{i}", "dev", np.zeros((3, 2), np.float32), np.arange(3) / 25.0, 25.0) for i in (1, 2)]
+    tracks = [{"arousal": (np.ones(3, np.float32), np.ones(3, np.float32))} for _ in videos]
+    scoring.write_predicted(files, videos, tracks, "m", "0")
+    written = files.close()
+    back = delta.table_files(delta.files_table(written), "test")
+    assert [(f.path, f.split, f.size, f.rows, f.full) for f in back] == [
+        (f.path, f.split, f.size, f.rows, f.full) for f in written
+    ]
+    assert back[0].index.equals(written[0].index) and back[0].video_count == 2
 
 
 def test_s3_secrets_travel_as_environment_never_in_options_or_filesystems(monkeypatch):

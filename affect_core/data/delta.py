@@ -357,6 +357,44 @@ def decode_index(raw: bytes, where: str) -> pa.Table:
     return table
 
 
+# The columns that describe written, uncommitted table files handed from the process that wrote them to the one that
+# commits them (a Ray actor to its driver): one row per file, its index as footer text.
+FILES_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("split", pa.string()),
+        ("size", pa.int64()),
+        ("rows", pa.int64()),
+        ("full", pa.bool_()),
+        ("index", pa.string()),
+    ]
+)
+
+
+def files_table(files: Sequence[DataFile]) -> pa.Table:
+    """Written files (with their indexes) as a FILES_SCHEMA table."""
+    return pa.table(
+        {
+            "path": [f.path for f in files],
+            "split": [f.split for f in files],
+            "size": [f.size for f in files],
+            "rows": [f.rows for f in files],
+            "full": [f.full for f in files],
+            "index": [encode_index(f.index if f.index is not None else INDEX_SCHEMA.empty_table()) for f in files],
+        },
+        schema=FILES_SCHEMA,
+    )
+
+
+def table_files(table: pa.Table, where: str) -> list[DataFile]:
+    """The files a :func:`files_table` describes."""
+    rows = table.select(FILES_SCHEMA.names).to_pylist()
+    return [
+        DataFile(r["path"], r["split"], r["size"], r["rows"], decode_index(r["index"].encode(), where), r["full"])
+        for r in rows
+    ]
+
+
 def index_from_columns(columns: dict[str, list[Any]], where: str) -> pa.Table:
     """An index table (INDEX_SCHEMA) from its columns as lists; an absent optional column is zeros or empty."""
     count = len(columns.get("video_id", []))
