@@ -633,6 +633,20 @@ def bundle_features(bundle: ModelBundle, info: Any) -> tuple[str | None, list[st
         return None, list(info.feature_names)
 
 
+def scored_version(
+    predictions: PredictionStore, dataset_url: str, storage_options: dict[str, Any] | None
+) -> str | None:
+    """The version of ``dataset_url`` to read beside ``predictions``: the one they were scored from when the URL
+    names that table and pins no version itself; else None (the URL's own version, or the latest)."""
+    url, pinned = delta.parse_versioned_url(dataset_url)
+    target = predictions.target
+    if pinned is not None or not target.dataset_version or not target.dataset_url:
+        return None
+    if resolve(url, storage_options).display() != target.dataset_url:
+        return None
+    return target.dataset_version
+
+
 class PredictionStore(Mapping[str, pa.Table]):
     """The predictions of one table version as a read-only mapping {video id: its rows (PREDICTION_SCHEMA)}, in the
     table's order (split, then natural id). Memory stays flat whatever the table holds: the index is the snapshot's

@@ -594,20 +594,25 @@ def run_score(job: ScoreJob) -> Any:
 
 
 def run_evaluate(job: EvaluateJob) -> dict[str, Any]:
-    """Evaluate predictions against the gold standard; writes the metrics JSON and returns them."""
+    """Evaluate predictions against the gold standard; writes the metrics JSON and returns them.
+
+    The labels are read at the dataset version the predictions were made from, when the dataset URL names the table
+    they were scored from without a version of its own (``URL@VERSION`` picks another)."""
     import json
 
     from affect_core.data.dataset import iter_videos
-    from affect_core.scoring import evaluate_predictions, read_predictions
+    from affect_core.scoring import evaluate_predictions, read_predictions, scored_version
     from affect_core.storage import resolve, write_bytes_atomic
 
     check_required(job)
     pred_options = storage_options_for(job.predictions_url, job.s3_endpoint)
+    data_options = storage_options_for(job.dataset_url, job.s3_endpoint)
     predictions = read_predictions(job.predictions_url, pred_options)
     videos = iter_videos(
         job.dataset_url,
         video_ids=predictions.video_ids(),
-        storage_options=storage_options_for(job.dataset_url, job.s3_endpoint),
+        version=scored_version(predictions, job.dataset_url, data_options),
+        storage_options=data_options,
     )
     result = evaluate_predictions(predictions, videos)
     target = (

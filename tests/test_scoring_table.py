@@ -167,3 +167,26 @@ def test_info_and_export_of_a_predictions_table(dataset, tmp_path):
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.num_rows == ds.dataset_info(dataset).rows
     assert set(table.column("model_id").to_pylist()) == {load_bundle(model).model_id}
+
+
+def test_evaluation_reads_the_labels_of_the_version_that_was_scored(dataset, tmp_path):
+    from flows.jobs import EvaluateJob, run_evaluate
+
+    model = bundle_for(dataset, 1, tmp_path, "a")
+    out = str(tmp_path / "pred")
+    scoring.score_dataset(dataset, model, out, progress=False)
+    labels = tmp_path / "src" / "labels" / "dev_1.csv"
+    lines = labels.read_text().splitlines()
+    changed = [lines[0]] + [f"{t},{-float(a):.6f},{v}" for t, a, v in (line.split(",") for line in lines[1:])]
+    labels.write_text("\n".join(changed) + "\n")
+    ds.ingest(str(tmp_path / "src"), dataset, layout="csv", progress=False)  # version 1: other gold labels
+    store = scoring.read_predictions(out)
+    at_scored = scoring.evaluate_predictions(store, ds.iter_videos(f"{dataset}@0", video_ids=store.video_ids()))
+    at_latest = scoring.evaluate_predictions(store, ds.iter_videos(f"{dataset}@1", video_ids=store.video_ids()))
+    assert at_scored["dev"]["arousal"] != at_latest["dev"]["arousal"]
+
+    assert run_evaluate(EvaluateJob(out, dataset, out=str(tmp_path / "a.json"))) == at_scored
+    assert run_evaluate(EvaluateJob(out, f"{dataset}@1", out=str(tmp_path / "b.json"))) == at_latest
+    copy = str(tmp_path / "copy")
+    ds.ingest(str(tmp_path / "src"), copy, layout="csv", progress=False)  # another table: its latest version
+    assert run_evaluate(EvaluateJob(out, copy, out=str(tmp_path / "c.json"))) == at_latest
