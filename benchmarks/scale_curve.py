@@ -94,8 +94,9 @@ def make_bundle(path: str, options: dict | None) -> None:
 def stage_score(url: str, out: str, model: str, options: dict | None) -> dict[str, Any]:
     from affect_core.scoring import score_dataset
 
+    cpu = time.process_time()
     result = score_dataset(url, model, out, storage_options=options, progress=False)
-    return {"frames": result.frames}
+    return {"frames": result.frames, "cpu_s": time.process_time() - cpu}
 
 
 def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
     started = time.perf_counter()
     frames = sum(v.num_frames for v in iter_videos(url, storage_options=options))
     read_s = time.perf_counter() - started
+    cpu = time.process_time()
     result = score_videos(
         Zeros(),
         iter_videos(url, storage_options=options),
@@ -127,7 +129,7 @@ def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
         dataset_version=info.version,
         predict=Zeros.predict_batch,
     )
-    return {"frames": frames, "read_only_s": read_s, "pipeline_s": result.seconds}
+    return {"frames": frames, "read_only_s": read_s, "pipeline_s": result.seconds, "cpu_s": time.process_time() - cpu}
 
 
 def stage_ray(url: str, out: str, model: str, options: dict | None) -> dict[str, Any]:
@@ -280,6 +282,8 @@ def main() -> None:
                 if stage == "floor":
                     notes += f"; read only {result['read_only_s']:.2f} s"
                     work_s = result["pipeline_s"]
+                if "cpu_s" in result:  # CPU seconds of the work, over all its threads (2 cores: at most 2 a second)
+                    notes += f"; CPU {result['cpu_s']:.2f} s"
                 if stage == "ray":
                     notes += (
                         f"; driver: private peak {result.get('private_mb', 0):.0f} MB, object-store pages mapped "
