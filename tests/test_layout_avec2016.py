@@ -70,6 +70,12 @@ def test_per_rater_ratings_are_read_and_kept_in_the_dataset(release, tmp_path: P
     assert_same_corpus(back, corpus)
     for name, trace in original.ratings.items():
         np.testing.assert_array_equal(back.videos[0].ratings[name], trace)
+    source = {v.video_id: v for v in corpus.videos}
+    for video in back.videos:  # every video of a row group gets its own rows' ratings
+        expected = source[video.video_id].ratings
+        assert (video.ratings is None) == (expected is None) and sorted(video.ratings or {}) == sorted(expected or {})
+        for name, trace in (expected or {}).items():
+            np.testing.assert_array_equal(video.ratings[name], trace)
     assert back.dimension_columns(("arousal",)) == list(range(10))
     assert back.metadata["pooled"] == "true"
     info = dataset_info(str(tmp_path / "dataset"))

@@ -1062,14 +1062,26 @@ def _to_video(table: pa.Table, ranges: list[tuple[int, int]], fps: float | None,
         else:
             labels[dimension] = None
     video = Video(video_id, split, np.ascontiguousarray(features, dtype=np.float32), time_s, fps, **labels)
-    metadata = table.schema.metadata or {}
-    if "ratings" in table.column_names and f"{META_PREFIX}ratings".encode() in metadata:
-        names = json.loads(metadata[f"{META_PREFIX}ratings".encode()])
-        matrix = table.column("ratings").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        matrix = matrix.astype(np.float32).reshape(-1, len(names))
-        ratings = {name: matrix[:, j].copy() for j, name in enumerate(names) if not np.isnan(matrix[:, j]).all()}
-        video.ratings = ratings or None
+    rated = _rating_matrix(table)
+    if rated is not None:
+        video.ratings = _video_ratings(*rated)
     return video
+
+
+def _rating_matrix(table: pa.Table) -> tuple[list[str], np.ndarray] | None:
+    """(rater track names, (rows, tracks) float32 ratings) of a table with per-rater ratings, else None."""
+    metadata = table.schema.metadata or {}
+    if "ratings" not in table.column_names or f"{META_PREFIX}ratings".encode() not in metadata:
+        return None
+    names = json.loads(metadata[f"{META_PREFIX}ratings".encode()])
+    matrix = table.column("ratings").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return names, matrix.astype(np.float32).reshape(-1, len(names))
+
+
+def _video_ratings(names: list[str], matrix: np.ndarray) -> dict[str, np.ndarray] | None:
+    """One video's rows of a rating matrix as {track: (T,)}, leaving out tracks with no rating at all."""
+    ratings = {name: matrix[:, j].copy() for j, name in enumerate(names) if not np.isnan(matrix[:, j]).all()}
+    return ratings or None
 
 
 def _row_group_videos(
@@ -1080,9 +1092,10 @@ def _row_group_videos(
     where: str,
 ) -> Iterator[Video]:
     """The videos of one row group of a dataset table (``picks``: (entry, first row, rows) of each), converted
-    column by column for the whole row group at once; each video's arrays are views of its rows. A video whose frames
-    are not in order (not a file written here) goes through :func:`_to_video`."""
-    if fps is None or "ratings" in table.column_names:
+    column by column for the whole row group at once; each video's arrays are views of its rows (its per-rater
+    ratings, copies). A video whose frames are not in order (not a file written here) goes through
+    :func:`_to_video`."""
+    if fps is None:
         for _, start, length in picks:
             yield _to_video(table.slice(start, length), ranges, fps, where)
         return
@@ -1099,6 +1112,7 @@ def _row_group_videos(
             column = table.column(dimension)
             values = column.cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
             labels[dimension] = (values, column.is_valid().to_numpy(zero_copy_only=False))
+    rated = _rating_matrix(table)
     for entry, start, length in picks:
         stop = start + length
         if ((backwards > start) & (backwards < stop)).any():
@@ -1106,7 +1120,10 @@ def _row_group_videos(
             continue
         dims = {d: (v[start:stop] if valid[start:stop].any() else None) for d, (v, valid) in labels.items()}
         dims = {d: dims.get(d) for d in AFFECT_DIMENSIONS}
-        yield Video(entry.video_id, entry.split, features[start:stop], time_s[start:stop], fps, **dims)
+        video = Video(entry.video_id, entry.split, features[start:stop], time_s[start:stop], fps, **dims)
+        if rated is not None:
+            video.ratings = _video_ratings(rated[0], rated[1][start:stop])
+        yield video
 
 
 def _feature_matrix(table: pa.Table, where: str) -> np.ndarray:
