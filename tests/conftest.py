@@ -4,18 +4,31 @@ Each service is session-scoped, started only when a test first asks for it and s
 session; everything binds to 127.0.0.1 and keeps its data under pytest's temporary directory. Tests that use
 them are marked ``@pytest.mark.services``. A test that stops a shared service (to simulate an outage) must
 start it again before it returns, in a ``finally``.
+
+``ingested_source`` is the data tests' re-ingest set-up: a small generated csv source ingested once.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from corpus_checks import IngestedSource, make_source
 
 from affect_services import PrefectServer, RayCluster, SeaweedS3
 
 S3_TEST_BUCKET = "affect-test"
+
+
+@pytest.fixture
+def ingested_source(tmp_path: Path) -> IngestedSource:
+    """A small csv source at ``tmp_path/src`` (2 videos per split), ingested once into ``tmp_path/ds``."""
+    from affect_core.data.dataset import ingest
+
+    root, url = make_source(tmp_path / "src"), str(tmp_path / "ds")
+    return IngestedSource(root, url, ingest(str(root), url, layout="csv", progress=False))
 
 
 @pytest.fixture(scope="session")
