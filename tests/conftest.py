@@ -10,6 +10,7 @@ start it again before it returns, in a ``finally``.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,12 @@ from corpus_checks import IngestedSource, make_source
 from affect_services import PrefectServer, RayCluster, SeaweedS3
 
 S3_TEST_BUCKET = "affect-test"
+
+# A Ray node stopped with SIGTERM (`ray start --block`: the session's cluster, the local stack's) first drains for up to
+# 30 s while any actor is alive, such as the autoscaling coordinator that Ray Train leaves behind: time for a Serve
+# proxy to quiesce on Kubernetes, which nothing here runs. 0 turns the wait off; the nodes then stop at once, and
+# each stop still checks that no process of theirs is left. Set before any test starts a node or imports ray.
+os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
 
 
 @pytest.fixture
