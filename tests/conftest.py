@@ -4,18 +4,38 @@ Each service is session-scoped, started only when a test first asks for it and s
 session; everything binds to 127.0.0.1 and keeps its data under pytest's temporary directory. Tests that use
 them are marked ``@pytest.mark.services``. A test that stops a shared service (to simulate an outage) must
 start it again before it returns, in a ``finally``.
+
+``ingested_source`` is the data tests' re-ingest set-up: a small generated csv source ingested once.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from corpus_checks import IngestedSource, make_source
 
 from affect_services import PrefectServer, RayCluster, SeaweedS3
 
 S3_TEST_BUCKET = "affect-test"
+
+# A Ray node stopped with SIGTERM (`ray start --block`: the session's cluster, the local stack's) first drains for up to
+# 30 s while any actor is alive, such as the autoscaling coordinator that Ray Train leaves behind: time for a Serve
+# proxy to quiesce on Kubernetes, which nothing here runs. 0 turns the wait off; the nodes then stop at once, and
+# each stop still checks that no process of theirs is left. Set before any test starts a node or imports ray.
+os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+
+
+@pytest.fixture
+def ingested_source(tmp_path: Path) -> IngestedSource:
+    """A small csv source at ``tmp_path/src`` (2 videos per split), ingested once into ``tmp_path/ds``."""
+    from affect_core.data.dataset import ingest
+
+    root, url = make_source(tmp_path / "src"), str(tmp_path / "ds")
+    return IngestedSource(root, url, ingest(str(root), url, layout="csv", progress=False))
 
 
 @pytest.fixture(scope="session")

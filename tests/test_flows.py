@@ -1,7 +1,7 @@
 """The Prefect flows against a real Prefect server: outputs, artifacts, resume after a crash, schedule files.
 
 Training and scoring run in this process (no RAY_ADDRESS); the search runs on an in-process Ray, the one tuner. The
-pipeline on S3 with a real Ray cluster is in tests/test_flows_services.py.
+pipeline on S3 with a real Ray cluster is in tests/test_infra.py (on the local stack).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 # ruff: noqa: F811 - the fixtures imported from test_flows are test arguments here
-"""The flows with real services: a schedule that fires on a Prefect server, a storage outage survived by retry,
-and the pipeline end to end on SeaweedFS S3 with a real two-node Ray cluster (RAY_ADDRESS)."""
+"""The flows with real services: a schedule that fires on a Prefect server, a storage outage survived by retry, and
+every deployment of schedules.yaml run through its flow on SeaweedFS S3.
+
+The pipeline end to end on SeaweedFS S3 with a real two-node Ray cluster (RAY_ADDRESS) and a Prefect server runs on
+the local stack that `make stack-up` starts: tests/test_infra.py."""
 
 from __future__ import annotations
 
@@ -17,10 +20,7 @@ from typing import Any
 import pytest
 import s3fs
 import yaml
-from test_flows import artifacts, by_key, corpus_dir, prefect_api, run_flow  # noqa: F401 - fixtures
-
-from affect_core.scoring import finished_videos
-from affect_core.storage import resolve
+from test_flows import corpus_dir, prefect_api, run_flow  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.services
 OUTAGE_S = 15.0  # longer than s3fs's and botocore's own retries, shorter than the task's retry budget
@@ -134,88 +134,6 @@ def test_storage_outage_is_retried(
     assert ingest_run.run_count >= 2, "the first attempt should have failed while S3 was down"
     assert not result["unchanged"] and result["videos"] == 6
     assert len(read_corpus(dataset).videos) == 6
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # Ray Train start-up dominates; a loaded 2-core machine needs minutes
-def test_pipeline_on_s3_with_a_ray_cluster(
-    prefect_server: Any,
-    s3_server: Any,
-    s3_url: str,
-    ray_cluster: Any,
-    corpus_dir: str,
-    tmp_path: Path,
-) -> None:
-    """`affect pipeline` with dataset and run on SeaweedFS and Ray at RAY_ADDRESS; no secret in any output."""
-    env = dict(os.environ)
-    env.update({**s3_server.env(), **ray_cluster.env(), **prefect_server.env()})
-    dataset, run = f"{s3_url}/dataset", f"{s3_url}/run"
-    argv = [
-        sys.executable,
-        "-m",
-        "affect_cli.main",
-        "pipeline",
-        corpus_dir,
-        dataset,
-        "--out",
-        run,
-        "--s3-endpoint",
-        s3_server.endpoint_url,
-        "--tune-num-samples",
-        "1",
-        "--dimension",
-        "arousal",
-        "--tune-epochs",
-        "1",
-        "--seeds",
-        "2",
-        "--epochs",
-        "1",
-        "--report-videos",
-        "1",
-        "--no-progress",
-    ]
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1700, cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    assert "report:" in result.stdout and f"{run}/predictions" in result.stdout
-
-    fs = s3fs.S3FileSystem(**s3_server.storage_options())
-    base = run[len("s3://") :]
-    assert len(finished_videos(resolve(f"{run}/predictions", s3_server.storage_options()))) == 6
-    assert {p.rsplit("/", 1)[1] for p in fs.ls(f"{base}/report")} >= {
-        "summary.md",
-        "ablation.png",
-        "lag.png",
-        "curves-dev_1.png",
-        "tuning.png",
-    }
-    assert fs.exists(f"{base}/tuning/best_config.yaml") and fs.exists(f"{base}/tuning/trials.parquet")
-    import pyarrow.parquet as pq
-
-    with fs.open(f"{base}/results.parquet", "rb") as handle:
-        rows = pq.read_table(handle).to_pylist()
-    assert {r["seed"] for r in rows} == {0, 1} and all(r["node"] for r in rows)
-
-    secret = s3_server.secret_key
-    assert secret not in output
-    texts = [fs.cat(p).decode("utf-8", "replace") for p in fs.find(base) if p.endswith((".md", ".json", ".yaml"))]
-    assert texts and not any(secret in t for t in texts)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
-        published = artifacts(
-            keys=[
-                "affect-report",
-                "affect-train-results",
-                "affect-ingest",
-                "affect-score",
-                "affect-tune",
-                "affect-report-ablation",
-            ]
-        )
-    assert len({a.key for a in published}) == 6
-    assert not any(secret in str(a.data) or secret in str(a.description) for a in published)
 
 
 # The sizes of the deployments' searches and trainings, and the GPUs they ask for, cut to what a 2-core machine

@@ -4,8 +4,9 @@ Every manifest parses; Kubernetes objects validate against the Kubernetes schema
 schemas, so this runs offline); the KubeRay custom resources have the fields KubeRay requires; the Ray cluster
 launcher file validates against Ray's own schema; every `affect ...` command in them is a real CLI command whose
 arguments parse; image, versions, ports and environment names agree with infra/names.yaml and the package; the
-Dockerfile is linted. The last test starts the local stack with `make stack-up`, runs the pipeline flow against it
-and checks that `make stack-down` leaves no process behind.
+Dockerfile is linted. The last test starts the local stack with `make stack-up`, submits a Ray job through its job
+server, runs the pipeline flow against it (the project's one end-to-end run on S3 with a Ray cluster and a Prefect
+server) and checks that `make stack-down` leaves no process behind.
 """
 
 from __future__ import annotations
@@ -627,9 +628,68 @@ def read_exports(text: str) -> dict[str, str]:
     return env
 
 
+# Submits a job through the job server named by RAY_ADDRESS and prints its final status and its logs.
+JOB_CLIENT = """
+import json, os, sys, time
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+client = JobSubmissionClient(os.environ["RAY_ADDRESS"])
+job = client.submit_job(entrypoint=sys.argv[1])
+deadline = time.monotonic() + 240
+while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+    if time.monotonic() > deadline:
+        sys.exit(f"job {job} still {status} after 240 s")
+    time.sleep(0.5)
+print(json.dumps({"status": status.value, "logs": client.get_job_logs(job), "jobs": len(client.list_jobs())}))
+"""
+# The job's driver joins the cluster it was submitted to.
+JOB_ENTRYPOINT = (
+    "python -c \"import ray; ray.init(); print('alive nodes', sum(n['Alive'] for n in ray.nodes())); ray.shutdown()\""
+)
+STACK_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AFFECT_S3_ENDPOINT"} | {
+    "PREFECT_API_URL",
+    "RAY_ADDRESS",
+    "AFFECT_RAY_GCS_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN_PATH",
+}
+PIPELINE_ARTIFACTS = {
+    "affect-report",
+    "affect-train-results",
+    "affect-ingest",
+    "affect-score",
+    "affect-tune",
+    "affect-report-ablation",
+}
+
+
+def prefect_filter(api_url: str, what: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``POST <api>/<what>/filter``: the flow runs or artifacts the Prefect server holds."""
+    request = urllib.request.Request(
+        f"{api_url}/{what}/filter",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 @pytest.mark.services
 @pytest.mark.slow
-def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)  # a loaded 2-core machine needs minutes for the pipeline's Ray Train start-ups
+def test_make_stack_up_runs_a_ray_job_and_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_path: Path) -> None:
+    """`make stack-up` starts SeaweedFS, a Prefect server and a two-node Ray cluster with its job server on 127.0.0.1
+    and exports their environment; a job submitted through the exported RAY_ADDRESS runs on the cluster; `affect
+    pipeline` in that environment (dataset and run on the stack's S3, Ray through the GCS address) completes, is
+    recorded by the Prefect server, writes its outputs and shows no secret anywhere; `make stack-down` stops exactly
+    the processes stack-up started and leaves nothing behind."""
+    from test_services import alive, assert_loopback_only
+
+    from affect_core.scoring import finished_videos
+    from affect_core.storage import resolve
+    from affect_services import listening_sockets, recorded_pids_alive
+
     stack_dir = tmp_path / "stack"
     make = [
         "make",
@@ -641,21 +701,51 @@ def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_
     ]
     up = subprocess.run([*make, "stack-up"], cwd=REPO, capture_output=True, text=True, timeout=300)
     recorded: list[dict[str, Any]] = []
+    scratch_dirs: list[Path] = []
+    pids: list[int] = []
     try:
         assert up.returncode == 0, up.stderr[-3000:]
+        assert (stack_dir / "state.json").stat().st_mode & 0o077 == 0
         state = json.loads((stack_dir / "state.json").read_text())
+        assert set(state["services"]) == {"s3", "prefect", "ray"}
         recorded = [record for service in state["services"].values() for record in service["processes"]]
         assert recorded
+        scratch_dirs = [Path(path) for path in state["scratch_dirs"]]
         env = read_exports(up.stdout)
         assert env == read_exports((stack_dir / "env.sh").read_text())
+        assert STACK_ENV <= env.keys()
+        assert env["AWS_SECRET_ACCESS_KEY"] not in up.stderr
         assert env["RAY_AUTH_MODE"] == "token"
         for name in ("RAY_ADDRESS", "PREFECT_API_URL", "AFFECT_S3_ENDPOINT"):
             assert "127.0.0.1:" in env[name], name
         for name in NAMES["env"]["secret"]:
             assert env[name], name
         assert env["AFFECT_S3_BUCKET"] == NAMES["s3"]["bucket"]
+        with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=10) as response:
+            assert json.loads(response.read()) is True
 
-        assert env["RAY_ADDRESS"].startswith("http://")  # the job server; tests/test_services.py submits a job there
+        # RAY_ADDRESS is the head's job server: a job submitted there runs on the stack's two-node cluster.
+        assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+        assert env["AFFECT_RAY_GCS_ADDRESS"].startswith("127.0.0.1:")
+        client_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        submitted = subprocess.run(
+            [sys.executable, "-c", JOB_CLIENT, JOB_ENTRYPOINT],
+            env={**client_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submitted.returncode == 0, submitted.stderr[-3000:]
+        job = json.loads(submitted.stdout.strip().splitlines()[-1])
+        assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
+        assert "alive nodes 2" in job["logs"]
+        assert job["jobs"] >= 1
+        # Every process of the stack, the job server and the processes the job started included.
+        stack_pids = recorded_pids_alive(stack_dir)
+        assert_loopback_only(stack_pids)
+        job_server_port = int(env["RAY_ADDRESS"].rsplit(":", 1)[1])
+        assert job_server_port in {port for _pid, _ip, port in listening_sockets(stack_pids)}
+
         # The pipeline runs on this machine and joins the cluster as a driver, through its GCS address.
         run_env = {
             **os.environ,
@@ -684,13 +774,14 @@ def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_
         ]
         subprocess.run(synth, cwd=tmp_path, env=run_env, check=True, capture_output=True, timeout=120)
         root = f"s3://{NAMES['s3']['bucket']}/infra-test"
+        run = f"{root}/run"
         pipeline = [
             *affect,
             "pipeline",
             str(corpus),
             f"{root}/dataset",
             "--out",
-            f"{root}/run",
+            run,
             "--layout",
             "csv",
             "--dimension",
@@ -707,42 +798,64 @@ def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_
             "1",
             "--tune-max-concurrent",
             "1",
+            "--tune-epochs",
+            "1",
             "--window-frames",
             "100",
             "--report-videos",
             "1",
             "--no-progress",
         ]
-        result = subprocess.run(pipeline, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-        for secret in (env["AWS_SECRET_ACCESS_KEY"], env["AWS_ACCESS_KEY_ID"]):
-            assert secret not in result.stdout + result.stderr
+        result = subprocess.run(pipeline, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=1200)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        assert "report:" in result.stdout and f"{run}/predictions" in result.stdout
+        secret = env["AWS_SECRET_ACCESS_KEY"]
+        for value in (secret, env["AWS_ACCESS_KEY_ID"]):
+            assert value not in output
 
-        # The run is recorded by the stack's Prefect server and its outputs are in the stack's S3.
-        request = urllib.request.Request(
-            f"{env['PREFECT_API_URL']}/flow_runs/filter",
-            data=json.dumps({"limit": 50}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
+        # The run is recorded by the stack's Prefect server, with the artifacts of its steps, none holding a secret.
+        runs = prefect_filter(env["PREFECT_API_URL"], "flow_runs", {"limit": 50})
+        assert any(flow_run["state_type"] == "COMPLETED" for flow_run in runs) and len(runs) >= 2
+        published = prefect_filter(
+            env["PREFECT_API_URL"], "artifacts", {"artifacts": {"key": {"any_": sorted(PIPELINE_ARTIFACTS)}}}
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            runs = json.loads(response.read())
-        assert any(run["state_type"] == "COMPLETED" for run in runs) and len(runs) >= 2
+        assert {a["key"] for a in published} == PIPELINE_ARTIFACTS
+        assert not any(secret in str(a["data"]) or secret in str(a["description"]) for a in published)
+
+        # Its outputs are in the stack's S3: results of both seeds (each with the node it ran on), every video's
+        # predictions, the search's outputs and the report; no secret in any text file written.
+        import pyarrow.parquet as pq
         import s3fs
 
-        fs = s3fs.S3FileSystem(
-            key=env["AWS_ACCESS_KEY_ID"],
-            secret=env["AWS_SECRET_ACCESS_KEY"],
-            client_kwargs={"endpoint_url": env["AFFECT_S3_ENDPOINT"]},
-        )
-        bucket = NAMES["s3"]["bucket"]
-        assert fs.exists(f"{bucket}/infra-test/run/results.parquet")
-        assert [p for p in fs.find(f"{bucket}/infra-test/run/predictions") if p.endswith(".parquet")]
+        options = {
+            "key": env["AWS_ACCESS_KEY_ID"],
+            "secret": env["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"endpoint_url": env["AFFECT_S3_ENDPOINT"]},
+        }
+        fs = s3fs.S3FileSystem(**options)
+        base = run.removeprefix("s3://")
+        with fs.open(f"{base}/results.parquet", "rb") as handle:
+            rows = pq.read_table(handle).to_pylist()
+        assert {r["seed"] for r in rows} == {0, 1} and all(r["node"] for r in rows)
+        assert [p for p in fs.find(f"{base}/predictions") if p.endswith(".parquet")]
+        assert len(finished_videos(resolve(f"{run}/predictions", options))) == 6
+        assert {p.rsplit("/", 1)[1] for p in fs.ls(f"{base}/report")} >= {
+            "summary.md",
+            "ablation.png",
+            "lag.png",
+            "curves-dev_1.png",
+            "tuning.png",
+        }
+        assert fs.exists(f"{base}/tuning/best_config.yaml") and fs.exists(f"{base}/tuning/trials.parquet")
+        texts = [fs.cat(p).decode("utf-8", "replace") for p in fs.find(base) if p.endswith((".md", ".json", ".yaml"))]
+        assert texts and not any(secret in t for t in texts)
         # Ray's session of the stack's cluster holds the job, so the flow ran on the cluster, not in-process.
         assert list((stack_dir / "ray" / "tmp").glob("*/session_*/logs/job-driver-*")) or list(
             (stack_dir / "ray" / "tmp").glob("*/session_*/logs/*worker*")
         )
     finally:
+        pids = recorded_pids_alive(stack_dir)
         down = subprocess.run([*make, "stack-down"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr[-3000:]
     survivors = []
@@ -754,6 +867,13 @@ def test_make_stack_up_runs_the_pipeline_flow_and_stack_down_leaves_nothing(tmp_
         except psutil.Error:
             continue
     assert not survivors, f"processes of the stack still running: {survivors}"
+    assert alive(pids) == []
     assert not (stack_dir / "state.json").exists()
+    assert [path for path in scratch_dirs if path.exists()] == []
+    mentioning = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(str(stack_dir) in part for part in process.info["cmdline"] or []):
+            mentioning.append(process.info["pid"])
+    assert alive(mentioning) == []
     status = subprocess.run([*make, "stack-status"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert status.returncode != 0

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from corpus_checks import assert_same_corpus
+from corpus_checks import assert_same_corpus, change_one_value, make_source, touch
 from typer.testing import CliRunner
 
 from affect_core import storage
@@ -20,15 +20,8 @@ from affect_core.data import dataset as ds
 from affect_core.data import delta
 from affect_core.data import source_videos as sv
 from affect_core.data.readers import read_source
-from affect_core.synth import SynthConfig, write_corpus
 
 LAYOUTS = ("avec2016", "csv", "openface", "muse")
-
-
-def make_source(root: Path, layout: str = "csv", videos_per_split: int = 2) -> Path:
-    config = SynthConfig(videos_per_split=videos_per_split, frames=80, appearance_dim=3, geometric_dim=2, seed=7)
-    write_corpus(config.with_(fps=30.0) if layout == "openface" else config, root, layout)
-    return root
 
 
 class ReadProbe:
@@ -55,12 +48,6 @@ class ReadProbe:
 
     def reset(self) -> None:
         self.reads.clear()
-
-
-def touch(path: Path) -> None:
-    """A new modification time, the same bytes."""
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 
 
 def video_bytes(root: Path, video_id: str) -> int:
@@ -113,21 +100,18 @@ def test_with_a_tiny_cache_a_few_videos_are_held_at_once(tmp_path, monkeypatch):
     assert_same_corpus(ds.read_corpus(str(tmp_path / "ds")), read_source(str(root), "csv"))
 
 
-def test_a_touched_file_is_read_once_then_the_stamp_cache_vouches_for_it(tmp_path, monkeypatch):
-    root = make_source(tmp_path / "src")
-    url = str(tmp_path / "ds")
-    first = ds.ingest(str(root), url, layout="csv", progress=False)
+def test_a_touched_file_is_read_once_then_the_stamp_cache_vouches_for_it(ingested_source, monkeypatch):
+    root, url, first = ingested_source.root, ingested_source.url, ingested_source.first
     probe = ReadProbe(monkeypatch)
-    touch(root / "features" / "dev_1.csv")
-    touched = ds.ingest(str(root), url, layout="csv", progress=False)
+    touched = ingested_source.touch_and_reingest("features/dev_1.csv")
     assert dict(probe.reads) == {"dev_1": 1}
     assert touched.unchanged and touched.version == first.version and ds.list_versions(url) == ["0"]
     assert touched.source_bytes == video_bytes(root, "dev_1") and touched.content_hash == first.content_hash
-    assert (tmp_path / "ds" / sv.STAMP_CACHE).is_file()
+    assert (Path(url) / sv.STAMP_CACHE).is_file()
 
     probe.reset()
     monkeypatch.setattr(ds, "read_source", lambda *a, **k: pytest.fail("the source was read whole"))
-    again = ds.ingest(str(root), url, layout="csv", progress=False)
+    again = ingested_source.ingest()
     assert not probe.reads and again.unchanged and again.source_bytes == 0
     assert (again.version, again.content_hash, again.rows) == (first.version, first.content_hash, first.rows)
 
@@ -141,12 +125,7 @@ def test_a_changed_video_writes_a_version_with_only_its_file(tmp_path, monkeypat
     loc = storage.resolve(url)
     before = {f.path for f in delta.snapshot(loc).files}
     probe = ReadProbe(monkeypatch)
-    path = root / "features" / "test_3.csv"
-    lines = path.read_text().splitlines()
-    cells = lines[2].split(",")
-    cells[-1] = "0.5" if cells[-1] != "0.5" else "0.25"
-    lines[2] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    path = change_one_value(root / "features" / "test_3.csv")
     changed = ds.ingest(str(root), url, layout="csv", progress=False, target_file_bytes=1)
     assert dict(probe.reads) == {"test_3": 1}  # not train_2, which the stamp cache vouches for
     assert not changed.unchanged and changed.version == "1"
@@ -159,59 +138,49 @@ def test_a_changed_video_writes_a_version_with_only_its_file(tmp_path, monkeypat
     assert ds.ingest(str(root), url, layout="csv", progress=False).unchanged and not probe.reads
 
 
-def test_the_stamp_cache_survives_vacuum_and_a_lost_or_corrupt_one_costs_only_rereading(tmp_path, monkeypatch):
+def test_the_stamp_cache_survives_vacuum_and_a_lost_or_corrupt_one_costs_only_rereading(ingested_source, monkeypatch):
     from affect_cli.main import app
 
-    root = make_source(tmp_path / "src")
-    url = str(tmp_path / "ds")
-    ds.ingest(str(root), url, layout="csv", progress=False)
+    root, url = ingested_source.root, ingested_source.url
     (root / "labels" / "train_1.csv").unlink()  # a second version, so that vacuum has an old file to delete
-    ds.ingest(str(root), url, layout="csv", progress=False)
-    touch(root / "features" / "dev_2.csv")
-    ds.ingest(str(root), url, layout="csv", progress=False)
-    cache = tmp_path / "ds" / sv.STAMP_CACHE
+    ingested_source.ingest()
+    ingested_source.touch_and_reingest("features/dev_2.csv")
+    cache = Path(url) / sv.STAMP_CACHE
     written = cache.read_bytes()
     result = CliRunner().invoke(app, ["vacuum", url, "--retain-hours", "0"])
     assert result.exit_code == 0, result.output
     assert cache.read_bytes() == written
     versions = ds.list_versions(url)  # vacuum's own commits among them
     probe = ReadProbe(monkeypatch)
-    assert ds.ingest(str(root), url, layout="csv", progress=False).unchanged and not probe.reads
+    assert ingested_source.ingest().unchanged and not probe.reads
 
     for damage in (lambda: cache.write_bytes(b"not parquet"), cache.unlink):
         damage()
         probe.reset()
-        again = ds.ingest(str(root), url, layout="csv", progress=False)
+        again = ingested_source.ingest()
         assert dict(probe.reads) == {"dev_2": 1} and again.unchanged and ds.list_versions(url) == versions
         assert cache.read_bytes() and sv.read_stamp_cache(storage.resolve(url))
         probe.reset()
-        assert ds.ingest(str(root), url, layout="csv", progress=False).unchanged and not probe.reads
+        assert ingested_source.ingest().unchanged and not probe.reads
 
 
-def test_a_stale_stamp_cache_entry_does_not_vouch_for_other_content(tmp_path, monkeypatch):
-    root = make_source(tmp_path / "src")
-    url = str(tmp_path / "ds")
-    ds.ingest(str(root), url, layout="csv", progress=False)
+def test_a_stale_stamp_cache_entry_does_not_vouch_for_other_content(ingested_source, monkeypatch):
+    root, url = ingested_source.root, ingested_source.url
     path = root / "features" / "dev_1.csv"
     original = path.read_bytes()
-    touch(path)
-    ds.ingest(str(root), url, layout="csv", progress=False)
+    ingested_source.touch_and_reingest("features/dev_1.csv")
     touched_ns = path.stat().st_mtime_ns
-    cache = tmp_path / "ds" / sv.STAMP_CACHE
+    cache = Path(url) / sv.STAMP_CACHE
     stale = cache.read_bytes()  # vouches for dev_1 at this stamp with version 0's content
-    lines = original.decode().splitlines()
-    cells = lines[3].split(",")
-    cells[-1] = "0.5" if cells[-1] != "0.5" else "0.25"
-    lines[3] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
-    assert ds.ingest(str(root), url, layout="csv", progress=False).version == "1"
+    change_one_value(path, line=3)
+    assert ingested_source.ingest().version == "1"
     assert not cache.exists(), "the new version records dev_1's new stamp: nothing left to cache"
     cache.parent.mkdir(exist_ok=True)
     cache.write_bytes(stale)
     path.write_bytes(original)  # version 0's content again, under the stamp the stale entry names
     os.utime(path, ns=(touched_ns, touched_ns))
     probe = ReadProbe(monkeypatch)
-    back = ds.ingest(str(root), url, layout="csv", progress=False)
+    back = ingested_source.ingest()
     assert dict(probe.reads) == {"dev_1": 1} and not back.unchanged and back.version == "2"
     assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
 

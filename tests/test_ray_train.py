@@ -9,6 +9,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -186,26 +187,57 @@ def is_loopback(address: str) -> bool:
     return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
+def run_watching_sockets(args: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str, set]:
+    """Run the ``affect`` CLI with ``env`` (its whole environment), looking at every listening socket of it and its
+    descendants every 0.5 s until it ends; returns its exit code, its output and ``(address, port, process name)`` of
+    every socket seen."""
+    seen: set[tuple[str, int, str]] = set()
+    with tempfile.TemporaryFile("w+") as log:  # not a pipe: nobody reads while it runs, and a full pipe would block it
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "affect_cli.main", *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            root = psutil.Process(driver.pid)
+            deadline = time.monotonic() + timeout
+            while driver.poll() is None:
+                seen |= listening_addresses(root)
+                assert time.monotonic() < deadline, f"affect {args[0]} still running after {timeout} s"
+                time.sleep(0.5)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+        log.seek(0)
+        output = log.read()
+    return driver.returncode, output, seen
+
+
+def assert_embedded_ray_on_loopback_only(seen: set[tuple[str, int, str]]) -> None:
+    """Ray ran in the watched process (its GCS and raylet were among the listeners) and every socket seen listened
+    on 127.0.0.1."""
+    names = {name for _, _, name in seen}
+    assert {"gcs_server", "raylet"} <= names, seen  # Ray ran, and its servers were looked at
+    assert [s for s in seen if not is_loopback(s[0])] == []
+
+
 @pytest.mark.slow
 def test_two_data_parallel_workers_train_the_model_of_one(tmp_path):
     """`affect train --ray --workers 2`: one seed trained by two Ray Train workers, each reading its part of every
     split of the pinned dataset version and summing gradients through a torch process group, gives the results of
-    `--workers 1` (to float summation order)."""
+    `--workers 1` (to float summation order).
+
+    Both runs start Ray in their process (no RAY_ADDRESS): every socket that Ray (GCS, raylet, agents, workers) or the
+    process group listens on while they run is on 127.0.0.1."""
     dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     args = ["--dimension", "arousal", "--model", "lstm-kf", "--seeds", "1", "--epochs", "3", "--window-frames", "100"]
     runs = {}
     for workers in (1, 2):
         out = str(tmp_path / f"workers{workers}")
-        done = subprocess.run(
-            [sys.executable, "-m", "affect_cli.main", "train", dataset, "--out", out, *args, "--ray"]
-            + ["--workers", str(workers), "--no-progress"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        command = ["train", dataset, "--out", out, *args, "--ray", "--workers", str(workers), "--no-progress"]
+        returncode, output, seen = run_watching_sockets(command, env)
+        assert returncode == 0, output[-3000:]
+        assert_embedded_ray_on_loopback_only(seen)
         runs[workers] = _results(out, None)
     one, two = runs[1], runs[2]
     assert one[["seed", "split", "epochs"]].equals(two[["seed", "split", "epochs"]])
@@ -214,52 +246,17 @@ def test_two_data_parallel_workers_train_the_model_of_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["train", "tune", "train-workers"])
-def test_the_embedded_ray_listens_on_loopback_only(command, tmp_path):
-    """`affect train --ray` (one worker per seed, or two data-parallel workers joined in a torch process group) and
-    `affect tune` without RAY_ADDRESS start Ray in their process: every socket that Ray (GCS, raylet, agents, workers)
-    or the process group listens on while the job runs is on 127.0.0.1."""
+def test_the_embedded_ray_of_a_search_listens_on_loopback_only(tmp_path):
+    """`affect tune` without RAY_ADDRESS starts Ray in its process: every socket that Ray (GCS, raylet, agents,
+    workers) listens on while the search runs is on 127.0.0.1. (`affect train --ray`, one worker per seed and two
+    data-parallel workers in a torch process group, is watched the same way in
+    test_two_data_parallel_workers_train_the_model_of_one.)"""
     dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
-    args = {
-        "train": [
-            "train",
-            dataset,
-            "--out",
-            str(tmp_path / "run"),
-            *TRAIN_ARGS[:-4],
-            "--seeds",
-            "1",
-            "--epochs",
-            "1",
-            "--ray",
-        ],
-        "tune": ["tune", dataset, "--out", str(tmp_path / "run"), "--num-samples", "1", "--epochs", "1"],
-    }
-    args["train-workers"] = [*args["train"], "--workers", "2"]
-    args = args[command]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "affect_cli.main", *args, "--no-progress"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen: set[tuple[str, int, str]] = set()
-    try:
-        root = psutil.Process(driver.pid)
-        while driver.poll() is None:
-            seen |= listening_addresses(root)
-            time.sleep(0.5)
-        output = driver.communicate(timeout=60)[0]
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate()
-    assert driver.returncode == 0, output[-3000:]
-    names = {name for _, _, name in seen}
-    assert {"gcs_server", "raylet"} <= names, seen  # Ray ran, and its servers were looked at
-    assert [s for s in seen if not is_loopback(s[0])] == []
+    command = ["tune", dataset, "--out", str(tmp_path / "run"), "--num-samples", "1", "--epochs", "1", "--no-progress"]
+    returncode, output, seen = run_watching_sockets(command, env)
+    assert returncode == 0, output[-3000:]
+    assert_embedded_ray_on_loopback_only(seen)
 
 
 @pytest.mark.services

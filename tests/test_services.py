@@ -1,10 +1,12 @@
-"""The local services start, work, listen on 127.0.0.1 only, and leave no process behind when stopped."""
+"""The local services start, work, listen on 127.0.0.1 only, and leave no process behind when stopped.
+
+The whole stack as `make stack-up` / `make stack-down` run it (the three services together, a job through the Ray job
+server, the state and env files) is checked in tests/test_infra.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import urllib.request
@@ -24,14 +26,9 @@ from affect_services import (
     is_loopback,
     listening_sockets,
     ray_driver_environment,
-    read_state,
-    recorded_pids_alive,
 )
-from affect_services.stack import STATE_FILE
 
 pytestmark = pytest.mark.services
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RAY_DRIVER = """
 import json
@@ -63,26 +60,6 @@ def smoke(x: int) -> int:
 
 print(smoke(41))
 """
-
-
-# Submits a job through the job server named by RAY_ADDRESS and prints its final status and its logs.
-JOB_CLIENT = """
-import json, os, sys, time
-from ray.job_submission import JobStatus, JobSubmissionClient
-
-client = JobSubmissionClient(os.environ["RAY_ADDRESS"])
-job = client.submit_job(entrypoint=sys.argv[1])
-deadline = time.monotonic() + 240
-while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-    if time.monotonic() > deadline:
-        sys.exit(f"job {job} still {status} after 240 s")
-    time.sleep(0.5)
-print(json.dumps({"status": status.value, "logs": client.get_job_logs(job), "jobs": len(client.list_jobs())}))
-"""
-# The job's driver joins the cluster it was submitted to.
-JOB_ENTRYPOINT = (
-    "python -c \"import ray; ray.init(); print('alive nodes', sum(n['Alive'] for n in ray.nodes())); ray.shutdown()\""
-)
 
 
 def alive(pids: Iterable[int]) -> list[int]:
@@ -219,56 +196,3 @@ def test_prefect_server_runs_a_flow(prefect_server: PrefectServer, tmp_path: Pat
         runs = json.loads(response.read())
     assert any(run["state_type"] == "COMPLETED" for run in runs)
     assert_loopback_only(prefect_server.pids())
-
-
-def test_stack_up_and_down_leave_nothing_running(tmp_path: Path) -> None:
-    stack_dir = tmp_path / "stack"
-    command = [sys.executable, "-m", "affect_services"]
-    up = subprocess.run([*command, "up", str(stack_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
-    assert up.returncode == 0, up.stderr[-3000:]
-    env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in up.stdout.splitlines() if line)
-    expected = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AFFECT_S3_ENDPOINT"}
-    expected |= {"PREFECT_API_URL", "RAY_ADDRESS", "AFFECT_RAY_GCS_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"}
-    assert expected <= env.keys()
-    assert env["AWS_SECRET_ACCESS_KEY"] not in up.stderr
-    assert (stack_dir / STATE_FILE).stat().st_mode & 0o077 == 0
-    assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
-    assert env["AFFECT_RAY_GCS_ADDRESS"].startswith("127.0.0.1:")
-    scratch_dirs = [Path(path) for path in read_state(stack_dir)["scratch_dirs"]]
-    try:
-        assert set(read_state(stack_dir)["services"]) == {"s3", "prefect", "ray"}
-        with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=10) as response:
-            assert json.loads(response.read()) is True
-        # A job submitted through the exported RAY_ADDRESS (the head's job server) runs on the stack's cluster.
-        client_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        submitted = subprocess.run(
-            [sys.executable, "-c", JOB_CLIENT, JOB_ENTRYPOINT],
-            env={**client_env, **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert submitted.returncode == 0, submitted.stderr[-3000:]
-        job = json.loads(submitted.stdout.strip().splitlines()[-1])
-        assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
-        assert "alive nodes 2" in job["logs"]
-        assert job["jobs"] >= 1
-        # Every process of the stack, the job server and the processes the job started included.
-        pids = recorded_pids_alive(stack_dir)
-        assert_loopback_only(pids)
-        job_server_port = int(env["RAY_ADDRESS"].rsplit(":", 1)[1])
-        assert job_server_port in {port for _pid, _ip, port in listening_sockets(pids)}
-    finally:
-        pids = recorded_pids_alive(stack_dir)
-        down = subprocess.run(
-            [*command, "down", str(stack_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=200
-        )
-    assert down.returncode == 0, down.stderr[-3000:]
-    assert alive(pids) == []
-    assert not (stack_dir / STATE_FILE).exists()
-    assert [path for path in scratch_dirs if path.exists()] == []
-    mentioning = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if any(str(stack_dir) in part for part in process.info["cmdline"] or []):
-            mentioning.append(process.info["pid"])
-    assert alive(mentioning) == []

@@ -4,26 +4,18 @@ changed videos."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
-from corpus_checks import assert_same_corpus
+from corpus_checks import assert_same_corpus, change_one_value, make_source, touch
 
 from affect_core.data import dataset as ds
 from affect_core.data import source_videos as sv
 from affect_core.data.readers import read_source
 from affect_core.errors import AffectError
-from affect_core.synth import SynthConfig, write_corpus
 
 DATA = Path(__file__).parent / "data"
-
-
-def make_source(root: Path, layout: str = "csv", videos_per_split: int = 2) -> Path:
-    config = SynthConfig(videos_per_split=videos_per_split, frames=80, appearance_dim=3, geometric_dim=2, seed=4)
-    write_corpus(config, root, layout)
-    return root
 
 
 @pytest.mark.parametrize("layout", ["csv", "avec2016"])
@@ -66,8 +58,7 @@ def test_a_fingerprint_changes_with_a_file_and_nothing_else(tmp_path):
     root = make_source(tmp_path / "src")
     before = {i.video_id: i.fingerprint for i in sv.list_source_videos(str(root), "csv")}
     path = root / "labels" / "train_2.csv"
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touch(path)
     after = {i.video_id: i.fingerprint for i in sv.list_source_videos(str(root), "csv")}
     assert [v for v in before if before[v] != after[v]] == ["train_2"]
 
@@ -93,12 +84,7 @@ def test_parallel_ingest_on_ray_reads_and_writes_only_what_changed(tmp_path):
     assert again.unchanged and again.version == first.version
     assert again.source_bytes == 0, "a no-op re-ingest read source files"
 
-    path = root / "features" / "test_3.csv"
-    lines = path.read_text().splitlines()
-    cells = lines[2].split(",")
-    cells[-1] = "0.5" if cells[-1] != "0.5" else "0.25"
-    lines[2] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    path = change_one_value(root / "features" / "test_3.csv")
     time.sleep(0.01)
     changed = parallel.ingest(str(root), url, layout="csv", target_file_bytes=30_000)
     assert not changed.unchanged and changed.version == "1"
@@ -106,26 +92,21 @@ def test_parallel_ingest_on_ray_reads_and_writes_only_what_changed(tmp_path):
     assert_same_corpus(ds.read_corpus(url), read_source(str(root), "csv"))
 
 
-def test_a_no_op_reingest_reads_no_file_and_a_touched_file_is_read_but_not_written(tmp_path, monkeypatch):
-    root = make_source(tmp_path / "src")
-    url = str(tmp_path / "ds")
-    first = ds.ingest(str(root), url, layout="csv", progress=False)
+def test_a_no_op_reingest_reads_no_file_and_a_touched_file_is_read_but_not_written(ingested_source, monkeypatch):
+    url, first = ingested_source.url, ingested_source.first
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the source was read")
 
     with monkeypatch.context() as patch:
         patch.setattr(ds, "read_source", no_reading)
-        again = ds.ingest(str(root), url, layout="csv", progress=False)
+        again = ingested_source.ingest()
     assert again.unchanged and again.version == first.version and again.source_bytes == 0
     assert again.content_hash == first.content_hash
 
-    path = root / "features" / "dev_1.csv"
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new time: read, hash, no write
-    touched = ds.ingest(str(root), url, layout="csv", progress=False)
+    touched = ingested_source.touch_and_reingest("features/dev_1.csv")  # same bytes, new time: read, hash, no write
     assert touched.unchanged and touched.source_bytes > 0 and ds.list_versions(url) == ["0"]
-    other = ds.ingest(str(root), url, layout="csv", progress=False, feature_set="features", fps=25.0)
+    other = ingested_source.ingest(feature_set="features", fps=25.0)
     assert other.source_bytes > 0  # other options: the recorded stamps do not apply
 
 
@@ -145,8 +126,7 @@ def test_parallel_and_single_process_ingest_give_the_same_dataset_and_share_the_
     assert ds.dataset_info(ray_url).metadata == ds.dataset_info(serial_url).metadata
 
     path = root / "features_video_appearance" / "arousal" / "dev_1.arff"
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new time
+    touch(path)  # same bytes, new time
     dev_1 = sum(p.stat().st_size for p in root.rglob("dev_1.*"))
     for ingest, url in ((parallel.ingest, ray_url), (ds.ingest, serial_url)):
         touched = ingest(str(root), url, layout="avec2016")
