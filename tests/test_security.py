@@ -137,11 +137,14 @@ def test_the_ray_cluster_refuses_a_driver_without_its_token(ray_cluster, tmp_pat
     # Nothing inherited may carry the real token (an earlier driver in this process may have exported it).
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env = {**inherited, **ray_cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong), "RAY_AUTH_TOKEN": "0" * 64}
+    # Each try is refused at once; the driver gives up after 3 tries (1 s apart) instead of Ray's default 20.
+    env["RAY_gcs_server_port_wait_time_s"] = "3"
     try:
         done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("a driver with the wrong token neither connected nor failed within 120 s")
     assert done.returncode != 0 and "connected" not in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "InvalidAuthToken" in done.stderr, done.stderr[-2000:]  # refused for its token, not for anything else
     right = subprocess.run(
         [sys.executable, "-c", probe],
         env={**os.environ, **ray_cluster.env()},
