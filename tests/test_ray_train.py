@@ -230,7 +230,8 @@ def test_two_data_parallel_workers_train_the_model_of_one(tmp_path):
     `--workers 1` (to float summation order).
 
     Both runs start Ray in their process (no RAY_ADDRESS): every socket that Ray (GCS, raylet, agents, workers) or the
-    process group listens on while they run is on 127.0.0.1."""
+    process group listens on while they run is on 127.0.0.1 (`affect tune` is watched the same way in
+    tests/test_ray_tune.py)."""
     dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     args = ["--dimension", "arousal", "--model", "lstm-kf", "--seeds", "1", "--epochs", "3", "--window-frames", "100"]
@@ -246,20 +247,6 @@ def test_two_data_parallel_workers_train_the_model_of_one(tmp_path):
     assert one[["seed", "split", "epochs"]].equals(two[["seed", "split", "epochs"]])
     assert (one["ccc"] - two["ccc"]).abs().max() < 2e-4, (one["ccc"].tolist(), two["ccc"].tolist())
     assert (one["mu_frames"] - two["mu_frames"]).abs().max() < 1e-2
-
-
-@pytest.mark.slow
-def test_the_embedded_ray_of_a_search_listens_on_loopback_only(tmp_path):
-    """`affect tune` without RAY_ADDRESS starts Ray in its process: every socket that Ray (GCS, raylet, agents,
-    workers) listens on while the search runs is on 127.0.0.1. (`affect train --ray`, one worker per seed and two
-    data-parallel workers in a torch process group, is watched the same way in
-    test_two_data_parallel_workers_train_the_model_of_one.)"""
-    dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    command = ["tune", dataset, "--out", str(tmp_path / "run"), "--num-samples", "1", "--epochs", "1", "--no-progress"]
-    returncode, output, seen = run_watching_sockets(command, env)
-    assert returncode == 0, output[-3000:]
-    assert_embedded_ray_on_loopback_only(seen)
 
 
 @pytest.mark.services

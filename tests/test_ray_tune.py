@@ -1,38 +1,31 @@
-"""Ray Tune search (Optuna + ASHA) on the two-node test cluster, and the search space / outputs without Ray."""
+"""Ray Tune search (Optuna + ASHA) on the Ray that `affect tune` starts in its process, and the search space / outputs
+without Ray. The search through RAY_ADDRESS on a two-node cluster runs in the pipeline on the local stack
+(tests/test_infra.py) and as a Ray job (tests/test_ray_job_submission.py)."""
 
 from __future__ import annotations
+
+import os
 
 import pandas as pd
 import pytest
 
 from affect_core.config import RunConfig
-from tests.test_ray_train import affect, make_dataset
+from tests.test_ray_train import affect, assert_embedded_ray_on_loopback_only, make_dataset, run_watching_sockets
 from tuning.tune import HIDDEN_SIZES, apply_params, write_outputs
 
 
-@pytest.mark.services
 @pytest.mark.slow
-def test_small_search_stops_trials_early_and_its_best_config_trains(ray_cluster, tmp_path):
-    env = ray_cluster.env()
+def test_small_search_stops_trials_early_and_its_best_config_trains(tmp_path):
+    """Six trials, two at once, up to three epochs: ASHA stops at least one early, the outputs name the best trial
+    and its config trains. Without RAY_ADDRESS the search starts Ray in its process: every socket that Ray (GCS,
+    raylet, agents, workers) listens on while the search runs is on 127.0.0.1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
     out = tmp_path / "tune"
-    done = affect(
-        [
-            "tune",
-            dataset,
-            "--out",
-            str(out),
-            "--num-samples",
-            "6",
-            "--max-concurrent",
-            "2",
-            "--epochs",
-            "3",
-            "--no-progress",
-        ],
-        env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    search = ["tune", dataset, "--out", str(out), "--num-samples", "6", "--max-concurrent", "2", "--epochs", "3"]
+    returncode, output, seen = run_watching_sockets([*search, "--no-progress"], env)
+    assert returncode == 0, output[-3000:]
+    assert_embedded_ray_on_loopback_only(seen)
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 6
     assert (trials["status"] != "error").all()
@@ -59,7 +52,7 @@ def test_small_search_stops_trials_early_and_its_best_config_trains(ray_cluster,
             "--no-ray",
             "--no-progress",
         ],
-        env,
+        {},
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "model" / "bundle.json").exists()
