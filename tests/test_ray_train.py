@@ -266,10 +266,10 @@ def test_a_request_no_node_can_hold_fails_after_its_timeout(ray_cluster, tmp_pat
     an error after --resource-timeout, naming the request and the largest node, not a run that waits forever."""
     dataset = make_dataset(tmp_path / "corpus", str(tmp_path / "dataset"))
     args = [part.format(dataset=dataset, out=tmp_path / "run") for part in command]
-    done = affect([*args, "--resource-timeout", "3", "--no-progress"], ray_cluster.env(), timeout=180)
+    done = affect([*args, "--resource-timeout", "1", "--no-progress"], ray_cluster.env(), timeout=180)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"no node can hold {what}" in errors[0], done.stderr[-2000:]
     asked = args[-1] + (" CPU" if "cpus" in args[-2] else " GPU")
-    assert asked in errors[0] and "the largest node has" in errors[0] and "within 3 s" in errors[0]
+    assert asked in errors[0] and "the largest node has" in errors[0] and "within 1 s" in errors[0]
     assert not (tmp_path / "run" / "results.parquet").exists() and not (tmp_path / "run" / "p").exists()
