@@ -223,7 +223,7 @@ def test_pipeline_resumes_after_a_crash(
             out=run,
             progress=False,
             report_videos=1,
-            tune=TuneJob(num_samples=2, epochs=1),
+            tune=TuneJob(num_samples=1, epochs=1),
             train=TrainJob(seeds=2, epochs=epochs, model="lstm-kf", align="adaptive"),
         )
 
