@@ -9,9 +9,9 @@ version's predictions replaces them in the job's first commit (one transaction: 
 never both), or with ``replace=False`` refuses.
 
 Throughput: videos are predicted in batches (:func:`affect_core.inference.predict_batch`: one model pass for up to
-BATCH_VIDEOS videos), the next videos are read on a background thread and the finished ones written on another while
-the model runs (Parquet decoding and encoding release the GIL). Both threads work through bounded queues, so memory
-stays bounded whatever the corpus; their errors are raised in the caller.
+BATCH_VIDEOS videos and BATCH_FRAMES padded frames), the next videos are read on a background thread and the finished
+ones written on another while the model runs (Parquet decoding and encoding release the GIL). Both threads work
+through bounded queues, so memory stays bounded whatever the corpus; their errors are raised in the caller.
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ PREDICTIONS_KIND = "predictions"
 COMMIT_SECONDS = 300.0
 # Videos longer than this are scored in chunks with the LSTM and filter state carried across (bounded memory).
 CHUNK_FRAMES = 15_000
-# Videos predicted in one model pass, and the most frames (counting the padding to the longest) such a batch may hold.
-# The front-end LSTM's cost per video falls with the batch up to about 16 sequences and is flat beyond; a smaller batch
-# lets reading and writing overlap the model sooner. The padded batch and the filter's covariances (about 250 bytes a
-# frame) set the memory.
-BATCH_VIDEOS = 16
+# The most videos predicted in one model pass, and the most frames (counting the padding to the longest) such a batch
+# may hold. On the CPU a pass costs a fixed 2-3 ms of Python and tensor set-up beside its compiled kernels, paid again
+# by the writer for each batch: scoring 10^4 videos of 250 frames took 4.7 s in batches of 16 videos and 3.9 s in
+# batches of 256 (64,000 frames); 198 videos of 7,501 frames 1.8 s in batches of 2 (16,384 frames at most) and 1.3 s
+# in batches of 17 (BATCH_FRAMES). The padded batch and the filter's covariances (up to about 600 bytes a frame, for a
+# joint model) set the memory.
+BATCH_VIDEOS = 256
 # The GIL's switch interval while score_stream runs (Python's default is 5 ms): the model's thread takes the GIL back
 # between its kernels, and a reading or writing thread holding it made it wait up to the interval each time (7,501-frame
 # videos: 2.25 s with 5 ms, 1.65 s with 1 ms for 198 videos; 250-frame videos 6.4 s against 5.5 s for 10^4).
@@ -421,10 +423,10 @@ def score_stream(
     :class:`PredictionWriter`, or any object with that method); returns (videos, frames) predicted.
 
     ``videos`` is iterated on a background thread up to BATCH_FRAMES frames ahead, the videos are predicted in
-    batches of up to ``batch_videos`` (default BATCH_VIDEOS; :func:`video_batches`, :func:`predict_tracks`) and
-    written on another thread, at most two batches behind (a batch's rows are built column by column, so the writing
-    thread holds the GIL little while the model runs). Returns once every file is written; the first error of any of
-    the three is raised here.
+    batches of up to ``batch_videos`` (default BATCH_VIDEOS) and BATCH_FRAMES padded frames (:func:`video_batches`,
+    :func:`predict_tracks`) and written on another thread, at most two batches behind (a batch's rows are built column
+    by column, so the writing thread holds the GIL little while the model runs). Returns once every file is written;
+    the first error of any of the three is raised here.
 
     Meanwhile the model runs on :func:`model_threads` of torch's threads, one fewer than torch's setting: that core
     is left to the reading and writing threads. An OpenMP team sharing its cores with them waits, at each of the

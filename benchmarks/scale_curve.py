@@ -7,10 +7,12 @@ videos are generated from their index (16 features, a run of frames without a fa
 written with :func:`affect_core.data.dataset.write_videos`, which asks for each video when it writes it: the stage
 measures the table writer, not an input-layout reader. Scoring uses a randomly initialised LSTM-KF with adaptive
 alignment (untrained: the cost is the same); the I/O floor is the same pipeline with a stand-in model that returns
-zeros. Ray Data runs on an in-process Ray with 2 CPUs and a pool of 2 actors of 1 CPU; its start-up is reported
-apart: Ray's, and the actors' up to the driver's first results (their frames are left out of the rate).
+zeros, and the model stage times that model alone on the scorer's batches (the videos read in between, untimed). Ray
+Data runs on an in-process Ray with 2 CPUs and a pool of 2 actors of 1 CPU; its start-up is reported apart: Ray's,
+and the actors' up to the driver's first results (their frames are left out of the rate).
 
-    python -m benchmarks.scale_curve [--sizes 1000 10000] [--store local|s3] [--stages ingest floor score ray evaluate]
+    python -m benchmarks.scale_curve [--sizes 1000 10000] [--store local|s3]
+        [--stages ingest floor model score ray evaluate]
 """
 
 from __future__ import annotations
@@ -132,6 +134,31 @@ def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
     return {"frames": frames, "read_only_s": read_s, "pipeline_s": result.seconds, "cpu_s": time.process_time() - cpu}
 
 
+def stage_model(url: str, model: str, options: dict | None) -> dict[str, Any]:
+    """The model alone: every video predicted in the scorer's batches on the scorer's torch threads, timed around the
+    predictions only (the videos are read in between, untimed). The first batch's seconds, which hold the compiled
+    kernels' loading, are reported apart as well."""
+    import torch
+
+    from affect_core.artifact import load_bundle
+    from affect_core.data.dataset import iter_videos
+    from affect_core.scoring import model_threads, predict_tracks, video_batches
+
+    bundle = load_bundle(model, options, device="cpu")
+    torch.set_num_threads(model_threads())
+    seconds = cpu = 0.0
+    first = None
+    frames = 0
+    for batch in video_batches(iter_videos(url, storage_options=options)):
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        predict_tracks(bundle, [v.features for v in batch])
+        seconds += time.perf_counter() - started
+        cpu += time.thread_time() - started_cpu
+        first = seconds if first is None else first
+        frames += sum(v.num_frames for v in batch)
+    return {"frames": frames, "model_s": seconds, "cpu_s": cpu, "first_batch_s": first or 0.0}
+
+
 def stage_ray(url: str, out: str, model: str, options: dict | None) -> dict[str, Any]:
     from tuning.cluster import ensure_ray
     from tuning.score import score_dataset
@@ -215,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--store", choices=["local", "s3"], default="local")
-    parser.add_argument("--stages", nargs="+", default=["ingest", "floor", "score", "ray", "evaluate"])
+    parser.add_argument("--stages", nargs="+", default=["ingest", "floor", "model", "score", "ray", "evaluate"])
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -231,6 +258,7 @@ def main() -> None:
         stages = {
             "ingest": lambda: stage_ingest(args.url, args.n, options),
             "floor": lambda: stage_floor(args.url, args.out, options),
+            "model": lambda: stage_model(args.url, args.model, options),
             "score": lambda: stage_score(args.url, args.out, args.model, options),
             "ray": lambda: stage_ray(args.url, args.out, args.model, options),
             "evaluate": lambda: stage_evaluate(args.url, args.out, options),
@@ -271,6 +299,7 @@ def main() -> None:
         print("|---:|---|---:|---:|---:|---:|---:|---|")
         for n in args.sizes:
             url, preds = f"{base}/ds{n}", f"{base}/pred{n}"
+            floor_s = 0.0
             for stage in args.stages:
                 out = {"floor": f"{base}/floor{n}", "ray": f"{base}/ray{n}"}.get(stage, preds)
                 if stage == "evaluate" and "score" not in args.stages:
@@ -281,7 +310,12 @@ def main() -> None:
                 work_s = result["work_s"]
                 if stage == "floor":
                     notes += f"; read only {result['read_only_s']:.2f} s"
-                    work_s = result["pipeline_s"]
+                    work_s = floor_s = result["pipeline_s"]
+                if stage == "model":
+                    notes += f"; first batch {result['first_batch_s']:.2f} s"
+                    work_s = result["model_s"]
+                if stage == "score" and floor_s:
+                    notes += f"; {work_s / floor_s:.2f}x the floor"
                 if "cpu_s" in result:  # CPU seconds of the work, over all its threads (2 cores: at most 2 a second)
                     notes += f"; CPU {result['cpu_s']:.2f} s"
                 if stage == "ray":

@@ -137,8 +137,8 @@ def score_dataset(
 
     actors: the pool's largest size; min_actors its smallest (the pool grows with the queued work, and an autoscaler
     grows the cluster for it). gpus_per_actor: a GPU fraction per actor (0: CPU only). call_frames: the frames an
-    actor scores in one call (in model batches of BATCH_VIDEOS) and writes to files of its own; None: about one
-    target file's worth, at most 1/CALLS_PER_ACTOR of an actor's share. version / replace: as
+    actor scores in one call (in model batches: :func:`affect_core.scoring.video_batches`) and writes to files of its
+    own; None: about one target file's worth, at most 1/CALLS_PER_ACTOR of an actor's share. version / replace: as
     :func:`affect_core.scoring.score_dataset`. Raises AffectError for an incompatible model or missing data.
     """
     import ray.data
