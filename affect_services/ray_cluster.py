@@ -121,7 +121,7 @@ class RayCluster(Service):
     ``base_dir/auth_token`` (owner-only)."""
 
     name = "Ray cluster"
-    stop_grace = 35.0  # a node drains for up to 30 s after SIGTERM
+    stop_grace = 35.0  # a node told to drain (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) waits up to 30 s after SIGTERM
 
     def __init__(
         self,
@@ -246,6 +246,9 @@ class RayCluster(Service):
         env.update(self.env())
         env.pop("RAY_ADDRESS")
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # A node stopped with SIGTERM first drains for up to 30 s while any actor is alive (such as the autoscaling
+        # coordinator Ray Train leaves behind): time for a Serve proxy to quiesce, which this cluster never runs.
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         # A job's entrypoint (`python ...`, `affect ...`) runs the environment the cluster runs with, as in the
         # image, where that environment is first on PATH (infra/docker/Dockerfile).
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])

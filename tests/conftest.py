@@ -22,10 +22,11 @@ from affect_services import PrefectServer, RayCluster, SeaweedS3
 
 S3_TEST_BUCKET = "affect-test"
 
-# A Ray node stopped with SIGTERM (`ray start --block`: the session's cluster, the local stack's) first drains for up to
-# 30 s while any actor is alive, such as the autoscaling coordinator that Ray Train leaves behind: time for a Serve
-# proxy to quiesce on Kubernetes, which nothing here runs. 0 turns the wait off; the nodes then stop at once, and
-# each stop still checks that no process of theirs is left. Set before any test starts a node or imports ray.
+# A Ray node stopped with SIGTERM first drains for up to 30 s while any actor is alive, such as the autoscaling
+# coordinator that Ray Train leaves behind: time for a Serve proxy to quiesce on Kubernetes, which nothing here runs.
+# 0 turns the wait off; the nodes then stop at once, and each stop still checks that no process of theirs is left.
+# RayCluster's nodes (the session's cluster, the local stack's) set it themselves; this covers every other Ray a test
+# starts. Set before any test starts a node or imports ray.
 os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
 
 
