@@ -64,7 +64,8 @@ def export(
     version: Annotated[str | None, typer.Option(help=VERSION_HELP)] = None,
     s3_endpoint: Annotated[str | None, typer.Option(help=S3_ENDPOINT_HELP)] = None,
 ) -> None:
-    """Write a table version as one Parquet or CSV file, or one CSV per video (features as f0, f1, ... columns)."""
+    """Write a table version as one Parquet or CSV file, or one CSV per video (in CSV a column per feature, named by
+    the dataset's feature names)."""
     from affect_core.data.export import export_table
 
     written = export_table(url, dest, per_video=per_video, version=version, storage_options=_options(url, s3_endpoint))
