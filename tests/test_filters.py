@@ -464,3 +464,30 @@ def test_covariance_steps_are_shared_across_rows_exactly() -> None:
     observed = torch.from_numpy(mixed[[0, 1, 2, 3, 5]]).bool()
     expected = reference(torch.zeros(5, steps, 6, dtype=torch.float64), mask=observed).covariances
     torch.testing.assert_close(torch.from_numpy(covs[[0, 1, 2, 3, 5]]), expected, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_kalman_filter_without_a_graph_equals_the_differentiable_path_bit_for_bit(masked: bool) -> None:
+    """Inference reads the covariance recursion's distinct steps (`linear_filter_values`) instead of a copy per step;
+    its states and covariances are those of the differentiable path exactly, sliced over torch's threads or not."""
+    torch.manual_seed(0)
+    layer = KalmanFilter(method="compiled", num_dims=2, q_init=1e-2, r_init=1e-2)
+    observations = torch.randn(7, 300, 6)
+    mask = None
+    if masked:
+        rng = np.random.default_rng(1)
+        mask = torch.from_numpy(rng.random((7, 300)) > 0.1)
+        mask[2, 50:120] = False  # a long gap
+        mask[4] = mask[3]  # two sequences with one mask
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            differentiable = layer(observations.clone().requires_grad_(), mask=mask)
+            with torch.inference_mode():
+                values = layer(observations, mask=mask)
+            assert torch.equal(values.states, differentiable.states.detach())
+            assert torch.equal(values.covariances, differentiable.covariances.detach())
+            assert values.covariances.dtype == observations.dtype
+    finally:
+        torch.set_num_threads(threads)

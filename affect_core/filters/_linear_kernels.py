@@ -10,9 +10,11 @@ whole batch; the state recursion is then a cheap linear time-varying recurrence 
 
     z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}).
 
-Gains `K` are shared by all sequences when they have one row (`Bc = 1`), else one row per sequence. Arrays are
-float64 and C-contiguous (B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the
-GIL, so callers may run slices of the batch on several threads.
+The covariance recursion has one row for the whole batch (`Bc = 1`, no missing frames) or one per sequence; its
+distinct steps are kept once (`riccati_nodes`), the state recursion reads each step's gain through the node index,
+and training gathers them per step (`riccati_forward`) for the backward passes. Arrays are float64 and C-contiguous
+(B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the GIL, so callers may run
+slices of the batch on several threads.
 """
 
 from __future__ import annotations
@@ -82,29 +84,29 @@ def _grown(array, size, fill):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_forward(mask, F, H, Q, R, P0, size):
-    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
-    computed (the others were shared).
+def riccati_nodes(mask, F, H, Q, R, P0, size):
+    """mask (Bc, T) of 0/1 -> node (Bc, T): the node holding each step's (P_t, K_t); the nodes' covariances
+    (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared).
 
     A step is a function of its input P_{t-1} and mu_t only, so distinct steps are computed once and shared: node 0
-    is the prior P_0, every other node one computed step, whose (P_t, K_t) lie at the row and frame where it was
-    computed, and ``succ[node, mu]`` is the node that follows a node when the next frame is (mu = 1) or is not
-    (mu = 0) observed. Rows whose masks share a prefix share its steps; a step whose output equals, bit for bit, that
-    of its input's node (a fixed point) or of that node's parent (the two-cycle rounding often settles into) leads
-    back to that node, so a settled stretch, and the same gap after it, cost no new steps within a row or across
-    rows. Copying a computed step is exact. A mask value other than 0 and 1 is computed without sharing.
+    is the prior P_0 (gain zero), every other node one computed step, and ``succ[node, mu]`` is the node that follows
+    a node when the next frame is (mu = 1) or is not (mu = 0) observed. Rows whose masks share a prefix share its
+    steps; a step whose output equals, bit for bit, that of its input's node (a fixed point) or of that node's parent
+    (the two-cycle rounding often settles into) leads back to that node, so a settled stretch, and the same gap after
+    it, cost no new steps within a row or across rows. A mask value other than 0 and 1 is computed without sharing.
+    The steps are never written out one by one: `riccati_forward` gathers them, inference reads the nodes.
     """
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
     m = n
-    covs = np.empty((Bc, T, n, n))
-    gains = np.empty((Bc, T, n, m))
+    capacity = 256
+    covs, gains = np.empty((capacity, n, n)), np.zeros((capacity, n, m))
+    covs[0] = P0
+    node = np.empty((Bc, T), dtype=np.int64)
     Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
     Bm, t2 = np.empty((n, m)), np.empty((n, m))
-    capacity = 256
     succ, parent = np.full((capacity, 2), -1), np.full(capacity, -1)
-    at_row, at_frame = np.full(capacity, -1), np.full(capacity, -1)
     count, computed = 1, 0
     for b in range(Bc):
         current = 0
@@ -112,34 +114,35 @@ def riccati_forward(mask, F, H, Q, R, P0, size):
             mu = mask[b, t]
             key = 1 if mu == 1.0 else (0 if mu == 0.0 else -1)
             following = succ[current, key] if key >= 0 else -1
-            if following >= 0:
-                covs[b, t] = covs[at_row[following], at_frame[following]]
-                gains[b, t] = gains[at_row[following], at_frame[following]]
-                current = following
-                continue
-            computed += 1
-            P = P0 if current == 0 else covs[at_row[current], at_frame[current]]
-            _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, gains[b, t], Mm, t1, n)
-            _joseph(Pp, gains[b, t], Mm, R, covs[b, t], t1, t2, t3, n)
-            following = -1
-            for earlier in (current, parent[current]):
-                if earlier > 0:
-                    r, f = at_row[earlier], at_frame[earlier]
-                    if _same(covs[b, t], covs[r, f], n) and _same(gains[b, t], gains[r, f], n):
-                        following = earlier
-                        break
             if following < 0:
+                computed += 1
                 if count == capacity:
                     capacity *= 2
+                    covs, gains = _grown(covs, capacity, 0.0), _grown(gains, capacity, 0.0)
                     succ, parent = _grown(succ, capacity, -1), _grown(parent, capacity, -1)
-                    at_row, at_frame = _grown(at_row, capacity, -1), _grown(at_frame, capacity, -1)
-                following = count
-                count += 1
-                parent[following], at_row[following], at_frame[following] = current, b, t
-            if key >= 0:
-                succ[current, key] = following
+                new = count  # the step's slot, kept if it is not a settled node's
+                _riccati_step(covs[current], mu, F, H, Q, R, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
+                _joseph(Pp, gains[new], Mm, R, covs[new], t1, t2, t3, n)
+                for earlier in (current, parent[current]):
+                    if earlier > 0 and _same(covs[new], covs[earlier], n) and _same(gains[new], gains[earlier], n):
+                        following = earlier
+                        break
+                if following < 0:
+                    following = new
+                    count += 1
+                    parent[new] = current
+                if key >= 0:
+                    succ[current, key] = following
+            node[b, t] = following
             current = following
-    return covs, gains, computed
+    return node, covs[:count], gains[:count], computed
+
+
+def riccati_forward(mask, F, H, Q, R, P0, size):
+    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
+    computed: the steps of `riccati_nodes`, gathered (copying a computed step is exact)."""
+    node, covs, gains, computed = riccati_nodes(mask, F, H, Q, R, P0, size)
+    return covs[node], gains[node], computed
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -213,17 +216,18 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def state_forward(obs, gains, F, HF, z0, size):
-    """obs (B, T, m), gains (Bc, T, n, m) with Bc = 1 or B -> states (B, T, n):
-    z_t = F z_{t-1} + K_t (o_t - HF z_{t-1})."""
+def state_forward(obs, node, gains, F, HF, z0, size):
+    """obs (B, T, m), gains (G, n, m) and node (Bc, T) with Bc = 1 or B, the gain of each step (`riccati_nodes`) ->
+    states (B, T, n): z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}), K_t = gains[node[row, t]]."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     B, T, m = obs.shape[0], obs.shape[1], n
-    shared = gains.shape[0] == 1
+    shared = node.shape[0] == 1
     states = np.empty((B, T, n))
     v = np.empty(m)
     for b in range(B):
         row = 0 if shared else b
         for t in range(T):
+            K = gains[node[row, t]]
             z = z0 if t == 0 else states[b, t - 1]
             out = states[b, t]
             for i in range(m):
@@ -236,7 +240,7 @@ def state_forward(obs, gains, F, HF, z0, size):
                 for k in range(n):
                     s += F[i, k] * z[k]
                 for k in range(m):
-                    s += gains[row, t, i, k] * v[k]
+                    s += K[i, k] * v[k]
                 out[i] = s
     return states
 

@@ -158,7 +158,11 @@ class LinearStateRecursion(torch.autograd.Function):
         n = _square(F, HF)
         slices = batch_slices(obs.shape[0])
         shared = K.shape[0] == 1
-        parts = run_slices(lambda s: _linear_kernels.state_forward(obs[s], K if shared else K[s], *params, n), slices)
+        steps = np.arange(K.shape[0] * K.shape[1]).reshape(K.shape[:2])  # every step its own gain
+        flat = K.reshape(-1, *K.shape[2:])
+        parts = run_slices(
+            lambda s: _linear_kernels.state_forward(obs[s], steps if shared else steps[s], flat, *params, n), slices
+        )
         states = _joined(parts)
         ctx.saved = (obs, K, params, states, slices, n)
         ctx.likes = (observations, gains, F)
@@ -184,6 +188,44 @@ class LinearStateRecursion(torch.autograd.Function):
         return g_obs, _tensor(g_gains, like_gains), gF, gHF, gz0
 
 
+def linear_filter_values(
+    observed: Tensor, observations: Tensor, F: Tensor, H: Tensor, Q: Tensor, R: Tensor, P0: Tensor, z0: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The linear Kalman filter's states `(B, T, n)` and covariances `(Bc, T, n, n)`, in the dtype of the
+    observations, without an autograd graph: what `RiccatiRecursion` then `LinearStateRecursion` return, bit for bit.
+
+    observed: `(Bc, T)` float 0/1 (Bc = 1: one row for the whole batch). Each distinct covariance step is kept once
+    (`_linear_kernels.riccati_nodes`): the state recursion reads its gains from the nodes and the covariances are
+    gathered from them in the output's dtype, so no float64 copy of every step's covariance and gain is written."""
+    from affect_core.filters import _linear_kernels
+
+    mask, obs = _numpy(observed), _numpy(observations)
+    params = [_numpy(x) for x in (F, H, Q, R, P0)]
+    HF, z = _numpy(H @ F), _numpy(z0)
+    n = _square(F, H)
+
+    def nodes(rows: slice) -> tuple[np.ndarray, np.ndarray, Tensor]:
+        node, covs, gains, _ = _linear_kernels.riccati_nodes(mask[rows], *params, n)
+        return node, gains, torch.from_numpy(covs).to(observations.dtype)[torch.from_numpy(node)]
+
+    def states(part: slice, node: np.ndarray, gains: np.ndarray) -> np.ndarray:
+        return _linear_kernels.state_forward(obs[part], node, gains, params[0], HF, z, n)
+
+    slices = batch_slices(obs.shape[0])
+    if mask.shape[0] == 1:  # one covariance row shared by the batch: computed once
+        node, gains, covariances = nodes(slice(None))
+        parts = run_slices(lambda s: states(s, node, gains), slices)
+        return _tensor(_joined(parts), observations), covariances
+
+    def filtered(rows: slice) -> tuple[np.ndarray, Tensor]:  # each sequence its own covariance row
+        node, gains, covariances = nodes(rows)
+        return states(rows, node, gains), covariances
+
+    outputs = run_slices(filtered, slices)
+    covariances = outputs[0][1] if len(outputs) == 1 else torch.cat([o[1] for o in outputs])
+    return _tensor(_joined([o[0] for o in outputs]), observations), covariances
+
+
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) the CPU kernels once, e.g. at install time, so that the first
     training step does not pay the compilation."""
@@ -198,3 +240,4 @@ def warm_up() -> None:
     covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye)
     states = LinearStateRecursion.apply(obs, gains, eye, eye, zeros)
     (states.sum() + covs.sum()).backward()
+    linear_filter_values(mask, obs.detach(), eye.detach(), eye.detach(), eye.detach(), eye.detach(), eye, zeros)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from affect_core.filters.base import BayesFilter, FilterOutput, kinematic_transition, symmetrise
-from affect_core.filters.compiled import LinearStateRecursion, RiccatiRecursion
+from affect_core.filters.compiled import LinearStateRecursion, RiccatiRecursion, linear_filter_values
 from affect_core.filters.scan import associative_scan
 from affect_core.filters.types import MaskTorch, ObservationsTorch
 
@@ -134,6 +134,9 @@ class KalmanFilter(BayesFilter):
         batch, steps, n = observations.shape[0], observations.shape[1], self.state_dim
         # Without a mask the covariances and gains do not depend on the data: one recursion serves the batch.
         observed = observations.new_ones(1, steps) if mask is None else mask.to(observations.dtype)
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in (observations, F, H, Q, R, P0, z0)):
+            states, covariances = linear_filter_values(observed, observations, F, H, Q, R, P0, z0)
+            return FilterOutput(states, covariances.expand(batch, steps, n, n))
         covariances, gains = RiccatiRecursion.apply(observed, F, H, Q, R, P0)
         states = LinearStateRecursion.apply(observations, gains, F, H @ F, z0)
         return FilterOutput(states, covariances.to(observations.dtype).expand(batch, steps, n, n))
