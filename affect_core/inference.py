@@ -74,7 +74,7 @@ def predict_batch(
         else:
             stacked.append(i)
     if stacked:
-        xs = [model_input(transform, videos[i]) for i in stacked]
+        xs = model_inputs(transform, [videos[i] for i in stacked])
         for i, (levels, variances) in zip(stacked, forward_padded(model, xs)[0], strict=True):
             out[i] = Prediction(dims, levels, variances)
     return [p for p in out if p is not None]
@@ -83,6 +83,15 @@ def predict_batch(
 def model_input(transform: FeatureTransform | None, features: np.ndarray) -> np.ndarray:
     """The model's input of raw features (T, d): the fitted transform applied, float32."""
     return transform.apply(features) if transform is not None else np.asarray(features, dtype=np.float32)
+
+
+def model_inputs(transform: FeatureTransform | None, videos: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """:func:`model_input` of several videos (T_i, d), as views of one array: a transform that works frame by frame
+    (no pooling) runs once over their frames together."""
+    if transform is None or transform.pooling_window > 0 or len(videos) < 2:
+        return [model_input(transform, features) for features in videos]
+    joined = transform.apply(np.concatenate(videos))
+    return np.split(joined, np.cumsum([len(features) for features in videos])[:-1])
 
 
 def forward_padded(
@@ -99,23 +108,30 @@ def forward_padded(
     """
     param = model.frontend.head_bias
     lengths = [len(x) for x in xs]
-    padded = np.zeros((len(xs), max(lengths), xs[0].shape[1]), dtype=np.float32)
-    for b, x in enumerate(xs):
-        padded[b, : len(x)] = x
+    longest, width = max(lengths), xs[0].shape[1]
+    if min(lengths) == longest:
+        padded = np.stack(xs).astype(np.float32, copy=False)
+    else:  # every frame to its place in one scatter
+        counts = np.asarray(lengths)
+        starts = np.repeat(np.arange(len(xs)) * longest - np.cumsum(counts) + counts, counts)
+        padded = np.zeros((len(xs), longest, width), dtype=np.float32)
+        padded.reshape(-1, width)[starts + np.arange(counts.sum())] = np.concatenate(xs)
     if padded.shape[-1] != model.config.input_dim:
         raise AffectError(f"model input: expected shape (B, T, {model.config.input_dim}), got {padded.shape}")
     observed = host_finite_rows(padded)
     mask = None if observed.all() else to_model_device(torch.from_numpy(observed), param)
     x = to_model_device(torch.from_numpy(padded), param)
     outputs = padded_predictions(model, x, mask, lengths, seeds)
+    on_host = x.device.type == "cpu"
+
+    def host(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.numpy() if on_host else tensor.cpu().numpy()
+
     results = []
     for per_video in outputs:
         results.append(
             [
-                (
-                    levels.cpu().numpy(),
-                    np.full(tuple(levels.shape), np.nan, np.float32) if var is None else var.cpu().numpy(),
-                )
+                (host(levels), np.full(tuple(levels.shape), np.nan, np.float32) if var is None else host(var))
                 for levels, var in per_video
             ]
         )
@@ -158,8 +174,10 @@ def padded_predictions(
                 level_var = level_variances(P.index_select(0, index)[:, :length]).to(level.dtype)
                 both = model.noncausal(torch.cat([level, level_var], dim=-1), s)
                 levels, variances = both[..., :k], both[..., k:]
+            level_rows = levels.unbind(0)  # views, in one call
+            variance_rows = None if variances is None else variances.unbind(0)
             for j, b in enumerate(rows):
-                per_video[b] = (levels[j], None if variances is None else variances[j])
+                per_video[b] = (level_rows[j], None if variance_rows is None else variance_rows[j])
         results.append([r for r in per_video if r is not None])
     return results
 

@@ -111,6 +111,16 @@ def test_a_batch_equals_each_video_alone(model, align, dimension, pooling, missi
         assert_same(got, alone(m, transform, features))
 
 
+@pytest.mark.parametrize("pooling", [0, 4])
+def test_a_batch_of_equal_lengths_equals_each_video_alone(pooling):
+    """Videos of one length stack without padding; the transform runs over the batch's frames together (per video
+    with pooling)."""
+    m, transform = make_model("lstm-kf", "adaptive", "joint", pooling)
+    videos = make_videos((120, 120, 120, 120))
+    for features, got in zip(videos, predict_batch(m, transform, videos), strict=True):
+        assert_same(got, alone(m, transform, features))
+
+
 def test_videos_longer_than_a_chunk_stream_and_the_rest_are_batched():
     m, transform = make_model("lstm-kf", "adaptive")
     videos = make_videos((300, 1200, 40, 900, 301))
