@@ -559,13 +559,15 @@ def score_dataset(
     replace: bool = True,
     target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
     device: str | None = None,
+    batch_videos: int | None = None,
 ) -> ScoreResult:
     """Score a dataset (or bare features URL) with a model bundle in this process, streaming one video at a time.
 
     The dataset version (``version``, ``URL@VERSION``, else the latest) is resolved once and pinned for the whole
     job; the bundle's feature set is selected from the dataset when it holds several; unknown splits are refused
     before anything is written. ``replace``: see :func:`score_videos`. device: where the model runs (None or "auto":
-    a GPU when present)."""
+    a GPU when present). batch_videos: the most videos in one model pass (default BATCH_VIDEOS); a job commits after
+    a batch, so fewer commit sooner, and a batch's memory falls with them."""
     from affect_core.artifact import load_bundle
     from affect_core.training import resolve_device
 
@@ -591,6 +593,7 @@ def score_dataset(
         dataset_version=info.version,
         replace=replace,
         target_file_bytes=target_file_bytes,
+        batch_videos=batch_videos,
     )
 
 

@@ -172,6 +172,12 @@ class ScoreJob:
         flag="--replace/--no-replace",
     )
     file_mb: float = option(256.0, "Target size of the predictions' data files in MB.", min=0.001)
+    batch_videos: int = option(
+        256,
+        "Most videos in one model pass (at most 131,072 frames with the padding to the longest); the job commits "
+        "after a batch, so fewer commit sooner and hold less memory.",
+        min=1,
+    )
     device: str = option("auto", "auto | cpu | cuda: where the model runs (auto: a GPU when present).")
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar.")
@@ -549,6 +555,8 @@ def run_score(job: ScoreJob) -> Any:
             mapper=video_mapper(use_ray(job.ray)),
             device=None if job.device == "auto" else job.device,
             progress=job.progress,
+            target_file_bytes=int(job.file_mb * 2**20),
+            batch_videos=job.batch_videos,
         )
     if use_ray(job.ray) and job_server():
         return _submitted(job)
@@ -576,6 +584,7 @@ def run_score(job: ScoreJob) -> Any:
             version=job.version,
             replace=job.replace,
             target_file_bytes=int(job.file_mb * 2**20),
+            batch_videos=job.batch_videos,
         )
     from affect_core.scoring import score_dataset
 
@@ -590,6 +599,7 @@ def run_score(job: ScoreJob) -> Any:
         replace=job.replace,
         target_file_bytes=int(job.file_mb * 2**20),
         device=job.device,
+        batch_videos=job.batch_videos,
     )
 
 

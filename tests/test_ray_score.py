@@ -61,7 +61,7 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
 
     predictions = f"{base}/predictions"
     # a pool holding every CPU of the cluster (two nodes of one): no task of Ray Data's may wait for a CPU
-    pool = ["--actors", "2", "--min-actors", "2"]
+    pool = ["--actors", "2", "--min-actors", "2", "--batch-videos", "2"]  # several model passes a call
     done = affect(["score", dataset, "--model", model, "--out", predictions, "--ray", "--no-progress", *pool], env)
     assert done.returncode == 0, done.stderr[-3000:]
     expected, got = read_parts(reference, options), read_parts(predictions, options)

@@ -129,6 +129,7 @@ def test_scoring_killed_with_sigkill_then_rerun(many_videos, tmp_path):
     model = run_seed(plan_seed_tasks(config, "arousal", [0])[0], corpus, str(tmp_path / "run")).bundle_url
     preds = tmp_path / "preds"
     command = ["score", dataset, "--model", model, "--out", preds, "--no-ray", "--no-progress", "--file-mb", "0.02"]
+    command += ["--batch-videos", "8"]  # a commit every 8 videos: the kill lands between commits
 
     process = affect_process(command)
     try:

@@ -52,6 +52,7 @@ class VideoScorer:
         target_file_bytes: int,
         threads: int,
         use_gpu: bool,
+        batch_videos: int | None = None,
     ) -> None:
         import torch
 
@@ -68,6 +69,7 @@ class VideoScorer:
         self.storage_options = storage_options or None
         self.out = resolve(out_url, self.storage_options)
         self.target_file_bytes = target_file_bytes
+        self.batch_videos = batch_videos
         # The pinned version's log and index are read once per actor, not once per call.
         self.reader = DatasetReader(
             data_url, version=version, feature_set=feature_set, storage_options=self.storage_options
@@ -89,7 +91,7 @@ class VideoScorer:
                 write_predicted(files, videos, tracks, model_id, version)
 
         try:
-            score_stream(self.bundle, videos, Files())
+            score_stream(self.bundle, videos, Files(), batch_videos=self.batch_videos)
             files.close()
         except BaseException:
             files.abort()
@@ -131,6 +133,7 @@ def score_dataset(
     version: str | int | None = None,
     replace: bool = True,
     target_file_bytes: int | None = None,
+    batch_videos: int | None = None,
 ) -> ScoreResult:
     """Score every video of ``data_url`` (or of ``splits``) into the predictions table at ``out_url`` with a Ray
     Data actor pool.
@@ -203,6 +206,7 @@ def score_dataset(
                     "target_file_bytes": file_bytes,
                     "threads": max(1, int(cpus_per_actor)),
                     "use_gpu": gpus > 0,
+                    "batch_videos": batch_videos,
                 },
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus or None,

@@ -37,10 +37,14 @@ def score_video_root(
     mapper: Mapper = map,
     device: str | None = None,
     progress: bool = True,
+    target_file_bytes: int | None = None,
+    batch_videos: int | None = None,
 ) -> Any:
     """Extract every video of ``root`` with the bundle's video transform and score it into ``out_url``; returns the
-    scorer's ScoreResult. A video whose frame rate differs from the model's is refused before it is scored."""
+    scorer's ScoreResult. A video whose frame rate differs from the model's is refused before it is scored.
+    target_file_bytes, batch_videos: as :func:`affect_core.scoring.score_videos` (None: its defaults)."""
     from affect_core.artifact import load_bundle
+    from affect_core.data import delta
     from affect_core.scoring import check_video_ids, score_videos
     from affect_core.storage import resolve
 
@@ -67,4 +71,6 @@ def score_video_root(
         storage_options=storage_options,
         progress=progress,
         total=len(jobs),
+        target_file_bytes=target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES,
+        batch_videos=batch_videos,
     )
