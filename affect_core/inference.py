@@ -122,16 +122,14 @@ def forward_padded(
     mask = None if observed.all() else to_model_device(torch.from_numpy(observed), param)
     x = to_model_device(torch.from_numpy(padded), param)
     outputs = padded_predictions(model, x, mask, lengths, seeds)
-    on_host = x.device.type == "cpu"
-
-    def host(tensor: torch.Tensor) -> np.ndarray:
-        return tensor.numpy() if on_host else tensor.cpu().numpy()
-
     results = []
     for per_video in outputs:
         results.append(
             [
-                (host(levels), np.full(tuple(levels.shape), np.nan, np.float32) if var is None else host(var))
+                (
+                    levels.cpu().numpy(),
+                    np.full(tuple(levels.shape), np.nan, np.float32) if var is None else var.cpu().numpy(),
+                )
                 for levels, var in per_video
             ]
         )

@@ -75,18 +75,12 @@ def _same(A, B, n):
     return True
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _grown(array, size, fill):
-    """array with its first axis grown to ``size``: the first len(array) entries kept, the new ones ``fill``."""
-    out = np.full((size,) + array.shape[1:], fill, dtype=array.dtype)
-    out[: len(array)] = array
-    return out
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_nodes(mask, F, H, Q, R, P0, size):
+def riccati_nodes(mask, F, H, Q, R, P0, step_covs, step_gains, size):
     """mask (Bc, T) of 0/1 -> node (Bc, T): the node holding each step's (P_t, K_t); the nodes' covariances
-    (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared).
+    (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared). When
+    step_covs (Bc, T, n, n) and step_gains (Bc, T, n, m) have rows, each step's covariance and gain are also copied
+    there as the step is reached (`riccati_forward`); inference passes them without rows.
 
     A step is a function of its input P_{t-1} and mu_t only, so distinct steps are computed once and shared: node 0
     is the prior P_0 (gain zero), every other node one computed step, and ``succ[node, mu]`` is the node that follows
@@ -94,20 +88,23 @@ def riccati_nodes(mask, F, H, Q, R, P0, size):
     steps; a step whose output equals, bit for bit, that of its input's node (a fixed point) or of that node's parent
     (the two-cycle rounding often settles into) leads back to that node, so a settled stretch, and the same gap after
     it, cost no new steps within a row or across rows. A mask value other than 0 and 1 is computed without sharing.
-    The steps are never written out one by one: `riccati_forward` gathers them, inference reads the nodes.
     """
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
     m = n
-    capacity = 256
-    covs, gains = np.empty((capacity, n, n)), np.zeros((capacity, n, m))
-    covs[0] = P0
+    # At most one node a step, plus the prior: room for all of them up front (the unused ones are never written),
+    # none copied as the count grows.
+    capacity = Bc * T + 1
+    covs, gains = np.empty((capacity, n, n)), np.empty((capacity, n, m))
+    covs[0], gains[0] = P0, 0.0
     node = np.empty((Bc, T), dtype=np.int64)
     Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
     Bm, t2 = np.empty((n, m)), np.empty((n, m))
-    succ, parent = np.full((capacity, 2), -1), np.full(capacity, -1)
+    succ, parent = np.full((capacity, 2), -1), np.empty(capacity, dtype=np.int64)
+    parent[0] = -1  # the prior has none; a node's parent is set when the node is made
     count, computed = 1, 0
+    per_step = step_covs.shape[0] > 0
     for b in range(Bc):
         current = 0
         for t in range(T):
@@ -116,10 +113,6 @@ def riccati_nodes(mask, F, H, Q, R, P0, size):
             following = succ[current, key] if key >= 0 else -1
             if following < 0:
                 computed += 1
-                if count == capacity:
-                    capacity *= 2
-                    covs, gains = _grown(covs, capacity, 0.0), _grown(gains, capacity, 0.0)
-                    succ, parent = _grown(succ, capacity, -1), _grown(parent, capacity, -1)
                 new = count  # the step's slot, kept if it is not a settled node's
                 _riccati_step(covs[current], mu, F, H, Q, R, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
                 _joseph(Pp, gains[new], Mm, R, covs[new], t1, t2, t3, n)
@@ -135,14 +128,21 @@ def riccati_nodes(mask, F, H, Q, R, P0, size):
                     succ[current, key] = following
             node[b, t] = following
             current = following
+            if per_step:
+                for i in range(n):
+                    for k in range(n):
+                        step_covs[b, t, i, k] = covs[following, i, k]
+                        step_gains[b, t, i, k] = gains[following, i, k]
     return node, covs[:count], gains[:count], computed
 
 
 def riccati_forward(mask, F, H, Q, R, P0, size):
     """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
-    computed: the steps of `riccati_nodes`, gathered (copying a computed step is exact)."""
-    node, covs, gains, computed = riccati_nodes(mask, F, H, Q, R, P0, size)
-    return covs[node], gains[node], computed
+    computed: the steps of `riccati_nodes`, written out one by one (copying a computed step is exact)."""
+    n, (Bc, T) = len(size), mask.shape
+    covs, gains = np.empty((Bc, T, n, n)), np.empty((Bc, T, n, n))
+    computed = riccati_nodes(mask, F, H, Q, R, P0, covs, gains, size)[3]
+    return covs, gains, computed
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -205,7 +205,8 @@ def linear_filter_values(
     n = _square(F, H)
 
     def nodes(rows: slice) -> tuple[np.ndarray, np.ndarray, Tensor]:
-        node, covs, gains, _ = _linear_kernels.riccati_nodes(mask[rows], *params, n)
+        no_steps = np.empty((0, 0, 0, 0))  # the steps are read through the nodes, never written out
+        node, covs, gains, _ = _linear_kernels.riccati_nodes(mask[rows], *params, no_steps, no_steps, n)
         return node, gains, torch.from_numpy(covs).to(observations.dtype)[torch.from_numpy(node)]
 
     def states(part: slice, node: np.ndarray, gains: np.ndarray) -> np.ndarray:
