@@ -39,6 +39,7 @@ from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.inference import predict_batch
 from affect_core.metrics import sequence_metrics
+from affect_core.runtime import lower_thread_priority
 from affect_core.storage import Location, resolve
 
 PREDICTION_SCHEMA = pa.schema(
@@ -431,7 +432,8 @@ def score_stream(
     Meanwhile the model runs on :func:`model_threads` of torch's threads, one fewer than torch's setting: that core
     is left to the reading and writing threads. An OpenMP team sharing its cores with them waits, at each of the
     LSTM's time steps, for a member the scheduler has parked (on a 2-core machine 2 threads scored a third slower
-    than 1).
+    than 1). The reading and writing threads run at a lower priority than the model's
+    (:func:`affect_core.runtime.lower_thread_priority`): the model is the critical path.
     """
     size = max(1, batch_videos or BATCH_VIDEOS)
     predicted = predict or (lambda features: predict_tracks(bundle, features))
@@ -457,9 +459,10 @@ def model_threads() -> int:
 
 
 class ReadAhead:
-    """Iterates ``items`` on a background thread ahead of the consumer, so that reading overlaps the consumer's work;
-    the reader waits while ``max_frames`` frames or more are ready. Use as a context manager; an error raised by
-    ``items`` is raised in the consumer, and leaving the block early stops the reader."""
+    """Iterates ``items`` on a background thread ahead of the consumer, so that reading overlaps the consumer's work
+    (at a lower priority than the consumer's: :func:`affect_core.runtime.lower_thread_priority`); the reader waits
+    while ``max_frames`` frames or more are ready. Use as a context manager; an error raised by ``items`` is raised in
+    the consumer, and leaving the block early stops the reader."""
 
     def __init__(self, items: Iterable[Video], *, max_frames: int) -> None:
         self._items = items
@@ -484,6 +487,7 @@ class ReadAhead:
         self._thread.join()
 
     def _read(self) -> None:
+        lower_thread_priority()  # the consumer (the model) gets the cores first
         iterator = iter(self._items)
         try:
             for item in iterator:
@@ -522,14 +526,17 @@ class ReadAhead:
 
 
 class BackgroundWriter:
-    """Runs write tasks one after another on a background thread, at most ``max_pending`` of them queued: submit()
-    waits for the oldest beyond that (bounded memory) and raises its error. Leaving the block waits for every task and
-    raises the first error; leaving it on an error cancels the tasks not yet started."""
+    """Runs write tasks one after another on a background thread (at a lower priority than the caller's), at most
+    ``max_pending`` of them queued: submit() waits for the oldest beyond that (bounded memory) and raises its error.
+    Leaving the block waits for every task and raises the first error; leaving it on an error cancels the tasks not
+    yet started."""
 
     def __init__(self, max_pending: int) -> None:
         self._max_pending = max(1, max_pending)
         self._pending: deque[Future[None]] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="affect-score-write")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="affect-score-write", initializer=lower_thread_priority
+        )
 
     def __enter__(self) -> BackgroundWriter:
         return self

@@ -7,17 +7,21 @@ videos are generated from their index (16 features, a run of frames without a fa
 written with :func:`affect_core.data.dataset.write_videos`, which asks for each video when it writes it: the stage
 measures the table writer, not an input-layout reader. Scoring uses a randomly initialised LSTM-KF with adaptive
 alignment (untrained: the cost is the same); the I/O floor is the same pipeline with a stand-in model that returns
-zeros, and the model stage times that model alone on the scorer's batches (the videos read in between, untimed). Ray
-Data runs on an in-process Ray with 2 CPUs and a pool of 2 actors of 1 CPU; its start-up is reported apart: Ray's,
-and the actors' up to the driver's first results (their frames are left out of the rate).
+zeros, and the model stage times that model alone on the scorer's batches (the videos read in between, untimed). The
+bound stage is the floor's pipeline with a stand-in model that spends the model stage's CPU seconds per frame in
+compiled code that does not hold the GIL: what the scorer would take if its reading, writing and model overlapped
+perfectly on this machine's cores, the least a scorer of this model can take here. Ray Data runs on an in-process
+Ray with 2 CPUs and a pool of 2 actors of 1 CPU; its start-up is reported apart: Ray's, and the actors' up to the
+driver's first results (their frames are left out of the rate).
 
     python -m benchmarks.scale_curve [--sizes 1000 10000] [--store local|s3]
-        [--stages ingest floor model score ray evaluate]
+        [--stages ingest floor model bound score ray evaluate]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -101,15 +105,48 @@ def stage_score(url: str, out: str, model: str, options: dict | None) -> dict[st
     return {"frames": result.frames, "cpu_s": time.process_time() - cpu}
 
 
-def stage_floor(url: str, out: str, options: dict | None) -> dict[str, Any]:
+def spin(iterations: int) -> float:
+    """Compiled arithmetic for ``iterations`` steps, without the GIL (the bound stage's stand-in model)."""
+    return _spin_kernel()(iterations)
+
+
+def spin_rate() -> float:
+    """spin() iterations per CPU second on this machine (compiled and measured before the work is timed)."""
+    spin(1000)
+    started = time.thread_time()
+    spin(20_000_000)
+    return 20_000_000 / (time.thread_time() - started)
+
+
+@functools.cache
+def _spin_kernel() -> Any:
+    from numba import njit
+
+    @njit(nogil=True)
+    def kernel(iterations: int) -> float:
+        x = 0.0
+        for _ in range(iterations):
+            x = x * 0.999999 + 1.0
+        return x
+
+    return kernel
+
+
+def stage_floor(url: str, out: str, options: dict | None, us_per_frame: float = 0.0) -> dict[str, Any]:
+    """The scorer's pipeline with a stand-in model that returns zeros after spending ``us_per_frame`` microseconds of
+    CPU per frame without the GIL (0: the I/O floor; the model's CPU per frame: the bound stage)."""
     from affect_core.data.dataset import dataset_info, iter_videos
     from affect_core.scoring import score_videos
+
+    iterations = spin_rate() * us_per_frame * 1e-6 if us_per_frame > 0 else 0.0
 
     class Zeros:
         model_id, feature_set, feature_names = "zeros", "features", [f"f{i}" for i in range(FEATURES)]
 
         @staticmethod
         def predict_batch(features: list[np.ndarray]) -> list[dict]:
+            if iterations:
+                spin(int(iterations * sum(len(f) for f in features)))
             return [
                 {"arousal": (np.zeros(len(f), np.float32),) * 2, "valence": (np.zeros(len(f), np.float32),) * 2}
                 for f in features
@@ -242,12 +279,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--store", choices=["local", "s3"], default="local")
-    parser.add_argument("--stages", nargs="+", default=["ingest", "floor", "model", "score", "ray", "evaluate"])
+    parser.add_argument(
+        "--stages", nargs="+", default=["ingest", "floor", "model", "bound", "score", "ray", "evaluate"]
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--us-per-frame", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     options = json.loads(os.environ["SCALE_CURVE_OPTIONS"]) if os.environ.get("SCALE_CURVE_OPTIONS") else None
     if args.stage:
@@ -258,6 +298,7 @@ def main() -> None:
         stages = {
             "ingest": lambda: stage_ingest(args.url, args.n, options),
             "floor": lambda: stage_floor(args.url, args.out, options),
+            "bound": lambda: stage_floor(args.url, args.out, options, us_per_frame=args.us_per_frame),
             "model": lambda: stage_model(args.url, args.model, options),
             "score": lambda: stage_score(args.url, args.out, args.model, options),
             "ray": lambda: stage_ray(args.url, args.out, args.model, options),
@@ -299,12 +340,17 @@ def main() -> None:
         print("|---:|---|---:|---:|---:|---:|---:|---|")
         for n in args.sizes:
             url, preds = f"{base}/ds{n}", f"{base}/pred{n}"
-            floor_s = 0.0
+            floor_s = model_us = 0.0
             for stage in args.stages:
-                out = {"floor": f"{base}/floor{n}", "ray": f"{base}/ray{n}"}.get(stage, preds)
+                out = {"floor": f"{base}/floor{n}", "bound": f"{base}/bound{n}", "ray": f"{base}/ray{n}"}.get(
+                    stage, preds
+                )
+                if stage == "bound" and not model_us:
+                    raise SystemExit("the bound stage runs after the model stage (it spends the model's CPU)")
                 if stage == "evaluate" and "score" not in args.stages:
                     out = f"{base}/floor{n}"  # evaluate the floor's predictions (zeros) when there is no score run
-                result = run_stage(["--stage", stage, "--url", url, "--out", out, "--model", model, "--n", str(n)], env)
+                stage_args = ["--stage", stage, "--url", url, "--out", out, "--model", model, "--n", str(n)]
+                result = run_stage([*stage_args, "--us-per-frame", str(model_us)], env)
                 counted = object_count(url if stage == "ingest" else out, options)
                 notes = f"process {result['seconds']:.1f} s"
                 work_s = result["work_s"]
@@ -314,6 +360,11 @@ def main() -> None:
                 if stage == "model":
                     notes += f"; first batch {result['first_batch_s']:.2f} s"
                     work_s = result["model_s"]
+                    model_us = 1e6 * result["cpu_s"] / max(1, result["frames"])
+                if stage == "bound":
+                    work_s = result["pipeline_s"]
+                    notes += f"; stand-in of {model_us:.2f} us CPU a frame without the GIL"
+                    notes += f"; {work_s / floor_s:.2f}x the floor" if floor_s else ""
                 if stage == "score" and floor_s:
                     notes += f"; {work_s / floor_s:.2f}x the floor"
                 if "cpu_s" in result:  # CPU seconds of the work, over all its threads (2 cores: at most 2 a second)

@@ -1,4 +1,4 @@
-"""Process settings: freed memory kept in the process for reuse (glibc)."""
+"""Process settings: freed memory kept in the process for reuse (glibc), malloc arenas, background threads' priority."""
 
 from __future__ import annotations
 
@@ -99,3 +99,26 @@ def test_limit_malloc_arenas_makes_threads_share_two_heaps():
 def test_limit_malloc_arenas_leaves_a_users_setting(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert runtime.limit_malloc_arenas() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux")
+def test_lower_thread_priority_lowers_only_the_calling_thread():
+    import os
+    import threading
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = niceness()
+    seen = {}
+
+    def background() -> None:
+        seen["applied"] = runtime.lower_thread_priority(3)
+        seen["niceness"] = niceness()
+        seen["capped"] = runtime.lower_thread_priority(100) and niceness()
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen == {"applied": True, "niceness": min(19, before + 3), "capped": 19}
+    assert niceness() == before  # the caller's own priority is untouched

@@ -4,6 +4,8 @@ re-runs."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch
 import affect_core.frontend as frontend
 import affect_core.inference as inference
 import affect_core.scoring as scoring
+from affect_core import runtime
 from affect_core.artifact import ModelBundle, TrainedModel
 from affect_core.config import FeatureConfig, ModelConfig, RunConfig
 from affect_core.data.records import Video
@@ -336,3 +339,34 @@ def test_scoring_shortens_the_gil_switch_interval_only_while_it_runs(tmp_path):
     )
     assert seen and set(seen) == {min(before, scoring.SWITCH_INTERVAL_S)}
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux")
+def test_reading_and_writing_threads_yield_to_the_model():
+    import os
+    import threading
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: dict[str, list[int]] = {"read": [], "predict": [], "write": []}
+
+    def videos():
+        for video in corpus((30, 40, 50)):
+            seen["read"].append(niceness())
+            yield video
+
+    def predict(features):
+        seen["predict"].append(niceness())
+        return [{"arousal": (np.zeros(len(f), np.float32),) * 2} for f in features]
+
+    class Out:
+        @staticmethod
+        def add_batch(videos, tracks):
+            seen["write"].append(niceness())
+
+    caller = niceness()
+    scoring.score_stream(make_bundle(), videos(), Out(), batch_videos=1, predict=predict)
+    expected = min(19, caller + runtime.BACKGROUND_NICENESS)
+    assert seen == {"read": [expected] * 3, "predict": [caller] * 3, "write": [expected] * 3}
+    assert niceness() == caller
