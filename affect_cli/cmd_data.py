@@ -29,13 +29,12 @@ def info(
     s3_endpoint: Annotated[str | None, typer.Option(help=S3_ENDPOINT_HELP)] = None,
 ) -> None:
     """Versions, videos per split, frames, frames without a face, feature sets, files and bytes of a table."""
-    import json
 
     from affect_core.data.dataset import table_summary
 
     summary = table_summary(url, version=version, storage_options=_options(url, s3_endpoint))
     if as_json:
-        typer.echo(json.dumps(summary, indent=1))
+        _print_json(summary)
         return
     per_split: dict[str, list[int]] = {}
     for video in summary["videos"]:
@@ -47,12 +46,33 @@ def info(
     typer.echo(f"files {summary['files']}, {summary['bytes'] / 1e6:.2f} MB")
     if summary["feature_sets"]:
         sets = ", ".join(f"{name} ({dim})" for name, dim in summary["feature_sets"].items())
-        typer.echo(f"feature sets: {sets}; fps {summary['fps']:g}")
+        fps = "unknown" if summary["fps"] is None else f"{summary['fps']:g}"
+        typer.echo(f"feature sets: {sets}; fps {fps}")
     for key in ("affect.model_id", "affect.dataset_url", "affect.dataset_version"):
         if key in summary["metadata"]:
             typer.echo(f"{key.split('.', 1)[1]}: {summary['metadata'][key]}")
     for split, (videos, frames, missing) in per_split.items():
         typer.echo(f"{split}: {videos} video(s), {frames} frame(s), {missing} without a face")
+
+
+def _print_json(summary: dict) -> None:
+    """The summary as one strict JSON object (no NaN), its videos written as they come (one a line, last): memory
+    stays flat whatever the table holds."""
+    import json
+    import sys
+
+    out = sys.stdout
+    out.write("{\n")
+    for key, value in summary.items():
+        if key != "videos":
+            out.write(f" {json.dumps(key)}: {json.dumps(value, allow_nan=False)},\n")
+    out.write(' "videos": [')
+    separator = "\n  "
+    for video in summary["videos"]:
+        out.write(separator + json.dumps(video, allow_nan=False))
+        separator = ",\n  "
+    out.write("\n ]\n}\n")
+    out.flush()
 
 
 def export(

@@ -157,8 +157,10 @@ def test_info_and_export_of_a_predictions_table(dataset, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["info", out, "--json"])
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    # Strict JSON (what jq and other languages' parsers read): a predictions table keeps no frame rate, null, not NaN.
+    info = json.loads(result.output, parse_constant=lambda name: pytest.fail(f"{name} in affect info --json"))
     assert info["kind"] == "predictions" and info["metadata"]["affect.model_id"] == load_bundle(model).model_id
+    assert info["fps"] is None and info["feature_sets"] == {}
     assert [(v["video_id"], v["frames"]) for v in info["videos"]] == [
         (v.video_id, v.num_frames) for v in ds.iter_videos(dataset)
     ]

@@ -17,6 +17,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1434,19 +1435,24 @@ def table_summary(
     url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What ``affect info URL --json`` prints for a dataset or predictions table: version, versions, videos
-    [{video_id, split, frames, frames_without_face}], files, bytes, feature_sets, and the table's metadata."""
+    [{video_id, split, frames, frames_without_face}], files, bytes, feature_sets, fps (None where the table keeps no
+    frame rate) and the table's metadata.
+
+    ``videos`` is an iterator, in split and natural id order, read once: a table of 10^6 videos is never a list of
+    10^6 dicts (``affect info`` prints them as they come)."""
     source = _open(url, version, storage_options)
     if source.snapshot is None:
         raise AffectError(f"{source.loc.display()}: not a table (no _delta_log/); expected a dataset or predictions")
     snap = source.snapshot
     metadata = _snapshot_metadata(snap)
     sets = json.loads(_meta(metadata, "feature_sets", "[]"))
+    fps = float(_meta(metadata, "fps", "nan"))
     return {
         "url": source.loc.display(),
         "kind": metadata.get("affect.kind", "dataset"),
         "version": snap.version,
         "versions": [int(v) for v in source.versions],
-        "videos": [
+        "videos": (
             {
                 "video_id": e.video_id,
                 "split": e.split,
@@ -1454,11 +1460,11 @@ def table_summary(
                 "frames_without_face": e.frames_without_face,
             }
             for e in snap.entries()
-        ],
+        ),
         "files": len(snap.files),
         "bytes": int(sum(f.size for f in snap.files)),
         "feature_sets": {s["name"]: int(s["stop"]) - int(s["start"]) for s in sets},
-        "fps": float(_meta(metadata, "fps", "nan")),
+        "fps": fps if math.isfinite(fps) else None,  # None: a predictions table keeps none
         "metadata": {k: v for k, v in metadata.items() if k not in ("affect.feature_names",)},
     }
 
