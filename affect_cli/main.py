@@ -4,6 +4,9 @@ instant. Every command reports an AffectError as one line on stderr and exits wi
 from __future__ import annotations
 
 import functools
+import os
+import select
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +62,11 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             from affect_core.storage import is_store_error, redact
 
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                # Whoever read the output stopped (`affect info URL --json | head`): end quietly with the status of a
+                # program stopped by SIGPIPE; output still buffered goes nowhere.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(128 + signal.SIGPIPE) from None
             if not is_store_error(exc):
                 raise
             # The store failed (e.g. S3 unreachable): one line; the command can be re-run once it is back.
@@ -67,6 +75,16 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reading end was closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a test's captured output), no poll
+        return False
 
 
 # (name, command): one line per command of `affect`.

@@ -179,6 +179,25 @@ def test_migrate_converts_the_earlier_layout_in_place(tmp_path):
     assert ds.dataset_info(str(url)).content_hash == ds.content_hash(corpus)
 
 
+def test_info_stops_quietly_when_its_reader_goes_away(tmp_path):
+    import subprocess
+    import sys
+
+    source = make_source(tmp_path / "src", 2)
+    url = str(tmp_path / "ds")
+    ds.ingest(str(source), url, layout="csv", progress=False)
+    program = "from affect_cli.main import main; main()"
+    # The pipe's reading end is closed before the command writes (as `affect info URL --json | head -1` does to a
+    # long output): no traceback and no "storage failed" line, the status of a program stopped by SIGPIPE.
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, "info", url, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert stderr == ""
+
+
 def test_info_and_export(tmp_path):
     source = make_source(tmp_path / "src", 2)
     url = str(tmp_path / "ds")
