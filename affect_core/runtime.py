@@ -1,4 +1,5 @@
-"""Process settings for training and scoring processes (the CLI and the Ray workers call them once at start).
+"""Process settings for training and scoring processes (the CLI and the Ray workers call them once at start), and
+the priority of the scoring pipeline's background threads (each sets its own as it starts).
 
 :func:`retain_freed_memory`: glibc returns every freed block larger than its mmap threshold (at most 32 MiB) to the
 operating system, so the next tensor of that size is mapped afresh and pays a page fault per 4 KiB page on first
