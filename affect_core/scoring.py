@@ -576,7 +576,7 @@ def score_dataset(
     a GPU when present). batch_videos: the most videos in one model pass (default BATCH_VIDEOS); a job commits after
     a batch, so fewer commit sooner, and a batch's memory falls with them."""
     from affect_core.artifact import load_bundle
-    from affect_core.training import resolve_device
+    from affect_core.device import resolve_device
 
     info, _, _, wanted = scoring_plan(data_url, storage_options, splits, version, None)
     check_video_ids(wanted, resolve(out_url, storage_options))

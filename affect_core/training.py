@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from affect_core.alignment import choose_manual_shift
 from affect_core.config import RunConfig
+from affect_core.device import resolve_device
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.features import FeatureStatistics, FeatureTransform, feature_statistics, transform_from_statistics
@@ -517,17 +518,6 @@ def _epoch_steps(
         moved = [to_device(Batch(torch.zeros(0), torch.from_numpy(y)), device).labels for y in labels]
         steps.append(Step(stacked.x, stacked.observed, moved, lengths))
     return steps
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device a model runs on: the one asked for, else ("auto" or None) the GPU when one is present, else the CPU.
-    Asking for a GPU where there is none is a clear error."""
-    if device is not None and str(device) != "auto":
-        chosen = torch.device(device)
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise AffectError(f"device {device!r}: no CUDA GPU is visible here; use --device cpu or auto")
-        return chosen
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def mean_ccc(metrics: dict[str, dict[str, float]]) -> float:

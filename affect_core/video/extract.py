@@ -14,6 +14,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from affect_core.device import resolve_device
 from affect_core.video.align import align_face
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import DecodedFrame, decode_frames
@@ -50,10 +51,6 @@ class VideoFeatures:
         return int(np.isnan(self.boxes[:, 0]).sum())
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def iter_chunks(
     source: str | IO[bytes],
     where: str,
@@ -68,7 +65,7 @@ def iter_chunks(
     window: (first, stop) frame indices to process (stop None: to the end); the frames before are decoded and
     skipped, those at stop and after are not decoded. The rows within ``config.context`` frames of a window's cut, and
     the frames before its first key frame, are not those of the whole video (see :func:`extract_video`)."""
-    device = device or default_device()
+    device = str(resolve_device(device))
     detector = FaceDetector(min_face_share=config.min_face_share)
     margin = config.context
     index: list[int] = []
