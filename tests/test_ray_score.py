@@ -14,8 +14,11 @@ from affect_core.artifact import load_bundle
 from affect_core.config import RunConfig
 from affect_core.data import delta
 from affect_core.data.dataset import dataset_info, iter_videos, read_corpus
+from affect_core.data.records import Video
 from affect_core.experiment import plan_seed_tasks, run_seed
 from affect_core.scoring import finished_videos, read_predictions, score_videos
+from affect_core.scoring import pipeline as scoring_pipeline
+from affect_core.scoring import predictions as scoring_predictions
 from affect_core.storage import resolve
 from tests.test_ray_train import affect, make_dataset
 from tuning.cluster import ray_storage, shareable_storage_options, worker_env
@@ -85,7 +88,7 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
 
     # A crashed job committed some videos; the Ray re-run scores only the others.
     crashed = f"{base}/crashed"
-    real, seen, batch = scoring.prediction_rows, [], scoring.BATCH_VIDEOS
+    real, seen, batch = scoring_predictions.prediction_rows, [], scoring_pipeline.BATCH_VIDEOS
 
     def crash_at_the_fourth(videos, *args):
         seen.extend(v.video_id for v in videos)
@@ -93,12 +96,12 @@ def test_ray_scoring_equals_single_process_and_reruns_cleanly(store, ray_cluster
             raise OSError("node lost")
         return real(videos, *args)
 
-    scoring.prediction_rows, scoring.BATCH_VIDEOS = crash_at_the_fourth, 1  # a batch a video
+    scoring_predictions.prediction_rows, scoring_pipeline.BATCH_VIDEOS = crash_at_the_fourth, 1  # a batch a video
     try:
         with pytest.raises(OSError, match="node lost"):
             scoring.score_dataset(dataset, model, crashed, storage_options=options, progress=False, target_file_bytes=1)
     finally:
-        scoring.prediction_rows, scoring.BATCH_VIDEOS = real, batch
+        scoring_predictions.prediction_rows, scoring_pipeline.BATCH_VIDEOS = real, batch
     committed = finished_videos(resolve(crashed, options))
     assert len(committed) == 3
     again = affect(["score", dataset, "--model", model, "--out", crashed, "--ray", "--no-progress"], env)
@@ -119,7 +122,7 @@ def test_call_blocks_cover_the_videos_to_do_in_order_and_files_travel_whole(tmp_
 
     loc = resolve(str(tmp_path / "predictions"))
     files = delta.FileWriter(loc, scoring.PREDICTION_SCHEMA, target_file_bytes=1 << 30)
-    videos = [scoring.Video(f"v{i}", "dev", np.zeros((3, 2), np.float32), np.arange(3) / 25.0, 25.0) for i in (1, 2)]
+    videos = [Video(f"v{i}", "dev", np.zeros((3, 2), np.float32), np.arange(3) / 25.0, 25.0) for i in (1, 2)]
     tracks = [{"arousal": (np.ones(3, np.float32), np.ones(3, np.float32))} for _ in videos]
     scoring.write_predicted(files, videos, tracks, "m", "0")
     written = files.close()

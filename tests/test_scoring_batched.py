@@ -13,6 +13,8 @@ import torch
 import affect_core.frontend as frontend
 import affect_core.inference as inference
 import affect_core.scoring as scoring
+import affect_core.scoring.pipeline as scoring_pipeline
+import affect_core.scoring.predictions as scoring_predictions
 from affect_core import runtime
 from affect_core.artifact import ModelBundle, TrainedModel
 from affect_core.config import FeatureConfig, ModelConfig, RunConfig
@@ -167,8 +169,8 @@ def corpus(lengths=LENGTHS) -> list[Video]:
 
 
 def test_score_videos_equals_each_video_predicted_alone(tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "BATCH_VIDEOS", 3)  # several batches, and a part queue that fills up
-    monkeypatch.setattr(scoring, "CHUNK_FRAMES", 250)  # the 300-frame videos stream in chunks
+    monkeypatch.setattr(scoring_pipeline, "BATCH_VIDEOS", 3)  # several batches, and a part queue that fills up
+    monkeypatch.setattr(scoring_pipeline, "CHUNK_FRAMES", 250)  # the 300-frame videos stream in chunks
     bundle, videos = make_bundle(), corpus()
     result = score_videos(bundle, iter(videos), str(tmp_path / "p"), feature_names=bundle.feature_names)
     assert (result.videos, result.frames, result.skipped) == (len(videos), sum(v.num_frames for v in videos), 0)
@@ -195,7 +197,7 @@ def test_the_model_leaves_a_core_to_reading_and_writing_and_torch_threads_are_re
         seen.append(torch.get_num_threads())
         return real(bundle, features)
 
-    monkeypatch.setattr(scoring, "predict_tracks", predict)
+    monkeypatch.setattr(scoring_pipeline, "predict_tracks", predict)
     bundle, before = make_bundle(), torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -213,7 +215,7 @@ def test_predict_tracks_refuses_features_of_another_width():
 
 
 def test_a_reader_error_reaches_the_caller_and_a_rerun_finishes_the_job(tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "BATCH_VIDEOS", 2)
+    monkeypatch.setattr(scoring_pipeline, "BATCH_VIDEOS", 2)
     bundle, videos = make_bundle(), corpus()
     out = str(tmp_path / "p")
 
@@ -237,7 +239,7 @@ def test_a_reader_error_reaches_the_caller_and_a_rerun_finishes_the_job(tmp_path
 
 
 def test_a_write_error_reaches_the_caller_and_nothing_is_committed(tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "BATCH_VIDEOS", 2)
+    monkeypatch.setattr(scoring_pipeline, "BATCH_VIDEOS", 2)
     real = scoring.prediction_rows
 
     def table(videos, tracks, model_id, dataset_version=""):
@@ -245,7 +247,7 @@ def test_a_write_error_reaches_the_caller_and_nothing_is_committed(tmp_path, mon
             raise OSError("disk full")
         return real(videos, tracks, model_id, dataset_version)
 
-    monkeypatch.setattr(scoring, "prediction_rows", table)
+    monkeypatch.setattr(scoring_predictions, "prediction_rows", table)
     bundle = make_bundle()
     with pytest.raises(OSError, match="disk full"):
         score_videos(bundle, iter(corpus()), str(tmp_path / "p"), feature_names=bundle.feature_names, progress=False)
@@ -262,7 +264,7 @@ def test_video_batches_respect_the_limits():
 
 
 def test_video_batches_give_a_long_video_a_batch_of_its_own(monkeypatch):
-    monkeypatch.setattr(scoring, "CHUNK_FRAMES", 100)
+    monkeypatch.setattr(scoring_pipeline, "CHUNK_FRAMES", 100)
     videos = corpus((10, 10, 400, 10))
     assert [[v.num_frames for v in b] for b in video_batches(videos)] == [[10, 10], [400], [10]]
 

@@ -13,6 +13,8 @@ from affect_core.artifact import load_bundle, save_bundle
 from affect_core.data import dataset as ds
 from affect_core.data import delta
 from affect_core.errors import AffectError
+from affect_core.scoring import pipeline as scoring_pipeline
+from affect_core.scoring import predictions as scoring_predictions
 from affect_core.storage import resolve
 from affect_core.synth import SynthConfig, write_corpus
 
@@ -105,11 +107,11 @@ def test_a_crashed_job_resumes_only_with_the_same_model(dataset, tmp_path, monke
             raise OSError("node lost")
         return real(videos, *args)
 
-    monkeypatch.setattr(scoring, "BATCH_VIDEOS", 1)  # a batch a video: the crash comes after four are written
-    monkeypatch.setattr(scoring, "prediction_rows", crash_at_the_fifth)
+    monkeypatch.setattr(scoring_pipeline, "BATCH_VIDEOS", 1)  # a batch a video: the crash comes after four are written
+    monkeypatch.setattr(scoring_predictions, "prediction_rows", crash_at_the_fifth)
     with pytest.raises(OSError, match="node lost"):
         scoring.score_dataset(dataset, model_a, out, progress=False, target_file_bytes=1)
-    monkeypatch.setattr(scoring, "prediction_rows", real)
+    monkeypatch.setattr(scoring_predictions, "prediction_rows", real)
     done = scoring.finished_videos(resolve(out))
     assert len(done) == 4
     other = scoring.score_dataset(dataset, model_b, out, progress=False, target_file_bytes=1)

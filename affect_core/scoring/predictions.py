@@ -1,0 +1,348 @@
+"""The predictions table: its schema, who its rows are from, the writer a scoring job commits through, and the lazy
+reader that evaluation and reports use.
+
+Predictions are a table (:mod:`affect_core.data.delta`, Delta Lake) at PRED_URL: columns PREDICTION_SCHEMA, files of
+many whole videos partitioned by split, frames in order. The table's metadata names the model (``model_id``: a hash of
+its weights and configuration) and the dataset URL and version it scored; every row carries both too. A job commits
+what it has scored each time a file fills (or every COMMIT_SECONDS), so a crashed job resumes by skipping the videos
+committed by the same model on the same dataset version. Scoring into a URL that holds another model's or another
+version's predictions replaces them in the job's first commit (one transaction: readers see the old rows or the new,
+never both), or with ``replace=False`` refuses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from affect_core.data import delta
+from affect_core.data.records import Video
+from affect_core.errors import AffectError
+from affect_core.storage import Location, list_dir, resolve
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("split", pa.string()),
+        ("frame", pa.int32()),
+        ("time_s", pa.float64()),
+        ("arousal", pa.float32()),
+        ("valence", pa.float32()),
+        ("arousal_var", pa.float32()),
+        ("valence_var", pa.float32()),
+        ("model_id", pa.string()),
+        ("dataset_version", pa.string()),
+    ]
+)
+PREDICTIONS_KIND = "predictions"
+# A running job commits what it has scored at least this often (a crash loses at most this much work).
+COMMIT_SECONDS = 300.0
+
+Tracks = dict[str, tuple[np.ndarray, np.ndarray]]
+"""{dimension: (level (T,), variance (T,))} of one video."""
+
+
+@dataclass
+class PredictionTarget:
+    """Who the predictions at a URL are from: the model and the dataset (URL and version) it scored."""
+
+    model_id: str
+    dataset_url: str = ""
+    dataset_version: str = ""
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "affect.kind": PREDICTIONS_KIND,
+            "affect.model_id": self.model_id,
+            "affect.dataset_url": self.dataset_url,
+            "affect.dataset_version": self.dataset_version,
+        }
+
+    @classmethod
+    def of(cls, snapshot: delta.Snapshot) -> PredictionTarget:
+        meta = snapshot.metadata
+        return cls(
+            str(meta.get("affect.model_id", "")),
+            str(meta.get("affect.dataset_url", "")),
+            str(meta.get("affect.dataset_version", "")),
+        )
+
+
+def open_predictions(out: Location, *, version: int | None = None) -> delta.Snapshot | None:
+    """The predictions table at ``out`` (None if there is none yet); refuses a URL holding something else."""
+    snap = delta.snapshot(out, version)
+    if snap is None:
+        # split=... folders without a log are a crashed first job's uncommitted files: the next job may write here
+        entries = [n for n, _ in _list(out) if not n.startswith((".", "_", "split="))]
+        if entries:
+            raise AffectError(
+                f"{out.display()}: holds {entries[0]!r} and is not a predictions table (no _delta_log/); "
+                "score into an empty directory or a new URL"
+            )
+        return None
+    if snap.metadata.get("affect.kind") != PREDICTIONS_KIND:
+        raise AffectError(
+            f"{out.display()}: a table of {snap.metadata.get('affect.kind', 'dataset')} rows, not of predictions; "
+            "score into another URL"
+        )
+    return snap
+
+
+def _list(out: Location) -> list[tuple[str, str]]:
+    return list_dir(out.fs, out.path)
+
+
+def finished_videos(out: Location) -> set[str]:
+    """Video ids whose predictions are committed under ``out``."""
+    snap = open_predictions(out)
+    return set(snap.video_ids().to_pylist()) if snap is not None else set()
+
+
+def plan_scoring(
+    out: Location, target: PredictionTarget, *, replace: bool = True
+) -> tuple[delta.Snapshot | None, set[str], bool]:
+    """(table snapshot, videos already done, whether the first commit replaces the table) for a job scoring
+    ``target`` into ``out``. Predictions of another model or dataset version are replaced (``replace``) or refused."""
+    snap = open_predictions(out)
+    if snap is None:
+        return None, set(), False
+    held = PredictionTarget.of(snap)
+    if held == target:
+        return snap, set(snap.video_ids().to_pylist()), False
+    if not replace:
+        raise AffectError(
+            f"{out.display()}: holds predictions of model {held.model_id} on {held.dataset_url} version "
+            f"{held.dataset_version or '-'}, not of model {target.model_id} on {target.dataset_url} version "
+            f"{target.dataset_version or '-'}; score into another URL, or allow replacing them"
+        )
+    return snap, set(), True
+
+
+def write_predicted(
+    files: delta.FileWriter, videos: Sequence[Video], tracks: Sequence[Tracks], model_id: str, dataset_version: str
+) -> list[delta.DataFile]:
+    """Append the prediction rows of consecutive videos to table files; returns the files this closed."""
+    table = prediction_rows(videos, tracks, model_id, dataset_version)
+    return files.add_videos(table, [delta.VideoEntry(v.video_id, v.split, v.num_frames) for v in videos])
+
+
+def prediction_rows(
+    videos: Sequence[Video], tracks: Sequence[Tracks], model_id: str, dataset_version: str = ""
+) -> pa.Table:
+    """The predicted tracks of consecutive videos as one table in PREDICTION_SCHEMA, a video's rows together and in
+    frame order (a dimension missing from a video's tracks is null). Built column by column for the whole batch."""
+    lengths = np.array([v.num_frames for v in videos], dtype=np.int64)
+    total = int(lengths.sum())
+    owner = pa.array(np.repeat(np.arange(len(videos), dtype=np.int64), lengths))
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    columns: dict[str, Any] = {
+        "video_id": pa.array([v.video_id for v in videos], pa.string()).take(owner),
+        "split": pa.array([v.split for v in videos], pa.string()).take(owner),
+        "frame": pa.array((np.arange(total, dtype=np.int64) - starts).astype(np.int32)),
+        "time_s": pa.array(_joined([np.asarray(v.time_s, dtype=np.float64) for v in videos], np.float64)),
+    }
+    for dim in ("arousal", "valence"):
+        levels = [np.asarray(t[dim][0], np.float32) if dim in t else None for t in tracks]
+        variances = [np.asarray(t[dim][1], np.float32) if dim in t else None for t in tracks]
+        missing = np.repeat(np.array([x is None for x in levels]), lengths)
+        filled = [x if x is not None else np.full(n, np.nan, np.float32) for x, n in zip(levels, lengths, strict=True)]
+        columns[dim] = pa.array(_joined(filled, np.float32), mask=missing if missing.any() else None)
+        filled = [
+            x if x is not None else np.full(n, np.nan, np.float32) for x, n in zip(variances, lengths, strict=True)
+        ]
+        columns[f"{dim}_var"] = pa.array(_joined(filled, np.float32), from_pandas=True)
+    columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), total)
+    columns["dataset_version"] = pa.repeat(pa.scalar(dataset_version, pa.string()), total)
+    return pa.table(columns, schema=PREDICTION_SCHEMA)
+
+
+def _joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+class PredictionWriter:
+    """Packs predicted videos into table files and commits them: when a file fills, every COMMIT_SECONDS, and at
+    :meth:`close`. The first commit replaces the table when ``replace``. Called from one thread."""
+
+    def __init__(
+        self,
+        out: Location,
+        target: PredictionTarget,
+        *,
+        snapshot: delta.Snapshot | None,
+        replace: bool,
+        target_file_bytes: int = delta.DEFAULT_TARGET_FILE_BYTES,
+        commit_seconds: float = COMMIT_SECONDS,
+    ) -> None:
+        self.out = out
+        self.target = target
+        self.model_id = target.model_id
+        self.read_version = snapshot.version if snapshot is not None else None
+        self.replace = replace
+        self.commit_seconds = commit_seconds
+        self.files = delta.FileWriter(out, PREDICTION_SCHEMA, target_file_bytes=target_file_bytes)
+        self.ready: list[delta.DataFile] = []
+        self.last_commit = time.monotonic()
+        self.commits = 0
+        self.failed = False
+
+    def add_batch(self, videos: Sequence[Video], tracks: Sequence[Tracks]) -> None:
+        """Write the predicted tracks of consecutive videos (commits as files fill, or every commit_seconds)."""
+        if self.failed:  # a batch before this one failed: the job stops committing
+            return
+        try:
+            self.ready += write_predicted(self.files, videos, tracks, self.model_id, self.target.dataset_version)
+            if self._due():
+                self.commit(flush=not self.ready)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def add_files(self, files: Sequence[delta.DataFile]) -> None:
+        """Commit table files of predictions that a scorer elsewhere (a Ray actor) wrote: with the next commit, which
+        is now. They are deleted by :meth:`abort` until committed."""
+        self.files.written += files
+        self.ready += files
+        self.commit(flush=False)
+
+    def _due(self) -> bool:
+        """Whether to commit now: a file filled up, or commit_seconds passed since the last commit."""
+        return any(f.full for f in self.ready) or time.monotonic() - self.last_commit >= self.commit_seconds
+
+    def commit(self, *, flush: bool = True) -> None:
+        if flush:
+            self.ready += self.files.flush()
+        if not self.ready and not (self.replace or self.read_version is None):
+            return
+        try:
+            self.read_version = delta.commit(
+                self.out,
+                PREDICTION_SCHEMA,
+                added=self.ready,
+                read_version=self.read_version,
+                metadata=self.target.metadata(),
+                replace=self.replace,
+                operation="score",
+            )
+        except delta.CommitConflict as exc:
+            self.abort()
+            raise AffectError(
+                f"{exc}. Another scoring job wrote into this URL at the same time; run this one again to resume"
+            ) from None
+        self.files.written = [f for f in self.files.written if f not in self.ready]
+        self.ready = []
+        self.replace = False
+        self.commits += 1
+        self.last_commit = time.monotonic()
+
+    def close(self) -> None:
+        self.commit(flush=True)
+
+    def abort(self) -> None:
+        """Delete the files not yet committed."""
+        self.files.abort()
+        self.ready = []
+
+
+class PredictionStore(Mapping[str, pa.Table]):
+    """The predictions of one table version as a read-only mapping {video id: its rows (PREDICTION_SCHEMA)}, in the
+    table's order (split, then natural id). Memory stays flat whatever the table holds: the index is the snapshot's
+    Arrow columns, and rows are read on access, one row group at a time (the last one read is kept).
+
+    Lookups in the table's order (what evaluation does) walk a cursor forward through the index: each costs O(1)
+    and consecutive videos of a row group one read. A lookup behind the cursor restarts the walk from the first
+    video (O(videos) for that lookup)."""
+
+    def __init__(self, out: Location, snapshot: delta.Snapshot) -> None:
+        self.out = out
+        self.snapshot = snapshot
+        self.target = PredictionTarget.of(snapshot)
+        self._cursor: Iterator[delta.VideoEntry] = iter(())
+        self._cached: tuple[tuple[str, int], pa.Table] | None = None
+        self._file: Any = None
+
+    def _find(self, video_id: str) -> delta.VideoEntry | None:
+        for entry in self._cursor:
+            if entry.video_id == video_id:
+                return entry
+        self._cursor = self.snapshot.entries()  # behind the cursor, or absent: one walk from the start
+        for entry in self._cursor:
+            if entry.video_id == video_id:
+                return entry
+        return None
+
+    def __getitem__(self, video_id: str) -> pa.Table:
+        entry = self._find(video_id)
+        if entry is None:
+            raise KeyError(video_id)
+        key = (entry.path, entry.row_group)
+        if self._cached is None or self._cached[0] != key:
+            if self._file is None or self._file.path != entry.path:
+                self.close()
+                self._file = delta.TableFile(self.out, entry.path)  # the footer is parsed once per file
+            self._cached = (key, self._file.read([entry.row_group]))
+        table = self._cached[1]
+        mask = pc.equal(table.column("video_id"), video_id)
+        return table.filter(mask)
+
+    def close(self) -> None:
+        """Close the file held open (reading again reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __iter__(self) -> Iterator[str]:
+        return (entry.video_id for entry in self.snapshot.entries())
+
+    def __len__(self) -> int:
+        return self.snapshot.video_count
+
+    def __contains__(self, video_id: object) -> bool:
+        return isinstance(video_id, str) and bool(
+            delta.select_index(pa.table({"video_id": self.snapshot.video_ids()}), None, [video_id]).num_rows
+        )
+
+    def video_ids(self) -> pa.ChunkedArray:
+        """The ids of every video with predictions (an Arrow column: no object per video)."""
+        return self.snapshot.video_ids()
+
+    def frames(self) -> int:
+        """Predicted frames over the table."""
+        return sum(int(pc.sum(f.index.column("frames")).as_py() or 0) for f in self.snapshot.files if f.video_count)
+
+
+def read_predictions(
+    pred_url: str, storage_options: dict[str, Any] | None = None, *, version: int | str | None = None
+) -> PredictionStore:
+    """The predictions at PRED_URL (``URL@VERSION`` or ``version`` pins a version) as a lazy mapping {video id:
+    table}; the table's ``target`` names the model and dataset version they are from."""
+    url, pinned = delta.parse_versioned_url(pred_url)
+    loc = resolve(url, storage_options)
+    wanted = pinned if pinned is not None else delta.parse_version(version, loc.display())
+    snap = open_predictions(loc, version=wanted)
+    if snap is None:
+        raise AffectError(f"{loc.display()}: no predictions here")
+    store = PredictionStore(loc, snap)
+    if not len(store):
+        raise AffectError(f"{loc.display()}: the predictions table holds no video")
+    return store
+
+
+def scored_version(
+    predictions: PredictionStore, dataset_url: str, storage_options: dict[str, Any] | None
+) -> str | None:
+    """The version of ``dataset_url`` to read beside ``predictions``: the one they were scored from when the URL
+    names that table and pins no version itself; else None (the URL's own version, or the latest)."""
+    url, pinned = delta.parse_versioned_url(dataset_url)
+    target = predictions.target
+    if pinned is not None or not target.dataset_version or not target.dataset_url:
+        return None
+    if resolve(url, storage_options).display() != target.dataset_url:
+        return None
+    return target.dataset_version
