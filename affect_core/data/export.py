@@ -1,6 +1,7 @@
 """Export a dataset or predictions table version to the forms other tools take: one Parquet file, one CSV file, or one
 CSV per video. Rows stream one video at a time (bounded memory); in CSV the ``features`` lists become one column per
-feature, named by the dataset's feature names."""
+feature, named by the dataset's feature names, and a missing value (NaN: a frame without a face, an unknown label) is an
+empty cell, as CSV readers expect (a ``nan`` cell makes polars read the column as strings)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -38,6 +40,19 @@ def flat_table(table: pa.Table, feature_names: list[str]) -> pa.Table:
     out = table.remove_column(position)
     for offset, name in enumerate(names):
         out = out.add_column(position + offset, name, pa.array(np.ascontiguousarray(matrix[:, offset])))
+    return out
+
+
+def csv_table(table: pa.Table, feature_names: list[str]) -> pa.Table:
+    """``table`` as a CSV file holds it: :func:`flat_table`, with NaN in a floating-point column made null (which the
+    CSV writer writes as an empty cell)."""
+    out = flat_table(table, feature_names)
+    for position, field in enumerate(out.schema):
+        if pa.types.is_floating(field.type):
+            column = out.column(position)
+            missing = pc.is_nan(column)
+            if pc.any(missing).as_py():
+                out = out.set_column(position, field, pc.if_else(missing, pa.scalar(None, field.type), column))
     return out
 
 
@@ -88,7 +103,7 @@ def export_table(
             rows += table.num_rows
             table = table.replace_schema_metadata(None)
             if handle is not None:
-                out = table if kind == ".parquet" else flat_table(table, names)
+                out = table if kind == ".parquet" else csv_table(table, names)
                 if writer is None:
                     if kind == ".parquet":
                         metadata = {"affect.feature_names": json.dumps(names), "affect.version": str(info.version)}
@@ -101,7 +116,7 @@ def export_table(
 
                 check_video_id(video_id, folder.display())
                 with folder.fs.open(storage.join(folder.path, f"{video_id}.csv"), "wb") as one:
-                    pacsv.write_csv(flat_table(table, names), one)
+                    pacsv.write_csv(csv_table(table, names), one)
         if handle is not None:
             if writer is not None:
                 writer.close()
