@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	# The CPU build of torch first: a looser requirement would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -c constraints.txt torch==2.13.0
+	# Every other package at the version CI tested (constraints.txt; README says how to upgrade).
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev]'
 	# Compile the CPU kernels (filters, seed-stack and inference LSTM) once into numba's cache, so no run pays it later.
 	$(BIN)/python -c 'from affect_core.kernels import warm_up; warm_up()'
 	touch $(STAMP)
