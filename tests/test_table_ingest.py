@@ -5,7 +5,6 @@ changed videos."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from corpus_checks import assert_same_corpus, change_one_value, make_source, touch
@@ -14,8 +13,6 @@ from affect_core.data import dataset as ds
 from affect_core.data import source_videos as sv
 from affect_core.data.readers import read_source
 from affect_core.errors import AffectError
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.mark.parametrize("layout", ["csv", "avec2016"])
@@ -63,8 +60,16 @@ def test_a_fingerprint_changes_with_a_file_and_nothing_else(tmp_path):
     assert [v for v in before if before[v] != after[v]] == ["train_2"]
 
 
-def test_a_single_file_layout_cannot_be_split():
-    assert not sv.splittable(str(DATA / "parquet"), "parquet") or not (DATA / "parquet" / "features.parquet").exists()
+def test_a_single_file_layout_cannot_be_split(tmp_path):
+    """The parquet layout keeps every video in one features.parquet: it must be read whole, never listed per video
+    (while the same corpus in the per-file csv layout is)."""
+    single_file = make_source(tmp_path / "parquet", "parquet")
+    assert (single_file / "features.parquet").is_file()
+    assert not sv.splittable(str(single_file), "parquet")
+    with pytest.raises(AffectError, match="holds all videos in one file"):
+        sv.list_source_videos(str(single_file), "parquet")
+    per_file = make_source(tmp_path / "csv", "csv")
+    assert sv.splittable(str(per_file), "csv")
 
 
 @pytest.mark.slow
