@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from affect_core.data.tracks import check_video_id
 from affect_core.errors import AffectError
 from affect_core.experiment import read_results, summary_markdown, variant_label
 from affect_core.storage import Location, exists, read_bytes, redact, resolve, write_bytes_atomic
@@ -92,24 +93,27 @@ def write_report(
     plots: dict[str, str] = {}
     notes: list[str] = []
 
-    _save(out, "ablation.png", ablation_figure(rows), plots)
-    _save(out, "lag.png", lag_figure(rows, fps=fps), plots)
-
+    curves: list[CurveData] = []
     if dataset_url:
         pred_url = predictions_url
         if pred_url is None and run.exists(PREDICTIONS_DIR):
             pred_url = run.join(PREDICTIONS_DIR).url
-        for curve in curve_data(
+        curves = curve_data(
             run,
             dataset_url,
             predictions_url=pred_url,
             video_ids=video_ids,
             videos=videos,
             storage_options=storage_options,
-        ):
-            _save(out, f"curves-{curve.video_id}.png", curves_figure(curve), plots)
+        )
     else:
         notes.append("Curves of dev videos need the dataset's gold standard: pass a dataset URL.")
+    curve_files = [curve_file_name(curve.video_id, out) for curve in curves]  # refused before anything is written
+
+    _save(out, "ablation.png", ablation_figure(rows), plots)
+    _save(out, "lag.png", lag_figure(rows, fps=fps), plots)
+    for curve, name in zip(curves, curve_files, strict=True):
+        _save(out, name, curves_figure(curve), plots)
 
     tuning = resolve(tuning_url, storage_options) if tuning_url else run.join(TUNING_DIR)
     trials = read_trials(tuning)
@@ -121,6 +125,19 @@ def write_report(
     summary = report_markdown(rows, fps=fps, plots=plots, out=out, trials=trials, notes=notes)
     write_bytes_atomic(out.fs, out.join("summary.md").path, summary.encode())
     return ReportResult(out.display(), out.display("summary.md"), plots, summary)
+
+
+def curve_file_name(video_id: str, out: Location) -> str:
+    """The plot file of a video's curves, ``curves-<video id>.png``; refuses an id that is no plain name (e.g.
+    '../x', which a table may hold: its writers do not check ids) so that the plot stays inside ``out``."""
+    try:
+        check_video_id(video_id, out.display())
+    except AffectError:
+        raise AffectError(
+            f"{out.display()}: video id {video_id[:80]!r} cannot name the plot of its curves; expected a plain name "
+            "(letters, digits, '_', '-' or '.', no path separators or '..'). Pass other videos to the report"
+        ) from None
+    return f"curves-{video_id}.png"
 
 
 def report_markdown(

@@ -135,3 +135,34 @@ def test_report_cli(trained_run: tuple[str, str], tmp_path: Path) -> None:
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "no results here" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("source", ["model", "predictions"])
+def test_a_video_id_that_is_no_plain_name_never_names_a_plot(
+    trained_run: tuple[str, str], tmp_path: Path, source: str
+) -> None:
+    """A table written by the library's own writers may hold an id such as '../../x'; the report refuses it before it
+    writes anything, instead of drawing curves-../../x.png two folders up."""
+    import dataclasses
+
+    from affect_core.artifact import load_bundle
+    from affect_core.data.dataset import iter_videos, write_dataset
+    from affect_core.errors import AffectError
+    from affect_core.scoring import score_videos
+
+    dataset, run = trained_run
+    corpus = read_corpus(dataset)
+    escaping = "../../../escaped"  # curves-../../../escaped.png lies beside the report folder
+    first_dev = next(i for i, v in enumerate(corpus.videos) if v.split == "dev")
+    corpus.videos[first_dev] = dataclasses.replace(corpus.videos[first_dev], video_id=escaping)
+    bad = str(tmp_path / "data" / "bad")
+    write_dataset(corpus, bad, progress=False)
+    predictions = None
+    if source == "predictions":
+        bundle = load_bundle(f"{run}/model")
+        predictions = str(tmp_path / "data" / "preds")
+        score_videos(bundle, iter_videos(bad), predictions, feature_names=bundle.feature_names, progress=False)
+    out = tmp_path / "data" / "report" / "plots"
+    with pytest.raises(AffectError, match=re.escape(repr(escaping))):
+        write_report(run, dataset_url=bad, predictions_url=predictions, out_url=str(out), videos=1)
+    assert not list(tmp_path.rglob("*.png")) and not (out / "summary.md").exists()
