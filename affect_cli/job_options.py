@@ -26,7 +26,10 @@ def _parameter(name: str, field: dataclasses.Field, hint: Any, *, allow_required
         if flag and name != field.name:  # a step's option keeps its prefix (--tune-... / --score-...)
             flag = None
         declarations = [flag] if flag else []
-        info = typer.Option(*declarations, help=meta.get("help", ""), **bounds)
+        parsing = {"parser": meta["parse"], "metavar": "VALUE"} if "parse" in meta else {}
+        info = typer.Option(*declarations, help=meta.get("help", ""), **bounds, **parsing)
+        if parsing:
+            hint = str  # the field's own parser turns the text into its value (a number or a keyword)
     if required:
         hint = str  # a required URL: the dataclass's "" default is only for a pipeline to fill in
     default = inspect.Parameter.empty if required else _default(field)

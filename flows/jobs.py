@@ -3,9 +3,9 @@
 A job is a dataclass holding every option of the job; its fields carry their help text (and, for the command line,
 whether they are an argument, a flag's spelling and a lower bound). ``affect_cli.job_options`` turns a job class into
 a typer command and :mod:`flows.workflows` takes the job as a flow parameter, so an option added here reaches the
-CLI, the flows and the deployments' parameters by itself. :func:`run` runs a job; :func:`use_ray` is the one place
-that decides between the single-process library (``affect_core``) and Ray (``tuning``), driven from this process or,
-when ``RAY_ADDRESS`` is a job server address, submitted to the cluster as a Ray job (:mod:`flows.ray_job`).
+CLI, the flows and the deployments' parameters by itself. :func:`run` runs a job: each ``run_<job>`` says what the
+job calls in the single-process library (``affect_core``) and in Ray (``tuning``) and what one unit of its Ray work
+asks for; :mod:`flows.runner` decides where it runs (this process, a Ray driver here, or a Ray job at a job server).
 
 This module imports neither ray nor prefect nor torch at import time (``affect --help`` stays instant); the layer a
 job needs is imported when it runs.
@@ -14,20 +14,25 @@ job needs is imported when it runs.
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from affect_core.errors import AffectError
+from flows.runner import Placement, RayAsk, parse_gpus, placement, run_job
 
 S3_ENDPOINT_HELP = "S3 endpoint URL for s3:// URLs (default: $AFFECT_S3_ENDPOINT); keys come from the environment."
+GPUS_HELP = (
+    "A number (fractions share a GPU), or auto:FRACTION: that fraction where the cluster has or can add GPU nodes, "
+    "none where it cannot."
+)
 
 
 def option(default: Any = None, help: str = "", **cli: Any) -> Any:
     """A job field with its help text. cli: ``argument`` (positional on the command line), ``flag`` (the option's
     spelling, e.g. "--model" or "--ray/--no-ray"), ``min``, ``required`` (the command line must give it; the
-    dataclass default "" lets a pipeline fill it in)."""
+    dataclass default "" lets a pipeline fill it in), ``parse`` (turns the command line's text into the value),
+    ``ray_switch`` (the field that puts the job on Ray: :func:`flows.runner.placement`)."""
     metadata = {"help": help, **cli}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -68,6 +73,7 @@ class IngestJob:
         None,
         "Read and validate the videos in parallel with Ray tasks (default: when RAY_ADDRESS is set).",
         flag="--parallel/--no-parallel",
+        ray_switch=True,
     )
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar over videos.")
@@ -89,7 +95,7 @@ class TuneJob:
     grace_period: int = option(1, "ASHA: epochs before a trial may be stopped.", min=1)
     seed: int = option(0, "Seed of the Optuna sampler.")
     cpus_per_trial: float = option(1.0, "Ray: CPUs of each trial's worker.", min=0.01)
-    gpus_per_trial: float = option(0.0, "Ray: GPUs of each trial's worker (fractions share a GPU).", min=0.0)
+    gpus_per_trial: float | str = option(0.0, "Ray: GPUs of each trial's worker. " + GPUS_HELP, parse=parse_gpus)
     device: str = option("auto", "auto | cpu | cuda: where each trial trains (auto: its GPU when it has one).")
     max_failures: int = option(2, "Ray: retries of a failed trial.", min=0)
     resource_timeout: float = option(
@@ -118,10 +124,13 @@ class TrainJob:
     window_frames: int | None = option(None, "Truncated BPTT windows of this many frames (0 = whole sequences).")
     resume: bool = option(False, "Continue an interrupted run from its checkpoints.")
     ray: bool | None = option(
-        None, "Train the seeds in parallel on Ray (default: when RAY_ADDRESS is set).", flag="--ray/--no-ray"
+        None,
+        "Train the seeds in parallel on Ray (default: when RAY_ADDRESS is set).",
+        flag="--ray/--no-ray",
+        ray_switch=True,
     )
     cpus_per_seed: float = option(1.0, "Ray: CPUs per seed's worker.", min=0.01)
-    gpus_per_seed: float = option(0.0, "Ray: GPUs per seed's worker (fractions share a GPU).", min=0.0)
+    gpus_per_seed: float | str = option(0.0, "Ray: GPUs per seed's worker. " + GPUS_HELP, parse=parse_gpus)
     max_failures: int = option(3, "Ray: retries of a failed seed worker.", min=0)
     resource_timeout: float = option(
         600.0,
@@ -154,12 +163,15 @@ class ScoreJob:
     out: str = required("Predictions URL (one Parquet file per video).", flag="--out")
     split: list[str] | None = option(None, "Only these splits (repeatable); default all.")
     ray: bool | None = option(
-        None, "Score on Ray Data with an actor pool (default: when RAY_ADDRESS is set).", flag="--ray/--no-ray"
+        None,
+        "Score on Ray Data with an actor pool (default: when RAY_ADDRESS is set).",
+        flag="--ray/--no-ray",
+        ray_switch=True,
     )
     actors: int = option(4, "Ray: most scoring actors at once (at most one per video).", min=1)
     min_actors: int = option(1, "Ray: scoring actors kept however little work is queued.", min=1)
     cpus_per_actor: float = option(1.0, "Ray: CPUs per scoring actor.", min=0.01)
-    gpus_per_actor: float = option(0.0, "Ray: GPUs per scoring actor (fractions share a GPU).", min=0.0)
+    gpus_per_actor: float | str = option(0.0, "Ray: GPUs per scoring actor. " + GPUS_HELP, parse=parse_gpus)
     resource_timeout: float = option(
         600.0,
         "Ray: seconds to wait for a node that can hold one scoring actor (an autoscaler adds it) before failing.",
@@ -322,24 +334,6 @@ def storage_options_for(url: str | None, s3_endpoint: str | None) -> dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------- running
-def use_ray(requested: bool | None) -> bool:
-    """Whether a job that can run in one process or on Ray (train, score) runs on Ray: as asked (``--ray`` /
-    ``--no-ray``, the job's ``ray`` field), else when ``RAY_ADDRESS`` names a cluster. Tuning always runs on Ray
-    (in this process unless ``RAY_ADDRESS`` is set)."""
-    if requested is not None:
-        return bool(requested)
-    return bool(os.environ.get("RAY_ADDRESS"))
-
-
-def job_server() -> str | None:
-    """``RAY_ADDRESS`` when it is a Ray job server address (``http://head:8265``): the Ray work of a job is then
-    submitted to it as a Ray job (:mod:`flows.ray_job`) instead of driven from this process."""
-    from flows.ray_job import is_job_server
-
-    address = os.environ.get("RAY_ADDRESS")
-    return address if is_job_server(address) else None
-
-
 def run(job: Any) -> Any:
     """Run any job (its ``run_<job>`` function)."""
     runners = {
@@ -354,38 +348,9 @@ def run(job: Any) -> Any:
     return runners[type(job)](job)
 
 
-def _submitted(job: Any) -> Any:
-    """The job's result, run as a Ray job at the job server in ``RAY_ADDRESS``."""
-    from flows.ray_job import submit
-
-    return decode_result(job, submit(job, job_server()))
-
-
-def decode_result(job: Any, data: Any) -> Any:
-    """A job's result from its JSON form (what a Ray job prints), as :func:`run` returns it."""
-    if isinstance(job, ScoreJob):
-        from affect_core.scoring import ScoreResult
-
-        return ScoreResult(**data)
-    if isinstance(job, TuneJob):
-        from tuning.tune import TuneOutcome
-
-        return TuneOutcome(**data)
-    return data
-
-
-def _ray_capacity(request: dict[str, float], *, what: str, timeout_s: float, url: str | None, s3: str | None) -> None:
-    """Connect to Ray and wait (at most ``timeout_s``) for a node that can hold one unit of work."""
-    from tuning.cluster import ensure_ray, wait_for_capacity
-
-    ensure_ray(storage_options=storage_options_for(url, s3))
-    wait_for_capacity(request, what=what, timeout_s=timeout_s)
-
-
 def run_ingest(job: IngestJob) -> Any:
-    """Run an ingest; returns the library's IngestResult."""
-    from affect_core.data.dataset import ingest
-
+    """Run an ingest, its videos read by Ray tasks when :func:`flows.runner.placement` puts it on Ray; returns the
+    library's IngestResult. Ray starts (or is joined) only when there is a video to read."""
     check_required(job)
     options = {
         "layout": job.layout,
@@ -396,6 +361,16 @@ def run_ingest(job: IngestJob) -> Any:
         "target_file_bytes": int(job.file_mb * 2**20),
         "min_face_confidence": job.min_face_confidence,
     }
+    return run_job(
+        job,
+        local=lambda: _ingest(job, options, parallel=False),
+        on_ray=lambda _gpus: _ingest(job, options, parallel=True),
+    )
+
+
+def _ingest(job: IngestJob, options: dict[str, Any], *, parallel: bool) -> Any:
+    from affect_core.data.dataset import ingest
+
     if job.layout == "video":  # decoded and described first (Ray tasks when parallel); the transform kept beside
         from affect_core.video.ingest import ingest_videos
         from tuning.video_extract import video_mapper
@@ -407,10 +382,10 @@ def run_ingest(job: IngestJob) -> Any:
             fps=job.fps,
             storage_options=options["storage_options"],
             source_storage_options=options["source_storage_options"],
-            mapper=video_mapper(use_ray(job.parallel)),
+            mapper=video_mapper(parallel),
             progress=job.progress,
         )
-    if use_ray(job.parallel):
+    if parallel:
         from tuning.ingest import ingest as ingest_on_ray
 
         return ingest_on_ray(job.source, job.dataset_url, **options)
@@ -419,46 +394,48 @@ def run_ingest(job: IngestJob) -> Any:
 
 def run_tune(job: TuneJob) -> Any:
     """Run (or resume, or read back) a Ray Tune search; returns ``tuning.tune.TuneOutcome``."""
-    from affect_core.config import load_run_config
-    from tuning.tune import run_tune as tune
-
     check_required(job)
     if job.num_samples < 1:
         raise AffectError(f"tune: num_samples must be >= 1, got {job.num_samples}")
-    if job_server():
-        return _submitted(job)
     options = storage_options_for(job.out, job.s3_endpoint)
-    _ray_capacity(
-        {"CPU": job.cpus_per_trial, "GPU": job.gpus_per_trial},
+
+    def on_ray(gpus: float) -> Any:
+        from affect_core.config import load_run_config
+        from tuning.tune import run_tune as tune
+
+        return tune(
+            job.dataset_url,
+            job.out,
+            num_samples=job.num_samples,
+            max_concurrent=job.max_concurrent,
+            max_epochs=job.epochs,
+            dimension=job.dimension,
+            resume=job.resume,
+            base_config=load_run_config(job.config, storage_options=storage_options_for(job.config, job.s3_endpoint)),
+            feature_set=job.feature_set,
+            grace_period=job.grace_period,
+            seed=job.seed,
+            cpus_per_trial=job.cpus_per_trial,
+            gpus_per_trial=gpus,
+            max_failures=job.max_failures,
+            storage_options=options,
+            progress=job.progress,
+            device=job.device,
+        )
+
+    ask = RayAsk(
+        job.cpus_per_trial,
+        job.gpus_per_trial,
         what="one trial's worker (--cpus-per-trial, --gpus-per-trial)",
         timeout_s=job.resource_timeout,
-        url=job.out,
-        s3=job.s3_endpoint,
     )
-    return tune(
-        job.dataset_url,
-        job.out,
-        num_samples=job.num_samples,
-        max_concurrent=job.max_concurrent,
-        max_epochs=job.epochs,
-        dimension=job.dimension,
-        resume=job.resume,
-        base_config=load_run_config(job.config, storage_options=storage_options_for(job.config, job.s3_endpoint)),
-        feature_set=job.feature_set,
-        grace_period=job.grace_period,
-        seed=job.seed,
-        cpus_per_trial=job.cpus_per_trial,
-        gpus_per_trial=job.gpus_per_trial,
-        max_failures=job.max_failures,
-        storage_options=options,
-        progress=job.progress,
-        device=job.device,
-    )
+    return run_job(job, on_ray=on_ray, ask=ask, storage_options=options)
 
 
 def run_train(job: TrainJob) -> dict[str, str]:
-    """Train every seed, on Ray or in this process (:func:`use_ray`); returns the URLs of results.parquet,
-    summary.md and the model bundle. A model of a dataset made from videos carries the dataset's video transform."""
+    """Train every seed, on Ray or in this process (:func:`flows.runner.placement`); returns the URLs of
+    results.parquet, summary.md and the model bundle. A model of a dataset made from videos carries the dataset's
+    video transform."""
     outputs = _trained(job)
     if "model" in outputs:
         from affect_core.video.stored import attach_to_bundle
@@ -480,18 +457,10 @@ def _trained(job: TrainJob) -> dict[str, str]:
         epochs=job.epochs,
         window_frames=job.window_frames,
     )
-    if use_ray(job.ray) and job_server():
-        return _submitted(job)
-    if use_ray(job.ray):
+
+    def on_ray(gpus: float) -> dict[str, str]:
         from tuning.train_seeds import SeedResources, train_seeds
 
-        _ray_capacity(
-            {"CPU": job.cpus_per_seed, "GPU": job.gpus_per_seed},
-            what="one seed's worker (--cpus-per-seed, --gpus-per-seed)",
-            timeout_s=job.resource_timeout,
-            url=job.out,
-            s3=job.s3_endpoint,
-        )
         return train_seeds(
             job.dataset_url,
             job.out,
@@ -500,7 +469,7 @@ def _trained(job: TrainJob) -> dict[str, str]:
             seeds=job.seeds,
             feature_set=job.feature_set,
             resume=job.resume,
-            resources=SeedResources(cpus=job.cpus_per_seed, gpus=job.gpus_per_seed),
+            resources=SeedResources(cpus=job.cpus_per_seed, gpus=gpus),
             max_failures=job.max_failures,
             storage_options=options,
             progress=job.progress,
@@ -508,41 +477,52 @@ def _trained(job: TrainJob) -> dict[str, str]:
             workers=job.workers,
             device=job.device,
         )
-    if job.workers > 1:
-        raise AffectError("train: --workers > 1 trains data-parallel on Ray; add --ray (or set RAY_ADDRESS)")
-    from affect_core.data.dataset import read_corpus
-    from affect_core.experiment import train_run
 
-    corpus = read_corpus(
-        job.dataset_url,
-        feature_set=job.feature_set,
-        storage_options=storage_options_for(job.dataset_url, job.s3_endpoint),
+    def local() -> dict[str, str]:
+        if job.workers > 1:
+            raise AffectError("train: --workers > 1 trains data-parallel on Ray; add --ray (or set RAY_ADDRESS)")
+        from affect_core.data.dataset import read_corpus
+        from affect_core.experiment import train_run
+
+        corpus = read_corpus(
+            job.dataset_url,
+            feature_set=job.feature_set,
+            storage_options=storage_options_for(job.dataset_url, job.s3_endpoint),
+        )
+        return train_run(
+            corpus,
+            job.out,
+            config,
+            dimension=job.dimension,
+            seeds=job.seeds,
+            resume=job.resume,
+            progress=job.progress,
+            storage_options=options,
+            seeds_per_worker=job.seeds_per_worker,
+            device=job.device,
+        )
+
+    ask = RayAsk(
+        job.cpus_per_seed,
+        job.gpus_per_seed,
+        what="one seed's worker (--cpus-per-seed, --gpus-per-seed)",
+        timeout_s=job.resource_timeout,
     )
-    return train_run(
-        corpus,
-        job.out,
-        config,
-        dimension=job.dimension,
-        seeds=job.seeds,
-        resume=job.resume,
-        progress=job.progress,
-        storage_options=options,
-        seeds_per_worker=job.seeds_per_worker,
-        device=None if job.device == "auto" else job.device,
-    )
+    return run_job(job, local=local, on_ray=on_ray, ask=ask, storage_options=options)
 
 
 def run_score(job: ScoreJob) -> Any:
-    """Score every video (or ``split``), on Ray Data or in this process (:func:`use_ray`); returns the
-    ``affect_core.scoring.ScoreResult``. ``model_url`` may be a model alias (``affect promote``)."""
+    """Score every video (or ``split``), on Ray Data or in this process (:func:`flows.runner.placement`); returns
+    the ``affect_core.scoring.ScoreResult``. ``model_url`` may be a model alias (``affect promote``). A folder of
+    videos is described with the bundle's video transform (by Ray tasks on Ray), then scored here."""
     from affect_core.alias import resolve_model
+    from affect_core.video.score import is_video_root
 
     check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
     model_url = resolve_model(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
-    from affect_core.video.score import is_video_root
 
-    if is_video_root(job.data_url):  # a folder of videos: described with the bundle's video transform, then scored
+    def video_root(parallel: bool) -> Any:
         from affect_core.video.score import score_video_root
         from tuning.video_extract import video_mapper
 
@@ -552,24 +532,16 @@ def run_score(job: ScoreJob) -> Any:
             job.out,
             splits=job.split or None,
             storage_options=options,
-            mapper=video_mapper(use_ray(job.ray)),
-            device=None if job.device == "auto" else job.device,
+            mapper=video_mapper(parallel),
+            device=job.device,
             progress=job.progress,
             target_file_bytes=int(job.file_mb * 2**20),
             batch_videos=job.batch_videos,
         )
-    if use_ray(job.ray) and job_server():
-        return _submitted(job)
-    if use_ray(job.ray):
+
+    def on_ray(gpus: float) -> Any:
         from tuning.score import score_dataset
 
-        _ray_capacity(
-            {"CPU": job.cpus_per_actor, "GPU": job.gpus_per_actor},
-            what="one scoring actor (--cpus-per-actor, --gpus-per-actor)",
-            timeout_s=job.resource_timeout,
-            url=job.out,
-            s3=job.s3_endpoint,
-        )
         return score_dataset(
             job.data_url,
             model_url,
@@ -578,29 +550,42 @@ def run_score(job: ScoreJob) -> Any:
             actors=job.actors,
             min_actors=job.min_actors,
             cpus_per_actor=job.cpus_per_actor,
-            gpus_per_actor=job.gpus_per_actor,
+            gpus_per_actor=gpus,
             storage_options=options,
             progress=job.progress,
             version=job.version,
             replace=job.replace,
             target_file_bytes=int(job.file_mb * 2**20),
             batch_videos=job.batch_videos,
+            device=job.device,
         )
-    from affect_core.scoring import score_dataset
 
-    return score_dataset(
-        job.data_url,
-        model_url,
-        job.out,
-        splits=job.split or None,
-        storage_options=options,
-        progress=job.progress,
-        version=job.version,
-        replace=job.replace,
-        target_file_bytes=int(job.file_mb * 2**20),
-        device=job.device,
-        batch_videos=job.batch_videos,
+    def local() -> Any:
+        from affect_core.scoring import score_dataset
+
+        return score_dataset(
+            job.data_url,
+            model_url,
+            job.out,
+            splits=job.split or None,
+            storage_options=options,
+            progress=job.progress,
+            version=job.version,
+            replace=job.replace,
+            target_file_bytes=int(job.file_mb * 2**20),
+            device=job.device,
+            batch_videos=job.batch_videos,
+        )
+
+    if placement(job) is not Placement.RAY_JOB and is_video_root(job.data_url):
+        return run_job(job, local=lambda: video_root(False), on_ray=lambda _gpus: video_root(True))
+    ask = RayAsk(
+        job.cpus_per_actor,
+        job.gpus_per_actor,
+        what="one scoring actor (--cpus-per-actor, --gpus-per-actor)",
+        timeout_s=job.resource_timeout,
     )
+    return run_job(job, local=local, on_ray=on_ray, ask=ask, storage_options=options)
 
 
 def run_evaluate(job: EvaluateJob) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def entrypoint(job: Any) -> str:
 
 def submit(job: Any, address: str, *, poll_s: float = POLL_S) -> Any:
     """Run ``job`` as a Ray job at the job server ``address``; stream its logs to stderr; return its result in its
-    JSON form (:func:`flows.jobs.run` decodes it)."""
+    JSON form (:func:`flows.runner.decode_result` decodes it)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     where = redact(address)

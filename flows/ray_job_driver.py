@@ -10,15 +10,14 @@ import sys
 from affect_core.errors import AffectError
 from flows import jobs
 from flows.ray_job import RESULT_MARK
+from flows.runner import on_cluster
 
 
 def main(argv: list[str]) -> int:
     """Run the job given as JSON; print its result as the last line (or one error line)."""
     request = json.loads(argv[0])
     kind = getattr(jobs, request["kind"])
-    job = kind(**request["job"])
-    if hasattr(job, "ray"):
-        job = dataclasses.replace(job, ray=True)
+    job = on_cluster(kind(**request["job"]))  # its Ray switch on: it runs as a Ray driver here
     try:
         result = jobs.run(job)
     except AffectError as exc:

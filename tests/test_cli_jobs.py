@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from affect_cli.job_options import job_command
 from affect_cli.main import app
 from affect_core.errors import AffectError
-from flows import jobs
+from flows import jobs, runner
 
 COMMANDS = {
     "ingest": jobs.IngestJob,
@@ -84,9 +84,9 @@ def test_each_flow_takes_its_job(flow_name: str) -> None:
 
 def test_one_place_decides_local_or_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert not jobs.use_ray(None) and jobs.use_ray(True)
+    assert not runner.use_ray(None) and runner.use_ray(True)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert jobs.use_ray(None) and not jobs.use_ray(False)
+    assert runner.use_ray(None) and not runner.use_ray(False)
 
 
 def test_a_step_of_the_pipeline_cannot_be_given_what_the_pipeline_sets() -> None:

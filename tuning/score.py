@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from affect_core.errors import AffectError
 from affect_core.scoring import ScoreResult
 from tuning.cluster import ensure_ray, shareable_storage_options
 
@@ -53,16 +54,20 @@ class VideoScorer:
         threads: int,
         use_gpu: bool,
         batch_videos: int | None = None,
+        device: str | None = "auto",
     ) -> None:
         import torch
 
         from affect_core.artifact import load_bundle
+        from affect_core.device import resolve_device
         from affect_core.runtime import limit_malloc_arenas, retain_freed_memory
         from affect_core.storage import resolve
 
         limit_malloc_arenas()
         retain_freed_memory()
         torch.set_num_threads(max(1, threads))
+        # Ray shows an actor only the GPU it was given (CUDA_VISIBLE_DEVICES): "cuda" is that one.
+        where = resolve_device(device, assigned="cuda" if use_gpu else None)
         from affect_core.data.dataset import DatasetReader
 
         self.version = version
@@ -74,8 +79,7 @@ class VideoScorer:
         self.reader = DatasetReader(
             data_url, version=version, feature_set=feature_set, storage_options=self.storage_options
         )
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.bundle = load_bundle(model_url, self.storage_options, device=device)
+        self.bundle = load_bundle(model_url, self.storage_options, device=str(where))
 
     def __call__(self, block: pa.Table) -> pa.Table:
         from affect_core.data import delta
@@ -134,6 +138,7 @@ def score_dataset(
     replace: bool = True,
     target_file_bytes: int | None = None,
     batch_videos: int | None = None,
+    device: str | None = "auto",
 ) -> ScoreResult:
     """Score every video of ``data_url`` (or of ``splits``) into the predictions table at ``out_url`` with a Ray
     Data actor pool.
@@ -142,7 +147,9 @@ def score_dataset(
     grows the cluster for it). gpus_per_actor: a GPU fraction per actor (0: CPU only). call_frames: the frames an
     actor scores in one call (in model batches: :func:`affect_core.scoring.video_batches`) and writes to files of its
     own; None: about one target file's worth, at most 1/CALLS_PER_ACTOR of an actor's share. version / replace: as
-    :func:`affect_core.scoring.score_dataset`. Raises AffectError for an incompatible model or missing data.
+    :func:`affect_core.scoring.score_dataset`. device: where each actor's model runs, by the one device rule
+    (:func:`affect_core.device.resolve_device`; "auto": the actor's GPU when it was given one). Raises AffectError for
+    an incompatible model or missing data, or a GPU asked for without GPUs for the actors.
     """
     import ray.data
 
@@ -159,6 +166,8 @@ def score_dataset(
     )
     from affect_core.storage import resolve
 
+    if str(device).startswith("cuda") and not gpus_per_actor:
+        raise AffectError("--device cuda on Ray needs GPUs for the scoring actors: give --gpus-per-actor")
     started, wall_started = time.perf_counter(), time.time()
     options = dict(storage_options or {}) or None
     info, _, _, wanted = scoring_plan(data_url, options, splits, version, None)
@@ -207,6 +216,7 @@ def score_dataset(
                     "threads": max(1, int(cpus_per_actor)),
                     "use_gpu": gpus > 0,
                     "batch_videos": batch_videos,
+                    "device": device,
                 },
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus or None,

@@ -27,13 +27,8 @@ from affect_core.config import RunConfig
 from affect_core.errors import AffectError
 from affect_core.experiment import SeedTask, finish_run, group_seed_tasks, load_seed_outcome, plan_seed_tasks
 from affect_core.storage import join, redact
-from tuning.cluster import (
-    driver_resources,
-    ensure_ray,
-    one_worker_trainer,
-    ray_storage,
-    shareable_storage_options,
-)
+from tuning.cluster import driver_resources, ensure_ray, ray_storage, shareable_storage_options
+from tuning.trainer import TrainerSettings, worker_resources, worker_run
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +43,9 @@ class SeedResources:
     cpus: float = 1.0
     gpus: float = 0.0
 
-    def per_worker(self) -> tuple[bool, dict[str, float]]:
-        """``(use_gpu, resources_per_worker)`` for ``ray.train.ScalingConfig``."""
-        resources = {"CPU": float(self.cpus)}
-        if self.gpus > 0:
-            resources["GPU"] = float(self.gpus)
-        return self.gpus > 0, resources
+    def per_worker(self) -> dict[str, float]:
+        """``resources_per_worker`` of a seed's Train worker."""
+        return worker_resources(self.cpus, self.gpus)
 
 
 def train_seeds(
@@ -80,7 +72,7 @@ def train_seeds(
     checkpoint. With ``workers`` > 1 each group trains data-parallel on that many workers, each reading its part of
     the train, dev and test videos of one pinned dataset version and joined in a torch process group
     (:mod:`tuning.process_group`); the result is the model one worker would train. device: "auto" (the worker's GPU
-    when it was given one), "cpu" or "cuda".
+    when it was given one), "cpu", "cuda" or any torch device, by :func:`tuning.trainer.worker_device`.
 
     Returns the URLs of results.parquet, summary.md and the model bundle (as ``finish_run``). Raises AffectError
     naming the seeds that did not finish (after ``max_failures`` retries each).
@@ -90,10 +82,10 @@ def train_seeds(
     from affect_core.data.dataset import dataset_info, resolve_version
 
     resources = resources or SeedResources()
-    if device == "cuda" and not resources.gpus:
+    if str(device).startswith("cuda") and not resources.gpus:
         raise AffectError("--device cuda on Ray needs GPUs for the workers: give --gpus-per-seed")
     cluster = ensure_ray(storage_options=storage_options)
-    use_gpu, per_worker = resources.per_worker()
+    per_worker = resources.per_worker()
     tasks = plan_seed_tasks(config, dimension, range(seeds))
     groups = group_seed_tasks(tasks, seeds_per_worker)
     info = dataset_info(dataset_url, storage_options=dict(storage_options or {}))
@@ -101,18 +93,20 @@ def train_seeds(
     settings = {
         "dataset_url": dataset_url,
         "version": resolve_version(dataset_url, storage_options=dict(storage_options or {})),
-        "workers": int(workers),
         "device": device,
         "run_url": run_url,
         "feature_set": feature_set,
         "resume": resume,
         "storage_options": shareable_storage_options(storage_options),
-        "use_gpu": use_gpu,
-        "resources_per_worker": per_worker,
+        "use_gpu": resources.gpus > 0,
         "threads": max(1, int(per_worker["CPU"])),
-        "max_failures": max_failures,
-        "storage_path": storage_path,
-        "storage_filesystem": storage_fs,
+        "trainer": TrainerSettings(
+            resources_per_worker=per_worker,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            max_failures=max_failures,
+            workers=int(workers),
+        ),
     }
     payloads = {
         "+".join(t.key for t in group): [{"name": t.name, "seed": t.seed, "config": t.config.to_dict()} for t in group]
@@ -154,27 +148,16 @@ def train_seeds(
 
 def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
     """Tune trial = Ray Train driver of one seed: a one-worker Ray Train run running :func:`seed_worker`."""
-    import ray.train
     import ray.tune
 
     key = config["seed_key"]
-    trainer = one_worker_trainer(
+    trainer = worker_run(
         seed_worker,
-        train_loop_config={"task": tasks[key], **{k: settings[k] for k in WORKER_SETTINGS}},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=settings["workers"],
-            use_gpu=settings["use_gpu"],
-            resources_per_worker=settings["resources_per_worker"],
-        ),
-        run_config=ray.train.RunConfig(
-            # The trial id keeps the name stable across Tune's restarts of this trial (Train then restores
-            # its run) and unique across runs.
-            name=f"{key}-{ray.tune.get_context().get_trial_id()}",
-            storage_path=settings["storage_path"],
-            storage_filesystem=settings["storage_filesystem"],
-            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-        ),
+        {"task": tasks[key], **{k: settings[k] for k in WORKER_SETTINGS}},
+        # The trial id keeps the name stable across Tune's restarts of this trial (Train then restores its run)
+        # and unique across runs.
+        name=f"{key}-{ray.tune.get_context().get_trial_id()}",
+        settings=settings["trainer"],
     )
     trainer.fit()
 
@@ -200,13 +183,13 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     ``ray.train.get_checkpoint()`` and resumes from the group's training checkpoint instead of starting again.
     """
     import ray.train
-    import ray.train.torch
     import torch
 
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seeds
     from affect_core.runtime import retain_freed_memory
     from tuning.cluster import current_node
+    from tuning.trainer import worker_device
 
     retain_freed_memory()
     tasks = [
@@ -214,6 +197,7 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
         for p in loop_config["task"]
     ]
     torch.set_num_threads(max(1, int(loop_config["threads"])))
+    device = str(worker_device(loop_config["device"]))  # before any data is read: a bad --device fails at once
     options = loop_config["storage_options"] or None
     resume = bool(loop_config["resume"]) or ray.train.get_checkpoint() is not None
     context = ray.train.get_context()
@@ -244,9 +228,6 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
         storage_options=options,
         video_ids=video_ids,
     )
-    device = loop_config["device"]
-    if device == "auto":
-        device = str(ray.train.torch.get_device())
 
     def report(task: SeedTask, record: Any) -> None:
         metrics = {"epoch": record.epoch, "dev_ccc": record.dev_ccc, "train_loss": record.train_loss}

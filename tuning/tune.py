@@ -36,11 +36,11 @@ from affect_core.storage import exists, join, read_bytes, redact, resolve, write
 from tuning.cluster import (
     driver_resources,
     ensure_ray,
-    one_worker_trainer,
     ray_storage,
     release_stopped_trials,
     shareable_storage_options,
 )
+from tuning.trainer import TrainerSettings, worker_resources, worker_run
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def run_tune(
     Each trial's worker asks for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, whatever the cluster holds
     now (an autoscaler adds the nodes). With ``resume``, a finished search (its best_config.yaml exists) is read
     back from its outputs without starting Ray. device: where each trial trains ("auto": its GPU when it was given
-    one, "cpu", "cuda").
+    one, "cpu", "cuda" or any torch device, by :func:`tuning.trainer.worker_device`).
     """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
@@ -153,6 +153,8 @@ def run_tune(
 
     if dimension not in TUNE_DIMENSIONS:
         raise AffectError(f"tune: dimension must be one of {', '.join(TUNE_DIMENSIONS)}; got {dimension!r}")
+    if str(device).startswith("cuda") and not gpus_per_trial:
+        raise AffectError("--device cuda on Ray needs GPUs for the trials: give --gpus-per-trial")
     out = resolve(out_url, storage_options)
     if resume and exists(out.fs, out.join(BEST_CONFIG).path):
         return read_outcome(out_url, storage_options=storage_options)
@@ -168,15 +170,13 @@ def run_tune(
         "dimension": dimension,
         "base": base.to_dict(),
         "storage_options": shareable_storage_options(storage_options),
-        "storage_path": storage_path,
-        "storage_filesystem": storage_fs,
-        "max_failures": max_failures,
         "device": device,
-        "use_gpu": gpus_per_trial > 0,
-        "resources_per_worker": {
-            "CPU": float(cpus_per_trial),
-            **({"GPU": float(gpus_per_trial)} if gpus_per_trial > 0 else {}),
-        },
+        "trainer": TrainerSettings(
+            resources_per_worker=worker_resources(cpus_per_trial, gpus_per_trial),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            max_failures=max_failures,
+        ),
     }
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(tune_trial, settings=settings), driver_resources(cluster)
@@ -226,33 +226,22 @@ def run_tune(
 def tune_trial(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
     """Tune trial = Ray Train driver: train this trial's configuration in a one-worker Ray Train run whose
     epoch reports reach Tune through ``TuneReportCallback``."""
-    import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     run_config = apply_params(RunConfig.from_dict(settings["base"]), config)
-    trainer = one_worker_trainer(
+    loop_config = {
+        "config": run_config.to_dict(),
+        "trial_id": trial_id,
+        **{k: settings[k] for k in ("dataset_url", "out_url", "feature_set", "dimension", "storage_options", "device")},
+    }
+    trainer = worker_run(
         tune_worker,
-        train_loop_config={
-            "config": run_config.to_dict(),
-            "trial_id": trial_id,
-            **{
-                k: settings[k]
-                for k in ("dataset_url", "out_url", "feature_set", "dimension", "storage_options", "device")
-            },
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=1, use_gpu=settings["use_gpu"], resources_per_worker=settings["resources_per_worker"]
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"trial-{trial_id}",
-            storage_path=settings["storage_path"],
-            storage_filesystem=settings["storage_filesystem"],
-            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-        ),
+        loop_config,
+        name=f"trial-{trial_id}",
+        settings=settings["trainer"],
+        callbacks=[TuneReportCallback()],
     )
     trainer.fit()
 
@@ -264,16 +253,17 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
     import json
 
     import ray.train
-    import ray.train.torch
     import torch
 
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seed
     from affect_core.runtime import retain_freed_memory
     from tuning.cluster import current_node, worker_placement_group
+    from tuning.trainer import worker_device
 
     retain_freed_memory()
     torch.set_num_threads(1)
+    device = str(worker_device(loop_config["device"]))  # before any data is read: a bad --device fails at once
     group = worker_placement_group()
     options = loop_config["storage_options"] or None
     config = RunConfig.from_dict(loop_config["config"], where=f"trial {loop_config['trial_id']}")
@@ -300,7 +290,7 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
         on_epoch=report,
         storage_options=options,
         node=current_node(),
-        device=str(ray.train.torch.get_device()) if loop_config["device"] == "auto" else loop_config["device"],
+        device=device,
     )
 
 

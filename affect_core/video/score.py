@@ -42,13 +42,17 @@ def score_video_root(
 ) -> Any:
     """Extract every video of ``root`` with the bundle's video transform and score it into ``out_url``; returns the
     scorer's ScoreResult. A video whose frame rate differs from the model's is refused before it is scored.
-    target_file_bytes, batch_videos: as :func:`affect_core.scoring.score_videos` (None: its defaults)."""
+    device: where the features are extracted and the model runs (``--device``, by the one device rule: "auto" or
+    None, a GPU when present). target_file_bytes, batch_videos: as :func:`affect_core.scoring.score_videos` (None:
+    its defaults)."""
     from affect_core.artifact import load_bundle
     from affect_core.data import delta
+    from affect_core.device import resolve_device
     from affect_core.scoring import check_video_ids, score_videos
     from affect_core.storage import resolve
 
-    bundle = load_bundle(model_url, storage_options)
+    # The model runs here; each extraction (a Ray task, perhaps on another node) resolves "auto" where it runs.
+    bundle = load_bundle(model_url, storage_options, device=str(resolve_device(device)))
     transform = load_bundle_transform(model_url, storage_options)
     jobs = [j for j in video_jobs(root, storage_options, partition_required=False) if not splits or j.split in splits]
     check_video_ids([j.video_id for j in jobs], resolve(out_url, storage_options))
