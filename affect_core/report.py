@@ -442,11 +442,12 @@ def tuning_figure(trials: pa.Table) -> Any | None:
 
 
 def tuning_markdown(trials: pa.Table, top: int = 5) -> str:
-    """The best trials as a markdown table (score and main hyperparameters)."""
+    """The best trials as a markdown table (score, the model each trial trained, main hyperparameters)."""
     score = score_column(trials)
     if score is None:
         return f"{trials.num_rows} trial(s); no dev CCC column in trials.parquet."
-    columns = [score, *hyperparameter_columns(trials)]
+    model = ["model.model"] if "model.model" in trials.column_names else []
+    columns = [score, *model, *hyperparameter_columns(trials)]
     rows = trials.select(columns).to_pylist()
     rows.sort(key=lambda r: -(r[score] if r[score] is not None and np.isfinite(r[score]) else -np.inf))
     lines = [f"{trials.num_rows} trial(s); the best {min(top, len(rows))} by {score}:", ""]

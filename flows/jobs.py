@@ -90,6 +90,9 @@ class TuneJob:
     max_concurrent: int = option(2, "Trials running at once.", min=1)
     epochs: int = option(20, "Most epochs per trial (ASHA stops weak trials sooner).", min=1)
     dimension: str = option("arousal", "arousal | valence | joint.")
+    model: str | None = option(
+        None, "Search only this model: baseline | lstm-kf | lstm-ekf (default: lstm-kf and lstm-ekf)."
+    )
     config: str | None = option(None, "YAML/JSON base config; the search varies its values.")
     feature_set: str | None = option(None, "Feature set name(s), comma-joined for fusion.")
     grace_period: int = option(1, "ASHA: epochs before a trial may be stopped.", min=1)
@@ -371,20 +374,11 @@ def run_ingest(job: IngestJob) -> Any:
 def _ingest(job: IngestJob, options: dict[str, Any], *, parallel: bool) -> Any:
     from affect_core.data.dataset import ingest
 
-    if job.layout == "video":  # decoded and described first (Ray tasks when parallel); the transform kept beside
-        from affect_core.video.ingest import ingest_videos
+    if job.layout == "video":  # read through the one entrance: Ray tasks extract the videos when parallel
+        import affect_core.video.layout  # noqa: F401 - provides (registers) the video layout
         from tuning.video_extract import video_mapper
 
-        return ingest_videos(
-            job.source,
-            job.dataset_url,
-            feature_set=job.feature_set,
-            fps=job.fps,
-            storage_options=options["storage_options"],
-            source_storage_options=options["source_storage_options"],
-            mapper=video_mapper(parallel),
-            progress=job.progress,
-        )
+        return ingest(job.source, job.dataset_url, progress=job.progress, mapper=video_mapper(parallel), **options)
     if parallel:
         from tuning.ingest import ingest as ingest_on_ray
 
@@ -421,6 +415,7 @@ def run_tune(job: TuneJob) -> Any:
             storage_options=options,
             progress=job.progress,
             device=job.device,
+            model=job.model,
         )
 
     ask = RayAsk(

@@ -26,6 +26,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from affect_core.errors import AffectError
 from affect_core.storage import join, redact
 from flows import artifacts
 from flows.jobs import (
@@ -123,7 +124,9 @@ def pipeline_flow(job: PipelineJob) -> dict[str, Any]:
     """The whole product on one corpus: ingest, search hyperparameters (skipped when ``tune.num_samples`` is 0),
     train the best configuration over seeds, score every video, evaluate and write the report, all under the
     job's out; then, with ``promote_to``, point that model alias at the run's model. Re-running after a crash
-    resumes. The search runs on the training's dimension (``tune.dimension`` when the training is "both")."""
+    resumes. The search runs on the training's dimension (``tune.dimension`` when the training is "both") and, when
+    the training names a model, on that model only: the training trains the best trial's configuration, whose model
+    is the model searched."""
     logger = get_run_logger()
     shared = {"s3_endpoint": job.s3_endpoint, "progress": job.progress}
     ingested = ingest_flow(
@@ -136,6 +139,7 @@ def pipeline_flow(job: PipelineJob) -> dict[str, Any]:
     )
     if job.train.dimension != "both":
         tune = dataclasses.replace(tune, dimension=job.train.dimension)
+    tune = dataclasses.replace(tune, model=searched_model(tune, job.train))
     train = wire(job.train, dataset_url=job.dataset_url, out=out, feature_set=job.feature_set, resume=True, **shared)
     key = {
         "content_hash": ingested["content_hash"],
@@ -180,6 +184,18 @@ def pipeline_flow(job: PipelineJob) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+def searched_model(tune: TuneJob, train: TrainJob) -> str | None:
+    """The model the pipeline's search tries: the one the training is told to train (the training then trains what
+    was tuned, the best trial's configuration with its model), else the search's own choice. The two told
+    different models is an AffectError."""
+    if train.model and tune.model and train.model != tune.model:
+        raise AffectError(
+            f"pipeline: the search is told model {tune.model!r} and the training {train.model!r}; the training "
+            "trains the best configuration found, so give one model (or leave the search's out)"
+        )
+    return train.model or tune.model
+
+
 def dated(url: str) -> str:
     """``url`` with ``{date}`` replaced by the flow run's scheduled date (today for a run started by hand)."""
     if "{date}" not in url:

@@ -4,6 +4,7 @@ every option of a job reaches both; one place decides local or Ray."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import Any
 
@@ -100,3 +101,52 @@ def test_a_step_of_the_pipeline_cannot_be_given_what_the_pipeline_sets() -> None
 def test_a_job_without_its_urls_is_refused() -> None:
     with pytest.raises(AffectError, match="TrainJob: missing dataset_url, out"):
         jobs.run_train(jobs.TrainJob())
+
+
+def test_the_runner_places_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local, driver, ray_job = runner.Placement.LOCAL, runner.Placement.RAY, runner.Placement.RAY_JOB
+    assert [runner.placement(j) for j in (jobs.IngestJob(), jobs.TrainJob(), jobs.ScoreJob())] == [local] * 3
+    assert runner.placement(jobs.TuneJob()) is driver  # the search is always Ray Tune
+    assert runner.placement(jobs.IngestJob(parallel=True)) is driver
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster to join: work is driven from here
+    assert [runner.placement(j) for j in (jobs.IngestJob(), jobs.TrainJob(), jobs.TuneJob())] == [driver] * 3
+    assert runner.placement(jobs.ScoreJob(ray=False)) is local
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # a job server: work is submitted as a Ray job
+    assert [runner.placement(j) for j in (jobs.IngestJob(), jobs.TrainJob(), jobs.TuneJob())] == [ray_job] * 3
+
+
+def test_ingest_through_a_job_server_runs_as_a_ray_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--parallel turns on with RAY_ADDRESS; a job server's address then sends the ingest there as a Ray job (instead
+    of refusing the address), and the job's driver on the cluster runs it with Ray tasks."""
+    from affect_core.data.dataset import IngestResult
+    from flows import ray_job
+
+    submitted: list[tuple[Any, str]] = []
+
+    def submit(job: Any, address: str) -> dict[str, Any]:
+        submitted.append((job, address))
+        done = IngestResult("data", "3", "h", False, 10, 2, 1.0, 100, 2, 1)
+        return json.loads(json.dumps(dataclasses.asdict(done)))  # as the Ray job prints it
+
+    monkeypatch.setattr(ray_job, "submit", submit)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    result = jobs.run_ingest(jobs.IngestJob(source="s3://corpus", dataset_url="s3://data"))
+    assert isinstance(result, IngestResult) and (result.version, result.videos) == ("3", 2)
+    ((job, address),) = submitted
+    assert address == "http://127.0.0.1:8265" and (job.source, job.dataset_url) == ("s3://corpus", "s3://data")
+    assert runner.on_cluster(job).parallel is True  # what flows.ray_job_driver runs on the cluster
+
+
+def test_gpu_asks_follow_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A number is asked for as given (KubeRay's GPU asks stay); auto:FRACTION only where GPUs are or can be added."""
+    monkeypatch.setattr(runner, "autoscaler_gpus", lambda: 0.0)
+    assert runner.gpus_to_ask(0.5, cluster_gpus=0) == 0.5
+    assert runner.gpus_to_ask("auto:0.5", cluster_gpus=0) == 0.0
+    assert runner.gpus_to_ask("auto:0.5", cluster_gpus=2) == 0.5
+    assert runner.gpus_to_ask("auto", cluster_gpus=1) == 1.0
+    monkeypatch.setattr(runner, "autoscaler_gpus", lambda: 8.0)  # none now; the autoscaler can add GPU nodes
+    assert runner.gpus_to_ask("auto:0.25", cluster_gpus=0) == 0.25
+    for bad in ("-1", "auto:0", "lots"):
+        with pytest.raises(AffectError, match="GPU ask"):
+            runner.parse_gpus(bad)

@@ -6,6 +6,7 @@ pipeline on S3 with a real Ray cluster is in tests/test_infra.py (on the local s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -259,3 +260,76 @@ def test_pipeline_resumes_after_a_crash(
 
     with pytest.raises(AffectError, match="other input or parameters"):
         pipeline_flow(job(epochs=2))
+
+
+def test_the_demo_trains_what_it_tuned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's pipeline searches the model its training trains, and trains the best configuration found: the
+    trials, best_config.yaml and the final model name one model."""
+    import logging
+
+    from flows import workflows
+    from flows.demo import DemoSettings, run_demo
+
+    seen: dict[str, Any] = {}
+
+    class Trained(Exception):
+        pass
+
+    def tune_flow(job: Any) -> Any:
+        seen["tune"] = job
+        return type("Outcome", (), {"best_config_url": "best_config.yaml", "best_dev_ccc": 0.5})()
+
+    def train_flow(job: Any) -> None:
+        seen["train"] = job
+        raise Trained
+
+    monkeypatch.setattr(workflows, "pipeline_flow", workflows.pipeline_flow.fn)  # the flow's body, without Prefect
+    monkeypatch.setattr(workflows, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(workflows, "ingest_flow", lambda job: {"version": "1", "content_hash": "h"})
+    monkeypatch.setattr(workflows, "check_run_task", lambda *a, **k: False)
+    monkeypatch.setattr(workflows, "tune_flow", tune_flow)
+    monkeypatch.setattr(workflows, "train_flow", train_flow)
+    settings = DemoSettings(out=tmp_path / "demo", videos_per_split=1, frames=200, progress=False)
+    with pytest.raises(Trained):
+        run_demo(settings, echo=lambda _: None)
+    tune, train = seen["tune"], seen["train"]
+    assert tune.num_samples == settings.trials and train.config.endswith("tuning/best_config.yaml")
+    assert tune.model == train.model == settings.model  # every trial trains the model the training trains
+
+
+def test_a_pipeline_told_two_models_is_refused() -> None:
+    from flows.jobs import TrainJob, TuneJob
+    from flows.workflows import searched_model
+
+    assert searched_model(TuneJob(), TrainJob()) is None  # the search tries every model; the best one is trained
+    assert searched_model(TuneJob(model="lstm-ekf"), TrainJob()) == "lstm-ekf"
+    with pytest.raises(AffectError, match="give one model"):
+        searched_model(TuneJob(model="lstm-ekf"), TrainJob(model="lstm-kf"))
+
+
+def test_the_shipped_deployments_run_on_a_cluster_without_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GPU ask of schedules.yaml and prefect.yaml becomes 0 on a CPU-only cluster (nothing to add either) and
+    stays a GPU share where the cluster has GPUs; Prefect takes the asks into the jobs as they are written."""
+    from flows import runner
+    from flows.deployments import flow_objects, load_schedules
+
+    def gpu_asks(value: Any) -> list[Any]:
+        if isinstance(value, dict):
+            return [v for k, v in value.items() if k.startswith("gpus_per_")] + [
+                a for v in value.values() for a in gpu_asks(v)
+            ]
+        return []
+
+    monkeypatch.setattr(runner, "autoscaler_gpus", lambda: 0.0)
+    specs = load_schedules(REPO / "schedules.yaml")
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    asks = [a for s in specs for a in gpu_asks(s.parameters)] + [a for d in declared for a in gpu_asks(d["parameters"])]
+    assert len(asks) == 10
+    for ask in asks:
+        assert runner.gpus_to_ask(ask, cluster_gpus=0.0) == 0.0
+        assert 0 < runner.gpus_to_ask(ask, cluster_gpus=4.0) <= 1
+    flows = flow_objects()
+    for spec in specs:
+        job = flows[spec.flow].validate_parameters(spec.parameters)["job"]
+        for ask in gpu_asks(dataclasses.asdict(job)):
+            assert isinstance(ask, str) and ask.startswith("auto:")

@@ -11,7 +11,7 @@ import pytest
 
 from affect_core.config import RunConfig
 from tests.test_ray_train import affect, assert_embedded_ray_on_loopback_only, make_dataset, run_watching_sockets
-from tuning.tune import HIDDEN_SIZES, apply_params, write_outputs
+from tuning.tune import HIDDEN_SIZES, apply_params, search_space, write_outputs
 
 
 @pytest.mark.slow
@@ -104,3 +104,29 @@ def test_outputs_name_the_best_trial(tmp_path):
     best = RunConfig.from_text((tmp_path / "best_config.yaml").read_text())
     assert (best.train.lr, best.model.model, best.model.lstm_size) == (0.005, "lstm-ekf", 32)
     assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 2
+
+
+def test_a_search_told_a_model_searches_that_model_only():
+    assert search_space("lstm-kf")["model"]["model"].categories == ["lstm-kf"]
+    assert sorted(search_space()["model"]["model"].categories) == ["lstm-ekf", "lstm-kf"]
+
+
+def test_the_tuning_table_names_the_model_of_every_trial(tmp_path):
+    import pyarrow.parquet as pq
+
+    from affect_core.report import tuning_markdown
+
+    rows = [
+        {"trial_id": "a", "status": "finished", "best_dev_ccc": 0.2, "last_dev_ccc": 0.2, "epochs": 3,
+         "train.lr": 0.001, "model.model": "lstm-ekf"},
+        {"trial_id": "b", "status": "finished", "best_dev_ccc": 0.5, "last_dev_ccc": 0.4, "epochs": 3,
+         "train.lr": 0.005},  # a trial whose configuration left the model to the base config
+    ]  # fmt: skip
+    base = RunConfig()
+    base.model.model = "lstm-kf"
+    write_outputs(rows, str(tmp_path), base)
+    trials = pq.read_table(tmp_path / "trials.parquet")
+    assert trials.column("model.model").to_pylist() == ["lstm-ekf", "lstm-kf"]
+    table = [line for line in tuning_markdown(trials).splitlines() if line.startswith("| ")]
+    assert "model.model" in table[0]
+    assert ["lstm-kf" in table[1], "lstm-ekf" in table[2]] == [True, True]  # best first

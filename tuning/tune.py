@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_NAME = "tune"
 METRIC = "dev_ccc"
 BEST_CONFIG = "best_config.yaml"
+MODEL_COLUMN = "model.model"
 TUNE_DIMENSIONS = ("arousal", "valence", "joint")
 # Feed-forward front-end sizes, as strings because Optuna's categorical values must be plain scalars.
 HIDDEN_SIZES = ("29,16", "32,16", "64,32", "16")
@@ -62,13 +63,17 @@ PLOTTED = (
 )
 
 
-def search_space() -> dict[str, dict[str, Any]]:
-    """The search space over the model's real hyperparameters, by RunConfig section (paper section III)."""
+SEARCHED_MODELS = ("lstm-kf", "lstm-ekf")
+
+
+def search_space(model: str | None = None) -> dict[str, dict[str, Any]]:
+    """The search space over the model's real hyperparameters, by RunConfig section (paper section III). model: the
+    one model to search (its trials then all train it, as the training that follows will); None: SEARCHED_MODELS."""
     from ray import tune
 
     return {
         "model": {
-            "model": tune.choice(["lstm-kf", "lstm-ekf"]),
+            "model": tune.choice([model] if model else list(SEARCHED_MODELS)),
             "hidden_sizes": tune.choice(list(HIDDEN_SIZES)),
             "lstm_size": tune.choice([8, 16, 32]),
             "window": tune.choice([25, 50, 100]),
@@ -137,6 +142,7 @@ def run_tune(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
     device: str = "auto",
+    model: str | None = None,
 ) -> TuneOutcome:
     """Run (or, with ``resume``, continue) a search of ``num_samples`` trials, at most ``max_concurrent`` at once,
     each for at most ``max_epochs`` epochs; write best_config.yaml, trials.parquet and tuning.png in ``out_url``.
@@ -144,7 +150,8 @@ def run_tune(
     Each trial's worker asks for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, whatever the cluster holds
     now (an autoscaler adds the nodes). With ``resume``, a finished search (its best_config.yaml exists) is read
     back from its outputs without starting Ray. device: where each trial trains ("auto": its GPU when it was given
-    one, "cpu", "cuda" or any torch device, by :func:`tuning.trainer.worker_device`).
+    one, "cpu", "cuda" or any torch device, by :func:`tuning.trainer.worker_device`). model: search only this model
+    (None: every model of SEARCHED_MODELS); every trial's row names the model it trained.
     """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
@@ -205,7 +212,7 @@ def run_tune(
         )
         tuner = ray.tune.Tuner(
             trainable,
-            param_space=search_space(),
+            param_space=search_space(model),
             tune_config=ray.tune.TuneConfig(
                 metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler, num_samples=num_samples
             ),
@@ -334,6 +341,7 @@ def write_outputs(
     import pandas as pd
 
     out = resolve(out_url, storage_options)
+    rows = [{MODEL_COLUMN: base.model.model, **row} for row in rows]  # every trial names its model
     best = _best_row(rows, out.display())
     frame = pd.DataFrame(rows)
     buffer = io.BytesIO()
