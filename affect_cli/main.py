@@ -41,6 +41,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: rich's tables squeeze the option names and cut them at 80 columns.
+    rich_markup_mode=None,
 )
 
 
