@@ -12,20 +12,26 @@
 
 One configuration (:class:`affect_core.config.ModelConfig`) selects every variant of the paper's Tables I-III.
 
-A model holds S seeds of one configuration along a leading seed dimension (S = 1 for one trained model): the
-front-end's parameters are stacked (one batched product per layer for every seed), and each seed has its own filter
-and alignment module. Seeds never interact, so training S seeds together equals training each alone. Every path
+A model holds S seeds of one configuration along a leading seed dimension (S = 1 for one trained model): every
+parameter is stacked along it. The front-end runs one batched product per layer for every seed; the filter and the
+alignment run seed by seed on their slices (:class:`SeedStack`), so that gradient clipping, Adam and the best-state
+copies walk one tensor per parameter name whatever S. Seeds never interact, so training S seeds together equals
+training each alone. Every path
 (training, evaluation, batched scoring, streaming) goes through :meth:`causal` and :meth:`noncausal`; the compiled
 kernels sit behind the front-end (`affect_core.frontend.lstm_hidden`) and the filters (`method`).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from affect_core.alignment import AdaptiveAlignment, FixedGaussianSmoothing, FixedShift
 from affect_core.config import ModelConfig
@@ -121,6 +127,114 @@ def finite_rows(x: Tensor) -> Tensor:
     return finite
 
 
+class SeedStack(nn.Module):
+    """S modules of one kind (S filters, S alignments) as one module: each parameter and buffer stacked along a
+    leading seed axis, shape `(S, *shape in the module)`.
+
+    Why: with one module per seed, gradient clipping, Adam and the best-state copies walk one small tensor per seed and
+    parameter (about 70 for ten seeds); stacked they walk one per parameter name, whatever S. Seed s runs the module's
+    own code on its slices (``torch.func.functional_call``), so its maths is the module's, unchanged, and its
+    gradients land in row s of the stacked parameters.
+
+    The state dict keeps the layout of the ``nn.ModuleList`` of one module per seed that this replaced: keys
+    ``{s}.{name}`` with the module's own shapes, so bundles and checkpoints read and write as before.
+
+    modules: the seeds' modules, each built as a one-seed model builds it (same class and settings, no submodules);
+    the first one's code serves every seed, its own tensors are never read.
+    """
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        super().__init__()
+        template = modules[0]
+        if any(True for _ in template.children()):
+            raise AffectError(f"seed stack: {type(template).__name__} has submodules; only flat modules stack")
+        self.seeds = len(modules)
+        self._template = [template]  # kept out of the registry: not part of the model's parameters or state
+        for name, _ in template.named_parameters():
+            self.register_parameter(name, nn.Parameter(torch.stack([m.get_parameter(name).detach() for m in modules])))
+        for name, _ in template.named_buffers():
+            persistent = name not in template._non_persistent_buffers_set
+            stacked = torch.stack([m.get_buffer(name) for m in modules])
+            self.register_buffer(name, stacked, persistent=persistent)
+
+    @property
+    def template(self) -> nn.Module:
+        """The module whose code every seed runs (its class and settings; its own tensors unused)."""
+        return self._template[0]
+
+    def __len__(self) -> int:
+        return self.seeds
+
+    def stacked(self) -> Iterator[tuple[str, Tensor]]:
+        """(name, stacked tensor `(S, ...)`) of every parameter, then every buffer."""
+        yield from self._parameters.items()  # type: ignore[misc]
+        yield from self._buffers.items()  # type: ignore[misc]
+
+    def _persistent(self) -> Iterator[tuple[str, Tensor]]:
+        return ((name, value) for name, value in self.stacked() if name not in self._non_persistent_buffers_set)
+
+    def forward(self, seed: int, *args: Any, **kwargs: Any) -> Any:
+        """The module's forward for seed ``seed``: its code on the seed's slices (row ``seed`` of each tensor)."""
+        return functional_call(self.template, {name: value[seed] for name, value in self.stacked()}, args, kwargs)
+
+    def seed_module(self, seed: int) -> nn.Module:
+        """A standalone module holding a copy of seed ``seed``'s tensors (to read its values or run it alone)."""
+        single = copy.deepcopy(self.template)
+        for name, value in self.stacked():
+            part = value[seed].detach().clone()
+            setattr(single, name, nn.Parameter(part) if name in self._parameters else part)
+        return single
+
+    __getitem__ = seed_module
+
+    def seed_state(self, seed: int, prefix: str = "") -> dict[str, Tensor]:
+        """Seed ``seed``'s persistent tensors as one module's state dict (detached copies), keys prefixed."""
+        return {f"{prefix}{name}": value[seed].detach().clone() for name, value in self._persistent()}
+
+    def load_seed_state(self, seed: int, state: dict[str, Tensor], prefix: str = "") -> None:
+        """Row ``seed`` of every tensor set from one module's state dict (keys prefixed as :meth:`seed_state` gives)."""
+        with torch.no_grad():
+            for name, value in self._persistent():
+                value[seed].copy_(state[f"{prefix}{name}"])
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        # Seed-major keys {s}.{name}, the layout of one module per seed. Copies, not views: every key owns its memory
+        # (safetensors refuses tensors that share it).
+        for seed in range(self.seeds):
+            for name, value in self._persistent():
+                destination[f"{prefix}{seed}.{name}"] = value[seed] if keep_vars else value[seed].detach().clone()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        expected = set()
+        with torch.no_grad():
+            for seed in range(self.seeds):
+                for name, value in self._persistent():
+                    key = f"{prefix}{seed}.{name}"
+                    expected.add(key)
+                    if key not in state_dict:
+                        missing_keys.append(key)
+                        continue
+                    given = state_dict[key]
+                    if given.shape != value.shape[1:]:
+                        error_msgs.append(
+                            f"size mismatch for {key}: copying a param with shape {tuple(given.shape)} from "
+                            f"checkpoint, the shape in current model is {tuple(value.shape[1:])}."
+                        )
+                        continue
+                    value[seed].copy_(given)
+        if strict:
+            unexpected_keys.extend(key for key in state_dict if key.startswith(prefix) and key not in expected)
+
+
 class AffectModel(nn.Module):
     """LSTM + Bayesian filter + alignment for S seeds. See the module docstring for the data flow.
 
@@ -137,9 +251,10 @@ class AffectModel(nn.Module):
         self.state_dim = 3 * k
         draws: list[int | None] = list(seeds) if seeds else [None]
         self.frontend = FrontEnd(config.input_dim, config.hidden_sizes, config.lstm_size, self.state_dim, draws)
-        self.filters = nn.ModuleList([self._new_filter(config) for _ in draws] if config.model != "baseline" else [])
+        # Not registered when absent (a plain None): a state dict with such keys is then refused, as it was before.
+        self.filters = SeedStack([self._new_filter(config) for _ in draws]) if config.model != "baseline" else None
         self.smoothing = FixedGaussianSmoothing(config.smooth_sigma) if config.model == "baseline" else None
-        self.alignments = nn.ModuleList([self._new_alignment(config) for _ in draws] if config.align != "none" else [])
+        self.alignments = SeedStack([self._new_alignment(config) for _ in draws]) if config.align != "none" else None
 
     @staticmethod
     def _new_filter(config: ModelConfig) -> nn.Module:
@@ -214,12 +329,12 @@ class AffectModel(nn.Module):
         covariances: list[Tensor | None] = [None] * self.seeds
         filter_states: list[FilterState | None] = [None] * self.seeds
         for s in chosen:
-            if not self.filters:
+            if self.filters is None:
                 states[s] = o[s]
                 continue
             seed_mask = None if everything_observed else observed if observed.dim() == 2 else observed[s]
             initial = None if state is None else state.filters[s]
-            out = self.filters[s](o[s], mask=seed_mask, initial=initial)
+            out = self.filters(s, o[s], mask=seed_mask, initial=initial)
             states[s], covariances[s] = out.states, out.covariances
             if out.states.shape[0] == 1 and out.states.shape[1] > 0:
                 filter_states[s] = (out.states[0, -1], out.covariances[0, -1])
@@ -234,15 +349,15 @@ class AffectModel(nn.Module):
         levels beside their variances)."""
         if self.smoothing is not None:
             channels = self.smoothing(channels)
-        if self.alignments:
-            channels = self.alignments[seed](channels)
+        if self.alignments is not None:
+            channels = self.alignments(seed, channels)
         return channels
 
     def noncausal_kernels(self, seed: int = 0) -> list[Tensor]:
         """The non-causal stages of seed ``seed`` as convolution weights `(2D + 1,)`, in order (for streaming)."""
         kernels = [] if self.smoothing is None else [self.smoothing.kernel()]
-        if self.alignments:
-            kernels.append(self.alignments[seed].kernel())
+        if self.alignments is not None:
+            kernels.append(self.alignments.seed_module(seed).kernel())
         return kernels
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None) -> ModelOutput:
@@ -260,7 +375,8 @@ class AffectModel(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     def alignment_parameters(self) -> list[nn.Parameter]:
         """The parameters that get their own learning rate (mu', s of adaptive alignment)."""
-        return [p for a in self.alignments if isinstance(a, AdaptiveAlignment) for p in a.parameters()]
+        adaptive = self.alignments is not None and isinstance(self.alignments.template, AdaptiveAlignment)
+        return list(self.alignments.parameters()) if adaptive else []
 
     def parameter_groups(self, lr: float, lr_align: float) -> list[dict[str, object]]:
         """Adam's parameter groups: the alignment parameters get their own learning rate, so that mu reaches a lag
@@ -275,30 +391,25 @@ class AffectModel(nn.Module):
         return groups
 
     def clip_grad_norm_per_seed(self, max_norm: float) -> Tensor:
-        """:func:`torch.nn.utils.clip_grad_norm_` for each seed on its own. Returns the norms before clipping, (S,)."""
+        """:func:`torch.nn.utils.clip_grad_norm_` for each seed on its own. Returns the norms before clipping, (S,).
+
+        Every parameter is stacked along the seed axis, so each gradient is read once for every seed's sum of squares
+        (row s of a `(S, -1)` view) and scaled once by the seeds' coefficients."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
         squares = torch.zeros(self.seeds, dtype=torch.float32, device=self.frontend.head_bias.device)
-        seeded = [(p.grad, None) for p in self.frontend.parameters() if p.grad is not None]
-        for modules in (self.filters, self.alignments):
-            seeded += [(p.grad, s) for s, m in enumerate(modules) for p in m.parameters() if p.grad is not None]
-        for grad, s in seeded:
-            if s is None:
-                squares += grad.reshape(self.seeds, -1).square().sum(1).to(squares.dtype)
-            else:
-                squares[s] += grad.square().sum().to(squares.dtype)
+        for grad in grads:
+            squares += grad.reshape(self.seeds, -1).square().sum(1).to(squares.dtype)
         norms = squares.sqrt()
         coefficients = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for grad, s in seeded:
-            if s is None:
-                grad.mul_(coefficients.view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
-            else:
-                grad.mul_(coefficients[s].to(grad.dtype))
+        for grad in grads:
+            grad.mul_(coefficients.view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
         return norms
 
     def learned_lag(self, seed: int = 0) -> tuple[float, float]:
         """(mu in frames, sigma^2) of a seed's alignment: learned for AA, the fixed delay for MA, (0, 0) otherwise."""
-        if not self.alignments:
+        if self.alignments is None:
             return 0.0, 0.0
-        alignment = self.alignments[seed]
+        alignment = self.alignments.seed_module(seed)
         if isinstance(alignment, AdaptiveAlignment):
             return float(alignment.mu.detach()), float(alignment.sigma2.detach())
         return float(alignment.shift), 0.0
@@ -307,9 +418,8 @@ class AffectModel(nn.Module):
     def seed_state(self, seed: int) -> dict[str, Tensor]:
         """The state of seed ``seed`` as a one-seed model's state dict (detached copies)."""
         state = {f"frontend.{name}": value[seed : seed + 1].detach().clone() for name, value in self._frontend_state()}
-        for kind, modules in (("filters", self.filters), ("alignments", self.alignments)):
-            if modules:
-                state.update({f"{kind}.0.{k}": v.detach().clone() for k, v in modules[seed].state_dict().items()})
+        for kind, stack in self._seed_stacks():
+            state.update(stack.seed_state(seed, prefix=f"{kind}.0."))
         if self.smoothing is not None:
             state.update({f"smoothing.{k}": v.detach().clone() for k, v in self.smoothing.state_dict().items()})
         return state
@@ -317,17 +427,18 @@ class AffectModel(nn.Module):
     def _frontend_state(self) -> list[tuple[str, Tensor]]:
         return [*self.frontend.named_parameters(), *self.frontend.named_buffers()]
 
+    def _seed_stacks(self) -> list[tuple[str, SeedStack]]:
+        """(state-dict name, stack) of the filters and the alignments that this model has."""
+        stacks = (("filters", self.filters), ("alignments", self.alignments))
+        return [(kind, stack) for kind, stack in stacks if stack is not None]
+
     def load_seed_state(self, seed: int, state: dict[str, Tensor]) -> None:
         """Set seed ``seed``'s tensors from a one-seed state dict (as :meth:`seed_state` gives)."""
         with torch.no_grad():
-            for name, value in self.state_dict(keep_vars=True).items():
-                kind, _, rest = name.partition(".")
-                if kind == "frontend":
-                    value[seed : seed + 1].copy_(state[name])
-                elif kind in ("filters", "alignments"):
-                    index, _, leaf = rest.partition(".")
-                    if int(index) == seed:
-                        value.copy_(state[f"{kind}.0.{leaf}"])
+            for name, value in self._frontend_state():
+                value[seed : seed + 1].copy_(state[f"frontend.{name}"])
+        for kind, stack in self._seed_stacks():
+            stack.load_seed_state(seed, state, prefix=f"{kind}.0.")
 
     def seed_model(self, seed: int) -> AffectModel:
         """A one-seed model holding seed ``seed``'s weights (on this model's device)."""

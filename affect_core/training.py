@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from affect_core.alignment import choose_manual_shift
 from affect_core.config import RunConfig
-from affect_core.device import resolve_device
 from affect_core.data.records import Video
+from affect_core.device import resolve_device
 from affect_core.errors import AffectError
 from affect_core.features import FeatureStatistics, FeatureTransform, feature_statistics, transform_from_statistics
 from affect_core.inference import evaluate_seeds
@@ -163,6 +163,70 @@ def build_optimizer(model: AffectModel, config: RunConfig) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameter_groups(config.train.lr, config.train.lr_align), betas=config.train.betas)
 
 
+def stacked_optimizer_state(model: AffectModel, saved: dict[str, Any]) -> dict[str, Any]:
+    """Adam's state from a checkpoint in the layout of ``model``'s parameters (:meth:`AffectModel.parameter_groups`).
+
+    Checkpoints written before the filters' and alignments' parameters were stacked along the seed axis hold one
+    entry per seed and parameter, seed-major (``filters.0.q``, ``filters.0.r``, ..., ``filters.1.q``, ...), after the
+    front-end's; their moments are stacked here row by row (a seed without any kept no state: zeros) and the step
+    count is the largest (that of the seeds still training, the only ones whose state is used). A checkpoint in the
+    current layout passes unchanged.
+    """
+    groups = model.parameter_groups(0.0, 0.0)
+    params = [p for group in groups for p in group["params"]]
+    saved_indices = [index for group in saved["param_groups"] for index in group["params"]]
+    if len(params) == len(saved_indices) and all(
+        saved["state"].get(index) is None or saved["state"][index]["exp_avg"].shape == p.shape
+        for index, p in zip(saved_indices, params, strict=True)
+    ):
+        return saved  # the current layout (with one seed the earlier one has as many entries, but unstacked shapes)
+    names = {id(p): name for name, p in model.named_parameters()}
+    old_names = []  # per group, the parameter names of the layout with one module per seed
+    for group in groups:
+        frontend = [names[id(p)] for p in group["params"] if names[id(p)].startswith("frontend.")]
+        stacked = [names[id(p)].partition(".") for p in group["params"] if not names[id(p)].startswith("frontend.")]
+        per_seed = [f"{kind}.{s}.{leaf}" for s in range(model.seeds) for kind, _, leaf in stacked]
+        old_names.append(frontend + per_seed)
+    if [len(n) for n in old_names] != [len(g["params"]) for g in saved["param_groups"]]:
+        raise AffectError("training checkpoint: its optimizer state does not fit this model")
+    old_state = {
+        name: saved["state"].get(index)
+        for names_in_group, group in zip(old_names, saved["param_groups"], strict=True)
+        for name, index in zip(names_in_group, group["params"], strict=True)
+    }
+    state: dict[int, dict[str, Any]] = {}
+    param_groups = []
+    index = 0
+    for group, saved_group in zip(groups, saved["param_groups"], strict=True):
+        indices = []
+        for p in group["params"]:
+            name = names[id(p)]
+            kind, _, leaf = name.partition(".")
+            if kind == "frontend":
+                entry = old_state[name]
+            else:
+                rows = [old_state[f"{kind}.{s}.{leaf}"] for s in range(model.seeds)]
+                entry = _stacked_moments(rows, p) if any(r is not None for r in rows) else None
+            if entry is not None:
+                state[index] = entry
+            indices.append(index)
+            index += 1
+        param_groups.append({**saved_group, "params": indices})
+    return {"state": state, "param_groups": param_groups}
+
+
+def _stacked_moments(rows: list[dict[str, Any] | None], like: torch.Tensor) -> dict[str, Any]:
+    """Adam's per-seed states (one parameter of one seed each, None for a seed without state) as one state of the
+    stacked parameter ``like`` `(S, ...)`."""
+    present = [r for r in rows if r is not None]
+    entry: dict[str, Any] = {"step": max((r["step"] for r in present), key=float)}
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        if key in present[0]:
+            zeros = torch.zeros_like(like[0], dtype=present[0][key].dtype, device=present[0][key].device)
+            entry[key] = torch.stack([zeros if r is None else r[key].reshape(zeros.shape) for r in rows])
+    return entry
+
+
 SeedEpochCallback = Callable[[int, EpochRecord], None]
 """Called after each epoch of each seed still training: (seed, record)."""
 
@@ -257,7 +321,7 @@ def train_seeds(
         if list(ckpt.get("seeds", [])) != list(seeds):
             raise AffectError(f"{checkpoint_path}: a checkpoint of seeds {ckpt.get('seeds')}, not {list(seeds)}")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(stacked_optimizer_state(model, ckpt["optimizer"]))
         best_state = ckpt["best_states"]
         progress_state = ckpt["progress"]
         for rng, rng_state in zip(rngs, ckpt["numpy_rngs"], strict=True):

@@ -6,9 +6,11 @@ import itertools
 import pytest
 import torch
 
+from affect_core.alignment import AdaptiveAlignment
 from affect_core.config import ALIGNS, MODELS, ModelConfig
 from affect_core.errors import AffectError
-from affect_core.model import AffectModel
+from affect_core.filters import ExtendedKalmanFilter, KalmanFilter
+from affect_core.model import AffectModel, SeedStack
 
 
 def make(model="lstm-kf", align="adaptive", dimension="arousal", **kw):
@@ -112,7 +114,7 @@ def test_fully_observed_batch_takes_the_unmasked_path_with_the_same_result(model
         m.zero_grad()
         o, _ = m.frontend(x, torch.ones(3, 60, dtype=torch.bool) if force_mask else None)
         mask = torch.ones(3, 60, dtype=torch.bool) if force_mask else None
-        z = m.filters[0](o[0], mask=mask).states if m.filters else o[0]
+        z = m.filters(0, o[0], mask=mask).states if m.filters else o[0]
         z.square().sum().backward()
         results.append((z.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-10, rtol=1e-10)
@@ -187,3 +189,90 @@ def test_a_model_of_several_seeds_is_each_seed_alone():
             torch.testing.assert_close(stack.seed_state(s)[name], value, msg=name)
         y = stack.noncausal(out.states[s], s)
         torch.testing.assert_close(y, alone(x).y, atol=1e-6, rtol=1e-5)
+
+
+def _distinct_modules(kind: str, count: int) -> list[torch.nn.Module]:
+    """``count`` modules of one kind whose parameters differ from seed to seed (as training makes them)."""
+    modules = []
+    for s in range(count):
+        module = {
+            "kf": lambda: KalmanFilter(num_dims=2, method="compiled"),
+            "ekf": lambda: ExtendedKalmanFilter(num_dims=1, method="compiled"),
+            "kf-reference": lambda: KalmanFilter(num_dims=1, method="reference"),
+            "alignment": lambda: AdaptiveAlignment(window=10, mu_init=3.0, sigma2_init=4.0),
+        }[kind]()
+        generator = torch.Generator().manual_seed(100 + s)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+        modules.append(module)
+    return modules
+
+
+@pytest.mark.parametrize("kind", ["kf", "ekf", "kf-reference", "alignment"])
+def test_a_seed_stack_gives_each_seed_its_own_modules_values_and_gradients(kind):
+    """Seed s of a stack runs the module's code on row s of the stacked tensors: its outputs and its gradients (row s
+    of each stacked parameter's gradient) equal those of the seed's own module, and the rows of the seeds that did not
+    run get none."""
+    modules = _distinct_modules(kind, 3)
+    stack = SeedStack(modules)
+    width = 3 if kind in ("ekf", "kf-reference", "alignment") else 6
+    x = torch.randn(2, 50, width, generator=torch.Generator().manual_seed(7))
+    mask = torch.rand(2, 50, generator=torch.Generator().manual_seed(8)) > 0.2
+    for s in (0, 2):
+        stack.zero_grad()
+        module = modules[s]
+        module.zero_grad()
+        if kind == "alignment":
+            got, wanted = stack(s, x), module(x)
+            loss_got, loss_wanted = got.square().sum(), wanted.square().sum()
+        else:
+            got, wanted = stack(s, x, mask=mask), module(x, mask=mask)
+            torch.testing.assert_close(got.covariances, wanted.covariances, atol=0, rtol=0)
+            got, wanted = got.states, wanted.states
+            loss_got = got.square().sum() + got.sin().sum()
+            loss_wanted = wanted.square().sum() + wanted.sin().sum()
+        torch.testing.assert_close(got, wanted, atol=0, rtol=0)
+        loss_got.backward()
+        loss_wanted.backward()
+        for name, stacked in stack.named_parameters():
+            own = module.get_parameter(name).grad
+            torch.testing.assert_close(stacked.grad[s], own, atol=0, rtol=0, msg=name)
+            others = [r for r in range(3) if r != s]
+            assert not stacked.grad[others].any(), name
+
+
+def test_a_seed_stack_keeps_the_state_dict_of_one_module_per_seed():
+    """Bundles and checkpoints hold keys ``filters.{s}.{name}`` with one module's shapes (the layout of a list of one
+    module per seed): the stack writes exactly that, reads it back, and refuses wrong shapes and unknown keys."""
+    modules = _distinct_modules("ekf", 2)
+    stack = SeedStack(modules)
+    written = stack.state_dict()
+    expected = torch.nn.ModuleList(modules).state_dict()
+    assert list(written) == list(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(written[key], value, atol=0, rtol=0, msg=key)
+    assert written["0.W_f"].untyped_storage().data_ptr() != written["1.W_f"].untyped_storage().data_ptr()
+    other = SeedStack(_distinct_modules("ekf", 2)[::-1])
+    other.load_state_dict(expected)
+    for name, value in other.stacked():
+        for s, module in enumerate(modules):
+            torch.testing.assert_close(value[s], module.state_dict()[name], atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="size mismatch for 1.W_f"):
+        other.load_state_dict({**expected, "1.W_f": torch.zeros(2, 2)})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        other.load_state_dict({**expected, "2.W_f": torch.zeros(3, 3)})
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict({k: v for k, v in expected.items() if k != "0.q"})
+
+
+def test_a_model_of_seeds_keeps_its_state_dict_layout():
+    """The keys of a model's state dict are those of the model with one filter and one alignment module per seed."""
+    state = AffectModel(
+        ModelConfig(model="lstm-kf", align="adaptive", input_dim=5, window=10), seeds=[0, 1]
+    ).state_dict()
+    for s in (0, 1):
+        assert state[f"filters.{s}.F"].shape == (3, 3) and state[f"filters.{s}.P0"].shape == (3, 3)
+        assert state[f"alignments.{s}.mu_raw"].shape == () and state[f"alignments.{s}.offsets"].shape == (21,)
+    assert not any(key.startswith(("filters.2", "alignments.2")) for key in state)
+    assert AffectModel(ModelConfig(model="baseline", align="none", input_dim=5)).filters is None

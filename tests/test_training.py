@@ -8,7 +8,7 @@ import torch
 from affect_core.config import FeatureConfig, ModelConfig, RunConfig, TrainConfig
 from affect_core.errors import AffectError
 from affect_core.synth import SynthConfig, generate_corpus
-from affect_core.training import train_model
+from affect_core.training import load_checkpoint, save_checkpoint, train_model, train_seeds
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,50 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_corpus, tmp_pat
     assert resumed.epochs == 4 and [r.epoch for r in resumed.history] == [1, 2, 3, 4]
     for key, value in state_of(whole).items():
         assert torch.allclose(value, state_of(resumed)[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("seeds", [[1], [0, 1, 2]])
+def test_a_checkpoint_with_one_optimizer_entry_per_seed_resumes_as_before(tiny_corpus, tmp_path, seeds):
+    """Checkpoints written while each seed had its own filter and alignment modules hold Adam's state per seed and
+    parameter (seed-major, after the front-end's, with the one module's shapes); resuming from one equals an
+    uninterrupted run."""
+    torch.set_num_threads(1)
+    train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
+    whole = train_seeds(train, dev, tiny_config(max_epochs=3, patience=100), seeds, progress=False)
+    ckpt = str(tmp_path / "ckpt.pt")
+    train_seeds(train, dev, tiny_config(max_epochs=2, patience=100), seeds, checkpoint_path=ckpt, progress=False)
+    payload = load_checkpoint(ckpt)
+    stacked = payload["optimizer"]
+    # The earlier layout: group 0 = the front-end's 10 tensors, then per seed the filter's q, r, F, H; group 1 = per
+    # seed the alignment's mu_raw, sigma2_raw. Row s of a stacked moment is seed s's own.
+    front, filters = stacked["param_groups"][0]["params"][:10], stacked["param_groups"][0]["params"][10:]
+    aligns = stacked["param_groups"][1]["params"]
+    assert len(filters) == 4 and len(aligns) == 2
+
+    def row(index: int, s: int) -> dict:
+        entry = stacked["state"][index]
+        return {"step": entry["step"].clone(), **{k: entry[k][s].clone() for k in ("exp_avg", "exp_avg_sq")}}
+
+    state, groups, index = {}, [[], []], 0
+    for i in front:
+        state[index], index = stacked["state"][i], index + 1
+        groups[0].append(index - 1)
+    for g, per_seed in ((0, filters), (1, aligns)):
+        for s in range(len(seeds)):
+            for i in per_seed:
+                state[index], index = row(i, s), index + 1
+                groups[g].append(index - 1)
+    payload["optimizer"] = {
+        "state": state,
+        "param_groups": [{**group, "params": ids} for group, ids in zip(stacked["param_groups"], groups, strict=True)],
+    }
+    save_checkpoint(ckpt, payload)
+    resumed = train_seeds(
+        train, dev, tiny_config(max_epochs=3, patience=100), seeds, checkpoint_path=ckpt, resume=True, progress=False
+    )
+    for a, b in zip(whole, resumed, strict=True):
+        for key, value in state_of(a).items():
+            assert torch.allclose(value, state_of(b)[key], atol=1e-6), key
 
 
 def test_early_stopping_stops_after_patience(tiny_corpus):

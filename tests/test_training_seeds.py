@@ -115,10 +115,9 @@ def test_gradients_of_a_model_of_seeds_are_each_seeds_gradients():
         grads = {name: p.grad for name, p in single.named_parameters()}
         for name, p in stack.frontend.named_parameters():
             assert torch.allclose(p.grad[s], grads[f"frontend.{name}"][0], atol=1e-4, rtol=1e-4), name
-        for name, p in stack.filters[s].named_parameters():
-            assert torch.allclose(p.grad, grads[f"filters.0.{name}"], atol=1e-4, rtol=1e-4), name
-        for name, p in stack.alignments[s].named_parameters():
-            assert torch.allclose(p.grad, grads[f"alignments.0.{name}"], atol=1e-4, rtol=1e-4), name
+        for kind in ("filters", "alignments"):  # stacked along the seed axis: row s is seed s's gradient
+            for name, p in getattr(stack, kind).named_parameters():
+                assert torch.allclose(p.grad[s], grads[f"{kind}.{name}"][0], atol=1e-4, rtol=1e-4), f"{kind}.{name}"
 
 
 def stacked_weights(lstms: list[torch.nn.LSTM]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
