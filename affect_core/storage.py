@@ -3,8 +3,9 @@
 A URL is a local path (the default), ``file://``, ``s3://``, ``memory://`` or any other fsspec URL. S3
 endpoints are passed explicitly: ``storage_options["endpoint_url"]`` (or ``client_kwargs.endpoint_url``), else
 the environment variable ``AFFECT_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``. Keys come from the environment
-(botocore's usual variables) or from ``storage_options``; they are never put into messages: every URL shown to
-a user goes through :func:`redact`."""
+(botocore's usual variables) or from ``storage_options``, never from the URL (a ``user:password@`` URL is refused);
+they are never put into messages: every URL shown to a user goes through :func:`redact`. Work on Ray takes keys from
+the environment of its nodes only (tuning/cluster.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from affect_core.errors import AffectError
 S3_ENDPOINT_ENV = ("AFFECT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3")
 _SECRET_KEYS = re.compile(r"(secret|token|password|key|signature|credential)", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+# A URL whose authority holds a password (scheme://user:password@...); user@ alone, or URL@VERSION, is no secret.
+_URL_PASSWORD = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]*:[^/@\s]*@")
 
 
 def redact(url: str) -> str:
@@ -103,10 +106,17 @@ def join(base: str, *parts: str) -> str:
 def resolve(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Location:
     """Turn a URL (or local path) plus storage options into a :class:`Location`.
 
-    Raises AffectError for an empty URL or an unknown protocol; the message never contains credentials."""
+    Raises AffectError for an empty URL, a URL with a ``user:password@`` part, or an unknown protocol; the message
+    never contains credentials."""
     text = os.fspath(url)
     if not text:
         raise AffectError("dataset URL: empty; expected a local path or an fsspec URL (s3://, memory://, ...)")
+    if _URL_PASSWORD.match(text):
+        # A URL travels into logs, Ray jobs, Prefect parameters and result files: it must never carry a password.
+        raise AffectError(
+            f"{redact(text)}: a URL with credentials (user:password@) is refused; keys come from the environment "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or storage options, never from the URL"
+        )
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     options = dict(storage_options or {})
     if protocol in ("s3", "s3a"):

@@ -352,6 +352,107 @@ def test_kustomization_lists_every_core_manifest_but_no_secret_template() -> Non
     assert [image["name"] for image in kustomization["images"]] == [NAMES["image"]["name"]]
 
 
+# ------------------------------------------------------------------------------------------- hardening
+
+
+def rendered_job_template() -> dict[str, Any]:
+    """The Prefect work pool's Job as the worker renders it with the template's defaults."""
+    from prefect.utilities.templating import apply_values
+
+    template = json.loads(BASE_JOB_TEMPLATE.read_text())
+    defaults = {name: spec.get("default") for name, spec in template["variables"]["properties"].items()}
+    defaults.update(name="affect-flow-run", command=["prefect", "flow-run", "execute"], labels={}, annotations={})
+    defaults["env"] = [{"name": k, "value": v} for k, v in defaults["env"].items()]
+    return apply_values(template["job_configuration"]["job_manifest"], defaults, remove_notset=True)
+
+
+def every_pod_spec() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod the deployment runs: the Ray head and worker groups, the Prefect worker, the flow-run Jobs."""
+    pods = [(group, template["spec"]) for group, template in ray_pod_templates()]
+    pods += [(doc["metadata"]["name"], doc["spec"]["template"]["spec"]) for _, doc in objects_of("Deployment")]
+    pods.append(("flow-run job", rendered_job_template()["spec"]["template"]["spec"]))
+    return pods
+
+
+@pytest.mark.parametrize(("name", "pod"), every_pod_spec(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_pod_is_hardened(name: str, pod: dict[str, Any]) -> None:
+    """The RuntimeDefault seccomp profile, a read-only root filesystem with emptyDirs where the code and Ray write
+    (/tmp, Ray's /tmp/ray on Ray nodes), non-root, no privilege escalation, no capability."""
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    assert pod["securityContext"]["runAsNonRoot"] is True, name
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, f"{name}/{container['name']}"
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+        mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+        needed = ["/tmp", f"/home/{NAMES['image']['user']}"] + (
+            ["/tmp/ray"] if container["name"].startswith("ray-") else []
+        )
+        for path in needed:
+            assert path in mounts and "emptyDir" in volumes[mounts[path]], f"{name}/{container['name']}: {path}"
+
+
+def test_every_ray_container_gets_the_s3_secret_from_the_environment() -> None:
+    """The head (whose job server starts the job drivers) and every worker group read S3 keys from the Secret: the
+    code sends none with its work."""
+    k8s = NAMES["kubernetes"]
+    groups = [group for group, _ in pod_templates(ray_cluster()["spec"])]
+    assert groups[0] == "head" and len(groups) == 1 + len(ray_cluster()["spec"]["workerGroupSpecs"])
+    for group, template in pod_templates(ray_cluster()["spec"]):
+        for container in containers(template):
+            from_secret = {"secretRef": {"name": k8s["s3_secret"]}} in container.get("envFrom", [])
+            by_key = {
+                item["name"]
+                for item in container.get("env", [])
+                if item.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == k8s["s3_secret"]
+            }
+            assert from_secret or set(NAMES["env"]["secret"]) <= by_key, f"{group}/{container['name']}"
+    for path, job in objects_of("RayJob"):
+        # HTTPMode: KubeRay's operator submits the job itself; no submitter pod, so nothing there holds a key.
+        assert job["spec"]["submissionMode"] == "HTTPMode" or "submitterPodTemplate" in job["spec"], path
+        assert not re.search(r"AWS_|secret|key=", job["spec"]["entrypoint"]), path
+
+
+def test_the_namespace_refuses_traffic_from_outside_it() -> None:
+    policies = {doc["metadata"]["name"]: doc["spec"] for _, doc in objects_of("NetworkPolicy")}
+    deny = [spec for spec in policies.values() if spec["podSelector"] == {} and "ingress" not in spec]
+    assert deny and "Ingress" in deny[0]["policyTypes"], "no default deny of ingress"
+    for name, spec in policies.items():
+        for rule in spec.get("ingress", []):
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer, f"{name}: an address range may reach the namespace"
+                if "namespaceSelector" in peer:  # another namespace: one named component, on named ports only
+                    assert peer.get("podSelector", {}).get("matchLabels"), name
+                    assert rule.get("ports"), name
+    kustomization = yaml.safe_load((INFRA / "kuberay" / "kustomization.yaml").read_text())
+    files = {path.name for path, _ in objects_of("NetworkPolicy")}
+    assert files and files <= set(kustomization["resources"])
+
+
+def test_the_prefect_api_is_behind_basic_auth_from_a_secret() -> None:
+    """Prefect's clients (the worker, the flow-run pods) send PREFECT_API_AUTH_STRING from a Secret; the Secret
+    templates give the server PREFECT_SERVER_API_AUTH_STRING."""
+    secrets = {doc["metadata"]["name"]: doc for _, doc in objects_of("Secret")}
+    client = [name for name, doc in secrets.items() if "PREFECT_API_AUTH_STRING" in doc.get("stringData", {})]
+    assert client and any("PREFECT_SERVER_API_AUTH_STRING" in d.get("stringData", {}) for d in secrets.values())
+    worker = next(doc for _, doc in objects_of("Deployment"))
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container.get("env", [])}
+    assert env["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]["name"] in client
+    job = rendered_job_template()["spec"]["template"]["spec"]["containers"][0]
+    assert any(source.get("secretRef", {}).get("name") in client for source in job["envFrom"])
+    assert "PREFECT_SERVER_API_AUTH_STRING" in (INFRA / "prefect" / "README.md").read_text()
+
+
+def test_the_cluster_launcher_puts_every_node_in_its_own_security_group() -> None:
+    """Ray's AWS launcher creates a group opening SSH to 0.0.0.0/0 for every node type without SecurityGroupIds."""
+    config = yaml.safe_load(CLUSTER_LAUNCHER.read_text())
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"].get("SecurityGroupIds"), f"{name}: Ray's default security group"
+    assert "0.0.0.0/0" not in CLUSTER_LAUNCHER.read_text()
+
+
 # ------------------------------------------------------------------------------- Ray cluster launcher YAML
 
 
@@ -489,7 +590,7 @@ def test_environment_names_are_the_ones_the_code_reads() -> None:
     env = NAMES["env"]
     for name in [*env["secret"], *env["config"], *env["ray_auth"]]:
         assert re.search(rf"[\"']{name}[\"']", text), f"{name} is not read by the code"
-    known = {*env["secret"], *env["config"], *env["ray_auth"], "RAY_USAGE_STATS_ENABLED"}
+    known = {*env["secret"], *env["config"], *env["ray_auth"], *env["prefect_auth"], "RAY_USAGE_STATS_ENABLED"}
     used: set[str] = set()
     for _path, doc in all_objects():
         for key, value, _parent in walk(doc):

@@ -65,6 +65,20 @@ def test_redact_removes_credentials_from_urls():
     assert "secret" not in storage.redact("https://h/p?secret_key=zzz")
 
 
+@pytest.mark.parametrize(
+    "url", ["s3://AKIAPLANTED:pl4nted-pw@bucket/ds", "https://user:pl4nted-pw@host/ds.parquet", "s3://:pl4nted-pw@b/x"]
+)
+def test_a_url_with_a_password_is_refused_without_echoing_it(url):
+    with pytest.raises(AffectError, match="credentials") as refused:
+        storage.resolve(url)
+    assert "pl4nted-pw" not in str(refused.value) and "from the environment" in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["memory://bucket@3", "memory://b/name@with-at"])
+def test_an_at_sign_without_a_password_is_no_credential(url):
+    assert storage.resolve(url).url == url
+
+
 def test_unknown_protocol_is_an_affect_error():
     with pytest.raises(AffectError, match="unsupported storage URL"):
         storage.resolve("nosuchproto://bucket/x")
