@@ -333,3 +333,22 @@ def test_the_shipped_deployments_run_on_a_cluster_without_gpus(monkeypatch: pyte
         job = flows[spec.flow].validate_parameters(spec.parameters)["job"]
         for ask in gpu_asks(dataclasses.asdict(job)):
             assert isinstance(ask, str) and ask.startswith("auto:")
+
+
+def test_a_flow_run_prints_no_telemetry_error(tmp_path: Path) -> None:
+    """The ephemeral Prefect server of a one-off run sends no telemetry (so, offline, it logs no error about it)."""
+    code = (
+        "import flows\n"
+        "from prefect import flow\n"
+        "from prefect.settings import get_current_settings\n"
+        "print('analytics', get_current_settings().server.analytics_enabled)\n"
+        "print('result', flow(lambda: 1, name='tiny')())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert "result 1" in result.stdout, result.stderr
+    assert "analytics False" in result.stdout
+    assert "telemetry" not in result.stderr.lower() and "| ERROR" not in result.stderr
