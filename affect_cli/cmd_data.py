@@ -6,6 +6,7 @@ affect_core is imported inside the commands, so importing this module (and `affe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -28,11 +29,15 @@ def info(
     ] = False,
     s3_endpoint: Annotated[str | None, typer.Option(help=S3_ENDPOINT_HELP)] = None,
 ) -> None:
-    """Versions, videos per split, frames, frames without a face, feature sets, files and bytes of a table."""
+    """Versions, videos per split, frames, frames without a face (datasets), feature sets, files and bytes of a
+    table."""
 
     from affect_core.data.dataset import table_summary
 
     summary = table_summary(url, version=version, storage_options=_options(url, s3_endpoint))
+    counts_faces = summary["kind"] != "predictions"
+    if not counts_faces:
+        summary["videos"] = _without_face_count(summary["videos"])
     if as_json:
         _print_json(summary)
         return
@@ -41,7 +46,7 @@ def info(
         counts = per_split.setdefault(video["split"], [0, 0, 0])
         counts[0] += 1
         counts[1] += video["frames"]
-        counts[2] += video["frames_without_face"]
+        counts[2] += video["frames_without_face"] or 0
     typer.echo(f"{summary['url']}: {summary['kind']} version {summary['version']} (versions {summary['versions']})")
     typer.echo(f"files {summary['files']}, {summary['bytes'] / 1e6:.2f} MB")
     if summary["feature_sets"]:
@@ -52,7 +57,15 @@ def info(
         if key in summary["metadata"]:
             typer.echo(f"{key.split('.', 1)[1]}: {summary['metadata'][key]}")
     for split, (videos, frames, missing) in per_split.items():
-        typer.echo(f"{split}: {videos} video(s), {frames} frame(s), {missing} without a face")
+        faces = f", {missing} without a face" if counts_faces else ""
+        typer.echo(f"{split}: {videos} video(s), {frames} frame(s){faces}")
+
+
+def _without_face_count(videos: Iterator[dict]) -> Iterator[dict]:
+    """A predictions table's videos with ``frames_without_face`` None: its index records no such count (a scored
+    frame has a prediction whether or not a face was found), so the 0 it reads as is not a count."""
+    for video in videos:
+        yield {**video, "frames_without_face": None}
 
 
 def _print_json(summary: dict) -> None:
