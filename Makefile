@@ -20,10 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q --durations=20 tests --ignore=tests/test_ray_job_submission.py
-	# The Ray job server's tests in a session of their own: their job drivers must not meet the Ray state that
-	# earlier tests leave behind in the test process (see tests/test_ray_job_submission.py).
-	$(BIN)/python -m pytest -q tests/test_ray_job_submission.py
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 demo: install
 	$(BIN)/affect demo

@@ -6,98 +6,45 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from affect_services import RayCluster
 from tests.test_ray_train import affect, is_loopback, listening_addresses, make_dataset
 
-# `make test` runs this module in a pytest session of its own: after the rest of the suite in one process, the job
-# drivers here have failed to join the head started below ("Failed to connect to Ray cluster"), while the module
-# alone, or after any single other module tried, passes.
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
-
-# A head node with its dashboard (and so its job server) on 127.0.0.1, kept up until stdin closes.
-HEAD = """
-import sys, ray
-ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]),
-         _node_ip_address="127.0.0.1", logging_level="ERROR")
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def job_server(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster) -> Iterator[dict[str, str]]:
     """The environment that reaches a local Ray head's job server: ``RAY_ADDRESS=http://127.0.0.1:<port>`` and the
-    cluster's token (token authentication on, as on the KubeRay cluster). The job drivers find the project on
-    PYTHONPATH and ``python`` on PATH, as the image's do on a KubeRay head."""
-    port = free_port()
-    directory = tmp_path_factory.mktemp("ray-head")
-    token = directory / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        {
-            **auth,
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        }
-    )
-    head = subprocess.Popen(
-        [sys.executable, "-c", HEAD, str(port)],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        cwd=directory,
-    )
-    try:
-        assert head.stdout.readline().strip() == "ready", head.stdout.read()[-3000:]
-        address = f"http://127.0.0.1:{port}"
-        import psutil
+    cluster's token (token authentication on, as on the KubeRay cluster).
 
-        root = psutil.Process(head.pid)
-        deadline = time.monotonic() + 120
-        # The job server is the head's own socket on the port (not another program that took the port meanwhile).
-        while port not in {p for _, p, _ in listening_addresses(root)}:
-            assert head.poll() is None and time.monotonic() < deadline, (
-                f"the head's job server never listened on {port}"
-            )
-            time.sleep(1)
-        sockets = listening_addresses(root)
+    The head is started as every real one is, by ``ray start`` with a temp dir of its own (``RayCluster``, as the
+    local stack and KubeRay do), which records the head's address in that directory. A job's supervisor finds the
+    cluster its driver joins from there; a head started by ``ray.init()`` records none, and the supervisor then takes
+    any Ray instance running on the machine, such as the session's other Ray cluster, whose token the driver does
+    not hold ("Failed to connect to Ray cluster"). The session's ``ray_cluster`` is kept running beside it, as in
+    the whole suite and on a machine running other Ray instances, so that the jobs here must find their own head."""
+    cluster = RayCluster(tmp_path_factory.mktemp("ray-head"), head_cpus=2, worker_nodes=0, job_server=True)
+    cluster.start()
+    try:
+        sockets = set().union(*(listening_addresses(psutil.Process(pid)) for pid in cluster.pids()))
         assert all(is_loopback(ip) for ip, _, _ in sockets), sockets
-        yield {"RAY_ADDRESS": address, **auth}
+        yield {
+            "RAY_ADDRESS": cluster.job_server_url,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(cluster.token_path),
+        }
     finally:
-        head.stdin.close()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)  # whatever Ray left of this head
-        except ProcessLookupError:
-            pass
+        cluster.stop()
 
 
 def test_train_score_and_tune_run_as_ray_jobs(job_server: dict[str, str], tmp_path: Path) -> None:
@@ -156,3 +103,17 @@ def test_a_client_without_the_token_gets_one_clear_error(job_server: dict[str, s
                   {"RAY_ADDRESS": job_server["RAY_ADDRESS"], "RAY_AUTH_MODE": "disabled"}, timeout=120)  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.startswith("error: RAY_ADDRESS=http://127.0.0.1:") and len(done.stderr.splitlines()) == 1
+    assert "token authentication" in done.stderr and "RAY_AUTH_MODE=token" in done.stderr, done.stderr
+    assert "~/.ray/auth_token" in done.stderr and "RAY_AUTH_TOKEN_PATH" in done.stderr
+
+
+def test_a_job_server_address_where_nothing_listens_is_one_line(tmp_path: Path) -> None:
+    """The job submission client has no timeout of its own; the command checks the address first (the timeout here
+    only catches a hang)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    done = affect(["score", str(tmp_path / "d"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p")],
+                  {"RAY_ADDRESS": address}, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: RAY_ADDRESS={address}: no Ray job server answers"), done.stderr
