@@ -9,7 +9,7 @@ HTML comment on the line right before its fence, invisible on GitHub:
   a Kubernetes cluster, real S3 credentials); WHY says what.
 
 A journey runs in a fresh temporary directory laid out as a checkout that has been installed: the repository's
-top-level files and folders are linked into it, so ``make demo`` and ``make -s stack-up`` work there and write
+tracked top-level files and folders are linked into it, so ``make demo`` and ``make -s stack-up`` work there and write
 their outputs (``demo-output``, ``.stack``) into it, never into the shared tree; its ``.venv`` links the project's
 virtualenv with its own install stamp, so that make does not reinstall. The environment is what a new user has: PATH
 with that ``.venv/bin`` first, a home of its own, and nothing else set by the tests.
@@ -32,8 +32,6 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_FENCE = re.compile(r"^```(bash|sh|shell|console)\b.*$")
 JOURNEY_MARK = re.compile(r"^<!--\s*journey:\s*([A-Za-z0-9_-]+)\s*-->\s*$")
 NOT_RUNNABLE_MARK = re.compile(r"^<!--\s*not runnable here:\s*(.+?)\s*-->\s*$")
-# Left out of a journey's checkout: what a fresh clone does not have, and outputs a journey writes itself.
-NOT_IN_A_CHECKOUT = {".git", ".venv", ".stack", "demo-output", ".pytest_cache", ".ruff_cache", "__pycache__"}
 # Environment variables a user's shell has that say nothing about this project.
 USER_ENV = ("LANG", "LC_ALL", "TERM", "USER", "LOGNAME", "SHELL", "TZ")
 
@@ -94,9 +92,8 @@ def journey_script(name: str) -> str:
 def make_checkout(directory: Path) -> Path:
     """``directory`` laid out as an installed checkout (see the module docstring); returns it."""
     directory.mkdir(parents=True, exist_ok=True)
-    for entry in REPO.iterdir():
-        if entry.name not in NOT_IN_A_CHECKOUT and not entry.name.endswith(".egg-info"):
-            (directory / entry.name).symlink_to(entry)
+    for name in tracked_top_level():
+        (directory / name).symlink_to(REPO / name)
     venv = directory / ".venv"
     venv.mkdir()
     for entry in VENV.iterdir():
@@ -104,6 +101,12 @@ def make_checkout(directory: Path) -> Path:
             (venv / entry.name).symlink_to(entry)
     (venv / ".installed").touch()  # newer than pyproject.toml: `make install` has nothing to do
     return directory
+
+
+def tracked_top_level() -> list[str]:
+    """The repository's top-level files and folders that git tracks: what a fresh clone holds."""
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return sorted({path.split("/", 1)[0] for path in listed.splitlines() if path})
 
 
 def user_env(home: Path) -> dict[str, str]:
