@@ -17,6 +17,7 @@ import pytest
 from corpus_checks import assert_same_corpus
 
 from affect_core.data import dataset as ds
+from affect_core.data import delta
 from affect_core.data.dataset import dataset_info, ingest, iter_videos, list_versions, read_corpus
 from affect_core.data.readers import read_source
 from affect_core.errors import AffectError
@@ -126,7 +127,7 @@ def test_a_writer_failing_mid_write_leaves_no_visible_version(tmp_path, monkeypa
         lines[data_at] = f"{video_id},0.00,0.25,0.25"
         arff.write_text("\n".join(lines) + "\n")
 
-    real_add = ds.delta.FileWriter.add
+    real_add = delta.FileWriter.add
     calls = []
 
     def failing_add(self, table, entry):
@@ -135,7 +136,7 @@ def test_a_writer_failing_mid_write_leaves_no_visible_version(tmp_path, monkeypa
             raise OSError("disk unplugged")
         return real_add(self, table, entry)
 
-    monkeypatch.setattr(ds.delta.FileWriter, "add", failing_add)
+    monkeypatch.setattr(delta.FileWriter, "add", failing_add)
     with pytest.raises(AffectError, match="nothing was published"):
         ingest(str(source), target, layout="avec2016", progress=False, target_file_bytes=1)
     assert list_versions(target) == [first.version]
@@ -154,9 +155,10 @@ def test_a_killed_writer_leaves_no_visible_version(tmp_path):
         f"""
         import os
         from affect_core.data import dataset as ds
+        from affect_core.data import delta
         def killed(*args, **kwargs):
             os._exit(9)  # every file is uploaded, the commit never happens
-        ds.delta.commit = killed
+        delta.commit = killed
         ds.ingest({str(source)!r}, {str(target)!r}, layout="csv", progress=False, target_file_bytes=1)
         """
     )

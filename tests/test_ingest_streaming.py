@@ -19,6 +19,7 @@ from affect_core import storage
 from affect_core.data import dataset as ds
 from affect_core.data import delta
 from affect_core.data import source_videos as sv
+from affect_core.data.dataset import by_video, ingestion
 from affect_core.data.readers import read_source
 
 LAYOUTS = ("avec2016", "csv", "openface", "muse")
@@ -91,7 +92,7 @@ def test_a_small_corpus_is_read_once(tmp_path, monkeypatch):
 
 def test_with_a_tiny_cache_a_few_videos_are_held_at_once(tmp_path, monkeypatch):
     root = make_source(tmp_path / "src", videos_per_split=4)
-    monkeypatch.setattr(ds, "READ_CACHE_BYTES", 1)
+    monkeypatch.setattr(by_video, "READ_CACHE_BYTES", 1)
     probe = ReadProbe(monkeypatch)
     result = ds.ingest(str(root), str(tmp_path / "ds"), layout="csv", progress=False, target_file_bytes=30_000)
     assert result.videos_written == 12
@@ -110,7 +111,7 @@ def test_a_touched_file_is_read_once_then_the_stamp_cache_vouches_for_it(ingeste
     assert (Path(url) / sv.STAMP_CACHE).is_file()
 
     probe.reset()
-    monkeypatch.setattr(ds, "read_source", lambda *a, **k: pytest.fail("the source was read whole"))
+    monkeypatch.setattr(ingestion, "read_source", lambda *a, **k: pytest.fail("the source was read whole"))
     again = ingested_source.ingest()
     assert not probe.reads and again.unchanged and again.source_bytes == 0
     assert (again.version, again.content_hash, again.rows) == (first.version, first.content_hash, first.rows)

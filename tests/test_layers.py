@@ -17,6 +17,11 @@ ALLOWED = {
     "affect_cli": {"affect_core", "tuning", "flows", "affect_services"},
 }
 FORBIDDEN_IN_CORE = ("ray", "prefect")
+# Inside affect_core: the data formats sit below everything else (video, scoring, training read them), so
+# affect_core.data imports only itself and these. A layout that needs a higher part (the video layout) is provided
+# from above: it registers itself with affect_core.data.layouts.provided.
+DATA_PACKAGE = "affect_core.data"
+DATA_MAY_IMPORT = ("affect_core.errors", "affect_core.storage")
 
 
 def modules() -> dict[str, Path]:
@@ -51,6 +56,20 @@ def test_imports_point_one_way():
                 wrong.append(f"{name} imports {imported}")
             if package == "affect_core" and top in FORBIDDEN_IN_CORE:
                 wrong.append(f"{name} imports {imported}")
+    assert not wrong, wrong
+
+
+def test_data_imports_nothing_above_it():
+    known = modules()
+    wrong = []
+    for name, path in known.items():
+        if name != DATA_PACKAGE and not name.startswith(DATA_PACKAGE + "."):
+            continue
+        for imported in imports(path, known):
+            inside = imported == DATA_PACKAGE or imported.startswith(DATA_PACKAGE + ".")
+            if imported.startswith("affect_core") and imported != "affect_core" and not inside:
+                if imported not in DATA_MAY_IMPORT:
+                    wrong.append(f"{name} imports {imported}")
     assert not wrong, wrong
 
 

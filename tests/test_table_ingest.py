@@ -11,6 +11,7 @@ from corpus_checks import assert_same_corpus, change_one_value, make_source, tou
 
 from affect_core.data import dataset as ds
 from affect_core.data import source_videos as sv
+from affect_core.data.dataset import ingestion
 from affect_core.data.readers import read_source
 from affect_core.errors import AffectError
 
@@ -104,7 +105,7 @@ def test_a_no_op_reingest_reads_no_file_and_a_touched_file_is_read_but_not_writt
         raise AssertionError("the source was read")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ds, "read_source", no_reading)
+        patch.setattr(ingestion, "read_source", no_reading)
         again = ingested_source.ingest()
     assert again.unchanged and again.version == first.version and again.source_bytes == 0
     assert again.content_hash == first.content_hash

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from affect_core.config import load_run_config
-from affect_core.data.dataset import dataset_info, read_corpus
+from affect_core.data.dataset import dataset_info, ingest, read_corpus
 from affect_core.data.readers import read_source
 from affect_core.errors import AffectError
 from affect_core.experiment import train_run
@@ -19,7 +19,6 @@ from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import decode_frames
 from affect_core.video.extract import extract_video
-from affect_core.video.ingest import ingest_videos
 from affect_core.video.layout import read_video_source
 from affect_core.video.score import score_video_root
 from affect_core.video.stored import attach_to_bundle, load_dataset_transform
@@ -33,7 +32,7 @@ CLIPS = VideoSynthConfig(videos_per_split=1, frames=40, width=320, height=180, n
 def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("layout")
     write_video_corpus(CLIPS, base / "root")
-    ingest_videos(str(base / "root"), str(base / "dataset"), config=FAST, progress=False)
+    ingest(str(base / "root"), str(base / "dataset"), layout="video", video_config=FAST, progress=False)
     return base / "root", base / "dataset"
 
 
@@ -75,7 +74,7 @@ def test_no_face_rows_follow_the_generated_no_face_runs(ingested: tuple[Path, Pa
 
 def test_reingest_is_unchanged_and_the_reader_dispatch_gives_the_same_corpus(ingested: tuple[Path, Path]) -> None:
     root, dataset = ingested
-    again = ingest_videos(str(root), str(dataset), config=FAST, progress=False)
+    again = ingest(str(root), str(dataset), layout="video", video_config=FAST, progress=False)
     assert again.unchanged
     transform = load_dataset_transform(str(dataset))
     direct = read_video_source(str(root), transform=transform)
@@ -206,3 +205,78 @@ def test_long_videos_in_segments_give_the_whole_videos_rows(ingested: tuple[Path
     for a, b in zip(segmented.videos, read_corpus(str(dataset), splits=None).videos, strict=True):
         np.testing.assert_array_equal(a.features, b.features)
         np.testing.assert_array_equal(a.time_s, b.time_s)
+
+
+def test_the_transform_is_stored_before_the_commit_that_publishes_its_version(
+    ingested: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ingest entrance for videos: the fitted transform is written (named from the version's content hash)
+    before the commit, removed when the commit fails, and stored again by a re-ingest that reads no video."""
+    from affect_core.data import delta
+    from affect_core.data.dataset import list_versions
+    from affect_core.video import layout
+    from affect_core.video.stored import transform_file
+
+    root, stored = ingested
+    url = str(tmp_path / "dataset")
+    real_commit = delta.commit
+    at_commit: list[list[str]] = []
+
+    def failing_commit(loc, schema, **kwargs):
+        at_commit.append(sorted(p.name for p in (tmp_path / "dataset").glob("_video_transforms/*.safetensors")))
+        raise OSError("the store went away")
+
+    monkeypatch.setattr(delta, "commit", failing_commit)
+    with pytest.raises(AffectError, match="nothing was published"):
+        ingest(str(root), url, layout="video", video_config=FAST, progress=False)
+    assert at_commit == [[transform_file(dataset_info(str(stored)).content_hash).split("/")[-1]]]
+    assert not list((tmp_path / "dataset").glob("_video_transforms/*")), "the failed commit's transform was left"
+
+    def checked_commit(loc, schema, **kwargs):
+        at_commit.append(sorted(p.name for p in (tmp_path / "dataset").glob("_video_transforms/*.safetensors")))
+        return real_commit(loc, schema, **kwargs)
+
+    monkeypatch.setattr(delta, "commit", checked_commit)
+    first = ingest(str(root), url, layout="video", video_config=FAST, progress=False)
+    path = tmp_path / "dataset" / transform_file(first.content_hash)
+    assert at_commit[-1] == [path.name] and list_versions(url) == ["0"]
+    assert first.content_hash == dataset_info(str(stored)).content_hash
+    assert_same_transform(load_dataset_transform(url), load_dataset_transform(str(stored)))
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("a video was extracted")
+
+    path.unlink()  # lost (as a crash between the commit and the transform could lose it before)
+    monkeypatch.setattr(layout, "extract_job", no_extraction)
+    again = ingest(str(root), url, layout="video", video_config=FAST, progress=False)
+    assert again.unchanged and again.source_bytes == 0 and list_versions(url) == ["0"]
+    assert_same_transform(load_dataset_transform(url), load_dataset_transform(str(stored)))
+    monkeypatch.setattr(layout, "sample_job", no_extraction)
+    assert ingest(str(root), url, layout="video", video_config=FAST, progress=False).unchanged
+
+
+def assert_same_transform(a, b) -> None:
+    assert a.config == b.config
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.components, b.components)
+
+
+def test_the_video_layout_needs_its_provider_imported(tmp_path: Path) -> None:
+    """affect_core.data never imports the video layout: it reads it through the table of provided layouts, which
+    affect_core.video.layout fills when imported (a fresh process that did not import it gets a clear error)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from affect_core.data.dataset import ingest\n"
+        "from affect_core.errors import AffectError\n"
+        "try:\n"
+        f"    ingest({str(tmp_path)!r}, {str(tmp_path / 'ds')!r}, layout='video', progress=False)\n"
+        "except AffectError as exc:\n"
+        "    print(exc)\n"
+        "import affect_core.video.layout\n"
+        "from affect_core.data.layouts.provided import provided\n"
+        "print(type(provided('video')).__name__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert "provided by affect_core.video.layout" in run.stdout and run.stdout.rstrip().endswith("VideoLayout")

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from affect_core.config import load_run_config
-from affect_core.data.dataset import read_corpus
+from affect_core.data.dataset import ingest, read_corpus
 from affect_core.experiment import train_run
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
 from affect_core.video.config import VideoConfig
-from affect_core.video.ingest import ingest_videos
+from affect_core.video.layout import LAYOUT
 
 LAG_FRAMES = 25
 # The pipeline's stages and recipe with a smaller face and block grid, so that the test takes a minute or two.
@@ -27,7 +27,7 @@ def test_video_corpus_is_learnable_and_the_lag_is_recovered(tmp_path) -> None:
         videos_per_split=3, frames=400, width=320, height=180, lag_s=LAG_FRAMES / 25, no_face_share=0.05, seed=3
     )
     write_video_corpus(clips, root)
-    ingest_videos(str(root), str(tmp_path / "dataset"), config=SETTINGS, progress=False)
+    ingest(str(root), str(tmp_path / "dataset"), layout=LAYOUT, video_config=SETTINGS, progress=False)
     corpus = read_corpus(str(tmp_path / "dataset"), splits=None)
 
     def dev_row(model: str, align: str):

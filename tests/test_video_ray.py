@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from affect_core.config import load_run_config
-from affect_core.data.dataset import dataset_info, read_corpus
+from affect_core.data.dataset import dataset_info, ingest, read_corpus
 from affect_core.experiment import train_run
 from affect_core.scoring import read_predictions
 from affect_core.synth.video import VideoSynthConfig, write_video_corpus
-from affect_core.video.ingest import ingest_videos
+from affect_core.video.layout import LAYOUT
 from affect_core.video.score import score_video_root
 from affect_core.video.stored import attach_to_bundle
 from tests.test_ray_train import affect
@@ -52,7 +52,7 @@ def test_ray_ingest_and_scoring_equal_the_single_process_path(ray_cluster, tmp_p
     root = tmp_path / "root"
     write_video_corpus(CLIPS, root)
     local = str(tmp_path / "local")
-    ingest_videos(str(root), local, progress=False)
+    ingest(str(root), local, layout=LAYOUT, progress=False)
 
     distributed = str(tmp_path / "ray")
     before = extraction_tasks_by_worker(ray_cluster)

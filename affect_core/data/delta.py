@@ -38,12 +38,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from affect_core import storage
+from affect_core.data import keys
 from affect_core.data.tracks import video_sort_key
 from affect_core.errors import AffectError
 
-INDEX_KEY = "affect.video_index"
+INDEX_KEY = keys.VIDEO_INDEX
 INDEX_PREFIX = "arrow-ipc-base64:"
-LIST_INDEX_KEY = "affect.videos"  # the first release's index: a JSON list of one object per video
+LIST_INDEX_KEY = keys.VIDEO_LIST  # the first release's index: a JSON list of one object per video
 INDEX_SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),
@@ -708,7 +709,7 @@ def commit(
     removes = [RemoveAction(f.path, True, now, f.size, {"split": f.split}) for f in removed]
     next_version = 0 if read_version is None else read_version + 1
     properties = CommitProperties(
-        custom_metadata={"affect.operation": operation} if operation else None,
+        custom_metadata={keys.OPERATION: operation} if operation else None,
         app_transactions=[Transaction(APP_ID, next_version)],
         max_commit_retries=0,
     )

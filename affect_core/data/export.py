@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from affect_core import storage
+from affect_core.data import keys
 from affect_core.errors import AffectError
 
 
@@ -32,9 +33,9 @@ def flat_table(table: pa.Table, feature_names: list[str]) -> pa.Table:
     """``table`` with its ``features`` list column (T lists of d) replaced by d float32 columns."""
     if "features" not in table.column_names:
         return table
-    from affect_core.data.dataset import _feature_matrix
+    from affect_core.data.dataset.convert import feature_matrix
 
-    matrix = _feature_matrix(table, "export")
+    matrix = feature_matrix(table, "export")
     names = feature_names if len(feature_names) == matrix.shape[1] else [f"f{i}" for i in range(matrix.shape[1])]
     position = table.column_names.index("features")
     out = table.remove_column(position)
@@ -106,7 +107,7 @@ def export_table(
                 out = table if kind == ".parquet" else csv_table(table, names)
                 if writer is None:
                     if kind == ".parquet":
-                        metadata = {"affect.feature_names": json.dumps(names), "affect.version": str(info.version)}
+                        metadata = {keys.FEATURE_NAMES: json.dumps(names), keys.VERSION: str(info.version)}
                         writer = pq.ParquetWriter(handle, out.schema.with_metadata(metadata), compression="zstd")
                     else:
                         writer = pacsv.CSVWriter(handle, out.schema)

@@ -1,5 +1,5 @@
 """Readers for the input layouts of docs/data_formats.md: ``avec2016``, ``csv``, ``parquet``, ``openface`` and
-``muse``.
+``muse``; the ``video`` layout is provided from above data (:mod:`affect_core.data.layouts.provided`).
 
 ``read_source`` reads and validates a whole corpus into a :class:`~affect_core.data.records.Corpus`; nothing
 is written. Each layout is one reader function in ``LAYOUT_READERS`` (a module under
@@ -25,6 +25,7 @@ from affect_core.data.assemble import assemble_corpus, labels_on_frames
 from affect_core.data.layouts.avec2016 import read_avec2016
 from affect_core.data.layouts.muse import read_muse
 from affect_core.data.layouts.openface import read_openface
+from affect_core.data.layouts.provided import PROVIDERS, provided
 from affect_core.data.layouts.tables import read_csv_layout, read_parquet_layout
 from affect_core.data.records import Corpus
 from affect_core.data.tables import MAX_ROWS
@@ -52,8 +53,8 @@ LAYOUT_READERS: dict[str, LayoutReader] = {
     "openface": read_openface,
     "muse": read_muse,
 }
-# The video layout (ROOT/videos/*) decodes videos and extracts features first: affect_core/video/layout.py.
-LAYOUTS = (*LAYOUT_READERS, "video")
+# The video layout (ROOT/videos/*) decodes videos and extracts features first: affect_core.video.layout provides it.
+LAYOUTS = (*LAYOUT_READERS, *PROVIDERS)
 __all__ = [
     "LAYOUTS",
     "LAYOUT_READERS",
@@ -92,14 +93,13 @@ def read_source(
     ``feature_sets`` (JSON list of {name, start, stop, names[, set, dimension]}), ``layout``, ``source``,
     ``source_bytes`` and what the layout adds (``pooled``, ``source_format``, ``ratings``, ``notes``). Raises
     AffectError on any bad input."""
-    if layout != "video" and layout not in LAYOUT_READERS:
+    if layout not in LAYOUT_READERS and layout not in PROVIDERS:
         raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
     if not (math.isfinite(min_face_confidence) and 0.0 <= min_face_confidence <= 1.0):
         raise AffectError(f"min_face_confidence={min_face_confidence:g}: expected a number in [0, 1]")
-    if layout == "video":
-        from affect_core.video.layout import read_video_source
-
-        return read_video_source(root, storage_options=storage_options)
+    reader = provided(layout)
+    if reader is not None:
+        return reader.read_corpus(root, storage_options=storage_options)
     reader_fn = LAYOUT_READERS[layout]
     loc = storage.resolve(root, storage_options)
     if not storage.is_dir(loc.fs, loc.path):

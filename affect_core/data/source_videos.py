@@ -176,7 +176,8 @@ def options_stamp(
     return fingerprint + ":" + hashlib.sha256(json.dumps(options).encode()).hexdigest()[:12]
 
 
-def _stamp(info: dict[str, Any]) -> str:
+def file_stamp(info: dict[str, Any]) -> str:
+    """A file's modification time or ETag from its listing (what tells a changed file without reading it)."""
     for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
             return str(info[key]).strip('"')
@@ -200,7 +201,7 @@ def list_source_videos(root: str, layout: str, storage_options: dict[str, Any] |
     loc = storage.resolve(root, storage_options)
     if not splittable(root, layout, storage_options):
         raise AffectError(f"{loc.display()}: layout {layout!r} here holds all videos in one file; read it whole")
-    files, folders = _listing(loc)
+    files, folders = list_files(loc)
     partition = _partition(loc, layout)
     suffixes = _VIDEO_SUFFIXES.get(layout, ("",))
     videos: dict[str, SourceVideoFiles] = {}
@@ -213,7 +214,7 @@ def list_source_videos(root: str, layout: str, storage_options: dict[str, Any] |
         if split is None:
             split = ""  # not in the partition: the per-video reader names the problem
         entry = videos.setdefault(video_id, SourceVideoFiles(video_id, split, folders=folders))
-        entry.files[relative] = (int(info.get("size") or 0), _stamp(info))
+        entry.files[relative] = (int(info.get("size") or 0), file_stamp(info))
     if partition is not None:
         for video_id, split in partition.items():
             videos.setdefault(video_id, SourceVideoFiles(video_id, split, folders=folders))
@@ -224,7 +225,7 @@ def list_source_videos(root: str, layout: str, storage_options: dict[str, Any] |
     return sorted(videos.values(), key=lambda v: video_sort_key(v.split, v.video_id))
 
 
-def _listing(loc: storage.Location) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
+def list_files(loc: storage.Location) -> tuple[dict[str, dict[str, Any]], tuple[str, ...]]:
     """(relative path -> info of every file, every folder), hidden ones (a part starting with '.' or '_') left out."""
     files: dict[str, dict[str, Any]] = {}
     folders: list[str] = []

@@ -94,6 +94,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from affect_core.data import keys
 from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
 from affect_core.errors import AffectError
 from affect_core.synth.generator import SynthConfig, SyntheticCorpus, feature_sets, generate
@@ -325,9 +326,9 @@ def _write_csv(corpus: Corpus, root: Path, progress: bool, options: WriteOptions
 def _write_parquet(corpus: Corpus, root: Path, progress: bool, options: WriteOptions) -> None:
     dims = {name: columns.stop - columns.start for name, columns in feature_sets(corpus).items()}
     metadata = {
-        "affect.fps": repr(float(corpus.fps)),
-        "affect.feature_sets": json.dumps(dims),
-        "affect.source": corpus.source,
+        keys.FPS: repr(float(corpus.fps)),
+        keys.FEATURE_SETS: json.dumps(dims),
+        keys.SOURCE: corpus.source,
     }
     feature_schema = pa.schema(
         [("video_id", pa.string()), ("frameTime", pa.float64())]

@@ -4,17 +4,24 @@
     ROOT/partition.csv                              video_id,split (every video)
     ROOT/labels/<video_id>.csv                      optional: frameTime (or frame),arousal,valence, one row per frame
 
-Every video goes through :func:`affect_core.video.extract.extract_video`. At ingest the PCA is fitted first, on frames
-sampled evenly from the train videos (at most ``pca_frames``), then every video is extracted and reduced; the fitted
-:class:`~affect_core.video.transform.VideoTransform` travels with the corpus (:class:`VideoCorpus`) and is stored
-beside the dataset. ``mapper`` runs the per-video work: the builtin ``map`` (one process, the default) or Ray
-(``tuning.video_extract.ray_mapper``: one task per video, only features leave the workers).
+Every video goes through :func:`affect_core.video.extract.extract_video`. The PCA is fitted first, on frames sampled
+evenly from the train videos (at most ``pca_frames``), then every video is extracted and reduced with the fitted
+:class:`~affect_core.video.transform.VideoTransform`. ``mapper`` runs the per-video work: the builtin ``map`` (one
+process, the default) or Ray (``tuning.video_extract.ray_mapper``: one task per video, only features leave the
+workers).
+
+The layout sits above ``affect_core.data`` and registers itself there when this module is imported
+(:class:`VideoLayout`, :mod:`affect_core.data.layouts.provided`): ``read_source(ROOT, "video")`` reads a whole corpus
+(:func:`read_video_source`), and ``affect_core.data.dataset.ingest(ROOT, DATASET, layout="video")`` ingests it through
+the one ingest entrance, one video at a time (:func:`video_plan`), the fitted transform stored with the version
+inside the same commit (:mod:`affect_core.video.stored`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -24,14 +31,27 @@ from typing import Any, TypeVar
 import numpy as np
 
 from affect_core import storage
+from affect_core.data import source_videos as sv
 from affect_core.data.assemble import assemble_corpus
+from affect_core.data.dataset.by_video import SourcePlan, VideoCache, check_reread
+from affect_core.data.dataset.hashing import video_hash
+from affect_core.data.layouts.provided import LayoutOptions, register
 from affect_core.data.records import AFFECT_DIMENSIONS, Corpus, Video
 from affect_core.data.tables import read_csv_table
-from affect_core.data.tracks import SourceRead, SourceVideo, Track, check_split, check_video_id, label_track
+from affect_core.data.tracks import (
+    SourceRead,
+    SourceVideo,
+    Track,
+    check_split,
+    check_video_id,
+    label_track,
+    video_sort_key,
+)
 from affect_core.errors import AffectError, fail
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import VIDEO_SUFFIXES, probe
 from affect_core.video.extract import VideoFeatures, extract_video, sample_video
+from affect_core.video.stored import transform_file
 from affect_core.video.transform import FEATURE_SET, VideoTransform, fit_transform
 
 LAYOUT = "video"
@@ -265,12 +285,12 @@ def fit_video_transform(
     return fit_transform(samples, config)
 
 
-def read_labels(loc: storage.Location, video_ids: set[str]) -> dict[str, Track]:
-    """Label tracks of ROOT/labels/<video_id>.csv (the csv layout's label files), by video id."""
+def label_files(loc: storage.Location, video_ids: set[str]) -> dict[str, str]:
+    """video id -> file name of ROOT/labels/<video_id>.csv (the csv layout's label files), checked by name only."""
     folder = storage.join(loc.path, LABELS_DIR)
     if not storage.is_dir(loc.fs, folder):
         return {}
-    tracks: dict[str, Track] = {}
+    files: dict[str, str] = {}
     for name, kind in storage.list_dir(loc.fs, folder):
         if kind != "file" or name.startswith((".", "_")):
             continue
@@ -280,8 +300,19 @@ def read_labels(loc: storage.Location, video_ids: set[str]) -> dict[str, Track]:
         video_id = check_video_id(name[: -len(".csv")], where)
         if video_id not in video_ids:
             raise fail(where, f"labels for video {video_id!r} but no such video; expected {VIDEOS_DIR}/{video_id}.mp4")
-        tracks[video_id] = label_track(read_csv_table(storage.read_bytes(loc.fs, storage.join(folder, name)), where))
-    return tracks
+        files[video_id] = name
+    return files
+
+
+def read_label_file(loc: storage.Location, name: str) -> Track:
+    """The label track of ROOT/labels/``name``."""
+    data = storage.read_bytes(loc.fs, storage.join(loc.path, LABELS_DIR, name))
+    return label_track(read_csv_table(data, loc.display(LABELS_DIR, name)))
+
+
+def read_labels(loc: storage.Location, video_ids: set[str]) -> dict[str, Track]:
+    """Label tracks of ROOT/labels/<video_id>.csv, by video id."""
+    return {video_id: read_label_file(loc, name) for video_id, name in label_files(loc, video_ids).items()}
 
 
 def _feature_track(features: VideoFeatures, names: list[str], where: str) -> Track:
@@ -341,3 +372,133 @@ def _source_bytes(loc: storage.Location) -> int:
 def to_video(job: VideoJob, features: VideoFeatures) -> Video:
     """A scoring record: one row per decoded frame at its timestamp (labels none)."""
     return Video(job.video_id, job.split, features.features, features.time_s, features.fps)
+
+
+# ------------------------------------------------------------------------------------------------ the one ingest
+class VideoLayout:
+    """The video layout as ``affect_core.data`` reads it (registered below): a whole corpus for ``read_source``, an
+    ingest plan for ``affect_core.data.dataset.ingest``."""
+
+    name = LAYOUT
+
+    def read_corpus(self, root: str, *, storage_options: dict[str, Any] | None) -> VideoCorpus:
+        return read_video_source(root, storage_options=storage_options)
+
+    def plan(self, request: sv.SourceRequest, options: LayoutOptions) -> SourcePlan:
+        return video_plan(request, options)
+
+
+def video_plan(request: sv.SourceRequest, options: LayoutOptions) -> SourcePlan:
+    """What ingest reads of a corpus in the video layout: its videos (each with its video and label files), their
+    stamps, the reader that extracts them one at a time and the fitted transform, stored with the version.
+
+    A video's stamp is its files' fingerprint, the ingest options, the settings and the fingerprint of every train
+    video (the transform is fitted on those): a re-ingest that changes none of them reads no video. The transform is
+    fitted when a video must be read (or a version lacks its transform file)."""
+    if request.feature_set not in (None, FEATURE_SET):
+        raise AffectError(f"feature set {request.feature_set!r}: the video layout has one feature set, {FEATURE_SET!r}")
+    jobs = video_jobs(request.root, request.storage_options)
+    loc = storage.resolve(request.root, request.storage_options)
+    labels = label_files(loc, {j.video_id for j in jobs})  # before any video is decoded: bad names fail fast
+    listed, _ = sv.list_files(loc)
+    items = []
+    for job in jobs:
+        names = [f"{VIDEOS_DIR}/{job.url.rsplit('/', 1)[-1]}"]
+        if job.video_id in labels:
+            names.append(f"{LABELS_DIR}/{labels[job.video_id]}")
+        files = {n: (int(listed[n].get("size") or 0), sv.file_stamp(listed[n])) for n in names if n in listed}
+        items.append(sv.SourceVideoFiles(job.video_id, job.split, files))
+    items.sort(key=lambda item: video_sort_key(item.split, item.video_id))
+    config = options.config or VideoConfig()
+    train = sorted((item.video_id, item.fingerprint) for item in items if item.split == "train")
+    fitted_on = hashlib.sha256(json.dumps([config.to_dict(), train]).encode()).hexdigest()[:16]
+    stamps = {item.video_id: f"{request.stamp(item)}:{fitted_on}" for item in items}
+    reader = VideoLayoutReader(request, jobs, labels, config, options)
+    return SourcePlan(
+        items, stamps, reader, attachments=lambda content: {transform_file(content): reader.transform_bytes}
+    )
+
+
+class VideoLayoutReader:
+    """Reads a video corpus for ingest (a :class:`~affect_core.data.dataset.VideoReader`): fits the transform at the
+    first video to read, extracts the videos with the mapper, in order, and assembles each alone with its labels;
+    the most recently read wait in a cache to be written, others are extracted again."""
+
+    def __init__(
+        self,
+        request: sv.SourceRequest,
+        jobs: list[VideoJob],
+        labels: dict[str, str],
+        config: VideoConfig,
+        options: LayoutOptions,
+    ) -> None:
+        self.request = request
+        self.jobs = {job.video_id: job for job in jobs}
+        self.labels = labels
+        self.config = config
+        self.mapper: Mapper = options.mapper or map
+        self.device = options.device
+        self.progress = options.progress
+        self.loc = storage.resolve(request.root, request.storage_options)
+        self.cache = VideoCache()
+        self._hashes: dict[str, str] = {}
+        self._transform: VideoTransform | None = None
+
+    @property
+    def transform(self) -> VideoTransform:
+        if self._transform is None:
+            self._transform = fit_video_transform(
+                list(self.jobs.values()), self.config, mapper=self.mapper, device=self.device
+            )
+        return self._transform
+
+    def transform_bytes(self) -> bytes:
+        return self.transform.to_bytes()
+
+    def read(self, items: list[sv.SourceVideoFiles]) -> Iterator[sv.VideoSummary]:
+        from tqdm.auto import tqdm
+
+        files = {item.video_id: item for item in items}
+        extracted = extract_jobs([self.jobs[v] for v in files], self.transform, mapper=self.mapper, device=self.device)
+        for job, features in tqdm(extracted, total=len(files), desc="videos", disable=not self.progress):
+            read = self._video_read(job, features, files[job.video_id])
+            summary = read.summary(video_hash(read.video))
+            self._hashes[job.video_id] = summary.hash
+            self.cache.keep(read.video)
+            del read
+            yield summary
+
+    def load(self, item: sv.SourceVideoFiles) -> Video:
+        held = self.cache.take(item.video_id)
+        if held is not None:
+            return held
+        ((job, features),) = extract_jobs(
+            [self.jobs[item.video_id]], self.transform, mapper=self.mapper, device=self.device
+        )
+        video = self._video_read(job, features, item).video
+        return check_reread(video, self._hashes.get(item.video_id), self.request.where)
+
+    def _video_read(self, job: VideoJob, features: VideoFeatures, item: sv.SourceVideoFiles) -> sv.VideoRead:
+        """One video assembled alone (its features on its own frames, its labels on them), checked against the fps
+        the ingest was given."""
+        video = SourceVideo(job.video_id, job.split)
+        video.features[FEATURE_SET] = _feature_track(features, self.transform.feature_names, job.where)
+        if job.video_id in self.labels:
+            track = read_label_file(self.loc, self.labels[job.video_id])
+            for column, dimension in enumerate(AFFECT_DIMENSIONS):
+                video.labels[dimension] = (track, column)
+        corpus = assemble_corpus(SourceRead([video], [FEATURE_SET]), source=self.loc.display(), layout=LAYOUT)
+        fps = self.request.fps
+        if fps is not None and abs(fps / corpus.fps - 1.0) > FPS_TOLERANCE:
+            raise fail(job.where, f"fps={fps:g} contradicts the video's {corpus.fps:g} fps; leave fps out for videos")
+        return sv.VideoRead(
+            video=corpus.videos[0],
+            feature_names=list(corpus.feature_names),
+            feature_sets=json.loads(corpus.metadata["feature_sets"]),
+            fps=float(corpus.fps),
+            source_bytes=item.bytes,
+            fingerprint=item.fingerprint,
+        )
+
+
+register(VideoLayout())

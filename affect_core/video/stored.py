@@ -1,5 +1,9 @@
 """The video transform of a dataset made from videos, stored beside it (DATASET/_video_transforms/<content
-hash>.safetensors), and copied into the bundles of the models trained on it."""
+hash>.safetensors), and copied into the bundles of the models trained on it.
+
+The file is one of the version's attachments (:mod:`affect_core.data.dataset.write`): ingest writes it, named from the
+content hash of the version it belongs to, before the commit that publishes that version, so a version ingested from
+videos is never visible without its transform. Readers find it from the version's content hash."""
 
 from __future__ import annotations
 
@@ -10,18 +14,10 @@ from affect_core.errors import AffectError
 from affect_core.video.transform import TRANSFORMS_DIR, VideoTransform, save_bundle_transform
 
 
-def _transform_path(loc: storage.Location, content_hash: str) -> str:
-    return storage.join(loc.path, TRANSFORMS_DIR, content_hash.split(":")[-1] + ".safetensors")
-
-
-def save_dataset_transform(
-    transform: VideoTransform, dataset_url: str, content_hash: str, storage_options: dict[str, Any] | None = None
-) -> None:
-    """Store ``transform`` beside the dataset version whose content hash is ``content_hash`` (atomic write)."""
-    loc = storage.resolve(dataset_url, storage_options)
-    if loc.is_local or loc.protocol == "memory":
-        loc.fs.makedirs(storage.join(loc.path, TRANSFORMS_DIR), exist_ok=True)
-    storage.write_bytes_atomic(loc.fs, _transform_path(loc, content_hash), transform.to_bytes())
+def transform_file(content_hash: str) -> str:
+    """The path, relative to the dataset's root, of the video transform of the version whose content hash is
+    ``content_hash``."""
+    return f"{TRANSFORMS_DIR}/{content_hash.split(':')[-1]}.safetensors"
 
 
 def dataset_transform_path(dataset_url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
@@ -30,7 +26,7 @@ def dataset_transform_path(dataset_url: str, storage_options: dict[str, Any] | N
 
     info = dataset_info(dataset_url, storage_options=storage_options)
     loc = storage.resolve(dataset_url, storage_options)
-    return loc, _transform_path(loc, info.content_hash)
+    return loc, storage.join(loc.path, transform_file(info.content_hash))
 
 
 def load_dataset_transform(dataset_url: str, storage_options: dict[str, Any] | None = None) -> VideoTransform:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from affect_core.data import keys
 from affect_core.data.records import AFFECT_DIMENSIONS
 from affect_core.data.tables import read_parquet_table, split_by_video
 from affect_core.data.tracks import (
@@ -47,7 +48,7 @@ def _read_parquet_tables(
         raise fail(where, "missing attribute 'video_id'; expected columns video_id, frameTime, features")
     per_video = split_by_video(table)
     _, _, value_names = split_axes(next(iter(per_video.values())), "features")
-    sets = _sets_from_metadata(table.metadata.get("affect.feature_sets"), value_names)
+    sets = _sets_from_metadata(table.metadata.get(keys.FEATURE_SETS), value_names)
     chosen = select_feature_sets(list(sets), feature_set, reader.loc.display())
     videos: dict[str, SourceVideo] = {}
     for video_id, video_table in per_video.items():
