@@ -69,6 +69,15 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 # program stopped by SIGPIPE; output still buffered goes nowhere.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise typer.Exit(128 + signal.SIGPIPE) from None
+            if _is_ray_connection_failure(exc):
+                # Ray's ConnectionError is an OSError too: without this it would read as a storage failure.
+                message = " ".join(redact(str(exc)).split())[:300]
+                typer.echo(
+                    f"error: Ray: {message}; check RAY_ADDRESS and, where the cluster uses token authentication, "
+                    "RAY_AUTH_MODE=token and the token file (~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)",
+                    err=True,
+                )
+                raise typer.Exit(1) from None
             if not is_store_error(exc):
                 raise
             # The store failed (e.g. S3 unreachable): one line; the command can be re-run once it is back.
@@ -77,6 +86,16 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _is_ray_connection_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray failing to reach or join its cluster (raised by Ray, or Ray's own "Failed to connect to
+    Ray cluster" ConnectionError), not a storage failure."""
+    if "Ray cluster" in str(exc):
+        return True
+    if type(exc).__module__.split(".")[0] != "ray":
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ == "AuthenticationError"
 
 
 def _stdout_closed() -> bool:

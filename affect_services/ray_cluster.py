@@ -118,7 +118,12 @@ class RayCluster(Service):
     ``ray[default]``. Logs go to ``base_dir/<node>.log`` and the Ray session directories to
     ``base_dir/tmp/<node>`` (or, when that path is too long for Ray's unix sockets, a short directory under
     the system temp dir, linked from ``base_dir/tmp`` and removed on stop). The token is in
-    ``base_dir/auth_token`` (owner-only)."""
+    ``base_dir/auth_token`` (owner-only).
+
+    ``node_env`` (also settable before :meth:`start`) is added to every node's environment: the S3 endpoint and
+    keys that the workers, and the drivers the job server starts, read from their environment, as a cluster's
+    pods get them from a Secret. Work never carries keys itself (see tuning/cluster.py); nodes started without
+    them cannot reach a store that needs them."""
 
     name = "Ray cluster"
     stop_grace = 35.0  # a node told to drain (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) waits up to 30 s after SIGTERM
@@ -132,9 +137,11 @@ class RayCluster(Service):
         worker_cpus: int = 1,
         object_store_mb: int = 256,
         job_server: bool = False,
+        node_env: Mapping[str, str] | None = None,
         startup_timeout: float = 120.0,
     ) -> None:
         super().__init__(startup_timeout)
+        self.node_env = dict(node_env or {})
         self.base_dir = Path(base_dir).absolute()
         self.head_cpus = head_cpus
         self.worker_nodes = worker_nodes
@@ -252,6 +259,7 @@ class RayCluster(Service):
         # A job's entrypoint (`python ...`, `affect ...`) runs the environment the cluster runs with, as in the
         # image, where that environment is first on PATH (infra/docker/Dockerfile).
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+        env.update(self.node_env)
         env.update(extra)
         return env
 

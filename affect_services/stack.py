@@ -53,6 +53,7 @@ class LocalStack:
         head_cpus: int = 1,
         worker_cpus: int = 1,
         bucket: str = "affect",
+        ray_startup_timeout: float = 120.0,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.bucket = bucket
@@ -64,6 +65,7 @@ class LocalStack:
             worker_nodes=worker_nodes,
             worker_cpus=worker_cpus,
             job_server=True,
+            startup_timeout=ray_startup_timeout,
         )
 
     def __enter__(self) -> LocalStack:
@@ -91,6 +93,9 @@ class LocalStack:
         try:
             for service in (self.s3, self.prefect):
                 service.begin()
+            # The Ray nodes, hence their workers and the job drivers of the job server, reach S3 with the keys in
+            # their own environment: jobs never carry keys (tuning/cluster.py).
+            self.ray.node_env = self.s3.env()
             self.ray.start()
             for service in (self.s3, self.prefect):
                 service.wait_until_ready()

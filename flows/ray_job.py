@@ -43,13 +43,21 @@ def submit(job: Any, address: str, *, poll_s: float = POLL_S) -> Any:
     JSON form (:func:`flows.runner.decode_result` decodes it)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from tuning.cluster import AUTH_HINT, check_reachable, is_auth_failure
+
     where = redact(address)
+    # The client's requests have no timeout: an address that drops packets would hang it for minutes.
+    check_reachable(address, what="Ray job server")
     try:
         client = JobSubmissionClient(address)
         job_id = _submit_when_ready(client, entrypoint(job), {"affect_job": type(job).__name__})
-    except (ConnectionError, OSError) as exc:
-        raise AffectError(f"RAY_ADDRESS={where}: no Ray job server answers ({type(exc).__name__})") from exc
     except Exception as exc:  # noqa: BLE001 - the client's HTTP, version and authentication errors
+        if is_auth_failure(exc):
+            raise AffectError(
+                f"RAY_ADDRESS={where}: the Ray job server refused this process (token authentication): {AUTH_HINT}"
+            ) from exc
+        if isinstance(exc, (ConnectionError, OSError)):
+            raise AffectError(f"RAY_ADDRESS={where}: no Ray job server answers ({type(exc).__name__})") from exc
         raise AffectError(f"RAY_ADDRESS={where}: the Ray job server refused the job: {_first_line(exc)}") from exc
     print(f"submitted Ray job {job_id} to {where}", file=sys.stderr, flush=True)
     shown = 0

@@ -59,13 +59,16 @@ def s3_url(s3_server: SeaweedS3) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    """A Ray cluster of two nodes with one CPU each (head + one worker), token authentication on.
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3) -> Iterator[RayCluster]:
+    """A Ray cluster of two nodes with one CPU each (head + one worker), token authentication on, whose nodes have
+    :func:`s3_server`'s endpoint and keys in their environment (work never carries keys to them).
 
     A driver needs ``ray_cluster.env()`` in its environment before it imports ray (a subprocess is simplest);
     an in-process driver calls ``affect_services.prepare_ray_driver(ray_cluster.env())`` before
     ``ray.init()``."""
-    cluster = RayCluster(tmp_path_factory.mktemp("ray"), head_cpus=1, worker_nodes=1, worker_cpus=1)
+    cluster = RayCluster(
+        tmp_path_factory.mktemp("ray"), head_cpus=1, worker_nodes=1, worker_cpus=1, node_env=s3_server.env()
+    )
     cluster.start()
     try:
         yield cluster

@@ -1,10 +1,17 @@
 """Ray Data scoring equals the single-process scorer, resumes from the videos a crashed job committed and never
-duplicates a frame; local storage and SeaweedFS S3; plus the S3 settings given to Ray workers keep secrets out of
-pickles."""
+duplicates a frame; local storage and SeaweedFS S3; plus S3 keys reach Ray workers through their node's environment,
+never through Ray (runtime_env, logs, job table) or pickles."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +28,12 @@ from affect_core.scoring import pipeline as scoring_pipeline
 from affect_core.scoring import predictions as scoring_predictions
 from affect_core.storage import resolve
 from tests.test_ray_train import affect, make_dataset
+from tests.test_security import JOB_TABLE_TEXT, files_holding
 from tuning.cluster import ray_storage, shareable_storage_options, worker_env
 from tuning.score import call_blocks
 
 COLUMNS = ("arousal", "valence", "arousal_var", "valence_var", "time_s")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def train_bundle(dataset: str, run_url: str, storage_options: dict | None) -> str:
@@ -133,19 +142,64 @@ def test_call_blocks_cover_the_videos_to_do_in_order_and_files_travel_whole(tmp_
     assert back[0].index.equals(written[0].index) and back[0].video_count == 2
 
 
-def test_s3_secrets_travel_as_environment_never_in_options_or_filesystems(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AFFECT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
+# A driver on an in-process Ray given S3 keys in its storage options: what one worker sees of them, and the job table.
+IN_PROCESS_DRIVER = """
+import json, os, sys
+import ray
+from tuning.cluster import ensure_ray, shutdown_ray
+
+ensure_ray(num_cpus=1, storage_options=json.load(sys.stdin))  # not argv: the job table records the command line
+
+
+@ray.remote(num_cpus=1)
+def worker_view():
+    return os.environ.get("AWS_SECRET_ACCESS_KEY"), ray.get_runtime_context().runtime_env
+
+
+secret, runtime_env = ray.get(worker_view.remote())
+print(json.dumps({"secret": secret, "runtime_env": runtime_env, "jobs": job_table_text()}))
+shutdown_ray()
+"""
+
+
+def test_s3_keys_reach_workers_through_their_node_environment_never_through_ray(tmp_path):
+    """Keys given in storage options reach an in-process Ray's workers as their node's environment (the driver's),
+    not through the job's runtime_env, which Ray writes into every node's logs and its job table: the planted secret
+    is in no file of the Ray temp dir (every file of every session) and not in the job table; nor in the options and
+    filesystems that travel in task arguments and Tune configs."""
+    secret = f"planted-{os.urandom(12).hex()}"
     options = {
         "key": "AKIDPLANTED",
-        "secret": "planted-secret-value",
+        "secret": secret,
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
     }
-    env = worker_env(options)
-    assert env["AWS_SECRET_ACCESS_KEY"] == "planted-secret-value"
-    assert env["AFFECT_S3_ENDPOINT"] == "http://127.0.0.1:9"
     shared = shareable_storage_options(options)
-    assert "planted-secret-value" not in repr(shared) and "AKIDPLANTED" not in repr(shared)
+    assert secret not in repr(shared) and "AKIDPLANTED" not in repr(shared)
+    assert secret not in repr(worker_env(options)) and worker_env(options)["AFFECT_S3_ENDPOINT"] == "http://127.0.0.1:9"
     path, filesystem = ray_storage("s3://bucket/run/_ray", options)
-    assert path == "bucket/run/_ray"
-    assert b"planted-secret-value" not in pickle.dumps(filesystem)
+    assert path == "bucket/run/_ray" and secret.encode() not in pickle.dumps(filesystem)
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="affect-rt-"))  # short: Ray's unix socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AFFECT_S3", "RAY_"))}
+    env.update({"RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)})
+    script = IN_PROCESS_DRIVER.replace("job_table_text()", JOB_TABLE_TEXT)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            input=json.dumps(options),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["secret"] == secret, "the worker did not get the key from its node's environment"
+        assert not (seen["runtime_env"] or {}).get("env_vars"), seen["runtime_env"]
+        assert seen["jobs"] and secret not in seen["jobs"]
+        sessions = list((ray_tmp / "ray").glob("session_2*"))
+        assert sessions and any(sessions[0].joinpath("logs").iterdir())
+        assert files_holding(ray_tmp, secret) == []
+        assert secret not in done.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

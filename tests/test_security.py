@@ -3,16 +3,20 @@
 Tested elsewhere and not repeated here: a planted pickle in a model bundle is refused
 (tests/test_artifact.py::test_a_planted_pickle_is_refused_and_never_executed); video ids in input corpora that would
 escape the dataset root (tests/test_bad_input.py, cases *-id-escapes-root); every service listens on 127.0.0.1 only
-and Ray/SeaweedFS logs hold no secret (tests/test_services.py); S3 keys travel to Ray workers as environment, never in
-pickles (tests/test_ray_score.py::test_s3_secrets_travel_as_environment_never_in_options_or_filesystems).
+and Ray/SeaweedFS logs hold no secret (tests/test_services.py); S3 keys given in storage options reach an in-process
+Ray's workers through their node's environment, never through Ray or pickles
+(tests/test_ray_score.py::test_s3_keys_reach_workers_through_their_node_environment_never_through_ray).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,10 +27,38 @@ from affect_core.data.dataset import dataset_metadata, dataset_schema, video_tab
 from affect_core.errors import AffectError
 from affect_core.synth import SynthConfig, generate_corpus
 from affect_core.training import load_checkpoint, save_checkpoint
-from tests.test_ray_train import affect
+from affect_services import LocalStack
+from tests.test_ray_train import affect, check_run, make_dataset
 
 PWNED = "/tmp/affect-security-pwned"
 SMALL = SynthConfig(videos_per_split=1, frames=60, appearance_dim=2, geometric_dim=0, lag_s=0.4)
+
+
+# A Python expression, for a Ray driver's script: the GCS job table as Ray keeps it (each job's config and
+# runtime_env included), as text to search.
+JOB_TABLE_TEXT = (
+    "b''.join(ray._private.state.state._connect_and_get_accessor().get_job_table("
+    "skip_submission_job_info_field=False, skip_is_running_tasks_field=True)).decode('latin-1')"
+)
+# Prints every job the job server at RAY_ADDRESS knows, with its entrypoint, metadata and runtime_env.
+LIST_JOBS = (
+    "import os; from ray.job_submission import JobSubmissionClient; "
+    "print(JobSubmissionClient(os.environ['RAY_ADDRESS']).list_jobs())"
+)
+
+
+def files_holding(root: str | os.PathLike[str], secret: str) -> list[str]:
+    """Every regular file under ``root`` (symbolic links to directories followed: a Ray temp dir may be one) whose
+    bytes contain ``secret``."""
+    found = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    if secret.encode() in handle.read():
+                        found.append(path)
+    return found
 
 
 class Exploit:
@@ -153,3 +185,49 @@ def test_the_ray_cluster_refuses_a_driver_without_its_token(ray_cluster, tmp_pat
         timeout=120,
     )
     assert right.returncode == 0 and "connected 2" in right.stdout, right.stderr[-2000:]
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_s3_work_on_ray_takes_keys_from_the_nodes_and_no_ray_log_or_job_table_holds_them(tmp_path):
+    """The local stack's Ray nodes have its S3 keys in their environment, so a training run on S3 submitted to its job
+    server completes (the job's driver and workers read them there); and a run on an in-process Ray as well. Then no
+    file of any Ray session (the stack's nodes and the in-process Ray), no job in the job server's table and no
+    output holds the secret."""
+    with LocalStack(tmp_path / "stack", ray_startup_timeout=300) as stack:  # a loaded 2-core machine is slow to start
+        env = stack.env()
+        secret = env["AWS_SECRET_ACCESS_KEY"]
+        assert len(secret) >= 20
+        base = f"s3://{stack.bucket}/{uuid.uuid4().hex}"
+        dataset = make_dataset(tmp_path / "corpus", f"{base}/dataset", stack.s3.storage_options())
+        args = ["--dimension", "arousal", "--model", "lstm-kf", "--epochs", "1", "--seeds", "1", "--no-progress"]
+        on_stack = affect(["train", dataset, "--out", f"{base}/stack-run", *args], env, timeout=600)
+        assert on_stack.returncode == 0, on_stack.stderr[-3000:]
+        assert "submitted Ray job" in on_stack.stderr
+        check_run(f"{base}/stack-run", stack.s3.storage_options(), seeds=1)
+
+        in_process_tmp = Path(tempfile.mkdtemp(prefix="affect-rt-"))  # short: Ray's unix socket paths
+        try:
+            local = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AFFECT_RAY"))}
+            local.update({**stack.s3.env(), "RAY_TMPDIR": str(in_process_tmp), "RAY_USAGE_STATS_ENABLED": "0"})
+            command = [sys.executable, "-m", "affect_cli.main", "train", dataset, "--out", f"{base}/local-run"]
+            in_process = subprocess.run(
+                [*command, *args, "--ray"], env=local, capture_output=True, text=True, timeout=600
+            )
+            assert in_process.returncode == 0, in_process.stderr[-3000:]
+            check_run(f"{base}/local-run", stack.s3.storage_options(), seeds=1)
+            assert list((in_process_tmp / "ray").glob("session_2*/logs/*"))
+            assert files_holding(in_process_tmp, secret) == []
+        finally:
+            shutil.rmtree(in_process_tmp, ignore_errors=True)
+
+        jobs = subprocess.run(
+            [sys.executable, "-c", LIST_JOBS], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+        )
+        assert jobs.returncode == 0 and "TrainJob" in jobs.stdout, jobs.stderr[-2000:]
+        ray_files = files_holding(stack.ray.base_dir, secret)
+        sessions = list(Path(stack.ray.base_dir, "tmp").glob("*/session_2*/logs/*"))
+        assert sessions, "no Ray session logs found to search"
+        assert ray_files == [], ray_files
+        for text in (jobs.stdout, on_stack.stdout + on_stack.stderr, in_process.stdout + in_process.stderr):
+            assert secret not in text

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from corpus_checks import make_source
 
 from affect_services import (
     PrefectServer,
@@ -164,6 +167,60 @@ def test_ray_driver_in_process_after_ray_was_imported(ray_cluster: RayCluster) -
         finally:
             ray.shutdown()
     assert "RAY_ADDRESS" not in os.environ or os.environ["RAY_ADDRESS"] != ray_cluster.address
+
+
+def affect_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The ``affect`` CLI with ``env`` over this environment less every Ray setting (address, auth, token)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AFFECT_RAY"))}
+    command = [sys.executable, "-m", "affect_cli.main", *args]
+    return subprocess.run(command, env={**base, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+    return lines[0]
+
+
+def test_ray_connection_failures_are_one_line_each_naming_what_to_fix(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """Against the pinned Ray with token authentication on, a driver (`affect ingest --parallel`, which joins the
+    cluster at RAY_ADDRESS): nothing listening at the address, a wrong token, no token, and no RAY_AUTH_MODE each end
+    in one line (no 'storage failed', no traceback); with RAY_AUTH_MODE=token and the token where Ray's docs put it
+    (~/.ray/auth_token, as `ray start --head` writes it) the same command works. The timeouts only catch a hang
+    (Ray alone retried an address where nothing listens for over 5 minutes)."""
+    source = make_source(tmp_path / "src")
+    ingest = ["ingest", str(source), str(tmp_path / "ds"), "--layout", "csv", "--parallel", "--no-progress"]
+    joined = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
+    line = one_error_line(affect_cli(ingest, {**joined, "RAY_ADDRESS": nowhere}, timeout=120))
+    assert line.startswith(f"error: RAY_ADDRESS={nowhere}: no Ray cluster answers"), line
+
+    empty_home = tmp_path / "home-without-token"
+    empty_home.mkdir()
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    refused = {
+        "wrong token": {**ray_cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        "no token": {**ray_cluster.env(), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing"), "HOME": str(empty_home)},
+        "no auth mode": {**joined, "RAY_ADDRESS": ray_cluster.address, "HOME": str(empty_home)},
+    }
+    for case, env in refused.items():
+        line = one_error_line(affect_cli(ingest, env, timeout=120))
+        assert line.startswith(f"error: RAY_ADDRESS={ray_cluster.address}: "), (case, line)
+        assert "RAY_AUTH_MODE=token" in line and "~/.ray/auth_token" in line, (case, line)
+        assert "storage failed" not in line, (case, line)
+    assert not (tmp_path / "ds").exists()
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    shutil.copy(ray_cluster.token_path, home / ".ray" / "auth_token")
+    env = {**joined, "RAY_ADDRESS": ray_cluster.address, "RAY_AUTH_MODE": "token", "HOME": str(home)}
+    done = affect_cli(ingest, env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ds").is_dir()
 
 
 def test_ray_worker_node_can_be_killed_and_nothing_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,3 +116,26 @@ def test_versioned_urls_parse_only_a_numeric_suffix():
     assert delta.parse_versioned_url("/data/ds") == ("/data/ds", None)
     assert delta.parse_versioned_url("s3://key:secret@bucket/ds") == ("s3://key:secret@bucket/ds", None)
     assert delta.parse_versioned_url("/data/name@host/ds") == ("/data/name@host/ds", None)
+
+
+def test_a_ray_connection_failure_is_not_reported_as_a_storage_failure(capsys):
+    """Ray's "Failed to connect to Ray cluster" is a ConnectionError, hence an OSError like a store's: the CLI names
+    Ray and what to check instead of 'storage failed'."""
+    import typer
+
+    from affect_cli.main import one_line_errors
+
+    def joins_nothing() -> None:
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1")
+
+    def store_down() -> None:
+        raise ConnectionError("Connection refused: s3 endpoint")
+
+    with pytest.raises(typer.Exit):
+        one_line_errors(joins_nothing)()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Ray: Failed to connect") and "RAY_ADDRESS" in line and "RAY_AUTH_MODE=token" in line
+    with pytest.raises(typer.Exit):
+        one_line_errors(store_down)()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: storage failed"), line

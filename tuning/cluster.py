@@ -10,44 +10,38 @@ without ``RAY_ADDRESS`` sets that variable (the drivers in ``tuning`` import ray
 module); the workers inherit it. A process that imported ray before gets Ray's cached value corrected by
 :func:`ensure_ray` before it starts Ray. Joining a cluster (``RAY_ADDRESS``) leaves all of this alone.
 
-The S3 settings the workers need (endpoint and keys) travel to
-every worker as ``runtime_env`` environment variables, never inside task arguments, Tune configs or pickled
-filesystems, so they are not written to experiment files or logs. Only variable names are ever logged.
+Credentials never travel with the work: Ray writes a job's ``runtime_env`` into every node's logs
+(``runtime_env_agent.log``, readable by anyone on the machine) and shows it in its job table, so no key goes into a
+``runtime_env``, a job entrypoint, a task argument, a Tune config or a pickled filesystem. Workers take S3 keys from
+their node's environment, as the driver takes them from its own: an in-process Ray's workers inherit this process's
+environment (so :func:`ensure_ray` exports keys given in storage options before it starts Ray); a cluster's nodes are
+started with them (a Kubernetes Secret, the local stack's environment). The endpoint and region, which are no secret,
+are exported the same way and never shipped either, so that a node's own endpoint (an in-cluster address) wins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 from affect_core.errors import AffectError
-from affect_core.storage import resolve, s3_storage_options
+from affect_core.storage import redact, resolve, s3_storage_options
 
 logger = logging.getLogger(__name__)
 
-# Environment variables the workers need to reach S3 the same way the driver does.
-S3_ENV_VARS = (
-    "AFFECT_S3_ENDPOINT",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-)
-# s3fs storage options that are really credentials or the endpoint: sent as environment variables instead.
-_OPTION_ENV = {
-    "key": "AWS_ACCESS_KEY_ID",
-    "secret": "AWS_SECRET_ACCESS_KEY",
-    "token": "AWS_SESSION_TOKEN",
-    "endpoint_url": "AFFECT_S3_ENDPOINT",
-}
+# Environment variables the workers need to reach S3 the way the driver does; only the first group is no secret.
+S3_SETTING_VARS = ("AFFECT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+S3_SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+S3_ENV_VARS = S3_SETTING_VARS + S3_SECRET_VARS
+# s3fs storage options that are really credentials or the endpoint: they reach workers as environment variables.
+_SECRET_OPTION_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
+_OPTION_ENV = {**_SECRET_OPTION_ENV, "endpoint_url": "AFFECT_S3_ENDPOINT"}
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 LOOPBACK = "127.0.0.1"
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -72,24 +66,61 @@ class ClusterInfo:
 
 
 def worker_env(storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """S3 environment for the workers: this process's S3 variables, overridden by credentials or an endpoint
-    given in ``storage_options`` (s3fs names: key, secret, token, endpoint_url, client_kwargs.endpoint_url)."""
-    env = {name: os.environ[name] for name in S3_ENV_VARS if os.environ.get(name)}
+    """The S3 settings that are no secret (endpoint, region) for the workers: this process's, overridden by an
+    endpoint or region given in ``storage_options`` (s3fs names: endpoint_url, client_kwargs.endpoint_url and
+    client_kwargs.region_name). Keys are never part of it: see :func:`option_credentials`."""
+    env = {name: os.environ[name] for name in S3_SETTING_VARS if os.environ.get(name)}
     options = dict(storage_options or {})
-    endpoint = (options.get("client_kwargs") or {}).get("endpoint_url")
+    client_kwargs = options.get("client_kwargs") or {}
+    endpoint = options.get("endpoint_url") or client_kwargs.get("endpoint_url")
     if endpoint:
         env["AFFECT_S3_ENDPOINT"] = str(endpoint)
-    region = (options.get("client_kwargs") or {}).get("region_name")
+    region = client_kwargs.get("region_name")
     if region:
         env.setdefault("AWS_DEFAULT_REGION", str(region))
-    for option, name in _OPTION_ENV.items():
-        if options.get(option):
-            env[name] = str(options[option])
     return env
 
 
+def option_credentials(storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The keys given in ``storage_options`` (s3fs ``key``, ``secret``, ``token``) as the environment variables
+    botocore reads (``AWS_ACCESS_KEY_ID``, ...)."""
+    options = dict(storage_options or {})
+    return {name: str(options[option]) for option, name in _SECRET_OPTION_ENV.items() if options.get(option)}
+
+
+def _export_credentials(credentials: Mapping[str, str], *, ray_started: bool) -> None:
+    """Put keys given in storage options into this process's environment, where an in-process Ray's workers find
+    them. A cluster joined by address takes keys from its nodes' environment only: keys given otherwise are refused
+    rather than silently not reaching its workers."""
+    differing = sorted(name for name, value in credentials.items() if os.environ.get(name) != value)
+    if not differing:
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        raise AffectError(
+            "storage options: keys (key/secret/token) are not sent to Ray workers, which take S3 keys from their "
+            f"node's environment; set {', '.join(differing)} in the environment of every Ray node (and of this "
+            "process) instead"
+        )
+    if ray_started:
+        logger.warning("Ray was started before %s was set; its workers may not reach S3", ", ".join(differing))
+    for name in differing:
+        os.environ[name] = credentials[name]
+
+
+def _keep_keys_out_of_tune() -> None:
+    """Stop Ray Tune from copying this process's AWS keys into every trial actor's ``runtime_env``, which Ray writes
+    into the logs of every node (checked against the installed Ray, 2.60: ``ENV_VARS_TO_PROPAGATE`` in
+    ray/tune/execution/class_cache.py, read each time a trainable is registered). The trials' workers read the keys
+    from their node's environment like every other worker, so nothing is lost."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = {
+        name for name in class_cache.ENV_VARS_TO_PROPAGATE if name not in (*S3_SECRET_VARS, "AWS_SECURITY_TOKEN")
+    }
+
+
 def shareable_storage_options(storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``storage_options`` without credentials and endpoint (those reach workers through :func:`worker_env`),
+    """``storage_options`` without credentials and endpoint (those reach workers through their environment),
     safe to put into task arguments and Tune configs."""
     options = {k: v for k, v in dict(storage_options or {}).items() if k not in _OPTION_ENV}
     client_kwargs = {
@@ -102,23 +133,21 @@ def shareable_storage_options(storage_options: Mapping[str, Any] | None = None) 
 
 def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any] | None = None) -> ClusterInfo:
     """Connect to Ray once: ``RAY_ADDRESS`` if set, else an in-process Ray with ``num_cpus`` CPUs (default:
-    all). The S3 environment (:func:`worker_env`) becomes the job's ``runtime_env``. Also exports it to this
-    process, so that the driver's own S3 clients (pyarrow for Ray's storage) find the same credentials.
+    all). The S3 settings (:func:`worker_env`) and any keys given in ``storage_options`` are exported to this
+    process's environment first: the driver's own S3 clients (pyarrow for Ray's storage) read them there, and an
+    in-process Ray's workers inherit them. Nothing is put into the job's ``runtime_env`` (see the module docstring).
 
-    If Ray is already initialised, it is used as it is; a missing S3 variable is reported by name.
+    If Ray is already initialised, it is used as it is. Keys in ``storage_options`` with ``RAY_ADDRESS`` set are
+    refused (AffectError): a cluster's workers take them from their nodes' environment.
     """
     import ray
 
-    env = worker_env(storage_options)
-    for name, value in env.items():
+    _keep_keys_out_of_tune()
+    _export_credentials(option_credentials(storage_options), ray_started=ray.is_initialized())
+    for name, value in worker_env(storage_options).items():
         os.environ.setdefault(name, value)
     if ray.is_initialized():
-        current = dict((ray.get_runtime_context().runtime_env or {}).get("env_vars") or {})
-        missing = sorted(name for name in env if name not in current and name not in os.environ)
-        if missing:
-            logger.warning("Ray was initialised without %s; workers may not reach S3", ", ".join(missing))
         return cluster_info()
-    runtime_env = {"env_vars": env} if env else None
     address = os.environ.get("RAY_ADDRESS")
     if address and address.startswith(("http://", "https://")):
         raise AffectError(
@@ -126,12 +155,11 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
             "flows submit one), not by joining the cluster from here"
         )
     if address:
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        join_cluster(address)
     else:
         _local_only()
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
-            runtime_env=runtime_env,
             include_dashboard=False,
             logging_level=logging.WARNING,
             _node_ip_address=LOOPBACK,
@@ -139,6 +167,128 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
     info = cluster_info()
     logger.info("Ray at %s: %d node(s), %g CPU, %g GPU", info.address, info.nodes, info.cpus, info.gpus)
     return info
+
+
+# What a driver refused by a cluster with token authentication must do (Ray 2.60: `ray start --head` turns it on and
+# writes the token to ~/.ray/auth_token; a driver sends it only with RAY_AUTH_MODE=token).
+AUTH_HINT = (
+    "set RAY_AUTH_MODE=token and give this process the cluster's token: the token file ~/.ray/auth_token (where "
+    "`ray start --head` writes it), a file named by RAY_AUTH_TOKEN_PATH, or RAY_AUTH_TOKEN"
+)
+REACH_TIMEOUT_S = 10.0
+_AUTH_MARKS = (
+    "authentication",
+    "auth token",
+    "auth_token",
+    "unauthenticated",
+    "invalidauthtoken",
+    "unauthorized",
+    "401",
+)
+
+
+def join_cluster(address: str) -> None:
+    """``ray.init(address=...)`` that fails fast with one line: an address where nothing answers within
+    :data:`REACH_TIMEOUT_S` seconds (Ray itself would retry for minutes), a refused token, or any other failure to
+    join, each as an AffectError naming ``RAY_ADDRESS``."""
+    import ray
+
+    check_reachable(address)
+    with _stderr_held() as held:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except Exception as exc:  # noqa: BLE001 - Ray raises its connection and auth failures as several types
+            held.drop()
+            raise connection_error(address, exc) from exc
+
+
+class _HeldStderr:
+    """What was written to file descriptor 2 while held; written out when released unless dropped."""
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[_HeldStderr]:
+    """Hold back what is written to standard error (by Python or by Ray's C++ core) until the block ends: a driver
+    that Ray refuses logs one warning a second while it retries for about 20 s, which the one-line error replaces.
+    On success everything held is written out as it was."""
+    import tempfile
+
+    held = _HeldStderr()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real standard error (a captured test stream): nothing to hold
+        yield held
+        return
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield held
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not held.dropped:
+                buffer.seek(0)
+                os.write(2, buffer.read())
+
+
+def check_reachable(address: str, *, what: str = "Ray cluster", timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Raise an AffectError unless something accepts a TCP connection at ``address`` (``host:port``,
+    ``ray://host:port`` or ``http(s)://host:port``) within ``timeout_s`` seconds. Addresses without a port
+    (``auto``) are left to Ray."""
+    import socket
+
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        return
+    if port is None and parsed.scheme in ("http", "https"):
+        port = 443 if parsed.scheme == "https" else 80
+    if not host or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise AffectError(
+            f"RAY_ADDRESS={redact(address)}: no {what} answers there ({reason} within {timeout_s:g} s); start it, or "
+            "set RAY_ADDRESS to its address (unset: Ray runs inside this process)"
+        ) from None
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is Ray refusing this process's token, or Ray finding
+    no token to send."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{type(current).__name__} {current}".lower()
+        if any(mark in text for mark in _AUTH_MARKS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def connection_error(address: str, exc: BaseException) -> AffectError:
+    """The one-line AffectError for a failure to reach the Ray cluster or job server at ``address``."""
+    where = f"RAY_ADDRESS={redact(address)}"
+    if is_auth_failure(exc):
+        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+        return AffectError(f"{where}: the Ray cluster refused this process (token authentication; RAY_AUTH_MODE is "
+                           f"{mode}): {AUTH_HINT}")  # fmt: skip
+    first = " ".join(str(exc).split())[:300] or "no message"
+    return AffectError(f"{where}: could not join the Ray cluster ({type(exc).__name__}: {redact(first)})")
 
 
 def _local_only() -> None:
