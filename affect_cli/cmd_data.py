@@ -6,7 +6,6 @@ affect_core is imported inside the commands, so importing this module (and `affe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -32,12 +31,11 @@ def info(
     """Versions, videos per split, frames, frames without a face (datasets), feature sets, files and bytes of a
     table."""
 
+    from affect_core.data import keys
     from affect_core.data.dataset import table_summary
 
     summary = table_summary(url, version=version, storage_options=_options(url, s3_endpoint))
     counts_faces = summary["kind"] != "predictions"
-    if not counts_faces:
-        summary["videos"] = _without_face_count(summary["videos"])
     if as_json:
         _print_json(summary)
         return
@@ -53,19 +51,12 @@ def info(
         sets = ", ".join(f"{name} ({dim})" for name, dim in summary["feature_sets"].items())
         fps = "unknown" if summary["fps"] is None else f"{summary['fps']:g}"
         typer.echo(f"feature sets: {sets}; fps {fps}")
-    for key in ("affect.model_id", "affect.dataset_url", "affect.dataset_version"):
+    for key in (keys.MODEL_ID, keys.DATASET_URL, keys.DATASET_VERSION):
         if key in summary["metadata"]:
             typer.echo(f"{key.split('.', 1)[1]}: {summary['metadata'][key]}")
     for split, (videos, frames, missing) in per_split.items():
         faces = f", {missing} without a face" if counts_faces else ""
         typer.echo(f"{split}: {videos} video(s), {frames} frame(s){faces}")
-
-
-def _without_face_count(videos: Iterator[dict]) -> Iterator[dict]:
-    """A predictions table's videos with ``frames_without_face`` None: its index records no such count (a scored
-    frame has a prediction whether or not a face was found), so the 0 it reads as is not a count."""
-    for video in videos:
-        yield {**video, "frames_without_face": None}
 
 
 def _print_json(summary: dict) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from affect_core.data import delta
+from affect_core.data import delta, keys
+from affect_core.data.dataset.format import PREDICTIONS_KIND
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.storage import Location, list_dir, resolve
@@ -40,7 +41,6 @@ PREDICTION_SCHEMA = pa.schema(
         ("dataset_version", pa.string()),
     ]
 )
-PREDICTIONS_KIND = "predictions"
 # A running job commits what it has scored at least this often (a crash loses at most this much work).
 COMMIT_SECONDS = 300.0
 
@@ -58,19 +58,19 @@ class PredictionTarget:
 
     def metadata(self) -> dict[str, str]:
         return {
-            "affect.kind": PREDICTIONS_KIND,
-            "affect.model_id": self.model_id,
-            "affect.dataset_url": self.dataset_url,
-            "affect.dataset_version": self.dataset_version,
+            keys.KIND: PREDICTIONS_KIND,
+            keys.MODEL_ID: self.model_id,
+            keys.DATASET_URL: self.dataset_url,
+            keys.DATASET_VERSION: self.dataset_version,
         }
 
     @classmethod
     def of(cls, snapshot: delta.Snapshot) -> PredictionTarget:
         meta = snapshot.metadata
         return cls(
-            str(meta.get("affect.model_id", "")),
-            str(meta.get("affect.dataset_url", "")),
-            str(meta.get("affect.dataset_version", "")),
+            str(meta.get(keys.MODEL_ID, "")),
+            str(meta.get(keys.DATASET_URL, "")),
+            str(meta.get(keys.DATASET_VERSION, "")),
         )
 
 
@@ -86,7 +86,7 @@ def open_predictions(out: Location, *, version: int | None = None) -> delta.Snap
                 "score into an empty directory or a new URL"
             )
         return None
-    if snap.metadata.get("affect.kind") != PREDICTIONS_KIND:
+    if snap.metadata.get(keys.KIND) != PREDICTIONS_KIND:
         raise AffectError(
             f"{out.display()}: a table of {snap.metadata.get('affect.kind', 'dataset')} rows, not of predictions; "
             "score into another URL"

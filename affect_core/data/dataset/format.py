@@ -22,6 +22,7 @@ from affect_core.errors import AffectError
 
 FORMAT = "affect-dataset/2"
 KIND = "dataset"  # the affect.kind of a dataset table
+PREDICTIONS_KIND = "predictions"  # the affect.kind of a predictions table (affect_core.scoring)
 RESERVED_COLUMNS = ("video_id", "split", "frame", "time_s", "features", *AFFECT_DIMENSIONS, "ratings")
 
 

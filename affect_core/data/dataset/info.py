@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 
 from affect_core import storage
 from affect_core.data import keys
-from affect_core.data.dataset.format import KIND, metadata_feature_sets, metadata_fps
+from affect_core.data.dataset.format import KIND, PREDICTIONS_KIND, metadata_feature_sets, metadata_fps
 from affect_core.data.dataset.hashing import combined_hash
 from affect_core.data.dataset.versions import open_table, open_versioned_table
 from affect_core.data.readers import video_sort_key
@@ -161,8 +161,9 @@ def table_summary(
     url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What ``affect info URL --json`` prints for a dataset or predictions table: version, versions, videos
-    [{video_id, split, frames, frames_without_face}], files, bytes, feature_sets, fps (None where the table keeps no
-    frame rate) and the table's metadata.
+    [{video_id, split, frames, frames_without_face}] (frames_without_face None for a predictions table, which keeps
+    no such count), files, bytes, feature_sets, fps (None where the table keeps no frame rate) and the table's
+    metadata.
 
     ``videos`` is an iterator, in split and natural id order, read once: a table of 10^6 videos is never a list of
     10^6 dicts (``affect info`` prints them as they come)."""
@@ -171,6 +172,8 @@ def table_summary(
     assert snap is not None
     metadata = opened.metadata
     fps = metadata_fps(metadata)
+    # A predictions table's index records no faces (a scored frame has a prediction either way): no count to give.
+    counts_faces = metadata.get(keys.KIND, KIND) != PREDICTIONS_KIND
     return {
         "url": opened.loc.display(),
         "kind": metadata.get(keys.KIND, KIND),
@@ -181,7 +184,7 @@ def table_summary(
                 "video_id": e.video_id,
                 "split": e.split,
                 "frames": e.frames,
-                "frames_without_face": e.frames_without_face,
+                "frames_without_face": e.frames_without_face if counts_faces else None,
             }
             for e in snap.entries()
         ),
