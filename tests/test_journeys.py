@@ -10,15 +10,19 @@ that need what this machine lacks (Docker, Kubernetes, real S3) are listed, with
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.journeys import JourneyRun, journeys, run_journey, shell_blocks
+from tests.journeys import REPO, JourneyRun, journey_script, journeys, run_journey, shell_blocks
 
 COMPLETED = "Flow run finished successfully in 'Completed'."
+# What the schedules journey may cut down in a deployment's job (its `--params`); everything else stays as deployed.
+SIZES = {"num_samples", "epochs", "seeds"}
 
 
 def check_quick_start(run: JourneyRun) -> None:
@@ -77,6 +81,28 @@ def test_every_shell_block_is_a_journey_or_says_why_it_cannot_run() -> None:
     marked = set(journeys())
     assert marked - set(CHECKS) == set(), "journeys in the docs that no test runs"
     assert set(CHECKS) - marked == set(), "tests of journeys that no page marks any more"
+
+
+def without_sizes(job: object) -> object:
+    """``job`` with the :data:`SIZES` fields left out, at every level of nesting."""
+    if isinstance(job, dict):
+        return {key: without_sizes(value) for key, value in job.items() if key not in SIZES}
+    return job
+
+
+def test_the_schedules_journey_runs_every_deployment_as_deployed_but_for_its_sizes() -> None:
+    runs = re.findall(
+        r"prefect deployment run (\S+)/(\S+) --watch(?: --params '(.*?)')?", journey_script("schedules"), re.S
+    )
+    deployments = {
+        entry["name"]: entry for entry in yaml.safe_load((REPO / "schedules.yaml").read_text())["deployments"]
+    }
+    assert [name for _, name, _ in runs] == list(deployments), "every deployment, in the file's (schedule) order"
+    for flow, name, params in runs:
+        assert flow == f"affect-{deployments[name]['flow']}"
+        if params:
+            job, deployed = json.loads(params)["job"], deployments[name]["parameters"]["job"]
+            assert without_sizes(job) == without_sizes(deployed), f"{name}: --params changes more than sizes"
 
 
 def test_blocks_not_runnable_here_are_listed_with_why() -> None:
