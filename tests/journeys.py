@@ -140,25 +140,31 @@ def run_journey(name: str, tmp_path: Path, *, timeout_s: float) -> JourneyRun:
     directory = make_checkout(tmp_path / "checkout")
     script = tmp_path / f"{name}.sh"
     script.write_text(journey_script(name))
-    process = subprocess.Popen(
-        ["bash", "-euo", "pipefail", str(script)],
-        cwd=directory,
-        env=user_env(tmp_path / "home"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    # Output goes to files, not pipes: a service the journey starts inherits them, and a pipe would stay open (and
+    # a reader blocked) for as long as that service runs when the journey fails before stopping it.
+    stdout_path, stderr_path = tmp_path / f"{name}.stdout", tmp_path / f"{name}.stderr"
+    with stdout_path.open("w") as stdout_file, stderr_path.open("w") as stderr_file:
+        process = subprocess.Popen(
+            ["bash", "-euo", "pipefail", str(script)],
+            cwd=directory,
+            env=user_env(tmp_path / "home"),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout_file,
+            stderr=stderr_file,
+            start_new_session=True,
+        )
+    stopped = ""
     try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        stderr += f"\n[journey {name} stopped after {timeout_s:.0f} s]"
+        process.wait()
+        stopped = f"\n[journey {name} stopped after {timeout_s:.0f} s]"
     finally:
         left_running = still_running(process.pid, directory)
         stop_leftovers(process.pid, directory)
+    stdout = stdout_path.read_text(errors="replace")
+    stderr = stderr_path.read_text(errors="replace") + stopped
     return JourneyRun(process.returncode, stdout, stderr, directory, left_running)
 
 
