@@ -352,6 +352,35 @@ def test_kustomization_lists_every_core_manifest_but_no_secret_template() -> Non
     assert [image["name"] for image in kustomization["images"]] == [NAMES["image"]["name"]]
 
 
+# ------------------------------------------------------------------------------------------- installs
+
+
+def test_installs_are_pinned_by_the_committed_constraints_file() -> None:
+    """make install passes constraints.txt to every pip install and reinstalls when it changes; the file pins the
+    versions installed here (a pip freeze less the project), and pyproject bounds Ray to the installed minor."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    makefile = (REPO / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert re.search(r"^\$\(STAMP\):.*\bconstraints\.txt\b", makefile, re.MULTILINE)
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    assert "affect" not in pins and all(version for version in pins.values()), "only name==version lines"
+    for name in ("ray", "boto3", "prefect", "deltalake", "pyarrow"):
+        assert pins[name] == importlib.metadata.version(name), name
+    pyproject = (REPO / "pyproject.toml").read_text()
+    ray = Requirement(re.search(r'^    "(ray\[[^"]*)"', pyproject, re.MULTILINE).group(1))
+    major, minor = importlib.metadata.version("ray").split(".")[:2]
+    assert ray.specifier.contains(f"{major}.{minor}.0") and not ray.specifier.contains(f"{major}.{int(minor) + 1}.0")
+    assert re.search(r'^license = "[^"]+"$', pyproject, re.MULTILINE) and "License ::" not in pyproject
+
+
 # ------------------------------------------------------------------------------------------- hardening
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -231,3 +232,13 @@ def test_s3_work_on_ray_takes_keys_from_the_nodes_and_no_ray_log_or_job_table_ho
         assert ray_files == [], ray_files
         for text in (jobs.stdout, on_stack.stdout + on_stack.stderr, in_process.stdout + in_process.stderr):
             assert secret not in text
+
+
+def test_the_package_requires_a_torch_whose_weights_only_load_runs_no_code():
+    """torch.load(weights_only=True) before 2.6 can still run code from a crafted file (the checkpoint loader relies
+    on it)."""
+    from packaging.requirements import Requirement
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    torch = Requirement(re.search(r'^    "(torch[^"]*)"', pyproject, re.MULTILINE).group(1))
+    assert not torch.specifier.contains("2.5.1") and torch.specifier.contains("2.6.0")
