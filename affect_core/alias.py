@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from affect_core.errors import AffectError
-from affect_core.storage import exists, read_bytes, redact, resolve, write_bytes_atomic
+from affect_core.storage import Location, Where, exists, read_bytes, redact, resolve, write_bytes_atomic
 
 ALIAS_FILE = "alias.json"
 
@@ -34,8 +34,9 @@ class AliasState:
     history: list[dict[str, Any]]
 
 
-def read_alias(alias_url: str, storage_options: dict[str, Any] | None = None) -> AliasState | None:
-    """The alias at ``alias_url``, or None when there is none."""
+def read_alias(alias_url: Where, storage_options: dict[str, Any] | None = None) -> AliasState | None:
+    """The alias at ``alias_url`` (a URL resolved here, or a Location resolved before), or None when there is
+    none."""
     loc = resolve(alias_url, storage_options)
     path = loc.join(ALIAS_FILE).path
     if not exists(loc.fs, path):
@@ -49,30 +50,35 @@ def read_alias(alias_url: str, storage_options: dict[str, Any] | None = None) ->
         ) from None
 
 
-def resolve_model(url: str, storage_options: dict[str, Any] | None = None) -> str:
-    """The model bundle URL that ``url`` names: the alias's model when ``url`` is an alias, else ``url``."""
-    alias = read_alias(url, storage_options)
-    return alias.model if alias is not None else url
+def resolve_model(url: Where, storage_options: dict[str, Any] | None = None) -> Location:
+    """The model bundle that ``url`` names: the alias's model when ``url`` is an alias, else ``url`` itself.
+    ``storage_options`` resolve ``url`` when it is a URL, and the model URL an alias names."""
+    given = resolve(url, storage_options)
+    alias = read_alias(given)
+    return resolve(alias.model, storage_options) if alias is not None else given
 
 
-def promote(model_url: str, alias_url: str, storage_options: dict[str, Any] | None = None) -> AliasState:
-    """Make ``alias_url`` name the model bundle at ``model_url`` (which must load); the earlier history is kept."""
+def promote(model_url: Where, alias_url: Where, storage_options: dict[str, Any] | None = None) -> AliasState:
+    """Make ``alias_url`` name the model bundle at ``model_url`` (which must load); the earlier history is kept.
+    Each URL is resolved here, once, with ``storage_options`` (a Location given instead was resolved before)."""
     from affect_core.artifact import load_bundle
 
-    if read_alias(model_url, storage_options) is not None:
-        raise AffectError(f"{redact(model_url)}: an alias, not a model bundle; promote the model it names")
-    bundle = load_bundle(model_url, storage_options)
-    previous = read_alias(alias_url, storage_options)
+    model, alias = resolve(model_url, storage_options), resolve(alias_url, storage_options)
+    if read_alias(model) is not None:
+        raise AffectError(f"{model.display()}: an alias, not a model bundle; promote the model it names")
+    bundle = load_bundle(model)
+    previous = read_alias(alias)
     history = previous.history if previous is not None else []
-    entry = {"action": "promote", "model": model_url, "model_id": bundle.model_id, "at": _now()}
-    return _write(alias_url, model_url, [*history, entry], storage_options)
+    entry = {"action": "promote", "model": model.url, "model_id": bundle.model_id, "at": _now()}
+    return _write(alias, model.url, [*history, entry])
 
 
-def rollback(alias_url: str, storage_options: dict[str, Any] | None = None) -> AliasState:
+def rollback(alias_url: Where, storage_options: dict[str, Any] | None = None) -> AliasState:
     """Make ``alias_url`` name the model it named before the current one was promoted."""
-    current = read_alias(alias_url, storage_options)
+    alias = resolve(alias_url, storage_options)
+    current = read_alias(alias)
     if current is None:
-        raise AffectError(f"{redact(alias_url)}: no model alias here to roll back")
+        raise AffectError(f"{alias.display()}: no model alias here to roll back")
     chain = promoted_chain(current.history)
     if len(chain) < 2:
         raise AffectError(
@@ -80,7 +86,7 @@ def rollback(alias_url: str, storage_options: dict[str, Any] | None = None) -> A
         )
     earlier = chain[-2]
     entry = {"action": "rollback", "model": earlier["model"], "model_id": earlier.get("model_id"), "at": _now()}
-    return _write(alias_url, earlier["model"], [*current.history, entry], storage_options)
+    return _write(alias, earlier["model"], [*current.history, entry])
 
 
 def promoted_chain(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,10 +100,7 @@ def promoted_chain(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return chain
 
 
-def _write(
-    alias_url: str, model_url: str, history: list[dict[str, Any]], storage_options: dict[str, Any] | None
-) -> AliasState:
-    loc = resolve(alias_url, storage_options)
+def _write(loc: Location, model_url: str, history: list[dict[str, Any]]) -> AliasState:
     data = {"model": model_url, "history": history}
     write_bytes_atomic(loc.fs, loc.join(ALIAS_FILE).path, json.dumps(data, indent=2).encode())
     return AliasState(loc.display(), model_url, history)

@@ -26,7 +26,7 @@ from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
 from affect_core.inference import Prediction, predict_features
 from affect_core.model import AffectModel
-from affect_core.storage import read_bytes, resolve, write_bytes_atomic
+from affect_core.storage import Where, read_bytes, resolve, write_bytes_atomic
 
 BUNDLE_FORMAT = "affect-model-bundle/1"
 
@@ -103,8 +103,9 @@ class ModelBundle:
         return out
 
 
-def save_bundle(bundle: ModelBundle, url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Write the bundle under ``url`` (weights first, ``bundle.json`` last)."""
+def save_bundle(bundle: ModelBundle, url: Where, storage_options: dict[str, Any] | None = None) -> None:
+    """Write the bundle under ``url`` (weights first, ``bundle.json`` last); a URL is resolved here, a Location was
+    resolved before."""
     loc = resolve(url, storage_options)
     entries = []
     for trained in bundle.models:
@@ -156,8 +157,9 @@ def one_seed_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return upgraded
 
 
-def load_bundle(url: str, storage_options: dict[str, Any] | None = None, device: str = "cpu") -> ModelBundle:
-    """Read a bundle written by :func:`save_bundle`; refuses anything else with an AffectError."""
+def load_bundle(url: Where, storage_options: dict[str, Any] | None = None, device: str = "cpu") -> ModelBundle:
+    """Read a bundle written by :func:`save_bundle` (a URL is resolved here, a Location was resolved before);
+    refuses anything else with an AffectError."""
     loc = resolve(url, storage_options)
     where = loc.display("bundle.json")
     try:

@@ -6,10 +6,14 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affect_core.errors import AffectError
+
+if TYPE_CHECKING:
+    from affect_core.storage import Location
 
 MODELS = ("baseline", "lstm-kf", "lstm-ekf")
 ALIGNS = ("none", "manual", "adaptive")
@@ -158,7 +162,7 @@ class RunConfig:
 
 
 def load_run_config(
-    url: str | None,
+    url: str | os.PathLike[str] | Location | None,
     *,
     storage_options: dict[str, Any] | None = None,
     model: str | None = None,

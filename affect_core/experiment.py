@@ -32,7 +32,7 @@ from affect_core.config import RunConfig, check_choice, config_json
 from affect_core.data.records import Corpus
 from affect_core.errors import AffectError
 from affect_core.parallel import Workers
-from affect_core.storage import exists, read_bytes, resolve, write_bytes_atomic
+from affect_core.storage import Location, Where, exists, read_bytes, resolve, write_bytes_atomic
 from affect_core.training import EpochRecord, TrainResult, train_seeds
 
 TRAIN_DIMENSIONS = ("arousal", "valence", "both", "joint")
@@ -113,7 +113,7 @@ def select_model_features(task: SeedTask, corpus: Corpus) -> None:
 def run_seed(
     task: SeedTask,
     corpus: Corpus,
-    run_url: str,
+    run_url: Where,
     *,
     resume: bool = False,
     progress: bool = False,
@@ -127,11 +127,10 @@ def run_seed(
     return run_seeds(
         [task],
         corpus,
-        run_url,
+        resolve(run_url, storage_options),
         resume=resume,
         progress=progress,
         on_epoch=callback,
-        storage_options=storage_options,
         node=node,
         device=device,
     )[0]
@@ -140,7 +139,7 @@ def run_seed(
 def run_seeds(
     tasks: list[SeedTask],
     corpus: Corpus,
-    run_url: str,
+    run_url: Where,
     *,
     resume: bool = False,
     progress: bool = False,
@@ -159,7 +158,7 @@ def run_seeds(
 
     workers: data-parallel training (:mod:`affect_core.parallel`): ``corpus`` is this worker's shard; every worker
     calls this with the same tasks; the leader writes the checkpoints, bundles and rows (the others' outcomes carry
-    no rows).
+    no rows). ``run_url`` is resolved here with ``storage_options`` unless it is a Location resolved before.
     """
     run = resolve(run_url, storage_options)
     outcomes: dict[int, SeedOutcome] = {}
@@ -167,7 +166,7 @@ def run_seeds(
     for index, task in enumerate(tasks):
         select_model_features(task, corpus)
         if resume:
-            done = load_seed_outcome(task, run_url, storage_options)
+            done = load_seed_outcome(task, run)
             if done is not None:
                 outcomes[index] = done
                 continue
@@ -184,18 +183,15 @@ def run_seeds(
             dev,
             group[0].config,
             [t.seed for t in group],
-            checkpoint_path=run.join("checkpoints", f"{key}.pt").url,
+            checkpoint_path=run.join("checkpoints", f"{key}.pt"),
             resume=resume,
             progress=progress,
             on_epoch=callback,
-            storage_options=storage_options,
             device=device,
             workers=workers,
         )
         for index, task, result in zip(indices, group, results, strict=True):
-            outcomes[index] = save_seed_outcome(
-                task, result, corpus, run_url, storage_options=storage_options, node=node, workers=workers
-            )
+            outcomes[index] = save_seed_outcome(task, result, corpus, run, node=node, workers=workers)
     return [outcomes[i] for i in range(len(tasks))]
 
 
@@ -210,18 +206,16 @@ def save_seed_outcome(
     task: SeedTask,
     result: TrainResult,
     corpus: Corpus,
-    run_url: str,
+    run: Location,
     *,
-    storage_options: dict[str, Any] | None = None,
     node: str | None = None,
     workers: Workers | None = None,
 ) -> SeedOutcome:
-    """Evaluate a trained seed on the labelled test videos, then write its bundle and result rows under ``run_url``
+    """Evaluate a trained seed on the labelled test videos, then write its bundle and result rows under ``run``
     (rows last: their presence marks the seed as finished). workers: data-parallel workers, each with its shard of
     the corpus: the test metrics are gathered from every worker and the leader alone writes."""
     from affect_core.inference import evaluate_seeds
 
-    run = resolve(run_url, storage_options)
     bundle_url = run.join("seeds", task.key).url
     test = [v for v in corpus.split("test") if v.labelled]
     if test if workers is None else any(workers.gather(bool(test))):
@@ -230,7 +224,7 @@ def save_seed_outcome(
         return SeedOutcome(task, [], bundle_url, float("nan"))
     trained = TrainedModel(task.name, result.model, result.transform, result.config, result.metrics)
     bundle = ModelBundle([trained], corpus.feature_names, corpus.feature_set, corpus.fps)
-    save_bundle(bundle, bundle_url, storage_options)
+    save_bundle(bundle, run.join("seeds", task.key))
     node = node or socket.gethostname()
     rows = [
         {
@@ -260,11 +254,8 @@ def save_seed_outcome(
     return SeedOutcome(task, rows, bundle_url, dev_ccc)
 
 
-def load_seed_outcome(
-    task: SeedTask, run_url: str, storage_options: dict[str, Any] | None = None
-) -> SeedOutcome | None:
-    """The outcome of a seed that finished under ``run_url`` (its rows file exists), else None."""
-    run = resolve(run_url, storage_options)
+def load_seed_outcome(task: SeedTask, run: Location) -> SeedOutcome | None:
+    """The outcome of a seed that finished under ``run`` (its rows file exists), else None."""
     rows_path = run.join("seeds", task.key, "rows.json")
     if not exists(run.fs, rows_path.path):
         return None
@@ -272,13 +263,10 @@ def load_seed_outcome(
     return SeedOutcome(task, done["rows"], run.join("seeds", task.key).url, done["dev_ccc"])
 
 
-def finish_run(
-    outcomes: list[SeedOutcome], run_url: str, *, fps: float, storage_options: dict[str, Any] | None = None
-) -> dict[str, str]:
-    """Write results.parquet, summary.md and the best-seed bundle under ``run_url``; return their URLs."""
+def finish_run(outcomes: list[SeedOutcome], run: Location, *, fps: float) -> dict[str, str]:
+    """Write results.parquet, summary.md and the best-seed bundle under ``run``; return their URLs."""
     if not outcomes:
-        raise AffectError(f"{run_url}: no seed finished; nothing to write")
-    run = resolve(run_url, storage_options)
+        raise AffectError(f"{run.display()}: no seed finished; nothing to write")
     rows = [row for o in outcomes for row in o.rows]
     table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     buffer = io.BytesIO()
@@ -294,14 +282,13 @@ def finish_run(
     models: list[TrainedModel] = []
     first: ModelBundle | None = None
     for name in sorted(best, key=lambda n: ("arousal", "valence", "joint").index(n)):
-        seed_bundle = load_bundle(best[name].bundle_url, storage_options)
+        seed_bundle = load_bundle(run.join("seeds", best[name].task.key))
         first = first or seed_bundle
         models.extend(seed_bundle.models)
     assert first is not None
     save_bundle(
         ModelBundle(models, first.feature_names, first.feature_set, first.fps),
-        run.join("model").url,
-        storage_options,
+        run.join("model"),
     )
     return {
         "results": run.join("results.parquet").url,
@@ -381,7 +368,8 @@ def _mean_std(values: list[float]) -> str:
     return f"{arr.mean():.3f} ({arr.std():.3f})"
 
 
-def read_results(run_url: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+def read_results(run_url: Where, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """A run's results.parquet (``run_url`` resolved here, or a Location resolved before)."""
     run = resolve(run_url, storage_options)
     try:
         return pq.read_table(io.BytesIO(read_bytes(run.fs, run.join("results.parquet").path)))
@@ -391,7 +379,7 @@ def read_results(run_url: str, storage_options: dict[str, Any] | None = None) ->
 
 def train_run(
     corpus: Corpus,
-    run_url: str,
+    run_url: Where,
     config: RunConfig,
     *,
     dimension: str,
@@ -403,14 +391,14 @@ def train_run(
     device: str | None = None,
 ) -> dict[str, str]:
     """Train every seed in this process and write the run's outputs: in groups of ``seeds_per_worker`` seeds of the
-    same model, each group trained together (same results, less wall time)."""
+    same model, each group trained together (same results, less wall time). ``run_url`` is resolved here, once,
+    with ``storage_options`` (or is a Location resolved before)."""
     from tqdm.auto import tqdm
 
+    run = resolve(run_url, storage_options)
     tasks = plan_seed_tasks(config, dimension, range(seeds))
     outcomes = []
     groups = group_seed_tasks(tasks, seeds_per_worker)
     for group in tqdm(groups, desc="seeds" if seeds_per_worker == 1 else "seed groups", disable=not progress):
-        outcomes += run_seeds(
-            group, corpus, run_url, resume=resume, progress=progress, storage_options=storage_options, device=device
-        )
-    return finish_run(outcomes, run_url, fps=corpus.fps, storage_options=storage_options)
+        outcomes += run_seeds(group, corpus, run, resume=resume, progress=progress, device=device)
+    return finish_run(outcomes, run, fps=corpus.fps)

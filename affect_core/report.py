@@ -31,10 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from affect_core.data import delta
 from affect_core.data.tracks import check_video_id
 from affect_core.errors import AffectError
 from affect_core.experiment import read_results, summary_markdown, variant_label
-from affect_core.storage import Location, exists, read_bytes, redact, resolve, write_bytes_atomic
+from affect_core.storage import Location, Where, exists, read_bytes, redact, resolve, write_bytes_atomic
 
 REPORT_DIR = "report"
 TUNING_DIR = "tuning"
@@ -69,12 +70,12 @@ class CurveData:
 
 
 def write_report(
-    run_url: str,
+    run_url: Where,
     *,
-    dataset_url: str | None = None,
-    predictions_url: str | None = None,
-    tuning_url: str | None = None,
-    out_url: str | None = None,
+    dataset_url: str | Location | delta.VersionedLocation | None = None,
+    predictions_url: str | Location | delta.VersionedLocation | None = None,
+    tuning_url: Where | None = None,
+    out_url: Where | None = None,
     video_ids: Sequence[str] | None = None,
     videos: int = 2,
     storage_options: dict[str, Any] | None = None,
@@ -83,10 +84,12 @@ def write_report(
 
     video_ids: dev videos whose curves to draw (default: the first ``videos`` dev videos of the dataset).
     Curves need the dataset's gold standard; without ``dataset_url`` they are left out (said in the summary).
+    Each URL is resolved here, once, with ``storage_options`` (a Location given instead was resolved before).
     """
     run = resolve(run_url, storage_options)
     out = resolve(out_url, storage_options) if out_url else run.join(REPORT_DIR)
-    rows = read_results(run_url, storage_options).to_pylist()
+    tuning = resolve(tuning_url, storage_options) if tuning_url else run.join(TUNING_DIR)
+    rows = read_results(run).to_pylist()
     if not rows:
         raise AffectError(f"{run.display('results.parquet')}: the results table is empty")
     fps = run_fps(run)
@@ -95,16 +98,15 @@ def write_report(
 
     curves: list[CurveData] = []
     if dataset_url:
-        pred_url = predictions_url
-        if pred_url is None and run.exists(PREDICTIONS_DIR):
-            pred_url = run.join(PREDICTIONS_DIR).url
+        predictions = delta.resolve_versioned(predictions_url, storage_options) if predictions_url else None
+        if predictions is None and run.exists(PREDICTIONS_DIR):
+            predictions = delta.VersionedLocation(run.join(PREDICTIONS_DIR))
         curves = curve_data(
             run,
-            dataset_url,
-            predictions_url=pred_url,
+            delta.resolve_versioned(dataset_url, storage_options),
+            predictions=predictions,
             video_ids=video_ids,
             videos=videos,
-            storage_options=storage_options,
         )
     else:
         notes.append("Curves of dev videos need the dataset's gold standard: pass a dataset URL.")
@@ -115,7 +117,6 @@ def write_report(
     for curve, name in zip(curves, curve_files, strict=True):
         _save(out, name, curves_figure(curve), plots)
 
-    tuning = resolve(tuning_url, storage_options) if tuning_url else run.join(TUNING_DIR)
     trials = read_trials(tuning)
     if trials is not None:
         figure = tuning_figure(trials)
@@ -210,18 +211,17 @@ def _is_numeric(table: pa.Table, name: str) -> bool:
 
 def curve_data(
     run: Location,
-    dataset_url: str,
+    dataset: delta.VersionedLocation,
     *,
-    predictions_url: str | None,
+    predictions: delta.VersionedLocation | None,
     video_ids: Sequence[str] | None,
     videos: int,
-    storage_options: dict[str, Any] | None,
 ) -> list[CurveData]:
     """Predicted and gold tracks of the chosen dev videos: from the predictions when given, else from the run's
     model bundle (the one prediction path, :meth:`ModelBundle.predict`)."""
     from affect_core.data.dataset import dataset_info, iter_videos
 
-    info = dataset_info(dataset_url, storage_options=storage_options)
+    info = dataset_info(dataset)
     if video_ids is None:
         video_ids = info.videos.get("dev", [])[: max(videos, 0)]
     known = {v for ids in info.videos.values() for v in ids}
@@ -230,18 +230,16 @@ def curve_data(
         raise AffectError(f"{info.url}: no video {unknown[0]!r} in version {info.version}")
     if not video_ids:
         return []
-    predicted = _predictions_for(predictions_url, video_ids, storage_options) if predictions_url else None
+    predicted = _predictions_for(predictions, video_ids) if predictions is not None else None
     bundle = None
     feature_set = None
     if predicted is None:
         from affect_core.artifact import load_bundle
 
-        bundle = load_bundle(run.join("model").url, storage_options)
+        bundle = load_bundle(run.join("model"))
         feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
     out = []
-    for video in iter_videos(
-        dataset_url, video_ids=list(video_ids), feature_set=feature_set, storage_options=storage_options
-    ):
+    for video in iter_videos(dataset, video_ids=list(video_ids), feature_set=feature_set):
         gold = {d: video.labels(d) for d in ("arousal", "valence") if video.labels(d) is not None}
         levels: dict[str, np.ndarray] = {}
         variances: dict[str, np.ndarray] = {}
@@ -264,13 +262,11 @@ def curve_data(
     return out
 
 
-def _predictions_for(
-    predictions_url: str, video_ids: Sequence[str], storage_options: dict[str, Any] | None
-) -> dict[str, pa.Table]:
+def _predictions_for(predictions: delta.VersionedLocation, video_ids: Sequence[str]) -> dict[str, pa.Table]:
     """Prediction tables of just these videos (their row groups), not the whole predictions table."""
     from affect_core.scoring import read_predictions
 
-    store = read_predictions(predictions_url, storage_options)
+    store = read_predictions(predictions)
     out = {}
     for video_id in video_ids:
         if video_id not in store:

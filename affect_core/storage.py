@@ -5,7 +5,16 @@ endpoints are passed explicitly: ``storage_options["endpoint_url"]`` (or ``clien
 the environment variable ``AFFECT_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``. Keys come from the environment
 (botocore's usual variables) or from ``storage_options``, never from the URL (a ``user:password@`` URL is refused);
 they are never put into messages: every URL shown to a user goes through :func:`redact`. Work on Ray takes keys from
-the environment of its nodes only (tuning/cluster.py)."""
+the environment of its nodes only (tuning/cluster.py).
+
+A URL is resolved once, where a job enters the library: an entry point (``score_dataset``, ``ingest``, ``train_run``,
+``write_report``, ...) takes a :class:`Location` or a URL plus ``storage_options`` and calls :func:`resolve`, which
+hands a Location back unchanged, so calling it again is free; every function below an entry point takes the Location
+(or a :class:`affect_core.data.delta.VersionedLocation`), never ``(url, storage_options)``. The job runners
+(flows/jobs.py) resolve each of a job's URLs once, with the job's S3 endpoint. Ray is the one boundary a Location does
+not cross: a Ray task, actor or Tune trial gets URLs plus credential-free options (tuning/cluster.py
+``shareable_storage_options``) and resolves them once on its side, because a pickled filesystem would carry the
+driver's credentials into Ray's object store and logs."""
 
 from __future__ import annotations
 
@@ -103,12 +112,24 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def resolve(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Location:
-    """Turn a URL (or local path) plus storage options into a :class:`Location`.
+Where = str | os.PathLike[str] | Location
+"""What an entry point accepts for a place in storage: a URL (or local path), or a Location resolved before."""
+
+
+def resolve(url: Where, storage_options: Mapping[str, Any] | None = None) -> Location:
+    """Turn a URL (or local path) plus storage options into a :class:`Location`; a Location is returned unchanged
+    (it was resolved where the job entered: ``storage_options`` are then not looked at), so an entry point can call
+    this whatever its caller passed.
 
     Raises AffectError for an empty URL, a URL with a ``user:password@`` part, or an unknown protocol; the message
     never contains credentials."""
-    text = os.fspath(url)
+    if isinstance(url, Location):
+        return url
+    return _resolve_url(os.fspath(url), storage_options)
+
+
+def _resolve_url(text: str, storage_options: Mapping[str, Any] | None) -> Location:
+    """The one place a URL becomes a filesystem (tests count its calls: each URL of a job is resolved once)."""
     if not text:
         raise AffectError("dataset URL: empty; expected a local path or an fsspec URL (s3://, memory://, ...)")
     if _URL_PASSWORD.match(text):

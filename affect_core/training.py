@@ -29,6 +29,7 @@ from affect_core.inference import evaluate_seeds
 from affect_core.losses import affect_loss_parts
 from affect_core.model import AffectModel, host_finite_rows
 from affect_core.parallel import Workers, natural_key
+from affect_core.storage import Where, resolve
 
 
 @dataclass
@@ -236,11 +237,10 @@ def train_model(
     dev: list[Video],
     config: RunConfig,
     *,
-    checkpoint_path: str | None = None,
+    checkpoint_path: Where | None = None,
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-    storage_options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train one model (seed ``config.train.seed``): the one-seed case of :func:`train_seeds`."""
@@ -254,7 +254,6 @@ def train_model(
         resume=resume,
         progress=progress,
         on_epoch=callback,
-        storage_options=storage_options,
         device=device,
     )[0]
 
@@ -265,11 +264,10 @@ def train_seeds(
     config: RunConfig,
     seeds: list[int],
     *,
-    checkpoint_path: str | None = None,
+    checkpoint_path: Where | None = None,
     resume: bool = False,
     progress: bool = True,
     on_epoch: SeedEpochCallback | None = None,
-    storage_options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     workers: Workers | None = None,
 ) -> list[TrainResult]:
@@ -282,7 +280,8 @@ def train_seeds(
     result is what training that seed alone gives (up to float summation order), and S seeds cost far less than S
     runs: the front-end of every seed is one batched product per layer.
 
-    checkpoint_path: any fsspec URL; written after every epoch, read back when ``resume`` is set.
+    checkpoint_path: a Location (resolved where the job entered) or a URL (resolved here, once, with the
+    environment's S3 settings); written after every epoch, read back when ``resume`` is set.
     on_epoch: called after each epoch of each seed still training, with (seed, record) (Ray reports through it).
     device: where the model trains; None picks the GPU when one is present, else the CPU. The batches go to it as
     pinned host memory with non-blocking copies. Results on the CPU are deterministic for a seed.
@@ -293,6 +292,7 @@ def train_seeds(
     worker holding every video would train (up to float summation order). The leader writes the checkpoints.
     """
     started = time.perf_counter()
+    checkpoint = resolve(checkpoint_path) if checkpoint_path is not None else None
     if not seeds:
         raise AffectError("training: no seeds given")
     if len(set(seeds)) != len(seeds):
@@ -316,10 +316,10 @@ def train_seeds(
         "frozen": [],
     }
     best_state = [model.seed_state(s) for s in range(S)]
-    if resume and checkpoint_path is not None and _exists(checkpoint_path, storage_options):
-        ckpt = load_checkpoint(checkpoint_path, storage_options)
+    if resume and checkpoint is not None and checkpoint.exists():
+        ckpt = load_checkpoint(checkpoint)
         if list(ckpt.get("seeds", [])) != list(seeds):
-            raise AffectError(f"{checkpoint_path}: a checkpoint of seeds {ckpt.get('seeds')}, not {list(seeds)}")
+            raise AffectError(f"{checkpoint.display()}: a checkpoint of seeds {ckpt.get('seeds')}, not {list(seeds)}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(stacked_optimizer_state(model, ckpt["optimizer"]))
         best_state = ckpt["best_states"]
@@ -367,12 +367,12 @@ def train_seeds(
             histories[s].append(record)
             if not is_active(s):
                 frozen[s] = model.seed_state(s)
-        if checkpoint_path is not None and (workers is None or workers.leader):
+        if checkpoint is not None and (workers is None or workers.leader):
             progress_state.update(
                 histories=[[dataclasses.asdict(r) for r in h] for h in histories], frozen=sorted(frozen)
             )
             save_checkpoint(
-                checkpoint_path,
+                checkpoint,
                 {
                     "seeds": list(seeds),
                     "model": model.state_dict(),
@@ -381,7 +381,6 @@ def train_seeds(
                     "progress": progress_state,
                     "numpy_rngs": [rng.bit_generator.state for rng in rngs],
                 },
-                storage_options,
             )
         if on_epoch is not None:
             for s in active:
@@ -590,9 +589,10 @@ def mean_ccc(metrics: dict[str, dict[str, float]]) -> float:
     return float(np.mean(values)) if values else -math.inf
 
 
-def save_checkpoint(url: str, payload: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
-    """Write a training checkpoint (tensors and plain values only) atomically where the store allows."""
-    from affect_core.storage import resolve, write_bytes_atomic
+def save_checkpoint(url: Where, payload: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
+    """Write a training checkpoint (tensors and plain values only) atomically where the store allows (a URL is
+    resolved here, a Location was resolved before)."""
+    from affect_core.storage import write_bytes_atomic
 
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -600,19 +600,13 @@ def save_checkpoint(url: str, payload: dict[str, Any], storage_options: dict[str
     write_bytes_atomic(loc.fs, loc.path, buffer.getvalue())
 
 
-def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a checkpoint without executing pickled code (weights_only)."""
-    from affect_core.storage import read_bytes, resolve
+def load_checkpoint(url: Where, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint without executing pickled code (weights_only); a URL is resolved here, a Location was
+    resolved before."""
+    from affect_core.storage import read_bytes
 
     loc = resolve(url, storage_options)
     try:
         return torch.load(io.BytesIO(read_bytes(loc.fs, loc.path)), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is an unusable checkpoint
-        raise AffectError(f"{url}: not a loadable training checkpoint ({type(exc).__name__})") from None
-
-
-def _exists(url: str, storage_options: dict[str, Any] | None) -> bool:
-    from affect_core.storage import exists, resolve
-
-    loc = resolve(url, storage_options)
-    return exists(loc.fs, loc.path)
+        raise AffectError(f"{loc.display()}: not a loadable training checkpoint ({type(exc).__name__})") from None

@@ -431,18 +431,24 @@ def run_train(job: TrainJob) -> dict[str, str]:
     """Train every seed, on Ray or in this process (:func:`flows.runner.placement`); returns the URLs of
     results.parquet, summary.md and the model bundle. A model of a dataset made from videos carries the dataset's
     video transform."""
-    outputs = _trained(job)
+    from affect_core.data.delta import resolve_versioned
+    from affect_core.storage import resolve
+
+    check_required(job)
+    dataset = resolve_versioned(job.dataset_url, storage_options_for(job.dataset_url, job.s3_endpoint))
+    outputs = _trained(job, dataset)
     if "model" in outputs:
         from affect_core.video.stored import attach_to_bundle
 
-        attach_to_bundle(job.dataset_url, outputs["model"], storage_options_for(job.dataset_url, job.s3_endpoint))
+        attach_to_bundle(dataset, resolve(outputs["model"], storage_options_for(outputs["model"], job.s3_endpoint)))
     return outputs
 
 
-def _trained(job: TrainJob) -> dict[str, str]:
+def _trained(job: TrainJob, dataset: Any) -> dict[str, str]:
+    """The seeds trained: on Ray from the job's URLs (each trial resolves them on its side), here from ``dataset``
+    (resolved by :func:`run_train`) and the run's location."""
     from affect_core.config import load_run_config
 
-    check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
     config = load_run_config(
         job.config,
@@ -478,21 +484,18 @@ def _trained(job: TrainJob) -> dict[str, str]:
             raise AffectError("train: --workers > 1 trains data-parallel on Ray; add --ray (or set RAY_ADDRESS)")
         from affect_core.data.dataset import read_corpus
         from affect_core.experiment import train_run
+        from affect_core.storage import resolve
 
-        corpus = read_corpus(
-            job.dataset_url,
-            feature_set=job.feature_set,
-            storage_options=storage_options_for(job.dataset_url, job.s3_endpoint),
-        )
+        run = resolve(job.out, options)
+        corpus = read_corpus(dataset, feature_set=job.feature_set)
         return train_run(
             corpus,
-            job.out,
+            run,
             config,
             dimension=job.dimension,
             seeds=job.seeds,
             resume=job.resume,
             progress=job.progress,
-            storage_options=options,
             seeds_per_worker=job.seeds_per_worker,
             device=job.device,
         )
@@ -509,24 +512,33 @@ def _trained(job: TrainJob) -> dict[str, str]:
 def run_score(job: ScoreJob) -> Any:
     """Score every video (or ``split``), on Ray Data or in this process (:func:`flows.runner.placement`); returns
     the ``affect_core.scoring.ScoreResult``. ``model_url`` may be a model alias (``affect promote``). A folder of
-    videos is described with the bundle's video transform (by Ray tasks on Ray), then scored here."""
-    from affect_core.alias import resolve_model
+    videos is described with the bundle's video transform (by Ray tasks on Ray), then scored here.
+
+    Each of the job's URLs is resolved once here; on Ray the driver gets the URLs instead (:mod:`tuning.score`)."""
+    from affect_core.alias import read_alias
+    from affect_core.data.delta import resolve_versioned
+    from affect_core.storage import resolve
     from affect_core.video.score import is_video_root
 
     check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
-    model_url = resolve_model(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
+    data_options = storage_options_for(job.data_url, job.s3_endpoint)
+    given = resolve(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
+    alias = read_alias(given)
+    model = resolve(alias.model, storage_options_for(alias.model, job.s3_endpoint)) if alias is not None else given
+    data = resolve_versioned(job.data_url, data_options)
+    out = resolve(job.out, options)
 
     def video_root(parallel: bool) -> Any:
         from affect_core.video.score import score_video_root
         from tuning.video_extract import video_mapper
 
         return score_video_root(
-            job.data_url,
-            model_url,
-            job.out,
+            data.loc,
+            model,
+            out,
             splits=job.split or None,
-            storage_options=options,
+            storage_options=data_options,
             mapper=video_mapper(parallel),
             device=job.device,
             progress=job.progress,
@@ -538,9 +550,9 @@ def run_score(job: ScoreJob) -> Any:
         from tuning.score import score_dataset
 
         return score_dataset(
-            job.data_url,
-            model_url,
-            job.out,
+            data,
+            model,
+            out,
             splits=job.split or None,
             actors=job.actors,
             min_actors=job.min_actors,
@@ -559,11 +571,10 @@ def run_score(job: ScoreJob) -> Any:
         from affect_core.scoring import score_dataset
 
         return score_dataset(
-            job.data_url,
-            model_url,
-            job.out,
+            data,
+            model,
+            out,
             splits=job.split or None,
-            storage_options=options,
             progress=job.progress,
             version=job.version,
             replace=job.replace,
@@ -572,7 +583,7 @@ def run_score(job: ScoreJob) -> Any:
             batch_videos=job.batch_videos,
         )
 
-    if placement(job) is not Placement.RAY_JOB and is_video_root(job.data_url):
+    if placement(job) is not Placement.RAY_JOB and is_video_root(data.loc):
         return run_job(job, local=lambda: video_root(False), on_ray=lambda _gpus: video_root(True))
     ask = RayAsk(
         job.cpus_per_actor,
@@ -591,55 +602,63 @@ def run_evaluate(job: EvaluateJob) -> dict[str, Any]:
     import json
 
     from affect_core.data.dataset import iter_videos
+    from affect_core.data.delta import resolve_versioned
     from affect_core.scoring import evaluate_predictions, read_predictions, scored_version
     from affect_core.storage import resolve, write_bytes_atomic
 
     check_required(job)
-    pred_options = storage_options_for(job.predictions_url, job.s3_endpoint)
-    data_options = storage_options_for(job.dataset_url, job.s3_endpoint)
-    predictions = read_predictions(job.predictions_url, pred_options)
-    videos = iter_videos(
-        job.dataset_url,
-        video_ids=predictions.video_ids(),
-        version=scored_version(predictions, job.dataset_url, data_options),
-        storage_options=data_options,
-    )
+    scored = resolve_versioned(job.predictions_url, storage_options_for(job.predictions_url, job.s3_endpoint))
+    dataset = resolve_versioned(job.dataset_url, storage_options_for(job.dataset_url, job.s3_endpoint))
+    predictions = read_predictions(scored)
+    videos = iter_videos(dataset, video_ids=predictions.video_ids(), version=scored_version(predictions, dataset))
     result = evaluate_predictions(predictions, videos)
     target = (
         resolve(job.out, storage_options_for(job.out, job.s3_endpoint))
         if job.out
-        else resolve(job.predictions_url, pred_options).join("_evaluation.json")
+        else scored.loc.join("_evaluation.json")
     )
     write_bytes_atomic(target.fs, target.path, json.dumps(result, indent=2).encode())
     return result
 
 
 def run_report(job: ReportJob) -> Any:
-    """Write a run's report; returns the library's ReportResult."""
+    """Write a run's report; returns the library's ReportResult. Each of the job's URLs is resolved once here."""
+    from affect_core.data.delta import resolve_versioned
     from affect_core.report import write_report
+    from affect_core.storage import resolve
 
     check_required(job)
+
+    def located(url: str | None, *, versioned: bool = False) -> Any:
+        if not url:
+            return None
+        options = storage_options_for(url, job.s3_endpoint)
+        return resolve_versioned(url, options) if versioned else resolve(url, options)
+
     return write_report(
-        job.run_url,
-        dataset_url=job.dataset,
-        predictions_url=job.predictions,
-        tuning_url=job.tuning,
-        out_url=job.out,
+        located(job.run_url),
+        dataset_url=located(job.dataset, versioned=True),
+        predictions_url=located(job.predictions, versioned=True),
+        tuning_url=located(job.tuning),
+        out_url=located(job.out),
         video_ids=job.video or None,
         videos=job.videos,
-        storage_options=storage_options_for(job.run_url, job.s3_endpoint),
     )
 
 
 def run_promote(job: PromoteJob) -> Any:
     """Promote a model to an alias, or roll the alias back; returns ``affect_core.alias.AliasState``."""
     from affect_core.alias import promote, rollback
+    from affect_core.storage import resolve
 
     check_required(job)
     if job.rollback:
         if job.alias_url:
             raise AffectError("promote --rollback takes the alias only: affect promote --rollback ALIAS_URL")
-        return rollback(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
+        return rollback(resolve(job.model_url, storage_options_for(job.model_url, job.s3_endpoint)))
     if not job.alias_url:
         raise AffectError("promote: give MODEL_URL and ALIAS_URL (or --rollback ALIAS_URL)")
-    return promote(job.model_url, job.alias_url, storage_options_for(job.alias_url, job.s3_endpoint))
+    return promote(
+        resolve(job.model_url, storage_options_for(job.model_url, job.s3_endpoint)),
+        resolve(job.alias_url, storage_options_for(job.alias_url, job.s3_endpoint)),
+    )

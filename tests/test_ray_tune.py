@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from affect_core.config import RunConfig
+from affect_core.storage import resolve
 from tests.test_ray_train import affect, assert_embedded_ray_on_loopback_only, make_dataset, run_watching_sockets
 from tuning.tune import HIDDEN_SIZES, apply_params, search_space, write_outputs
 
@@ -99,7 +100,7 @@ def test_outputs_name_the_best_trial(tmp_path):
             "model.lstm_size": 32,
         },
     ]
-    outcome = write_outputs(rows, str(tmp_path), RunConfig())
+    outcome = write_outputs(rows, resolve(str(tmp_path)), RunConfig())
     assert (outcome.best_trial, outcome.stopped_early) == ("b", 1)
     best = RunConfig.from_text((tmp_path / "best_config.yaml").read_text())
     assert (best.train.lr, best.model.model, best.model.lstm_size) == (0.005, "lstm-ekf", 32)
@@ -124,7 +125,7 @@ def test_the_tuning_table_names_the_model_of_every_trial(tmp_path):
     ]  # fmt: skip
     base = RunConfig()
     base.model.model = "lstm-kf"
-    write_outputs(rows, str(tmp_path), base)
+    write_outputs(rows, resolve(str(tmp_path)), base)
     trials = pq.read_table(tmp_path / "trials.parquet")
     assert trials.column("model.model").to_pylist() == ["lstm-ekf", "lstm-kf"]
     table = [line for line in tuning_markdown(trials).splitlines() if line.startswith("| ")]

@@ -14,6 +14,7 @@ from affect_core.errors import AffectError
 from affect_core.experiment import load_seed_outcome, plan_seed_tasks, run_seed, run_seeds
 from affect_core.frontend import FusedLSTM
 from affect_core.model import AffectModel
+from affect_core.storage import resolve
 from affect_core.synth import SynthConfig, generate_corpus
 from affect_core.training import train_model, train_seeds
 from tests.reference_training import train_reference
@@ -143,7 +144,7 @@ def test_run_seeds_writes_what_run_seed_writes_and_resumes(tiny_corpus, tmp_path
     ]
     for got, expected in zip(outcomes[1].rows, alone.rows, strict=True):
         assert got["ccc"] == pytest.approx(expected["ccc"], abs=TOL)
-    assert load_seed_outcome(tasks[0], run_url) is not None
+    assert load_seed_outcome(tasks[0], resolve(run_url)) is not None
     trained.clear()
     more = plan_seed_tasks(config, "arousal", [0, 1, 2])
     resumed = run_seeds(more, tiny_corpus, run_url, resume=True, on_epoch=lambda t, _: trained.append(t.key))

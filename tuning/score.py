@@ -122,9 +122,9 @@ def call_blocks(entries: Iterator[Any], done: Any, call_frames: int) -> Iterator
 
 
 def score_dataset(
-    data_url: str,
-    model_url: str,
-    out_url: str,
+    data_url: Any,
+    model_url: Any,
+    out_url: Any,
     *,
     splits: Sequence[str] | None = None,
     actors: int = 4,
@@ -150,6 +150,10 @@ def score_dataset(
     :func:`affect_core.scoring.score_dataset`. device: where each actor's model runs, by the one device rule
     (:func:`affect_core.device.resolve_device`; "auto": the actor's GPU when it was given one). Raises AffectError for
     an incompatible model or missing data, or a GPU asked for without GPUs for the actors.
+
+    ``data_url``, ``model_url``, ``out_url``: URLs (resolved here, once, with ``storage_options``) or Locations the
+    caller resolved; either way the actors get their URLs and ``storage_options``' shareable part, and resolve them
+    on their side.
     """
     import ray.data
 
@@ -166,22 +170,24 @@ def score_dataset(
     )
     from affect_core.storage import resolve
 
+    # The driver's side of the Ray boundary: each URL resolved once here; the actors get URLs and shareable options.
     if str(device).startswith("cuda") and not gpus_per_actor:
         raise AffectError("--device cuda on Ray needs GPUs for the scoring actors: give --gpus-per-actor")
     started, wall_started = time.perf_counter(), time.time()
     options = dict(storage_options or {}) or None
-    info, _, _, wanted = scoring_plan(data_url, options, splits, version, None)
-    bundle = load_bundle(model_url, options)
-    feature_set, names = bundle_features(bundle, info)
+    data = delta.resolve_versioned(data_url, options)
     out = resolve(out_url, options)
+    model = resolve(model_url, options)
+    info, _, _, wanted = scoring_plan(data, splits, version, None)
+    bundle = load_bundle(model)
+    feature_set, names = bundle_features(bundle, info)
     check_compatible(bundle, names, out.display())
     check_video_ids(wanted, out)
     target = PredictionTarget(bundle.model_id, info.url, info.version or "")
     snap, done, replacing = plan_scoring(out, target, replace=replace)
     file_bytes = target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES
     writer = PredictionWriter(out, target, snapshot=snap, replace=replacing, target_file_bytes=file_bytes)
-    url, _ = delta.parse_versioned_url(data_url)
-    snapshot = delta.snapshot(resolve(url, options), int(info.version))
+    snapshot = delta.snapshot(data.loc, int(info.version))
     todo = todo_frames = 0
     for entry in snapshot.entries(splits=splits):
         if entry.video_id not in done:
@@ -206,8 +212,8 @@ def score_dataset(
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=max(1, min(min_actors, size)), max_size=size),
                 fn_constructor_kwargs={
-                    "data_url": url,
-                    "model_url": model_url,
+                    "data_url": data.loc.url,
+                    "model_url": model.url,
                     "out_url": out.url,
                     "feature_set": feature_set,
                     "version": info.version,

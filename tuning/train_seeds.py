@@ -79,7 +79,9 @@ def train_seeds(
     """
     import ray.tune
 
-    from affect_core.data.dataset import dataset_info, resolve_version
+    from affect_core.data import delta
+    from affect_core.data.dataset import dataset_info
+    from affect_core.storage import resolve
 
     resources = resources or SeedResources()
     if str(device).startswith("cuda") and not resources.gpus:
@@ -88,11 +90,14 @@ def train_seeds(
     per_worker = resources.per_worker()
     tasks = plan_seed_tasks(config, dimension, range(seeds))
     groups = group_seed_tasks(tasks, seeds_per_worker)
-    info = dataset_info(dataset_url, storage_options=dict(storage_options or {}))
+    # The driver resolves the job's URLs once; the trials get URLs and shareable options and resolve on their side.
+    options = dict(storage_options or {}) or None
+    run = resolve(run_url, options)
+    info = dataset_info(delta.resolve_versioned(dataset_url, options))
     storage_path, storage_fs = ray_storage(join(run_url, RAY_STATE_DIR), storage_options)
     settings = {
         "dataset_url": dataset_url,
-        "version": resolve_version(dataset_url, storage_options=dict(storage_options or {})),
+        "version": info.version,
         "device": device,
         "run_url": run_url,
         "feature_set": feature_set,
@@ -131,7 +136,7 @@ def train_seeds(
     results = tuner.fit()
     outcomes, missing = [], []
     for task in tasks:
-        outcome = load_seed_outcome(task, run_url, dict(storage_options or {}))
+        outcome = load_seed_outcome(task, run)
         if outcome is None:
             missing.append(task.key)
         else:
@@ -143,7 +148,7 @@ def train_seeds(
             f"{redact(run_url)}: seed(s) {', '.join(missing)} did not finish after {max_failures} retries"
             f"{detail}; run again with --resume to continue from their checkpoints"
         )
-    return finish_run(outcomes, run_url, fps=info.fps, storage_options=dict(storage_options or {}))
+    return finish_run(outcomes, run, fps=info.fps)
 
 
 def seed_trial(config: dict[str, Any], *, tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
@@ -185,9 +190,11 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
+    from affect_core.data import delta
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seeds
     from affect_core.runtime import retain_freed_memory
+    from affect_core.storage import resolve
     from tuning.cluster import current_node
     from tuning.trainer import worker_device
 
@@ -199,6 +206,9 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     device = str(worker_device(loop_config["device"]))  # before any data is read: a bad --device fails at once
     options = loop_config["storage_options"] or None
+    # This side of the Ray boundary resolves the URLs it was sent, once.
+    dataset = delta.resolve_versioned(loop_config["dataset_url"], options)
+    run = resolve(loop_config["run_url"], options)
     resume = bool(loop_config["resume"]) or ray.train.get_checkpoint() is not None
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -213,20 +223,10 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
         workers = Workers()
         video_ids = []  # this worker's part of every split: each split cut into parts of about equal frames
         for split in ("train", "dev", "test"):
-            parts = video_parts(
-                loop_config["dataset_url"],
-                splits=[split],
-                version=loop_config["version"],
-                storage_options=options,
-                parts=world,
-            )
+            parts = video_parts(dataset, splits=[split], version=loop_config["version"], parts=world)
             video_ids += parts[rank] if rank < len(parts) else []
     corpus = read_corpus(
-        loop_config["dataset_url"],
-        feature_set=loop_config["feature_set"],
-        version=loop_config["version"],
-        storage_options=options,
-        video_ids=video_ids,
+        dataset, feature_set=loop_config["feature_set"], version=loop_config["version"], video_ids=video_ids
     )
 
     def report(task: SeedTask, record: Any) -> None:
@@ -240,10 +240,9 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     run_seeds(
         tasks,
         corpus,
-        loop_config["run_url"],
+        run,
         resume=resume,
         on_epoch=report,
-        storage_options=options,
         node=current_node(),
         device=device,
         workers=workers,

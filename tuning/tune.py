@@ -32,7 +32,7 @@ from affect_core.config import RunConfig
 from affect_core.errors import AffectError
 from affect_core.experiment import SeedTask
 from affect_core.report import TRIAL_SCORE, TRIALS_FILE
-from affect_core.storage import exists, join, read_bytes, redact, resolve, write_bytes_atomic
+from affect_core.storage import Location, Where, exists, join, read_bytes, redact, resolve, write_bytes_atomic
 from tuning.cluster import (
     driver_resources,
     ensure_ray,
@@ -164,7 +164,7 @@ def run_tune(
         raise AffectError("--device cuda on Ray needs GPUs for the trials: give --gpus-per-trial")
     out = resolve(out_url, storage_options)
     if resume and exists(out.fs, out.join(BEST_CONFIG).path):
-        return read_outcome(out_url, storage_options=storage_options)
+        return read_outcome(out)
     base = copy.deepcopy(base_config) if base_config is not None else RunConfig()
     base.train.max_epochs = max_epochs
     base.train.patience = max_epochs  # ASHA decides when a trial stops, not the per-trial early stopping
@@ -227,7 +227,7 @@ def run_tune(
         )
     grid = tuner.fit()
     rows = trial_rows(grid, max_epochs=max_epochs)
-    return write_outputs(rows, out_url, base, storage_options=storage_options)
+    return write_outputs(rows, out, base)
 
 
 def tune_trial(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
@@ -329,18 +329,11 @@ def trial_rows(grid: Any, *, max_epochs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(
-    rows: list[dict[str, Any]],
-    out_url: str,
-    base: RunConfig,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-) -> TuneOutcome:
-    """Write trials.parquet, tuning.png and best_config.yaml (last: it marks the search finished) from the trial
-    rows; return the outcome."""
+def write_outputs(rows: list[dict[str, Any]], out: Location, base: RunConfig) -> TuneOutcome:
+    """Write trials.parquet, tuning.png and best_config.yaml (last: it marks the search finished) under ``out``
+    from the trial rows; return the outcome."""
     import pandas as pd
 
-    out = resolve(out_url, storage_options)
     rows = [{MODEL_COLUMN: base.model.model, **row} for row in rows]  # every trial names its model
     best = _best_row(rows, out.display())
     frame = pd.DataFrame(rows)
@@ -354,8 +347,9 @@ def write_outputs(
     return _outcome(rows, out)
 
 
-def read_outcome(out_url: str, *, storage_options: Mapping[str, Any] | None = None) -> TuneOutcome:
-    """The outcome of a finished search, read back from its trials.parquet."""
+def read_outcome(out_url: Where, *, storage_options: Mapping[str, Any] | None = None) -> TuneOutcome:
+    """The outcome of a finished search, read back from its trials.parquet (``out_url`` resolved here, or a
+    Location resolved before)."""
     import pyarrow.parquet as pq
 
     out = resolve(out_url, storage_options)

@@ -187,6 +187,28 @@ def parse_versioned_url(url: str) -> tuple[str, int | None]:
     return str(url), None
 
 
+@dataclass(frozen=True)
+class VersionedLocation:
+    """A table's location and the version its URL pinned (``URL@VERSION``; None: the URL pinned none): a
+    ``URL@VERSION`` parsed and resolved once, where a job entered the library."""
+
+    loc: storage.Location
+    version: int | None = None
+
+
+def resolve_versioned(
+    url: str | storage.Location | VersionedLocation, storage_options: dict[str, Any] | None = None
+) -> VersionedLocation:
+    """``URL@VERSION`` (or a plain URL) parsed and resolved; a Location or VersionedLocation is returned as it is
+    (``storage_options`` are then not looked at), so an entry point can call this whatever it was given."""
+    if isinstance(url, VersionedLocation):
+        return url
+    if isinstance(url, storage.Location):
+        return VersionedLocation(url)
+    base, pinned = parse_versioned_url(url)
+    return VersionedLocation(storage.resolve(base, storage_options), pinned)
+
+
 def parse_version(version: str | int | None, where: str) -> int | None:
     """A version given by a user (int, digits, or None for the latest)."""
     if version is None or version == "":

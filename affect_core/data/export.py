@@ -18,7 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from affect_core import storage
-from affect_core.data import keys
+from affect_core.data import delta, keys
 from affect_core.errors import AffectError
 
 
@@ -58,29 +58,31 @@ def csv_table(table: pa.Table, feature_names: list[str]) -> pa.Table:
 
 
 def export_table(
-    url: str,
-    dest: str | None,
+    url: str | storage.Location | delta.VersionedLocation,
+    dest: storage.Where | None,
     *,
-    per_video: str | None = None,
+    per_video: storage.Where | None = None,
     version: str | int | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write the table at ``url`` (pinned ``version``, or ``URL@VERSION``) to ``dest`` (.parquet or .csv) and/or
-    one CSV per video under ``per_video``. Files appear whole (written under a temporary name, then moved)."""
+    one CSV per video under ``per_video``. Files appear whole (written under a temporary name, then moved). Each URL
+    is resolved here, once, with ``storage_options`` (a Location given instead was resolved before)."""
     from affect_core.data.dataset import dataset_info, iter_table_rows
 
     if dest is None and per_video is None:
         raise AffectError("export: give DEST (.parquet or .csv) or --per-video DIR")
     kind = None
-    if dest is not None:
-        kind = posixpath.splitext(dest)[1].lower()
+    target = storage.resolve(dest, storage_options) if dest is not None else None
+    if target is not None:
+        kind = posixpath.splitext(target.path)[1].lower()
         if kind not in (".parquet", ".csv"):
             raise AffectError(
-                f"{storage.redact(dest)}: unknown export format {kind or '(none)'}; expected .parquet or .csv"
+                f"{target.display()}: unknown export format {kind or '(none)'}; expected .parquet or .csv"
             )
-    info = dataset_info(url, version=version, storage_options=storage_options)
+    source = delta.resolve_versioned(url, storage_options)
+    info = dataset_info(source, version=version)
     names = list(info.feature_names)
-    target = storage.resolve(dest, storage_options) if dest is not None else None
     folder = storage.resolve(per_video, storage_options) if per_video is not None else None
     if folder is not None:
         folder.fs.makedirs(folder.path, exist_ok=True)
@@ -96,10 +98,7 @@ def export_table(
             if target.is_local:
                 target.fs.makedirs(posixpath.dirname(target.path), exist_ok=True)
             handle = target.fs.open(temporary, "wb")
-        from affect_core.data import delta
-
-        base, _ = delta.parse_versioned_url(url)
-        for video_id, table in iter_table_rows(base, version=info.version, storage_options=storage_options):
+        for video_id, table in iter_table_rows(delta.VersionedLocation(source.loc), version=info.version):
             videos += 1
             rows += table.num_rows
             table = table.replace_schema_metadata(None)

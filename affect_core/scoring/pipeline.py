@@ -34,7 +34,7 @@ from affect_core.scoring.predictions import (
     Tracks,
     plan_scoring,
 )
-from affect_core.storage import Location, resolve
+from affect_core.storage import Location, Where, resolve
 
 # Videos longer than this are scored in chunks with the LSTM and filter state carried across (bounded memory).
 CHUNK_FRAMES = 15_000
@@ -128,7 +128,7 @@ def video_batches(
 def score_videos(
     bundle: ModelBundle,
     videos: Iterable[Video],
-    out_url: str,
+    out_url: Where,
     *,
     feature_names: list[str],
     storage_options: dict[str, Any] | None = None,
@@ -142,7 +142,8 @@ def score_videos(
     commit_seconds: float = COMMIT_SECONDS,
     predict: Callable[[Sequence[np.ndarray]], list[Tracks]] | None = None,
 ) -> ScoreResult:
-    """Score every video into the predictions table at ``out_url``; videos this model already scored there on the
+    """Score every video into the predictions table at ``out_url`` (a URL, resolved here with ``storage_options``,
+    or a Location resolved before); videos this model already scored there on the
     same dataset version are skipped (a re-run resumes). Predictions of another model or version are replaced in the
     first commit, or refused when ``replace`` is False.
 
@@ -229,9 +230,9 @@ def model_threads() -> int:
 
 
 def score_dataset(
-    data_url: str,
-    model_url: str,
-    out_url: str,
+    data_url: str | Location | delta.VersionedLocation,
+    model_url: Where,
+    out_url: Where,
     *,
     splits: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -248,26 +249,29 @@ def score_dataset(
     job; the bundle's feature set is selected from the dataset when it holds several; unknown splits are refused
     before anything is written. ``replace``: see :func:`score_videos`. device: where the model runs (None or "auto":
     a GPU when present). batch_videos: the most videos in one model pass (default BATCH_VIDEOS); a job commits after
-    a batch, so fewer commit sooner, and a batch's memory falls with them."""
+    a batch, so fewer commit sooner, and a batch's memory falls with them.
+
+    Each URL (``data_url``, ``model_url``, ``out_url``) is resolved here, once, with ``storage_options``; a Location
+    given instead was resolved by the caller."""
     from affect_core.artifact import load_bundle
+    from affect_core.data.dataset import iter_videos
     from affect_core.device import resolve_device
 
-    info, _, _, wanted = scoring_plan(data_url, storage_options, splits, version, None)
-    check_video_ids(wanted, resolve(out_url, storage_options))
-    bundle = load_bundle(model_url, storage_options, device=str(resolve_device(device)))
+    data = delta.resolve_versioned(data_url, storage_options)
+    out = resolve(out_url, storage_options)
+    model = resolve(model_url, storage_options)
+    info, _, _, wanted = scoring_plan(data, splits, version, None)
+    check_video_ids(wanted, out)
+    bundle = load_bundle(model, device=str(resolve_device(device)))
     feature_set, names = bundle_features(bundle, info)
-    from affect_core.data.dataset import iter_videos
-
-    url, _ = delta.parse_versioned_url(data_url)
     videos = iter_videos(
-        url, splits=splits or None, feature_set=feature_set, version=info.version, storage_options=storage_options
+        delta.VersionedLocation(data.loc), splits=splits or None, feature_set=feature_set, version=info.version
     )
     return score_videos(
         bundle,
         videos,
-        out_url,
+        out,
         feature_names=names,
-        storage_options=storage_options,
         progress=progress,
         total=len(wanted),
         dataset_url=info.url,
@@ -279,8 +283,7 @@ def score_dataset(
 
 
 def scoring_plan(
-    data_url: str,
-    storage_options: dict[str, Any] | None,
+    data: delta.VersionedLocation,
     splits: Sequence[str] | None,
     version: str | int | None,
     bundle: ModelBundle | None,
@@ -289,7 +292,7 @@ def scoring_plan(
     refuses unknown splits."""
     from affect_core.data.dataset import dataset_info
 
-    info = dataset_info(data_url, version=version, storage_options=storage_options)
+    info = dataset_info(data, version=version)
     unknown = [s for s in splits or [] if s not in info.videos]
     if unknown:
         raise AffectError(f"{info.url}: split {unknown[0]!r} has no videos; available: {', '.join(info.videos)}")

@@ -25,7 +25,7 @@ from affect_core.data import delta, keys
 from affect_core.data.dataset.format import PREDICTIONS_KIND
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
-from affect_core.storage import Location, list_dir, resolve
+from affect_core.storage import Location, list_dir
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -318,12 +318,16 @@ class PredictionStore(Mapping[str, pa.Table]):
 
 
 def read_predictions(
-    pred_url: str, storage_options: dict[str, Any] | None = None, *, version: int | str | None = None
+    pred_url: str | Location | delta.VersionedLocation,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    version: int | str | None = None,
 ) -> PredictionStore:
-    """The predictions at PRED_URL (``URL@VERSION`` or ``version`` pins a version) as a lazy mapping {video id:
-    table}; the table's ``target`` names the model and dataset version they are from."""
-    url, pinned = delta.parse_versioned_url(pred_url)
-    loc = resolve(url, storage_options)
+    """The predictions at PRED_URL (``URL@VERSION`` or ``version`` pins a version; a URL is resolved here, a
+    Location was resolved before) as a lazy mapping {video id: table}; the table's ``target`` names the model and
+    dataset version they are from."""
+    where = delta.resolve_versioned(pred_url, storage_options)
+    loc, pinned = where.loc, where.version
     wanted = pinned if pinned is not None else delta.parse_version(version, loc.display())
     snap = open_predictions(loc, version=wanted)
     if snap is None:
@@ -334,15 +338,12 @@ def read_predictions(
     return store
 
 
-def scored_version(
-    predictions: PredictionStore, dataset_url: str, storage_options: dict[str, Any] | None
-) -> str | None:
-    """The version of ``dataset_url`` to read beside ``predictions``: the one they were scored from when the URL
-    names that table and pins no version itself; else None (the URL's own version, or the latest)."""
-    url, pinned = delta.parse_versioned_url(dataset_url)
+def scored_version(predictions: PredictionStore, dataset: delta.VersionedLocation) -> str | None:
+    """The version of ``dataset`` to read beside ``predictions``: the one they were scored from when it is that
+    table and its URL pins no version itself; else None (the URL's own version, or the latest)."""
     target = predictions.target
-    if pinned is not None or not target.dataset_version or not target.dataset_url:
+    if dataset.version is not None or not target.dataset_version or not target.dataset_url:
         return None
-    if resolve(url, storage_options).display() != target.dataset_url:
+    if dataset.loc.display() != target.dataset_url:
         return None
     return target.dataset_version

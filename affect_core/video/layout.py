@@ -233,9 +233,13 @@ def read_partition(loc: storage.Location, *, required: bool = True) -> dict[str,
 
 
 def video_jobs(
-    root: str, storage_options: dict[str, Any] | None = None, *, partition_required: bool = True
+    root: storage.Where, storage_options: dict[str, Any] | None = None, *, partition_required: bool = True
 ) -> list[VideoJob]:
-    """One job per video of ROOT, in the partition's order (or by id when there is no partition: split "test")."""
+    """One job per video of ROOT, in the partition's order (or by id when there is no partition: split "test").
+
+    ROOT is resolved here unless it is a Location already; each job carries its video's URL and
+    ``storage_options`` to wherever it is read (a Ray task, which resolves it on its side: a filesystem object with
+    the driver's credentials never travels)."""
     loc = storage.resolve(root, storage_options)
     if not storage.is_dir(loc.fs, loc.path):
         problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"
@@ -257,7 +261,7 @@ def video_jobs(
         VideoJob(
             video_id,
             split,
-            storage.join(root.rstrip("/"), VIDEOS_DIR, files[video_id]),
+            storage.join(loc.url, VIDEOS_DIR, files[video_id]),
             loc.display(VIDEOS_DIR, files[video_id]),
             storage_options,
         )
@@ -327,7 +331,7 @@ def _feature_track(features: VideoFeatures, names: list[str], where: str) -> Tra
 
 
 def read_video_source(
-    root: str,
+    root: storage.Where,
     *,
     storage_options: dict[str, Any] | None = None,
     config: VideoConfig | None = None,
@@ -340,8 +344,8 @@ def read_video_source(
     extract every video, attach labels. Raises AffectError on any bad input (nothing is written)."""
     from tqdm.auto import tqdm
 
-    jobs = video_jobs(root, storage_options)
     loc = storage.resolve(root, storage_options)
+    jobs = video_jobs(loc, storage_options)
     labels = read_labels(loc, {j.video_id for j in jobs})  # before any video is decoded: bad labels fail fast
     if transform is None:
         transform = fit_video_transform(jobs, config or VideoConfig(), mapper=mapper, device=device)

@@ -14,11 +14,12 @@ from typing import Any
 
 from affect_core.data.records import Video
 from affect_core.errors import fail
+from affect_core.storage import Where
 from affect_core.video.layout import FPS_TOLERANCE, Mapper, extract_jobs, to_video, video_jobs
 from affect_core.video.transform import load_bundle_transform
 
 
-def is_video_root(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+def is_video_root(url: Where, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``url`` is a folder in the video layout (has videos/ and is not a dataset)."""
     from affect_core import storage
 
@@ -28,9 +29,9 @@ def is_video_root(url: str, storage_options: dict[str, Any] | None = None) -> bo
 
 
 def score_video_root(
-    root: str,
-    model_url: str,
-    out_url: str,
+    root: Where,
+    model_url: Where,
+    out_url: Where,
     *,
     splits: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -44,18 +45,24 @@ def score_video_root(
     scorer's ScoreResult. A video whose frame rate differs from the model's is refused before it is scored.
     device: where the features are extracted and the model runs (``--device``, by the one device rule: "auto" or
     None, a GPU when present). target_file_bytes, batch_videos: as :func:`affect_core.scoring.score_videos` (None:
-    its defaults)."""
+    its defaults).
+
+    Each URL is resolved here, once, with ``storage_options`` (a Location given instead was resolved before); each
+    video's job carries its URL and ``storage_options`` to the extraction (perhaps a Ray task), which opens it."""
     from affect_core.artifact import load_bundle
     from affect_core.data import delta
     from affect_core.device import resolve_device
     from affect_core.scoring import check_video_ids, score_videos
     from affect_core.storage import resolve
 
+    model, out = resolve(model_url, storage_options), resolve(out_url, storage_options)
     # The model runs here; each extraction (a Ray task, perhaps on another node) resolves "auto" where it runs.
-    bundle = load_bundle(model_url, storage_options, device=str(resolve_device(device)))
-    transform = load_bundle_transform(model_url, storage_options)
-    jobs = [j for j in video_jobs(root, storage_options, partition_required=False) if not splits or j.split in splits]
-    check_video_ids([j.video_id for j in jobs], resolve(out_url, storage_options))
+    bundle = load_bundle(model, device=str(resolve_device(device)))
+    transform = load_bundle_transform(model)
+    videos_root = resolve(root, storage_options)
+    jobs = video_jobs(videos_root, storage_options, partition_required=False)
+    jobs = [j for j in jobs if not splits or j.split in splits]
+    check_video_ids([j.video_id for j in jobs], out)
 
     def videos() -> Iterator[Video]:
         for job, features in extract_jobs(jobs, transform, mapper=mapper, device=device):
@@ -70,9 +77,8 @@ def score_video_root(
     return score_videos(
         bundle,
         videos(),
-        out_url,
+        out,
         feature_names=transform.feature_names,
-        storage_options=storage_options,
         progress=progress,
         total=len(jobs),
         target_file_bytes=target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES,

@@ -137,16 +137,15 @@ def _fit(samples: np.ndarray, config: VideoConfig) -> VideoTransform:
     return VideoTransform(config, mean.numpy().astype(np.float32), directions.to(torch.float32).numpy())
 
 
-def save_bundle_transform(
-    transform: VideoTransform, model_url: str, storage_options: dict[str, Any] | None = None
-) -> None:
-    """Store ``transform`` in a model bundle (MODEL_URL/video_transform.safetensors)."""
-    loc = storage.resolve(model_url, storage_options)
+def save_bundle_transform(transform: VideoTransform, model: storage.Location) -> None:
+    """Store ``transform`` in a model bundle (MODEL/video_transform.safetensors)."""
+    loc = model
     storage.write_bytes_atomic(loc.fs, loc.join(BUNDLE_FILE).path, transform.to_bytes())
 
 
-def load_bundle_transform(model_url: str, storage_options: dict[str, Any] | None = None) -> VideoTransform:
-    """The video transform a model bundle carries; AffectError when the model was not trained on video features."""
+def load_bundle_transform(model_url: storage.Where, storage_options: dict[str, Any] | None = None) -> VideoTransform:
+    """The video transform a model bundle carries (``model_url`` resolved here, or a Location resolved before);
+    AffectError when the model was not trained on video features."""
     loc = storage.resolve(model_url, storage_options)
     path = loc.join(BUNDLE_FILE).path
     if not storage.exists(loc.fs, path):

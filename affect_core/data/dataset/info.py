@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from affect_core import storage
-from affect_core.data import keys
+from affect_core.data import delta, keys
 from affect_core.data.dataset.format import KIND, PREDICTIONS_KIND, metadata_feature_sets, metadata_fps
 from affect_core.data.dataset.hashing import combined_hash
-from affect_core.data.dataset.versions import open_table, open_versioned_table
+from affect_core.data.dataset.versions import Dataset, open_table, open_versioned_table
 from affect_core.data.readers import video_sort_key
 from affect_core.errors import AffectError
 
@@ -83,11 +83,11 @@ class DatasetInfo:
 
 
 def dataset_info(
-    dataset_url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
+    dataset_url: Dataset, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> DatasetInfo:
     """Metadata of a dataset version (latest by default): versions, fps, feature sets, video ids per split,
-    files and bytes."""
-    opened = open_table(dataset_url, version, storage_options)
+    files and bytes. ``dataset_url``: ``URL[@VERSION]`` (resolved here with ``storage_options``) or resolved."""
+    opened = open_table(delta.resolve_versioned(dataset_url, storage_options), version)
     if opened.snapshot is None:
         return bare_info(opened.loc)
     snap = opened.snapshot
@@ -117,7 +117,7 @@ def dataset_info(
 
 
 def resolve_version(
-    dataset_url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
+    dataset_url: Dataset, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> str | None:
     """The version a read of ``dataset_url`` (``URL@VERSION`` or ``version``, else the latest) would see; None
     for a bare Parquet features URL. Pin it for every later read of one job."""
@@ -158,7 +158,7 @@ def bare_info(loc: storage.Location) -> DatasetInfo:
 
 
 def table_summary(
-    url: str, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
+    url: Dataset, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What ``affect info URL --json`` prints for a dataset or predictions table: version, versions, videos
     [{video_id, split, frames, frames_without_face}] (frames_without_face None for a predictions table, which keeps
@@ -167,7 +167,7 @@ def table_summary(
 
     ``videos`` is an iterator, in split and natural id order, read once: a table of 10^6 videos is never a list of
     10^6 dicts (``affect info`` prints them as they come)."""
-    opened = open_versioned_table(url, version, storage_options)
+    opened = open_versioned_table(delta.resolve_versioned(url, storage_options), version)
     snap = opened.snapshot
     assert snap is not None
     metadata = opened.metadata

@@ -21,7 +21,7 @@ from affect_core.data import delta, keys
 from affect_core.data.dataset.convert import feature_matrix, row_group_videos, to_video
 from affect_core.data.dataset.format import corpus_metadata, selected_columns
 from affect_core.data.dataset.info import bare_info, dataset_info
-from affect_core.data.dataset.versions import OpenedTable, open_table, open_versioned_table
+from affect_core.data.dataset.versions import Dataset, OpenedTable, open_table, open_versioned_table
 from affect_core.data.records import Corpus, Video
 from affect_core.errors import AffectError
 
@@ -33,13 +33,22 @@ class DatasetReader:
 
     def __init__(
         self,
-        dataset_url: str,
+        dataset_url: Dataset,
         *,
         version: str | int | None = None,
         feature_set: str | Sequence[str] | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        opened = open_table(dataset_url, version, storage_options)
+        self._read(open_table(delta.resolve_versioned(dataset_url, storage_options), version), feature_set)
+
+    @classmethod
+    def opened(cls, opened: OpenedTable, feature_set: str | Sequence[str] | None = None) -> DatasetReader:
+        """A reader of a table version opened before (its URL resolved and log read once)."""
+        reader = cls.__new__(cls)
+        reader._read(opened, feature_set)
+        return reader
+
+    def _read(self, opened: OpenedTable, feature_set: str | Sequence[str] | None) -> None:
         if opened.snapshot is None:
             raise AffectError(f"{opened.loc.display()}: not a dataset table (no _delta_log/)")
         self.location = opened.loc
@@ -80,7 +89,7 @@ class DatasetReader:
 
 
 def iter_videos(
-    dataset_url: str,
+    dataset_url: Dataset,
     *,
     splits: Sequence[str] | None = None,
     feature_set: str | Sequence[str] | None = None,
@@ -95,19 +104,15 @@ def iter_videos(
 
     dataset_url may also be a bare Parquet file or directory in the dataset schema (a "features URL", no
     table); its rows must be grouped by video. Labels are None for a video without labels."""
-    opened = open_table(dataset_url, version, storage_options)
+    opened = open_table(delta.resolve_versioned(dataset_url, storage_options), version)
     if opened.snapshot is None:
         yield from _iter_bare(opened.loc, splits, feature_set, video_ids)
         return
-    url, _ = delta.parse_versioned_url(dataset_url)
-    reader = DatasetReader(
-        url, version=opened.snapshot.version, feature_set=feature_set, storage_options=storage_options
-    )
-    yield from reader.videos(splits=splits, video_ids=video_ids, shard=shard)
+    yield from DatasetReader.opened(opened, feature_set).videos(splits=splits, video_ids=video_ids, shard=shard)
 
 
 def video_parts(
-    dataset_url: str,
+    dataset_url: Dataset,
     *,
     splits: Sequence[str] | None = None,
     version: str | int | None = None,
@@ -117,7 +122,7 @@ def video_parts(
     """The video ids of a dataset version cut into ``parts`` lists of about equal frames (default: one per data
     file), each in reading order: what a pool of workers (Ray Data tasks, training workers) takes one list each of,
     passing it to :func:`iter_videos` as ``video_ids`` with the same pinned ``version``."""
-    opened = open_table(dataset_url, version, storage_options)
+    opened = open_table(delta.resolve_versioned(dataset_url, storage_options), version)
     if opened.snapshot is None:
         info = bare_info(opened.loc)
         ids = [v for s, vs in info.videos.items() if splits is None or s in splits for v in vs]
@@ -206,7 +211,7 @@ def _iter_bare(
 
 
 def read_corpus(
-    dataset_url: str,
+    dataset_url: Dataset,
     *,
     splits: Sequence[str] | None = None,
     feature_set: str | Sequence[str] | None = None,
@@ -218,21 +223,20 @@ def read_corpus(
 
     Frames are sorted; features are (T, d) float32 with NaN rows for frames without a face; labels are None
     for unlabelled videos. Raises AffectError for unknown versions, feature sets or splits."""
-    info = dataset_info(dataset_url, version=version, storage_options=storage_options)
+    dataset = delta.resolve_versioned(dataset_url, storage_options)
+    info = dataset_info(dataset, version=version)
     if splits is not None:
         unknown = [s for s in splits if s not in info.videos]
         if unknown:
             raise AffectError(
                 f"{info.url}: no split {unknown[0]!r} in version {info.version}; available: {', '.join(info.videos)}"
             )
-    url, _ = delta.parse_versioned_url(dataset_url)
     videos = list(
         iter_videos(
-            url,
+            delta.VersionedLocation(dataset.loc),
             splits=splits,
             feature_set=feature_set,
             version=info.version,
-            storage_options=storage_options,
             video_ids=video_ids,
         )
     )
@@ -248,7 +252,7 @@ def read_corpus(
 
 
 def iter_table_rows(
-    url: str,
+    url: Dataset,
     *,
     version: str | int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -256,7 +260,7 @@ def iter_table_rows(
 ) -> Iterator[tuple[str, pa.Table]]:
     """(video id, its rows) of a dataset or predictions table version, one video at a time in split and natural id
     order (bounded memory): what ``affect export`` writes."""
-    opened: OpenedTable = open_versioned_table(url, version, storage_options)
+    opened: OpenedTable = open_versioned_table(delta.resolve_versioned(url, storage_options), version)
     assert opened.snapshot is not None
     for entry, table in delta.iter_entry_tables(opened.loc, opened.snapshot.entries(video_ids=video_ids)):
         yield entry.video_id, table

@@ -1,4 +1,4 @@
-"""Opening a dataset URL once: the version a read sees (``version=`` or ``URL@VERSION``, else the latest), or a bare
+"""Opening a dataset once: the version a read sees (``version=`` or ``URL@VERSION``, else the latest), or a bare
 Parquet features URL (no table); the versions a dataset holds."""
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ class OpenedTable:
         return {str(k): str(v) for k, v in self.snapshot.metadata.items()}
 
 
-def open_table(dataset_url: str, version: str | int | None, storage_options: dict[str, Any] | None) -> OpenedTable:
-    """Resolve ``dataset_url`` (``URL@VERSION`` pins a version, as does ``version``; both must agree)."""
-    url, pinned = delta.parse_versioned_url(dataset_url)
-    loc = storage.resolve(url, storage_options)
+Dataset = str | storage.Location | delta.VersionedLocation
+"""A dataset (or predictions table) as an entry point accepts it: ``URL[@VERSION]``, or resolved before."""
+
+
+def open_table(dataset: delta.VersionedLocation, version: str | int | None) -> OpenedTable:
+    """Open the resolved ``dataset`` at its pinned version (``URL@VERSION``), or ``version`` (both must agree)."""
+    loc, pinned = dataset.loc, dataset.version
     wanted = delta.parse_version(version, loc.display())
     if pinned is not None:
         if wanted is not None and wanted != pinned:
@@ -51,15 +54,14 @@ def open_table(dataset_url: str, version: str | int | None, storage_options: dic
     return OpenedTable(loc, None, [])
 
 
-def open_versioned_table(url: str, version: str | int | None, storage_options: dict[str, Any] | None) -> OpenedTable:
+def open_versioned_table(dataset: delta.VersionedLocation, version: str | int | None) -> OpenedTable:
     """:func:`open_table` for a table only (a dataset or predictions): AffectError for a bare Parquet URL."""
-    opened = open_table(url, version, storage_options)
+    opened = open_table(dataset, version)
     if opened.snapshot is None:
         raise AffectError(f"{opened.loc.display()}: not a table (no _delta_log/); expected a dataset or predictions")
     return opened
 
 
-def list_versions(dataset_url: str, *, storage_options: dict[str, Any] | None = None) -> list[str]:
+def list_versions(dataset_url: Dataset, *, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Readable versions of a dataset, oldest first (as strings: "0", "1", ...)."""
-    url, _ = delta.parse_versioned_url(dataset_url)
-    return [str(v) for v in delta.versions(storage.resolve(url, storage_options))]
+    return [str(v) for v in delta.versions(delta.resolve_versioned(dataset_url, storage_options).loc)]
