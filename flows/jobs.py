@@ -336,6 +336,22 @@ def storage_options_for(url: str | None, s3_endpoint: str | None) -> dict[str, A
     return None
 
 
+def located(url: str, s3_endpoint: str | None) -> Any:
+    """``url`` resolved once, with the job's S3 endpoint: the ``affect_core.storage.Location`` a ``run_*`` hands
+    the library (which resolves nothing it is handed again)."""
+    from affect_core.storage import resolve
+
+    return resolve(url, storage_options_for(url, s3_endpoint))
+
+
+def located_table(url: str, s3_endpoint: str | None) -> Any:
+    """A dataset or predictions ``URL[@VERSION]`` parsed and resolved once, with the job's S3 endpoint (an
+    ``affect_core.data.delta.VersionedLocation``)."""
+    from affect_core.data.delta import resolve_versioned
+
+    return resolve_versioned(url, storage_options_for(url, s3_endpoint))
+
+
 # ---------------------------------------------------------------------------------------------- running
 def run(job: Any) -> Any:
     """Run any job (its ``run_<job>`` function)."""
@@ -431,16 +447,13 @@ def run_train(job: TrainJob) -> dict[str, str]:
     """Train every seed, on Ray or in this process (:func:`flows.runner.placement`); returns the URLs of
     results.parquet, summary.md and the model bundle. A model of a dataset made from videos carries the dataset's
     video transform."""
-    from affect_core.data.delta import resolve_versioned
-    from affect_core.storage import resolve
-
     check_required(job)
-    dataset = resolve_versioned(job.dataset_url, storage_options_for(job.dataset_url, job.s3_endpoint))
+    dataset = located_table(job.dataset_url, job.s3_endpoint)
     outputs = _trained(job, dataset)
     if "model" in outputs:
         from affect_core.video.stored import attach_to_bundle
 
-        attach_to_bundle(dataset, resolve(outputs["model"], storage_options_for(outputs["model"], job.s3_endpoint)))
+        attach_to_bundle(dataset, located(outputs["model"], job.s3_endpoint))
     return outputs
 
 
@@ -484,9 +497,8 @@ def _trained(job: TrainJob, dataset: Any) -> dict[str, str]:
             raise AffectError("train: --workers > 1 trains data-parallel on Ray; add --ray (or set RAY_ADDRESS)")
         from affect_core.data.dataset import read_corpus
         from affect_core.experiment import train_run
-        from affect_core.storage import resolve
 
-        run = resolve(job.out, options)
+        run = located(job.out, job.s3_endpoint)
         corpus = read_corpus(dataset, feature_set=job.feature_set)
         return train_run(
             corpus,
@@ -516,18 +528,14 @@ def run_score(job: ScoreJob) -> Any:
 
     Each of the job's URLs is resolved once here; on Ray the driver gets the URLs instead (:mod:`tuning.score`)."""
     from affect_core.alias import read_alias
-    from affect_core.data.delta import resolve_versioned
-    from affect_core.storage import resolve
     from affect_core.video.score import is_video_root
 
     check_required(job)
     options = storage_options_for(job.out, job.s3_endpoint)
-    data_options = storage_options_for(job.data_url, job.s3_endpoint)
-    given = resolve(job.model_url, storage_options_for(job.model_url, job.s3_endpoint))
+    given = located(job.model_url, job.s3_endpoint)
     alias = read_alias(given)
-    model = resolve(alias.model, storage_options_for(alias.model, job.s3_endpoint)) if alias is not None else given
-    data = resolve_versioned(job.data_url, data_options)
-    out = resolve(job.out, options)
+    model = located(alias.model, job.s3_endpoint) if alias is not None else given
+    data, out = located_table(job.data_url, job.s3_endpoint), located(job.out, job.s3_endpoint)
 
     def video_root(parallel: bool) -> Any:
         from affect_core.video.score import score_video_root
@@ -538,7 +546,7 @@ def run_score(job: ScoreJob) -> Any:
             model,
             out,
             splits=job.split or None,
-            storage_options=data_options,
+            storage_options=storage_options_for(job.data_url, job.s3_endpoint),
             mapper=video_mapper(parallel),
             device=job.device,
             progress=job.progress,
@@ -602,45 +610,32 @@ def run_evaluate(job: EvaluateJob) -> dict[str, Any]:
     import json
 
     from affect_core.data.dataset import iter_videos
-    from affect_core.data.delta import resolve_versioned
     from affect_core.scoring import evaluate_predictions, read_predictions, scored_version
-    from affect_core.storage import resolve, write_bytes_atomic
+    from affect_core.storage import write_bytes_atomic
 
     check_required(job)
-    scored = resolve_versioned(job.predictions_url, storage_options_for(job.predictions_url, job.s3_endpoint))
-    dataset = resolve_versioned(job.dataset_url, storage_options_for(job.dataset_url, job.s3_endpoint))
+    scored = located_table(job.predictions_url, job.s3_endpoint)
+    dataset = located_table(job.dataset_url, job.s3_endpoint)
     predictions = read_predictions(scored)
     videos = iter_videos(dataset, video_ids=predictions.video_ids(), version=scored_version(predictions, dataset))
     result = evaluate_predictions(predictions, videos)
-    target = (
-        resolve(job.out, storage_options_for(job.out, job.s3_endpoint))
-        if job.out
-        else scored.loc.join("_evaluation.json")
-    )
+    target = located(job.out, job.s3_endpoint) if job.out else scored.loc.join("_evaluation.json")
     write_bytes_atomic(target.fs, target.path, json.dumps(result, indent=2).encode())
     return result
 
 
 def run_report(job: ReportJob) -> Any:
     """Write a run's report; returns the library's ReportResult. Each of the job's URLs is resolved once here."""
-    from affect_core.data.delta import resolve_versioned
     from affect_core.report import write_report
-    from affect_core.storage import resolve
 
     check_required(job)
-
-    def located(url: str | None, *, versioned: bool = False) -> Any:
-        if not url:
-            return None
-        options = storage_options_for(url, job.s3_endpoint)
-        return resolve_versioned(url, options) if versioned else resolve(url, options)
-
+    s3 = job.s3_endpoint
     return write_report(
-        located(job.run_url),
-        dataset_url=located(job.dataset, versioned=True),
-        predictions_url=located(job.predictions, versioned=True),
-        tuning_url=located(job.tuning),
-        out_url=located(job.out),
+        located(job.run_url, s3),
+        dataset_url=located_table(job.dataset, s3) if job.dataset else None,
+        predictions_url=located_table(job.predictions, s3) if job.predictions else None,
+        tuning_url=located(job.tuning, s3) if job.tuning else None,
+        out_url=located(job.out, s3) if job.out else None,
         video_ids=job.video or None,
         videos=job.videos,
     )
@@ -649,16 +644,12 @@ def run_report(job: ReportJob) -> Any:
 def run_promote(job: PromoteJob) -> Any:
     """Promote a model to an alias, or roll the alias back; returns ``affect_core.alias.AliasState``."""
     from affect_core.alias import promote, rollback
-    from affect_core.storage import resolve
 
     check_required(job)
     if job.rollback:
         if job.alias_url:
             raise AffectError("promote --rollback takes the alias only: affect promote --rollback ALIAS_URL")
-        return rollback(resolve(job.model_url, storage_options_for(job.model_url, job.s3_endpoint)))
+        return rollback(located(job.model_url, job.s3_endpoint))
     if not job.alias_url:
         raise AffectError("promote: give MODEL_URL and ALIAS_URL (or --rollback ALIAS_URL)")
-    return promote(
-        resolve(job.model_url, storage_options_for(job.model_url, job.s3_endpoint)),
-        resolve(job.alias_url, storage_options_for(job.alias_url, job.s3_endpoint)),
-    )
+    return promote(located(job.model_url, job.s3_endpoint), located(job.alias_url, job.s3_endpoint))
