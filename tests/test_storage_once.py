@@ -12,8 +12,13 @@ import pytest
 from test_scoring_table import bundle_for
 
 from affect_core import storage
+from affect_core.alias import promote
+from affect_core.config import RunConfig
 from affect_core.data import dataset as ds
 from affect_core.data import delta
+from affect_core.data.export import export_table
+from affect_core.experiment import train_run
+from affect_core.report import write_report
 from affect_core.scoring import score_dataset
 from affect_core.synth import SynthConfig, write_corpus
 
@@ -67,3 +72,29 @@ def test_one_score_resolves_each_url_once_and_parses_the_dataset_version_once(tm
     assert result.videos == 6 and result.frames > 0
     assert calls.resolved == Counter({data: 1, model: 1, out: 1}), calls.resolved
     assert calls.parsed == Counter({pinned: 1}), calls.parsed
+
+
+def test_export_and_promote_resolve_each_url_once(tmp_path, monkeypatch):
+    data = str(tmp_path / "ds")
+    ds.ingest(corpus(tmp_path / "src"), data, layout="csv", progress=False)
+    model, alias, dest = bundle_for(data, 0, tmp_path, "model"), str(tmp_path / "alias"), str(tmp_path / "out.csv")
+    calls = count_storage(monkeypatch)
+    export_table(f"{data}@0", dest)
+    promote(model, alias)
+    assert calls.resolved == Counter({data: 1, dest: 1, model: 1, alias: 1}), calls.resolved
+    assert calls.parsed == Counter({f"{data}@0": 1}), calls.parsed
+
+
+def test_training_and_its_report_resolve_the_run_once(tmp_path, monkeypatch):
+    data, run = str(tmp_path / "ds"), str(tmp_path / "run")
+    ds.ingest(corpus(tmp_path / "src"), data, layout="csv", progress=False)
+    config = RunConfig()
+    config.model.model, config.train.max_epochs = "lstm-kf", 1
+    videos = ds.read_corpus(data)
+    calls = count_storage(monkeypatch)
+    train_run(videos, run, config, dimension="arousal", seeds=1, progress=False)
+    assert calls.resolved == Counter({run: 1}), calls.resolved  # checkpoints, seed bundles, model: below the run
+    calls.resolved.clear()
+    write_report(run, dataset_url=data)
+    assert calls.resolved == Counter({run: 1, data: 1}), calls.resolved
+    assert calls.parsed == Counter({data: 1}), calls.parsed
