@@ -4,6 +4,7 @@ layer it passes through)."""
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from affect_core.config import RunConfig
 from affect_core.data import dataset as ds
 from affect_core.data import delta
 from affect_core.data.export import export_table
+from affect_core.data.source_videos import SourceRequest
 from affect_core.experiment import train_run
 from affect_core.report import write_report
 from affect_core.scoring import score_dataset
@@ -98,3 +100,14 @@ def test_training_and_its_report_resolve_the_run_once(tmp_path, monkeypatch):
     write_report(run, dataset_url=data)
     assert calls.resolved == Counter({run: 1, data: 1}), calls.resolved
     assert calls.parsed == Counter({data: 1}), calls.parsed
+
+
+def test_a_source_request_sent_to_a_ray_task_leaves_its_location_behind(tmp_path):
+    """Ray is the one boundary a Location does not cross: its filesystem could carry credentials into Ray's object
+    store; the task resolves the request's URL on its side."""
+    request = SourceRequest(str(tmp_path), "csv")
+    assert request.location.path == str(tmp_path) and request.where == str(tmp_path)
+    sent = pickle.dumps(request)
+    assert b"LocalFileSystem" not in sent and b"_location" not in sent
+    received = pickle.loads(sent)
+    assert received == request and received.location.path == str(tmp_path)

@@ -138,9 +138,23 @@ class SourceRequest:
     min_face_confidence: float = ReadOptions.min_face_confidence
 
     @property
+    def location(self) -> storage.Location:
+        """The source, resolved once in each process that holds this request. A request pickled for a Ray task
+        leaves its Location behind (:meth:`__getstate__`): the filesystem could carry credentials; the task resolves
+        ``root`` with the request's (shareable) options on its side, once."""
+        location = self.__dict__.get("_location")
+        if location is None:
+            location = storage.resolve(self.root, self.storage_options)
+            object.__setattr__(self, "_location", location)  # a cache beside the frozen fields, not a field
+        return location
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: value for name, value in self.__dict__.items() if name != "_location"}
+
+    @property
     def where(self) -> str:
         """The source's URL for messages (redacted)."""
-        return storage.resolve(self.root, self.storage_options).display()
+        return self.location.display()
 
     def stamp(self, item: SourceVideoFiles) -> str:
         """The stamp a dataset records for a video read by this request (:func:`options_stamp`)."""
@@ -149,7 +163,7 @@ class SourceRequest:
     def read(self, item: SourceVideoFiles) -> VideoRead:
         """Read and validate one video (:func:`read_source_video`)."""
         return read_source_video(
-            self.root,
+            self.location,
             self.layout,
             item,
             feature_set=self.feature_set,
@@ -184,7 +198,7 @@ def file_stamp(info: dict[str, Any]) -> str:
     return ""
 
 
-def splittable(root: str, layout: str, storage_options: dict[str, Any] | None = None) -> bool:
+def splittable(root: storage.Where, layout: str, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether a source can be read video by video: a layout with a file per video (not features.parquet; not the
     video layout, whose feature transform is fitted on the whole corpus; not a URL that cannot be resolved)."""
     if layout not in LAYOUT_READERS:
@@ -195,11 +209,14 @@ def splittable(root: str, layout: str, storage_options: dict[str, Any] | None = 
         return False
 
 
-def list_source_videos(root: str, layout: str, storage_options: dict[str, Any] | None = None) -> list[SourceVideoFiles]:
+def list_source_videos(
+    root: storage.Where, layout: str, storage_options: dict[str, Any] | None = None
+) -> list[SourceVideoFiles]:
     """Every video of the source with its files (one recursive listing; no file is read but the partition table),
-    sorted by split and natural id. Raises AffectError for a layout that cannot be split per video."""
+    sorted by split and natural id. Raises AffectError for a layout that cannot be split per video. ``root`` is
+    resolved here unless it is a Location already."""
     loc = storage.resolve(root, storage_options)
-    if not splittable(root, layout, storage_options):
+    if not splittable(loc, layout):
         raise AffectError(f"{loc.display()}: layout {layout!r} here holds all videos in one file; read it whole")
     files, folders = list_files(loc)
     partition = _partition(loc, layout)
@@ -256,7 +273,7 @@ def _partition(loc: storage.Location, layout: str) -> dict[str, str] | None:
 
 
 def read_source_video(
-    root: str,
+    root: storage.Where,
     layout: str,
     item: SourceVideoFiles,
     *,
@@ -265,7 +282,8 @@ def read_source_video(
     fps: float | None = None,
     min_face_confidence: float = ReadOptions.min_face_confidence,
 ) -> VideoRead:
-    """Read and validate one video of a source (its files only). Errors name the source's files."""
+    """Read and validate one video of a source (its files only; ``root`` resolved here unless it is a Location
+    already). Errors name the source's files."""
     loc = storage.resolve(root, storage_options)
     view = f"memory://affect-ingest-{uuid.uuid4().hex}"
     memory = storage.resolve(view)
@@ -280,7 +298,7 @@ def read_source_video(
             memory.fs.pipe_file(storage.join(memory.path, partition[0]), partition[1])
         try:
             corpus = read_source(
-                view, layout, feature_set=feature_set, fps=fps, min_face_confidence=min_face_confidence
+                memory, layout, feature_set=feature_set, fps=fps, min_face_confidence=min_face_confidence
             )
         except AffectError as exc:
             raise AffectError(str(exc).replace(memory.display(), loc.display())) from None

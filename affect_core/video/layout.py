@@ -401,8 +401,8 @@ def video_plan(request: sv.SourceRequest, options: LayoutOptions) -> SourcePlan:
     fitted when a video must be read (or a version lacks its transform file)."""
     if request.feature_set not in (None, FEATURE_SET):
         raise AffectError(f"feature set {request.feature_set!r}: the video layout has one feature set, {FEATURE_SET!r}")
-    jobs = video_jobs(request.root, request.storage_options)
-    loc = storage.resolve(request.root, request.storage_options)
+    loc = request.location
+    jobs = video_jobs(loc, request.storage_options)
     labels = label_files(loc, {j.video_id for j in jobs})  # before any video is decoded: bad names fail fast
     listed, _ = sv.list_files(loc)
     items = []
@@ -443,7 +443,7 @@ class VideoLayoutReader:
         self.mapper: Mapper = options.mapper or map
         self.device = options.device
         self.progress = options.progress
-        self.loc = storage.resolve(request.root, request.storage_options)
+        self.loc = request.location
         self.cache = VideoCache()
         self._hashes: dict[str, str] = {}
         self._transform: VideoTransform | None = None
