@@ -22,8 +22,8 @@ from affect_core.errors import AffectError
 
 
 def migrate(
-    source_url: str,
-    dataset_url: str | None = None,
+    source_url: storage.Where,
+    dataset_url: storage.Where | None = None,
     *,
     storage_options: dict[str, Any] | None = None,
     keep_old: bool = False,
@@ -31,7 +31,8 @@ def migrate(
     row_group_rows: int = delta.ROW_GROUP_ROWS,
 ) -> IngestResult:
     """Convert the latest version of a dataset in the earlier per-video layout into a table at ``dataset_url``
-    (default: in place, after which the earlier layout's files are deleted unless ``keep_old``)."""
+    (default: in place, after which the earlier layout's files are deleted unless ``keep_old``). Each URL is
+    resolved here, once, with ``storage_options`` (a Location given instead was resolved before)."""
     started = time.perf_counter()
     source = storage.resolve(source_url, storage_options)
     if not legacy.is_legacy(source):
@@ -75,9 +76,8 @@ def migrate(
         check_destination(target)
     written = write_videos(
         [],
-        target.url,
+        target,
         metadata=metadata,
-        storage_options=storage_options,
         video_hashes=hashes,
         splits=splits,
         load=load,

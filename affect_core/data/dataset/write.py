@@ -130,7 +130,7 @@ def check_destination(loc: storage.Location) -> None:
 
 def write_videos(
     videos: Iterable[Video] | Sequence[Video] | None,
-    dataset_url: str,
+    dataset_url: storage.Where,
     *,
     metadata: dict[str, str],
     storage_options: dict[str, Any] | None = None,
@@ -150,7 +150,8 @@ def write_videos(
     ({video id: hash}) lets a caller that knows a video is unchanged skip reading it: ``load(video_id)`` is then
     called only for videos that must be written, and ``videos`` may be the ids' Video objects or None.
     ``attachments`` gives the files stored with the version from its content hash: written before the commit (and,
-    where missing, when the dataset is unchanged), removed again when the commit fails."""
+    where missing, when the dataset is unchanged), removed again when the commit fails. ``dataset_url`` is resolved
+    here with ``storage_options`` unless it is a Location already."""
     loc = storage.resolve(dataset_url, storage_options)
     if check:
         check_destination(loc)
@@ -287,7 +288,7 @@ def _copy_entry(entry: delta.VideoEntry) -> delta.VideoEntry:
 
 def write_dataset(
     corpus: Corpus,
-    dataset_url: str,
+    dataset_url: storage.Where,
     *,
     storage_options: dict[str, Any] | None = None,
     layout: str = "",
