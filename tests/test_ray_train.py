@@ -244,6 +244,7 @@ def test_two_data_parallel_workers_train_the_model_of_one(tmp_path):
         returncode, output, seen = run_watching_sockets(command, env)
         assert returncode == 0, output[-3000:]
         assert_embedded_ray_on_loopback_only(seen)
+        assert "PlacementGroupCleaner" not in output and "Failed to query" not in output, output[-3000:]
         runs[workers] = _results(out, None)
     one, two = runs[1], runs[2]
     assert one[["seed", "split", "epochs"]].equals(two[["seed", "split", "epochs"]])
@@ -273,3 +274,29 @@ def test_a_request_no_node_can_hold_fails_after_its_timeout(ray_cluster, tmp_pat
     asked = args[-1] + (" CPU" if "cpus" in args[-2] else " GPU")
     assert asked in errors[0] and "the largest node has" in errors[0] and "within 1 s" in errors[0]
     assert not (tmp_path / "run" / "results.parquet").exists() and not (tmp_path / "run" / "p").exists()
+
+
+def test_trainers_on_the_in_process_ray_run_without_the_placement_group_cleaner():
+    """Ray Train's placement-group cleaner asks Ray's state API (served by the dashboard) every few seconds whether
+    the run's controller lives; on the Ray a command starts in its own process there is no dashboard, so each query
+    failed with a warning in the command's output. The drivers turn the cleaner off there, and only there."""
+    import ray.train
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from tuning import cluster
+    from tuning.trainer import TrainerSettings
+
+    def loop(config):
+        pass
+
+    def has_cleaner(trainer) -> bool:
+        return any(isinstance(c, PlacementGroupCleanerCallback) for c in trainer._create_default_callbacks())
+
+    run = {"scaling_config": ray.train.ScalingConfig(num_workers=1), "run_config": ray.train.RunConfig(name="r")}
+    assert has_cleaner(cluster.one_worker_trainer(loop, **run))
+    assert not has_cleaner(cluster.one_worker_trainer(loop, watch_controller=False, **run))
+    for in_process in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cluster, "_STARTED_IN_PROCESS", in_process)
+            settings = TrainerSettings(resources_per_worker={"CPU": 1.0}, storage_path="/tmp/unused")
+        assert settings.watch_controller is not in_process

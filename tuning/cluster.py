@@ -45,6 +45,7 @@ _OPTION_ENV = {**_SECRET_OPTION_ENV, "endpoint_url": "AFFECT_S3_ENDPOINT"}
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 LOOPBACK = "127.0.0.1"
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_STARTED_IN_PROCESS = False  # set by ensure_ray when it starts Ray in this process
 
 if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault(LOCAL_ONLY_ENV, "0")
@@ -140,6 +141,7 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
     If Ray is already initialised, it is used as it is. Keys in ``storage_options`` with ``RAY_ADDRESS`` set are
     refused (AffectError): a cluster's workers take them from their nodes' environment.
     """
+    global _STARTED_IN_PROCESS
     import ray
 
     _keep_keys_out_of_tune()
@@ -158,6 +160,7 @@ def ensure_ray(*, num_cpus: int | None = None, storage_options: Mapping[str, Any
         join_cluster(address)
     else:
         _local_only()
+        _STARTED_IN_PROCESS = True
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
@@ -338,13 +341,38 @@ def _resources_text(resources: Mapping[str, float]) -> str:
     return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
 
 
-def one_worker_trainer(train_loop: Any, **kwargs: Any) -> Any:
+def one_worker_trainer(train_loop: Any, *, watch_controller: bool = True, **kwargs: Any) -> Any:
     """A Ray Train run of one worker (one seed, one trial) with no torch process group: a ``TorchTrainer`` would
     start a process group of one whose TCP store listens on every interface of the node. ``kwargs`` are
-    ``train_loop_config``, ``scaling_config`` and ``run_config`` as for any Ray Train V2 trainer."""
+    ``train_loop_config``, ``scaling_config`` and ``run_config`` as for any Ray Train V2 trainer.
+
+    watch_controller: whether Ray Train's placement-group cleaner watches the run's controller (it removes the run's
+    placement group should the controller die). It asks Ray's state API, which the dashboard serves: on the Ray this
+    process starts (no dashboard) every query fails and prints a warning, and there a dead controller means a dead
+    driver and Ray with it, so the drivers turn it off there (:func:`in_process_ray`)."""
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    return DataParallelTrainer(train_loop, **kwargs)
+    if watch_controller:
+        return DataParallelTrainer(train_loop, **kwargs)
+    return _unwatched_trainer(DataParallelTrainer)(train_loop, **kwargs)
+
+
+def _unwatched_trainer(base: type) -> type:
+    """``base`` without Ray Train's placement-group cleaner among its default callbacks (Ray pinned to 2.60.x)."""
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class UnwatchedTrainer(base):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return UnwatchedTrainer
+
+
+def in_process_ray() -> bool:
+    """Whether the Ray this process drives is the one :func:`ensure_ray` started in it (no dashboard, no job
+    server), rather than a cluster joined by address."""
+    return _STARTED_IN_PROCESS
 
 
 def cluster_info() -> ClusterInfo:
@@ -364,10 +392,12 @@ def cluster_info() -> ClusterInfo:
 
 def shutdown_ray() -> None:
     """Disconnect from Ray: an in-process Ray stops; a cluster joined by address is left running."""
+    global _STARTED_IN_PROCESS
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    _STARTED_IN_PROCESS = False
 
 
 def current_node() -> str:

@@ -12,10 +12,10 @@ the device Ray Train assigned it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tuning.cluster import one_worker_trainer
+from tuning.cluster import in_process_ray, one_worker_trainer
 
 
 def worker_resources(cpus: float, gpus: float) -> dict[str, float]:
@@ -33,13 +33,16 @@ class TrainerSettings:
 
     resources_per_worker: :func:`worker_resources`. storage_path / storage_filesystem: where Ray keeps the runs'
     state (:func:`tuning.cluster.ray_storage`). max_failures: restarts of a failed worker. workers: Train workers per
-    run (data-parallel when more than one)."""
+    run (data-parallel when more than one). watch_controller: Ray Train's placement-group cleaner on (off on the Ray
+    the driver started in its own process: see :func:`tuning.cluster.one_worker_trainer`); decided where the driver
+    builds the settings."""
 
     resources_per_worker: dict[str, float]
     storage_path: str
     storage_filesystem: Any = None
     max_failures: int = 0
     workers: int = 1
+    watch_controller: bool = field(default_factory=lambda: not in_process_ray())
 
     @property
     def use_gpu(self) -> bool:
@@ -62,6 +65,7 @@ def worker_run(
 
     return one_worker_trainer(
         train_loop,
+        watch_controller=settings.watch_controller,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.workers,
