@@ -179,21 +179,10 @@ def gpus_to_ask(value: float | str, *, cluster_gpus: float) -> float:
     wanted = parse_gpus(value)
     if isinstance(wanted, float):
         return wanted
+    from tuning.cluster import autoscaler_gpus
+
     fraction = float(wanted.partition(":")[2])
     if cluster_gpus > 0 or autoscaler_gpus() > 0:
         return fraction
     logger.info("no GPU node here and none the autoscaler can add: %s asks for no GPU", value)
     return 0.0
-
-
-def autoscaler_gpus() -> float:
-    """The most GPUs the autoscaler of the connected cluster can add (its node types, as the autoscaler publishes
-    them to the GCS: KubeRay's worker groups, a cluster launcher's node types); 0 when it publishes none."""
-    try:
-        from ray._private.state import state
-
-        most = state.get_max_resources_from_cluster_config() or {}
-    except Exception as exc:  # noqa: BLE001 - no autoscaler, or an older GCS without the config: none to add
-        logger.debug("autoscaler node types not readable: %s", type(exc).__name__)
-        return 0.0
-    return float(most.get("GPU", 0) or 0)

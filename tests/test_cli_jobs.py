@@ -16,6 +16,7 @@ from affect_cli.job_options import job_command
 from affect_cli.main import app
 from affect_core.errors import AffectError
 from flows import jobs, runner
+from tuning import cluster as tuning_cluster
 
 COMMANDS = {
     "ingest": jobs.IngestJob,
@@ -140,12 +141,12 @@ def test_ingest_through_a_job_server_runs_as_a_ray_job(monkeypatch: pytest.Monke
 
 def test_gpu_asks_follow_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """A number is asked for as given (KubeRay's GPU asks stay); auto:FRACTION only where GPUs are or can be added."""
-    monkeypatch.setattr(runner, "autoscaler_gpus", lambda: 0.0)
+    monkeypatch.setattr(tuning_cluster, "autoscaler_gpus", lambda: 0.0)
     assert runner.gpus_to_ask(0.5, cluster_gpus=0) == 0.5
     assert runner.gpus_to_ask("auto:0.5", cluster_gpus=0) == 0.0
     assert runner.gpus_to_ask("auto:0.5", cluster_gpus=2) == 0.5
     assert runner.gpus_to_ask("auto", cluster_gpus=1) == 1.0
-    monkeypatch.setattr(runner, "autoscaler_gpus", lambda: 8.0)  # none now; the autoscaler can add GPU nodes
+    monkeypatch.setattr(tuning_cluster, "autoscaler_gpus", lambda: 8.0)  # none now; the autoscaler can add GPU nodes
     assert runner.gpus_to_ask("auto:0.25", cluster_gpus=0) == 0.25
     for bad in ("-1", "auto:0", "lots"):
         with pytest.raises(AffectError, match="GPU ask"):

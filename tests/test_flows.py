@@ -312,6 +312,7 @@ def test_the_shipped_deployments_run_on_a_cluster_without_gpus(monkeypatch: pyte
     stays a GPU share where the cluster has GPUs; Prefect takes the asks into the jobs as they are written."""
     from flows import runner
     from flows.deployments import flow_objects, load_schedules
+    from tuning import cluster as tuning_cluster
 
     def gpu_asks(value: Any) -> list[Any]:
         if isinstance(value, dict):
@@ -320,7 +321,7 @@ def test_the_shipped_deployments_run_on_a_cluster_without_gpus(monkeypatch: pyte
             ]
         return []
 
-    monkeypatch.setattr(runner, "autoscaler_gpus", lambda: 0.0)
+    monkeypatch.setattr(tuning_cluster, "autoscaler_gpus", lambda: 0.0)
     specs = load_schedules(REPO / "schedules.yaml")
     declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     asks = [a for s in specs for a in gpu_asks(s.parameters)] + [a for d in declared for a in gpu_asks(d["parameters"])]

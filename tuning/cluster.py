@@ -369,6 +369,19 @@ def _unwatched_trainer(base: type) -> type:
     return UnwatchedTrainer
 
 
+def autoscaler_gpus() -> float:
+    """The most GPUs the autoscaler of the connected cluster can add (its node types, as the autoscaler publishes
+    them to the GCS: KubeRay's worker groups, a cluster launcher's node types); 0 when it publishes none."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception as exc:  # noqa: BLE001 - no autoscaler, or an older GCS without the config: none to add
+        logger.debug("autoscaler node types not readable: %s", type(exc).__name__)
+        return 0.0
+    return float(most.get("GPU", 0) or 0)
+
+
 def in_process_ray() -> bool:
     """Whether the Ray this process drives is the one :func:`ensure_ray` started in it (no dashboard, no job
     server), rather than a cluster joined by address."""
