@@ -57,7 +57,10 @@ def _parameters(kind: type, prefix: str = "", *, top: bool = True) -> list[inspe
 
 
 def build_job(kind: type, values: dict[str, Any], prefix: str = "", *, top: bool = True) -> Any:
-    """The job of ``kind`` from the command's keyword arguments (as :func:`job_command` names them)."""
+    """The job of ``kind`` from the command's keyword arguments (as :func:`job_command` names them). A relative local
+    path in a URL field is made absolute against the shell's working directory (the job's work may run elsewhere)."""
+    from affect_core.storage import absolute_local
+
     kwargs = {}
     for field, hint in job_fields(kind):
         if is_job(hint):
@@ -65,7 +68,8 @@ def build_job(kind: type, values: dict[str, Any], prefix: str = "", *, top: bool
             continue
         name = (prefix + field.name).replace("-", "_")
         if name in values and (top or field.name not in PIPELINE_WIRING):
-            kwargs[field.name] = values[name]
+            value = values[name]
+            kwargs[field.name] = absolute_local(value) if field.metadata.get("url") and value else value
     return kind(**kwargs)
 
 

@@ -101,6 +101,17 @@ class Location:
         return arrow_filesystem(self.fs)
 
 
+def absolute_local(url: str) -> str:
+    """``url`` with a relative local path made absolute against this process's working directory; any URL with a
+    scheme (s3://, memory://, file://) is returned as it is. A job's work may run in other processes whose working
+    directory is not the user's (Ray's workers run in their trial's folder, a Ray job's driver on the head), so the
+    command line hands them absolute paths."""
+    text = str(url)
+    if not text or "://" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def join(base: str, *parts: str) -> str:
     """Join '/'-separated path parts onto a path or URL without doubling or dropping separators."""
     out = str(base)

@@ -32,7 +32,8 @@ def option(default: Any = None, help: str = "", **cli: Any) -> Any:
     """A job field with its help text. cli: ``argument`` (positional on the command line), ``flag`` (the option's
     spelling, e.g. "--model" or "--ray/--no-ray"), ``min``, ``required`` (the command line must give it; the
     dataclass default "" lets a pipeline fill it in), ``parse`` (turns the command line's text into the value),
-    ``ray_switch`` (the field that puts the job on Ray: :func:`flows.runner.placement`)."""
+    ``ray_switch`` (the field that puts the job on Ray: :func:`flows.runner.placement`), ``url`` (the field names a
+    storage location: a relative local path given on the command line is made absolute)."""
     metadata = {"help": help, **cli}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -41,7 +42,7 @@ def option(default: Any = None, help: str = "", **cli: Any) -> Any:
 
 def required(help: str, **cli: Any) -> Any:
     """A URL every run of the job needs (checked by :func:`run`)."""
-    return option("", help, required=True, **cli)
+    return option("", help, required=True, url=True, **cli)
 
 
 def sub_job(kind: type, prefix: str, help: str = "") -> Any:
@@ -93,7 +94,7 @@ class TuneJob:
     model: str | None = option(
         None, "Search only this model: baseline | lstm-kf | lstm-ekf (default: lstm-kf and lstm-ekf)."
     )
-    config: str | None = option(None, "YAML/JSON base config; the search varies its values.")
+    config: str | None = option(None, "YAML/JSON base config; the search varies its values.", url=True)
     feature_set: str | None = option(None, "Feature set name(s), comma-joined for fusion.")
     grace_period: int = option(1, "ASHA: epochs before a trial may be stopped.", min=1)
     seed: int = option(0, "Seed of the Optuna sampler.")
@@ -123,7 +124,7 @@ class TrainJob:
     seeds: int = option(1, "Number of seeds (0..N-1) per model.", min=1)
     epochs: int | None = option(None, "Maximum epochs (early stopping on dev CCC).", min=1)
     feature_set: str | None = option(None, "Feature set name(s), comma-joined for fusion.")
-    config: str | None = option(None, "YAML/JSON run config (e.g. the best config of `affect tune`).")
+    config: str | None = option(None, "YAML/JSON run config (e.g. the best config of `affect tune`).", url=True)
     window_frames: int | None = option(None, "Truncated BPTT windows of this many frames (0 = whole sequences).")
     resume: bool = option(False, "Continue an interrupted run from its checkpoints.")
     ray: bool | None = option(
@@ -204,7 +205,7 @@ class EvaluateJob:
 
     predictions_url: str = required("Predictions URL written by `affect score`.", argument=True)
     dataset_url: str = required("Dataset with the gold-standard labels.", argument=True)
-    out: str | None = option(None, "Where to write the metrics JSON (default PRED_URL/_evaluation.json).")
+    out: str | None = option(None, "Where to write the metrics JSON (default PRED_URL/_evaluation.json).", url=True)
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
 
 
@@ -213,12 +214,14 @@ class ReportJob:
     """Write summary.md and PNG plots (dev curves with uncertainty, learned lag, ablation, tuning) of a run."""
 
     run_url: str = required("Training run (results.parquet, model/) written by train/pipeline.", argument=True)
-    dataset: str | None = option(None, "Dataset with the gold standard, for the dev-video curves.")
+    dataset: str | None = option(None, "Dataset with the gold standard, for the dev-video curves.", url=True)
     predictions: str | None = option(
-        None, "Predictions URL (default RUN_URL/predictions if it exists, else the run's model predicts the videos)."
+        None,
+        "Predictions URL (default RUN_URL/predictions if it exists, else the run's model predicts the videos).",
+        url=True,
     )
-    tuning: str | None = option(None, "Tuning run with trials.parquet (default RUN_URL/tuning).")
-    out: str | None = option(None, "Where to write (default RUN_URL/report).")
+    tuning: str | None = option(None, "Tuning run with trials.parquet (default RUN_URL/tuning).", url=True)
+    out: str | None = option(None, "Where to write (default RUN_URL/report).", url=True)
     video: list[str] | None = option(None, "Dev video id to plot (repeatable; default the first ones).")
     videos: int = option(2, "How many dev videos to plot when --video is not given.", min=0)
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
@@ -232,7 +235,7 @@ class PromoteJob:
 
     model_url: str = required("Model bundle to promote (RUN_URL/model); with --rollback, the alias.", argument=True)
     alias_url: str | None = option(
-        None, "The alias (a URL of its own, e.g. s3://bucket/models/current).", argument=True
+        None, "The alias (a URL of its own, e.g. s3://bucket/models/current).", argument=True, url=True
     )
     rollback: bool = option(False, "Name the model promoted before the current one instead.")
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
@@ -253,7 +256,7 @@ class PipelineJob:
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show progress bars.")
     report_videos: int = option(2, "Dev videos to plot in the report.", min=0)
-    promote_to: str | None = option(None, "Model alias to point at the run's model when the run is done.")
+    promote_to: str | None = option(None, "Model alias to point at the run's model when the run is done.", url=True)
     ingest: IngestJob = sub_job(IngestJob, "", "The ingest step (--layout, --fps).")
     tune: TuneJob = sub_job(TuneJob, "tune-", "The search (--tune-num-samples 0: no search).")
     train: TrainJob = sub_job(TrainJob, "", "The training over seeds (--seeds, --epochs, --model, ...).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_options_given_on_the_command_line_arrive_in_the_job() -> None:
     result = CliRunner().invoke(probe, argv)
     assert result.exit_code == 0, result.output
     (job,) = received
-    assert (job.source, job.dataset_url, job.out) == ("src", "data", "runs/x")
+    assert (job.source, job.dataset_url, job.out) == tuple(os.path.abspath(p) for p in ("src", "data", "runs/x"))
     assert (job.train.seeds_per_worker, job.train.cpus_per_seed, job.train.ray) == (3, 0.5, False)
     assert (job.tune.grace_period, job.tune.num_samples) == (2, 0)
     assert (job.score.actors, job.score.split) == (4, ["dev", "test"])
@@ -151,3 +152,23 @@ def test_gpu_asks_follow_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("-1", "auto:0", "lots"):
         with pytest.raises(AffectError, match="GPU ask"):
             runner.parse_gpus(bad)
+
+
+def test_relative_local_paths_on_the_command_line_become_absolute(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`affect train ds --out run --ray`: Ray's workers run in their trial's folder and a Ray job's driver on the
+    head, so a relative path reaching them named nothing ("ds: no dataset versions"). The command line hands every
+    URL field on as an absolute path; URLs with a scheme and non-URL options are left as they are."""
+    from affect_cli.job_options import build_job
+
+    monkeypatch.chdir(tmp_path)
+    train = build_job(jobs.TrainJob, {"dataset_url": "ds", "out": "runs/one", "config": "best.yaml", "model": "x"})
+    assert (train.dataset_url, train.out, train.config) == (
+        str(tmp_path / "ds"),
+        str(tmp_path / "runs" / "one"),
+        str(tmp_path / "best.yaml"),
+    )
+    assert train.model == "x"
+    score = build_job(jobs.ScoreJob, {"data_url": "s3://b/ds@3", "model_url": "memory://m", "out": "/abs/p"})
+    assert (score.data_url, score.model_url, score.out) == ("s3://b/ds@3", "memory://m", "/abs/p")
+    pipeline = build_job(jobs.PipelineJob, {"source": "corpus", "dataset_url": "ds", "out": "run", "promote_to": "c"})
+    assert pipeline.source == str(tmp_path / "corpus") and pipeline.promote_to == str(tmp_path / "c")
