@@ -19,7 +19,7 @@ from affect_core import storage
 from affect_core.data import dataset as ds
 from affect_core.data import delta
 from affect_core.data import source_videos as sv
-from affect_core.data.dataset import by_video, ingestion
+from affect_core.data.dataset import by_video, ingestion, single_file
 from affect_core.data.readers import read_source
 
 LAYOUTS = ("avec2016", "csv", "openface", "muse")
@@ -202,3 +202,128 @@ def test_the_stamp_cache_on_s3(s3_server, s3_url, tmp_path, monkeypatch):
     again = ds.ingest(str(root), s3_url, layout="csv", storage_options=options, progress=False)
     assert not probe.reads and again.unchanged and again.content_hash == first.content_hash
     assert ds.list_versions(s3_url, storage_options=options) == ["0"]
+
+
+# ------------------------------------------------------------------------------------- a source in one table file
+def streamed_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if ingest falls back to reading the source whole."""
+    monkeypatch.setattr(ingestion, "read_source", lambda *a, **k: pytest.fail("the source was read whole"))
+
+
+def test_a_single_file_source_yields_videos_before_the_whole_file_is_read(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src", "parquet", videos_per_split=3)  # 9 videos x 80 rows in features.parquet
+    monkeypatch.setattr(single_file, "CHUNK_ROWS", 50)
+    converted: list[int] = []
+    real = single_file.arrow_file_table
+
+    def counted(table, *args, **kwargs):
+        converted.append(table.num_rows)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(single_file, "arrow_file_table", counted)
+    plan = single_file.table_file_plan(sv.SourceRequest(str(root), "parquet"))
+    assert not converted, "planning reads nothing but the partition table"
+    summaries = plan.reader.read(plan.videos)
+    first = next(summaries)
+    assert first.video_id == "train_1" and first.frames == 80
+    assert sum(converted) <= 2 * 2 * 50, "the first video came after at most two chunks of each file"
+    rest = list(summaries)
+    assert sorted(s.video_id for s in [first, *rest]) == sorted(item.video_id for item in plan.videos)
+    labelled_rows = 6 * 80  # train and dev
+    assert sum(converted) == 9 * 80 + labelled_rows and max(converted) == 50  # every row once, 50 at a time
+
+
+def test_a_single_file_source_is_streamed_to_what_the_whole_read_gives(tmp_path, monkeypatch):
+    root = make_source(tmp_path / "src", "parquet", videos_per_split=3)
+    monkeypatch.setattr(single_file, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(single_file, "MEMORY_CACHE_BYTES", 1)  # every video waits for the write on disk
+    with monkeypatch.context() as patch:
+        streamed_only(patch)
+        streamed = ds.ingest(str(root), str(tmp_path / "streamed"), layout="parquet", progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(ingestion, "single_table", lambda *args, **kwargs: False)
+        whole = ds.ingest(str(root), str(tmp_path / "whole"), layout="parquet", progress=False)
+    fields = ("version", "content_hash", "unchanged", "rows", "videos", "videos_written", "files_written", "notes")
+    assert [getattr(streamed, f) for f in fields] == [getattr(whole, f) for f in fields]
+    assert whole.source_bytes - streamed.source_bytes == (root / "partition.parquet").stat().st_size
+    assert ds.dataset_info(streamed.dataset_url).metadata == ds.dataset_info(whole.dataset_url).metadata
+    assert_same_corpus(ds.read_corpus(streamed.dataset_url), ds.read_corpus(whole.dataset_url))
+
+    # Unchanged files: nothing is read; a changed file: every video is read, only the changed one written.
+    monkeypatch.setattr(single_file, "arrow_file_table", lambda *a, **k: pytest.fail("the file was read"))
+    again = ds.ingest(str(root), streamed.dataset_url, layout="parquet", progress=False)
+    assert again.unchanged and again.source_bytes == 0
+    monkeypatch.undo()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "labels.parquet")
+    valence = table.column("valence").to_pylist()
+    valence[3] = 0.5 if valence[3] != 0.5 else 0.25  # a label of the first video
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("valence"), "valence", [valence]), root / "labels.parquet"
+    )
+    with monkeypatch.context() as patch:
+        streamed_only(patch)
+        changed = ds.ingest(str(root), streamed.dataset_url, layout="parquet", progress=False)
+    assert not changed.unchanged and changed.version == "1"
+    assert changed.videos_written == 3, "the train split's file: the changed video and the others it held"
+    assert_same_corpus(ds.read_corpus(streamed.dataset_url), read_source(str(root), "parquet"))
+
+
+@pytest.mark.parametrize("reorder", ["features", "labels"])
+def test_rows_the_stream_cannot_take_are_read_whole(tmp_path, monkeypatch, reorder):
+    """A video's rows split in two places of features.parquet, or labels.parquet in another video order: the
+    streamed read gives up and the whole read (which takes rows in any order) ingests the same videos."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = make_source(tmp_path / "src", "parquet")
+    name = f"{reorder}.parquet"
+    table = pq.read_table(root / name)
+    if reorder == "features":  # the first video's last rows moved to the end of the file
+        table = pa.concat_tables([table.slice(0, 60), table.slice(80), table.slice(60, 20)])
+    else:  # the labelled videos in reverse order
+        ids = table.column("video_id").to_pylist()
+        order = sorted(range(len(ids)), key=lambda row: (-sorted(set(ids)).index(ids[row]), row))
+        table = table.take(order)
+    pq.write_table(table, root / name)
+    whole_reads = Counter()
+    real = ingestion.read_source
+
+    def counted(*args, **kwargs):
+        whole_reads["whole"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingestion, "read_source", counted)
+    result = ds.ingest(str(root), str(tmp_path / "ds"), layout="parquet", progress=False)
+    assert whole_reads["whole"] == 1 and result.videos == 6
+    assert_same_corpus(ds.read_corpus(result.dataset_url), read_source(str(root), "parquet"))
+
+
+def test_the_spill_gives_back_each_video_exactly(tmp_path):
+    import numpy as np
+
+    from affect_core.data.records import Video
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(7, 3)).astype(np.float32)
+    features[2] = np.nan
+    videos = [
+        Video("train_1", "train", features, np.arange(7) / 25.0, 25.0, arousal=rng.normal(size=7).astype(np.float32)),
+        Video("dev_1", "dev", features[:4], np.arange(4) / 25.0, 25.0, ratings={"arousal/r1": np.ones(4, np.float32)}),
+        Video("test_1", "test", features[:1], np.zeros(1), 25.0),
+    ]
+    cache = single_file.SpillingCache(1)
+    for video in videos:
+        cache.keep(video)
+    for video in reversed(videos):
+        back = cache.take(video.video_id)
+        assert back is not None and back is not video
+        assert ds.video_hash(back) == ds.video_hash(video)  # ids, split, times, features, labels, ratings
+        assert (back.fps, back.arousal is None, back.ratings is None) == (
+            video.fps,
+            video.arousal is None,
+            video.ratings is None,
+        )
+    assert cache.take("train_1") is None
+    cache.close()

@@ -62,8 +62,9 @@ def test_a_fingerprint_changes_with_a_file_and_nothing_else(tmp_path):
 
 
 def test_a_single_file_layout_cannot_be_split(tmp_path):
-    """The parquet layout keeps every video in one features.parquet: it must be read whole, never listed per video
-    (while the same corpus in the per-file csv layout is)."""
+    """The parquet layout keeps every video in one features.parquet: it is never listed per file (so Ray tasks,
+    which read a video's files each, cannot take it; single-process ingest streams the file in chunks instead:
+    tests/test_ingest_streaming.py), while the same corpus in the per-file csv layout is."""
     single_file = make_source(tmp_path / "parquet", "parquet")
     assert (single_file / "features.parquet").is_file()
     assert not sv.splittable(str(single_file), "parquet")

@@ -93,10 +93,7 @@ def read_source(
     ``feature_sets`` (JSON list of {name, start, stop, names[, set, dimension]}), ``layout``, ``source``,
     ``source_bytes`` and what the layout adds (``pooled``, ``source_format``, ``ratings``, ``notes``). Raises
     AffectError on any bad input."""
-    if layout not in LAYOUT_READERS and layout not in PROVIDERS:
-        raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
-    if not (math.isfinite(min_face_confidence) and 0.0 <= min_face_confidence <= 1.0):
-        raise AffectError(f"min_face_confidence={min_face_confidence:g}: expected a number in [0, 1]")
+    check_read_options(layout, min_face_confidence)
     reader = provided(layout)
     if reader is not None:
         return reader.read_corpus(root, storage_options=storage_options)
@@ -110,6 +107,14 @@ def read_source(
     corpus = assemble_corpus(read, source=loc.display(), layout=layout, fps=fps)
     corpus.metadata["source_bytes"] = str(files.bytes_read)
     return corpus
+
+
+def check_read_options(layout: str, min_face_confidence: float) -> None:
+    """AffectError for an unknown layout or a face threshold outside [0, 1]."""
+    if layout not in LAYOUT_READERS and layout not in PROVIDERS:
+        raise AffectError(f"layout {layout!r}: unknown input layout; expected one of {', '.join(LAYOUTS)}")
+    if not (math.isfinite(min_face_confidence) and 0.0 <= min_face_confidence <= 1.0):
+        raise AffectError(f"min_face_confidence={min_face_confidence:g}: expected a number in [0, 1]")
 
 
 def set_ranges(corpus: Corpus) -> list[dict[str, Any]]:

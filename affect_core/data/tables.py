@@ -165,6 +165,12 @@ def read_parquet_table(handle: io.IOBase | bytes, where: str, *, string_columns:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _fail(where, f"unparseable Parquet file ({str(exc).splitlines()[0][:200]})") from None
+    return arrow_file_table(table, where, string_columns=string_columns)
+
+
+def arrow_file_table(table: pa.Table, where: str, *, string_columns: tuple[str, ...] = ()) -> FileTable:
+    """An Arrow table read from a Parquet file (or rows of one) as a FileTable: numeric columns but
+    ``string_columns``; rows are named 1-based."""
     if table.num_rows == 0:
         raise _fail(where, "no rows; expected one row per frame")
     names = list(table.column_names)

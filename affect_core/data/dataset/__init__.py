@@ -4,6 +4,7 @@
 ``hashing``   content hashes of a video, a dataset's header and a whole dataset
 ``write``     the one writer of a new version (only what changed; attachments before the commit)
 ``by_video``  ingest video by video: the source plan, its readers, the comparison with the latest version
+``single_file`` a source holding every video in one table file, read in chunks of rows
 ``ingestion`` ``ingest``, the one entrance for every input layout
 ``result``    ``IngestResult``, what an ingest did
 ``migration`` the earlier per-video layout converted into a table

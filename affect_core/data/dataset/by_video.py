@@ -64,7 +64,8 @@ class VideoReader(Protocol):
 
 class VideoCache:
     """The videos read most recently, up to ``cache_bytes`` (default :data:`READ_CACHE_BYTES`): what a reader hands
-    over to be written without reading them again."""
+    over to be written without reading them again. A video let go of (to make room, or too large to hold) goes to
+    :meth:`drop`: here nowhere (it is read again)."""
 
     def __init__(self, cache_bytes: int | None = None) -> None:
         self.cache_bytes = READ_CACHE_BYTES if cache_bytes is None else cache_bytes
@@ -74,12 +75,17 @@ class VideoCache:
     def keep(self, video: Video) -> None:
         size = _video_bytes(video)
         if size > self.cache_bytes:
+            self.drop(video)
             return
         while self._held and self._bytes + size > self.cache_bytes:
-            _, dropped = self._held.pop(next(iter(self._held)))
-            self._bytes -= dropped
+            dropped, dropped_size = self._held.pop(next(iter(self._held)))
+            self._bytes -= dropped_size
+            self.drop(dropped)
         self._held[video.video_id] = (video, size)
         self._bytes += size
+
+    def drop(self, video: Video) -> None:
+        """A video let go of."""
 
     def take(self, video_id: str) -> Video | None:
         """The video, let go of here; None when it is not held."""

@@ -1,15 +1,17 @@
 """``affect ingest``: :func:`ingest`, the one entrance for every input layout, and what it falls back to when a
 source must be read whole.
 
-Every layout goes through it. A layout with a file per video is read video by video in this process
-(:class:`~affect_core.data.dataset.by_video.VideoIngest` with an
-:class:`~affect_core.data.dataset.by_video.InProcessReader`); a layout provided above data (the video layout) brings
-its own plan (:mod:`affect_core.data.layouts.provided`: its reader and the files stored with the version, inside the
-same commit); a source holding every video in one file, or one whose videos disagree or hold bad input, is read whole
-(:func:`affect_core.data.readers.read_source`), which names the problem."""
+Every layout goes through it, and every one is read one video at a time
+(:class:`~affect_core.data.dataset.by_video.VideoIngest`): a layout with a file per video with an
+:class:`~affect_core.data.dataset.by_video.InProcessReader`; a source holding every video in one table file
+(features.parquet) with a :class:`~affect_core.data.dataset.single_file.TableFileReader`, in chunks of rows; a layout
+provided above data (the video layout) with its own plan (:mod:`affect_core.data.layouts.provided`: its reader and the
+files stored with the version, inside the same commit). A source whose videos disagree or hold bad input is then read
+whole (:func:`affect_core.data.readers.read_source`), which names the problem."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +21,7 @@ from affect_core.data import delta
 from affect_core.data import source_videos as sv
 from affect_core.data.dataset.by_video import InProcessReader, SourcePlan, VideoIngest, run_plan
 from affect_core.data.dataset.result import IngestResult
+from affect_core.data.dataset.single_file import single_table, table_file_plan
 from affect_core.data.dataset.write import write_dataset
 from affect_core.data.layouts.provided import LayoutOptions, provided
 from affect_core.data.readers import ReadOptions, read_source
@@ -62,24 +65,37 @@ def ingest(
         plan = layout_reader.plan(request, options)
         return run_plan(request, dataset_url, storage_options, plan, started, **sizes)
     stamps: dict[str, str] = {}
+    make_plan: Callable[[], SourcePlan] | None = None
     if sv.splittable(source_root, layout, source_options):
-        job = _read_by_video(request, dataset_url, storage_options, started)
-        if job is not None and job.complete:
-            return job.write(**sizes)
+        make_plan = functools.partial(SourcePlan.listed, request, InProcessReader(request))
+    elif single_table(source_root, layout, source_options):
+        make_plan = functools.partial(table_file_plan, request)
+    if make_plan is not None:
+        job = _read_by_video(request, dataset_url, storage_options, started, make_plan)
+        try:
+            if job is not None and job.complete:
+                return job.write(**sizes)
+        finally:
+            if job is not None and hasattr(job.plan.reader, "close"):
+                job.plan.reader.close()
         stamps = job.stamps if job is not None else {}
         del job  # what it holds is not needed by the whole-corpus read
     return _ingest_whole(request, dataset_url, storage_options, stamps, started, **sizes)
 
 
 def _read_by_video(
-    request: sv.SourceRequest, dataset_url: str, storage_options: dict[str, Any] | None, started: float
+    request: sv.SourceRequest,
+    dataset_url: str,
+    storage_options: dict[str, Any] | None,
+    started: float,
+    make_plan: Callable[[], SourcePlan],
 ) -> VideoIngest | None:
-    """A per-video ingest, read and checked (``complete``); not complete, or None when the source could not even be
-    listed, where it met bad input (videos that disagree, a bad file): the whole-corpus reader then names the problem
-    as it always has, its checks across the whole corpus first."""
+    """An ingest of ``make_plan()`` video by video, read and checked (``complete``); not complete, or None when the
+    source could not even be listed, where it met bad input (videos that disagree, a bad file, rows not grouped by
+    video): the whole-corpus reader then names the problem as it always has, its checks across the whole corpus
+    first."""
     try:
-        plan = SourcePlan.listed(request, InProcessReader(request))
-        job = VideoIngest.start(request, dataset_url, storage_options, plan, started=started)
+        job = VideoIngest.start(request, dataset_url, storage_options, make_plan(), started=started)
     except AffectError:
         return None
     try:

@@ -5,11 +5,11 @@ or ROOT/features.parquet and ROOT/labels.parquet holding every video with a vide
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from affect_core.data import keys
 from affect_core.data.records import AFFECT_DIMENSIONS
-from affect_core.data.tables import read_parquet_table, split_by_video
+from affect_core.data.tables import FileTable, read_parquet_table, split_by_video
 from affect_core.data.tracks import (
     ReadOptions,
     SourceFiles,
@@ -44,12 +44,34 @@ def _read_parquet_tables(
     """ROOT/features.parquet and ROOT/labels.parquet, each one table with a video_id column."""
     where = reader.loc.display("features.parquet")
     table = read_parquet_table(reader.read("features.parquet"), where, string_columns=("video_id",))
+
+    def labels() -> FileTable | None:
+        if not reader.loc.exists("labels.parquet"):
+            return None
+        where = reader.loc.display("labels.parquet")
+        return read_parquet_table(reader.read("labels.parquet"), where, string_columns=("video_id",))
+
+    return parquet_table_videos(table, labels, feature_set, partition, partition_where, reader.loc.display())
+
+
+def parquet_table_videos(
+    table: FileTable,
+    labels: Callable[[], FileTable | None],
+    feature_set: str | Sequence[str] | None,
+    partition: dict[str, str],
+    partition_where: str,
+    root: str,
+) -> tuple[list[SourceVideo], list[str]]:
+    """The videos of a features table and a labels table holding many videos each (a video_id column; the whole of
+    features.parquet and labels.parquet, or one video's rows of them), and the feature sets chosen. ``labels`` gives
+    the labels table (None: there is none) once the features are checked."""
+    where = table.where
     if "video_id" not in table.columns:
         raise fail(where, "missing attribute 'video_id'; expected columns video_id, frameTime, features")
     per_video = split_by_video(table)
     _, _, value_names = split_axes(next(iter(per_video.values())), "features")
     sets = _sets_from_metadata(table.metadata.get(keys.FEATURE_SETS), value_names)
-    chosen = select_feature_sets(list(sets), feature_set, reader.loc.display())
+    chosen = select_feature_sets(list(sets), feature_set, root)
     videos: dict[str, SourceVideo] = {}
     for video_id, video_table in per_video.items():
         ref = f"{where}: video {video_id[:80]!r}"
@@ -74,12 +96,12 @@ def _read_parquet_tables(
             where,
             f"no rows for video {missing[0]!r} listed in {partition_where}; expected features for every video",
         )
-    if reader.loc.exists("labels.parquet"):
-        where = reader.loc.display("labels.parquet")
-        labels = read_parquet_table(reader.read("labels.parquet"), where, string_columns=("video_id",))
-        if "video_id" not in labels.columns:
+    label_table = labels()
+    if label_table is not None:
+        where = label_table.where
+        if "video_id" not in label_table.columns:
             raise fail(where, "missing attribute 'video_id'; expected columns video_id, frameTime, arousal, valence")
-        for video_id, video_table in split_by_video(labels).items():
+        for video_id, video_table in split_by_video(label_table).items():
             ref = f"{where}: video {video_id[:80]!r}"
             check_video_id(video_id, ref)
             if video_id not in videos:
