@@ -1,7 +1,7 @@
 """Video feature extraction on Ray: one task per video (per segment of a long one); frames never leave the worker,
 only features come back.
 
-:func:`ray_mapper` returns a mapper for :mod:`affect_core.video.layout` (``read_video_source``, ``ingest_videos``,
+:func:`ray_mapper` returns a mapper for :mod:`affect_core.video.layout` (``read_video_source``, its ingest,
 ``score_video_root``): each video's job (its URL, not its bytes) goes to a Ray task that decodes, detects, describes
 and reduces the video there and returns its per-frame features. The work function (with the fitted transform) is put
 in the object store once and shared by every task. At most ``max_in_flight`` tasks run ahead of the consumer, and

@@ -88,7 +88,7 @@ def open_predictions(out: Location, *, version: int | None = None) -> delta.Snap
         return None
     if snap.metadata.get(keys.KIND) != PREDICTIONS_KIND:
         raise AffectError(
-            f"{out.display()}: a table of {snap.metadata.get('affect.kind', 'dataset')} rows, not of predictions; "
+            f"{out.display()}: a table of {snap.metadata.get(keys.KIND, 'dataset')} rows, not of predictions; "
             "score into another URL"
         )
     return snap
