@@ -64,6 +64,15 @@ def corpus(root: Path) -> str:
     return str(root)
 
 
+def test_one_ingest_resolves_each_url_once(tmp_path, monkeypatch):
+    source, target = corpus(tmp_path / "src"), str(tmp_path / "ds")
+    calls = count_storage(monkeypatch)
+    ds.ingest(source, target, layout="csv", progress=False)
+    scratch = [url for url in calls.resolved if url.startswith("memory://affect-ingest-")]  # one view per video read
+    assert calls.resolved[source] == 1 and calls.resolved[target] == 1, calls.resolved
+    assert set(calls.resolved) == {source, target, *scratch} and all(calls.resolved[url] == 1 for url in scratch)
+
+
 def test_one_score_resolves_each_url_once_and_parses_the_dataset_version_once(tmp_path, monkeypatch):
     data = str(tmp_path / "ds")
     version = ds.ingest(corpus(tmp_path / "src"), data, layout="csv", progress=False).version

@@ -141,7 +141,7 @@ class SourcePlan:
     def listed(cls, request: sv.SourceRequest, reader: VideoReader) -> SourcePlan:
         """The plan of a per-video source of a layout data reads (:func:`affect_core.data.source_videos.splittable`):
         listed with :func:`~affect_core.data.source_videos.list_source_videos`, read by ``reader``."""
-        videos = sv.list_source_videos(request.root, request.layout, request.storage_options)
+        videos = sv.list_source_videos(request.location, request.layout)
         return cls(videos, {item.video_id: request.stamp(item) for item in videos}, reader)
 
 
@@ -191,8 +191,7 @@ class VideoIngest:
     cache."""
 
     request: sv.SourceRequest
-    dataset_url: str
-    storage_options: dict[str, Any] | None
+    dataset: storage.Location  # resolved once, where the ingest entered the library
     plan: SourcePlan
     snapshot: delta.Snapshot | None
     held: dict[str, dict[str, Any]]  # "hash", "split", "frames" -> {video id: value} of the latest version
@@ -206,15 +205,14 @@ class VideoIngest:
     def start(
         cls,
         request: sv.SourceRequest,
-        dataset_url: str,
-        storage_options: dict[str, Any] | None,
+        dataset: storage.Location,
         plan: SourcePlan,
         *,
         started: float | None = None,
     ) -> VideoIngest:
         """Find the videos of ``plan`` that the latest version holds as they are (nothing of the source is read)."""
         started = time.perf_counter() if started is None else started
-        loc = storage.resolve(dataset_url, storage_options)
+        loc = dataset
         snap = delta.snapshot(loc) if delta.is_table(loc) else None
         held = {column: snap.column_map(column) if snap else {} for column in ("source", "hash", "split", "frames")}
         cache = sv.read_stamp_cache(loc) if snap else {}
@@ -225,9 +223,7 @@ class VideoIngest:
             if recorded.get(item.video_id) == plan.stamps[item.video_id]
             and held["split"].get(item.video_id) == item.split
         }
-        return cls(
-            request, dataset_url, storage_options, plan, snap, held, cache, unchanged, _Tally(request.where), started
-        )
+        return cls(request, dataset, plan, snap, held, cache, unchanged, _Tally(request.where), started)
 
     @property
     def videos(self) -> list[sv.SourceVideoFiles]:
@@ -277,8 +273,7 @@ class VideoIngest:
         if self.up_to_date:
             assert self.snapshot is not None
             written = Written(str(self.snapshot.version), self._latest_content_hash(), True)
-            loc = storage.resolve(self.dataset_url, self.storage_options)
-            store_attachments(loc, self.plan.attachments, written.content_hash, only_missing=True)
+            store_attachments(self.dataset, self.plan.attachments, written.content_hash, only_missing=True)
             return self._result(written)
         metadata = self._metadata()
         hashes = {video_id: self.held["hash"][video_id] for video_id in self.unchanged}
@@ -288,9 +283,8 @@ class VideoIngest:
         items = {item.video_id: item for item in self.videos}
         written = write_videos(
             [],
-            self.dataset_url,
+            self.dataset,
             metadata=metadata,
-            storage_options=self.storage_options,
             sources={video_id: self.stamps[video_id] for video_id in self.tally.hashes},
             video_hashes=hashes,
             splits=splits,
@@ -318,7 +312,7 @@ class VideoIngest:
                 if held_hash.get(video_id) == value and held_split.get(video_id) == self.tally.splits[video_id]
             )
         if entries != self.cache:
-            sv.write_stamp_cache(storage.resolve(self.dataset_url, self.storage_options), entries)
+            sv.write_stamp_cache(self.dataset, entries)
 
     def _latest_content_hash(self) -> str:
         assert self.snapshot is not None
@@ -329,7 +323,7 @@ class VideoIngest:
     def _result(self, written: Written) -> IngestResult:
         rows = sum(self.tally.frames.values()) + sum(self.held["frames"][v] for v in self.unchanged)
         return IngestResult.of(
-            self.dataset_url,
+            self.dataset.url,
             written,
             rows=rows,
             videos=len(self.videos),
@@ -341,7 +335,7 @@ class VideoIngest:
 
 def ingest_by_video(
     request: sv.SourceRequest,
-    dataset_url: str,
+    dataset_url: storage.Where,
     *,
     reader: VideoReader,
     storage_options: dict[str, Any] | None = None,
@@ -352,22 +346,22 @@ def ingest_by_video(
     with ``reader`` only the videos whose stamps the latest version (or its stamp cache) does not vouch for, check
     them against each other, write those whose content changed in one commit. A no-op re-ingest reads no file; a
     touched but unchanged file is read once, then vouched for by the stamp cache. Raises AffectError on bad input
-    (nothing is written)."""
+    (nothing is written). ``dataset_url`` is resolved here, once, unless it is a Location already."""
     started = time.perf_counter()
+    dataset = storage.resolve(dataset_url, storage_options)
     plan = SourcePlan.listed(request, reader)
-    return run_plan(request, dataset_url, storage_options, plan, started, target_file_bytes, row_group_rows)
+    return run_plan(request, dataset, plan, started, target_file_bytes, row_group_rows)
 
 
 def run_plan(
     request: sv.SourceRequest,
-    dataset_url: str,
-    storage_options: dict[str, Any] | None,
+    dataset: storage.Location,
     plan: SourcePlan,
     started: float,
     target_file_bytes: int,
     row_group_rows: int,
 ) -> IngestResult:
     """Start, read and write one :class:`VideoIngest` of ``plan``."""
-    job = VideoIngest.start(request, dataset_url, storage_options, plan, started=started)
+    job = VideoIngest.start(request, dataset, plan, started=started)
     job.read()
     return job.write(target_file_bytes=target_file_bytes, row_group_rows=row_group_rows)

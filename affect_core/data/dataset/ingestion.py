@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from affect_core import storage
 from affect_core.data import delta
 from affect_core.data import source_videos as sv
 from affect_core.data.dataset.by_video import InProcessReader, SourcePlan, VideoIngest, run_plan
@@ -58,20 +59,21 @@ def ingest(
     started = time.perf_counter()
     source_options = source_storage_options if source_storage_options is not None else storage_options
     request = sv.SourceRequest(source_root, layout, feature_set, source_options, fps, min_face_confidence)
+    dataset = storage.resolve(dataset_url, storage_options)  # once: every step below is handed the Location
     sizes = {"target_file_bytes": target_file_bytes, "row_group_rows": row_group_rows}
     layout_reader = provided(layout)
     if layout_reader is not None:
         options = LayoutOptions(mapper=mapper, device=device, config=video_config, progress=progress)
         plan = layout_reader.plan(request, options)
-        return run_plan(request, dataset_url, storage_options, plan, started, **sizes)
+        return run_plan(request, dataset, plan, started, **sizes)
     stamps: dict[str, str] = {}
     make_plan: Callable[[], SourcePlan] | None = None
-    if sv.splittable(source_root, layout, source_options):
+    if sv.splittable(request.location, layout):
         make_plan = functools.partial(SourcePlan.listed, request, InProcessReader(request))
-    elif single_table(source_root, layout, source_options):
+    elif single_table(request.location, layout):
         make_plan = functools.partial(table_file_plan, request)
     if make_plan is not None:
-        job = _read_by_video(request, dataset_url, storage_options, started, make_plan)
+        job = _read_by_video(request, dataset, started, make_plan)
         try:
             if job is not None and job.complete:
                 return job.write(**sizes)
@@ -80,13 +82,12 @@ def ingest(
                 job.plan.reader.close()
         stamps = job.stamps if job is not None else {}
         del job  # what it holds is not needed by the whole-corpus read
-    return _ingest_whole(request, dataset_url, storage_options, stamps, started, **sizes)
+    return _ingest_whole(request, dataset, stamps, started, **sizes)
 
 
 def _read_by_video(
     request: sv.SourceRequest,
-    dataset_url: str,
-    storage_options: dict[str, Any] | None,
+    dataset: storage.Location,
     started: float,
     make_plan: Callable[[], SourcePlan],
 ) -> VideoIngest | None:
@@ -95,7 +96,7 @@ def _read_by_video(
     video): the whole-corpus reader then names the problem as it always has, its checks across the whole corpus
     first."""
     try:
-        job = VideoIngest.start(request, dataset_url, storage_options, make_plan(), started=started)
+        job = VideoIngest.start(request, dataset, make_plan(), started=started)
     except AffectError:
         return None
     try:
@@ -107,8 +108,7 @@ def _read_by_video(
 
 def _ingest_whole(
     request: sv.SourceRequest,
-    dataset_url: str,
-    storage_options: dict[str, Any] | None,
+    dataset: storage.Location,
     stamps: dict[str, str],
     started: float,
     *,
@@ -118,17 +118,15 @@ def _ingest_whole(
     """Ingest the corpus read whole into memory (:func:`affect_core.data.readers.read_source`), recording ``stamps``
     as the videos' source stamps."""
     corpus = read_source(
-        request.root,
+        request.location,
         request.layout,
         feature_set=request.feature_set,
-        storage_options=request.storage_options,
         fps=request.fps,
         min_face_confidence=request.min_face_confidence,
     )
     written = write_dataset(
         corpus,
-        dataset_url,
-        storage_options=storage_options,
+        dataset,
         layout=request.layout,
         source=request.root,
         target_file_bytes=target_file_bytes,
@@ -136,7 +134,7 @@ def _ingest_whole(
         sources=stamps,
     )
     return IngestResult.of(
-        dataset_url,
+        dataset.url,
         written,
         rows=sum(v.num_frames for v in corpus.videos),
         videos=len(corpus.videos),
