@@ -241,6 +241,8 @@ def test_the_transform_is_stored_before_the_commit_that_publishes_its_version(
     path = tmp_path / "dataset" / transform_file(first.content_hash)
     assert at_commit[-1] == [path.name] and list_versions(url) == ["0"]
     assert first.content_hash == dataset_info(str(stored)).content_hash
+    # What `affect ingest` reports: the videos it wrote and their files (once "0 video(s) written in 0 file(s)").
+    assert first.videos_written == first.videos > 0 and first.files_written >= 1
     assert_same_transform(load_dataset_transform(url), load_dataset_transform(str(stored)))
 
     def no_extraction(*args, **kwargs):
