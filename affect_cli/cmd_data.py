@@ -28,14 +28,19 @@ def info(
     ] = False,
     s3_endpoint: Annotated[str | None, typer.Option(help=S3_ENDPOINT_HELP)] = None,
 ) -> None:
-    """Versions, videos per split, frames, frames without a face (datasets), feature sets, files and bytes of a
-    table."""
+    """Versions, videos per split, frames, frames without a face, feature sets, files and bytes of a table; for
+    predictions scored from a folder of videos, the videos that could not be read."""
 
     from affect_core.data import keys
     from affect_core.data.dataset import table_summary
 
     summary = table_summary(url, version=version, storage_options=_options(url, s3_endpoint))
-    counts_faces = summary["kind"] != "predictions"
+    if summary["kind"] == "predictions":  # the videos of a folder that scoring could not read (affect score)
+        from affect_core.storage import resolve
+        from affect_core.video.score import read_failures
+
+        summary["failed"] = read_failures(resolve(url.rsplit("@", 1)[0], _options(url, s3_endpoint)))
+    counts_faces = summary["kind"] != "predictions" or summary["metadata"].get(keys.FACE_COUNTS) == "1"
     if as_json:
         _print_json(summary)
         return
@@ -57,6 +62,8 @@ def info(
     for split, (videos, frames, missing) in per_split.items():
         faces = f", {missing} without a face" if counts_faces else ""
         typer.echo(f"{split}: {videos} video(s), {frames} frame(s){faces}")
+    for failure in summary.get("failed", []):
+        typer.echo(f"failed: {failure['problem']}")
 
 
 def _print_json(summary: dict) -> None:

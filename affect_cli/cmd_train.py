@@ -19,6 +19,11 @@ def _train(job: TrainJob) -> None:
     )
 
 
+# Exit status of `affect score` when some videos of a folder could not be read (the others were scored): not 1 (an
+# error, nothing written) nor 2 (a usage error).
+SOME_FAILED_EXIT = 3
+
+
 def _score(job: ScoreJob) -> None:
     from flows.jobs import run_score
 
@@ -27,6 +32,17 @@ def _score(job: ScoreJob) -> None:
         f"scored {result.videos} video(s), {result.frames} frame(s) in {result.seconds:.1f} s "
         f"({result.frames_per_second:.0f} frames/s, {result.skipped} already done) -> {result.url}"
     )
+    failed = getattr(result, "failed", None) or []
+    for failure in failed:
+        typer.echo(f"failed: {failure['problem']}", err=True)
+    if failed:
+        typer.echo(f"{len(failed)} video(s) could not be read; listed in {result.url}/_failures.json", err=True)
+        raise typer.Exit(SOME_FAILED_EXIT)
+    if getattr(result, "calibrated", None) is False:
+        typer.echo(
+            "note: the model bundle has no calibration (trained before it existed): arousal_var and valence_var are "
+            "the filter's uncalibrated state variance, not the label's; train again for calibrated intervals"
+        )
 
 
 def _evaluate(job: EvaluateJob) -> None:

@@ -159,17 +159,20 @@ def _check_values(track: Track, *, labels: bool, column: int | None = None, unla
 def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.ndarray) -> np.ndarray:
     """Put a label track on the feature frames by time.
 
-    label_time: (N,) strictly increasing seconds; values: (N,) with NaN where unlabelled; frame_time: (T,).
-    Returns (T,) float64. The rule: a frame takes the label sample within 1 ms of its time (a quarter of a label
+    label_time: (N,) strictly increasing seconds; values: (N,) or (N, k) with NaN where unlabelled; frame_time:
+    (T,). Returns (T,) or (T, k) float64 (the video layout puts feature rows on the model's grid with it too).
+    The rule: a frame takes the label sample within 1 ms of its time (a quarter of a label
     step at rates above 250 Hz) where there is one, else the linear interpolation of the label samples just
     before and just after its time; it is unlabelled (NaN) when either of those
     samples is unlabelled, when they lie more than 1.5 label steps apart (a gap in the labels), or when the
     frame lies more than half a label step before the first or after the last sample. The label step is the
     median step of the track."""
     n = label_time.shape[0]
-    out = np.full(frame_time.shape[0], np.nan)
     if n == 0:
-        return out
+        return np.full((frame_time.shape[0], *values.shape[1:]), np.nan)
+    if values.ndim == 2:  # (N, k): the same placement for every column
+        rows = labels_on_frames(label_time, np.arange(n, dtype=np.float64), frame_time)
+        return _placed_rows(rows, values)
     step = float(np.median(np.diff(label_time))) if n > 1 else 0.0
     eps = 1e-9
     idx = np.searchsorted(label_time, frame_time + eps, side="right")
@@ -189,6 +192,17 @@ def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.
     edge = (idx == 0) | (idx == n)  # outside the track: the nearest end sample, within half a step
     out = np.where(edge, np.where(idx == 0, values[0], values[-1]), out)
     out[(gap & ~edge & ~matched) | before | after] = np.nan
+    return out
+
+
+def _placed_rows(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(T, k) rows of ``values`` (N, k) at fractional row positions ``rows`` (T,) (NaN: none), interpolated."""
+    out = np.full((rows.shape[0], values.shape[1]), np.nan)
+    placed = np.isfinite(rows)
+    lo = np.floor(rows[placed]).astype(np.int64)
+    hi = np.minimum(lo + 1, values.shape[0] - 1)
+    weight = (rows[placed] - lo)[:, None]
+    out[placed] = values[lo] * (1.0 - weight) + np.where(weight > 0, values[hi], 0.0) * weight
     return out
 
 

@@ -28,6 +28,8 @@ SOURCE_METADATA = {"pooled": POOLED, "source_format": SOURCE_FORMAT}
 MODEL_ID = "affect.model_id"
 DATASET_URL = "affect.dataset_url"
 DATASET_VERSION = "affect.dataset_version"
+# Predictions written with the face column: their index counts the frames without a face (older tables: no count).
+FACE_COUNTS = "affect.face_counts"
 
 # ---- the single Parquet file ``affect export`` writes
 VERSION = "affect.version"  # the table version exported

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,12 @@ class ScoreResult:
     # Seconds before the first video's scoring began that are not scoring: a Ray job's actors starting (importing,
     # loading the model, opening the dataset); 0 in this process.
     startup_seconds: float = 0.0
+    # Videos of a folder of videos that could not be read and were left out: {video_id, file, problem} each
+    # (affect_core.video.score); the others were scored.
+    failed: list[dict[str, str]] = field(default_factory=list)
+    # Whether the variances written are the label's (the bundle holds a calibration) rather than the filter's own
+    # uncalibrated state variance (a bundle from before calibration); None where the scorer did not say.
+    calibrated: bool | None = None
 
     @property
     def frames_per_second(self) -> float:
@@ -81,7 +87,9 @@ def check_compatible(bundle: ModelBundle, feature_names: list[str], where: str) 
 
 
 def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[Tracks]:
-    """features: (T_i, d) raw features per video -> per video {dimension: (level (T_i,), variance (T_i,))}.
+    """features: (T_i, d) raw features per video -> per video {dimension: (level (T_i,), variance (T_i,))}; the
+    variance is the label's given the video (calibrated, :meth:`TrainedModel.tracks`), or the filter's own for a
+    bundle without a calibration.
 
     The videos go through each model of the bundle in one batch (equal to ``bundle.predict`` on each video); videos
     longer than CHUNK_FRAMES stream through in chunks.
@@ -96,8 +104,7 @@ def predict_tracks(bundle: ModelBundle, features: Sequence[np.ndarray]) -> list[
     for trained in bundle.models:
         predictions = predict_batch(trained.model, trained.transform, features, chunk_frames=CHUNK_FRAMES)
         for tracks, prediction in zip(out, predictions, strict=True):
-            for dim in trained.dimensions:
-                tracks[dim] = prediction.track(dim)
+            tracks.update(trained.tracks(prediction))  # the calibrated variance where the bundle has a calibration
     return out
 
 
@@ -180,7 +187,14 @@ def score_videos(
     except BaseException:
         writer.abort()
         raise
-    return ScoreResult(out.url, seen, frames, skipped, time.perf_counter() - started)
+    return ScoreResult(
+        out.url,
+        seen,
+        frames,
+        skipped,
+        time.perf_counter() - started,
+        calibrated=bundle.calibrated if predict is None else None,
+    )
 
 
 def score_stream(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("valence", pa.float32()),
         ("arousal_var", pa.float32()),
         ("valence_var", pa.float32()),
+        ("face", pa.bool_()),
         ("model_id", pa.string()),
         ("dataset_version", pa.string()),
     ]
@@ -44,8 +45,51 @@ PREDICTION_SCHEMA = pa.schema(
 # A running job commits what it has scored at least this often (a crash loses at most this much work).
 COMMIT_SECONDS = 300.0
 
+# The column that says whether a frame had a face; tables written before it existed lack it and are still read.
+FACE = "face"
+
 Tracks = dict[str, tuple[np.ndarray, np.ndarray]]
 """{dimension: (level (T,), variance (T,))} of one video."""
+
+
+@dataclass
+class GridVideo(Video):
+    """A video the model scores on its own time grid whose predictions are written on its decoded frames.
+
+    features, time_s: the video on the model's grid (G rows at ``fps``); frame_time_s: (N,) the decoded frames'
+    presentation timestamps; frame_face: (N,) bool, whether each decoded frame had a face. Its prediction rows are
+    one per decoded frame (frame = decode index, time_s = timestamp), each the model's output at that time,
+    interpolated between the two nearest grid steps (:func:`affect_core.video.timegrid.on_frames`)."""
+
+    frame_time_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    frame_face: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    @property
+    def written_frames(self) -> int:
+        return int(self.frame_time_s.shape[0])
+
+
+def written_frames(video: Video) -> int:
+    """Prediction rows a scored video writes: its decoded frames (a GridVideo) or its frames."""
+    return video.written_frames if isinstance(video, GridVideo) else video.num_frames
+
+
+def has_face(features: np.ndarray) -> np.ndarray:
+    """(T,) bool: the frames of ``features`` (T, d) that had a face (a frame without one is a row of NaN)."""
+    return ~np.isnan(features).all(axis=1) if features.shape[1] else np.ones(features.shape[0], bool)
+
+
+def _written(video: Video, tracks: Tracks) -> tuple[np.ndarray, np.ndarray, Tracks]:
+    """(times (N,), face (N,), tracks on those N rows) of one scored video."""
+    if not isinstance(video, GridVideo):
+        return np.asarray(video.time_s, np.float64), has_face(video.features), tracks
+    from affect_core.video.timegrid import on_frames
+
+    grid, frames = np.asarray(video.time_s, np.float64), video.frame_time_s
+    placed = {
+        dim: (on_frames(grid, level, frames), on_frames(grid, var, frames)) for dim, (level, var) in tracks.items()
+    }
+    return frames, video.frame_face, placed
 
 
 @dataclass
@@ -62,6 +106,7 @@ class PredictionTarget:
             keys.MODEL_ID: self.model_id,
             keys.DATASET_URL: self.dataset_url,
             keys.DATASET_VERSION: self.dataset_version,
+            keys.FACE_COUNTS: "1",
         }
 
     @classmethod
@@ -129,15 +174,27 @@ def write_predicted(
 ) -> list[delta.DataFile]:
     """Append the prediction rows of consecutive videos to table files; returns the files this closed."""
     table = prediction_rows(videos, tracks, model_id, dataset_version)
-    return files.add_videos(table, [delta.VideoEntry(v.video_id, v.split, v.num_frames) for v in videos])
+    lengths = np.array([written_frames(v) for v in videos], dtype=np.int64)
+    no_face = (~table.column(FACE).to_numpy(zero_copy_only=False)).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    missing = np.add.reduceat(no_face, starts) if len(no_face) else np.zeros(len(videos), np.int64)
+    missing = np.where(lengths > 0, missing, 0)
+    entries = [
+        delta.VideoEntry(v.video_id, v.split, int(n), frames_without_face=int(m))
+        for v, n, m in zip(videos, lengths, missing, strict=True)
+    ]
+    return files.add_videos(table, entries)
 
 
 def prediction_rows(
     videos: Sequence[Video], tracks: Sequence[Tracks], model_id: str, dataset_version: str = ""
 ) -> pa.Table:
     """The predicted tracks of consecutive videos as one table in PREDICTION_SCHEMA, a video's rows together and in
-    frame order (a dimension missing from a video's tracks is null). Built column by column for the whole batch."""
-    lengths = np.array([v.num_frames for v in videos], dtype=np.int64)
+    frame order (a dimension missing from a video's tracks is null; a GridVideo's rows are its decoded frames). Built
+    column by column for the whole batch."""
+    written = [_written(v, t) for v, t in zip(videos, tracks, strict=True)]
+    tracks = [t for _, _, t in written]
+    lengths = np.array([len(times) for times, _, _ in written], dtype=np.int64)
     total = int(lengths.sum())
     owner = pa.array(np.repeat(np.arange(len(videos), dtype=np.int64), lengths))
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -145,7 +202,7 @@ def prediction_rows(
         "video_id": pa.array([v.video_id for v in videos], pa.string()).take(owner),
         "split": pa.array([v.split for v in videos], pa.string()).take(owner),
         "frame": pa.array((np.arange(total, dtype=np.int64) - starts).astype(np.int32)),
-        "time_s": pa.array(_joined([np.asarray(v.time_s, dtype=np.float64) for v in videos], np.float64)),
+        "time_s": pa.array(_joined([times for times, _, _ in written], np.float64)),
     }
     for dim in ("arousal", "valence"):
         levels = [np.asarray(t[dim][0], np.float32) if dim in t else None for t in tracks]
@@ -157,6 +214,7 @@ def prediction_rows(
             x if x is not None else np.full(n, np.nan, np.float32) for x, n in zip(variances, lengths, strict=True)
         ]
         columns[f"{dim}_var"] = pa.array(_joined(filled, np.float32), from_pandas=True)
+    columns[FACE] = pa.array(_joined([face for _, face, _ in written], np.bool_))
     columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), total)
     columns["dataset_version"] = pa.repeat(pa.scalar(dataset_version, pa.string()), total)
     return pa.table(columns, schema=PREDICTION_SCHEMA)

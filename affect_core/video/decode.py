@@ -1,12 +1,14 @@
 """Decoding: the frames of one video file as grey-level images with their timestamps, streamed (PyAV, FFmpeg).
 
-Frames are decoded one at a time and handed on; nothing holds the whole video. A video must have a video stream, at
-least one frame and a constant frame rate: every frame's timestamp lies within a quarter of a frame of the grid
-``t0 + i / fps``. Anything else is an AffectError naming the file.
+Frames are decoded one at a time and handed on; nothing holds the whole video. A video must have a video stream and at
+least one frame with a presentation timestamp; its frame rate may be anything, constant or variable (phones): each
+frame keeps its timestamp, and the model's time grid is laid over them later (:mod:`affect_core.video.timegrid`).
+Rotation metadata is applied. Anything else is an AffectError naming the file.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +20,8 @@ import numpy as np
 from affect_core.errors import fail
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
-# A frame further than this share of a frame step from its place on the constant-rate grid means a variable rate.
-GRID_TOLERANCE = 0.25
+# Frames a decoder may hand over out of presentation order, put back in order (B-frames reorder within a few frames).
+REORDER_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,14 @@ def _video_stream(container: Any, where: str) -> Any:
 
 
 def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> Iterator[DecodedFrame]:
-    """Stream the frames of ``source`` (a path or a binary file object) in presentation order.
+    """Stream the frames of ``source`` (a path or a binary file object) in presentation order, upright.
 
-    Yields DecodedFrame with gray (H, W) uint8. Raises AffectError (message naming ``where``) for an unreadable file,
-    a file without a video stream, a stream without frames, or a variable frame rate (checked as frames arrive).
-    threads: FFmpeg decoding threads (0: FFmpeg's choice).
+    Any frame rate, constant or variable: each frame keeps its presentation timestamp. Frames a decoder hands over a
+    little out of order are put back in timestamp order (REORDER_FRAMES at most); a frame without a timestamp, or one
+    whose timestamp is not after the frame shown before it, is refused. Rotation metadata (a phone's display matrix)
+    is applied: the frames come out as a player shows them. Yields DecodedFrame with gray (H, W) uint8. Raises
+    AffectError (message naming ``where``) for an unreadable file, a file without a video stream or a stream without
+    frames. threads: FFmpeg decoding threads (0: FFmpeg's choice).
     """
     import av
 
@@ -115,30 +120,37 @@ def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> I
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
-        rate = _rate(stream)
-        if rate is None:
-            raise fail(where, "the video stream has no frame rate; expected a constant-rate video")
-        step = 1.0 / float(rate)
-        first: float | None = None
-        index = 0
+        pending: list[tuple[float, int, Any]] = []  # (time_s, arrival, frame): a min-heap on time
+        shown: float | None = None
+        index = arrival = 0
+
+        def show() -> DecodedFrame:
+            nonlocal shown, index
+            time_s, _, frame = heapq.heappop(pending)
+            if shown is not None and time_s <= shown:
+                what = "repeats" if time_s == shown else "goes back before"
+                raise fail(
+                    where,
+                    f"frame {index} at {time_s:.6f} s {what} the timestamp {shown:.6f} s of the frame shown before "
+                    "it; expected increasing presentation timestamps",
+                )
+            shown = time_s
+            out = DecodedFrame(index, round(time_s, 9), upright(frame.to_ndarray(format="gray"), frame.rotation))
+            index += 1
+            return out
+
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
-                    raise fail(where, f"frame {index} has no timestamp; expected timestamped frames")
-                time_s = float(frame.pts * frame.time_base)
-                if first is None:
-                    first = time_s
-                offset = (time_s - first) / step - index
-                if abs(offset) > GRID_TOLERANCE:
-                    raise fail(
-                        where,
-                        f"frame {index} at {time_s:.4f} s is {offset:+.2f} frames off the {float(rate):g} fps grid "
-                        "(variable frame rate); expected a constant frame rate (re-encode with a fixed rate)",
-                    )
-                yield DecodedFrame(index, round(time_s, 9), frame.to_ndarray(format="gray"))
-                index += 1
+                    raise fail(where, f"frame {arrival} has no timestamp; expected timestamped frames")
+                heapq.heappush(pending, (float(frame.pts * frame.time_base), arrival, frame))
+                arrival += 1
+                if len(pending) > REORDER_FRAMES:
+                    yield show()
+            while pending:
+                yield show()
         except av.FFmpegError as exc:
-            problem = f"decoding failed at frame {index} ({type(exc).__name__}); expected a readable video"
+            problem = f"decoding failed at frame {arrival} ({type(exc).__name__}); expected a readable video"
             raise fail(where, problem) from None
         if index == 0:
             raise fail(where, "the video stream has no frames; expected at least one decodable frame")
@@ -146,9 +158,30 @@ def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> I
         container.close()
 
 
+def upright(gray: np.ndarray, rotation: float) -> np.ndarray:
+    """``gray`` (H, W) turned as a player shows it: ``rotation`` is the display matrix's counter-clockwise angle in
+    degrees (FFmpeg's convention; a portrait phone video stored landscape says 90 or -90), a multiple of 90."""
+    turns = round(float(rotation or 0.0) / 90.0) % 4
+    return np.ascontiguousarray(np.rot90(gray, turns)) if turns else gray
+
+
+def check_readable(source: str | IO[bytes], where: str) -> StreamInfo:
+    """Refuse, before any extraction, a file that is no video: it must open, hold a video stream and decode a first
+    frame. Returns what the container says about the stream."""
+    info = probe(source, where)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    frames = decode_frames(source, where)
+    try:
+        next(frames)
+    except StopIteration:  # pragma: no cover - decode_frames raises for a stream without frames
+        raise fail(where, "the video stream has no frames; expected at least one decodable frame") from None
+    finally:
+        frames.close()
+    return info
+
+
 def frame_rate(source: str | IO[bytes], where: str) -> float:
-    """The constant frame rate of the video stream in frames per second."""
-    fps = probe(source, where).fps
-    if fps <= 0:
-        raise fail(where, "the video stream has no frame rate; expected a constant-rate video")
-    return fps
+    """The frame rate the container declares for the video stream (frames per second; 0 when it declares none). It
+    is a label only: frames are placed by their timestamps."""
+    return probe(source, where).fps

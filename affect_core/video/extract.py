@@ -38,8 +38,9 @@ class FrameChunk:
 
 @dataclass
 class VideoFeatures:
-    """One video's result. time_s: (T,) float64 frame times; features: (T, k) float32, NaN rows for frames without a
-    face; boxes: (T, 4) float32 face boxes (NaN: none); fps: the stream's frame rate."""
+    """One video's result, one row per decoded frame. time_s: (T,) float64 presentation timestamps (increasing, at
+    any rate, constant or variable); features: (T, k) float32, NaN rows for frames without a face; boxes: (T, 4)
+    float32 face boxes (NaN: none); fps: the rate the container declares (a label; 0 when it declares none)."""
 
     time_s: np.ndarray
     features: np.ndarray

@@ -1,8 +1,15 @@
 """The ``video`` input layout: video files in, the same Corpus / Video records as every other layout out.
 
-    ROOT/videos/<video_id>.<mp4|mkv|avi|mov|webm>   one file per video (a constant frame rate)
+    ROOT/videos/<video_id>.<mp4|mkv|avi|mov|webm>   one file per video (any frame rate, constant or variable)
     ROOT/partition.csv                              video_id,split (every video)
-    ROOT/labels/<video_id>.csv                      optional: frameTime (or frame),arousal,valence, one row per frame
+    ROOT/labels/<video_id>.csv                      optional: frameTime (seconds) or frame (decoded frame number),
+                                                    arousal, valence; at any rate (NaN or empty: unlabelled)
+
+Time: each decoded frame keeps its presentation timestamp (rotation metadata applied, :mod:`affect_core.video.decode`);
+the dataset's rows are a time grid at one frame rate per corpus (``fps`` when the ingest is given one, else the median
+of the rates the containers declare, :func:`grid_fps`), the features placed on it by timestamp
+(:mod:`affect_core.video.timegrid`), and the labels placed on it by time as the openface layout's are (a label row that
+numbers a decoded frame takes that frame's timestamp).
 
 Every video goes through :func:`affect_core.video.extract.extract_video`. The PCA is fitted first, on frames sampled
 evenly from the train videos (at most ``pca_frames``), then every video is extracted and reduced with the fitted
@@ -32,7 +39,7 @@ import numpy as np
 
 from affect_core import storage
 from affect_core.data import source_videos as sv
-from affect_core.data.assemble import assemble_corpus
+from affect_core.data.assemble import assemble_corpus, snap_fps
 from affect_core.data.dataset.by_video import SourcePlan, VideoCache, check_reread
 from affect_core.data.dataset.hashing import video_hash
 from affect_core.data.layouts.provided import LayoutOptions, register
@@ -49,17 +56,18 @@ from affect_core.data.tracks import (
 )
 from affect_core.errors import AffectError, fail
 from affect_core.video.config import VideoConfig
-from affect_core.video.decode import VIDEO_SUFFIXES, probe
+from affect_core.video.decode import VIDEO_SUFFIXES, check_readable, probe
 from affect_core.video.extract import VideoFeatures, extract_video, sample_video
 from affect_core.video.stored import transform_file
+from affect_core.video.timegrid import features_on_grid
 from affect_core.video.transform import FEATURE_SET, VideoTransform, fit_transform
 
 LAYOUT = "video"
 VIDEOS_DIR = "videos"
 LABELS_DIR = "labels"
 PARTITION = "partition.csv"
-# Videos whose fps differs from the model's by more than this share are refused at scoring.
-FPS_TOLERANCE = 0.02
+# The grid's frame rate when no video's container declares one (and no fps is given): RECOLA's.
+DEFAULT_FPS = 25.0
 
 T = TypeVar("T")
 Mapper = Callable[[Callable[[Any], T], Iterable[Any]], Iterator[T]]
@@ -98,6 +106,43 @@ def _checked_source(job: VideoJob) -> Any:
         return job.open()
     except (OSError, ValueError) as exc:
         raise fail(job.where, f"cannot be opened ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True)
+class VideoFailure:
+    """A video that could not be read: its id, its file and why (``problem``: the one line, naming the file)."""
+
+    video_id: str
+    where: str
+    problem: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"video_id": self.video_id, "file": self.where, "problem": self.problem}
+
+
+def probe_job(job: VideoJob) -> VideoFailure | None:
+    """None when the video opens, has a video stream and decodes a first frame; else why not (before any
+    extraction: a truly unreadable file costs no detection)."""
+    try:
+        source = _checked_source(job)
+        try:
+            check_readable(source, job.where)
+        finally:
+            if hasattr(source, "close"):
+                source.close()
+    except AffectError as exc:
+        return VideoFailure(job.video_id, job.where, str(exc))
+    return None
+
+
+def extract_or_fail(
+    job: VideoJob, transform: VideoTransform, device: str | None = None
+) -> VideoFeatures | VideoFailure:
+    """:func:`extract_job`, its bad input returned as a VideoFailure instead of raised (one bad video of many)."""
+    try:
+        return extract_job(job, transform, device)
+    except AffectError as exc:
+        return VideoFailure(job.video_id, job.where, str(exc))
 
 
 def extract_job(job: VideoJob, transform: VideoTransform, device: str | None = None) -> VideoFeatures:
@@ -147,20 +192,28 @@ def segment_jobs(jobs: list[VideoJob], segment_frames: int | None) -> list[Video
     return out
 
 
-def merge_segments(jobs: list[VideoJob], results: Iterable[VideoFeatures]) -> Iterator[tuple[VideoJob, VideoFeatures]]:
-    """(whole-video job, features) per video from the results of :func:`segment_jobs`' jobs, in order."""
+def merge_segments(
+    jobs: list[VideoJob], results: Iterable[VideoFeatures | VideoFailure]
+) -> Iterator[tuple[VideoJob, VideoFeatures | VideoFailure]]:
+    """(whole-video job, features) per video from the results of :func:`segment_jobs`' jobs, in order; a video one of
+    whose segments failed gives that VideoFailure."""
     current: VideoJob | None = None
-    parts: list[VideoFeatures] = []
+    parts: list[VideoFeatures | VideoFailure] = []
 
-    def whole() -> tuple[VideoJob, VideoFeatures]:
+    def whole() -> tuple[VideoJob, VideoFeatures | VideoFailure]:
         assert current is not None
+        job = dataclasses.replace(current, start=0, stop=None)
+        failed = [p for p in parts if isinstance(p, VideoFailure)]
+        if failed:
+            return job, failed[0]
+        done = [p for p in parts if isinstance(p, VideoFeatures)]
         features = VideoFeatures(
-            np.concatenate([p.time_s for p in parts]),
-            np.concatenate([p.features for p in parts]),
-            np.concatenate([p.boxes for p in parts]),
-            parts[0].fps,
+            np.concatenate([p.time_s for p in done]),
+            np.concatenate([p.features for p in done]),
+            np.concatenate([p.boxes for p in done]),
+            done[0].fps,
         )
-        return dataclasses.replace(current, start=0, stop=None), features
+        return job, features
 
     for job, result in zip(jobs, results, strict=True):
         if current is not None and job.video_id != current.video_id:
@@ -173,11 +226,18 @@ def merge_segments(jobs: list[VideoJob], results: Iterable[VideoFeatures]) -> It
 
 
 def extract_jobs(
-    jobs: list[VideoJob], transform: VideoTransform, *, mapper: Mapper = map, device: str | None = None
-) -> Iterator[tuple[VideoJob, VideoFeatures]]:
-    """(job, features) of every video of ``jobs``, in order; long videos in segments where the mapper asks for them."""
+    jobs: list[VideoJob],
+    transform: VideoTransform,
+    *,
+    mapper: Mapper = map,
+    device: str | None = None,
+    keep_going: bool = False,
+) -> Iterator[tuple[VideoJob, Any]]:
+    """(job, features) of every video of ``jobs``, in order; long videos in segments where the mapper asks for them.
+    keep_going: a video that cannot be read gives (job, VideoFailure) instead of raising (the others go on)."""
     work = segment_jobs(jobs, getattr(mapper, "segment_frames", None))
-    extracted = mapper(functools.partial(extract_job, transform=transform, device=device), work)
+    extract = extract_or_fail if keep_going else extract_job
+    extracted = mapper(functools.partial(extract, transform=transform, device=device), work)
     return merge_segments(work, extracted)
 
 
@@ -319,15 +379,47 @@ def read_labels(loc: storage.Location, video_ids: set[str]) -> dict[str, Track]:
     return {video_id: read_label_file(loc, name) for video_id, name in label_files(loc, video_ids).items()}
 
 
-def _feature_track(features: VideoFeatures, names: list[str], where: str) -> Track:
-    return Track(
-        where,
-        names,
-        features.features.astype(np.float64),
-        features.time_s,
-        None,
-        lambda row: f"frame {row}",
-    )
+def grid_fps(jobs: list[VideoJob], fps: float | None, mapper: Mapper = map) -> float:
+    """The frame rate of a corpus's time grid: ``fps`` when given, else the median of the rates the videos' containers
+    declare, as the nearest common rate (23.976, 25, 29.97, ...); DEFAULT_FPS when none declares one."""
+    if fps is not None:
+        if not (math.isfinite(fps) and fps > 0):
+            raise AffectError(f"fps={fps:g}: expected a positive frame rate in frames per second (e.g. 25)")
+        return float(fps)
+    rates = [r for r in mapper(_declared_rate, jobs) if r > 0]
+    return snap_fps(float(np.median(rates))) if rates else DEFAULT_FPS
+
+
+def _declared_rate(job: VideoJob) -> float:
+    source = _checked_source(job)
+    try:
+        return probe(source, job.where).fps
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _feature_track(features: VideoFeatures, names: list[str], where: str, fps: float) -> Track:
+    """The features of the decoded frames placed on the grid at ``fps`` by their timestamps (NaN rows: no face)."""
+    grid, values = features_on_grid(features.time_s, features.features, fps)
+    return Track(where, names, values.astype(np.float64), grid, None, lambda row: f"grid step {row}")
+
+
+def _labels_by_time(track: Track, frame_time: np.ndarray) -> Track:
+    """A label track that numbers decoded frames (a ``frame`` column) given their timestamps, so that it is placed on
+    the grid by time like one with a frameTime column."""
+    if track.time_s is not None or track.frame is None:
+        return track
+    frames = track.frame
+    bad = np.flatnonzero((frames < 0) | (frames >= frame_time.shape[0]) | (frames != np.round(frames)))
+    if bad.size:
+        row = int(bad[0])
+        raise fail(
+            track.where,
+            f"{track.row_ref(row)}, attribute 'frame': {frames[row]:g} is not one of the video's "
+            f"{frame_time.shape[0]} decoded frames; expected frame numbers 0..{frame_time.shape[0] - 1}",
+        )
+    return dataclasses.replace(track, time_s=frame_time[frames.astype(np.int64)], frame=None)
 
 
 def read_video_source(
@@ -339,9 +431,11 @@ def read_video_source(
     mapper: Mapper = map,
     device: str | None = None,
     progress: bool = False,
+    fps: float | None = None,
 ) -> VideoCorpus:
     """Read and validate a corpus in the video layout: fit the video transform on the train split (unless given),
-    extract every video, attach labels. Raises AffectError on any bad input (nothing is written)."""
+    extract every video, put it on the time grid at ``fps`` (default: :func:`grid_fps`) with its labels. Raises
+    AffectError on any bad input (nothing is written)."""
     from tqdm.auto import tqdm
 
     loc = storage.resolve(root, storage_options)
@@ -350,16 +444,19 @@ def read_video_source(
     if transform is None:
         transform = fit_video_transform(jobs, config or VideoConfig(), mapper=mapper, device=device)
     names = transform.feature_names
+    rate = grid_fps(jobs, fps, mapper)
     extracted = extract_jobs(jobs, transform, mapper=mapper, device=device)
     videos: list[SourceVideo] = []
     for job, features in tqdm(extracted, total=len(jobs), desc="videos", disable=not progress):
         video = SourceVideo(job.video_id, job.split)
-        video.features[FEATURE_SET] = _feature_track(features, names, job.where)
+        video.features[FEATURE_SET] = _feature_track(features, names, job.where, rate)
         if job.video_id in labels:
+            track = _labels_by_time(labels[job.video_id], features.time_s)
             for column, dimension in enumerate(AFFECT_DIMENSIONS):
-                video.labels[dimension] = (labels[job.video_id], column)
+                video.labels[dimension] = (track, column)
         videos.append(video)
-    corpus = assemble_corpus(SourceRead(videos, [FEATURE_SET]), source=loc.display(), layout=LAYOUT)
+    read = SourceRead(videos, [FEATURE_SET], labels_by_time=True)
+    corpus = assemble_corpus(read, source=loc.display(), layout=LAYOUT)
     corpus.metadata["source_bytes"] = str(_source_bytes(loc))
     corpus.metadata["video_config"] = json.dumps(transform.config.to_dict())
     return VideoCorpus(**vars(corpus), video_transform=transform)
@@ -371,11 +468,6 @@ def _source_bytes(loc: storage.Location) -> int:
         if kind == "file":
             total += int(loc.fs.size(storage.join(loc.path, VIDEOS_DIR, name)))
     return total
-
-
-def to_video(job: VideoJob, features: VideoFeatures) -> Video:
-    """A scoring record: one row per decoded frame at its timestamp (labels none)."""
-    return Video(job.video_id, job.split, features.features, features.time_s, features.fps)
 
 
 # ------------------------------------------------------------------------------------------------ the one ingest
@@ -414,10 +506,11 @@ def video_plan(request: sv.SourceRequest, options: LayoutOptions) -> SourcePlan:
         items.append(sv.SourceVideoFiles(job.video_id, job.split, files))
     items.sort(key=lambda item: video_sort_key(item.split, item.video_id))
     config = options.config or VideoConfig()
+    rate = grid_fps(jobs, request.fps, options.mapper or map)
     train = sorted((item.video_id, item.fingerprint) for item in items if item.split == "train")
-    fitted_on = hashlib.sha256(json.dumps([config.to_dict(), train]).encode()).hexdigest()[:16]
+    fitted_on = hashlib.sha256(json.dumps([config.to_dict(), train, rate]).encode()).hexdigest()[:16]
     stamps = {item.video_id: f"{request.stamp(item)}:{fitted_on}" for item in items}
-    reader = VideoLayoutReader(request, jobs, labels, config, options)
+    reader = VideoLayoutReader(request, jobs, labels, config, options, rate)
     return SourcePlan(
         items, stamps, reader, attachments=lambda content: {transform_file(content): reader.transform_bytes}
     )
@@ -435,8 +528,10 @@ class VideoLayoutReader:
         labels: dict[str, str],
         config: VideoConfig,
         options: LayoutOptions,
+        fps: float,
     ) -> None:
         self.request = request
+        self.fps = fps
         self.jobs = {job.video_id: job for job in jobs}
         self.labels = labels
         self.config = config
@@ -483,18 +578,15 @@ class VideoLayoutReader:
         return check_reread(video, self._hashes.get(item.video_id), self.request.where)
 
     def _video_read(self, job: VideoJob, features: VideoFeatures, item: sv.SourceVideoFiles) -> sv.VideoRead:
-        """One video assembled alone (its features on its own frames, its labels on them), checked against the fps
-        the ingest was given."""
+        """One video assembled alone: its features on the corpus's time grid, its labels placed on it by time."""
         video = SourceVideo(job.video_id, job.split)
-        video.features[FEATURE_SET] = _feature_track(features, self.transform.feature_names, job.where)
+        video.features[FEATURE_SET] = _feature_track(features, self.transform.feature_names, job.where, self.fps)
         if job.video_id in self.labels:
-            track = read_label_file(self.loc, self.labels[job.video_id])
+            track = _labels_by_time(read_label_file(self.loc, self.labels[job.video_id]), features.time_s)
             for column, dimension in enumerate(AFFECT_DIMENSIONS):
                 video.labels[dimension] = (track, column)
-        corpus = assemble_corpus(SourceRead([video], [FEATURE_SET]), source=self.loc.display(), layout=LAYOUT)
-        fps = self.request.fps
-        if fps is not None and abs(fps / corpus.fps - 1.0) > FPS_TOLERANCE:
-            raise fail(job.where, f"fps={fps:g} contradicts the video's {corpus.fps:g} fps; leave fps out for videos")
+        read = SourceRead([video], [FEATURE_SET], labels_by_time=True)
+        corpus = assemble_corpus(read, source=self.loc.display(), layout=LAYOUT)
         return sv.VideoRead(
             video=corpus.videos[0],
             feature_names=list(corpus.feature_names),

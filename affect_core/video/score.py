@@ -1,31 +1,76 @@
 """``affect score VIDEO_ROOT --model MODEL``: score videos directly, one prediction per decoded frame at its timestamp.
 
 The bundle's video transform (MODEL/video_transform.safetensors, copied there from the dataset it was trained on)
-sets how the videos are described; each video is extracted (by ``mapper``, e.g. one Ray task per video) and handed,
-as a :class:`~affect_core.data.records.Video`, to the scorer every dataset goes through
-(:func:`affect_core.scoring.score_videos`). ROOT is a video-layout folder (ROOT/videos/, partition.csv optional:
-without it every video is scored as split "test").
+sets how the videos are described; each video is extracted (by ``mapper``, e.g. one Ray task per video), placed on the
+model's time grid (the bundle's fps) by its frames' presentation timestamps whatever its own rate, constant or variable
+(:mod:`affect_core.video.timegrid`), and handed, as a :class:`~affect_core.scoring.predictions.GridVideo`, to the scorer
+every dataset goes through (:func:`affect_core.scoring.score_videos`), which writes one row per decoded frame at its
+timestamp. ROOT is a video-layout folder (ROOT/videos/, partition.csv optional: without it every video is scored as
+split "test").
+
+One bad video does not stop the others: every file is probed first (it opens, has a video stream, decodes a first
+frame), and a video that cannot be probed or extracted is left out, reported in the result's ``failed`` list and
+recorded in OUT/_failures.json (``affect info OUT`` lists it); the command exits with status 3 when any failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
 from typing import Any
 
-from affect_core.data.records import Video
-from affect_core.errors import fail
+from affect_core import storage
 from affect_core.storage import Where
-from affect_core.video.layout import FPS_TOLERANCE, Mapper, extract_jobs, to_video, video_jobs
+from affect_core.video.extract import VideoFeatures
+from affect_core.video.layout import Mapper, VideoFailure, VideoJob, extract_jobs, probe_job, video_jobs
 from affect_core.video.transform import load_bundle_transform
+
+# The record of the videos a scoring job could not read, beside the predictions (a table reader skips '_' names).
+FAILURES_FILE = "_failures.json"
 
 
 def is_video_root(url: Where, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``url`` is a folder in the video layout (has videos/ and is not a dataset)."""
-    from affect_core import storage
-
     loc = storage.resolve(url, storage_options)
     dataset = storage.exists(loc.fs, loc.join("_delta_log").path) or storage.exists(loc.fs, loc.join("_manifests").path)
     return storage.is_dir(loc.fs, loc.join("videos").path) and not dataset
+
+
+def grid_video(job: VideoJob, features: VideoFeatures, fps: float) -> Any:
+    """The scoring record of one extracted video: its features on the model's grid at ``fps`` (its own rate when the
+    model has none), its decoded frames' timestamps and faces kept for the rows written."""
+    from affect_core.scoring.predictions import GridVideo, has_face
+    from affect_core.video.timegrid import features_on_grid
+
+    rate = fps if fps > 0 else (features.fps or 25.0)
+    grid, on_grid = features_on_grid(features.time_s, features.features, rate)
+    return GridVideo(
+        job.video_id,
+        job.split,
+        on_grid,
+        grid,
+        rate,
+        frame_time_s=features.time_s,
+        frame_face=has_face(features.features),
+    )
+
+
+def record_failures(out: storage.Location, failed: list[VideoFailure]) -> None:
+    """Write OUT/_failures.json (the videos this job could not read), or remove a stale one when none failed."""
+    path = out.join(FAILURES_FILE).path
+    if failed:
+        storage.write_bytes_atomic(out.fs, path, json.dumps([f.to_dict() for f in failed], indent=1).encode())
+    elif storage.exists(out.fs, path):
+        out.fs.rm(path)
+
+
+def read_failures(out: storage.Location) -> list[dict[str, str]]:
+    """The videos the last scoring job into ``out`` could not read ([] when none failed)."""
+    path = out.join(FAILURES_FILE).path
+    if not storage.exists(out.fs, path):
+        return []
+    return list(json.loads(storage.read_bytes(out.fs, path)))
 
 
 def score_video_root(
@@ -42,7 +87,8 @@ def score_video_root(
     batch_videos: int | None = None,
 ) -> Any:
     """Extract every video of ``root`` with the bundle's video transform and score it into ``out_url``; returns the
-    scorer's ScoreResult. A video whose frame rate differs from the model's is refused before it is scored.
+    scorer's ScoreResult with ``failed``: the videos left out (module docstring). Any frame rate is scored: the model
+    runs on its own grid and each decoded frame gets the prediction at its timestamp.
     device: where the features are extracted and the model runs (``--device``, by the one device rule: "auto" or
     None, a GPU when present). target_file_bytes, batch_videos: as :func:`affect_core.scoring.score_videos` (None:
     its defaults).
@@ -63,24 +109,28 @@ def score_video_root(
     jobs = video_jobs(videos_root, storage_options, partition_required=False)
     jobs = [j for j in jobs if not splits or j.split in splits]
     check_video_ids([j.video_id for j in jobs], out)
+    probed = list(mapper(probe_job, jobs))  # before any extraction: what is no video costs nothing more
+    failed = [f for f in probed if f is not None]
+    readable = [job for job, problem in zip(jobs, probed, strict=True) if problem is None]
 
-    def videos() -> Iterator[Video]:
-        for job, features in extract_jobs(jobs, transform, mapper=mapper, device=device):
-            if bundle.fps > 0 and abs(features.fps / bundle.fps - 1.0) > FPS_TOLERANCE:
-                raise fail(
-                    job.where,
-                    f"{features.fps:g} fps but the model was trained at {bundle.fps:g} fps; expected videos at the "
-                    "model's frame rate",
-                )
-            yield to_video(job, features)
+    def videos() -> Iterator[Any]:
+        for job, features in extract_jobs(readable, transform, mapper=mapper, device=device, keep_going=True):
+            if isinstance(features, VideoFailure):
+                failed.append(features)
+                continue
+            yield grid_video(job, features, bundle.fps)
 
-    return score_videos(
+    result = score_videos(
         bundle,
         videos(),
         out,
         feature_names=transform.feature_names,
         progress=progress,
-        total=len(jobs),
+        total=len(readable),
         target_file_bytes=target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES,
         batch_videos=batch_videos,
     )
+    order = {job.video_id: n for n, job in enumerate(jobs)}
+    failed.sort(key=lambda f: order[f.video_id])
+    record_failures(out, failed)
+    return dataclasses.replace(result, failed=[f.to_dict() for f in failed])

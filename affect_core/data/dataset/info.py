@@ -161,9 +161,9 @@ def table_summary(
     url: Dataset, *, version: str | int | None = None, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What ``affect info URL --json`` prints for a dataset or predictions table: version, versions, videos
-    [{video_id, split, frames, frames_without_face}] (frames_without_face None for a predictions table, which keeps
-    no such count), files, bytes, feature_sets, fps (None where the table keeps no frame rate) and the table's
-    metadata.
+    [{video_id, split, frames, frames_without_face}] (frames_without_face None for a predictions table written
+    before the ``face`` column, which keeps no such count), files, bytes, feature_sets, fps (None where the table
+    keeps no frame rate) and the table's metadata.
 
     ``videos`` is an iterator, in split and natural id order, read once: a table of 10^6 videos is never a list of
     10^6 dicts (``affect info`` prints them as they come)."""
@@ -172,8 +172,9 @@ def table_summary(
     assert snap is not None
     metadata = opened.metadata
     fps = metadata_fps(metadata)
-    # A predictions table's index records no faces (a scored frame has a prediction either way): no count to give.
-    counts_faces = metadata.get(keys.KIND, KIND) != PREDICTIONS_KIND
+    # A predictions table's index counts the frames without a face since the tables have the face column; an older
+    # table's does not (None: no count to give).
+    counts_faces = metadata.get(keys.KIND, KIND) != PREDICTIONS_KIND or metadata.get(keys.FACE_COUNTS) == "1"
     return {
         "url": opened.loc.display(),
         "kind": metadata.get(keys.KIND, KIND),
