@@ -8,6 +8,8 @@ from typing import Any
 
 from affect_core.errors import AffectError
 
+FACE_DETECTORS = ("dlib-hog", "lbp-cascade")
+
 
 @dataclass(frozen=True)
 class VideoConfig:
@@ -18,9 +20,11 @@ class VideoConfig:
     blocks x blocks regions, each with its own histograms. volume: frames whose LBP-TOP histograms are pooled per
     frame (odd; each frame's codes also look one frame back and ahead, so a volume spans volume + 2 frames).
     detect_every: face detection on every n-th frame, boxes interpolated between. min_face_share: the smallest face
-    searched for, as a share of the frame height. pca_share: variance the PCA keeps (AVEC2016: 0.99);
-    max_components: at most this many components; pca_frames: at most this many train frames (spread evenly over
-    the train videos) are sampled to fit the PCA.
+    searched for, as a share of the frame height. face_detector: which detector finds the faces ("dlib-hog", or
+    "lbp-cascade", the detector of transforms stored before this setting existed, which read back with it); part of
+    the settings so that a dataset ingested with one detector is extracted again, not reused, under another.
+    pca_share: variance the PCA keeps (AVEC2016: 0.99); max_components: at most this many components; pca_frames: at
+    most this many train frames (spread evenly over the train videos) are sampled to fit the PCA.
     """
 
     face_size: int = 64
@@ -30,6 +34,7 @@ class VideoConfig:
     volume: int = 3
     detect_every: int = 5
     min_face_share: float = 0.2
+    face_detector: str = "dlib-hog"
     pca_share: float = 0.99
     max_components: int = 256
     pca_frames: int = 2048
@@ -43,6 +48,10 @@ class VideoConfig:
             (self.volume >= 1 and self.volume % 2 == 1, "volume must be an odd number of frames"),
             (self.detect_every >= 1, "detect_every must be at least 1"),
             (0 < self.min_face_share <= 1, "min_face_share must lie in (0, 1]"),
+            (
+                self.face_detector in FACE_DETECTORS,
+                f"face_detector must be one of {', '.join(FACE_DETECTORS)}, not {self.face_detector!r}",
+            ),
             (0 < self.pca_share <= 1, "pca_share must lie in (0, 1]"),
             (self.max_components >= 1, "max_components must be at least 1"),
             (self.pca_frames >= 2, "pca_frames must be at least 2"),
@@ -77,6 +86,8 @@ class VideoConfig:
         if unknown:
             raise AffectError(f"{where}: unknown setting {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
         values = dict(raw)
+        # Transforms stored before the setting existed were fitted on faces found by scikit-image's LBP cascade.
+        values.setdefault("face_detector", "lbp-cascade")
         if "wavelengths" in values:
             values["wavelengths"] = tuple(float(w) for w in values["wavelengths"])
         for name in ("pca_share", "min_face_share"):
