@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 MODELS = ("baseline", "lstm-kf", "lstm-ekf")
 ALIGNS = ("none", "manual", "adaptive")
 DIMENSIONS = ("arousal", "valence", "joint")
+TARGETS = ("gold", "raters")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class ModelConfig:
     window: the alignment half-width D in frames; sigma2_init the initial Gaussian variance (frames^2).
     manual_shift: the manual-alignment delay in frames; None = grid search on the train split.
     smooth_sigma: the baseline's fixed Gaussian smoothing width in frames.
+    raters: empty to train on the gold standard (the default); else the raters whose own traces train one adaptive
+        alignment each (``affect train --targets raters``), in label order, as the dataset names them
+        (``Video.ratings`` keys without the dimension).
     """
 
     model: str = "lstm-ekf"
@@ -46,9 +50,16 @@ class ModelConfig:
     r_init: float = 1e-2
     p0: float = 1.0
     filter_method: str = "auto"
+    raters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        self.raters = tuple(str(r) for r in self.raters)
+        if self.raters and self.align != "adaptive":
+            raise AffectError(
+                f"model config: per-rater targets learn one adaptive alignment per rater; got align={self.align!r}, "
+                "expected align=adaptive"
+            )
         check_choice("model", self.model, MODELS)
         check_choice("align", self.align, ALIGNS)
         check_choice("dimension", self.dimension, DIMENSIONS)
@@ -88,6 +99,8 @@ class TrainConfig:
 
     window_frames: None for full-length BPTT over whole sequences, else truncated windows of that many frames with
     ``batch_size`` windows per step.
+    targets: "gold" trains on the gold standard (the default); "raters" on each rater's own trace, with one adaptive
+        alignment per rater (the dataset must hold per-rater traces, e.g. AVEC2016's ratings_individual).
     """
 
     lr: float = 1e-3
@@ -102,9 +115,11 @@ class TrainConfig:
     grad_clip: float = 5.0
     seed: int = 0
     eval_every: int = 1
+    targets: str = "gold"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        check_choice("targets", self.targets, TARGETS)
         # Checked here so a run config file with a nonsensical value fails at once with one line, not epochs later.
         for name in ("max_epochs", "patience", "batch_size", "eval_every"):
             value = getattr(self, name)
@@ -169,6 +184,7 @@ def load_run_config(
     align: str | None = None,
     epochs: int | None = None,
     window_frames: int | None = None,
+    targets: str | None = None,
 ) -> RunConfig:
     """The run configuration of a YAML/JSON file (e.g. ``best_config.yaml`` of ``affect tune``), or the defaults when
     ``url`` is None, with the flags that were given on top (window_frames 0 = whole sequences)."""
@@ -193,6 +209,9 @@ def load_run_config(
         config.train.max_epochs = int(epochs)
     if window_frames is not None:
         config.train.window_frames = int(window_frames) or None
+    if targets is not None:
+        config.train.targets = targets
+        config.train.__post_init__()
     config.model.__post_init__()
     return config
 

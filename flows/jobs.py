@@ -126,6 +126,11 @@ class TrainJob:
     feature_set: str | None = option(None, "Feature set name(s), comma-joined for fusion.")
     config: str | None = option(None, "YAML/JSON run config (e.g. the best config of `affect tune`).", url=True)
     window_frames: int | None = option(None, "Truncated BPTT windows of this many frames (0 = whole sequences).")
+    targets: str | None = option(
+        None,
+        "gold | raters: train on the gold standard (default), or on each rater's own trace with one learned lag per "
+        "rater (needs per-rater traces, e.g. AVEC2016's ratings_individual; --align adaptive).",
+    )
     resume: bool = option(False, "Continue an interrupted run from its checkpoints.")
     ray: bool | None = option(
         None,
@@ -473,6 +478,7 @@ def _trained(job: TrainJob, dataset: Any) -> dict[str, str]:
         align=job.align,
         epochs=job.epochs,
         window_frames=job.window_frames,
+        targets=job.targets,
     )
 
     def on_ray(gpus: float) -> dict[str, str]:

@@ -19,7 +19,10 @@ Per video (all videos share one fixed feature mapping, so a model trained on som
   the start), plus smooth annotator noise (AR(1), time constant ``label_noise_tau_s``, standard deviation
   ``label_noise``), clipped to [-1, 1]. Test videos are unlabelled unless ``test_labels``.
 - Raters (``raters`` > 0, as in RECOLA's ratings_individual_centred): each rater's trace is the gold standard
-  plus that rater's own smooth noise of the same kind, clipped to [-1, 1]; kept as ``Video.ratings``.
+  plus that rater's own smooth noise of the same kind, clipped to [-1, 1]; kept as ``Video.ratings``. With
+  ``rater_lags_s`` (one lag per rater) each rater instead follows the latent delayed by that rater's own lag, plus
+  the rater's noise, and the gold standard of a labelled video is the raters' mean, as RECOLA's: a corpus with
+  planted per-rater reaction lags.
 
 Features are rounded to ``feature_decimals`` and labels to ``label_decimals`` decimals in the records
 themselves, so that every file layout written from a corpus holds exactly its values (the text layouts print
@@ -84,11 +87,13 @@ class SynthConfig:
     coupling: float = 0.5
     test_labels: bool = False
     raters: int = 0
+    rater_lags_s: tuple[float, ...] = ()
     feature_decimals: int = 4
     label_decimals: int = 6
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.rater_lags_s = tuple(float(lag) for lag in self.rater_lags_s)
         self.validate()
 
     @property
@@ -121,6 +126,15 @@ class SynthConfig:
             ("feature_noise", self.feature_noise >= 0, "0 or more"),
             ("label_noise", self.label_noise >= 0, "0 or more"),
             ("raters", 0 <= self.raters <= 99, "0 to 99"),
+            (
+                "rater_lags_s",
+                not self.rater_lags_s
+                or (
+                    len(self.rater_lags_s) == self.raters
+                    and all(math.isfinite(lag) and 0 <= lag * self.fps < self.frames for lag in self.rater_lags_s)
+                ),
+                "empty, or one lag in seconds (0 or more, shorter than a video) per rater",
+            ),
             ("label_noise_tau_s", self.label_noise_tau_s > 0, "a positive number of seconds"),
             ("subject_offset", self.subject_offset >= 0, "0 or more"),
             ("informative_share", 0 < self.informative_share <= 1, "in (0, 1]"),
@@ -193,7 +207,12 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
         features[~face] = np.nan
         labels = _gold_standard(config, latent, rng)
         labelled = split != "test" or config.test_labels
-        ratings = _ratings(config, labels, rng) if labelled and config.raters else None
+        ratings = _ratings(config, labels, latent, rng) if labelled and config.raters else None
+        if ratings and config.rater_lags_s:  # the gold standard is the raters' mean, as RECOLA's
+            labels = np.stack(
+                [np.mean([ratings[f"{d}/{r}"] for r in rater_names(config)], axis=0) for d in AFFECT_DIMENSIONS], 1
+            )
+            labels = (np.round(labels.astype(np.float64), config.label_decimals) + 0.0).astype(np.float32)
         videos.append(
             Video(
                 video_id=vid,
@@ -384,12 +403,19 @@ def rater_names(config: SynthConfig) -> list[str]:
     return [f"R{i + 1}" for i in range(config.raters)]
 
 
-def _ratings(config: SynthConfig, labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-rater traces: the gold standard plus each rater's own smooth noise, "<dimension>/<rater>" -> (T,)."""
+def _ratings(
+    config: SynthConfig, labels: np.ndarray, latent: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Per-rater traces, "<dimension>/<rater>" -> (T,): the gold standard plus each rater's own smooth noise, or with
+    ``rater_lags_s`` the latent delayed by each rater's own lag plus that rater's noise."""
     out: dict[str, np.ndarray] = {}
-    for rater in rater_names(config):
-        noise = _gold_standard(config.with_(lag_s=0.0), np.zeros_like(labels), rng).astype(np.float64)
-        traces = np.clip(labels.astype(np.float64) + noise, -1.0, 1.0)
+    for i, rater in enumerate(rater_names(config)):
+        if config.rater_lags_s:
+            own = _gold_standard(config.with_(lag_s=float(config.rater_lags_s[i])), latent, rng)
+            traces = own.astype(np.float64)
+        else:
+            noise = _gold_standard(config.with_(lag_s=0.0), np.zeros_like(labels), rng).astype(np.float64)
+            traces = np.clip(labels.astype(np.float64) + noise, -1.0, 1.0)
         traces = (np.round(traces, config.label_decimals) + 0.0).astype(np.float32)
         for column, dimension in enumerate(AFFECT_DIMENSIONS):
             out[f"{dimension}/{rater}"] = traces[:, column].copy()
