@@ -16,6 +16,10 @@ from torch import Tensor, nn
 
 from affect_core.parallel import Workers
 
+# Where the finite frames of an output's window carry less than this share of its weight, the output is NaN: its
+# value would rest on frames that are not there (and on the FFT's rounding, about 1e-16 of the window's values).
+MIN_FINITE_WEIGHT = 1e-9
+
 
 def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
     """y_t = sum_k weights[k + D] * z_{t-k}, k = -D..D, replicate padding at both ends.
@@ -24,6 +28,12 @@ def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
 
     Computed as one FFT product in float64 (O(T log T) whatever D; a direct convolution with the default 201-tap
     alignment window costs about as much as the whole LSTM front-end, forward and backward).
+
+    A non-finite value (NaN, +-inf) is a missing value, not a number: it reaches no output outside its own window.
+    An output whose window holds one is the weighted mean over the window's finite values, the weights renormalised
+    over them (:func:`renormalised`); it is NaN only where those carry less than ``MIN_FINITE_WEIGHT`` of the weight.
+    Where every value of a window is finite the output is exactly the plain convolution, and so is every output of
+    an input without a non-finite value (an FFT would otherwise smear one NaN over the whole sequence).
     """
     half = (weights.shape[0] - 1) // 2
     if half == 0:
@@ -34,9 +44,41 @@ def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
     # The full linear convolution of the padded signal with w, read at 2D .. 2D + T - 1, is y; a circular one of
     # length N > T + 2D agrees with it there.
     size = _fft_size(t + 2 * half + 1)
-    spectrum = torch.fft.rfft(x, n=size) * torch.fft.rfft(weights.to(torch.float64), n=size)
-    y = torch.fft.irfft(spectrum, n=size)[:, 2 * half : 2 * half + t]
+    w_spectrum = torch.fft.rfft(weights.to(torch.float64), n=size)
+
+    def convolve(signal: Tensor) -> Tensor:
+        return torch.fft.irfft(torch.fft.rfft(signal, n=size) * w_spectrum, n=size)[:, 2 * half : 2 * half + t]
+
+    finite = torch.isfinite(x)
+    # On the CPU the check costs no wait; on an accelerator both ways are taken rather than wait for the device.
+    if x.device.type == "cpu" and bool(finite.all()):
+        y = convolve(x)
+    else:
+        y = renormalised(
+            convolve(torch.where(finite, x, 0.0)),
+            convolve(finite.to(torch.float64)),
+            _window_counts(~finite, 2 * half + 1),
+            weights.to(torch.float64).sum(),
+        )
     return y.to(z.dtype).view(b, c, t).transpose(1, 2)
+
+
+def renormalised(weighted: Tensor, finite_weight: Tensor, missing: Tensor, total: Tensor) -> Tensor:
+    """The outputs of a convolution that leaves non-finite values out: ``weighted`` (the convolution of the input with
+    its non-finite values set to 0) where the window has no non-finite value (``missing`` == 0), else the weighted
+    mean over the window's finite values, ``weighted * total / finite_weight`` (``finite_weight``: the convolution of
+    the finite-value indicator; ``total``: the sum of the weights); NaN where the finite values carry less than
+    ``MIN_FINITE_WEIGHT`` of the weight. Shapes broadcast; the gradients stay finite."""
+    enough = finite_weight.abs() > MIN_FINITE_WEIGHT * total.abs()
+    mean = weighted * total / torch.where(enough, finite_weight, torch.ones_like(finite_weight))
+    return torch.where(missing == 0, weighted, torch.where(enough, mean, torch.full_like(mean, math.nan)))
+
+
+def _window_counts(flags: Tensor, width: int) -> Tensor:
+    """(R, L - width + 1): per row of ``flags`` (R, L) bool, how many are set in each window of ``width``
+    consecutive entries (exact: integer counts)."""
+    counts = F.pad(flags.to(torch.int64).cumsum(-1), (1, 0))
+    return counts[:, width:] - counts[:, :-width]
 
 
 def _fft_size(minimum: int) -> int:

@@ -17,7 +17,14 @@ from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
 from affect_core.metrics import average_over_sequences, sequence_metrics
-from affect_core.model import AffectModel, host_finite_rows, level_variances
+from affect_core.model import (
+    AffectModel,
+    first_nonfinite,
+    host_finite_rows,
+    level_variances,
+    nonfinite_error,
+    output_map,
+)
 from affect_core.parallel import Workers, natural_key
 
 # Frames of one padded evaluation batch (all its videos together): bounds the memory of evaluating a large split.
@@ -53,13 +60,16 @@ def predict_batch(
     videos: Sequence[np.ndarray],
     *,
     chunk_frames: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Prediction]:
     """Per-video predictions of a one-seed model for several videos, each equal to predicting that video alone.
 
     videos: raw features (T_i, d) per video, NaN rows = no face. The videos of at most ``chunk_frames`` frames go
     through the model together: per video, the front-end LSTM costs less than half as much in a batch of 16 as alone.
     Longer videos stream through in chunks, one at a time (bounded memory). The caller bounds the batch's size.
+    names: the videos' ids, for the error that a model state gone non-finite raises (default: their positions).
     """
+    names = [f"video {i}" for i in range(len(videos))] if names is None else [f"video {n!r}" for n in names]
     dims = model.config.affect_dimensions
     out: list[Prediction | None] = [None] * len(videos)
     stacked = []
@@ -69,13 +79,14 @@ def predict_batch(
         elif chunk_frames is not None and len(features) > chunk_frames:
             from affect_core.streaming import iter_chunks, stream_predict
 
-            parts = list(stream_predict(model, transform, iter_chunks(features, chunk_frames)))
+            parts = list(stream_predict(model, transform, iter_chunks(features, chunk_frames), name=names[i]))
             out[i] = Prediction(dims, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         else:
             stacked.append(i)
     if stacked:
         xs = model_inputs(transform, [videos[i] for i in stacked])
-        for i, (levels, variances) in zip(stacked, forward_padded(model, xs)[0], strict=True):
+        outputs = forward_padded(model, xs, names=[names[i] for i in stacked])[0]
+        for i, (levels, variances) in zip(stacked, outputs, strict=True):
             out[i] = Prediction(dims, levels, variances)
     return [p for p in out if p is not None]
 
@@ -95,9 +106,12 @@ def model_inputs(transform: FeatureTransform | None, videos: Sequence[np.ndarray
 
 
 def forward_padded(
-    model: AffectModel, xs: list[np.ndarray], seeds: list[int] | None = None
+    model: AffectModel, xs: list[np.ndarray], seeds: list[int] | None = None, *, names: Sequence[str] | None = None
 ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """The model over videos of different lengths: xs (T_i, d) transformed features, NaN rows = no face.
+
+    A model state (filtered state or its level variances) that is not finite on a frame of a video raises an
+    AffectError naming the video (``names``: how to call them, default "video <position>") and the first such frame.
 
     Returns, per seed in ``seeds`` (default all), per video: (levels (T_i, k), variances (T_i, k); NaN variances
     without a filter). The videos are padded at the end to the longest with observed zero rows: the causal stages never
@@ -121,7 +135,12 @@ def forward_padded(
     observed = host_finite_rows(padded)
     mask = None if observed.all() else to_model_device(torch.from_numpy(observed), param)
     x = to_model_device(torch.from_numpy(padded), param)
-    outputs = padded_predictions(model, x, mask, lengths, seeds)
+    faults: list[torch.Tensor] = []
+    outputs = padded_predictions(model, x, mask, lengths, seeds, faults=faults)
+    for per_video in (f.cpu().tolist() for f in faults):
+        for b, frame in enumerate(per_video):
+            if 0 <= frame < lengths[b]:
+                raise nonfinite_error(f"video {b}" if names is None else names[b], frame)
     results = []
     for per_video in outputs:
         results.append(
@@ -138,12 +157,20 @@ def forward_padded(
 
 @torch.inference_mode()
 def padded_predictions(
-    model: AffectModel, x: torch.Tensor, mask: torch.Tensor | None, lengths: list[int], seeds: list[int] | None = None
+    model: AffectModel,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    lengths: list[int],
+    seeds: list[int] | None = None,
+    *,
+    faults: list[torch.Tensor] | None = None,
 ) -> list[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """The device side of :func:`forward_padded`: x `(B, T, d)` padded features with zero rows where ``mask`` (the
     frames with a face, `(B, T)`; None = all) is False. Returns per seed, per video (levels (T_i, k), level variances
     (T_i, k) or None without a filter), on the model's device. The non-causal stages run per video on its true length
-    (videos of equal length share a call), so their replicate padding sits at the video's own end."""
+    (videos of equal length share a call), so their replicate padding sits at the video's own end. The levels go
+    through :func:`affect_core.model.output_map`. faults: when given, gets per seed the (B,) first frame of each
+    sequence whose state is not finite (-1: none; padding frames included), on the device."""
     was_training = model.training
     model.eval()
     try:
@@ -156,6 +183,8 @@ def padded_predictions(
     for s in chosen:
         z, P = causal.states[s], causal.covariances[s]
         assert z is not None
+        if faults is not None:
+            faults.append(first_nonfinite(z if P is None else torch.cat([z, level_variances(P).to(z.dtype)], -1)))
         per_video: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             rows = [b for b, n in enumerate(lengths) if n == length]
@@ -172,7 +201,7 @@ def padded_predictions(
                 level_var = level_variances(P.index_select(0, index)[:, :length]).to(level.dtype)
                 both = model.noncausal(torch.cat([level, level_var], dim=-1), s)
                 levels, variances = both[..., :k], both[..., k:]
-            level_rows = levels.unbind(0)  # views, in one call
+            level_rows = output_map(levels).unbind(0)  # views, in one call
             variance_rows = None if variances is None else variances.unbind(0)
             for j, b in enumerate(rows):
                 per_video[b] = (level_rows[j], None if variance_rows is None else variance_rows[j])
@@ -222,21 +251,42 @@ def evaluate_seeds(
     dims = model.config.affect_dimensions
     rows: list[dict[str, list[tuple[str, dict[str, float]]]]] = [{d: [] for d in dims} for _ in chosen]
     labelled = [v for v in videos if v.labelled and v.num_frames > 0]
-    for batch in _evaluation_batches(labelled):
-        outputs = forward_padded(model, [model_input(transform, v.features) for v in batch], chosen)
-        for per_seed, predictions in zip(rows, outputs, strict=True):
-            for video, (levels, _) in zip(batch, predictions, strict=True):
-                for j, dim in enumerate(dims):
-                    gold = video.labels(dim)
-                    if gold is not None and np.isfinite(gold).any():
-                        per_seed[dim].append((video.video_id, sequence_metrics(levels[:, j], gold)))
+    fault: str | None = None
+    try:
+        for batch in _evaluation_batches(labelled):
+            xs = [model_input(transform, v.features) for v in batch]
+            names = [f"evaluation: video {v.video_id!r}" for v in batch]
+            outputs = forward_padded(model, xs, chosen, names=names)
+            for per_seed, predictions in zip(rows, outputs, strict=True):
+                for video, name, (levels, _) in zip(batch, names, predictions, strict=True):
+                    for j, dim in enumerate(dims):
+                        gold = video.labels(dim)
+                        if gold is not None and np.isfinite(gold).any():
+                            per_seed[dim].append((video.video_id, video_metrics(levels[:, j], gold, name)))
+    except AffectError as exc:
+        if workers is None:
+            raise
+        fault = str(exc)  # raised on every worker below, none left waiting in the gather
     if workers is not None:
-        gathered = workers.gather(rows)
+        gathered, faults = zip(*workers.gather((rows, fault)), strict=True)
+        fault = next((f for f in faults if f is not None), None)
+        if fault is not None:
+            raise AffectError(fault)
         rows = [
             {d: sorted((r for part in gathered for r in part[i][d]), key=lambda r: natural_key(r[0])) for d in dims}
             for i in range(len(chosen))
         ]
     return [{dim: average_over_sequences([m for _, m in per_dim[dim]]) for dim in dims} for per_dim in rows]
+
+
+def video_metrics(levels: np.ndarray, gold: np.ndarray, name: str) -> dict[str, float]:
+    """:func:`affect_core.metrics.sequence_metrics` of one video's predicted track against its labels; a prediction
+    that is not finite on a labelled frame is an AffectError naming the video (``name``) and the frame, never a
+    metric computed without it (an early stopping steered by a silent 0)."""
+    bad = ~np.isfinite(levels) & np.isfinite(gold)
+    if bad.any():
+        raise nonfinite_error(name, int(np.argmax(bad)))
+    return sequence_metrics(levels, gold)
 
 
 def evaluate_videos(

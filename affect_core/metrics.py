@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from affect_core.errors import AffectError
+
 _EPS = 1e-12
 
 
@@ -57,11 +59,23 @@ def rmse(pred: Tensor, gold: Tensor, valid: Tensor | None = None) -> Tensor:
 
 def metrics_table(pred: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
     """CCC, RMSE and Pearson CC of many sequences at once: pred and gold of shapes broadcasting to (..., T), NaN
-    frames left out; each metric comes back with shape (...). The moments are computed once for CCC and PCC."""
+    gold frames (unlabelled) left out; each metric comes back with shape (...). The moments are computed once for CCC
+    and PCC.
+
+    A prediction that is not finite on a labelled frame is an AffectError naming the frame: left out, it would give
+    a sequence of such frames a CCC of 0, a number that looks measured (and steers early stopping)."""
     p = torch.as_tensor(np.asarray(pred, dtype=np.float64))
     g = torch.as_tensor(np.asarray(gold, dtype=np.float64))
     p, g = torch.broadcast_tensors(p, g)
-    valid = torch.isfinite(g) & torch.isfinite(p)
+    valid = torch.isfinite(g)
+    unusable = valid & ~torch.isfinite(p)
+    if bool(unusable.any()):
+        where = tuple(int(i) for i in torch.nonzero(unusable)[0])
+        raise AffectError(
+            f"metrics: the prediction is {float(p[where])} at frame {where[-1]}"
+            + (f" of sequence {where[:-1]}" if len(where) > 1 else "")
+            + ", a labelled frame; expected a finite prediction on every labelled frame"
+        )
     g = torch.nan_to_num(g)
     p = torch.nan_to_num(p)
     mean_p, mean_g, var_p, var_g, cov = _masked_moments(p, g, valid)

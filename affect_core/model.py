@@ -8,6 +8,7 @@
       -> non-causal stages, channel by channel (:meth:`AffectModel.noncausal`):
          the baseline's fixed Gaussian smoothing, then alignment: none | manual (fixed delay) | adaptive (learnable
          Gaussian, mu and sigma^2)
+      -> output map (:func:`output_map`): the levels clamped to [-1, 1], the labels' range
       -> y_t = [level, d level, d2 level] per affect dimension
 
 One configuration (:class:`affect_core.config.ModelConfig`) selects every variant of the paper's Tables I-III.
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -37,6 +39,7 @@ from affect_core.alignment import AdaptiveAlignment, FixedGaussianSmoothing, Fix
 from affect_core.config import ModelConfig
 from affect_core.errors import AffectError
 from affect_core.frontend import FrontEnd, LSTMState
+from affect_core.rater_alignment import RaterAlignments
 
 FilterState = tuple[Tensor, Tensor]
 """A filter's last (z `(n,)`, P `(n, n)`) of one sequence."""
@@ -72,7 +75,8 @@ class CausalOutput:
 class ModelOutput:
     """Per-frame outputs of a one-seed model. B sequences, T frames, n = 3 x affect dimensions.
 
-    y: (B, T, n) aligned prediction (level, first and second derivative per dimension).
+    y: (B, T, n) aligned prediction (level, first and second derivative per dimension), the levels through
+        :func:`output_map` (in [-1, 1]).
     z: (B, T, n) filtered state (for the baseline: the observation before smoothing).
     P: (B, T, n, n) filter covariance, or None for the baseline (no filter).
     y_var: (B, T, k) variance of each aligned level (the alignment applied to P's level diagonal), or None;
@@ -96,6 +100,35 @@ class ModelOutput:
     def levels(self) -> Tensor:
         """(B, T, k): the predicted level of each affect dimension."""
         return self.y[..., 0::3]
+
+
+def output_map(levels: Tensor) -> Tensor:
+    """The model's last stage: aligned levels -> predictions in [-1, 1], the labels' range, on every path (training,
+    evaluation, batched scoring, streaming). A clamp (hardtanh): the identity inside the range, so a prediction in it
+    is the paper's; NaN stays NaN (it is reported, never hidden). levels: any shape."""
+    return F.hardtanh(levels)
+
+
+def bounded_state(y: Tensor) -> Tensor:
+    """y (..., 3k) [level, d level, d2 level] per affect dimension with :func:`output_map` applied to the levels; the
+    derivative channels pass unchanged. Any multiple of 3 channels (several targets side by side) works alike."""
+    levels, derivatives = y[..., 0::3], y.unflatten(-1, (-1, 3))[..., 1:]
+    return torch.cat([output_map(levels).unsqueeze(-1), derivatives], dim=-1).flatten(-2)
+
+
+def first_nonfinite(values: Tensor) -> Tensor:
+    """(B,) int64: per sequence of ``values`` (B, T, ...), the first frame holding a NaN or an infinity, -1 where there
+    is none. Computed on the values' device without waiting for it (read it with the results)."""
+    bad = ~torch.isfinite(values.flatten(2)).all(-1)
+    return torch.where(bad.any(-1), bad.to(torch.int32).argmax(-1).to(torch.int64), -1)
+
+
+def nonfinite_error(where: str, frame: int) -> AffectError:
+    """The error of a model whose state (or prediction) stopped being a number: names where and the first frame."""
+    return AffectError(
+        f"{where}: the model's state is not finite (NaN or infinite) from frame {frame} on; its predictions there would"
+        " be meaningless (a diverged filter or non-finite weights)"
+    )
 
 
 def level_variances(P: Tensor) -> Tensor:
@@ -272,6 +305,10 @@ class AffectModel(nn.Module):
 
     @staticmethod
     def _new_alignment(config: ModelConfig) -> nn.Module:
+        if config.align == "adaptive" and config.raters:
+            return RaterAlignments(
+                config.raters, window=config.window, mu_init=config.mu_init_frames, sigma2_init=config.sigma2_init
+            )
         if config.align == "adaptive":
             return AdaptiveAlignment(
                 window=config.window, mu_init=config.mu_init_frames, sigma2_init=config.sigma2_init
@@ -353,6 +390,13 @@ class AffectModel(nn.Module):
             channels = self.alignments(seed, channels)
         return channels
 
+    def training_targets(self, z: Tensor, seed: int = 0) -> Tensor:
+        """What the loss compares with the labels: ``noncausal(z)`` (B, T, n), or with per-rater targets each rater's
+        aligned prediction (B, T, R * n), rater r in channels [r * n, (r + 1) * n) (the labels' order)."""
+        if self.config.raters and self.alignments is not None:
+            return self.alignments(seed, z, per_rater=True)
+        return self.noncausal(z, seed)
+
     def noncausal_kernels(self, seed: int = 0) -> list[Tensor]:
         """The non-causal stages of seed ``seed`` as convolution weights `(2D + 1,)`, in order (for streaming)."""
         kernels = [] if self.smoothing is None else [self.smoothing.kernel()]
@@ -369,13 +413,14 @@ class AffectModel(nn.Module):
         z = out.states[0]
         assert z is not None
         return ModelOutput(
-            y=self.noncausal(z), z=z, P=out.covariances[0], observations=out.observations[0], _model=self
+            y=bounded_state(self.noncausal(z)), z=z, P=out.covariances[0], observations=out.observations[0], _model=self
         )
 
     # ------------------------------------------------------------------------------------------------------------
     def alignment_parameters(self) -> list[nn.Parameter]:
         """The parameters that get their own learning rate (mu', s of adaptive alignment)."""
-        adaptive = self.alignments is not None and isinstance(self.alignments.template, AdaptiveAlignment)
+        learned = (AdaptiveAlignment, RaterAlignments)
+        adaptive = self.alignments is not None and isinstance(self.alignments.template, learned)
         return list(self.alignments.parameters()) if adaptive else []
 
     def parameter_groups(self, lr: float, lr_align: float) -> list[dict[str, object]]:
@@ -410,9 +455,19 @@ class AffectModel(nn.Module):
         if self.alignments is None:
             return 0.0, 0.0
         alignment = self.alignments.seed_module(seed)
+        if isinstance(alignment, RaterAlignments):  # the raters' mean
+            return float(alignment.mu.detach().mean()), float(alignment.sigma2.detach().mean())
         if isinstance(alignment, AdaptiveAlignment):
             return float(alignment.mu.detach()), float(alignment.sigma2.detach())
         return float(alignment.shift), 0.0
+
+    def rater_lags(self, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """{rater: (mu in frames, sigma^2)} of a seed's per-rater alignments; empty without per-rater targets."""
+        if not self.config.raters or self.alignments is None:
+            return {}
+        alignment = self.alignments.seed_module(seed)
+        pairs = zip(alignment.mu.detach().tolist(), alignment.sigma2.detach().tolist(), strict=True)
+        return dict(zip(self.config.raters, pairs, strict=True))
 
     # ------------------------------------------------------------------------------------------------------------
     def seed_state(self, seed: int) -> dict[str, Tensor]:

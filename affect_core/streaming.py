@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from affect_core.alignment import renormalised
 from affect_core.features import FeatureTransform
-from affect_core.model import AffectModel, level_variances
+from affect_core.model import AffectModel, first_nonfinite, level_variances, nonfinite_error, output_map
 
 
 class StreamingLaggedConvolution:
@@ -58,13 +59,29 @@ class StreamingLaggedConvolution:
         self.buffer = torch.cat([self.buffer, self.buffer[-1:].expand(self.half, -1)])
         return self._emit(end)
 
+    def _convolve(self, segment: Tensor) -> Tensor:
+        """The outputs of a segment (L, C) holding their whole windows: (L - 2D, C). Non-finite values are left out
+        as :func:`affect_core.alignment.lagged_convolution` leaves them out."""
+        kernel = self.kernel.to(segment.dtype)
+
+        def convolve(signal: Tensor) -> Tensor:
+            return F.conv1d(signal.T.unsqueeze(1), kernel).squeeze(1).T
+
+        finite = torch.isfinite(segment)
+        if bool(finite.all()):
+            return convolve(segment)
+        missing = F.conv1d((~finite).to(segment.dtype).T.unsqueeze(1), torch.ones_like(kernel)).squeeze(1).T
+        return renormalised(
+            convolve(torch.where(finite, segment, 0.0)), convolve(finite.to(segment.dtype)), missing, kernel.sum()
+        )
+
     def _emit(self, upto: int) -> Tensor:
         assert self.buffer is not None
         if upto <= self.emitted:
             return self.buffer[:0]
         lo = self.emitted - self.half - self.start
         segment = self.buffer[lo : upto + self.half - self.start]
-        out = F.conv1d(segment.T.unsqueeze(1), self.kernel.to(segment.dtype)).squeeze(1).T
+        out = self._convolve(segment)
         self.emitted = upto
         drop = self.emitted - self.half - self.start
         self.buffer = self.buffer[drop:]
@@ -114,12 +131,19 @@ class StreamingFeatureTransform:
 
 @torch.no_grad()
 def stream_predict(
-    model: AffectModel, transform: FeatureTransform | None, chunks: Iterable[np.ndarray], *, seed: int = 0
+    model: AffectModel,
+    transform: FeatureTransform | None,
+    chunks: Iterable[np.ndarray],
+    *,
+    seed: int = 0,
+    name: str = "stream",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Predict a video given as consecutive chunks of raw feature rows (NaN rows = no face) with seed ``seed``.
 
     Yields (levels (c, k), variances (c, k)) for consecutive frames; all yields together cover the video once. The
-    result equals :func:`affect_core.inference.predict_features` on the whole video (up to float rounding).
+    result equals :func:`affect_core.inference.predict_features` on the whole video (up to float rounding): the
+    levels through :func:`affect_core.model.output_map`, and a model state that is not finite an AffectError naming
+    ``name`` (the video) and the first such frame.
     """
     was_training = model.training
     model.eval()
@@ -129,16 +153,22 @@ def stream_predict(
     features = StreamingFeatureTransform(transform)
     convs = [StreamingLaggedConvolution(w.to(param)) for w in model.noncausal_kernels(seed)]
     state = None
+    fed = 0  # frames through the causal stages so far
 
     def causal(x_np: np.ndarray) -> Tensor:
         """The causal stages over one piece: rows (c, n + k) = [z, level variances] (baseline: [o])."""
-        nonlocal state
+        nonlocal state, fed
         x = torch.as_tensor(x_np, dtype=param.dtype, device=param.device).unsqueeze(0)
         out = model.causal(x, state=state, seeds=[seed])
         state = out.state
         z, P = out.states[seed], out.covariances[seed]
         assert z is not None
-        return z[0] if P is None else torch.cat([z[0], level_variances(P[0]).to(z.dtype)], dim=-1)
+        rows = z[0] if P is None else torch.cat([z[0], level_variances(P[0]).to(z.dtype)], dim=-1)
+        first = int(first_nonfinite(rows.unsqueeze(0))[0])
+        if first >= 0:
+            raise nonfinite_error(name, fed + first)
+        fed += rows.shape[0]
+        return rows
 
     def through_stages(rows: Tensor, final: bool) -> Tensor:
         for conv in convs:
@@ -149,7 +179,7 @@ def stream_predict(
     def emit(rows: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
         if rows.shape[0] == 0:
             return None
-        levels = rows[:, 0 : 3 * k : 3].cpu().numpy()
+        levels = output_map(rows[:, 0 : 3 * k : 3]).cpu().numpy()
         if not filtered:
             return levels, np.full_like(levels, np.nan)
         return levels, rows[:, 3 * k :].cpu().numpy()

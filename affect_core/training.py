@@ -27,7 +27,7 @@ from affect_core.errors import AffectError
 from affect_core.features import FeatureStatistics, FeatureTransform, feature_statistics, transform_from_statistics
 from affect_core.inference import evaluate_seeds
 from affect_core.losses import affect_loss_parts
-from affect_core.model import AffectModel, host_finite_rows
+from affect_core.model import AffectModel, bounded_state, first_nonfinite, host_finite_rows, nonfinite_error
 from affect_core.parallel import Workers, natural_key
 from affect_core.storage import Where, resolve
 
@@ -45,6 +45,7 @@ class TrainResult:
     """What one training run produced: the best model (by dev CCC), its transform and a result record.
 
     metrics: {split: {dimension: {ccc, rmse, pcc}}} of the best model.
+    rater_lags: {rater: (mu in frames, sigma^2)} with per-rater targets, else empty.
     """
 
     model: AffectModel
@@ -57,6 +58,7 @@ class TrainResult:
     best_epoch: int
     train_seconds: float
     history: list[EpochRecord] = field(default_factory=list)
+    rater_lags: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,19 +72,46 @@ class Batch:
 
 
 def stack_videos(
-    videos: list[Video], transform: FeatureTransform, dimensions: tuple[str, ...], fps: float
+    videos: list[Video],
+    transform: FeatureTransform,
+    dimensions: tuple[str, ...],
+    fps: float,
+    raters: tuple[str, ...] = (),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Transformed features and label tracks of each video: [(x (T, d'), labels (T, k))]."""
+    """Transformed features and label tracks of each video: [(x (T, d'), labels (T, k))]; with ``raters`` the raters'
+    own traces instead, (T, R * k), rater r's dimensions in columns [r * k, (r + 1) * k) (NaN where a rater gave
+    none)."""
     out = []
     for v in videos:
         x = transform.apply(v.features)
-        labels = np.full((v.num_frames, len(dimensions)), np.nan, dtype=np.float32)
-        for j, dim in enumerate(dimensions):
-            track = v.labels(dim)
+        columns = [(rater, dim) for rater in raters for dim in dimensions] or [(None, dim) for dim in dimensions]
+        labels = np.full((v.num_frames, len(columns)), np.nan, dtype=np.float32)
+        for j, (rater, dim) in enumerate(columns):
+            track = v.labels(dim) if rater is None else (v.ratings or {}).get(f"{dim}/{rater}")
             if track is not None:
                 labels[:, j] = track
         out.append((x, labels))
     return out
+
+
+def rater_names(videos: list[Video], dimensions: tuple[str, ...], workers: Workers | None = None) -> tuple[str, ...]:
+    """The raters with a trace of every one of ``dimensions`` in some video (over every worker's shard), sorted."""
+    found = sorted(
+        {
+            key.split("/", 1)[1]
+            for v in videos
+            for key in (v.ratings or {})
+            if all(f"{dim}/{key.split('/', 1)[1]}" in (v.ratings or {}) for dim in dimensions)
+        }
+    )
+    if workers is not None:
+        found = sorted({name for names in workers.gather(found) for name in names})
+    if not found:
+        raise AffectError(
+            f"training: --targets raters needs per-rater traces of {'/'.join(dimensions)} (e.g. AVEC2016's "
+            "ratings_individual); the train split has none"
+        )
+    return tuple(found)
 
 
 def pad_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
@@ -133,6 +162,9 @@ def prepare_training(
     """
     dims = config.model.affect_dimensions
     counts = [len(train)] if workers is None else workers.gather(len(train))
+    if config.train.targets == "raters" and not config.model.raters:
+        config.model.raters = rater_names(train, dims, workers)
+        config.model.__post_init__()
     labelled = any(v.labels(d) is not None for v in train for d in dims)
     if not sum(counts):
         raise AffectError("training: the train split has no videos")
@@ -146,7 +178,7 @@ def prepare_training(
     transform = transform_from_statistics(stats, config.features)
     config.model.input_dim = transform.output_dim
     config.model.fps = fps
-    train_items = stack_videos(train, transform, dims, fps)
+    train_items = stack_videos(train, transform, dims, fps, config.model.raters)
     if config.model.align == "manual" and config.model.manual_shift is None:
         # One delay per model: the mean over its dimensions of each dimension's best delay.
         shifts = [
@@ -342,11 +374,22 @@ def train_seeds(
         t0 = time.perf_counter()
         model.train()
         losses: dict[int, list[float]] = {s: [] for s in active}
+        steps = _epoch_steps(train_items, hp, rngs, active, S, whole, target, layout)
+        faults: list[torch.Tensor] = []
         step_losses = [
-            training_step(model, optimizer, step, active, fps=fps, train=hp, frozen=frozen, workers=workers)
-            for step in _epoch_steps(train_items, hp, rngs, active, S, whole, target, layout)
+            training_step(
+                model, optimizer, step, active, fps=fps, train=hp, frozen=frozen, workers=workers, faults=faults
+            )
+            for step in steps
         ]
         per_step = torch.stack(step_losses).cpu().tolist()  # the epoch's one wait for the device
+        fault = _state_fault(
+            [step for step in steps if step is not None], [f.cpu() for f in faults], active, train, seeds, epochs
+        )
+        if workers is not None:  # raised on every worker, none left waiting in a collective
+            fault = next((f for f in workers.gather(fault) if f is not None), None)
+        if fault is not None:
+            raise AffectError(fault)
         for i, s in enumerate(active):
             losses[s] = [row[i] for row in per_step]
             if not all(math.isfinite(v) for v in losses[s]):
@@ -422,6 +465,7 @@ def train_seeds(
                 best_epoch=best_epoch[s],
                 train_seconds=seconds,
                 history=histories[s],
+                rater_lags=model.rater_lags(s),
             )
         )
     return results
@@ -437,6 +481,8 @@ class Step:
     observed: torch.Tensor | None
     labels: list[torch.Tensor]
     lengths: list[int]
+    origins: list[list[tuple[int, int, int]]] | None = None
+    """Per seed, per row: (train item, its first frame, frames) of the window in that row (None: not known)."""
 
 
 def training_step(
@@ -449,6 +495,7 @@ def training_step(
     train: Any,
     frozen: dict[int, dict[str, torch.Tensor]] | None = None,
     workers: Workers | None = None,
+    faults: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One Adam step of the ``active`` seeds: loss (17) per seed, their sum backward, per-seed gradient clipping, the
     update, then the stopped seeds restored. Returns the active seeds' losses, shape (len(active),), on the model's
@@ -457,9 +504,12 @@ def training_step(
     workers: data-parallel workers: each computes its windows' part of the loss (its sums over sequences, divided by
     the counts of every worker's sequences), then the gradients and losses are summed over the workers, so every worker
     takes the step one worker with all the windows would. A worker without windows in this step passes None.
+    faults: when given (and ``step`` is not None), gets the step's (len(active), B) first frame of each row whose
+    filtered state is not finite (-1: none), on the device, read with the losses (:func:`first_nonfinite`).
+    The predictions the loss sees are the model's: :func:`affect_core.model.bounded_state` of the aligned state.
     """
     optimizer.zero_grad()
-    k = model.config.num_dims
+    k = model.config.num_dims * max(len(model.config.raters), 1)  # the label columns
     if step is None:
         parts = None
     else:
@@ -468,8 +518,10 @@ def training_step(
         for s in active:
             z = causal.states[s]
             assert z is not None
-            y = model.noncausal(z[:, : step.lengths[s]], s)
+            y = bounded_state(model.training_targets(z[:, : step.lengths[s]], s))
             parts.append(affect_loss_parts(y, step.labels[s], fps=fps, lambda1=train.lambda1, lambda2=train.lambda2))
+        if faults is not None:
+            faults.append(torch.stack([first_nonfinite(causal.states[s][:, : step.lengths[s]]) for s in active]))
     like = model.frontend.head_bias
     if parts is None:
         sums, counts = like.new_zeros((len(active), k)), like.new_zeros((len(active), k))
@@ -551,7 +603,11 @@ def _epoch_steps(
     every seed, x `(B, T, d)`. Truncated windows: each active seed draws its own, x `(S, B, T_max, d)` padded with NaN
     (a seed that has stopped draws none and gets a copy of an active seed's windows, whose output is unused)."""
     if whole is not None:
-        return [None if b is None else Step(b.x, b.observed, [b.labels] * seeds, [b.x.shape[1]] * seeds) for b in whole]
+        origins = [[(i, 0, len(x)) for i, (x, _) in enumerate(train_items)]] * seeds
+        return [
+            None if b is None else Step(b.x, b.observed, [b.labels] * seeds, [b.x.shape[1]] * seeds, origins)
+            for b in whole
+        ]
     window = hp.window_frames
     drawn = {s: draw_windows(layout.lengths, window, hp.batch_size, rngs[s]) for s in active}
     steps: list[Step | None] = []
@@ -579,8 +635,36 @@ def _epoch_steps(
             Batch(torch.from_numpy(xs), torch.zeros(0), None if observed.all() else torch.from_numpy(observed)), device
         )
         moved = [to_device(Batch(torch.zeros(0), torch.from_numpy(y)), device).labels for y in labels]
-        steps.append(Step(stacked.x, stacked.observed, moved, lengths))
+        origins = [[(i, a, min(window, len(train_items[i][0]) - a)) for i, a in m] for m in mine]
+        steps.append(Step(stacked.x, stacked.observed, moved, lengths, origins))
     return steps
+
+
+def _state_fault(
+    steps: list[Step],
+    faults: list[torch.Tensor],
+    active: list[int],
+    train: list[Video],
+    seeds: list[int],
+    epochs: list[int],
+) -> str | None:
+    """The error message of the first frame of a train video whose filtered state was not finite in one of an epoch's
+    ``steps`` (``faults``: what :func:`training_step` found for each), or None. Padding rows and frames are not a
+    video's and are passed over."""
+    for step, found in zip(steps, faults, strict=True):
+        for i, s in enumerate(active):
+            origins = None if step.origins is None else step.origins[s]
+            for row, frame in enumerate(found[i].tolist()):
+                if frame < 0:
+                    continue
+                if origins is None:
+                    where = f"training: row {row} of a batch (seed {seeds[s]}, epoch {epochs[s] + 1})"
+                    return str(nonfinite_error(where, frame))
+                if row < len(origins) and frame < origins[row][2]:
+                    item, start, _ = origins[row]
+                    where = f"training: video {train[item].video_id!r} (seed {seeds[s]}, epoch {epochs[s] + 1})"
+                    return str(nonfinite_error(where, start + frame))
+    return None
 
 
 def mean_ccc(metrics: dict[str, dict[str, float]]) -> float:

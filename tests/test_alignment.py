@@ -105,3 +105,66 @@ def test_lagged_convolution_equals_the_direct_sum(steps, half):
     got32 = lagged_convolution(z.float(), w.float())
     assert got32.dtype == torch.float32
     torch.testing.assert_close(got32.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def renormalised_direct_sum(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The alignment leaving non-finite values out, frame by frame: per output, the weighted mean over the finite
+    values of its window (replicate padding), the weights renormalised over them; NaN where none carries weight."""
+    half = (len(w) - 1) // 2
+    steps = z.shape[1]
+    out = torch.full_like(z, math.nan)
+    for t in range(steps):
+        taken = torch.stack([z[:, min(max(t - k, 0), steps - 1)] for k in range(-half, half + 1)])  # (2D+1, B, C)
+        finite = torch.isfinite(taken)
+        weight = (w.view(-1, 1, 1) * finite).sum(0)
+        total = (w.view(-1, 1, 1) * torch.where(finite, taken, 0.0)).sum(0) * w.sum()
+        out[:, t] = torch.where(weight > 1e-9 * w.sum(), total / weight, math.nan)
+    return out
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_frame_reaches_no_output_outside_its_window(bad):
+    """One NaN or infinite frame used to make every frame of the video NaN (the FFT mixes all frames): now it is a
+    missing value, left out of the windows holding it (weights renormalised over the finite frames), and every
+    output outside its window is what it was without it."""
+    gen = torch.Generator().manual_seed(5)
+    half, steps = 12, 200
+    z = torch.randn(2, steps, 3, generator=gen, dtype=torch.float64)
+    w = torch.softmax(torch.randn(2 * half + 1, generator=gen, dtype=torch.float64), 0)
+    clean = lagged_convolution(z, w)
+    broken = z.clone()
+    broken[0, 80, 1] = bad
+    broken[1, 0:5, :] = bad  # the start too: the replicate padding repeats it
+    got = lagged_convolution(broken, w)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, renormalised_direct_sum(broken, w), atol=1e-12, rtol=1e-12)
+    inside = torch.zeros(2, steps, 3, dtype=torch.bool)
+    inside[0, 80 - half : 80 + half + 1, 1] = True
+    inside[1, : 5 + half, :] = True
+    torch.testing.assert_close(got[~inside], clean[~inside], atol=1e-14, rtol=0)
+    assert (got[inside] - clean[inside]).abs().max() > 1e-3  # the window's outputs did change: left out, not kept
+
+
+def test_an_output_is_nan_only_where_its_window_has_no_finite_frame():
+    z = torch.ones(1, 60, 1, dtype=torch.float64)
+    z[0, 20:40] = math.nan
+    w = torch.full((5,), 0.2, dtype=torch.float64)  # D = 2
+    y = lagged_convolution(z, w)[0, :, 0]
+    assert torch.isnan(y[22:38]).all()  # every frame of their windows is missing
+    ones = torch.ones(22, dtype=torch.float64)
+    torch.testing.assert_close(y[:22], ones, atol=1e-12, rtol=0)  # a constant's mean over its finite frames
+    torch.testing.assert_close(y[38:], ones, atol=1e-12, rtol=0)
+    whole = lagged_convolution(torch.full((1, 30, 2), math.nan), torch.full((5,), 0.2))
+    assert whole.shape == (1, 30, 2) and torch.isnan(whole).all()
+
+
+def test_the_alignment_of_a_non_finite_frame_has_finite_gradients():
+    """Training through a state that is not finite at one frame: the gradients of the alignment's parameters and of
+    the other frames stay finite (a NaN frame no longer poisons the whole sequence's gradient)."""
+    aa = AdaptiveAlignment(window=10, mu_init=3.0, sigma2_init=4.0).double()
+    z = torch.randn(1, 80, 2, dtype=torch.float64)
+    z[0, 40, 0] = math.nan
+    z.requires_grad_(True)
+    aa(z).sum().backward()
+    assert torch.isfinite(z.grad).all() and float(z.grad[0, 40, 0]) == 0.0
+    assert torch.isfinite(aa.mu_raw.grad) and torch.isfinite(aa.sigma2_raw.grad)

@@ -276,3 +276,65 @@ def test_a_model_of_seeds_keeps_its_state_dict_layout():
         assert state[f"alignments.{s}.mu_raw"].shape == () and state[f"alignments.{s}.offsets"].shape == (21,)
     assert not any(key.startswith(("filters.2", "alignments.2")) for key in state)
     assert AffectModel(ModelConfig(model="baseline", align="none", input_dim=5)).filters is None
+
+
+def _louder(monkeypatch, gain: float = 8.0) -> None:
+    """Patches the model's causal stages to return their states times ``gain``: aligned levels well outside
+    [-1, 1], on every path (training, evaluation, batched scoring and streaming all go through ``causal``)."""
+    original = AffectModel.causal
+
+    def causal(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.states = [None if z is None else gain * z for z in out.states]
+        return out
+
+    monkeypatch.setattr(AffectModel, "causal", causal)
+
+
+@pytest.mark.parametrize("model", ["lstm-kf", "lstm-ekf", "baseline"])
+def test_every_path_maps_the_aligned_levels_into_minus_one_one(model, monkeypatch):
+    """The output map (a clamp of the aligned levels) is the model's last stage on every path: forward, training's
+    loss input, batched prediction and streaming; the derivative channels pass unchanged."""
+    import numpy as np
+
+    import affect_core.training as training
+    from affect_core.config import RunConfig, TrainConfig
+    from affect_core.inference import predict_features
+    from affect_core.model import output_map
+    from affect_core.streaming import iter_chunks, stream_predict
+
+    m = make(model, mu_init_frames=3)
+    x = np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32)
+    x[50:60] = np.nan
+    _louder(monkeypatch)
+    with torch.no_grad():
+        out = m(torch.from_numpy(x)[None])
+        unbounded = m.noncausal(out.z)
+    assert float(unbounded[..., 0::3].abs().max()) > 1.5  # the patch pushed levels out of range
+    torch.testing.assert_close(out.y[..., 0::3], unbounded[..., 0::3].clamp(-1, 1))
+    torch.testing.assert_close(out.y[..., 1::3], unbounded[..., 1::3])
+    torch.testing.assert_close(out.y[..., 2::3], unbounded[..., 2::3])
+    levels = out.y[0, :, 0::3].numpy()
+    assert np.abs(levels).max() == 1.0
+    batched = predict_features(m, None, x).levels
+    streamed = np.concatenate([p[0] for p in stream_predict(m, None, iter_chunks(x, 17))])
+    np.testing.assert_allclose(batched, levels, atol=1e-5)
+    np.testing.assert_allclose(streamed, levels, atol=1e-5)
+    assert np.abs(batched).max() <= 1.0 and np.abs(streamed).max() <= 1.0
+    assert torch.equal(output_map(torch.tensor([-3.0, -1.0, 0.25, 1.0, 7.0])), torch.tensor([-1.0, -1, 0.25, 1, 1]))
+
+    seen = []
+
+    def loss_parts(y, labels, **kwargs):
+        seen.append(y.detach().clone())
+        return original_parts(y, labels, **kwargs)
+
+    original_parts = training.affect_loss_parts
+    monkeypatch.setattr(training, "affect_loss_parts", loss_parts)
+    labels = np.tanh(np.random.default_rng(1).normal(size=(120, 1))).astype(np.float32)
+    batch = training.pad_batch([(x, labels)])
+    step = training.Step(batch.x, batch.observed, [batch.labels], [120])
+    config = RunConfig(model=m.config, train=TrainConfig())
+    training.training_step(m, training.build_optimizer(m, config), step, [0], fps=25.0, train=config.train)
+    assert len(seen) == 1 and float(seen[0][..., 0::3].abs().max()) == 1.0
+    torch.testing.assert_close(seen[0][..., 0::3], torch.from_numpy(levels)[None], atol=1e-5, rtol=0)

@@ -77,3 +77,20 @@ def test_a_long_video_streams_with_the_same_result():
     chunked = predict_features(m, None, x, chunk_frames=3_000)
     assert np.allclose(chunked.levels, whole.levels, atol=1e-5)
     assert np.allclose(chunked.variances, whole.variances, atol=1e-5)
+
+
+@pytest.mark.parametrize("pieces", [[1] * 40, [7, 26, 7], [40]])
+def test_streaming_convolution_leaves_non_finite_values_out_as_lagged_convolution_does(pieces):
+    torch.manual_seed(2)
+    z = torch.randn(40, 2, dtype=torch.float64)
+    z[3, 0], z[20:31, 1], z[39, 0] = float("nan"), float("inf"), float("-inf")
+    w = torch.softmax(torch.randn(7, dtype=torch.float64), 0)  # D = 3: frames 23..27 of channel 1 see only inf
+    conv = StreamingLaggedConvolution(w)
+    outputs, start = [], 0
+    for size in pieces:
+        outputs.append(conv.push(z[start : start + size]))
+        start += size
+    outputs.append(conv.finish())
+    got, whole = torch.cat([o for o in outputs if o.numel()]), lagged_convolution(z.unsqueeze(0), w)[0]
+    assert torch.isnan(whole[23:28, 1]).all() and torch.isfinite(whole[:23]).all() and torch.isfinite(whole[28:]).all()
+    torch.testing.assert_close(got, whole, atol=1e-12, rtol=0, equal_nan=True)

@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from affect_core.config import FeatureConfig, ModelConfig, RunConfig, TrainConfig
 from affect_core.errors import AffectError
+from affect_core.model import AffectModel
 from affect_core.synth import SynthConfig, generate_corpus
 from affect_core.training import load_checkpoint, save_checkpoint, train_model, train_seeds
 
@@ -65,11 +67,12 @@ def test_a_checkpoint_with_one_optimizer_entry_per_seed_resumes_as_before(tiny_c
     train_seeds(train, dev, tiny_config(max_epochs=2, patience=100), seeds, checkpoint_path=ckpt, progress=False)
     payload = load_checkpoint(ckpt)
     stacked = payload["optimizer"]
-    # The earlier layout: group 0 = the front-end's 10 tensors, then per seed the filter's q, r, F, H; group 1 = per
-    # seed the alignment's mu_raw, sigma2_raw. Row s of a stacked moment is seed s's own.
+    # The earlier layout: group 0 = the front-end's 10 tensors, then per seed the filter's parameters (q, r, F, H and
+    # the gap step's); group 1 = per seed the alignment's mu_raw, sigma2_raw. Row s of a stacked moment is seed s's own.
     front, filters = stacked["param_groups"][0]["params"][:10], stacked["param_groups"][0]["params"][10:]
     aligns = stacked["param_groups"][1]["params"]
-    assert len(filters) == 4 and len(aligns) == 2
+    one_filter = AffectModel(ModelConfig(model="lstm-kf", input_dim=3)).filters.template
+    assert len(filters) == len(list(one_filter.parameters())) >= 4 and len(aligns) == 2
 
     def row(index: int, s: int) -> dict:
         entry = stacked["state"][index]
@@ -160,3 +163,89 @@ def test_lstm_kf_aa_learns_the_planted_lag_and_beats_the_baseline():
     baseline = train_model(train, dev, config("baseline", "none"), progress=False)
     assert abs(kf.mu_frames - lag) <= 3, kf.mu_frames
     assert kf.metrics["dev"]["arousal"]["ccc"] > baseline.metrics["dev"]["arousal"]["ccc"] + 0.05
+
+
+def plant_non_finite_state(monkeypatch, *, row: int, frame: int, when: str, value: float = math.nan) -> None:
+    """Patches the model so that its filtered state is ``value`` at ``frame`` of batch row ``row``, in training steps
+    (``when="train"``) or in evaluation (``"eval"``, run in inference mode)."""
+    original = AffectModel.causal
+
+    def causal(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if (when == "eval") == torch.is_inference_mode_enabled():
+            for z in out.states:
+                if z is not None and z.shape[0] > row and z.shape[1] > frame:
+                    z.data[row, frame, 0] = value
+        return out
+
+    monkeypatch.setattr(AffectModel, "causal", causal)
+
+
+@pytest.mark.parametrize("window", [None, 100])
+def test_a_non_finite_state_in_training_is_an_error_naming_the_video_and_frame(tiny_corpus, monkeypatch, window):
+    """The alignment keeps a NaN frame to itself, so the loss stays finite: the state is checked, and the error
+    names the train video and the frame within it (whole sequences, and the windows of truncated BPTT)."""
+    from affect_core.training import draw_windows
+
+    train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
+    plant_non_finite_state(monkeypatch, row=1, frame=37, when="train")
+    if window is None:
+        video, frame = train[1].video_id, 37  # whole sequences: one batch row per train video, in order
+    else:
+        first_step = draw_windows([v.num_frames for v in train], window, 2, np.random.default_rng(1))[0]
+        index, start = first_step[1]
+        video, frame = train[index].video_id, start + 37
+    with pytest.raises(AffectError) as caught:
+        train_model(train, dev, tiny_config(window_frames=window, max_epochs=2), progress=False)
+    message = str(caught.value)
+    assert f"training: video {video!r}" in message and f"from frame {frame} on" in message, message
+    assert "epoch 1" in message
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_state_in_evaluation_is_an_error_not_a_dev_ccc_of_zero(tiny_corpus, monkeypatch, value):
+    """Before, the dev metrics left non-finite predictions out: a video of them scored CCC 0, early stopping went on
+    as if that were measured. Now evaluation (every epoch's dev CCC and the final metrics) names the video and frame."""
+    from affect_core.inference import evaluate_videos
+
+    train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
+    plant_non_finite_state(monkeypatch, row=1, frame=41, when="eval", value=value)
+    with pytest.raises(AffectError, match=rf"evaluation: video '{dev[1].video_id}'.* from frame 41 on"):
+        train_model(train, dev, tiny_config(max_epochs=2), progress=False)
+    model = AffectModel(ModelConfig(model="lstm-kf", input_dim=train[0].features.shape[1]))
+    with pytest.raises(AffectError, match=rf"video '{dev[1].video_id}'.* from frame 41 on"):
+        evaluate_videos(model, None, dev)
+
+
+def test_metrics_refuse_a_non_finite_prediction_on_a_labelled_frame():
+    from affect_core.metrics import sequence_metrics
+
+    gold = np.linspace(-0.5, 0.5, 50)
+    pred = gold.copy()
+    pred[10] = np.nan
+    gold_unlabelled = gold.copy()
+    gold_unlabelled[10] = np.nan
+    assert sequence_metrics(pred, gold_unlabelled)["ccc"] == pytest.approx(1.0)  # unlabelled there: left out
+    with pytest.raises(AffectError, match="prediction is nan at frame 10, a labelled frame"):
+        sequence_metrics(pred, gold)
+    with pytest.raises(AffectError, match="at frame 0"):
+        sequence_metrics(np.full(50, np.nan), gold)  # was a CCC of 0.0
+
+
+def test_affect_train_with_a_non_finite_dev_prediction_exits_non_zero_with_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from affect_cli.main import app
+    from affect_core.data.dataset import ingest
+    from affect_core.synth import write_corpus
+
+    corpus = generate_corpus(SynthConfig(videos_per_split=2, frames=200, appearance_dim=4, geometric_dim=4, seed=4))
+    write_corpus(corpus, tmp_path / "src", layout="csv", progress=False)
+    ingest(str(tmp_path / "src"), str(tmp_path / "ds"), layout="csv", progress=False)
+    plant_non_finite_state(monkeypatch, row=0, frame=12, when="eval")
+    args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--model", "lstm-kf", "--epochs", "2"]
+    result = CliRunner().invoke(app, [*args, "--window-frames", "0", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: evaluation: video 'dev_1'"), result.output
+    assert "from frame 12 on" in lines[0] and "Traceback" not in result.output
