@@ -36,6 +36,8 @@ def random_stable_kf(num_dims: int, seed: int, method: str) -> KalmanFilter:
         kf.H.copy_(torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(n, n, generator=gen, dtype=torch.float64))
         kf.q.copy_(torch.log(torch.expm1(0.01 + 0.1 * torch.rand(n, generator=gen, dtype=torch.float64))))
         kf.r.copy_(torch.log(torch.expm1(0.05 + 0.5 * torch.rand(n, generator=gen, dtype=torch.float64))))
+        kf.gap_rho.add_(0.5 * torch.randn(n, generator=gen, dtype=torch.float64))
+        kf.gap_mean.copy_(0.5 * torch.randn(num_dims, generator=gen, dtype=torch.float64))
     return kf
 
 
@@ -56,8 +58,10 @@ def random_mask(batch: int, steps: int, seed: int, observed: float = 0.7) -> tor
 
 
 def filterpy_run(kf: KalmanFilter, observations: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """filterpy's KalmanFilter, predict then update (update skipped where the frame is unobserved)."""
+    """filterpy's KalmanFilter, predict then update; where the frame is unobserved the update is skipped and the
+    prediction is the gap step x = G x + c (filterpy's control input: F = G, B = I, u = c)."""
     Q, R = (m.detach().numpy() for m in kf.noise_covariances(kf.F))
+    G, c = (m.detach().double().numpy() for m in kf.gap_transition(kf.F))
     n = kf.state_dim
     states, covariances = [], []
     for seq, seq_mask in zip(observations, mask, strict=True):
@@ -69,7 +73,10 @@ def filterpy_run(kf: KalmanFilter, observations: np.ndarray, mask: np.ndarray) -
         oracle.Q, oracle.R = Q.copy(), R.copy()
         xs, ps = [], []
         for o_t, observed in zip(seq, seq_mask, strict=True):
-            oracle.predict()
+            if observed:
+                oracle.predict()
+            else:
+                oracle.predict(u=c.reshape(-1, 1), B=np.eye(n), F=G)
             oracle.update(o_t.reshape(-1, 1) if observed else None)
             xs.append(oracle.x.ravel().copy())
             ps.append(oracle.P.copy())
@@ -125,7 +132,8 @@ def values_and_gradients(
     weights_z = torch.randn(out.states.shape, generator=gen, dtype=out.states.dtype)
     weights_p = torch.randn(out.covariances.shape, generator=gen, dtype=out.states.dtype)
     ((out.states * weights_z).sum() + (out.covariances * weights_p).sum()).backward()
-    grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    # A parameter that no frame uses (the gap step's without a mask) gets no gradient on the reference path.
+    grads = {name: torch.zeros_like(p) if p.grad is None else p.grad.clone() for name, p in layer.named_parameters()}
     grads["observations"] = observations.grad.clone()
     return [out.states.detach(), out.covariances.detach()], grads
 
@@ -150,7 +158,8 @@ def test_fast_path_equals_reference(layer_type: str, fast_method: str, num_dims:
         torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     assert set(ref_grads) == set(fast_grads)
     for name in ref_grads:
-        assert ref_grads[name].abs().sum() > 0, name  # the check would be empty otherwise
+        if with_gaps or not name.startswith("gap_"):  # without a mask the gap step is never taken
+            assert ref_grads[name].abs().sum() > 0, name  # the check would be empty otherwise
         torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
@@ -177,10 +186,12 @@ def test_ekf_with_small_signals_follows_its_linearisation() -> None:
     with torch.no_grad():
         ekf.b_f.zero_()
         ekf.b_h.zero_()
+        ekf.gap_mean.zero_()  # small signals: the gap step relaxes towards 0
     kf = KalmanFilter(num_dims=num_dims, method="reference").double()
     with torch.no_grad():
         kf.F.copy_(ekf.W_f)
         kf.H.copy_(ekf.W_h)
+        kf.gap_rho.copy_(ekf.gap_rho)
         kf.q.copy_(ekf.q)
         kf.r.copy_(ekf.r)
     gen = torch.Generator().manual_seed(42)
@@ -202,15 +213,23 @@ def test_ekf_with_small_signals_follows_its_linearisation() -> None:
 
 
 def numpy_ekf(observations: np.ndarray, mask: np.ndarray, ekf: ExtendedKalmanFilter) -> tuple[np.ndarray, ...]:
-    """Textbook EKF written out with numpy (np.linalg.inv on S, the standard covariance update)."""
+    """Textbook EKF written out with numpy (np.linalg.inv on S, the standard covariance update); an unobserved frame
+    is the gap step z = rho * z + (1 - rho) * mean (level components), P = G P G^T + Q."""
     W_f, b_f, W_h, b_h = (p.detach().numpy() for p in (ekf.W_f, ekf.b_f, ekf.W_h, ekf.b_h))
     Q, R = (m.detach().numpy() for m in ekf.noise_covariances(ekf.W_f))
     n = ekf.state_dim
+    rho = (1 - 1e-4) / (1 + np.exp(-ekf.gap_rho.detach().numpy()))
+    level_mean = np.zeros(n)
+    level_mean[0::3] = ekf.gap_mean.detach().numpy()
     z, P = np.zeros(n), ekf.P0.double().numpy().copy()
     states, covariances = [], []
     for o, observed in zip(observations, mask, strict=True):
-        z_pred = np.tanh(W_f @ z + b_f)
-        F = np.diag(1 - z_pred**2) @ W_f
+        if observed:
+            z_pred = np.tanh(W_f @ z + b_f)
+            F = np.diag(1 - z_pred**2) @ W_f
+        else:
+            z_pred = rho * z + (1 - rho) * level_mean
+            F = np.diag(rho)
         P_pred = F @ P @ F.T + Q
         h = np.tanh(W_h @ z_pred + b_h)
         H = np.diag(1 - h**2) @ W_h
@@ -335,9 +354,15 @@ def test_unobserved_frames_are_predict_only(cls: type[BayesFilter], method: str)
     torch.testing.assert_close(out.states, clean.states)
     out.states.sum().backward()
     assert poisoned.grad is not None and (poisoned.grad[0, 4:8] == 0).all() and torch.isfinite(poisoned.grad).all()
-    if cls is KalmanFilter:  # predict only: the covariance grows through the gap and shrinks at the next update
-        trace = torch.diagonal(out.covariances[0], dim1=-2, dim2=-1).sum(-1)
-        assert (trace[5:8] > trace[4:7]).all() and trace[8] < trace[7]
+    # predict only, with the gap step: z_t = G z_{t-1} + c, P_t = G P_{t-1} G^T + Q; the next update shrinks P
+    G, c = (m.detach() for m in layer.gap_transition(observations))
+    Q = layer.noise_covariances(observations)[0].detach()
+    z, P = out.states[0].detach(), out.covariances[0].detach()
+    for t in range(4, 8):
+        torch.testing.assert_close(z[t], G @ z[t - 1] + c)
+        torch.testing.assert_close(P[t], G @ P[t - 1] @ G.mT + Q)
+    trace = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1)
+    assert trace[8] < trace[7]
 
 
 def test_unknown_method_is_rejected() -> None:
@@ -413,8 +438,8 @@ def test_compiled_kf_is_exact_through_settled_stretches(with_gaps: bool) -> None
 
 @pytest.mark.parametrize("cls", [KalmanFilter, ExtendedKalmanFilter])
 def test_compiled_path_through_a_long_gap(cls: type[BayesFilter]) -> None:
-    """A 160 s run without a face (4000 predict-only steps: the kinematic covariance grows by orders of magnitude),
-    then observations again: finite, and equal to the float64 reference."""
+    """A 160 s run without a face (4000 predict-only gap steps: the covariance settles at the gap step's stationary
+    value), then observations again: finite, and equal to the float64 reference."""
     observations = 0.1 * torch.randn(1, 4600, 3, generator=torch.Generator().manual_seed(91), dtype=torch.float64)
     mask = torch.ones(1, 4600, dtype=torch.bool)
     mask[0, 300:4300] = False
@@ -442,8 +467,9 @@ def test_covariance_steps_are_shared_across_rows_exactly() -> None:
     steps = 300
     gap = np.ones((8, steps))
     gap[:, 40:55] = 0.0
-    covs, gains, computed = _linear_kernels.riccati_forward(gap, F, H, Q, R, P0, size)
-    alone = _linear_kernels.riccati_forward(gap[:1], F, H, Q, R, P0, size)
+    G = layer.gap_transition(torch.zeros(1, dtype=torch.float64))[0].detach().numpy()
+    covs, gains, computed = _linear_kernels.riccati_forward(gap, F, G, H, Q, R, P0, size)
+    alone = _linear_kernels.riccati_forward(gap[:1], F, G, H, Q, R, P0, size)
     assert computed == alone[2] <= steps
     assert np.array_equal(covs, np.repeat(alone[0], 8, axis=0)) and np.array_equal(gains, np.repeat(alone[1], 8, 0))
 
@@ -454,11 +480,11 @@ def test_covariance_steps_are_shared_across_rows_exactly() -> None:
     mixed[3, 250:] = 0.0
     mixed[4, 7] = 0.5  # a fractional weight: computed step by step
     mixed[5] = mixed[1]
-    covs, gains, computed = _linear_kernels.riccati_forward(mixed, F, H, Q, R, P0, size)
-    separately = [_linear_kernels.riccati_forward(mixed[b : b + 1], F, H, Q, R, P0, size) for b in range(6)]
+    covs, gains, computed = _linear_kernels.riccati_forward(mixed, F, G, H, Q, R, P0, size)
+    separately = [_linear_kernels.riccati_forward(mixed[b : b + 1], F, G, H, Q, R, P0, size) for b in range(6)]
     assert np.array_equal(covs, np.concatenate([s[0] for s in separately]))
     assert np.array_equal(gains, np.concatenate([s[1] for s in separately]))
-    assert computed == _linear_kernels.riccati_forward(mixed[:5], F, H, Q, R, P0, size)[2]  # row 5 repeats row 1
+    assert computed == _linear_kernels.riccati_forward(mixed[:5], F, G, H, Q, R, P0, size)[2]  # row 5 repeats row 1
     assert computed < sum(s[2] for s in separately[:5])  # row 1 shares row 0's first 100 steps
     reference = KalmanFilter(method="reference", num_dims=2, q_init=1e-2, r_init=1e-2).double()
     observed = torch.from_numpy(mixed[[0, 1, 2, 3, 5]]).bool()

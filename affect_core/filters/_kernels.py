@@ -5,7 +5,8 @@ dozens of tensor operations per frame it would be dominated by dispatch overhead
 one compiled loop (the caller cuts the batch into slices for its threads); the forward pass keeps each step's
 predicted covariance, gain and inverse innovation covariance, and the backward pass applies the adjoint of every
 line of the step in reverse from them. `linear=True` turns the step into the plain Kalman filter (f(z) = W_f z,
-h(z) = W_h z, Jacobians W_f, W_h).
+h(z) = W_h z, Jacobians W_f, W_h). A predict-only step (mask 0) uses the gap transition z^ = G z + c (Jacobian G)
+in place of f (`BayesFilter.gap_transition`).
 
 Arrays are float64 and C-contiguous; shapes in the function docstrings (B batch, T steps, n state, m observation,
 m = n in this model family). The last argument of each kernel, `size`, is a tuple of n zeros: its length is a
@@ -100,21 +101,26 @@ def _unobserved(Sinv, K, Mm, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _step(z, P, o, mu, Wf, bf, Wh, bh, Q, R, linear, zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2, n):
-    """One predict-then-update step from (z, P); fills the intermediates (all preallocated)."""
+def _step(
+    z, P, o, mu, Wf, bf, Wh, bh, Q, R, G, c, linear, zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2, n
+):
+    """One predict-then-update step from (z, P); fills the intermediates (all preallocated). Where mu = 0 the
+    transition is the gap step's (G, c), linear."""
     m = n
+    gap = mu == 0.0
+    A, a0 = (G, c) if gap else (Wf, bf)
     for i in range(n):  # a = W_f z + b_f; z^ = tanh(a); J_f = diag(1 - z^2) W_f
-        s = bf[i]
+        s = a0[i]
         for k in range(n):
-            s += Wf[i, k] * z[k]
-        if linear:
+            s += A[i, k] * z[k]
+        if linear or gap:
             zp[i] = s
             d[i] = 1.0
         else:
             zp[i] = np.tanh(s)
             d[i] = 1.0 - zp[i] * zp[i]
         for k in range(n):
-            Jf[i, k] = d[i] * Wf[i, k]
+            Jf[i, k] = d[i] * A[i, k]
     _mm(Jf, P, t1, n)  # P^ = J_f P J_f^T + Q
     _mm_nt(t1, Jf, Pp, n)
     for i in range(n):
@@ -180,11 +186,12 @@ def _joseph(Pp, K, Mm, R, P_out, t1, t2, t3, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm, n):
-    """Rebuild the cheap intermediates of a step (d, J_f, e, J_h, M) from the saved z^, h and K."""
+def _restore(zp, hz, K, Wf, Wh, linear, gap, d, Jf, e, Jh, Mm, n):
+    """Rebuild the cheap intermediates of a step (d, J_f, e, J_h, M) from the saved z^, h and K; Wf is the step's
+    transition matrix (G in a gap step, `gap`)."""
     m = n
     for i in range(n):
-        d[i] = 1.0 if linear else 1.0 - zp[i] * zp[i]
+        d[i] = 1.0 if (linear or gap) else 1.0 - zp[i] * zp[i]
         for k in range(n):
             Jf[i, k] = d[i] * Wf[i, k]
     for i in range(m):
@@ -198,7 +205,7 @@ def _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, save, size):
+def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, G, c, linear, save, size):
     """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n) and, when `save`, the
     intermediates the backward pass reads: z^ (B, T, n), h (B, T, m), P^ (B, T, n, n), S^-1 (B, T, m, m),
     K (B, T, n, m), innovation v (B, T, m) (arrays with a leading 0 otherwise)."""
@@ -220,7 +227,7 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear, save, size):
             P = P0 if t == 0 else covs[b, t - 1]
             if save:  # the step writes its intermediates straight into the saved arrays
                 zp, hz, v, Pp, Sinv, K = zp_s[b, t], hz_s[b, t], v_s[b, t], Pp_s[b, t], Sinv_s[b, t], K_s[b, t]
-            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R, linear,
+            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R, G, c, linear,
                   zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2, n)  # fmt: skip
             _finish(zp, Pp, K, v, Mm, R, states[b, t], covs[b, t], t1, t2, t3, n)
     return states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s
@@ -288,6 +295,8 @@ def filter_backward(
     R,
     z0,
     P0,
+    Gap,
+    gap_c,
     linear,
     states,
     covs,
@@ -304,7 +313,7 @@ def filter_backward(
     """Adjoint of `filter_forward` (run with `save`), from its outputs and saved intermediates.
     g_states (B, T, n), g_covs (B, T, n, n) -> gradients w.r.t. obs (B, T, m) and,
     per sequence (sum over B afterwards), W_f (B, n, n), b_f (B, n), W_h (B, m, n), b_h (B, m), Q (B, n, n),
-    R (B, m, m), z_0 (B, n), P_0 (B, n, n)."""
+    R (B, m, m), z_0 (B, n), P_0 (B, n, n), and the gap step's G (B, n, n) and c (B, n) (`Gap`, `gap_c`)."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     B, T, m = obs.shape[0], obs.shape[1], n
     g_obs = np.zeros((B, T, m))
@@ -312,6 +321,7 @@ def filter_backward(
     gWh, gbh = np.zeros((B, m, n)), np.zeros((B, m))
     gQ, gR = np.zeros((B, n, n)), np.zeros((B, m, m))
     gz0, gP0 = np.zeros((B, n)), np.zeros((B, n, n))
+    gG, g_gap_c = np.zeros((B, n, n)), np.zeros((B, n))
     for b in range(B):
         d, e = np.empty(n), np.empty(m)
         Jf, Mm, Jh = np.empty((n, n)), np.empty((n, n)), np.empty((m, n))
@@ -325,8 +335,10 @@ def filter_backward(
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
             mu = mask[b, t]
+            gap = mu == 0.0
+            A, gA, ga0 = (Gap, gG[b], g_gap_c[b]) if gap else (Wf, gWf[b], gbf[b])  # the step's transition and adjoints
             zp, hz, v, Pp, Sinv, K = zp_s[b, t], hz_s[b, t], v_s[b, t], Pp_s[b, t], Sinv_s[b, t], K_s[b, t]
-            _restore(zp, hz, K, Wf, Wh, linear, d, Jf, e, Jh, Mm, n)
+            _restore(zp, hz, K, A, Wh, linear, gap, d, Jf, e, Jh, Mm, n)
             for i in range(n):
                 gz[i] += g_states[b, t, i]
                 for k in range(n):
@@ -375,26 +387,26 @@ def filter_backward(
             _mm(G, Jf, t1, n)
             _mm(t1, P, gJf, n)  # gJ_f = 2 G J_f P
             _mm_tn(Jf, t1, gP, n)  # adjoint into P_{t-1}
-            for i in range(n):  # J_f = diag(d) W_f, d = 1 - z^2, z^ = tanh(a), a = W_f z + b_f
+            for i in range(n):  # J_f = diag(d) W_f, d = 1 - z^2, z^ = tanh(a), a = W_f z + b_f (A = G, c in a gap)
                 s = 0.0
                 for k in range(n):
                     gJf[i, k] *= 2.0
-                    gWf[b, i, k] += d[i] * gJf[i, k]
-                    s += gJf[i, k] * Wf[i, k]
+                    gA[i, k] += d[i] * gJf[i, k]
+                    s += gJf[i, k] * A[i, k]
                 ga_i = gzp[i]
-                if not linear:
+                if not (linear or gap):
                     ga_i = (gzp[i] - 2.0 * zp[i] * s) * d[i]
-                gbf[b, i] += ga_i
+                ga0[i] += ga_i
                 for k in range(n):
-                    gWf[b, i, k] += ga_i * z[k]
+                    gA[i, k] += ga_i * z[k]
                 ga[i] = ga_i
-            for k in range(n):  # adjoint into z_{t-1}: W_f^T ga
+            for k in range(n):  # adjoint into z_{t-1}: A^T ga
                 s = 0.0
                 for i in range(n):
-                    s += Wf[i, k] * ga[i]
+                    s += A[i, k] * ga[i]
                 gz[k] = s
         for i in range(n):
             gz0[b, i] = gz[i]
             for k in range(n):
                 gP0[b, i, k] = gP[i, k]
-    return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0
+    return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0, gG, g_gap_c

@@ -10,6 +10,9 @@ whole batch; the state recursion is then a cheap linear time-varying recurrence 
 
     z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}).
 
+A predict-only step (mu_t = 0) uses the gap transition instead of F (`BayesFilter.gap_transition`):
+P_t = G P_{t-1} G^T + Q and z_t = G z_{t-1} + c.
+
 The covariance recursion has one row for the whole batch (`Bc = 1`, no missing frames) or one per sequence; its
 distinct steps are kept once (`riccati_nodes`), the state recursion reads each step's gain through the node index,
 and training gathers them per step (`riccati_forward`) for the backward passes. Arrays are float64 and C-contiguous
@@ -36,11 +39,13 @@ from affect_core.filters._kernels import (
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _riccati_step(P, mu, F, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n):
-    """P^ = sym(F P F^T + Q); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1; M = I - K H. Fills the intermediates."""
+def _riccati_step(P, mu, F, G, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n):
+    """P^ = sym(A P A^T + Q) with A = F (A = G where mu = 0); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1;
+    M = I - K H. Fills the intermediates."""
     m = n
-    _mm(F, P, t1, n)
-    _mm_nt(t1, F, Pp, n)
+    A = G if mu == 0.0 else F
+    _mm(A, P, t1, n)
+    _mm_nt(t1, A, Pp, n)
     for i in range(n):
         for k in range(n):
             Pp[i, k] += Q[i, k]
@@ -76,7 +81,7 @@ def _same(A, B, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_nodes(mask, F, H, Q, R, P0, step_covs, step_gains, size):
+def riccati_nodes(mask, F, G, H, Q, R, P0, step_covs, step_gains, size):
     """mask (Bc, T) of 0/1 -> node (Bc, T): the node holding each step's (P_t, K_t); the nodes' covariances
     (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared). When
     step_covs (Bc, T, n, n) and step_gains (Bc, T, n, m) have rows, each step's covariance and gain are also copied
@@ -114,7 +119,7 @@ def riccati_nodes(mask, F, H, Q, R, P0, step_covs, step_gains, size):
             if following < 0:
                 computed += 1
                 new = count  # the step's slot, kept if it is not a settled node's
-                _riccati_step(covs[current], mu, F, H, Q, R, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
+                _riccati_step(covs[current], mu, F, G, H, Q, R, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
                 _joseph(Pp, gains[new], Mm, R, covs[new], t1, t2, t3, n)
                 for earlier in (current, parent[current]):
                     if earlier > 0 and _same(covs[new], covs[earlier], n) and _same(gains[new], gains[earlier], n):
@@ -136,28 +141,29 @@ def riccati_nodes(mask, F, H, Q, R, P0, step_covs, step_gains, size):
     return node, covs[:count], gains[:count], computed
 
 
-def riccati_forward(mask, F, H, Q, R, P0, size):
+def riccati_forward(mask, F, G, H, Q, R, P0, size):
     """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
     computed: the steps of `riccati_nodes`, written out one by one (copying a computed step is exact)."""
     n, (Bc, T) = len(size), mask.shape
     covs, gains = np.empty((Bc, T, n, n)), np.empty((Bc, T, n, n))
-    computed = riccati_nodes(mask, F, H, Q, R, P0, covs, gains, size)[3]
+    computed = riccati_nodes(mask, F, G, H, Q, R, P0, covs, gains, size)[3]
     return covs, gains, computed
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
+def riccati_backward(mask, F, G, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
     """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n), g_gains (Bc, T, n, m) -> gradients w.r.t. F (n, n),
-    H (m, n), Q (n, n), R (m, m) summed over the rows, and w.r.t. P0 (Bc, n, n) per row."""
+    G (n, n), H (m, n), Q (n, n), R (m, m) summed over the rows, and w.r.t. P0 (Bc, n, n) per row."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
     m = n
     gF, gH, gQ, gR = np.zeros((n, n)), np.zeros((m, n)), np.zeros((n, n)), np.zeros((m, m))
+    gG = np.zeros((n, n))
     gP0 = np.zeros((Bc, n, n))
     t1 = np.empty((n, n))
     S, L = np.empty((m, m)), np.empty((m, m))
     Bm, t2 = np.empty((n, m)), np.empty((n, m))
-    G, gM, gPp, u1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    W, gM, gPp, u1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     gK, gKS = np.empty((n, m)), np.empty((n, m))
     gS, u2 = np.empty((m, m)), np.empty((m, m))
     u3 = np.empty((m, n))
@@ -183,12 +189,12 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
                 slot = older
                 older = 1 - older
                 key_row[slot], key_mu[slot] = t - 1, mu
-                _riccati_step(P, mu, F, H, Q, R, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1, n)
+                _riccati_step(P, mu, F, G, H, Q, R, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1, n)
             Pp, Mm, Sinv, K = Pp2[slot], Mm2[slot], Sinv2[slot], K2[slot]
             for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
                 for k in range(n):
-                    G[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
-            _joseph_adjoint(G, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n)
+                    W[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
+            _joseph_adjoint(W, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n)
             for i in range(n):
                 for k in range(m):
                     gK[i, k] += g_gains[b, t, i, k]
@@ -201,24 +207,26 @@ def riccati_backward(mask, F, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
                 for k in range(n):
                     gH[i, k] -= u3[i, k]
             _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR, gKS, gS, t1, u3, n)
-            for i in range(n):  # P^ = sym(F P F^T + Q)
+            A, gA = (G, gG) if mu == 0.0 else (F, gF)  # the step's transition: the gap step's G where mu = 0
+            for i in range(n):  # P^ = sym(A P A^T + Q)
                 for k in range(n):
-                    G[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
-                    gQ[i, k] += G[i, k]
-            _mm(G, F, t1, n)
-            _mm(t1, P, u1, n)  # gF += 2 G F P
+                    W[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
+                    gQ[i, k] += W[i, k]
+            _mm(W, A, t1, n)
+            _mm(t1, P, u1, n)  # gA += 2 W A P
             for i in range(n):
                 for k in range(n):
-                    gF[i, k] += 2.0 * u1[i, k]
-            _mm_tn(F, t1, gP, n)  # adjoint into P_{t-1}: F^T G F
+                    gA[i, k] += 2.0 * u1[i, k]
+            _mm_tn(A, t1, gP, n)  # adjoint into P_{t-1}: A^T W A
         gP0[b] = gP
-    return gF, gH, gQ, gR, gP0
+    return gF, gG, gH, gQ, gR, gP0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def state_forward(obs, node, gains, F, HF, z0, size):
-    """obs (B, T, m), gains (G, n, m) and node (Bc, T) with Bc = 1 or B, the gain of each step (`riccati_nodes`) ->
-    states (B, T, n): z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}), K_t = gains[node[row, t]]."""
+def state_forward(obs, mask, node, gains, F, HF, G, c, z0, size):
+    """obs (B, T, m), mask (Bc, T), gains (N, n, m) and node (Bc, T) with Bc = 1 or B, the gain of each step
+    (`riccati_nodes`) -> states (B, T, n): z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}), K_t = gains[node[row, t]];
+    where mask is 0, the gap step z_t = G z_{t-1} + c."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     B, T, m = obs.shape[0], obs.shape[1], n
     shared = node.shape[0] == 1
@@ -227,9 +235,16 @@ def state_forward(obs, node, gains, F, HF, z0, size):
     for b in range(B):
         row = 0 if shared else b
         for t in range(T):
-            K = gains[node[row, t]]
             z = z0 if t == 0 else states[b, t - 1]
             out = states[b, t]
+            if mask[row, t] == 0.0:
+                for i in range(n):
+                    s = c[i]
+                    for k in range(n):
+                        s += G[i, k] * z[k]
+                    out[i] = s
+                continue
+            K = gains[node[row, t]]
             for i in range(m):
                 s = obs[b, t, i]
                 for k in range(n):
@@ -246,15 +261,16 @@ def state_forward(obs, node, gains, F, HF, z0, size):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def state_backward(obs, gains, F, HF, z0, states, g_states, size):
+def state_backward(obs, mask, gains, F, HF, G, c, z0, states, g_states, size):
     """Adjoint of `state_forward`: g_states (B, T, n) -> gradients w.r.t. obs (B, T, m), gains (Bc, T, n, m) (summed
-    over the sequences sharing a row), F (n, n), HF (m, n) and z0 (n,)."""
+    over the sequences sharing a row), F (n, n), HF (m, n), G (n, n), c (n,) and z0 (n,)."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     B, T, m = obs.shape[0], obs.shape[1], n
     shared = gains.shape[0] == 1
     g_obs = np.empty((B, T, m))
     g_gains = np.zeros(gains.shape)
     gF, gHF, gz0 = np.zeros((n, n)), np.zeros((m, n)), np.zeros(n)
+    gG, gc = np.zeros((n, n)), np.zeros(n)
     lam, carry, v, w = np.empty(n), np.zeros(n), np.empty(m), np.empty(m)
     for b in range(B):
         row = 0 if shared else b
@@ -264,6 +280,19 @@ def state_backward(obs, gains, F, HF, z0, states, g_states, size):
             K = gains[row, t]
             for i in range(n):
                 lam[i] = g_states[b, t, i] + carry[i]
+            if mask[row, t] == 0.0:  # z_t = G z_{t-1} + c
+                for i in range(m):
+                    g_obs[b, t, i] = 0.0
+                for i in range(n):
+                    gc[i] += lam[i]
+                    for k in range(n):
+                        gG[i, k] += lam[i] * z[k]
+                for k in range(n):
+                    s = 0.0
+                    for i in range(n):
+                        s += G[i, k] * lam[i]
+                    carry[k] = s
+                continue
             for i in range(m):
                 s = obs[b, t, i]
                 for k in range(n):
@@ -291,4 +320,4 @@ def state_backward(obs, gains, F, HF, z0, states, g_states, size):
                 carry[k] = s
         for k in range(n):
             gz0[k] += carry[k]
-    return g_obs, g_gains, gF, gHF, gz0
+    return g_obs, g_gains, gF, gHF, gG, gc, gz0

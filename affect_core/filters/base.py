@@ -14,6 +14,16 @@ from affect_core.filters.types import CovarianceTorch, MaskTorch, ObservationsTo
 
 METHODS = ("auto", "reference", "fast", "scan", "compiled")
 
+GAP_RHO_MAX = 1.0 - 1e-4
+"""Upper bound of every gap damping factor rho: the stationary variance q / (1 - rho^2) of a stretch without a face
+stays finite (at most q / 2e-4)."""
+
+GAP_TIME_CONSTANTS = (2.0, 0.2, 0.2)
+"""Initial time constants in seconds of the gap dynamics (level, velocity, acceleration): rho = exp(-dt / tau)."""
+
+GAP_PARAMETERS = ("gap_rho", "gap_mean")
+"""Parameters that bundles written before the gap dynamics lack: they load with their initial values."""
+
 
 @dataclass
 class FilterOutput:
@@ -64,8 +74,16 @@ class BayesFilter(nn.Module, abc.ABC):
     """Differentiable Bayesian filter over a batch of observation sequences.
 
     Holds what every filter here shares: the state layout (`state_dim = 3 * num_dims`, `obs_dim = state_dim`), the
-    learnable diagonal noise covariances Q = diag(softplus(q)) and R = diag(softplus(r)), and the prior z_0 = 0,
-    P_0 = p0 * I (buffers). `forward` checks shapes, cleans unobserved frames and dispatches on `method`.
+    learnable diagonal noise covariances Q = diag(softplus(q)) and R = diag(softplus(r)), the prior z_0 = 0,
+    P_0 = p0 * I (buffers), and the gap dynamics (`gap_transition`). `forward` checks shapes, cleans unobserved
+    frames and dispatches on `method`.
+
+    A frame without an observation (mask False) is a predict-only step with the mean-reverting transition
+    z^_t = G z_{t-1} + c, P^_t = G P_{t-1} G^T + Q instead of the filter's own: G = diag(rho), each rho in
+    (0, GAP_RHO_MAX) learnable (`gap_rho`, raw: rho = GAP_RHO_MAX * sigmoid(gap_rho)), c = (1 - rho) * mean on
+    each level component and 0 on the derivatives, the mean learnable per affect dimension (`gap_mean`). Through
+    any stretch without a face the level relaxes towards the mean, the derivatives towards 0, and each variance
+    towards q / (1 - rho^2): bounded whatever the stretch's length. Observed frames are the paper's filter.
 
     A subclass must override `_filter_reference` (the plain step-by-step loop, kept as the oracle). It may override
     `_filter_fast`, set `has_fast_path = True` and list the method names it accepts in `methods`; every method
@@ -100,6 +118,23 @@ class BayesFilter(nn.Module, abc.ABC):
         self.r = nn.Parameter(torch.full((self.obs_dim,), inverse_softplus(r_init)))
         self.register_buffer("z0", torch.zeros(n))
         self.register_buffer("P0", p0 * torch.eye(n))
+        self.gap_rho = nn.Parameter(self.initial_gap_rho())
+        self.gap_mean = nn.Parameter(torch.zeros(num_dims))
+
+    def initial_gap_rho(self) -> Tensor:
+        """The raw `gap_rho` for rho = exp(-dt / tau), tau = `GAP_TIME_CONSTANTS` per state component. Shape `(n,)`."""
+        rho = torch.tensor([math.exp(-self.dt / tau) for tau in GAP_TIME_CONSTANTS] * self.num_dims)
+        return torch.logit(rho.double() / GAP_RHO_MAX).float()
+
+    def gap_transition(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """G = diag(rho) `(n, n)` and c `(n,)` of the gap step z^ = G z + c, in the dtype/device of `like`.
+
+        rho = GAP_RHO_MAX * sigmoid(gap_rho); c = (1 - rho) * mean on level components (3j), 0 on the derivatives.
+        """
+        rho = GAP_RHO_MAX * torch.sigmoid(self.gap_rho.to(like))
+        mean = self.gap_mean.to(like)
+        level_mean = torch.stack((mean, torch.zeros_like(mean), torch.zeros_like(mean)), dim=-1).flatten()
+        return torch.diag_embed(rho), (1 - rho) * level_mean
 
     # ------------------------------------------------------------------------------------------------------------
     def noise_covariances(self, like: Tensor) -> tuple[Tensor, Tensor]:

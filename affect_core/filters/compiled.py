@@ -63,17 +63,18 @@ class CompiledRecursion(torch.autograd.Function):
     """Predict-then-update recursion of an (extended) Kalman filter run by `_kernels`, in float64 on the CPU.
 
     Inputs: observations `(B, T, m)`, mask `(B, T)` float 0/1, W_f `(n, n)`, b_f `(n,)`, W_h `(m, n)`, b_h `(m,)`,
-    Q `(n, n)`, R `(m, m)`, z_0 `(n,)`, P_0 `(n, n)`, linear (bool: Kalman filter when True), save (bool: keep the
+    Q `(n, n)`, R `(m, m)`, z_0 `(n,)`, P_0 `(n, n)`, G `(n, n)` and c `(n,)` (the gap step z^ = G z + c where the
+    mask is 0), linear (bool: Kalman filter when True), save (bool: keep the
     intermediates for the backward pass; pass `torch.is_grad_enabled()`, grad mode being off inside `forward`).
     Outputs: states `(B, T, n)` and covariances `(B, T, n, n)` in the dtype of the observations.
     """
 
     @staticmethod
-    def forward(ctx, observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0, linear: bool, save: bool = True):  # type: ignore[override]
+    def forward(ctx, observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0, G, c, linear: bool, save: bool = True):  # type: ignore[override]
         from affect_core.filters import _kernels
 
         obs, observed = _numpy(observations), _numpy(mask)
-        params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R, z0, P0)]
+        params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R, z0, P0, G, c)]
         n = _square(Wf, Wh)
         save = save and any(ctx.needs_input_grad)
         slices = batch_slices(obs.shape[0])
@@ -106,15 +107,16 @@ class RiccatiRecursion(torch.autograd.Function):
     """Covariances and gains of the linear Kalman filter (`_linear_kernels.riccati_forward`), float64 on the CPU.
 
     Inputs: mask `(Bc, T)` float 0/1 (one row serves a whole batch without missing frames), F `(n, n)`,
-    H `(m, n)`, Q `(n, n)`, R `(m, m)`, P_0 `(n, n)`. Outputs, float64: P `(Bc, T, n, n)`, K `(Bc, T, n, m)`.
+    G `(n, n)` (the gap step's transition, where the mask is 0), H `(m, n)`, Q `(n, n)`, R `(m, m)`, P_0 `(n, n)`.
+    Outputs, float64: P `(Bc, T, n, n)`, K `(Bc, T, n, m)`.
     """
 
     @staticmethod
-    def forward(ctx, mask, F, H, Q, R, P0):  # type: ignore[override]
+    def forward(ctx, mask, F, G, H, Q, R, P0):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
         observed = _numpy(mask)
-        params = [_numpy(x) for x in (F, H, Q, R, P0)]
+        params = [_numpy(x) for x in (F, G, H, Q, R, P0)]
         n = _square(F, H)
         slices = batch_slices(observed.shape[0])
         parts = run_slices(lambda s: _linear_kernels.riccati_forward(observed[s], *params, n), slices)
@@ -137,34 +139,38 @@ class RiccatiRecursion(torch.autograd.Function):
             return _linear_kernels.riccati_backward(observed[s], *params, covs[s], gains[s], g_c[s], g_k[s], n)
 
         parts = run_slices(kernel, slices)
-        gF, gH, gQ, gR = (_tensor(sum(p[i] for p in parts), ctx.like) for i in range(4))
-        gP0 = _tensor(sum(p[4].sum(axis=0) for p in parts), ctx.like)
-        return None, gF, gH, gQ, gR, gP0
+        gF, gG, gH, gQ, gR = (_tensor(sum(p[i] for p in parts), ctx.like) for i in range(5))
+        gP0 = _tensor(sum(p[5].sum(axis=0) for p in parts), ctx.like)
+        return None, gF, gG, gH, gQ, gR, gP0
 
 
 class LinearStateRecursion(torch.autograd.Function):
     """States of the linear Kalman filter given its gains (`_linear_kernels.state_forward`), float64 on the CPU.
 
-    Inputs: observations `(B, T, m)`, gains K `(Bc, T, n, m)` (Bc = 1: shared by the batch), F `(n, n)`,
-    HF `(m, n)` = H F, z_0 `(n,)`. Output: states `(B, T, n)` in the dtype of the observations.
+    Inputs: observations `(B, T, m)`, mask `(Bc, T)` float 0/1, gains K `(Bc, T, n, m)` (Bc = 1: shared by the
+    batch), F `(n, n)`, HF `(m, n)` = H F, G `(n, n)` and c `(n,)` (the gap step z_t = G z_{t-1} + c where the mask
+    is 0), z_0 `(n,)`. Output: states `(B, T, n)` in the dtype of the observations.
     """
 
     @staticmethod
-    def forward(ctx, observations, gains, F, HF, z0):  # type: ignore[override]
+    def forward(ctx, observations, mask, gains, F, HF, G, c, z0):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
-        obs, K = _numpy(observations), _numpy(gains)
-        params = [_numpy(x) for x in (F, HF, z0)]
+        obs, K, observed = _numpy(observations), _numpy(gains), _numpy(mask)
+        params = [_numpy(x) for x in (F, HF, G, c, z0)]
         n = _square(F, HF)
         slices = batch_slices(obs.shape[0])
         shared = K.shape[0] == 1
         steps = np.arange(K.shape[0] * K.shape[1]).reshape(K.shape[:2])  # every step its own gain
         flat = K.reshape(-1, *K.shape[2:])
         parts = run_slices(
-            lambda s: _linear_kernels.state_forward(obs[s], steps if shared else steps[s], flat, *params, n), slices
+            lambda s: _linear_kernels.state_forward(
+                obs[s], observed if shared else observed[s], steps if shared else steps[s], flat, *params, n
+            ),
+            slices,
         )
         states = _joined(parts)
-        ctx.saved = (obs, K, params, states, slices, n)
+        ctx.saved = (obs, observed, K, params, states, slices, n)
         ctx.likes = (observations, gains, F)
         return _tensor(states, observations)
 
@@ -173,23 +179,33 @@ class LinearStateRecursion(torch.autograd.Function):
     def backward(ctx, g_states):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
-        obs, K, params, states, slices, n = ctx.saved
+        obs, observed, K, params, states, slices, n = ctx.saved
         g_s = _numpy(g_states)
         shared = K.shape[0] == 1
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
-            return _linear_kernels.state_backward(obs[s], K if shared else K[s], *params, states[s], g_s[s], n)
+            rows = slice(None) if shared else s
+            return _linear_kernels.state_backward(obs[s], observed[rows], K[rows], *params, states[s], g_s[s], n)
 
         parts = run_slices(kernel, slices)
         like_obs, like_gains, like_param = ctx.likes
         g_obs = _tensor(_joined([p[0] for p in parts]), like_obs)
         g_gains = sum(p[1] for p in parts) if shared else _joined([p[1] for p in parts])
-        gF, gHF, gz0 = (_tensor(sum(p[i] for p in parts), like_param) for i in (2, 3, 4))
-        return g_obs, _tensor(g_gains, like_gains), gF, gHF, gz0
+        gF, gHF, gG, gc, gz0 = (_tensor(sum(p[i] for p in parts), like_param) for i in (2, 3, 4, 5, 6))
+        return g_obs, None, _tensor(g_gains, like_gains), gF, gHF, gG, gc, gz0
 
 
 def linear_filter_values(
-    observed: Tensor, observations: Tensor, F: Tensor, H: Tensor, Q: Tensor, R: Tensor, P0: Tensor, z0: Tensor
+    observed: Tensor,
+    observations: Tensor,
+    F: Tensor,
+    H: Tensor,
+    Q: Tensor,
+    R: Tensor,
+    P0: Tensor,
+    z0: Tensor,
+    G: Tensor,
+    c: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The linear Kalman filter's states `(B, T, n)` and covariances `(Bc, T, n, n)`, in the dtype of the
     observations, without an autograd graph: what `RiccatiRecursion` then `LinearStateRecursion` return, bit for bit.
@@ -200,8 +216,9 @@ def linear_filter_values(
     from affect_core.filters import _linear_kernels
 
     mask, obs = _numpy(observed), _numpy(observations)
-    params = [_numpy(x) for x in (F, H, Q, R, P0)]
-    HF, z = _numpy(H @ F), _numpy(z0)
+    F_, G_ = _numpy(F), _numpy(G)
+    params = [F_, G_] + [_numpy(x) for x in (H, Q, R, P0)]
+    HF, z, c_ = _numpy(H @ F), _numpy(z0), _numpy(c)
     n = _square(F, H)
 
     def nodes(rows: slice) -> tuple[np.ndarray, np.ndarray, Tensor]:
@@ -209,18 +226,18 @@ def linear_filter_values(
         node, covs, gains, _ = _linear_kernels.riccati_nodes(mask[rows], *params, no_steps, no_steps, n)
         return node, gains, torch.from_numpy(covs).to(observations.dtype)[torch.from_numpy(node)]
 
-    def states(part: slice, node: np.ndarray, gains: np.ndarray) -> np.ndarray:
-        return _linear_kernels.state_forward(obs[part], node, gains, params[0], HF, z, n)
+    def states(part: slice, rows: slice, node: np.ndarray, gains: np.ndarray) -> np.ndarray:
+        return _linear_kernels.state_forward(obs[part], mask[rows], node, gains, F_, HF, G_, c_, z, n)
 
     slices = batch_slices(obs.shape[0])
     if mask.shape[0] == 1:  # one covariance row shared by the batch: computed once
         node, gains, covariances = nodes(slice(None))
-        parts = run_slices(lambda s: states(s, node, gains), slices)
+        parts = run_slices(lambda s: states(s, slice(None), node, gains), slices)
         return _tensor(_joined(parts), observations), covariances
 
     def filtered(rows: slice) -> tuple[np.ndarray, Tensor]:  # each sequence its own covariance row
         node, gains, covariances = nodes(rows)
-        return states(rows, node, gains), covariances
+        return states(rows, rows, node, gains), covariances
 
     outputs = run_slices(filtered, slices)
     covariances = outputs[0][1] if len(outputs) == 1 else torch.cat([o[1] for o in outputs])
@@ -236,9 +253,10 @@ def warm_up() -> None:
     eye = torch.eye(n, dtype=torch.float64, requires_grad=True)
     zeros = torch.zeros(n, dtype=torch.float64)
     for linear in (True, False):
-        states, covs = CompiledRecursion.apply(obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, linear)
+        states, covs = CompiledRecursion.apply(obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, eye, zeros, linear)
         (states.sum() + covs.sum()).backward()
-    covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye)
-    states = LinearStateRecursion.apply(obs, gains, eye, eye, zeros)
+    covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye, eye)
+    states = LinearStateRecursion.apply(obs, mask, gains, eye, eye, eye, zeros, zeros)
     (states.sum() + covs.sum()).backward()
-    linear_filter_values(mask, obs.detach(), eye.detach(), eye.detach(), eye.detach(), eye.detach(), eye, zeros)
+    plain = eye.detach()
+    linear_filter_values(mask, obs.detach(), plain, plain, plain, plain, plain, zeros, plain, zeros)

@@ -17,7 +17,9 @@ class ExtendedKalmanFilter(BayesFilter):
 
     z^_t = f(z_{t-1}); F_t = diag(1 - z^_t^2) W_f; P^_t = F_t P_{t-1} F_t^T + Q;
     h_t = h(z^_t); H_t = diag(1 - h_t^2) W_h; K_t = P^_t H_t^T (H_t P^_t H_t^T + R)^-1;
-    z_t = z^_t + K_t (o_t - h_t); P_t = (I - K_t H_t) P^_t (Joseph form). Unobserved frames are predict-only.
+    z_t = z^_t + K_t (o_t - h_t); P_t = (I - K_t H_t) P^_t (Joseph form). Unobserved frames are predict-only steps
+    with the mean-reverting gap transition z^_t = G z_{t-1} + c (Jacobian G) in place of f
+    (`BayesFilter.gap_transition`).
     W_f starts at the constant-acceleration kinematics, W_h at the identity, the biases at 0.
 
     Paths (`method`): "reference" loops over t in PyTorch (any device; the oracle). "fast" / "compiled" / "auto" run
@@ -57,10 +59,15 @@ class ExtendedKalmanFilter(BayesFilter):
         batch, steps, _ = observations.shape
         z = z0.expand(batch, -1)
         P = P0.expand(batch, -1, -1)
+        G, c = self.gap_transition(observations)
         states, covariances = [], []
         for t in range(steps):
             z_pred = torch.tanh(z @ W_f.mT + b_f)  # z^_t = f(z_{t-1})
             F_t = (1 - z_pred.square()).unsqueeze(-1) * W_f  # Jacobian of f at z_{t-1}
+            if mask is not None:  # without a face the gap step: z^_t = G z_{t-1} + c, Jacobian G
+                observed = mask[:, t, None]
+                z_pred = torch.where(observed, z_pred, z @ G.mT + c)
+                F_t = torch.where(observed[..., None], F_t, G)
             P_pred = symmetrise(F_t @ P @ F_t.mT + Q)
             h = torch.tanh(z_pred @ W_h.mT + b_h)
             H_t = (1 - h.square()).unsqueeze(-1) * W_h  # Jacobian of h at z^_t
@@ -76,8 +83,9 @@ class ExtendedKalmanFilter(BayesFilter):
     def _filter_fast(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
         W_f, b_f, W_h, b_h, Q, R = self._parameters_like(observations)
         z0, P0 = self.prior(observations)
+        G, c = self.gap_transition(observations)
         observed = observations.new_ones(observations.shape[:2]) if mask is None else mask.to(observations.dtype)
         states, covariances = CompiledRecursion.apply(
-            observations, observed, W_f, b_f, W_h, b_h, Q, R, z0, P0, False, torch.is_grad_enabled()
+            observations, observed, W_f, b_f, W_h, b_h, Q, R, z0, P0, G, c, False, torch.is_grad_enabled()
         )
         return FilterOutput(states, covariances)

@@ -64,16 +64,19 @@ class KalmanFilter(BayesFilter):
     """Linear Kalman filter layer with learnable F, H, Q, R (docs/architecture.md, "Conventions").
 
     z^_t = F z_{t-1}; P^_t = F P_{t-1} F^T + Q; K_t = P^_t H^T (H P^_t H^T + R)^-1; z_t = z^_t + K_t (o_t - H z^_t);
-    P_t = (I - K_t H) P^_t (Joseph form). Unobserved frames are predict-only.
+    P_t = (I - K_t H) P^_t (Joseph form). Unobserved frames are predict-only steps with the mean-reverting gap
+    transition (G, c) in place of F (`BayesFilter.gap_transition`).
 
     Paths (`method`), all exact:
     - "reference": loops over t (the oracle).
     - "scan": parallel over time. The covariance recursion is a prefix scan over Sarkka & Garcia-Fernandez filtering
-      elements (A, C, J), shared by the whole batch when there is no mask; then the state recursion
-      z_t = (I - K_t H) F z_{t-1} + K_t o_t is a prefix scan over affine maps. O(log T) batched steps, no host syncs.
+      elements (A, C, J) (an unobserved frame's element is (G, Q, 0)), shared by the whole batch when there is no
+      mask; then the state recursion z_t = (I - K_t H) F z_{t-1} + K_t o_t (G z_{t-1} + c where unobserved) is a
+      prefix scan over affine maps. O(log T) batched steps, no host syncs.
     - "compiled": two compiled CPU loops with hand-derived backwards (`affect_core.filters._linear_kernels`): the
       covariance recursion (once for the batch without a mask, once per sequence with one), then the state
-      recursion z_t = F z_{t-1} + K_t (o_t - H F z_{t-1}) per sequence, the batch split over torch's threads.
+      recursion z_t = F z_{t-1} + K_t (o_t - H F z_{t-1}) (G z_{t-1} + c where unobserved) per sequence, the batch
+      split over torch's threads.
     - "fast" / "auto": "compiled" for CPU tensors, "scan" elsewhere (GPU).
     """
 
@@ -106,9 +109,16 @@ class KalmanFilter(BayesFilter):
         z = z0.expand(batch, -1)
         P = P0.expand(batch, -1, -1)
         states, covariances = [], []
+        G, c = self.gap_transition(observations)
         for t in range(steps):
-            z_pred = z @ F.mT  # z^_t = F z_{t-1}
-            P_pred = symmetrise(F @ P @ F.mT + Q)  # P^_t = F P_{t-1} F^T + Q
+            if mask is None:
+                z_pred = z @ F.mT  # z^_t = F z_{t-1}
+                P_pred = symmetrise(F @ P @ F.mT + Q)  # P^_t = F P_{t-1} F^T + Q
+            else:  # without a face the gap step: z^_t = G z_{t-1} + c, P^_t = G P_{t-1} G^T + Q
+                observed = mask[:, t, None]
+                z_pred = torch.where(observed, z @ F.mT, z @ G.mT + c)
+                F_t = torch.where(observed[..., None], F, G)
+                P_pred = symmetrise(F_t @ P @ F_t.mT + Q)
             K = kalman_gain(P_pred, H, R)
             if mask is not None:
                 K = K * mask[:, t, None, None].to(K.dtype)  # K = 0: predict only
@@ -130,15 +140,17 @@ class KalmanFilter(BayesFilter):
 
     def _filter_compiled(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
         F, H, Q, R = self._matrices(observations)
+        G, c = self.gap_transition(observations)
         z0, P0 = self.prior(observations)
         batch, steps, n = observations.shape[0], observations.shape[1], self.state_dim
         # Without a mask the covariances and gains do not depend on the data: one recursion serves the batch.
         observed = observations.new_ones(1, steps) if mask is None else mask.to(observations.dtype)
-        if not torch.is_grad_enabled() or not any(t.requires_grad for t in (observations, F, H, Q, R, P0, z0)):
-            states, covariances = linear_filter_values(observed, observations, F, H, Q, R, P0, z0)
+        inputs = (observations, F, H, Q, R, P0, z0, G, c)
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
+            states, covariances = linear_filter_values(observed, observations, F, H, Q, R, P0, z0, G, c)
             return FilterOutput(states, covariances.expand(batch, steps, n, n))
-        covariances, gains = RiccatiRecursion.apply(observed, F, H, Q, R, P0)
-        states = LinearStateRecursion.apply(observations, gains, F, H @ F, z0)
+        covariances, gains = RiccatiRecursion.apply(observed, F, G, H, Q, R, P0)
+        states = LinearStateRecursion.apply(observations, observed, gains, F, H @ F, G, c, z0)
         return FilterOutput(states, covariances.to(observations.dtype).expand(batch, steps, n, n))
 
     def _filter_scan(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
@@ -158,11 +170,15 @@ class KalmanFilter(BayesFilter):
         HF = H @ F
         S_q = symmetrise(H @ Q @ H.mT + R)
         J_obs = symmetrise(HF.mT @ torch.cholesky_solve(HF, torch.linalg.cholesky_ex(S_q)[0]))
-        A = obs_flag * A_obs + (1 - obs_flag) * F  # predict-only element: (F, Q, 0)
+        G, c = self.gap_transition(observations)
+        A = obs_flag * A_obs + (1 - obs_flag) * G  # predict-only element: the gap step (G, Q, 0)
         C = obs_flag * C_obs + (1 - obs_flag) * Q
         J = obs_flag * J_obs
+        # Each step's transition: F where observed, the gap step's G elsewhere (no mask: F throughout).
+        F_t = F if mask is None else torch.where(obs_flag.bool(), F, G)  # (n, n) or (Bc, T, n, n)
+        F_1 = F if mask is None else F_t[:, 0]
         # First element carries the prior: A = 0, J = 0, C = P_1 from P_0.
-        P1_pred = symmetrise(F @ P0 @ F.mT + Q)
+        P1_pred = symmetrise(F_1 @ P0 @ F_1.mT + Q)
         K1 = kalman_gain(P1_pred, H, R) * obs_flag[:, 0]
         C1 = joseph_update(P1_pred, K1, H, R)
         A = torch.cat((zero.expand(A.shape[0], 1, n, n), A[:, 1:]), dim=1)
@@ -172,18 +188,20 @@ class KalmanFilter(BayesFilter):
 
         # Gains from P_{t-1}, then the per-step Joseph update, exactly as the reference computes them.
         P_prev = torch.cat((P0.expand(P_scan.shape[0], 1, n, n), P_scan[:, :-1]), dim=1)
-        P_pred = symmetrise(F @ P_prev @ F.mT + Q)
+        P_pred = symmetrise(F_t @ P_prev @ F_t.mT + Q)
         K = kalman_gain(P_pred, H, R) * obs_flag  # (Bc, T, n, m)
         P = joseph_update(P_pred, K, H, R)
 
-        # State recursion z_t = (I - K_t H) F z_{t-1} + K_t o_t as a scan over affine maps; z_0 folded into t = 1.
-        # The batch goes in the last dim when the maps are shared (a (T, n, n) @ (T, n, B) matmul per level).
-        A_state = (eye - K @ H) @ F  # (Bc, T, n, n)
+        # State recursion z_t = (I - K_t H) F_t z_{t-1} + K_t o_t (+ c where unobserved) as a scan over affine maps;
+        # z_0 folded into t = 1. The batch goes in the last dim when the maps are shared (a (T, n, n) @ (T, n, B)
+        # matmul per level).
+        A_state = (eye - K @ H) @ F_t  # (Bc, T, n, n)
         if mask is None:
             columns = observations.permute(1, 2, 0).unsqueeze(0)  # (1, T, m, B)
+            b_state = K @ columns  # (1, T, n, B)
         else:
             columns = observations.unsqueeze(-1)  # (B, T, m, 1)
-        b_state = K @ columns  # (Bc, T, n, B or 1)
+            b_state = K @ columns + (1 - obs_flag[..., 0]).unsqueeze(-1) * c.unsqueeze(-1)  # (B, T, n, 1)
         first = b_state[:, :1] + A_state[:, :1] @ z0.unsqueeze(-1)
         b_state = torch.cat((first, b_state[:, 1:]), dim=1)
         _, states = associative_scan(_affine_combine, (A_state, b_state))
