@@ -2,7 +2,8 @@
 
 Layout of MODEL_URL (any fsspec URL):
 
-    bundle.json             format tag, feature set and names, fps, and per model: name, config, metrics, file
+    bundle.json             format tag, feature set and names, fps, and per model: name, config, metrics, file and
+                            (bundles trained since calibration) its calibration per affect dimension
     <name>.safetensors      the model's weights ("model.*") and its fitted feature transform ("transform.*")
 
 Weights are safetensors and the rest is JSON: loading never executes pickled code. ``bundle.json`` is written last, so
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from affect_core.calibration import Calibration
 from affect_core.config import RunConfig
 from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
@@ -33,17 +35,38 @@ BUNDLE_FORMAT = "affect-model-bundle/1"
 
 @dataclass
 class TrainedModel:
-    """One trained model with its feature transform, configuration and metrics."""
+    """One trained model with its feature transform, configuration and metrics.
+
+    calibration: per affect dimension, the map from the filter's level variance to the label's
+    (:mod:`affect_core.calibration`), fitted on the dev split after training; None for a bundle from before
+    calibration, whose predictions carry the filter's uncalibrated variance."""
 
     name: str
     model: AffectModel
     transform: FeatureTransform
     config: RunConfig
     metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Calibration] | None = None
 
     @property
     def dimensions(self) -> tuple[str, ...]:
         return self.config.model.affect_dimensions
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None and all(d in self.calibration for d in self.dimensions)
+
+    def tracks(self, prediction: Prediction) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{dimension: (level (T,), variance (T,))} of one video's prediction: the variance of the label given the
+        video when the model is calibrated, else the filter's level variance. The one place a prediction's variance
+        is made (scoring, the report, :meth:`ModelBundle.predict`)."""
+        out = {}
+        for dim in self.dimensions:
+            level, variance = prediction.track(dim)
+            if self.calibration is not None and dim in self.calibration:
+                variance = self.calibration[dim].apply(variance)
+            out[dim] = (level, variance)
+        return out
 
 
 @dataclass
@@ -61,6 +84,11 @@ class ModelBundle:
         return tuple(d for m in self.models for d in m.dimensions)
 
     @property
+    def calibrated(self) -> bool:
+        """Whether every model's predictions carry a calibrated variance (of the label, not the filter's state)."""
+        return all(m.calibrated for m in self.models)
+
+    @property
     def model_id(self) -> str:
         """``<variant>@<hash>``: the variant readable, then SHA-256 (first 16 hex digits) over every model's weights,
         fitted feature transform and configuration, and the bundle's feature space. Two trainings of one variant
@@ -75,6 +103,9 @@ class ModelBundle:
         digest.update(json.dumps([self.feature_set, list(self.feature_names), float(self.fps)]).encode())
         for trained in self.models:
             digest.update(json.dumps([trained.name, trained.config.to_dict()], sort_keys=True, default=str).encode())
+            if trained.calibration is not None:  # only then: a bundle from before calibration keeps its id
+                calibration = {d: [c.scale, c.noise] for d, c in sorted(trained.calibration.items())}
+                digest.update(json.dumps(calibration).encode())
             arrays = {f"model.{k}": v.detach().cpu().numpy() for k, v in trained.model.state_dict().items()}
             arrays.update({f"transform.{k}": np.asarray(v) for k, v in trained.transform.to_arrays().items()})
             for key in sorted(arrays):
@@ -98,8 +129,7 @@ class ModelBundle:
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for trained in self.models:
             pred: Prediction = predict_features(trained.model, trained.transform, features, chunk_frames=chunk_frames)
-            for dim in trained.dimensions:
-                out[dim] = pred.track(dim)
+            out.update(trained.tracks(pred))
         return out
 
 
@@ -114,14 +144,10 @@ def save_bundle(bundle: ModelBundle, url: Where, storage_options: dict[str, Any]
             tensors[f"transform.{key}"] = torch.from_numpy(np.ascontiguousarray(array))
         filename = f"{trained.name}.safetensors"
         write_bytes_atomic(loc.fs, loc.join(filename).path, save_safetensors(tensors))
-        entries.append(
-            {
-                "name": trained.name,
-                "file": filename,
-                "config": trained.config.to_dict(),
-                "metrics": trained.metrics,
-            }
-        )
+        entry = {"name": trained.name, "file": filename, "config": trained.config.to_dict(), "metrics": trained.metrics}
+        if trained.calibration is not None:
+            entry["calibration"] = {dim: c.to_dict() for dim, c in trained.calibration.items()}
+        entries.append(entry)
     manifest = {
         "format": BUNDLE_FORMAT,
         "feature_set": bundle.feature_set,
@@ -194,7 +220,9 @@ def load_bundle(url: Where, storage_options: dict[str, Any] | None = None, devic
             {k[len("transform.") :]: v.numpy() for k, v in tensors.items() if k.startswith("transform.")}
         )
         model.to(device).eval()
-        models.append(TrainedModel(name, model, transform, config, entry.get("metrics", {})))
+        models.append(
+            TrainedModel(name, model, transform, config, entry.get("metrics", {}), _calibration(entry, where, name))
+        )
     if not models:
         raise AffectError(f"{where}: the bundle holds no model")
     return ModelBundle(
@@ -203,3 +231,17 @@ def load_bundle(url: Where, storage_options: dict[str, Any] | None = None, devic
         feature_set=str(manifest.get("feature_set", "")),
         fps=float(manifest.get("fps", 0.0)),
     )
+
+
+def _calibration(entry: dict[str, Any], where: str, name: str) -> dict[str, Calibration] | None:
+    """A model entry's calibration per affect dimension; None when the bundle has none (written before calibration:
+    its predictions carry the filter's uncalibrated variance)."""
+    data = entry.get("calibration")
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise AffectError(f"{where}: model {name!r}: calibration must be an object per affect dimension")
+    return {
+        str(dim): Calibration.from_dict(value, where=f"{where}: model {name!r} calibration of {dim}")
+        for dim, value in data.items()
+    }

@@ -211,18 +211,25 @@ def save_seed_outcome(
     node: str | None = None,
     workers: Workers | None = None,
 ) -> SeedOutcome:
-    """Evaluate a trained seed on the labelled test videos, then write its bundle and result rows under ``run``
-    (rows last: their presence marks the seed as finished). workers: data-parallel workers, each with its shard of
-    the corpus: the test metrics are gathered from every worker and the leader alone writes."""
+    """Evaluate a trained seed on the labelled test videos, calibrate its uncertainty on the dev split
+    (:func:`affect_core.calibration.calibrate_model`: the variance its predictions carry becomes the label's), then
+    write its bundle and result rows under ``run`` (rows last: their presence marks the seed as finished). workers:
+    data-parallel workers, each with its shard of the corpus: the test metrics and the dev frames are gathered from
+    every worker and the leader alone writes."""
+    from affect_core.calibration import calibrate_model
     from affect_core.inference import evaluate_seeds
 
     bundle_url = run.join("seeds", task.key).url
     test = [v for v in corpus.split("test") if v.labelled]
     if test if workers is None else any(workers.gather(bool(test))):
         result.metrics["test"] = evaluate_seeds(result.model, result.transform, test, workers=workers)[0]
+    dev = [v for v in corpus.split("dev") if v.labelled]
+    calibration = None
+    if dev if workers is None else any(workers.gather(bool(dev))):
+        calibration = calibrate_model(result.model, result.transform, dev, workers=workers) or None
     if workers is not None and not workers.leader:
         return SeedOutcome(task, [], bundle_url, float("nan"))
-    trained = TrainedModel(task.name, result.model, result.transform, result.config, result.metrics)
+    trained = TrainedModel(task.name, result.model, result.transform, result.config, result.metrics, calibration)
     bundle = ModelBundle([trained], corpus.feature_names, corpus.feature_set, corpus.fps)
     save_bundle(bundle, run.join("seeds", task.key))
     node = node or socket.gethostname()

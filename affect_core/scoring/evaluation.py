@@ -1,5 +1,6 @@
 """Evaluation of predictions against a dataset's labels: CCC, RMSE and PCC per sequence, averaged over each split's
-sequences, streamed one video at a time; and the result as a Markdown table.
+sequences; the calibration of the predicted variance (coverage of the central 50% and 90% intervals, Gaussian negative
+log-likelihood) over every labelled frame of a split; streamed one video at a time; and the result as a Markdown table.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from affect_core.calibration import REPORTED_LEVELS, gaussian_nll, interval_coverage
 from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.metrics import sequence_metrics
@@ -18,7 +20,13 @@ from affect_core.metrics import sequence_metrics
 def evaluate_predictions(
     predictions: Mapping[str, pa.Table], videos: Iterable[Video]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{split: {dimension: {ccc, rmse, pcc, sequences}}}: per sequence, then averaged over a split's sequences.
+    """{split: {dimension: {ccc, rmse, pcc, sequences, coverage50, coverage90, nll, frames}}}.
+
+    ccc, rmse, pcc: per sequence, then averaged over a split's sequences (AVEC protocol). coverage50, coverage90: the
+    share of the split's labelled frames whose label lies in the prediction's central 50% / 90% interval
+    (prediction +- 0.674 / 1.645 sd, sd from the ``<dimension>_var`` column); nll: the mean Gaussian negative
+    log-likelihood of those labels; frames: the frames they count. Calibration is a frequency over frames, so these
+    are pooled over the split's frames, not averaged per sequence; NaN where the predictions carry no variance.
 
     Streams: one video and its predictions at a time (``predictions`` from :func:`read_predictions` reads rows on
     access, fastest with ``videos`` in the table's order), so memory is bounded whatever the corpus: the per-sequence
@@ -26,6 +34,8 @@ def evaluate_predictions(
     without predictions is an error (the evaluation would be silently partial otherwise).
     """
     per: dict[str, dict[str, dict[str, array]]] = {}
+    # per split and dimension: [frames covered by each REPORTED_LEVELS interval..., NLL sum, frames counted]
+    pooled: dict[str, dict[str, list[float]]] = {}
     for video in videos:
         if not video.labelled:
             continue
@@ -47,6 +57,14 @@ def evaluate_predictions(
             packed = per.setdefault(video.split, {}).setdefault(dim, {})
             for name, value in sequence_metrics(aligned, gold).items():
                 packed.setdefault(name, array("d")).append(value)
+            variance = np.full(len(gold), np.nan)
+            if f"{dim}_var" in table.column_names:
+                variance[frames] = table.column(f"{dim}_var").to_numpy(zero_copy_only=False)
+            covered, counted = interval_coverage(aligned, variance, gold)
+            nll, _ = gaussian_nll(aligned, variance, gold)
+            sums = pooled.setdefault(video.split, {}).setdefault(dim, [0.0] * (len(REPORTED_LEVELS) + 2))
+            for i, value in enumerate([*covered.tolist(), nll, counted]):
+                sums[i] += value
     result: dict[str, dict[str, dict[str, float]]] = {}
     for split, dims in per.items():
         result[split] = {}
@@ -54,18 +72,42 @@ def evaluate_predictions(
             # the mean over sequences (average_over_sequences, read from the packed columns)
             means = {name: float(np.mean(np.frombuffer(values, dtype=np.float64))) for name, values in packed.items()}
             result[split][dim] = {**means, "sequences": float(len(next(iter(packed.values()))))}
+            *covered, nll, counted = pooled[split][dim]
+            for level, count in zip(REPORTED_LEVELS, covered, strict=True):
+                result[split][dim][f"coverage{round(level * 100)}"] = count / counted if counted else float("nan")
+            result[split][dim]["nll"] = nll / counted if counted else float("nan")
+            result[split][dim]["frames"] = float(counted)
     if not result:
         raise AffectError("evaluation: no labelled video has predictions for arousal or valence")
     return result
 
 
 def evaluation_markdown(result: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = ["| split | dimension | sequences | CCC | RMSE | PCC |", "|---|---|---|---|---|---|"]
+    """The result of :func:`evaluate_predictions` as a Markdown table, one row per split and dimension. Coverage and
+    NLL read n/a where the predictions carry no variance."""
+    lines = [
+        "| split | dimension | sequences | CCC | RMSE | PCC | 50% interval | 90% interval | NLL |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for split in sorted(
         result, key=lambda s: ("train", "dev", "test").index(s) if s in ("train", "dev", "test") else 9
     ):
         for dim, m in result[split].items():
             lines.append(
-                f"| {split} | {dim} | {int(m['sequences'])} | {m['ccc']:.4f} | {m['rmse']:.4f} | {m['pcc']:.4f} |"
+                f"| {split} | {dim} | {int(m['sequences'])} | {m['ccc']:.4f} | {m['rmse']:.4f} | {m['pcc']:.4f} | "
+                f"{_share(m.get('coverage50'))} | {_share(m.get('coverage90'))} | {_number(m.get('nll'))} |"
             )
+    lines += [
+        "",
+        "Intervals: the share of labelled frames inside prediction +- 0.674 sd (50%) and +- 1.645 sd (90%), sd from "
+        "the predicted variance; NLL: mean Gaussian negative log-likelihood per frame (lower is better).",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return f"{100 * value:.1f}%" if value is not None and np.isfinite(value) else "n/a"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None and np.isfinite(value) else "n/a"
