@@ -112,7 +112,6 @@ def test_both_phone_recordings_decode_at_their_variable_rate_with_increasing_tim
 
 def test_a_variable_rate_clip_is_ingested_on_the_corpus_grid(good_root: Path, tmp_path: Path) -> None:
     from affect_core.data.dataset import read_corpus
-
     from affect_core.synth.video import scene_frames, write_clip
 
     steps = np.array([0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)])

@@ -25,7 +25,7 @@ from affect_core.video.config import VideoConfig
 from affect_core.video.decode import decode_frames
 from affect_core.video.extract import extract_video
 from affect_core.video.score import score_video_root
-from affect_core.video.stored import attach_to_bundle, load_dataset_transform
+from affect_core.video.stored import attach_to_bundle
 
 runner = CliRunner()
 FAST = VideoConfig(face_size=32, wavelengths=(3.0, 6.0), orientations=2, blocks=2, pca_share=0.95)
