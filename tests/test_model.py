@@ -58,13 +58,10 @@ def test_frames_without_a_face_are_predict_only_steps(model):
     # without updates the level variance grows monotonically through the gap, then shrinks at the next update
     assert bool((level_var[21:40] > level_var[20:39]).all())
     assert float(level_var[40].detach()) < float(level_var[39].detach())
-    # the filter's state in the gap follows its own prediction: z_t = F z_{t-1} (KF) / f(z_{t-1}) (EKF)
-    z = out.z[0]
-    if model == "lstm-kf":
-        predicted = z[24] @ m.filters[0].F.detach().T
-    else:
-        predicted = torch.tanh(z[24] @ m.filters[0].W_f.detach().T + m.filters[0].b_f.detach())
-    assert torch.allclose(z[25], predicted, atol=1e-5)
+    # the filter's state in the gap follows the mean-reverting gap step z_t = G z_{t-1} + c (KF and EKF alike)
+    z = out.z[0].detach()
+    G, c = m.filters[0].gap_transition(z)
+    assert torch.allclose(z[25], z[24] @ G.T + c, atol=1e-5)
 
 
 def test_mask_argument_equals_nan_rows():
