@@ -108,13 +108,16 @@ def test_both_phone_recordings_decode_at_their_variable_rate_with_increasing_tim
         steps = np.diff([f.time_s for f in frames])
         assert len(frames) == 169 and (steps > 0).all()
         assert steps.max() / steps.min() > 1.5, name  # the rate changes within the recording
+    write_variable_rate(tmp_path / "slowing.mkv")
+    times = [f.time_s for f in decode_frames(str(tmp_path / "slowing.mkv"), "slowing.mkv")]
+    np.testing.assert_allclose(times, [0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)], atol=1e-6)
 
 
 def test_a_variable_rate_clip_is_ingested_on_the_corpus_grid(good_root: Path, tmp_path: Path) -> None:
     from affect_core.data.dataset import read_corpus
     from affect_core.synth.video import scene_frames, write_clip
 
-    steps = np.array([0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)])
+    steps = np.array([0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)])  # 25, then 12.5 fps
     size = {"width": SMALL.width, "height": SMALL.height}
     root, path = corpus_with(
         good_root, tmp_path, "train_1.mkv", lambda p: write_clip(p, scene_frames(steps, **size), 25, times=steps)

@@ -107,6 +107,35 @@ def test_scoring_videos_gives_one_prediction_per_decoded_frame(ingested: tuple[P
         assert np.isfinite(table.column("arousal").to_numpy()).all()
 
 
+def test_labels_at_their_own_rate_are_placed_on_the_grid_by_time(ingested: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    root, dataset = ingested
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    # dev_1's labels at 10 Hz, shifted by 0.05 s: each grid step at 25 fps takes the interpolation of its neighbours.
+    label_time = 0.05 + np.arange(15) / 10.0
+    rows = ["frameTime,arousal,valence", *(f"{t:.3f},{np.sin(t):.6f},{np.cos(t):.6f}" for t in label_time)]
+    (copy / "labels" / "dev_1.csv").write_text("\n".join(rows) + "\n")
+    # test_1's labels number the decoded frames (a frame column); every other frame is labelled.
+    frames = np.arange(0, CLIPS.frames, 2)
+    rows = ["frame,arousal,valence", *(f"{f},{f / 100:.3f},{-f / 100:.3f}" for f in frames)]
+    (copy / "labels" / "test_1.csv").write_text("\n".join(rows) + "\n")
+    corpus = read_video_source(str(copy), transform=load_dataset_transform(str(dataset)))
+    dev, test = corpus.videos[1], corpus.videos[2]
+    assert dev.video_id == "dev_1" and test.video_id == "test_1"
+    inside = (dev.time_s >= label_time[0]) & (dev.time_s <= label_time[-1])
+    np.testing.assert_allclose(dev.arousal[inside], np.sin(dev.time_s[inside]), atol=0.01)
+    # Within half a label step of the ends: the end labels; further: unlabelled.
+    near = ~inside & (dev.time_s >= label_time[0] - 0.05 - 1e-9) & (dev.time_s <= label_time[-1] + 0.05 + 1e-9)
+    ends = np.where(dev.time_s[near] < label_time[0], np.sin(label_time[0]), np.sin(label_time[-1]))
+    np.testing.assert_allclose(dev.arousal[near], ends, atol=1e-5)
+    assert np.isnan(dev.arousal[~inside & ~near]).all() and inside.sum() >= 30 and (~inside & ~near).any()
+    # The decoded frames are the grid here (a 25 fps clip): frame f's label at frame f, halfway between interpolated.
+    np.testing.assert_allclose(test.arousal[frames], frames / 100, atol=1e-6)
+    np.testing.assert_allclose(test.arousal[1:-1:2], (frames[:-1] + 1) / 100, atol=1e-6)
+
+
 def test_synth_cli_writes_the_video_layout(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
