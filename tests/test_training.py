@@ -249,3 +249,35 @@ def test_affect_train_with_a_non_finite_dev_prediction_exits_non_zero_with_one_l
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: evaluation: video 'dev_1'"), result.output
     assert "from frame 12 on" in lines[0] and "Traceback" not in result.output
+
+
+def test_dev_videos_with_a_40_s_stretch_without_a_face_still_steer_training():
+    """The issue's scenario: dev videos that lose the face for 40 s. The predict-only steps used to drive the filter to
+    NaN, the dev CCC read 0.000 at every epoch and early stopping kept the untrained state. Now the dev CCC is a
+    measured number, the best epoch is a trained one, and the learned lag moves from 0 towards the planted one."""
+    torch.set_num_threads(1)
+    lag = 25
+    corpus = generate_corpus(
+        SynthConfig(
+            videos_per_split=2,
+            frames=1400,
+            appearance_dim=6,
+            geometric_dim=6,
+            seed=2,
+            lag_s=lag / 25.0,
+            feature_noise=0.5,
+            no_face_share=0.0,
+        )
+    )
+    dev = corpus.split("dev")
+    for video in dev:
+        video.features[200:1200] = np.nan  # 40 s at 25 fps
+    config = RunConfig(
+        model=ModelConfig(model="lstm-kf", align="adaptive", window=40, q_init=0.1, r_init=1e-3),
+        train=TrainConfig(max_epochs=6, window_frames=350, batch_size=4, patience=6, lr=3e-3, lr_align=0.1, seed=0),
+    )
+    result = train_model(corpus.split("train"), dev, config, progress=False)
+    scores = [r.dev_ccc for r in result.history]
+    assert all(math.isfinite(s) for s in scores) and max(abs(s) for s in scores) > 0.05, scores
+    assert result.best_epoch > 1 and scores[result.best_epoch - 1] > scores[0], scores
+    assert lag / 2 < result.mu_frames < 2 * lag, result.mu_frames  # from 0, more than half way to the planted lag
