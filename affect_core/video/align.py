@@ -1,6 +1,6 @@
 """Crop and align: the face box of a frame resampled to a fixed ``size x size`` grey image.
 
-The box is made square about its centre (the cascade's boxes are square already) and clipped to the frame by edge
+The box is made square about its centre (the detector's boxes are square already) and clipped to the frame by edge
 replication. A box much larger than ``size`` is first shrunk by an integer block mean (anti-aliasing), then sampled
 bilinearly on the ``size x size`` grid, so that faces of any size in the frame give comparable images.
 """
