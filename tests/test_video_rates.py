@@ -193,3 +193,34 @@ def test_the_face_column_follows_a_feature_layouts_rows_without_a_face(ingested_
     listed = runner.invoke(app, ["info", str(tmp_path / "pred"), "--json"])
     counts = {v["video_id"]: v["frames_without_face"] for v in json.loads(listed.output)["videos"]}
     assert counts == {video_id: int(m.sum()) for video_id, m in no_face.items()}
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "pred"), ingested_source.url])
+    assert evaluated.exit_code == 0, evaluated.output
+    dev = [v for v in corpus.videos if v.split == "dev"]
+    with_face = sum(int((~no_face[v.video_id]).sum()) for v in dev)
+    without = sum(int(no_face[v.video_id].sum()) for v in dev)
+    assert f"dev arousal {with_face} frame(s) with a face, {without} without" in evaluated.output
+
+
+def test_predictions_written_before_the_face_column_are_still_read(ingested_source, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from affect_core.data import delta, keys
+    from affect_core.scoring import PREDICTION_SCHEMA, PredictionTarget, prediction_rows
+    from affect_core.storage import resolve
+
+    old_schema = pa.schema([f for f in PREDICTION_SCHEMA if f.name != "face"])
+    loc = resolve(str(tmp_path / "old"))
+    files, written = delta.FileWriter(loc, old_schema, target_file_bytes=1 << 30), []
+    for video in read_corpus(ingested_source.url, splits=None).videos:
+        n = video.num_frames
+        tracks = [{"arousal": (np.linspace(-0.5, 0.5, n, dtype=np.float32), np.full(n, 0.1, np.float32))}]
+        rows = prediction_rows([video], tracks, "m").drop_columns(["face"])
+        written += files.add_videos(rows, [delta.VideoEntry(video.video_id, video.split, n)])
+    metadata = {k: v for k, v in PredictionTarget("m").metadata().items() if k != keys.FACE_COUNTS}
+    delta.commit(loc, old_schema, added=[*written, *files.close()], read_version=None, metadata=metadata)
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "old"), ingested_source.url])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "| dev | arousal |" in evaluated.output and "Faces:" not in evaluated.output
+    listed = runner.invoke(app, ["info", str(tmp_path / "old"), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert all(v["frames_without_face"] is None for v in json.loads(listed.output)["videos"])

@@ -20,7 +20,8 @@ from affect_core.metrics import sequence_metrics
 def evaluate_predictions(
     predictions: Mapping[str, pa.Table], videos: Iterable[Video]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{split: {dimension: {ccc, rmse, pcc, sequences, coverage50, coverage90, nll, frames}}}.
+    """{split: {dimension: {ccc, rmse, pcc, sequences, coverage50, coverage90, nll, frames[, frames_with_face,
+    frames_without_face]}}} (the face counts: the predicted frames of the labelled videos, from the face column).
 
     ccc, rmse, pcc: per sequence, then averaged over a split's sequences (AVEC protocol). coverage50, coverage90: the
     share of the split's labelled frames whose label lies in the prediction's central 50% / 90% interval
@@ -36,6 +37,7 @@ def evaluate_predictions(
     per: dict[str, dict[str, dict[str, array]]] = {}
     # per split and dimension: [frames covered by each REPORTED_LEVELS interval..., NLL sum, frames counted]
     pooled: dict[str, dict[str, list[float]]] = {}
+    faces: dict[str, dict[str, list[int]]] = {}  # per split and dimension: [frames with a face, without] (face column)
     for video in videos:
         if not video.labelled:
             continue
@@ -65,6 +67,10 @@ def evaluate_predictions(
             sums = pooled.setdefault(video.split, {}).setdefault(dim, [0.0] * (len(REPORTED_LEVELS) + 2))
             for i, value in enumerate([*covered.tolist(), nll, counted]):
                 sums[i] += value
+            if "face" in table.column_names:  # predictions written before the face column have no count
+                face = table.column("face").to_numpy(zero_copy_only=False)
+                seen = faces.setdefault(video.split, {}).setdefault(dim, [0, 0])
+                seen[0], seen[1] = seen[0] + int(face.sum()), seen[1] + int((~face).sum())
     result: dict[str, dict[str, dict[str, float]]] = {}
     for split, dims in per.items():
         result[split] = {}
@@ -77,6 +83,9 @@ def evaluate_predictions(
                 result[split][dim][f"coverage{round(level * 100)}"] = count / counted if counted else float("nan")
             result[split][dim]["nll"] = nll / counted if counted else float("nan")
             result[split][dim]["frames"] = float(counted)
+            if dim in faces.get(split, {}):
+                with_face, without = faces[split][dim]
+                result[split][dim].update(frames_with_face=float(with_face), frames_without_face=float(without))
     if not result:
         raise AffectError("evaluation: no labelled video has predictions for arousal or valence")
     return result
@@ -97,6 +106,18 @@ def evaluation_markdown(result: dict[str, dict[str, dict[str, float]]]) -> str:
                 f"| {split} | {dim} | {int(m['sequences'])} | {m['ccc']:.4f} | {m['rmse']:.4f} | {m['pcc']:.4f} | "
                 f"{_share(m.get('coverage50'))} | {_share(m.get('coverage90'))} | {_number(m.get('nll'))} |"
             )
+    counted = [(split, dim, m) for split in result for dim, m in result[split].items() if "frames_with_face" in m]
+    if counted:  # frames the predictions measured (a face) and those the filter bridged (no face)
+        lines += [
+            "",
+            "Faces: "
+            + "; ".join(
+                f"{split} {dim} {int(m['frames_with_face'])} frame(s) with a face, "
+                f"{int(m['frames_without_face'])} without"
+                for split, dim, m in counted
+            )
+            + ".",
+        ]
     lines += [
         "",
         "Intervals: the share of labelled frames inside prediction +- 0.674 sd (50%) and +- 1.645 sd (90%), sd from "
