@@ -157,9 +157,15 @@ def test_the_config_names_its_face_detector_and_older_transforms_keep_the_cascad
         VideoConfig(face_detector="haar")
 
 
-def test_small_faces_below_the_searched_share_are_not_reported() -> None:
+def test_faces_are_searched_relative_to_the_frame_height() -> None:
     frame = list(decode_frames(io.BytesIO(pyfeat_sample("single_face.mp4")), "single_face.mp4"))[0].gray
-    assert FaceDetector(min_face_share=0.2)(frame) is not None
+    box = FaceDetector(min_face_share=0.2)(frame)
+    assert box is not None
+    # The same frame at 1080x1920 (each pixel 3 x 3): the same face, three times the box.
+    large = FaceDetector()(np.repeat(np.repeat(frame, 3, axis=0), 3, axis=1))
+    assert large is not None
+    expected = [3 * box.top, 3 * box.left, 3 * box.height]
+    np.testing.assert_allclose([large.top, large.left, large.height], expected, atol=6)
     # The face is about half the frame height: searching faces of at least 0.7 of it finds none.
     assert FaceDetector(min_face_share=0.7).detect_all(frame) == []
     with pytest.raises(ValueError):

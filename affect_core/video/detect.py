@@ -110,6 +110,9 @@ class FaceDetector(_FacePicker):
         cols = max(1, int(round(width / scale)))
         if cols < WINDOW:
             return []
+        factor = height // rows
+        if factor >= 2:  # a large frame is block-averaged first: the bilinear resize alone would alias
+            gray = (shrink(gray, factor) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
         image = dlib.resize_image(np.ascontiguousarray(gray, dtype=np.uint8), rows, cols)
         rects, _, _ = _hog().run(image, 0, self.threshold)
         smallest = self.min_face_share * height
