@@ -26,6 +26,7 @@ from affect_core.calibration import Calibration
 from affect_core.config import RunConfig
 from affect_core.errors import AffectError
 from affect_core.features import FeatureTransform
+from affect_core.filters.base import GAP_PARAMETERS
 from affect_core.inference import Prediction, predict_features
 from affect_core.model import AffectModel
 from affect_core.storage import Where, read_bytes, resolve, write_bytes_atomic
@@ -211,6 +212,12 @@ def load_bundle(url: Where, storage_options: dict[str, Any] | None = None, devic
             raise AffectError(f"{file_where}: not a safetensors weights file ({type(exc).__name__})") from None
         model = AffectModel(config.model)
         state = one_seed_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        # Bundles from before the filters' gap step lack its parameters: they keep their initial values.
+        state.update(
+            (key, value)
+            for key, value in model.state_dict().items()
+            if key.rpartition(".")[2] in GAP_PARAMETERS and key not in state
+        )
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
