@@ -6,8 +6,11 @@ Layout written under ``RUN_URL/report/`` (or ``out_url``)::
                           best tuning trials when a tuning run exists, and the plots below
     ablation.png          CCC per variant and dimension, bars = mean over seeds, error bars = std (per split)
     lag.png               the learned lag mu (seconds) per model with its spread over seeds (paper Table IV)
-    curves-<video>.png    predicted against gold-standard curves of a dev video with the filter's +-2 sd band
-                          (like the paper's Figures 3 and 4)
+    curves-<video>.png    predicted against gold-standard curves of a dev video with the 90% interval of the variance
+                          each prediction carries (calibrated: the label's given the video; it widens where the
+                          face is gone, shaded) (like the paper's Figures 3 and 4)
+    reliability.png       calibration of that variance on the dev split: nominal coverage of the central intervals
+                          (10% ... 90%) against the share of dev labels inside them, per affect dimension
     tuning.png            dev CCC per trial and against the main hyperparameters (when a tuning run exists)
 
 Inputs: ``RUN_URL/results.parquet`` (required), the model bundle ``RUN_URL/model`` (fps, and predictions when no
@@ -23,7 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from affect_core.calibration import RELIABILITY_LEVELS, interval_z
 from affect_core.data import delta
 from affect_core.data.tracks import check_video_id
 from affect_core.errors import AffectError
@@ -67,6 +71,20 @@ class CurveData:
     predicted: dict[str, np.ndarray]
     variance: dict[str, np.ndarray]
     gold: dict[str, np.ndarray]
+    face: np.ndarray | None = None  # (T,) bool, False where the frame has no face; None: not known
+
+
+@dataclass
+class Reliability:
+    """Calibration of the predicted variance on a split: per affect dimension, the share of labelled frames inside
+    each central interval of nominal coverage ``levels`` (observed), over ``frames`` frames. calibrated: whether the
+    model bundle holds a calibration (None: not known, e.g. predictions of another run)."""
+
+    split: str
+    levels: tuple[float, ...]
+    observed: dict[str, np.ndarray]
+    frames: dict[str, int]
+    calibrated: bool | None = None
 
 
 def write_report(
@@ -111,11 +129,18 @@ def write_report(
     else:
         notes.append("Curves of dev videos need the dataset's gold standard: pass a dataset URL.")
     curve_files = [curve_file_name(curve.video_id, out) for curve in curves]  # refused before anything is written
+    reliability = None
+    if dataset_url:
+        reliability = reliability_data(
+            run, delta.resolve_versioned(dataset_url, storage_options), predictions=predictions
+        )
 
     _save(out, "ablation.png", ablation_figure(rows), plots)
     _save(out, "lag.png", lag_figure(rows, fps=fps), plots)
     for curve, name in zip(curves, curve_files, strict=True):
         _save(out, name, curves_figure(curve), plots)
+    if reliability is not None:
+        _save(out, "reliability.png", reliability_figure(reliability), plots)
 
     trials = read_trials(tuning)
     if trials is not None:
@@ -123,7 +148,7 @@ def write_report(
         if figure is not None:
             _save(out, "tuning.png", figure, plots)
 
-    summary = report_markdown(rows, fps=fps, plots=plots, out=out, trials=trials, notes=notes)
+    summary = report_markdown(rows, fps=fps, plots=plots, out=out, trials=trials, notes=notes, reliability=reliability)
     write_bytes_atomic(out.fs, out.join("summary.md").path, summary.encode())
     return ReportResult(out.display(), out.display("summary.md"), plots, summary)
 
@@ -149,10 +174,14 @@ def report_markdown(
     out: Location,
     trials: pa.Table | None = None,
     notes: Sequence[str] = (),
+    reliability: Reliability | None = None,
 ) -> str:
     """The report's summary: the run's paper-style tables (the same function as the run's own summary.md), the
-    best tuning trials and the plots (relative links, so the folder can be moved)."""
+    calibration of the predicted variance on dev, the best tuning trials and the plots (relative links, so the
+    folder can be moved)."""
     lines = [summary_markdown(rows, fps=fps).rstrip("\n")]
+    if reliability is not None:
+        lines += ["", "## Calibration of the predicted variance", "", reliability_markdown(reliability)]
     if trials is not None:
         lines += ["", "## Tuning", "", tuning_markdown(trials)]
     if plots:
@@ -219,7 +248,7 @@ def curve_data(
 ) -> list[CurveData]:
     """Predicted and gold tracks of the chosen dev videos: from the predictions when given, else from the run's
     model bundle (the one prediction path, :meth:`ModelBundle.predict`)."""
-    from affect_core.data.dataset import dataset_info, iter_videos
+    from affect_core.data.dataset import dataset_info
 
     info = dataset_info(dataset)
     if video_ids is None:
@@ -230,26 +259,96 @@ def curve_data(
         raise AffectError(f"{info.url}: no video {unknown[0]!r} in version {info.version}")
     if not video_ids:
         return []
-    predicted = _predictions_for(predictions, video_ids) if predictions is not None else None
+    if predictions is not None:
+        _check_predicted(predictions, video_ids)
+    out = []
+    for video, levels, variances in _predicted_videos(run, dataset, predictions, video_ids, info):
+        gold = {d: video.labels(d) for d in ("arousal", "valence") if video.labels(d) is not None}
+        face = np.isfinite(video.features).all(axis=1) if video.features.size else None
+        out.append(CurveData(video.video_id, np.asarray(video.time_s), levels, variances, gold, face))
+    return out
+
+
+def reliability_data(
+    run: Location,
+    dataset: delta.VersionedLocation,
+    *,
+    predictions: delta.VersionedLocation | None,
+    split: str = "dev",
+    levels: Sequence[float] = RELIABILITY_LEVELS,
+) -> Reliability | None:
+    """How well the predicted variance is calibrated on ``split``: for each nominal coverage in ``levels``, the share
+    of the split's labelled frames inside the central interval, per affect dimension (from the predictions when
+    given, else the run's model predicts the videos). Streams one video at a time. None when the split has no
+    labelled frame with a predicted variance."""
+    from affect_core.calibration import interval_coverage
+    from affect_core.data.dataset import dataset_info
+
+    info = dataset_info(dataset)
+    video_ids = info.videos.get(split, [])
+    if not video_ids:
+        return None
+    counts: dict[str, np.ndarray] = {}
+    frames: dict[str, int] = {}
+    for video, levels_of, variances_of in _predicted_videos(run, dataset, predictions, video_ids, info):
+        for dim, level in levels_of.items():
+            gold = video.labels(dim)
+            if gold is None:
+                continue
+            covered, counted = interval_coverage(level, variances_of[dim], gold, tuple(levels))
+            counts[dim] = counts.get(dim, np.zeros(len(levels), np.int64)) + covered
+            frames[dim] = frames.get(dim, 0) + counted
+    observed = {d: counts[d] / frames[d] for d in counts if frames[d] > 0}
+    if not observed:
+        return None
+    return Reliability(split, tuple(levels), observed, {d: frames[d] for d in observed}, _bundle_calibrated(run))
+
+
+def _bundle_calibrated(run: Location) -> bool | None:
+    """Whether the run's model bundle holds a calibration for every model (None without a bundle)."""
+    try:
+        manifest = json.loads(read_bytes(run.fs, run.join("model", "bundle.json").path))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    models = manifest.get("models", []) if isinstance(manifest, dict) else []
+    return bool(models) and all(isinstance(m, dict) and m.get("calibration") for m in models)
+
+
+def _predicted_videos(
+    run: Location,
+    dataset: delta.VersionedLocation,
+    predictions: delta.VersionedLocation | None,
+    video_ids: Sequence[str],
+    info: Any,
+) -> Iterator[tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(video, {dimension: level (T,)}, {dimension: variance (T,)}) of each of ``video_ids``, one at a time: from the
+    predictions table when given, else predicted by the run's model bundle."""
+    from affect_core.data.dataset import iter_videos
+
+    store = None
     bundle = None
     feature_set = None
-    if predicted is None:
+    if predictions is not None:
+        from affect_core.scoring import read_predictions
+
+        store = read_predictions(predictions)
+    else:
         from affect_core.artifact import load_bundle
 
         bundle = load_bundle(run.join("model"))
         feature_set = bundle.feature_set if bundle.feature_set in info.feature_sets else None
-    out = []
     for video in iter_videos(dataset, video_ids=list(video_ids), feature_set=feature_set):
-        gold = {d: video.labels(d) for d in ("arousal", "valence") if video.labels(d) is not None}
         levels: dict[str, np.ndarray] = {}
         variances: dict[str, np.ndarray] = {}
-        if predicted is not None:
-            table = predicted[video.video_id]
+        if store is not None:
+            if video.video_id not in store:
+                continue
+            table = store[video.video_id]
             frames = table.column("frame").to_numpy()
+            keep = frames < video.num_frames
             for dim in ("arousal", "valence"):
                 level = np.full(video.num_frames, np.nan)
                 var = np.full(video.num_frames, np.nan)
-                keep = frames < video.num_frames
                 level[frames[keep]] = table.column(dim).to_numpy(zero_copy_only=False)[keep]
                 var[frames[keep]] = table.column(f"{dim}_var").to_numpy(zero_copy_only=False)[keep]
                 if np.isfinite(level).any():
@@ -258,24 +357,20 @@ def curve_data(
             assert bundle is not None
             for dim, (level, var) in bundle.predict(video.features).items():
                 levels[dim], variances[dim] = np.asarray(level, np.float64), np.asarray(var, np.float64)
-        out.append(CurveData(video.video_id, np.asarray(video.time_s), levels, variances, gold))
-    return out
+        yield video, levels, variances
 
 
-def _predictions_for(predictions: delta.VersionedLocation, video_ids: Sequence[str]) -> dict[str, pa.Table]:
-    """Prediction tables of just these videos (their row groups), not the whole predictions table."""
+def _check_predicted(predictions: delta.VersionedLocation, video_ids: Sequence[str]) -> None:
+    """Refuse a video the predictions table lacks (its index only: no rows are read)."""
     from affect_core.scoring import read_predictions
 
     store = read_predictions(predictions)
-    out = {}
     for video_id in video_ids:
         if video_id not in store:
             raise AffectError(
                 f"{store.out.display()}: no predictions for video {video_id!r}; score the dataset first or leave "
                 "out the predictions URL"
             )
-        out[video_id] = store[video_id]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- figures
@@ -373,8 +468,10 @@ def lag_figure(rows: list[dict[str, Any]], *, fps: float) -> Any:
 
 
 def curves_figure(curve: CurveData) -> Any:
-    """Predicted against gold-standard tracks of one video, one panel per affect dimension, with the filter's
-    uncertainty as a +-2 standard deviation band where the model has one."""
+    """Predicted against gold-standard tracks of one video, one panel per affect dimension, with the 90% interval of
+    the variance each prediction carries (prediction +- 1.645 sd; calibrated, the label's given the video) where the
+    model has one, and the frames without a face shaded: there the filter runs without observations and the
+    interval widens."""
     from affect_core.metrics import sequence_metrics
 
     dims = [d for d in ("arousal", "valence") if d in curve.predicted or d in curve.gold]
@@ -390,24 +487,86 @@ def curves_figure(curve: CurveData) -> Any:
             var = curve.variance.get(dim)
             if var is not None and np.isfinite(var).any():
                 sd = np.sqrt(np.clip(np.nan_to_num(var, nan=0.0), 0.0, None))
+                z90 = interval_z(0.9)
                 ax.fill_between(
                     t,
-                    level - 2 * sd,
-                    level + 2 * sd,
+                    level - z90 * sd,
+                    level + z90 * sd,
                     color=DIMENSION_COLOURS[dim],
                     alpha=0.25,
-                    label="+-2 sd",
+                    label="90% interval",
                 )
             ax.plot(t, level, color=DIMENSION_COLOURS[dim], linewidth=1.2, label="predicted")
             if dim in curve.gold:
                 metrics = sequence_metrics(level, curve.gold[dim])
                 title += f" (CCC {metrics['ccc']:.3f}, RMSE {metrics['rmse']:.3f})"
+        if curve.face is not None and not curve.face.all() and len(curve.face) == len(t):
+            ax.fill_between(
+                t,
+                -1.05,
+                1.05,
+                where=~curve.face,
+                step="mid",
+                color="grey",
+                alpha=0.2,
+                linewidth=0,
+                label="no face",
+            )
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel(dim)
         ax.set_title(title)
         ax.legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("time (s)")
     return figure
+
+
+def reliability_figure(reliability: Reliability) -> Any:
+    """Nominal coverage of the central intervals against the share of labels observed inside them, one line per
+    affect dimension; the diagonal is perfect calibration (above it: intervals too wide, below: too narrow)."""
+    figure = _figure(4.6, 4.4)
+    ax = figure.subplots()
+    nominal = np.asarray(reliability.levels) * 100
+    ax.plot([0, 100], [0, 100], color="black", linewidth=0.8, linestyle="--", label="perfect calibration")
+    for dim, observed in reliability.observed.items():
+        ax.plot(
+            nominal,
+            observed * 100,
+            "o-",
+            color=DIMENSION_COLOURS.get(dim),
+            label=f"{dim} ({reliability.frames[dim]:,} frames)",
+        )
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("nominal coverage of the central interval (%)")
+    ax.set_ylabel(f"{reliability.split} labels inside it (%)")
+    state = {True: "calibrated", False: "not calibrated", None: "variance as predicted"}[reliability.calibrated]
+    ax.set_title(f"Reliability of the predicted variance\n({reliability.split} split, {state})")
+    ax.legend(loc="upper left", fontsize="small")
+    return figure
+
+
+def reliability_markdown(reliability: Reliability) -> str:
+    """The reliability plot's numbers as a Markdown table: per dimension, the share of labels inside the central
+    50% and 90% intervals (and every level the plot shows)."""
+    levels = list(reliability.levels)
+    header = "| dimension | frames | " + " | ".join(f"{round(100 * level)}%" for level in levels) + " |"
+    lines = [
+        f"Share of {reliability.split} labels inside the central interval of each nominal coverage "
+        "(prediction +- z sd, sd from the variance each prediction carries).",
+        "",
+        header,
+        "|" + "---|" * (2 + len(levels)),
+    ]
+    for dim, observed in reliability.observed.items():
+        cells = " | ".join(f"{100 * value:.1f}%" for value in observed)
+        lines.append(f"| {dim} | {reliability.frames[dim]} | {cells} |")
+    if reliability.calibrated is False:
+        lines += [
+            "",
+            "The model bundle holds no calibration (it was trained before calibration existed): the variance is the "
+            "filter's own state variance, not the label's. Train again for calibrated intervals.",
+        ]
+    return "\n".join(lines)
 
 
 def tuning_figure(trials: pa.Table) -> Any | None:

@@ -59,7 +59,7 @@ def test_report_writes_plots_and_summary_matching_results(trained_run: tuple[str
     dataset, run = trained_run
     result = write_report(run, dataset_url=dataset, videos=2)
     report_dir = Path(run) / "report"
-    assert set(result.plots) == {"ablation", "lag", "curves-dev_1", "curves-dev_2"}
+    assert set(result.plots) == {"ablation", "lag", "curves-dev_1", "curves-dev_2", "reliability"}
     for name in result.plots:
         check_png(report_dir / f"{name}.png")
     summary = (report_dir / "summary.md").read_text()
@@ -116,7 +116,7 @@ def test_report_uses_predictions_and_tuning_run(trained_run: tuple[str, str], tm
         out_url=str(out),
         video_ids=["dev_2"],
     )
-    assert set(result.plots) == {"ablation", "lag", "curves-dev_2", "tuning"}
+    assert set(result.plots) == {"ablation", "lag", "curves-dev_2", "tuning", "reliability"}
     check_png(out / "tuning.png")
     check_png(out / "curves-dev_2.png")
     summary = (out / "summary.md").read_text()
@@ -166,3 +166,88 @@ def test_a_video_id_that_is_no_plain_name_never_names_a_plot(
     with pytest.raises(AffectError, match=re.escape(repr(escaping))):
         write_report(run, dataset_url=bad, predictions_url=predictions, out_url=str(out), videos=1)
     assert not list(tmp_path.rglob("*.png")) and not (out / "summary.md").exists()
+
+
+def dev_coverage(bundle, dataset: str) -> dict[str, tuple[np.ndarray, int]]:
+    """The share of dev labels inside each reliability level's interval, computed here from the bundle's predictions."""
+    from affect_core.calibration import RELIABILITY_LEVELS, interval_z
+    from affect_core.data.dataset import iter_videos
+
+    counts: dict[str, list] = {}
+    for video in iter_videos(dataset, splits=["dev"]):
+        for dim, (level, var) in bundle.predict(video.features).items():
+            error = np.abs(video.labels(dim) - level)
+            inside = [np.count_nonzero(error <= interval_z(q) * np.sqrt(var)) for q in RELIABILITY_LEVELS]
+            total = counts.setdefault(dim, [np.zeros(len(RELIABILITY_LEVELS)), 0])
+            total[0] += inside
+            total[1] += len(level)
+    return {d: (c / n, n) for d, (c, n) in counts.items()}
+
+
+def test_the_report_shows_how_well_the_variance_is_calibrated(trained_run: tuple[str, str]) -> None:
+    from affect_core.artifact import load_bundle
+
+    dataset, run = trained_run
+    result = write_report(run, dataset_url=dataset, out_url=f"{run}/report-reliability", videos=1)
+    check_png(Path(run) / "report-reliability" / "reliability.png")
+    section = result.summary.split("## Calibration of the predicted variance", 1)[1].split("\n## ", 1)[0]
+    bundle = load_bundle(f"{run}/model")
+    assert bundle.calibrated and "holds no calibration" not in section
+    for dim, (observed, frames) in dev_coverage(bundle, dataset).items():
+        cells = " | ".join(f"{100 * v:.1f}%" for v in observed)
+        assert f"| {dim} | {frames} | {cells} |" in section, (dim, cells, section)
+
+
+def test_the_band_is_the_calibrated_interval_and_widens_without_a_face(
+    trained_run: tuple[str, str], tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    from affect_core.artifact import load_bundle, save_bundle
+    from affect_core.calibration import Calibration
+    from affect_core.data import delta
+    from affect_core.data.dataset import iter_videos
+    from affect_core.report import curve_data, curves_figure
+    from affect_core.storage import resolve
+
+    dataset, run = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    bundle = load_bundle(f"{run}/model")
+    calibration = Calibration(2.0, 0.01)
+    models = [dataclasses.replace(m, calibration={d: calibration for d in m.dimensions}) for m in bundle.models]
+    save_bundle(dataclasses.replace(bundle, models=models), str(copy / "model"))
+    curves = curve_data(
+        resolve(str(copy)), delta.resolve_versioned(dataset), predictions=None, video_ids=["dev_1"], videos=1
+    )
+    curve = curves[0]
+    assert curve.face is not None and 0 < np.count_nonzero(~curve.face) < len(curve.face)
+    uncalibrated = dataclasses.replace(bundle, models=[dataclasses.replace(m, calibration=None) for m in bundle.models])
+    video = next(iter_videos(dataset, video_ids=["dev_1"]))
+    for dim, (_, state_variance) in uncalibrated.predict(video.features).items():
+        assert curve.variance[dim] == pytest.approx(2.0 * state_variance + 0.01, rel=1e-5)
+        # the filter runs without observations where the face is gone: the band is wider there
+        assert curve.variance[dim][~curve.face].mean() > 1.5 * np.median(curve.variance[dim][curve.face])
+    figure = curves_figure(curve)
+    labels = {t.get_text() for ax in figure.axes for t in ax.get_legend().get_texts()}
+    assert {"90% interval", "no face"} <= labels
+
+
+def test_a_report_of_an_uncalibrated_model_says_so(trained_run: tuple[str, str], tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from affect_core.artifact import load_bundle, save_bundle
+
+    dataset, run = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report*"))
+    bundle = load_bundle(f"{run}/model")
+    old = dataclasses.replace(bundle, models=[dataclasses.replace(m, calibration=None) for m in bundle.models])
+    save_bundle(old, str(copy / "model"))
+    result = write_report(str(copy), dataset_url=dataset, videos=0)
+    section = result.summary.split("## Calibration of the predicted variance", 1)[1]
+    assert "holds no calibration" in section
+    for dim, (observed, frames) in dev_coverage(old, dataset).items():
+        assert f"| {dim} | {frames} | " + " | ".join(f"{100 * v:.1f}%" for v in observed) + " |" in section
