@@ -167,10 +167,12 @@ def test_info_and_export_of_a_predictions_table(dataset, tmp_path):
         (v.video_id, v.num_frames) for v in ds.iter_videos(dataset)
     ]
     assert "model_id: " in runner.invoke(app, ["info", out]).output
-    # A predictions table keeps no count of frames without a face: info neither prints one nor claims 0.
-    assert all(v["frames_without_face"] is None for v in info["videos"])
+    # The predictions' face column is counted in the index: the same frames without a face as the dataset's.
+    assert [v["frames_without_face"] for v in info["videos"]] == [
+        int(np.isnan(v.features).all(axis=1).sum()) for v in ds.iter_videos(dataset)
+    ]
     text = runner.invoke(app, ["info", out]).output
-    assert "without a face" not in text and "test: 3 video(s)" in text
+    assert "without a face" in text and "test: 3 video(s)" in text
     assert runner.invoke(app, ["export", f"{out}@0", str(tmp_path / "p.parquet")]).exit_code == 0
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.num_rows == ds.dataset_info(dataset).rows
