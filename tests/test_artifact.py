@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -82,3 +83,61 @@ def test_features_of_another_width_are_refused(bundle):
     b, _ = bundle
     with pytest.raises(AffectError, match="expects 7 features"):
         b.predict(np.zeros((10, 5), dtype=np.float32))
+
+
+def calibrated(b, scale=3.0, noise=0.02):
+    from affect_core.calibration import Calibration
+
+    trained = b.models[0]
+    calibration = {d: Calibration(scale, noise, 100, "dev", 0.5, 0.9) for d in trained.dimensions}
+    return ModelBundle([replace(trained, calibration=calibration)], b.feature_names, b.feature_set, b.fps)
+
+
+def test_a_calibration_is_kept_and_applied_to_every_prediction(bundle, tmp_path):
+    b, corpus = bundle
+    save_bundle(calibrated(b), str(tmp_path / "m"))
+    loaded = load_bundle(str(tmp_path / "m"))
+    assert loaded.calibrated and not b.calibrated
+    assert loaded.models[0].calibration == calibrated(b).models[0].calibration
+    assert loaded.model_id == calibrated(b).model_id != b.model_id  # the calibration is part of what scored
+    features = corpus.split("dev")[0].features
+    level, state_variance = b.predict(features)["arousal"]
+    got_level, got_variance = loaded.predict(features)["arousal"]
+    assert np.array_equal(level, got_level)
+    assert got_variance == pytest.approx(3.0 * state_variance + 0.02, rel=1e-6)
+    # the batched scorer applies it too
+    from affect_core.scoring import predict_tracks
+
+    (tracks,) = predict_tracks(loaded, [features])
+    assert np.array_equal(tracks["arousal"][1], got_variance)
+
+
+def test_a_bundle_from_before_calibration_loads_scores_and_says_so(bundle, tmp_path):
+    from affect_core.scoring import score_videos
+
+    b, corpus = bundle
+    save_bundle(b, str(tmp_path / "old"))
+    manifest = json.loads((tmp_path / "old" / "bundle.json").read_text())
+    assert all("calibration" not in m for m in manifest["models"])  # the layout bundles had before calibration
+    old = load_bundle(str(tmp_path / "old"))
+    assert not old.calibrated and old.model_id == b.model_id
+    videos = corpus.split("dev")
+    result = score_videos(old, videos, str(tmp_path / "p"), feature_names=corpus.feature_names, progress=False)
+    assert result.calibrated is False
+    save_bundle(calibrated(b), str(tmp_path / "new"))
+    new = load_bundle(str(tmp_path / "new"))
+    result = score_videos(new, videos, str(tmp_path / "q"), feature_names=corpus.feature_names, progress=False)
+    assert result.calibrated is True
+
+
+@pytest.mark.parametrize(
+    "calibration", [{"arousal": {"scale": -1.0, "noise": 0.0}}, {"arousal": {"noise": 0.1}}, [1.0, 2.0]]
+)
+def test_a_calibration_that_makes_no_sense_is_refused(bundle, tmp_path, calibration):
+    b, _ = bundle
+    save_bundle(b, str(tmp_path / "m"))
+    manifest = json.loads((tmp_path / "m" / "bundle.json").read_text())
+    manifest["models"][0]["calibration"] = calibration
+    (tmp_path / "m" / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(AffectError, match="bundle.json.*calibration"):
+        load_bundle(str(tmp_path / "m"))
