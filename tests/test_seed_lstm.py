@@ -20,9 +20,7 @@ def seed_lstms(dtype: torch.dtype = torch.float32) -> list[torch.nn.LSTM]:
 
 def stacked(lstms: list[torch.nn.LSTM]) -> dict[str, torch.Tensor]:
     """Each seed's nn.LSTM weights stacked along a leading seed axis, as leaves that take gradients."""
-    return {
-        name: torch.stack([getattr(m, f"{name}_l0") for m in lstms]).detach().requires_grad_() for name in NAMES
-    }
+    return {name: torch.stack([getattr(m, f"{name}_l0") for m in lstms]).detach().requires_grad_() for name in NAMES}
 
 
 def inputs_and_state(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -80,7 +78,8 @@ def test_seeds_together_equal_each_seed_alone_bit_for_bit():
         h_alone, (h_last, c_last) = lstm_hidden(transposed(x[s : s + 1]), alone, BATCH, one_state, template())
         assert torch.equal(hidden[s], h_alone[0])
         assert torch.equal(h_n[s], h_last[0]) and torch.equal(c_n[s], c_last[0])
-        for mine, theirs in zip(grads, torch.autograd.grad(h_alone, list(alone.values()), g_out[s : s + 1])):
+        alone_grads = torch.autograd.grad(h_alone, list(alone.values()), g_out[s : s + 1])
+        for mine, theirs in zip(grads, alone_grads, strict=True):
             assert torch.equal(mine[s], theirs[0])
 
 
