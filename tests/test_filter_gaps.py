@@ -98,9 +98,7 @@ def test_states_and_variances_stay_bounded_through_any_stretch_without_a_face(
         assert bool((torch.diagonal(covariances[row, stretch], dim1=-2, dim2=-1) <= max(p0, 1.0) + 1e-5).all())
         if length >= FPS * 60:  # after a minute the level is the mean, its variance the stationary one
             torch.testing.assert_close(levels[row, start + length], mean, atol=1e-4, rtol=0)
-            torch.testing.assert_close(
-                level_variances[row, start + length], stationary[0::3], atol=1e-6, rtol=1e-4
-            )
+            torch.testing.assert_close(level_variances[row, start + length], stationary[0::3], atol=1e-6, rtol=1e-4)
             assert float(states[row, start + length][1::3].abs().max()) < 1e-4  # no velocity, no acceleration left
         elif length > 0:
             expected = rho[0::3] ** length * (before - mean).abs()  # exactly geometric
@@ -188,7 +186,8 @@ def test_every_path_equals_the_reference_through_gaps(cls: type[BayesFilter], me
 
 @pytest.mark.parametrize(("cls", "method"), [(KalmanFilter, "compiled"), (ExtendedKalmanFilter, "compiled")])
 def test_gradcheck_through_gaps(cls: type[BayesFilter], method: str) -> None:
-    """Finite differences in float64 against the compiled kernels' hand-derived backward, with a sequence starting and ending without a face and one with no face at all, from a given initial state."""
+    """Finite differences in float64 against the compiled kernels' hand-derived backward, with a sequence starting
+    and ending without a face and one with no face at all, from a given initial state."""
     layer = cls(num_dims=1, method=method).double()
     with torch.no_grad():
         gen = torch.Generator().manual_seed(22)

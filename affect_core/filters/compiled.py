@@ -253,7 +253,9 @@ def warm_up() -> None:
     eye = torch.eye(n, dtype=torch.float64, requires_grad=True)
     zeros = torch.zeros(n, dtype=torch.float64)
     for linear in (True, False):
-        states, covs = CompiledRecursion.apply(obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, eye, zeros, linear)
+        states, covs = CompiledRecursion.apply(
+            obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, eye, zeros, linear
+        )
         (states.sum() + covs.sum()).backward()
     covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye, eye)
     states = LinearStateRecursion.apply(obs, mask, gains, eye, eye, eye, zeros, zeros)
