@@ -2,10 +2,11 @@
 
 Same variant, same generated data, a fixed number of epochs (early stopping off), torch threads = 1. Also times the
 seeds one by one with ``train_model`` for reference, and checks that each seed's dev CCC trained together equals its
-dev CCC trained alone.
+dev CCC trained alone. With ``--repeats N`` one seed and the stack run N times, interleaved, and the medians are
+compared (the load average is printed before and after: on a shared machine the spread says as much as the median).
 
     python -m benchmarks.seed_batch [--seeds 10] [--epochs 3] [--frames 1500] [--videos-per-split 4]
-        [--model lstm-kf] [--align adaptive] [--window 0] [--skip-one-by-one] [--device cpu|cuda]
+        [--model lstm-kf] [--align adaptive] [--window 0] [--repeats 1] [--skip-one-by-one] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 import time
 
 import numba
@@ -34,14 +36,14 @@ def main() -> None:
     parser.add_argument("--model", default="lstm-kf")
     parser.add_argument("--align", default="adaptive")
     parser.add_argument("--window", type=int, default=0, help="truncated-BPTT window in frames (0 = whole sequences)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of one seed and of the stack, interleaved")
     parser.add_argument("--skip-one-by-one", action="store_true")
     parser.add_argument("--device", default="cpu", help="where the models train (cpu or cuda)")
     args = parser.parse_args()
     retain_freed_memory()  # as the affect CLI and the Ray workers do
     torch.set_num_threads(1)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.system()}, load average {load}; "
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.system()}, load average {_load()}; "
         f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}; "
         f"torch threads {torch.get_num_threads()}; device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
@@ -73,12 +75,19 @@ def main() -> None:
         result = train_model(train, dev, seed_config, progress=False, device=args.device)
         return time.perf_counter() - started, result.metrics["dev"][config.model.dimension]["ccc"]
 
-    one_seconds, _ = alone(0)
     seeds = list(range(args.seeds))
-    started = time.perf_counter()
-    results = train_seeds(train, dev, config, seeds, progress=False, device=args.device)
-    batched_seconds = time.perf_counter() - started
-    print(f"1 seed alone (train_model):          {one_seconds:8.2f} s")
+    ones, stacks = [], []
+    for _ in range(args.repeats):
+        ones.append(alone(0)[0])
+        started = time.perf_counter()
+        results = train_seeds(train, dev, config, seeds, progress=False, device=args.device)
+        stacks.append(time.perf_counter() - started)
+    one_seconds, batched_seconds = statistics.median(ones), statistics.median(stacks)
+    if args.repeats > 1:
+        print(f"runs: 1 seed {_listed(ones)} s; {args.seeds} seeds {_listed(stacks)} s; load average now {_load()}")
+        print(f"ratio per run: {', '.join(f'{b / a:.2f}x' for a, b in zip(ones, stacks, strict=True))}")
+    median = "median, " if args.repeats > 1 else ""
+    print(f"1 seed alone (train_model):          {one_seconds:8.2f} s ({median}{args.repeats} run(s))")
     print(
         f"{args.seeds} seeds trained together:         {batched_seconds:8.2f} s   "
         f"= {batched_seconds / one_seconds:.2f}x one seed (target <= 3x)"
@@ -93,6 +102,14 @@ def main() -> None:
             f"{args.seeds} seeds one by one (train_model): {total:8.2f} s   = {total / one_seconds:.2f}x one seed; "
             f"stack is {total / batched_seconds:.2f}x faster; largest dev CCC difference {worst:.1e}"
         )
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _listed(seconds: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in seconds)
 
 
 if __name__ == "__main__":
