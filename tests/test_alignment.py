@@ -168,3 +168,22 @@ def test_the_alignment_of_a_non_finite_frame_has_finite_gradients():
     aa(z).sum().backward()
     assert torch.isfinite(z.grad).all() and float(z.grad[0, 40, 0]) == 0.0
     assert torch.isfinite(aa.mu_raw.grad) and torch.isfinite(aa.sigma2_raw.grad)
+
+
+def test_the_way_for_accelerators_equals_the_plain_convolution_on_finite_values(monkeypatch):
+    """Off the CPU the convolution does not wait to learn whether every value is finite: it always takes the way
+    that leaves non-finite values out, which must give the plain convolution's values (and gradients) exactly."""
+    import affect_core.alignment as alignment
+
+    gen = torch.Generator().manual_seed(11)
+    z = torch.randn(2, 90, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(21, generator=gen, dtype=torch.float64), 0).requires_grad_(True)
+    results = []
+    for known in (True, False):
+        monkeypatch.setattr(alignment, "_known_finite", lambda finite, known=known: known and bool(finite.all()))
+        y = lagged_convolution(z, w)
+        grads = torch.autograd.grad(y.square().sum(), (z, w))
+        results.append((y.detach(), grads))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
