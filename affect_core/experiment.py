@@ -52,6 +52,7 @@ RESULT_COLUMNS = [
     ("train_seconds", pa.float64()),
     ("node", pa.string()),
     ("name", pa.string()),
+    ("rater_lags", pa.string()),  # JSON {rater: [mu_frames, sigma2]} with per-rater targets, else null
 ]
 RESULT_SCHEMA = pa.schema(RESULT_COLUMNS)
 
@@ -250,6 +251,7 @@ def save_seed_outcome(
             "train_seconds": result.train_seconds,
             "node": node,
             "name": task.name,
+            "rater_lags": json.dumps(result.rater_lags) if result.rater_lags else None,
         }
         for split, per_dim in result.metrics.items()
         for dim, values in per_dim.items()
@@ -358,7 +360,38 @@ def summary_markdown(rows: list[dict[str, Any]], *, fps: float) -> str:
                 f"| {variant_label(model, align, joint)} | {name} | {_mean_std(mus)} | "
                 f"{_mean_std([m / fps for m in mus])} | {_mean_std([r['sigma2'] for r in by_seed.values()])} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _rater_lag_lines(rows, variants, fps)) + "\n"
+
+
+def _rater_lag_lines(rows: list[dict[str, Any]], variants: list[tuple[str, str, bool]], fps: float) -> list[str]:
+    """The table of every rater's learned lag (per-rater targets): mean (std) over seeds; none without them."""
+    lines: list[str] = []
+    for model, align, joint in variants:
+        for name in sorted({r["name"] for r in rows if (r["model"], r["align"], r["joint"]) == (model, align, joint)}):
+            by_seed = {
+                r["seed"]: json.loads(r["rater_lags"])
+                for r in rows
+                if (r["model"], r["align"], r["joint"], r["name"]) == (model, align, joint, name) and r.get("rater_lags")
+            }
+            for rater in sorted({rater for lags in by_seed.values() for rater in lags}):
+                mus = [lags[rater][0] for lags in by_seed.values() if rater in lags]
+                spreads = [lags[rater][1] for lags in by_seed.values() if rater in lags]
+                lines.append(
+                    f"| {variant_label(model, align, joint)} | {name} | {rater} | {_mean_std(mus)} | "
+                    f"{_mean_std([m / fps for m in mus])} | {_mean_std(spreads)} |"
+                )
+    if not lines:
+        return []
+    header = [
+        "",
+        "## Learned lag per rater",
+        "",
+        "Each rater's own Gaussian alignment (trained with `--targets raters`), mean (std) over seeds.",
+        "",
+        "| variant | model | rater | mu (frames) | mu (s) | sigma^2 (frames^2) |",
+        "|---|---|---|---|---|---|",
+    ]
+    return header + lines
 
 
 def variant_label(model: str, align: str, joint: bool) -> str:
