@@ -236,9 +236,10 @@ class FrontEnd(nn.Module):
     def _input_layers(self, x: Tensor, observed: Tensor | None) -> Tensor:
         """The layers before the LSTM on [x, mask], transposed: `(S, width, B*T)`.
 
-        The mask column of the first weight is added with the bias rather than concatenated to x (which would copy
-        the whole feature tensor); a frame without a face (zeros, mask 0) gets the first layer's bias alone, set in
-        place on its columns."""
+        With one input for every seed, the mask is the input's last column (a copy of the small (B*T, d+1) input, where
+        masking the (S*out, B*T) output would pass over every seed's activations); a frame without a face (zeros,
+        mask 0) then gets the first layer's bias alone. With a fully observed batch the mask column is added with the
+        bias."""
         S = self.seeds
         d = x.shape[-1]
         rows = x.shape[-3] * x.shape[-2]
@@ -253,15 +254,13 @@ class FrontEnd(nn.Module):
         present_bias = (bias + mask_w).unsqueeze(-1)  # (S, out, 1): a frame with a face
         if shared:  # every seed's first layer as one product (S*out, d) x (d, B*T)
             out = weight.shape[1]
-            h = torch.addmm(present_bias.reshape(S * out, 1), features_w.reshape(S * out, d), flat.T)
-            if observed is not None:
-                absent = ~observed.reshape(-1)
-                if h.device.type == "cpu":
-                    # In place on the few columns without a face: a where over the whole tensor costs several times
-                    # more on the CPU. Elsewhere boolean indexing would wait for the device (it counts them first).
-                    h[:, absent] = bias.reshape(S * out, 1)
-                else:
-                    h = torch.where(absent, bias.reshape(S * out, 1), h)
+            if observed is None:
+                h = torch.addmm(present_bias.reshape(S * out, 1), features_w.reshape(S * out, d), flat.T)
+            else:
+                # The mask as a last input column: x is zero on a frame without a face, so the product leaves it the
+                # bias alone. Copying the (B*T, d+1) input costs less than any masking of the (S*out, B*T) output.
+                inputs = torch.cat([flat, observed.reshape(rows, 1).to(flat.dtype)], dim=1)
+                h = torch.addmm(bias.reshape(S * out, 1), weight.reshape(S * out, d + 1), inputs.T)
             # ReLU in place before the view: in place on the view, autograd would copy the activations.
             h = torch.relu_(h).view(S, out, rows)
         else:
