@@ -25,7 +25,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def tiny_corpus():
-    return generate_corpus(SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_dim=8, seed=3))
+    return generate_corpus(SynthConfig(videos_per_split=2, frames=300, appearance_dim=6, geometric_dim=8, seed=5))
 
 
 def run_config(model: str, align: str, window: int | None, max_epochs: int, patience: int) -> RunConfig:
@@ -39,7 +39,7 @@ def run_config(model: str, align: str, window: int | None, max_epochs: int, pati
     ("model", "align", "window", "max_epochs", "patience"),
     [
         ("lstm-kf", "adaptive", 100, 4, 2),  # truncated windows drawn per seed
-        ("lstm-ekf", "adaptive", None, 8, 3),  # full-length BPTT; seed 0 trains 8 epochs, seeds 1 and 2 stop at 4
+        ("lstm-ekf", "adaptive", None, 8, 3),  # full-length BPTT; seed 1 trains 8 epochs, seeds 0 and 2 stop at 4
         ("baseline", "none", 100, 3, 2),
     ],
 )
