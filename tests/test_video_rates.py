@@ -35,17 +35,33 @@ VARIABLE_TIMES = np.cumsum(np.r_[0.0, np.where(np.arange(44) % 3 == 0, 0.05, 0.0
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 25 fps video model (one epoch of the baseline on generated clips), its video transform in its bundle."""
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset, model): generated clips at 25 fps, the test video at a variable rate, ingested; a 25 fps video model
+    (one epoch of the baseline), its video transform in its bundle."""
     base = tmp_path_factory.mktemp("rates")
     write_video_corpus(CLIPS, base / "root")
+    (base / "root" / "videos" / "test_1.mp4").unlink()
+    clip(base / "root" / "videos" / "test_1.mkv", 30.0, 0, times=VARIABLE_TIMES)
     ingest(str(base / "root"), str(base / "dataset"), layout="video", video_config=FAST, progress=False)
     corpus = read_corpus(str(base / "dataset"), splits=None)
-    assert corpus.fps == pytest.approx(25.0)
     config = load_run_config(None, model="baseline", align="none", epochs=1)
     outputs = train_run(corpus, str(base / "run"), config, dimension="arousal", seeds=1, progress=False)
     assert attach_to_bundle(str(base / "dataset"), outputs["model"])
-    return Path(outputs["model"])
+    return base / "dataset", Path(outputs["model"])
+
+
+@pytest.fixture(scope="module")
+def model(trained: tuple[Path, Path]) -> Path:
+    return trained[1]
+
+
+def test_a_variable_rate_video_is_ingested_on_the_corpus_grid(trained: tuple[Path, Path]) -> None:
+    corpus = read_corpus(str(trained[0]), splits=None)
+    assert corpus.fps == pytest.approx(25.0)
+    variable = next(v for v in corpus.videos if v.video_id == "test_1")
+    # 1.475 s of frames 25 and 50 ms apart, on the 25 fps grid: 38 steps, the faces found on them.
+    np.testing.assert_allclose(variable.time_s, np.arange(38) / 25.0, atol=1e-9)
+    assert np.isfinite(variable.features).all(axis=1).mean() >= 0.9
 
 
 def clip(path: Path, fps: float, seconds: float, *, times: np.ndarray | None = None, rotation: int = 0) -> Path:

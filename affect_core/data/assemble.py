@@ -156,7 +156,9 @@ def _check_values(track: Track, *, labels: bool, column: int | None = None, unla
     raise fail(track.where, f"{track.row_ref(row)}, attribute {name!r}: {what}; {expected}")
 
 
-def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.ndarray) -> np.ndarray:
+def labels_on_frames(
+    label_time: np.ndarray, values: np.ndarray, frame_time: np.ndarray, *, step: float | None = None
+) -> np.ndarray:
     """Put a label track on the feature frames by time.
 
     label_time: (N,) strictly increasing seconds; values: (N,) or (N, k) with NaN where unlabelled; frame_time:
@@ -166,14 +168,16 @@ def labels_on_frames(label_time: np.ndarray, values: np.ndarray, frame_time: np.
     before and just after its time; it is unlabelled (NaN) when either of those
     samples is unlabelled, when they lie more than 1.5 label steps apart (a gap in the labels), or when the
     frame lies more than half a label step before the first or after the last sample. The label step is the
-    median step of the track."""
+    median step of the track, or ``step`` when given (a variable-rate video's frames on a coarser grid: a hole is
+    measured against the grid's step)."""
     n = label_time.shape[0]
     if n == 0:
         return np.full((frame_time.shape[0], *values.shape[1:]), np.nan)
     if values.ndim == 2:  # (N, k): the same placement for every column
-        rows = labels_on_frames(label_time, np.arange(n, dtype=np.float64), frame_time)
+        rows = labels_on_frames(label_time, np.arange(n, dtype=np.float64), frame_time, step=step)
         return _placed_rows(rows, values)
-    step = float(np.median(np.diff(label_time))) if n > 1 else 0.0
+    if step is None:
+        step = float(np.median(np.diff(label_time))) if n > 1 else 0.0
     eps = 1e-9
     idx = np.searchsorted(label_time, frame_time + eps, side="right")
     lo = np.clip(idx - 1, 0, n - 1)

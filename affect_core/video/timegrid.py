@@ -4,9 +4,9 @@ frame rate by its frames' presentation timestamps, and the model's outputs are p
 Both directions use the one resampler of the input layouts (:func:`affect_core.data.assemble.labels_on_frames`, which
 puts labels at their own rate on the feature frames): a grid step takes the decoded frame within 1 ms of its time, else
 the interpolation of the two frames around it; it is a frame without a face (a NaN row, the filter's predict-only step)
-when either of those had no face or when no decoded frame lies near it (a gap of more than 1.5 frame steps, or past
-the ends). Each decoded frame takes the model's output at its own timestamp, interpolated between the two nearest grid
-steps.
+when either of those had no face or when no decoded frame lies near it (a gap of more than 1.5 steps, of the frames'
+median step or the grid's, whichever is longer, or past the ends). Each decoded frame takes the model's output at its
+own timestamp, interpolated between the two nearest grid steps.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def features_on_grid(frame_time: np.ndarray, features: np.ndarray, fps: float) -
     grid = grid_times(frame_time, fps)
     if frame_time.shape[0] == 1:  # one frame: one grid step, itself
         return grid, features.astype(np.float32)
-    return grid, labels_on_frames(frame_time, features, grid).astype(np.float32)
+    # A hole is a gap of more than 1.5 steps of the coarser of the frames' (median) and the grid's: a variable-rate
+    # video whose frames come 25 then 50 ms apart has a frame near every step of a 40 ms grid.
+    step = max(float(np.median(np.diff(frame_time))), 1.0 / fps)
+    return grid, labels_on_frames(frame_time, features, grid, step=step).astype(np.float32)
 
 
 def on_frames(grid: np.ndarray, values: np.ndarray, frame_time: np.ndarray) -> np.ndarray:
