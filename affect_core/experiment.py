@@ -4,7 +4,8 @@ Layout of RUN_URL:
 
     results.parquet            one row per model, seed and split (schema: RESULT_COLUMNS)
     summary.md                 mean and std over seeds, laid out like the paper's Tables I-IV
-    model/                     the model bundle ``affect score`` takes (per model name, its best seed by dev CCC)
+    model/                     the model bundle ``affect score`` takes (per model name, its best seed by dev CCC,
+                               with its uncertainty calibrated on dev: :mod:`affect_core.calibration`)
     seeds/<name>-seed<k>/      every seed's bundle
     checkpoints/<name>-seed<k>.pt   training checkpoints of a seed, or <name>-seeds<k>-<l>-... of seeds trained
                                together (``--resume`` continues from them)
