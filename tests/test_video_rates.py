@@ -109,6 +109,7 @@ def test_every_rate_gives_one_row_per_decoded_frame_at_its_timestamp(model: Path
     result = score_video_root(str(tmp_path / "root"), str(model), str(tmp_path / "pred"), progress=False)
     assert result.failed == [] and result.videos == 10
     predictions = read_predictions(str(tmp_path / "pred"))
+    assert result.frames == predictions.frames()  # the rows written: decoded frames, not grid steps
     for path in sorted(videos.iterdir()):
         table = predictions[path.stem]
         times = decoded_times(path)

@@ -33,6 +33,7 @@ from affect_core.scoring.predictions import (
     PredictionWriter,
     Tracks,
     plan_scoring,
+    written_frames,
 )
 from affect_core.storage import Location, Where, resolve
 
@@ -231,7 +232,7 @@ def score_stream(
             for batch in video_batches(incoming, max_videos=size, max_frames=BATCH_FRAMES):
                 writer.submit(out.add_batch, batch, predicted([v.features for v in batch]))
                 videos_done += len(batch)
-                frames += sum(v.num_frames for v in batch)
+                frames += sum(written_frames(v) for v in batch)  # rows written (a video's decoded frames)
     finally:
         torch.set_num_threads(threads)
         sys.setswitchinterval(interval)
