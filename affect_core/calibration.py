@@ -11,11 +11,12 @@ per affect dimension, fitted after training on the dev split (labels the model w
 1. the shape, how a and b share the variance: by maximising the Gaussian likelihood of the dev labels around the
    predictions, ``label_t ~ N(prediction_t, var_label_t)``;
 2. the level, one factor on both: the one whose central 50% and 90% intervals (prediction +- 0.674 / 1.645 sd) come
-   closest to holding 50% and 90% of the dev labels (the smallest worse miss of the two; of equally good factors the
-   one nearest the likelihood's). Residuals are seldom exactly Gaussian (labels clipped to [-1, 1], errors that vary
-   from video to video), and the likelihood then sets a variance whose intervals miss their nominal coverage on the
-   very frames it was fitted on (measured on generated corpora: the 50% interval held 46-61% of dev labels); the
-   intervals are what users read, so they set the level. :func:`gaussian_nll` still reports the likelihood.
+   closest to holding 50% and 90% of the dev labels (it minimises the larger of the two misses; of equally good
+   factors, the one nearest the likelihood's, 1). Residuals are seldom exactly Gaussian (labels clipped to [-1, 1],
+   errors that vary from video to video), and the likelihood then sets a variance whose intervals miss their nominal
+   coverage on the very frames it was fitted on (measured on generated corpora: the 50% interval held 46-61% of dev
+   labels); the intervals are what users read, so they set the level. :func:`gaussian_nll` still reports the
+   likelihood.
 
 Step 1 profiles the likelihood: write ``var_label = c * ((1 - w) + w * v / mean(v))`` with c > 0, w in [0, 1]; for a
 fixed w the best c is ``mean(r^2 / u)`` (u the bracket, r the residual), so the maximum is a one-dimensional search over
