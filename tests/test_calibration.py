@@ -191,6 +191,8 @@ def test_an_uncalibrated_bundle_misses_and_says_so(calibrated_run, tmp_path):
     table = evaluation_markdown({"test": result})
     assert "| 50% interval | 90% interval | NLL |" in table
     assert f"{100 * result['arousal']['coverage90']:.1f}%" in table
+    assert "misses its coverage by more than 10 points on test arousal" in table
+    assert "misses its coverage" not in evaluation_markdown({"test": calibrated})
 
 
 def test_evaluation_of_predictions_without_a_variance_reads_n_a():

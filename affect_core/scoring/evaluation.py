@@ -16,6 +16,9 @@ from affect_core.data.records import Video
 from affect_core.errors import AffectError
 from affect_core.metrics import sequence_metrics
 
+# A 90% interval whose coverage of held-out labels misses 90% by more than this is called out under the table.
+MISCALIBRATED = 0.1
+
 
 def evaluate_predictions(
     predictions: Mapping[str, pa.Table], videos: Iterable[Video]
@@ -123,6 +126,19 @@ def evaluation_markdown(result: dict[str, dict[str, dict[str, float]]]) -> str:
         "Intervals: the share of labelled frames inside prediction +- 0.674 sd (50%) and +- 1.645 sd (90%), sd from "
         "the predicted variance; NLL: mean Gaussian negative log-likelihood per frame (lower is better).",
     ]
+    off = [
+        f"{split} {dim} ({_share(m.get('coverage90'))})"
+        for split in result
+        for dim, m in result[split].items()
+        if split != "train" and abs(m.get("coverage90", 0.9) - 0.9) > MISCALIBRATED
+    ]
+    if off:
+        lines += [
+            "",
+            f"The 90% interval misses its coverage by more than {round(100 * MISCALIBRATED)} points on "
+            f"{', '.join(off)}: the variance is not calibrated for these labels (a model bundle trained before "
+            "calibration existed carries the filter's own state variance; `affect score` says so).",
+        ]
     return "\n".join(lines) + "\n"
 
 
