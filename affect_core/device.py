@@ -26,7 +26,9 @@ def resolve_device(
         try:
             chosen = torch.device(requested)
         except (RuntimeError, TypeError):
-            raise AffectError(f"device {str(requested)!r}: not a device name (expected auto, cpu, cuda or cuda:N)") from None
+            raise AffectError(
+                f"device {str(requested)!r}: not a device name (expected auto, cpu, cuda or cuda:N)"
+            ) from None
         if chosen.type == "cuda" and not torch.cuda.is_available():
             raise AffectError(f"device {str(requested)!r}: no CUDA GPU is visible here; use --device cpu or auto")
         return chosen

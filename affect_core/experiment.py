@@ -372,7 +372,8 @@ def _rater_lag_lines(rows: list[dict[str, Any]], variants: list[tuple[str, str, 
             by_seed = {
                 r["seed"]: json.loads(r["rater_lags"])
                 for r in rows
-                if (r["model"], r["align"], r["joint"], r["name"]) == (model, align, joint, name) and r.get("rater_lags")
+                if (r["model"], r["align"], r["joint"], r["name"]) == (model, align, joint, name)
+                and r.get("rater_lags")
             }
             for rater in sorted({rater for lags in by_seed.values() for rater in lags}):
                 mus = [lags[rater][0] for lags in by_seed.values() if rater in lags]
