@@ -96,6 +96,7 @@ def check_outputs(table_rows: list[dict], summary: str, pred_table) -> None:
         "valence",
         "arousal_var",
         "valence_var",
+        "face",
         "model_id",
         "dataset_version",
     }
