@@ -18,7 +18,7 @@ from torch import nn
 from affect_core.config import RunConfig
 from affect_core.losses import affect_loss
 from affect_core.metrics import average_over_sequences, sequence_metrics
-from affect_core.model import AffectModel
+from affect_core.model import AffectModel, bounded_state
 from affect_core.training import epoch_batches, prepare_training
 
 
@@ -49,7 +49,7 @@ class ReferenceModel(nn.Module):
             z = self.filter(o, mask=observed).states
         else:
             z = self.smoothing(o)
-        return z if self.alignment is None else self.alignment(z)
+        return bounded_state(z if self.alignment is None else self.alignment(z))  # the output map, last
 
 
 def dev_ccc(model: ReferenceModel, transform, videos, dims) -> float:
