@@ -94,3 +94,34 @@ def test_streaming_convolution_leaves_non_finite_values_out_as_lagged_convolutio
     got, whole = torch.cat([o for o in outputs if o.numel()]), lagged_convolution(z.unsqueeze(0), w)[0]
     assert torch.isnan(whole[23:28, 1]).all() and torch.isfinite(whole[:23]).all() and torch.isfinite(whole[28:]).all()
     torch.testing.assert_close(got, whole, atol=1e-12, rtol=0, equal_nan=True)
+
+
+def test_a_state_gone_non_finite_is_an_error_naming_the_video_and_frame_in_streaming_and_batches(monkeypatch):
+    """Scoring never writes what a diverged filter gives: a state that is not finite is an AffectError naming the
+    video and the frame, counted from the video's start across chunks."""
+    from affect_core.errors import AffectError
+    from affect_core.inference import predict_batch
+
+    torch.manual_seed(0)
+    m = AffectModel(ModelConfig(model="lstm-kf", align="adaptive", input_dim=4, window=10))
+    x = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
+    original = AffectModel.causal
+    seen = {"frames": 0}
+
+    def causal(self, inputs, **kwargs):
+        out = original(self, inputs, **kwargs)
+        z = out.states[0]
+        start, seen["frames"] = seen["frames"], seen["frames"] + z.shape[1]
+        if start <= 130 < start + z.shape[1]:  # frame 130 of the first video given
+            z[0, 130 - start, 1] = float("inf")
+        return out
+
+    monkeypatch.setattr(AffectModel, "causal", causal)
+    with pytest.raises(AffectError, match="'clip_7': the model's state is not finite .* from frame 130 on"):
+        list(stream_predict(m, None, iter_chunks(x, 50), name="video 'clip_7'"))
+    seen["frames"] = 0
+    with pytest.raises(AffectError, match="video 'clip_7': .* from frame 130 on"):
+        predict_batch(m, None, [x, x[:200]], names=["clip_7", "clip_8"])
+    seen["frames"] = 0
+    with pytest.raises(AffectError, match="video 'clip_7': .* from frame 130 on"):
+        predict_batch(m, None, [x], chunk_frames=64, names=["clip_7"])
