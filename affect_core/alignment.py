@@ -2,7 +2,8 @@
 
 All layers map a per-frame sequence ``z`` of shape (B, T, C) to ``y`` of the same shape with
 y_t = sum_{k=-D..D} w_k z_{t-k}, edges padded by replicating the end values. A weight peaked at k = mu > 0 makes y_t
-look mu frames into the past: the labels lag the video by mu frames.
+look mu frames into the past: the labels lag the video by mu frames. A non-finite value of ``z`` is a missing value:
+it reaches no output outside its own window (:func:`lagged_convolution`).
 """
 
 from __future__ import annotations
