@@ -5,10 +5,16 @@ FF 16 + ReLU, LSTM 16, FC + tanh); the full variants add the filter (KF or EKF) 
 window 100), i.e. LSTM-KF-AA and LSTM-EKF-AA exactly as trained (`AffectModel`). The loss is the mean square of the
 output (of o_t for the front-end, of y_t for the variants). Each variant runs with 0%, 10%, 30% and 60% of the
 frames without a face, in runs (stretches of 1 to 250 frames, geometric lengths of mean 25 frames = 1 s, as faces go
-missing in video; NaN features, as the model receives them). Median of --repeats, with 1 and 2 torch threads; the
-step-by-step reference loops run once (they take tens of seconds) unless --skip-reference.
+missing in video; NaN features, as the model receives them). Median of --repeats, with 1 and 2 torch threads, the
+repeats interleaved across the configurations (round by round) so that the ratios hold on a shared machine whose
+load drifts; the step-by-step reference loops run once (they take tens of seconds) unless --skip-reference.
+
+--flush-denormals runs with denormal floats flushed to zero (`torch.set_flush_denormal`, which the compiled kernels
+called on the same thread inherit): the gradient reaching the front-end is zero through each stretch without a face,
+and the LSTM's backward, decaying through the stretch, otherwise spends its time on denormal arithmetic.
 
     python -m benchmarks.filter_speed [--repeats 7] [--threads 1 2] [--skip-reference] [--device cuda]
+        [--flush-denormals]
 """
 
 from __future__ import annotations
@@ -45,18 +51,27 @@ def missing_in_runs(fraction: float, generator: torch.Generator) -> torch.Tensor
     return missing
 
 
-def time_forward_backward(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    step()  # warm-up (and loading the cached compiled kernels)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_once(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_side_by_side(steps: list[tuple[Callable[[], None], int]], device: torch.device) -> list[float]:
+    """Median seconds of each (step, repeats), the repeats interleaved round by round (configuration 1, 2, ..., then
+    1, 2, ... again) so that a change in the machine's load weighs on every configuration alike."""
+    for step, _ in steps:
+        step()  # warm-up (and loading the cached compiled kernels)
+    times: list[list[float]] = [[] for _ in steps]
+    for round_ in range(max(count for _, count in steps)):
+        for k, (step, count) in enumerate(steps):
+            if round_ < count:
+                times[k].append(time_once(step, device))
+    return [statistics.median(t) for t in times]
 
 
 DEVICE = torch.device("cpu")
@@ -110,7 +125,8 @@ def run(threads: int, repeats: int, skip_reference: bool) -> list[tuple[str, str
             ("LSTM-KF-AA, step-by-step reference", "", whole(model("lstm-kf", "reference"), x), 1),
             ("LSTM-EKF-AA, step-by-step reference", "", whole(model("lstm-ekf", "reference"), x), 1),
         ]
-    return [(name, target, time_forward_backward(step, count, DEVICE)) for name, target, step, count in configurations]
+    seconds = time_side_by_side([(step, count) for _, _, step, count in configurations], DEVICE)
+    return [(name, target, s) for (name, target, _, _), s in zip(configurations, seconds, strict=True)]
 
 
 def main() -> None:
@@ -119,8 +135,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow step-by-step loops")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU paths: KF scan, EKF via the host)")
+    parser.add_argument("--flush-denormals", action="store_true", help="flush denormal floats to zero (x86 FTZ/DAZ)")
     args = parser.parse_args()
     retain_freed_memory()  # as the affect CLI and the Ray workers do
+    if args.flush_denormals and not torch.set_flush_denormal(True):
+        print("this CPU cannot flush denormals; measuring without")
     global DEVICE
     DEVICE = torch.device(args.device)
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -130,7 +149,10 @@ def main() -> None:
     )
     if DEVICE.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(DEVICE)}")
-    print(f"batch {BATCH} x {STEPS} x {FEATURES} float32 on {DEVICE}, forward+backward, median of {args.repeats}")
+    flush = "denormals flushed to zero" if args.flush_denormals else "denormals kept"
+    print(
+        f"batch {BATCH} x {STEPS} x {FEATURES} float32 on {DEVICE}, forward+backward, median of {args.repeats}, {flush}"
+    )
     for threads in args.threads:
         results = run(threads, args.repeats, args.skip_reference)
         base = results[0][2]
