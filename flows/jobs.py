@@ -57,7 +57,7 @@ class IngestJob:
 
     source: str = required("Input corpus: a local directory or fsspec URL (s3://...).", argument=True)
     dataset_url: str = required("Dataset to write: a local path, s3://bucket/prefix, memory://... .", argument=True)
-    layout: str = option("avec2016", "Input layout: avec2016, csv, parquet, openface, muse or video.")
+    layout: str = option("avec2016", "Input layout: avec2016, csv, parquet, openface, muse, video or affwild2.")
     feature_set: str | None = option(
         None, "Feature set(s) to keep, e.g. appearance, or appearance+geometric (early fusion); default: every set."
     )
@@ -202,6 +202,10 @@ class ScoreJob:
     device: str = option("auto", "auto | cpu | cuda: where the model runs (auto: a GPU when present).")
     s3_endpoint: str | None = option(None, S3_ENDPOINT_HELP)
     progress: bool = option(True, "Show a progress bar.")
+    faces: str = option(
+        "principal",
+        "A folder of videos: principal (the principal face of each video) or all (one track per person, face_id).",
+    )
 
 
 @dataclass
@@ -398,7 +402,8 @@ def run_ingest(job: IngestJob) -> Any:
 def _ingest(job: IngestJob, options: dict[str, Any], *, parallel: bool) -> Any:
     from affect_core.data.dataset import ingest
 
-    if job.layout == "video":  # read through the one entrance: Ray tasks extract the videos when parallel
+    if job.layout in ("video", "affwild2"):  # read through the one entrance: Ray tasks extract the videos when parallel
+        import affect_core.video.affwild2  # noqa: F401 - provides (registers) the affwild2 layout
         import affect_core.video.layout  # noqa: F401 - provides (registers) the video layout
         from tuning.video_extract import video_mapper
 
@@ -561,6 +566,7 @@ def run_score(job: ScoreJob) -> Any:
             progress=job.progress,
             target_file_bytes=int(job.file_mb * 2**20),
             batch_videos=job.batch_videos,
+            faces=job.faces,
         )
 
     def on_ray(gpus: float) -> Any:

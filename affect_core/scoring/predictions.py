@@ -38,6 +38,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("arousal_var", pa.float32()),
         ("valence_var", pa.float32()),
         ("face", pa.bool_()),
+        ("face_id", pa.int32()),
         ("model_id", pa.string()),
         ("dataset_version", pa.string()),
     ]
@@ -47,6 +48,9 @@ COMMIT_SECONDS = 300.0
 
 # The column that says whether a frame had a face; tables written before it existed lack it and are still read.
 FACE = "face"
+# Which person's face a row is of (0: the principal face, the only one unless scored with --faces all); tables
+# written before it existed lack it and are still read (every row is then the principal face's).
+FACE_ID = "face_id"
 
 Tracks = dict[str, tuple[np.ndarray, np.ndarray]]
 """{dimension: (level (T,), variance (T,))} of one video."""
@@ -59,10 +63,15 @@ class GridVideo(Video):
     features, time_s: the video on the model's grid (G rows at ``fps``); frame_time_s: (N,) the decoded frames'
     presentation timestamps; frame_face: (N,) bool, whether each decoded frame had a face. Its prediction rows are
     one per decoded frame (frame = decode index, time_s = timestamp), each the model's output at that time,
-    interpolated between the two nearest grid steps (:func:`affect_core.video.timegrid.on_frames`)."""
+    interpolated between the two nearest grid steps (:func:`affect_core.video.timegrid.on_frames`).
+
+    face_id, faces: this is the track of person ``face_id`` of the ``faces`` tracks of its video (``--faces all``);
+    the tracks of one video come one after another, face_id 0 first, and their rows are written as one video."""
 
     frame_time_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     frame_face: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    face_id: int = 0
+    faces: int = 1
 
     @property
     def written_frames(self) -> int:
@@ -179,10 +188,15 @@ def write_predicted(
     starts = np.cumsum(lengths) - lengths
     missing = np.add.reduceat(no_face, starts) if len(no_face) else np.zeros(len(videos), np.int64)
     missing = np.where(lengths > 0, missing, 0)
-    entries = [
-        delta.VideoEntry(v.video_id, v.split, int(n), frames_without_face=int(m))
-        for v, n, m in zip(videos, lengths, missing, strict=True)
-    ]
+    entries: list[delta.VideoEntry] = []
+    for n, (v, rows, m) in enumerate(zip(videos, lengths, missing, strict=True)):
+        if n and videos[n - 1].video_id == v.video_id:  # another face track of the same video: one entry
+            last = entries[-1]
+            entries[-1] = delta.VideoEntry(
+                v.video_id, v.split, last.frames + int(rows), frames_without_face=last.frames_without_face + int(m)
+            )
+        else:
+            entries.append(delta.VideoEntry(v.video_id, v.split, int(rows), frames_without_face=int(m)))
     return files.add_videos(table, entries)
 
 
@@ -215,6 +229,8 @@ def prediction_rows(
         ]
         columns[f"{dim}_var"] = pa.array(_joined(filled, np.float32), from_pandas=True)
     columns[FACE] = pa.array(_joined([face for _, face, _ in written], np.bool_))
+    face_ids = np.array([getattr(v, "face_id", 0) for v in videos], np.int32)
+    columns[FACE_ID] = pa.array(np.repeat(face_ids, lengths))
     columns["model_id"] = pa.repeat(pa.scalar(model_id, pa.string()), total)
     columns["dataset_version"] = pa.repeat(pa.scalar(dataset_version, pa.string()), total)
     return pa.table(columns, schema=PREDICTION_SCHEMA)
@@ -249,12 +265,29 @@ class PredictionWriter:
         self.last_commit = time.monotonic()
         self.commits = 0
         self.failed = False
+        self.held: tuple[list[Video], list[Tracks]] = ([], [])
+
+    def _whole_videos(self, videos: Sequence[Video], tracks: Sequence[Tracks]) -> tuple[list[Video], list[Tracks]]:
+        """The videos of this batch and those held back from the last one, less the face tracks of a video whose
+        other tracks are still to come (held back: a video's rows are written together)."""
+        held_videos, held_tracks = self.held
+        videos, tracks = [*held_videos, *videos], [*held_tracks, *tracks]
+        cut = len(videos)
+        if videos and isinstance(videos[-1], GridVideo) and videos[-1].face_id < videos[-1].faces - 1:
+            cut -= 1
+            while cut and videos[cut - 1].video_id == videos[-1].video_id:
+                cut -= 1
+        self.held = (videos[cut:], tracks[cut:])
+        return videos[:cut], tracks[:cut]
 
     def add_batch(self, videos: Sequence[Video], tracks: Sequence[Tracks]) -> None:
         """Write the predicted tracks of consecutive videos (commits as files fill, or every commit_seconds)."""
         if self.failed:  # a batch before this one failed: the job stops committing
             return
         try:
+            videos, tracks = self._whole_videos(videos, tracks)
+            if not videos:
+                return
             self.ready += write_predicted(self.files, videos, tracks, self.model_id, self.target.dataset_version)
             if self._due():
                 self.commit(flush=not self.ready)
@@ -300,6 +333,11 @@ class PredictionWriter:
         self.last_commit = time.monotonic()
 
     def close(self) -> None:
+        if self.held[0]:
+            raise AffectError(
+                f"{self.out.display()}: video {self.held[0][0].video_id} ended before all of its face tracks were "
+                "scored"
+            )
         self.commit(flush=True)
 
     def abort(self) -> None:

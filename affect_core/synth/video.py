@@ -279,3 +279,26 @@ def write_video_corpus(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return synthetic
+
+
+def two_person_frames(
+    frames: int, *, width: int = 360, height: int = 180, left_gap: tuple[int, int] = (0, 0), seed: int = 0
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Grey frames of two people side by side (FACES[0] on the left, FACES[1] on the right, each about 0.55 of the
+    frame height and drifting slowly towards each other), the left face absent on frames [left_gap). Returns the
+    frames and (frames, 2, 2) face centres (row, column) of the left and right person."""
+    background = _background(height, width, np.random.default_rng(seed))
+    size = int(0.55 * height)
+    centres = np.array(
+        [[(height / 2, 0.25 * width + 0.3 * i), (height / 2, 0.75 * width - 0.3 * i)] for i in range(frames)]
+    )
+    out = []
+    for i in range(frames):
+        left = (
+            None if left_gap[0] <= i < left_gap[1] else render_face(face_image(FACES[0]), 0.3 * np.sin(i / 7), 0.0, 1.0)
+        )
+        right = render_face(face_image(FACES[1]), 0.0, 0.3 * np.cos(i / 5), 1.0)
+        image = render_frame(background, left, face_height=size, centre=tuple(centres[i, 0]))
+        image = render_frame(image.astype(np.float32) / 255, right, face_height=size, centre=tuple(centres[i, 1]))
+        out.append(image)
+    return out, centres

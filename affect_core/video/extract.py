@@ -60,12 +60,15 @@ def iter_chunks(
     device: str | None = None,
     chunk_frames: int = CHUNK_FRAMES,
     window: tuple[int, int | None] = (0, None),
+    boxes_of: np.ndarray | None = None,
 ) -> Iterator[FrameChunk]:
     """Stream LGBP-TOP rows of the decoded frames of ``source`` in order, ``chunk_frames`` frames at a time.
 
     window: (first, stop) frame indices to process (stop None: to the end); the frames before are decoded and
     skipped, those at stop and after are not decoded. The rows within ``config.context`` frames of a window's cut, and
-    the frames before its first key frame, are not those of the whole video (see :func:`extract_video`)."""
+    the frames before its first key frame, are not those of the whole video (see :func:`extract_video`).
+    boxes_of: (N, 4) float32 face boxes by decoded frame index (NaN: no face), one track of
+    :func:`affect_core.video.tracks.track_people`, used instead of the single-face tracker."""
     device = str(resolve_device(device))
     detector = FaceDetector(min_face_share=config.min_face_share)
     margin = config.context
@@ -99,7 +102,12 @@ def iter_chunks(
         return chunk
 
     frames = _window(decode_frames(source, where), *window)
-    for frame, box in track_faces(frames, detector, detect_every=config.detect_every):
+    paired = (
+        track_faces(frames, detector, detect_every=config.detect_every)
+        if boxes_of is None
+        else _given_boxes(frames, boxes_of)
+    )
+    for frame, box in paired:
         index.append(frame.index)
         times.append(frame.time_s)
         boxes.append(box)
@@ -145,6 +153,49 @@ def extract_video(
             times.append(chunk.time_s[keep])
             boxes.append(chunk.boxes[keep])
     return VideoFeatures(np.concatenate(times), np.concatenate(parts), np.concatenate(boxes), fps)
+
+
+def _given_boxes(frames: Iterator[DecodedFrame], boxes_of: np.ndarray) -> Iterator[tuple[DecodedFrame, Box | None]]:
+    for frame in frames:
+        row = boxes_of[frame.index] if frame.index < len(boxes_of) else None
+        yield frame, None if row is None or not np.isfinite(row[0]) else Box(*(float(v) for v in row))
+
+
+def extract_tracks(
+    source: str | IO[bytes],
+    where: str,
+    transform: VideoTransform,
+    *,
+    device: str | None = None,
+    chunk_frames: int = CHUNK_FRAMES,
+) -> list[VideoFeatures]:
+    """Features of every person of one video, one VideoFeatures per face track, track 0 the principal face
+    (:mod:`affect_core.video.tracks`): the faces are tracked on a first pass (boxes only), then each track is
+    extracted on a pass of its own, so memory stays flat in the video's length. A video without any face gives one
+    track without a face."""
+    from affect_core.video.decode import frame_rate
+    from affect_core.video.tracks import track_people
+
+    settings = transform.config
+    fps = frame_rate(_rewind(source), where)
+    frames = decode_frames(_rewind(source), where)
+    try:
+        detector = FaceDetector(min_face_share=settings.min_face_share)
+        tracks = track_people(frames, detector, detect_every=settings.detect_every)
+    finally:
+        frames.close()
+    all_boxes = tracks.boxes if tracks.count else np.full((1, len(tracks.time_s), 4), np.nan, np.float32)
+    out = []
+    for boxes_of in all_boxes:
+        parts, times, boxes = [np.zeros((0, transform.output_dim), np.float32)], [np.zeros(0)], [boxes_of[:0]]
+        for chunk in iter_chunks(
+            _rewind(source), where, settings, device=device, chunk_frames=chunk_frames, boxes_of=boxes_of
+        ):
+            parts.append(transform.apply(chunk.raw))
+            times.append(chunk.time_s)
+            boxes.append(chunk.boxes)
+        out.append(VideoFeatures(np.concatenate(times), np.concatenate(parts), np.concatenate(boxes), fps))
+    return out
 
 
 def _window(frames: Iterator[DecodedFrame], first: int, stop: int | None) -> Iterator[DecodedFrame]:

@@ -11,11 +11,16 @@ split "test").
 One bad video does not stop the others: every file is probed first (it opens, has a video stream, decodes a first
 frame), and a video that cannot be probed or extracted is left out, reported in the result's ``failed`` list and
 recorded in OUT/_failures.json (``affect info OUT`` lists it); the command exits with status 3 when any failed.
+
+Faces: by default the principal face of each video is scored (face_id 0); ``faces="all"`` (``--faces all``) tracks
+every person (:mod:`affect_core.video.tracks`) and scores one track per person, the rows of each with its
+``face_id`` (0: the principal face).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -37,7 +42,28 @@ def is_video_root(url: Where, storage_options: dict[str, Any] | None = None) -> 
     return storage.is_dir(loc.fs, loc.join("videos").path) and not dataset
 
 
-def grid_video(job: VideoJob, features: VideoFeatures, fps: float) -> Any:
+FACES = ("principal", "all")
+
+
+def extract_people_or_fail(job: VideoJob, transform: Any, device: str | None = None) -> list[VideoFeatures] | Any:
+    """Every face track's features of one video (``--faces all``; a picklable unit of work for a mapper), or the
+    VideoFailure saying why the video could not be read."""
+    from affect_core.errors import AffectError
+    from affect_core.video.extract import extract_tracks
+    from affect_core.video.layout import _checked_source
+
+    try:
+        source = _checked_source(job)
+        try:
+            return extract_tracks(source, job.where, transform, device=device)
+        finally:
+            if hasattr(source, "close"):
+                source.close()
+    except AffectError as exc:
+        return VideoFailure(job.video_id, job.where, str(exc))
+
+
+def grid_video(job: VideoJob, features: VideoFeatures, fps: float, *, face_id: int = 0, faces: int = 1) -> Any:
     """The scoring record of one extracted video: its features on the model's grid at ``fps`` (its own rate when the
     model has none), its decoded frames' timestamps and faces kept for the rows written."""
     from affect_core.scoring.predictions import GridVideo, has_face
@@ -53,6 +79,8 @@ def grid_video(job: VideoJob, features: VideoFeatures, fps: float) -> Any:
         rate,
         frame_time_s=features.time_s,
         frame_face=has_face(features.features),
+        face_id=face_id,
+        faces=faces,
     )
 
 
@@ -85,22 +113,26 @@ def score_video_root(
     progress: bool = True,
     target_file_bytes: int | None = None,
     batch_videos: int | None = None,
+    faces: str = "principal",
 ) -> Any:
     """Extract every video of ``root`` with the bundle's video transform and score it into ``out_url``; returns the
     scorer's ScoreResult with ``failed``: the videos left out (module docstring). Any frame rate is scored: the model
     runs on its own grid and each decoded frame gets the prediction at its timestamp.
     device: where the features are extracted and the model runs (``--device``, by the one device rule: "auto" or
     None, a GPU when present). target_file_bytes, batch_videos: as :func:`affect_core.scoring.score_videos` (None:
-    its defaults).
+    its defaults). faces: "principal" (default) or "all" (module docstring).
 
     Each URL is resolved here, once, with ``storage_options`` (a Location given instead was resolved before); each
     video's job carries its URL and ``storage_options`` to the extraction (perhaps a Ray task), which opens it."""
     from affect_core.artifact import load_bundle
     from affect_core.data import delta
     from affect_core.device import resolve_device
+    from affect_core.errors import AffectError
     from affect_core.scoring import check_video_ids, score_videos
     from affect_core.storage import resolve
 
+    if faces not in FACES:
+        raise AffectError(f"--faces {faces}: expected one of {', '.join(FACES)}")
     model, out = resolve(model_url, storage_options), resolve(out_url, storage_options)
     # The model runs here; each extraction (a Ray task, perhaps on another node) resolves "auto" where it runs.
     bundle = load_bundle(model, device=str(resolve_device(device)))
@@ -113,7 +145,19 @@ def score_video_root(
     failed = [f for f in probed if f is not None]
     readable = [job for job, problem in zip(jobs, probed, strict=True) if problem is None]
 
+    def people() -> Iterator[Any]:
+        extract = functools.partial(extract_people_or_fail, transform=transform, device=device)
+        for job, tracks in zip(readable, mapper(extract, readable), strict=True):
+            if isinstance(tracks, VideoFailure):
+                failed.append(tracks)
+                continue
+            for face_id, features in enumerate(tracks):
+                yield grid_video(job, features, bundle.fps, face_id=face_id, faces=len(tracks))
+
     def videos() -> Iterator[Any]:
+        if faces == "all":
+            yield from people()
+            return
         for job, features in extract_jobs(readable, transform, mapper=mapper, device=device, keep_going=True):
             if isinstance(features, VideoFailure):
                 failed.append(features)

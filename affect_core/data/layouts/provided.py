@@ -1,6 +1,7 @@
 """Input layouts that a package above ``affect_core.data`` provides: the ``video`` layout (decoding and feature
 extraction live in ``affect_core.video``, which sits above data and registers its layout here when
-``affect_core.video.layout`` is imported). Data reads such a layout through this table, never by importing it:
+``affect_core.video.layout`` is imported) and the ``affwild2`` layout (Aff-Wild2 as released, registered by
+``affect_core.video.affwild2``). Data reads such a layout through this table, never by importing it:
 :func:`affect_core.data.readers.read_source` asks it for a whole corpus, :func:`affect_core.data.dataset.ingest` for
 an ingest plan (the videos, a reader that reads them one at a time, the files stored with the version)."""
 
@@ -14,7 +15,7 @@ from affect_core.data.records import Corpus
 from affect_core.errors import AffectError
 
 # The layouts provided above data, by name, with the module that registers each (for messages only).
-PROVIDERS = {"video": "affect_core.video.layout"}
+PROVIDERS = {"video": "affect_core.video.layout", "affwild2": "affect_core.video.affwild2"}
 
 
 @dataclass(frozen=True)
