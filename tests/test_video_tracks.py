@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from affect_cli.main import app
 from affect_core.config import load_run_config
 from affect_core.data.dataset import ingest, read_corpus
+from affect_core.errors import AffectError
 from affect_core.experiment import train_run
 from affect_core.scoring import read_predictions
 from affect_core.synth.video import VideoSynthConfig, two_person_frames, write_clip, write_video_corpus
@@ -158,3 +159,48 @@ def test_predictions_written_before_the_face_id_column_are_still_read(ingested_s
     assert "| dev | arousal |" in evaluated.output
     listed = runner.invoke(app, ["info", str(tmp_path / "old")])
     assert listed.exit_code == 0, listed.output
+
+
+def test_a_videos_tracks_split_across_batches_are_written_as_one_video(tmp_path: Path) -> None:
+    from affect_core.data import delta
+    from affect_core.scoring import PredictionTarget, PredictionWriter
+    from affect_core.scoring.predictions import GridVideo
+    from affect_core.storage import resolve
+
+    def track(video_id: str, face_id: int, faces: int, n: int) -> tuple[GridVideo, dict]:
+        times = np.arange(n) / 25
+        features = np.ones((n, 2), np.float32)
+        if face_id:
+            features[: n // 2] = np.nan
+        video = GridVideo(
+            video_id,
+            "test",
+            features,
+            times,
+            25.0,
+            frame_time_s=times,
+            frame_face=np.isfinite(features[:, 0]),
+            face_id=face_id,
+            faces=faces,
+        )
+        level = np.full(n, 0.1 * (face_id + 1), np.float32)
+        return video, {"arousal": (level, np.full(n, 0.01, np.float32))}
+
+    out = resolve(str(tmp_path / "pred"))
+    writer = PredictionWriter(out, PredictionTarget("m"), snapshot=None, replace=False)
+    a0, a1, a2, b0 = track("a", 0, 3, 8), track("a", 1, 3, 8), track("a", 2, 3, 8), track("b", 0, 1, 4)
+    writer.add_batch([a0[0], a1[0]], [a0[1], a1[1]])  # a's third track comes in the next batch
+    writer.add_batch([a2[0], b0[0]], [a2[1], b0[1]])
+    writer.close()
+    snapshot = delta.snapshot(out)
+    entries = {e.video_id: e for e in snapshot.entries()}
+    assert set(entries) == {"a", "b"}
+    assert entries["a"].frames == 24 and entries["a"].frames_without_face == 8 and entries["b"].frames == 4
+    rows = read_predictions(str(tmp_path / "pred"))["a"]
+    np.testing.assert_array_equal(rows.column("face_id").to_numpy(), np.repeat([0, 1, 2], 8))
+    np.testing.assert_allclose(rows.column("arousal").to_numpy(), np.repeat([0.1, 0.2, 0.3], 8), rtol=1e-6)
+    # A video whose last track never comes is an error, not a silent half.
+    writer = PredictionWriter(resolve(str(tmp_path / "half")), PredictionTarget("m"), snapshot=None, replace=False)
+    writer.add_batch([a0[0]], [a0[1]])
+    with pytest.raises(AffectError, match="video a ended before all of its face tracks were scored"):
+        writer.close()
