@@ -204,3 +204,20 @@ def test_a_videos_tracks_split_across_batches_are_written_as_one_video(tmp_path:
     writer.add_batch([a0[0]], [a0[1]])
     with pytest.raises(AffectError, match="video a ended before all of its face tracks were scored"):
         writer.close()
+
+
+@pytest.mark.parametrize("name, tracks", [("single_face.mp4", 1), ("no_face.mp4", 0)])
+def test_a_real_recording_of_one_person_is_one_track_the_single_face_trackers(tmp_path: Path, name, tracks) -> None:
+    from samples import pyfeat_sample_file
+
+    from affect_core.video.detect import track_faces
+
+    path = str(pyfeat_sample_file(name, tmp_path))
+    found = track_people(decode_frames(path, name), FaceDetector(), detect_every=5)
+    assert found.count == tracks
+    single = [b for _, b in track_faces(decode_frames(path, name), FaceDetector(), detect_every=5)]
+    if tracks:
+        boxes = np.array([[b.top, b.left, b.height, b.width] if b else [np.nan] * 4 for b in single], np.float32)
+        np.testing.assert_allclose(found.boxes[0], boxes, rtol=1e-5)
+    else:
+        assert all(b is None for b in single)
