@@ -29,6 +29,7 @@ from affect_core import storage
 from affect_core.storage import Where
 from affect_core.video.extract import VideoFeatures
 from affect_core.video.layout import Mapper, VideoFailure, VideoJob, extract_jobs, probe_job, video_jobs
+from affect_core.video.segments import LONG_VIDEO_FRAMES, is_long, score_long_videos
 from affect_core.video.transform import load_bundle_transform
 
 # The record of the videos a scoring job could not read, beside the predictions (a table reader skips '_' names).
@@ -114,6 +115,8 @@ def score_video_root(
     target_file_bytes: int | None = None,
     batch_videos: int | None = None,
     faces: str = "principal",
+    long_video_frames: int | None = LONG_VIDEO_FRAMES,
+    piece_frames: int | None = None,
 ) -> Any:
     """Extract every video of ``root`` with the bundle's video transform and score it into ``out_url``; returns the
     scorer's ScoreResult with ``failed``: the videos left out (module docstring). Any frame rate is scored: the model
@@ -144,6 +147,10 @@ def score_video_root(
     probed = list(mapper(probe_job, jobs))  # before any extraction: what is no video costs nothing more
     failed = [f for f in probed if f is not None]
     readable = [job for job, problem in zip(jobs, probed, strict=True) if problem is None]
+    # Videos longer than long_video_frames: their principal face scored piece by piece after the others
+    # (affect_core.video.segments).
+    long_jobs = [job for job in readable if faces != "all" and is_long(job, long_video_frames)]
+    readable = [job for job in readable if job not in long_jobs]
 
     def people() -> Iterator[Any]:
         extract = functools.partial(extract_people_or_fail, transform=transform, device=device)
@@ -174,6 +181,18 @@ def score_video_root(
         target_file_bytes=target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES,
         batch_videos=batch_videos,
     )
+    if long_jobs:
+        result = score_long_videos(
+            bundle,
+            long_jobs,
+            transform,
+            out,
+            result,
+            mapper=mapper,
+            piece_frames=piece_frames,
+            device=device,
+            failed=failed,
+        )
     order = {job.video_id: n for n, job in enumerate(jobs)}
     failed.sort(key=lambda f: order[f.video_id])
     record_failures(out, failed)
