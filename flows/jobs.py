@@ -608,6 +608,8 @@ def run_score(job: ScoreJob) -> Any:
 
     if placement(job) is not Placement.RAY_JOB and is_video_root(data.loc):
         return run_job(job, local=lambda: video_root(False), on_ray=lambda _gpus: video_root(True))
+    if job.faces != "principal" and not is_video_root(data.loc):  # a dataset's rows are one face a frame already
+        raise AffectError(f"--faces {job.faces}: only for a folder of videos (VIDEO_ROOT/videos/), not a dataset")
     ask = RayAsk(
         job.cpus_per_actor,
         job.gpus_per_actor,

@@ -134,6 +134,11 @@ def test_score_faces_all_writes_one_track_per_person_with_its_face_id(model: Pat
     assert every.frames() == 70
     refused = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--faces", "some"])
     assert refused.exit_code != 0 and "--faces some" in refused.output and ", ".join(FACES) in refused.output
+    dataset = model.parents[1] / "dataset"  # a dataset's rows are one face a frame: --faces all is refused
+    assert dataset.is_dir()
+    on_dataset = ["score", str(dataset), "--model", str(model), "--out", str(tmp_path / "ds"), "--faces", "all"]
+    refused = runner.invoke(app, [*on_dataset, "--no-progress"])
+    assert refused.exit_code != 0 and "--faces all: only for a folder of videos" in refused.output
 
 
 def test_predictions_written_before_the_face_id_column_are_still_read(ingested_source, tmp_path: Path) -> None:
