@@ -20,7 +20,7 @@ from affect_core.synth.video import VideoSynthConfig, two_person_frames, write_c
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import DecodedFrame, decode_frames
 from affect_core.video.detect import FORGET_KEY_FRAMES, Box, FaceDetector
-from affect_core.video.score import FACES
+from affect_core.video.score import FACES, score_video_root
 from affect_core.video.stored import attach_to_bundle
 from affect_core.video.tracks import GATE_IOU, associate, matches, track_people
 
@@ -132,6 +132,10 @@ def test_score_faces_all_writes_one_track_per_person_with_its_face_id(model: Pat
     for store in (one, every):
         assert store["blank"].num_rows == 10 and not store["blank"].column("face").to_numpy(zero_copy_only=False).any()
     assert every.frames() == 70
+    # A re-run resumes: every video (both tracks of "two") already scored is skipped, counted in videos, not tracks.
+    again = score_video_root(str(tmp_path / "root"), str(model), str(tmp_path / "all"), faces="all", progress=False)
+    assert (again.videos, again.skipped, again.failed) == (2, 2, [])
+    assert read_predictions(str(tmp_path / "all")).frames() == 70
     refused = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--faces", "some"])
     assert refused.exit_code != 0 and "--faces some" in refused.output and ", ".join(FACES) in refused.output
     dataset = model.parents[1] / "dataset"  # a dataset's rows are one face a frame: --faces all is refused

@@ -131,7 +131,7 @@ def score_video_root(
     from affect_core.data import delta
     from affect_core.device import resolve_device
     from affect_core.errors import AffectError
-    from affect_core.scoring import check_video_ids, score_videos
+    from affect_core.scoring import check_video_ids, finished_videos, score_videos
     from affect_core.storage import resolve
 
     if faces not in FACES:
@@ -152,12 +152,15 @@ def score_video_root(
     long_jobs = [job for job in readable if faces != "all" and is_long(job, long_video_frames)]
     readable = [job for job in readable if job not in long_jobs]
 
+    people_of: list[str] = []  # --faces all: the videos whose tracks were handed to the scorer
+
     def people() -> Iterator[Any]:
         extract = functools.partial(extract_people_or_fail, transform=transform, device=device)
         for job, tracks in zip(readable, mapper(extract, readable), strict=True):
             if isinstance(tracks, VideoFailure):
                 failed.append(tracks)
                 continue
+            people_of.append(job.video_id)
             for face_id, features in enumerate(tracks):
                 yield grid_video(job, features, bundle.fps, face_id=face_id, faces=len(tracks))
 
@@ -171,6 +174,7 @@ def score_video_root(
                 continue
             yield grid_video(job, features, bundle.fps)
 
+    done_before = finished_videos(out) if faces == "all" else set()
     result = score_videos(
         bundle,
         videos(),
@@ -181,6 +185,9 @@ def score_video_root(
         target_file_bytes=target_file_bytes or delta.DEFAULT_TARGET_FILE_BYTES,
         batch_videos=batch_videos,
     )
+    if faces == "all":  # the scorer counted tracks: count videos (a video's tracks are scored or skipped together)
+        skipped = sum(v in done_before for v in people_of) if result.skipped else 0
+        result = dataclasses.replace(result, videos=len(people_of), skipped=skipped)
     if long_jobs:
         result = score_long_videos(
             bundle,
