@@ -39,7 +39,7 @@ from affect_core.data.tracks import SourceRead, SourceVideo, Track, check_video_
 from affect_core.errors import AffectError, fail
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import VIDEO_SUFFIXES
-from affect_core.video.extract import VideoFeatures, extract_tracks
+from affect_core.video.extract import VideoFeatures, extract_track, find_tracks
 from affect_core.video.layout import (
     VideoCorpus,
     VideoJob,
@@ -198,24 +198,21 @@ def extract_annotated(item: Annotated, transform: VideoTransform, device: str | 
         return extract_job(item.job, transform, device)
     source = _checked_source(item.job)
     try:
-        tracks = extract_tracks(source, item.job.where, transform, device=device)
+        tracks = find_tracks(source, item.job.where, transform.config)
+        seen = np.isfinite(tracks.boxes[:, :, 0]).sum(axis=1)
+        if tracks.count < 2:
+            raise fail(
+                item.job.where,
+                f"annotated as two people ({item.annotation}) but {tracks.count} face found; expected the left and "
+                "the right person's faces",
+            )
+        longest = np.argsort(-seen, kind="stable")[:2]
+        left_to_right = longest[np.argsort(tracks.centre_x()[longest], kind="stable")]
+        boxes_of = tracks.boxes[left_to_right[SIDES.index(item.side)]]
+        return extract_track(source, item.job.where, transform, boxes_of, device=device)
     finally:
         if hasattr(source, "close"):
             source.close()
-    seen = [int(np.isfinite(t.boxes[:, 0]).sum()) for t in tracks]
-    if sum(s > 0 for s in seen) < 2:
-        raise fail(
-            item.job.where,
-            f"annotated as two people ({item.annotation}) but {sum(s > 0 for s in seen)} face found; expected the "
-            "left and the right person's faces",
-        )
-    two = sorted(sorted(range(len(tracks)), key=lambda k: -seen[k])[:2], key=lambda k: _centre_x(tracks[k]))
-    return tracks[two[SIDES.index(item.side)]]
-
-
-def _centre_x(features: VideoFeatures) -> float:
-    boxes = features.boxes[np.isfinite(features.boxes[:, 0])]
-    return float(np.mean(boxes[:, 1] + boxes[:, 3] / 2))
 
 
 def _source_video(

@@ -20,6 +20,7 @@ from affect_core.video.config import VideoConfig
 from affect_core.video.decode import DecodedFrame, decode_frames
 from affect_core.video.detect import Box, FaceDetector, track_faces
 from affect_core.video.lgbp_top import lgbp_top
+from affect_core.video.tracks import FaceTracks
 from affect_core.video.transform import VideoTransform
 
 CHUNK_FRAMES = 16
@@ -161,6 +162,42 @@ def _given_boxes(frames: Iterator[DecodedFrame], boxes_of: np.ndarray) -> Iterat
         yield frame, None if row is None or not np.isfinite(row[0]) else Box(*(float(v) for v in row))
 
 
+def find_tracks(source: str | IO[bytes], where: str, config: VideoConfig) -> FaceTracks:
+    """Every face track of one video (:func:`affect_core.video.tracks.track_people`: a pass that keeps boxes only)."""
+    from affect_core.video.tracks import track_people
+
+    frames = decode_frames(_rewind(source), where)
+    try:
+        detector = FaceDetector(min_face_share=config.min_face_share)
+        return track_people(frames, detector, detect_every=config.detect_every)
+    finally:
+        frames.close()
+
+
+def extract_track(
+    source: str | IO[bytes],
+    where: str,
+    transform: VideoTransform,
+    boxes_of: np.ndarray,
+    *,
+    device: str | None = None,
+    chunk_frames: int = CHUNK_FRAMES,
+) -> VideoFeatures:
+    """The features of one face track of a video: ``boxes_of`` (N, 4) its boxes by decoded frame (NaN: no face)."""
+    from affect_core.video.decode import frame_rate
+
+    fps = frame_rate(_rewind(source), where)
+    parts, times, boxes = [np.zeros((0, transform.output_dim), np.float32)], [np.zeros(0)], [boxes_of[:0]]
+    settings = transform.config
+    for chunk in iter_chunks(
+        _rewind(source), where, settings, device=device, chunk_frames=chunk_frames, boxes_of=boxes_of
+    ):
+        parts.append(transform.apply(chunk.raw))
+        times.append(chunk.time_s)
+        boxes.append(chunk.boxes)
+    return VideoFeatures(np.concatenate(times), np.concatenate(parts), np.concatenate(boxes), fps)
+
+
 def extract_tracks(
     source: str | IO[bytes],
     where: str,
@@ -173,29 +210,12 @@ def extract_tracks(
     (:mod:`affect_core.video.tracks`): the faces are tracked on a first pass (boxes only), then each track is
     extracted on a pass of its own, so memory stays flat in the video's length. A video without any face gives one
     track without a face."""
-    from affect_core.video.decode import frame_rate
-    from affect_core.video.tracks import track_people
-
-    settings = transform.config
-    fps = frame_rate(_rewind(source), where)
-    frames = decode_frames(_rewind(source), where)
-    try:
-        detector = FaceDetector(min_face_share=settings.min_face_share)
-        tracks = track_people(frames, detector, detect_every=settings.detect_every)
-    finally:
-        frames.close()
+    tracks = find_tracks(source, where, transform.config)
     all_boxes = tracks.boxes if tracks.count else np.full((1, len(tracks.time_s), 4), np.nan, np.float32)
-    out = []
-    for boxes_of in all_boxes:
-        parts, times, boxes = [np.zeros((0, transform.output_dim), np.float32)], [np.zeros(0)], [boxes_of[:0]]
-        for chunk in iter_chunks(
-            _rewind(source), where, settings, device=device, chunk_frames=chunk_frames, boxes_of=boxes_of
-        ):
-            parts.append(transform.apply(chunk.raw))
-            times.append(chunk.time_s)
-            boxes.append(chunk.boxes)
-        out.append(VideoFeatures(np.concatenate(times), np.concatenate(parts), np.concatenate(boxes), fps))
-    return out
+    return [
+        extract_track(source, where, transform, boxes_of, device=device, chunk_frames=chunk_frames)
+        for boxes_of in all_boxes
+    ]
 
 
 def _window(frames: Iterator[DecodedFrame], first: int, stop: int | None) -> Iterator[DecodedFrame]:
