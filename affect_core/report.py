@@ -115,13 +115,14 @@ def write_report(
     notes: list[str] = []
 
     curves: list[CurveData] = []
-    if dataset_url:
+    dataset = delta.resolve_versioned(dataset_url, storage_options) if dataset_url else None
+    if dataset is not None:
         predictions = delta.resolve_versioned(predictions_url, storage_options) if predictions_url else None
         if predictions is None and run.exists(PREDICTIONS_DIR):
             predictions = delta.VersionedLocation(run.join(PREDICTIONS_DIR))
         curves = curve_data(
             run,
-            delta.resolve_versioned(dataset_url, storage_options),
+            dataset,
             predictions=predictions,
             video_ids=video_ids,
             videos=videos,
@@ -130,10 +131,8 @@ def write_report(
         notes.append("Curves of dev videos need the dataset's gold standard: pass a dataset URL.")
     curve_files = [curve_file_name(curve.video_id, out) for curve in curves]  # refused before anything is written
     reliability = None
-    if dataset_url:
-        reliability = reliability_data(
-            run, delta.resolve_versioned(dataset_url, storage_options), predictions=predictions
-        )
+    if dataset is not None:
+        reliability = reliability_data(run, dataset, predictions=predictions)
 
     _save(out, "ablation.png", ablation_figure(rows), plots)
     _save(out, "lag.png", lag_figure(rows, fps=fps), plots)
