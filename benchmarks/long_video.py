@@ -178,8 +178,8 @@ def main() -> None:
         one = run_measure(root, model, base / f"out-whole-{minutes:g}", "whole") if minutes in whole else None
         one_mb = f"{one['peak_rss_mb']:.0f}" if one else "-"
         print(
-            f"| {minutes:g} min | {frames} | {pieces['start_mb']:.0f} | {pieces['peak_rss_mb']:.0f} | {frames / pieces['seconds']:.0f} "
-            f"| {one_mb} |",
+            f"| {minutes:g} min | {frames} | {pieces['start_mb']:.0f} | {pieces['peak_rss_mb']:.0f} "
+            f"| {frames / pieces['seconds']:.0f} | {one_mb} |",
             flush=True,
         )
 
