@@ -59,6 +59,22 @@ def long_clip(path: Path, seconds: float, *, fps: float = 25.0, width: int = 96,
     return path
 
 
+def gop_clip(path: Path, frames: int, gop: int, *, width: int = 96, height: int = 64) -> Path:
+    """A generated scene of ``frames`` at 25 fps with a key frame every ``gop`` frames (so a seek skips decoding)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "16", "preset": "veryfast", "g": str(gop), "keyint_min": str(gop)}
+        for gray in scene_frames(np.arange(frames) / 25.0, width=width, height=height):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def one_pass(model: Path, root: Path, out: Path):
     score_video_root(str(root), str(model), str(out), progress=False, long_video_frames=None)
     return read_predictions(str(out))["clip"]
@@ -150,6 +166,34 @@ def test_affect_score_takes_a_long_clip_in_pieces_with_the_one_pass_rows(model: 
     )
     assert got.frames == expected.num_rows and got.videos == 1
     assert_same_rows(read_predictions(str(tmp_path / "pieces"))["clip"], expected)
+
+
+def test_a_segment_is_decoded_from_the_key_frame_before_it_with_the_rows_of_the_whole_video(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import affect_core.video.decode as decode
+    from affect_core.video.layout import extract_job
+    from affect_core.video.segments import extract_segment
+
+    path = str(gop_clip(tmp_path / "gop.mp4", 160, 25))
+    transform = load_bundle_transform(str(model))
+    whole = extract_job(VideoJob("v", "test", path, path), transform)
+    decoded = []
+    plain = decode.decode_frames
+
+    def counted(*args, **kwargs):
+        for frame in plain(*args, **kwargs):
+            decoded.append(kwargs.get("seek_s"))
+            yield frame
+
+    monkeypatch.setattr(decode, "decode_frames", counted)
+    part = extract_segment(VideoJob("v", "test", path, path, start=110, stop=140), transform)
+    np.testing.assert_array_equal(part.time_s, whole.time_s[110:140])
+    np.testing.assert_allclose(part.features, whole.features[110:140], atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(part.boxes, whole.boxes[110:140])
+    # The window reaches back to frame 110 - context - detect_every; the key frame at 100 is where decoding began.
+    sought = [s for s in decoded if s is not None]
+    assert sought and len(sought) <= 160 - 100, len(sought)
 
 
 def test_segments_extracted_by_ray_tasks_give_the_one_pass_rows(model: Path, tmp_path: Path) -> None:

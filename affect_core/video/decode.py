@@ -102,7 +102,9 @@ def _video_stream(container: Any, where: str) -> Any:
     return container.streams.video[0]
 
 
-def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> Iterator[DecodedFrame]:
+def decode_frames(
+    source: str | IO[bytes], where: str, *, threads: int = 0, seek_s: float | None = None
+) -> Iterator[DecodedFrame]:
     """Stream the frames of ``source`` (a path or a binary file object) in presentation order, upright.
 
     Any frame rate, constant or variable: each frame keeps its presentation timestamp. Frames a decoder hands over a
@@ -110,7 +112,8 @@ def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> I
     whose timestamp is not after the frame shown before it, is refused. Rotation metadata (a phone's display matrix)
     is applied: the frames come out as a player shows them. Yields DecodedFrame with gray (H, W) uint8. Raises
     AffectError (message naming ``where``) for an unreadable file, a file without a video stream or a stream without
-    frames. threads: FFmpeg decoding threads (0: FFmpeg's choice).
+    frames. threads: FFmpeg decoding threads (0: FFmpeg's choice). seek_s: start decoding at the key frame at or
+    before this presentation time (seconds) instead of the first frame; the frames' ``index`` then counts from there.
     """
     import av
 
@@ -120,6 +123,8 @@ def decode_frames(source: str | IO[bytes], where: str, *, threads: int = 0) -> I
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
+        if seek_s is not None and seek_s > 0:
+            container.seek(int(seek_s / stream.time_base), stream=stream, backward=True, any_frame=False)
         pending: list[tuple[float, int, Any]] = []  # (time_s, arrival, frame): a min-heap on time
         shown: float | None = None
         index = arrival = 0

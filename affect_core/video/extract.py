@@ -62,8 +62,10 @@ def iter_chunks(
     chunk_frames: int = CHUNK_FRAMES,
     window: tuple[int, int | None] = (0, None),
     boxes_of: np.ndarray | None = None,
+    decoded: Iterator[DecodedFrame] | None = None,
 ) -> Iterator[FrameChunk]:
     """Stream LGBP-TOP rows of the decoded frames of ``source`` in order, ``chunk_frames`` frames at a time.
+    decoded: the frames, when the caller decodes them (a long video's segment, sought to: video/segments.py).
 
     window: (first, stop) frame indices to process (stop None: to the end); the frames before are decoded and
     skipped, those at stop and after are not decoded. The rows within ``config.context`` frames of a window's cut, and
@@ -102,7 +104,7 @@ def iter_chunks(
         start += drop
         return chunk
 
-    frames = _window(decode_frames(source, where), *window)
+    frames = _window(decoded if decoded is not None else decode_frames(source, where), *window)
     paired = (
         track_faces(frames, detector, detect_every=config.detect_every)
         if boxes_of is None

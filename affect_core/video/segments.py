@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from affect_core.data.assemble import labels_on_frames
 from affect_core.data.tracks import TIME_DECIMALS
+from affect_core.video.decode import DecodedFrame
 from affect_core.video.extract import CHUNK_FRAMES, VideoFeatures, iter_chunks
 from affect_core.video.layout import Mapper, VideoJob, _checked_source, extract_job, segment_jobs
 from affect_core.video.timegrid import on_frames
@@ -73,9 +74,77 @@ def feature_pieces(
     size = segment_frames or getattr(mapper, "segment_frames", None)
     if mapper is not None and size:
         work = segment_jobs([job], size)
-        yield from mapper(functools.partial(extract_job, transform=transform, device=device), work)
+        yield from mapper(functools.partial(extract_segment, transform=transform, device=device), work)
         return
     yield from _local_pieces(job, transform, piece_frames=piece_frames, device=device)
+
+
+class _NotConstantRate(Exception):
+    """The frames after a seek are not at the container's constant rate: their indices cannot be told."""
+
+
+def extract_segment(job: VideoJob, transform: VideoTransform, device: str | None = None) -> VideoFeatures:
+    """The features of the segment ``job.start`` <= index < ``job.stop`` of a video, equal to
+    :func:`affect_core.video.layout.extract_job`'s (the same window: the features' context and a detection interval
+    on each side), decoding from the key frame before the window rather than from the video's first frame. A frame's
+    index is told from its timestamp at the container's rate, each checked to follow the one before; a video whose
+    frames are not at a constant rate is decoded from its start instead."""
+    from affect_core.video.decode import decode_frames, probe
+
+    if job.start == 0:
+        return extract_job(job, transform, device)
+    settings = transform.config
+    reach = settings.context + settings.detect_every
+    first, stop = max(0, job.start - reach), None if job.stop is None else job.stop + reach
+    source = _checked_source(job)
+    try:
+        fps = probe(source, job.where).fps
+        opening = decode_frames(_rewound(source), job.where)
+        try:
+            origin = next(opening).time_s
+        finally:
+            opening.close()
+        if fps <= 0:
+            return extract_job(job, transform, device)
+
+        def sought() -> Iterator[DecodedFrame]:
+            frames = decode_frames(_rewound(source), job.where, seek_s=origin + (first - 0.5) / fps)
+            try:
+                previous = None
+                for frame in frames:
+                    index = round((frame.time_s - origin) * fps)
+                    if abs(frame.time_s - origin - index / fps) > 0.25 / fps:
+                        raise _NotConstantRate
+                    if previous is None and index > first or previous is not None and index != previous + 1:
+                        raise _NotConstantRate
+                    previous = index
+                    if index >= first:
+                        yield DecodedFrame(index, frame.time_s, frame.gray)
+            finally:
+                frames.close()
+
+        rows, times, boxes = [], [], []
+        chunks = iter_chunks(
+            _rewound(source), job.where, settings, device=device, window=(first, stop), decoded=sought()
+        )
+        for chunk in chunks:
+            keep = (chunk.index >= job.start) & (chunk.index < (job.stop if job.stop is not None else 2**62))
+            if keep.any():
+                rows.append(transform.apply(chunk.raw[keep]))
+                times.append(chunk.time_s[keep])
+                boxes.append(chunk.boxes[keep])
+        return VideoFeatures(np.concatenate(times), np.concatenate(rows), np.concatenate(boxes), fps)
+    except _NotConstantRate:
+        return extract_job(job, transform, device)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _rewound(source: Any) -> Any:
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return source
 
 
 def _local_pieces(
