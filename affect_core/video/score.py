@@ -149,8 +149,14 @@ def score_video_root(
     readable = [job for job, problem in zip(jobs, probed, strict=True) if problem is None]
     # Videos longer than long_video_frames: their principal face scored piece by piece after the others
     # (affect_core.video.segments).
-    long_jobs = [job for job in readable if faces != "all" and is_long(job, long_video_frames)]
-    readable = [job for job in readable if job not in long_jobs]
+    # Each is measured by the mapper (Ray tasks on Ray: no file opened one after another here).
+    long = (
+        list(mapper(functools.partial(is_long, long_frames=long_video_frames), readable))
+        if long_video_frames and faces != "all"
+        else [False] * len(readable)
+    )
+    long_jobs = [job for job, is_it in zip(readable, long, strict=True) if is_it]
+    readable = [job for job, is_it in zip(readable, long, strict=True) if not is_it]
 
     people_of: list[str] = []  # --faces all: the videos whose tracks were handed to the scorer
 
