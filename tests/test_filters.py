@@ -214,13 +214,18 @@ def test_ekf_with_small_signals_follows_its_linearisation() -> None:
 
 def numpy_ekf(observations: np.ndarray, mask: np.ndarray, ekf: ExtendedKalmanFilter) -> tuple[np.ndarray, ...]:
     """Textbook EKF written out with numpy (np.linalg.inv on S, the standard covariance update); an unobserved frame
-    is the gap step z = rho * z + (1 - rho) * mean (level components), P = G P G^T + Q."""
+    is the gap step z = G z + (1 - rho) * mean (level components), P = G P G^T + Q, G the constant-acceleration
+    model with rho on its diagonal."""
     W_f, b_f, W_h, b_h = (p.detach().numpy() for p in (ekf.W_f, ekf.b_f, ekf.W_h, ekf.b_h))
     Q, R = (m.detach().numpy() for m in ekf.noise_covariances(ekf.W_f))
     n = ekf.state_dim
     rho = (1 - 1e-4) / (1 + np.exp(-ekf.gap_rho.detach().numpy()))
     level_mean = np.zeros(n)
     level_mean[0::3] = ekf.gap_mean.detach().numpy()
+    dt = ekf.dt
+    G = np.diag(rho)
+    for j in range(0, n, 3):  # each dimension's kinematic couplings above the diagonal
+        G[j, j + 1], G[j, j + 2], G[j + 1, j + 2] = dt, dt * dt / 2, dt
     z, P = np.zeros(n), ekf.P0.double().numpy().copy()
     states, covariances = [], []
     for o, observed in zip(observations, mask, strict=True):
@@ -228,8 +233,8 @@ def numpy_ekf(observations: np.ndarray, mask: np.ndarray, ekf: ExtendedKalmanFil
             z_pred = np.tanh(W_f @ z + b_f)
             F = np.diag(1 - z_pred**2) @ W_f
         else:
-            z_pred = rho * z + (1 - rho) * level_mean
-            F = np.diag(rho)
+            z_pred = G @ z + (1 - rho) * level_mean
+            F = G
         P_pred = F @ P @ F.T + Q
         h = np.tanh(W_h @ z_pred + b_h)
         H = np.diag(1 - h**2) @ W_h

@@ -18,7 +18,7 @@ GAP_RHO_MAX = 1.0 - 1e-4
 """Upper bound of every gap damping factor rho: the stationary variance q / (1 - rho^2) of a stretch without a face
 stays finite (at most q / 2e-4)."""
 
-GAP_TIME_CONSTANTS = (2.0, 0.2, 0.2)
+GAP_TIME_CONSTANTS = (10.0, 1.0, 1.0)
 """Initial time constants in seconds of the gap dynamics (level, velocity, acceleration): rho = exp(-dt / tau)."""
 
 GAP_PARAMETERS = ("gap_rho", "gap_mean")
@@ -79,11 +79,14 @@ class BayesFilter(nn.Module, abc.ABC):
     frames and dispatches on `method`.
 
     A frame without an observation (mask False) is a predict-only step with the mean-reverting transition
-    z^_t = G z_{t-1} + c, P^_t = G P_{t-1} G^T + Q instead of the filter's own: G = diag(rho), each rho in
-    (0, GAP_RHO_MAX) learnable (`gap_rho`, raw: rho = GAP_RHO_MAX * sigmoid(gap_rho)), c = (1 - rho) * mean on
-    each level component and 0 on the derivatives, the mean learnable per affect dimension (`gap_mean`). Through
-    any stretch without a face the level relaxes towards the mean, the derivatives towards 0, and each variance
-    towards q / (1 - rho^2): bounded whatever the stretch's length. Observed frames are the paper's filter.
+    z^_t = G z_{t-1} + c, P^_t = G P_{t-1} G^T + Q instead of the filter's own: the constant-acceleration model
+    with its diagonal damped, per affect dimension G = [[rho_l, dt, dt^2/2], [0, rho_v, dt], [0, 0, rho_a]], each
+    rho in (0, GAP_RHO_MAX) learnable (`gap_rho`, raw: rho = GAP_RHO_MAX * sigmoid(gap_rho)), c = (1 - rho) * mean
+    on each level component and 0 on the derivatives, the mean learnable per affect dimension (`gap_mean`). G is
+    triangular with eigenvalues rho < 1: through any stretch without a face the level first follows its velocity
+    (as the paper's predict step does), then relaxes towards the mean, the derivatives towards 0, and the covariance
+    towards the stationary solution of P = G P G^T + Q: bounded whatever the stretch's length. Observed frames are
+    the paper's filter.
 
     A subclass must override `_filter_reference` (the plain step-by-step loop, kept as the oracle). It may override
     `_filter_fast`, set `has_fast_path = True` and list the method names it accepts in `methods`; every method
@@ -127,14 +130,17 @@ class BayesFilter(nn.Module, abc.ABC):
         return torch.logit(rho.double() / GAP_RHO_MAX).float()
 
     def gap_transition(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """G = diag(rho) `(n, n)` and c `(n,)` of the gap step z^ = G z + c, in the dtype/device of `like`.
+        """G `(n, n)` and c `(n,)` of the gap step z^ = G z + c, in the dtype/device of `like`.
 
-        rho = GAP_RHO_MAX * sigmoid(gap_rho); c = (1 - rho) * mean on level components (3j), 0 on the derivatives.
+        G = diag(rho) + the kinematic model's couplings (dt, dt^2/2, dt above the diagonal of each dimension's
+        block), rho = GAP_RHO_MAX * sigmoid(gap_rho); c = (1 - rho) * mean on level components (3j), 0 on the
+        derivatives.
         """
         rho = GAP_RHO_MAX * torch.sigmoid(self.gap_rho.to(like))
         mean = self.gap_mean.to(like)
         level_mean = torch.stack((mean, torch.zeros_like(mean), torch.zeros_like(mean)), dim=-1).flatten()
-        return torch.diag_embed(rho), (1 - rho) * level_mean
+        couplings = kinematic_transition(self.num_dims, self.dt).to(like) - torch.eye(self.state_dim).to(like)
+        return torch.diag_embed(rho) + couplings, (1 - rho) * level_mean
 
     # ------------------------------------------------------------------------------------------------------------
     def noise_covariances(self, like: Tensor) -> tuple[Tensor, Tensor]:
