@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 10.0, 30.0])
     parser.add_argument("--whole-minutes", type=float, nargs="*", default=None, help="lengths also scored in one pass")
     parser.add_argument("--ray-minutes", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="none: no Ray run")
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--height", type=int, default=64)
@@ -157,7 +157,7 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     model = train_model(base)
     whole = args.minutes[:2] if args.whole_minutes is None else args.whole_minutes
-    lengths = sorted({*args.minutes, *whole, args.ray_minutes})
+    lengths = sorted({*args.minutes, *whole, *([args.ray_minutes] if args.workers else [])})
     roots = {}
     for minutes in lengths:
         root = base / f"m{minutes:g}"
@@ -183,6 +183,8 @@ def main() -> None:
             flush=True,
         )
 
+    if not args.workers:
+        return
     root, frames = roots[args.ray_minutes]
     segment = -(-frames // args.segments)
     print(f"\nRay: {args.ray_minutes:g} min ({frames} frames) in {args.segments} segments of {segment} frames")
