@@ -228,3 +228,26 @@ def test_a_real_recording_of_one_person_is_one_track_the_single_face_trackers(tm
         single = [b for _, b in track_faces(decode_frames(path, name), FaceDetector(), detect_every=5)]
         boxes = np.array([[b.top, b.left, b.height, b.width] if b else [np.nan] * 4 for b in single], np.float32)
         np.testing.assert_allclose(found.boxes[0], boxes, rtol=1e-5)
+
+
+def test_evaluation_of_predictions_scored_with_every_face_takes_the_principal_face() -> None:
+    """A labelled video scored with --faces all: the labels are the principal face's, so evaluation reads face_id 0
+    and leaves the other people's rows out (it refused before: more predicted frames than labels)."""
+    import pyarrow as pa
+
+    from affect_core.data.records import Video
+    from affect_core.scoring.evaluation import evaluate_predictions
+
+    frames = 50
+    gold = np.sin(np.linspace(0, 3, frames)).astype(np.float32) * 0.5
+    video = Video("v", "dev", np.zeros((frames, 2), np.float32), np.arange(frames) / 25.0, 25.0, arousal=gold)
+    rows = {
+        "frame": np.tile(np.arange(frames, dtype=np.int32), 2),
+        "face_id": np.repeat(np.array([0, 1], dtype=np.int32), frames),
+        "arousal": np.concatenate([gold, -gold]),  # the principal face predicted exactly, the other opposite
+        "valence": np.full(2 * frames, np.nan, np.float32),
+        "arousal_var": np.full(2 * frames, 0.01, np.float32),
+        "valence_var": np.full(2 * frames, np.nan, np.float32),
+    }
+    result = evaluate_predictions({"v": pa.table(rows)}, [video])
+    assert result["dev"]["arousal"]["ccc"] == pytest.approx(1.0, abs=1e-6)

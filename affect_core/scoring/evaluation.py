@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from affect_core.calibration import REPORTED_LEVELS, gaussian_nll, interval_coverage
 from affect_core.data.records import Video
@@ -18,6 +19,14 @@ from affect_core.metrics import sequence_metrics
 
 # A 90% interval whose coverage of held-out labels misses 90% by more than this is called out under the table.
 MISCALIBRATED = 0.1
+
+
+def principal_face(table: pa.Table) -> pa.Table:
+    """The rows of the principal face (``face_id`` 0): the face a dataset's labels are of. Predictions scored with
+    ``--faces all`` hold one track per person; tables without the column hold the principal face only."""
+    if "face_id" not in table.column_names:
+        return table
+    return table.filter(pc.equal(table.column("face_id"), 0))
 
 
 def evaluate_predictions(
@@ -47,6 +56,7 @@ def evaluate_predictions(
         table = predictions.get(video.video_id)
         if table is None:
             raise AffectError(f"predictions: video {video.video_id!r} ({video.split}) has labels but no predictions")
+        table = principal_face(table)
         frames = table.column("frame").to_numpy()
         for dim in ("arousal", "valence"):
             gold = video.labels(dim)
