@@ -224,3 +224,24 @@ def test_memory_stays_flat_with_the_video_length(tmp_path) -> None:
     # Four times the frames: the peak grows by the longer output only (p floats a frame), not by the frames.
     output_growth = 120 * (transform.output_dim * 4 + 4 * 4 + 8) * 3
     assert peaks[3] <= peaks[2] + output_growth + 256 * 1024, peaks
+
+
+def test_extraction_detects_with_the_detector_its_config_names(monkeypatch) -> None:
+    """A transform fitted on the cascade's faces extracts with the cascade, a new one with HOG: every extraction path
+    asks the config (``detector_for``)."""
+    from affect_core.video import extract
+
+    used: list[str] = []
+    for kind in (FaceDetector, LbpCascadeDetector):
+        original = kind.detect_all
+        monkeypatch.setattr(
+            kind, "detect_all", lambda self, gray, _o=original, _k=kind: used.append(_k.__name__) or _o(self, gray)
+        )
+    clip = io.BytesIO(pyfeat_sample("single_face.mp4"))
+    for face_detector in ("lbp-cascade", "dlib-hog"):
+        used.clear()
+        config = VideoConfig(face_detector=face_detector, detect_every=8)
+        list(extract.iter_chunks(clip, "single_face.mp4", config, window=(0, 16)))
+        expected = "LbpCascadeDetector" if face_detector == "lbp-cascade" else "FaceDetector"
+        assert used and set(used) == {expected}, (face_detector, used)
+        clip.seek(0)

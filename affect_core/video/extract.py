@@ -18,7 +18,7 @@ from affect_core.device import resolve_device
 from affect_core.video.align import align_face
 from affect_core.video.config import VideoConfig
 from affect_core.video.decode import DecodedFrame, decode_frames
-from affect_core.video.detect import Box, FaceDetector, track_faces
+from affect_core.video.detect import Box, detector_for, track_faces
 from affect_core.video.lgbp_top import lgbp_top
 from affect_core.video.tracks import FaceTracks
 from affect_core.video.transform import VideoTransform
@@ -73,7 +73,7 @@ def iter_chunks(
     boxes_of: (N, 4) float32 face boxes by decoded frame index (NaN: no face), one track of
     :func:`affect_core.video.tracks.track_people`, used instead of the single-face tracker."""
     device = str(resolve_device(device))
-    detector = FaceDetector(min_face_share=config.min_face_share)
+    detector = detector_for(config)
     margin = config.context
     index: list[int] = []
     times: list[float] = []
@@ -170,7 +170,7 @@ def find_tracks(source: str | IO[bytes], where: str, config: VideoConfig) -> Fac
 
     frames = decode_frames(_rewind(source), where)
     try:
-        detector = FaceDetector(min_face_share=config.min_face_share)
+        detector = detector_for(config)
         return track_people(frames, detector, detect_every=config.detect_every)
     finally:
         frames.close()
