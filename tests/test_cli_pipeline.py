@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from affect_cli.main import app
+from affect_core.scoring.predictions import PREDICTION_SCHEMA
 
 runner = CliRunner()
 
@@ -87,19 +88,10 @@ def check_outputs(table_rows: list[dict], summary: str, pred_table) -> None:
     assert all(math.isfinite(r["ccc"]) and r["epochs"] == 2 for r in table_rows)
     assert "LSTM-KF-AA" in summary and "Learned lag" in summary
     assert pred_table.num_rows == 6 * 300
-    assert set(pred_table.column_names) == {
-        "video_id",
-        "split",
-        "frame",
-        "time_s",
-        "arousal",
-        "valence",
-        "arousal_var",
-        "valence_var",
-        "face",
-        "model_id",
-        "dataset_version",
-    }
+    assert pred_table.column_names == PREDICTION_SCHEMA.names
+    assert {"face", "face_id", "arousal_var", "valence_var", "model_id", "dataset_version"} <= set(
+        PREDICTION_SCHEMA.names
+    )
     frames = pred_table.select(["video_id", "frame"]).to_pylist()
     assert len({(r["video_id"], r["frame"]) for r in frames}) == len(frames)
 

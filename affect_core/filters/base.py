@@ -139,7 +139,11 @@ class BayesFilter(nn.Module, abc.ABC):
         rho = GAP_RHO_MAX * torch.sigmoid(self.gap_rho.to(like))
         mean = self.gap_mean.to(like)
         level_mean = torch.stack((mean, torch.zeros_like(mean), torch.zeros_like(mean)), dim=-1).flatten()
-        couplings = kinematic_transition(self.num_dims, self.dt).to(like) - torch.eye(self.state_dim).to(like)
+        dt = self.dt
+        couplings = torch.zeros(self.state_dim, self.state_dim, dtype=like.dtype, device=like.device)
+        for level in range(0, self.state_dim, 3):  # made where the filter runs: no copy from the host
+            couplings[level, level + 1] = couplings[level + 1, level + 2] = dt
+            couplings[level, level + 2] = dt * dt / 2
         return torch.diag_embed(rho) + couplings, (1 - rho) * level_mean
 
     # ------------------------------------------------------------------------------------------------------------
