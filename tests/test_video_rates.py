@@ -195,6 +195,29 @@ def test_a_folder_with_a_corrupt_video_scores_the_others_and_exits_3(model: Path
     assert not (pred / "_failures.json").exists()
 
 
+def test_a_plain_folder_of_videos_is_scored_as_it_is(model: Path, tmp_path: Path) -> None:
+    """What a user points `affect score` at first: a folder holding the video files themselves (no videos/ folder, no
+    partition), other files beside them left alone."""
+    folder = tmp_path / "my videos"
+    folder.mkdir()
+    recording_head("single_face.mp4", folder)
+    clip(folder / "Phone.MOV", 30.0, 0, times=VARIABLE_TIMES)
+    (folder / "notes.txt").write_text("recorded on Monday\n")
+    pred = tmp_path / "pred"
+    scored = runner.invoke(app, ["score", str(folder), "--model", str(model), "--out", str(pred), "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    assert "scored 2 video(s)" in scored.stdout
+    predictions = read_predictions(str(pred))
+    assert sorted(predictions) == ["Phone", "single_face"]
+    assert predictions["Phone"].num_rows == len(VARIABLE_TIMES)
+    # a folder without any video is not taken for one: it is read as a dataset and refused as such
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("nothing here\n")
+    refused = runner.invoke(app, ["score", str(empty), "--model", str(model), "--out", str(tmp_path / "p2")])
+    assert refused.exit_code != 0 and not (tmp_path / "p2").exists()
+
+
 def test_the_face_column_follows_a_feature_layouts_rows_without_a_face(ingested_source, tmp_path: Path) -> None:
     from affect_core.scoring import score_dataset
 

@@ -241,30 +241,48 @@ def extract_jobs(
     return merge_segments(work, extracted)
 
 
-def list_video_files(loc: storage.Location) -> dict[str, str]:
-    """video id -> file name of every video in ROOT/videos/ (hidden files skipped)."""
-    folder = storage.join(loc.path, VIDEOS_DIR)
+def is_video_file(name: str) -> bool:
+    """Whether a file name has one of VIDEO_SUFFIXES (any case) and is not hidden."""
+    stem, dot, suffix = name.rpartition(".")
+    return bool(dot and stem) and not name.startswith((".", "_")) and "." + suffix.lower() in VIDEO_SUFFIXES
+
+
+def videos_subfolder(loc: storage.Location) -> str:
+    """Where ROOT's videos are: "videos" (the video layout), or "" for a plain folder of video files (what a user
+    points `affect score` at: ROOT/<video_id>.mp4 with no videos/ folder)."""
+    if storage.is_dir(loc.fs, loc.join(VIDEOS_DIR).path):
+        return VIDEOS_DIR
+    plain = storage.is_dir(loc.fs, loc.path) and any(
+        kind == "file" and is_video_file(name) for name, kind in storage.list_dir(loc.fs, loc.path)
+    )
+    return "" if plain else VIDEOS_DIR
+
+
+def list_video_files(loc: storage.Location, subfolder: str = VIDEOS_DIR) -> dict[str, str]:
+    """video id -> file name of every video in ROOT/<subfolder>/ (ROOT itself for ""; hidden files skipped). In a plain
+    folder other files (notes, CSVs) are left out; in videos/ they are refused."""
+    folder = storage.join(loc.path, subfolder)
     if not storage.is_dir(loc.fs, folder):
         raise fail(loc.display(VIDEOS_DIR), "folder not found; expected ROOT/videos/<video_id>.mp4 (video layout)")
     files: dict[str, str] = {}
     for name, kind in storage.list_dir(loc.fs, folder):
-        if kind != "file" or name.startswith((".", "_")):
+        if kind != "file" or name.startswith((".", "_")) or (not subfolder and not is_video_file(name)):
             continue
         stem, dot, suffix = name.rpartition(".")
         if not dot or "." + suffix.lower() not in VIDEO_SUFFIXES:
             raise fail(
-                loc.display(VIDEOS_DIR, name),
+                loc.display(subfolder, name),
                 f"unexpected file; expected video files named <video_id>{'|'.join(VIDEO_SUFFIXES)}",
             )
-        check_video_id(stem, loc.display(VIDEOS_DIR, name))
+        check_video_id(stem, loc.display(subfolder, name))
         if stem in files:
             raise fail(
-                loc.display(VIDEOS_DIR, name),
+                loc.display(subfolder, name),
                 f"video {stem!r} also in {files[stem]}; expected one file per video id",
             )
         files[stem] = name
     if not files:
-        raise fail(loc.display(VIDEOS_DIR), "no video files; expected ROOT/videos/<video_id>.mp4")
+        raise fail(loc.display(subfolder), "no video files; expected ROOT/videos/<video_id>.mp4")
     return files
 
 
@@ -304,7 +322,8 @@ def video_jobs(
     if not storage.is_dir(loc.fs, loc.path):
         problem = "is a file" if storage.exists(loc.fs, loc.path) else "does not exist"
         raise fail(loc.display(), f"source {problem}; expected a directory in the video layout")
-    files = list_video_files(loc)
+    subfolder = videos_subfolder(loc) if not partition_required else VIDEOS_DIR
+    files = list_video_files(loc, subfolder)
     partition = read_partition(loc, required=partition_required)
     if partition is None:
         partition = {video_id: "test" for video_id in sorted(files, key=lambda v: video_sort_key("test", v))}
@@ -316,13 +335,13 @@ def video_jobs(
             )
     for video_id, name in files.items():
         if video_id not in partition:
-            raise fail(loc.display(VIDEOS_DIR, name), f"video {video_id!r} is not listed in {PARTITION}")
+            raise fail(loc.display(subfolder, name), f"video {video_id!r} is not listed in {PARTITION}")
     return [
         VideoJob(
             video_id,
             split,
-            storage.join(loc.url, VIDEOS_DIR, files[video_id]),
-            loc.display(VIDEOS_DIR, files[video_id]),
+            storage.join(loc.url, subfolder, files[video_id]),
+            loc.display(subfolder, files[video_id]),
             storage_options,
         )
         for video_id, split in partition.items()

@@ -37,10 +37,16 @@ FAILURES_FILE = "_failures.json"
 
 
 def is_video_root(url: Where, storage_options: dict[str, Any] | None = None) -> bool:
-    """Whether ``url`` is a folder in the video layout (has videos/ and is not a dataset)."""
+    """Whether ``url`` is a folder of videos: the video layout (has videos/) or a plain folder holding video files,
+    and not a dataset."""
+    from affect_core.video.layout import videos_subfolder
+
     loc = storage.resolve(url, storage_options)
     dataset = storage.exists(loc.fs, loc.join("_delta_log").path) or storage.exists(loc.fs, loc.join("_manifests").path)
-    return storage.is_dir(loc.fs, loc.join("videos").path) and not dataset
+    if dataset or not storage.is_dir(loc.fs, loc.path):
+        return False
+    subfolder = videos_subfolder(loc)
+    return not subfolder or storage.is_dir(loc.fs, loc.join(subfolder).path)
 
 
 FACES = ("principal", "all")
