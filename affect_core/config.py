@@ -19,6 +19,7 @@ MODELS = ("baseline", "lstm-kf", "lstm-ekf")
 ALIGNS = ("none", "manual", "adaptive")
 DIMENSIONS = ("arousal", "valence", "joint")
 TARGETS = ("gold", "raters")
+OBSERVATION_NOISES = ("fixed", "learned")
 
 
 @dataclass
@@ -32,6 +33,9 @@ class ModelConfig:
     raters: empty to train on the gold standard (the default); else the raters whose own traces train one adaptive
         alignment each (``affect train --targets raters``), in label order, as the dataset names them
         (``Video.ratings`` keys without the dimension).
+    observation_noise: "fixed" (the paper's one learned R = diag(softplus(r)) for every frame) or "learned" (the
+        front-end also emits a per-frame offset u_t and frame t's R_t = diag(softplus(r + u_t)): the filter weighs
+        each frame by how well it is seen). Bundles written before the option load as "fixed".
     """
 
     model: str = "lstm-ekf"
@@ -51,6 +55,7 @@ class ModelConfig:
     p0: float = 1.0
     filter_method: str = "auto"
     raters: tuple[str, ...] = ()
+    observation_noise: str = "fixed"
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
@@ -63,6 +68,12 @@ class ModelConfig:
         check_choice("model", self.model, MODELS)
         check_choice("align", self.align, ALIGNS)
         check_choice("dimension", self.dimension, DIMENSIONS)
+        check_choice("observation_noise", self.observation_noise, OBSERVATION_NOISES)
+        if self.observation_noise == "learned" and self.model == "baseline":
+            raise AffectError(
+                "model config: observation_noise=learned sets a filter's per-frame noise; the baseline has no filter "
+                "(use model lstm-kf or lstm-ekf, or observation_noise fixed)"
+            )
         if self.window < 0:
             raise AffectError(f"model config: window must be >= 0 frames, got {self.window}")
 
@@ -185,6 +196,7 @@ def load_run_config(
     epochs: int | None = None,
     window_frames: int | None = None,
     targets: str | None = None,
+    observation_noise: str | None = None,
 ) -> RunConfig:
     """The run configuration of a YAML/JSON file (e.g. ``best_config.yaml`` of ``affect tune``), or the defaults when
     ``url`` is None, with the flags that were given on top (window_frames 0 = whole sequences)."""
@@ -205,6 +217,8 @@ def load_run_config(
         config.model.model = model
     if align is not None:
         config.model.align = align
+    if observation_noise is not None:
+        config.model.observation_noise = observation_noise
     if epochs is not None:
         config.train.max_epochs = int(epochs)
     if window_frames is not None:

@@ -26,6 +26,10 @@ LSTMState = tuple[Tensor, Tensor]
 # Time steps that go through the front-end together when no gradient is kept: a piece's activations stay in cache.
 INFERENCE_PIECE = 1024
 
+NOISE_RANGE = 3.0
+"""Bound of the per-frame observation-noise offset u_t = NOISE_RANGE * tanh(raw) (learned observation noise): R_t's
+diagonal softplus(r + u_t) then lies within about e^-3 and e^3 times the fixed noise softplus(r)."""
+
 
 class FusedLSTM(torch.autograd.Function):
     """S LSTMs, compiled (`affect_core._seed_lstm`), float32 CPU tensors.
@@ -153,6 +157,11 @@ class FrontEnd(nn.Module):
     `(S, 4H, H)`, ``lstm_bias_ih``, ``lstm_bias_hh`` `(S, 4H)`; ``head_weight`` `(S, m, H)`, ``head_bias`` `(S, m)`.
     A seed's initial values are those of ``nn.Linear`` / ``nn.LSTM`` layers built in this order after
     ``torch.manual_seed(seed)``.
+
+    With ``noise_dim`` > 0 (learned observation noise, the "virtual sensor") the head has ``output_dim + noise_dim``
+    rows: the first ``output_dim`` are the observations o_t (tanh), the other ``noise_dim`` the per-frame noise offsets
+    u_t = NOISE_RANGE * tanh(raw). The noise rows start at zero (weights and bias), so an untrained model observes and
+    filters exactly as a fixed-noise one drawn from the same seed.
     """
 
     def __init__(
@@ -162,10 +171,13 @@ class FrontEnd(nn.Module):
         lstm_size: int,
         output_dim: int,
         seeds: list[int | None],
+        noise_dim: int = 0,
     ) -> None:
         super().__init__()
         self.layers = len(hidden_sizes)
         self.lstm_size = lstm_size
+        self.output_dim = output_dim
+        self.noise_dim = noise_dim
         per_seed: list[dict[str, Tensor]] = []
         for seed in seeds:
             if seed is not None:
@@ -181,6 +193,9 @@ class FrontEnd(nn.Module):
                 tensors[f"lstm_{name}"] = getattr(lstm, f"{name}_l0")
             head = nn.Linear(lstm_size, output_dim)
             tensors["head_weight"], tensors["head_bias"] = head.weight, head.bias
+            if noise_dim:  # zero rows after the drawn ones: the random state and the observation rows as without them
+                tensors["head_weight"] = torch.cat([head.weight.detach(), head.weight.new_zeros(noise_dim, lstm_size)])
+                tensors["head_bias"] = torch.cat([head.bias.detach(), head.bias.new_zeros(noise_dim)])
             per_seed.append(tensors)
         # The per-seed LSTM path calls this module with a seed's weights; its own are never used.
         # Kept out of the module's registry: not a parameter of the model, not in its state.
@@ -230,7 +245,12 @@ class FrontEnd(nn.Module):
         weights = {name: getattr(self, f"lstm_{name}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         hidden, state = lstm_hidden(h, weights, batch, state, self._lstm_template[0])
         hidden = hidden.reshape(S, rows, self.lstm_size)
-        o = torch.tanh(torch.baddbmm(self.head_bias.unsqueeze(1), hidden, self.head_weight.mT))
+        raw = torch.baddbmm(self.head_bias.unsqueeze(1), hidden, self.head_weight.mT)
+        if self.noise_dim:  # [o_t, u_t]: observations (tanh), then the bounded noise offsets
+            m = self.output_dim
+            o = torch.cat([torch.tanh(raw[..., :m]), NOISE_RANGE * torch.tanh(raw[..., m:])], dim=-1)
+        else:
+            o = torch.tanh(raw)
         return o.view(S, batch, steps, -1), state
 
     def _input_layers(self, x: Tensor, observed: Tensor | None) -> Tensor:

@@ -283,7 +283,11 @@ class AffectModel(nn.Module):
         k = config.num_dims
         self.state_dim = 3 * k
         draws: list[int | None] = list(seeds) if seeds else [None]
-        self.frontend = FrontEnd(config.input_dim, config.hidden_sizes, config.lstm_size, self.state_dim, draws)
+        # Learned observation noise: the head also emits each frame's noise offsets u_t, one per observation channel.
+        noise_dim = self.state_dim if config.observation_noise == "learned" else 0
+        self.frontend = FrontEnd(
+            config.input_dim, config.hidden_sizes, config.lstm_size, self.state_dim, draws, noise_dim=noise_dim
+        )
         # Not registered when absent (a plain None): a state dict with such keys is then refused, as it was before.
         self.filters = SeedStack([self._new_filter(config) for _ in draws]) if config.model != "baseline" else None
         self.smoothing = FixedGaussianSmoothing(config.smooth_sigma) if config.model == "baseline" else None
@@ -359,6 +363,9 @@ class AffectModel(nn.Module):
         if not everything_observed:
             x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
         o, lstm_state = self.frontend(
+        offsets = None
+        if self.frontend.noise_dim:  # [o_t, u_t]: frame t's noise R_t = diag(softplus(r + u_t)) for the filter
+            o, offsets = o[..., : self.state_dim], o[..., self.state_dim :]
             x, None if everything_observed else observed, None if state is None else state.lstm
         )
         chosen = range(self.seeds) if seeds is None else seeds
@@ -371,7 +378,8 @@ class AffectModel(nn.Module):
                 continue
             seed_mask = None if everything_observed else observed if observed.dim() == 2 else observed[s]
             initial = None if state is None else state.filters[s]
-            out = self.filters(s, o[s], mask=seed_mask, initial=initial)
+            noise_offset = None if offsets is None else offsets[s]
+            out = self.filters(s, o[s], mask=seed_mask, initial=initial, noise_offset=noise_offset)
             states[s], covariances[s] = out.states, out.covariances
             if out.states.shape[0] == 1 and out.states.shape[1] > 0:
                 filter_states[s] = (out.states[0, -1], out.covariances[0, -1])

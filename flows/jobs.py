@@ -131,6 +131,11 @@ class TrainJob:
         "gold | raters: train on the gold standard (default), or on each rater's own trace with one learned lag per "
         "rater (needs per-rater traces, e.g. AVEC2016's ratings_individual; --align adaptive).",
     )
+    observation_noise: str | None = option(
+        None,
+        "fixed | learned: the filter's observation noise R, one learned value for every frame (default), or "
+        "learned per frame by the front-end (R_t = diag(softplus(r + u_t)), the frame's own noise).",
+    )
     resume: bool = option(False, "Continue an interrupted run from its checkpoints.")
     ray: bool | None = option(
         None,
@@ -484,6 +489,7 @@ def _trained(job: TrainJob, dataset: Any) -> dict[str, str]:
         epochs=job.epochs,
         window_frames=job.window_frames,
         targets=job.targets,
+        observation_noise=job.observation_noise,
     )
 
     def on_ray(gpus: float) -> dict[str, str]:

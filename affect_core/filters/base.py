@@ -88,6 +88,9 @@ class BayesFilter(nn.Module, abc.ABC):
     towards the stationary solution of P = G P G^T + Q: bounded whatever the stretch's length. Observed frames are
     the paper's filter.
 
+    Learned observation noise (the "virtual sensor"): `forward(..., noise_offset=u)` gives frame t of sequence b its
+    own R_t = diag(softplus(r + u[b, t])) (`observation_variances`); without it every frame has R.
+
     A subclass must override `_filter_reference` (the plain step-by-step loop, kept as the oracle). It may override
     `_filter_fast`, set `has_fast_path = True` and list the method names it accepts in `methods`; every method
     other than "reference" then goes to `_filter_fast`, which picks its implementation from `self.method`.
@@ -153,6 +156,17 @@ class BayesFilter(nn.Module, abc.ABC):
         r = nn.functional.softplus(self.r.to(like))
         return torch.diag_embed(q), torch.diag_embed(r)
 
+    def observation_variances(self, noise_offset: Tensor) -> Tensor:
+        """The per-frame diagonal of R_t = diag(softplus(r + u_t)), in the dtype/device of `noise_offset`.
+
+        Args:
+            noise_offset: The offsets u_t. Shape should be `(B, T, obs_dim)`.
+
+        Returns:
+            Variances softplus(r + u_t). Shape `(B, T, obs_dim)`.
+        """
+        return nn.functional.softplus(self.r.to(noise_offset) + noise_offset)
+
     def prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """Prior mean z_0 `(n,)` and covariance P_0 `(n, n)` in the dtype/device of `like`: the learned prior, or the
         `initial` state given to the running `forward` call."""
@@ -170,6 +184,7 @@ class BayesFilter(nn.Module, abc.ABC):
         *,
         mask: MaskTorch | None = None,
         initial: tuple[Tensor, Tensor] | None = None,
+        noise_offset: Tensor | None = None,
     ) -> FilterOutput:
         """Filter a batch of observation sequences (predict then update at every t = 1..T).
 
@@ -180,6 +195,9 @@ class BayesFilter(nn.Module, abc.ABC):
                 Shape should be `(B, T)`. None means all observed.
             initial: (z_0 `(n,)`, P_0 `(n, n)`) replacing the prior for this call, e.g. the last filtered state
                 and covariance of the previous chunk of the same sequence (chunked scoring). None: the prior.
+            noise_offset: Per-frame observation-noise offsets u_t: frame t's R_t = diag(softplus(r + u_t)).
+                Shape should be `(B, T, obs_dim)`. None: R = diag(softplus(r)) on every frame. Values at unobserved
+                frames are ignored.
 
         Returns:
             FilterOutput with states `(B, T, state_dim)` and covariances `(B, T, state_dim, state_dim)`.
@@ -200,6 +218,18 @@ class BayesFilter(nn.Module, abc.ABC):
             mask = mask.to(device=observations.device, dtype=torch.bool)
             # Unobserved frames never reach the update; zeroing them keeps NaN out of the arithmetic and its gradient.
             observations = torch.where(mask.unsqueeze(-1), observations, torch.zeros_like(observations))
+        noise: Tensor | None = None
+        if noise_offset is not None:
+            if noise_offset.shape != observations.shape:
+                raise fail(
+                    name,
+                    f"noise_offset must have shape {tuple(observations.shape)} (B, T, {self.obs_dim}), "
+                    f"got {tuple(noise_offset.shape)}",
+                )
+            noise_offset = noise_offset.to(observations)
+            if mask is not None:  # never read at unobserved frames (K = 0); kept finite there for the arithmetic
+                noise_offset = torch.where(mask.unsqueeze(-1), noise_offset, torch.zeros_like(noise_offset))
+            noise = self.observation_variances(noise_offset)
         if observations.shape[1] == 0:
             n = self.state_dim
             b = observations.shape[0]
@@ -211,15 +241,20 @@ class BayesFilter(nn.Module, abc.ABC):
         self._initial = initial
         try:
             if self.method == "reference" or not self.has_fast_path:
-                return self._filter_reference(observations, mask)
-            return self._filter_fast(observations, mask)
+                return self._filter_reference(observations, mask, noise)
+            return self._filter_fast(observations, mask, noise)
         finally:
             self._initial = None
 
     @abc.abstractmethod
-    def _filter_reference(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
-        """Step-by-step loop over time. observations `(B, T, m)` (clean), mask `(B, T)` bool or None."""
+    def _filter_reference(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
+        """Step-by-step loop over time. observations `(B, T, m)` (clean), mask `(B, T)` bool or None, noise the
+        per-frame diagonal of R_t `(B, T, m)` (`observation_variances`) or None (R on every frame)."""
 
-    def _filter_fast(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_fast(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
         """Same result as `_filter_reference`, computed faster (implementation chosen by `self.method`). Same shapes."""
         raise NotImplementedError

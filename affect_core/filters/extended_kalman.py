@@ -53,7 +53,9 @@ class ExtendedKalmanFilter(BayesFilter):
         return self.W_f.to(like), self.b_f.to(like), self.W_h.to(like), self.b_h.to(like), Q, R
 
     # ------------------------------------------------------------------------------------------------------------
-    def _filter_reference(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_reference(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
         W_f, b_f, W_h, b_h, Q, R = self._parameters_like(observations)
         z0, P0 = self.prior(observations)
         batch, steps, _ = observations.shape
@@ -71,16 +73,23 @@ class ExtendedKalmanFilter(BayesFilter):
             P_pred = symmetrise(F_t @ P @ F_t.mT + Q)
             h = torch.tanh(z_pred @ W_h.mT + b_h)
             H_t = (1 - h.square()).unsqueeze(-1) * W_h  # Jacobian of h at z^_t
-            K = kalman_gain(P_pred, H_t, R)
+            R_t = R if noise is None else torch.diag_embed(noise[:, t])  # learned noise: R_t = diag(softplus(r + u_t))
+            K = kalman_gain(P_pred, H_t, R_t)
             if mask is not None:
                 K = K * mask[:, t, None, None].to(K.dtype)  # K = 0: predict only
             z = z_pred + (K @ (observations[:, t] - h).unsqueeze(-1)).squeeze(-1)
-            P = joseph_update(P_pred, K, H_t, R)
+            P = joseph_update(P_pred, K, H_t, R_t)
             states.append(z)
             covariances.append(P)
         return FilterOutput(torch.stack(states, dim=1), torch.stack(covariances, dim=1))
 
-    def _filter_fast(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_fast(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
+        if noise is not None:
+            # The compiled recursion takes one R for every frame; per-frame R_t (learned observation noise) runs the
+            # reference loop until the compiled kernel takes R_t too.
+            return self._filter_reference(observations, mask, noise)
         W_f, b_f, W_h, b_h, Q, R = self._parameters_like(observations)
         z0, P0 = self.prior(observations)
         G, c = self.gap_transition(observations)

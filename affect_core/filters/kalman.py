@@ -102,7 +102,9 @@ class KalmanFilter(BayesFilter):
         return self.F.to(like), self.H.to(like), Q, R
 
     # ------------------------------------------------------------------------------------------------------------
-    def _filter_reference(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_reference(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
         F, H, Q, R = self._matrices(observations)
         z0, P0 = self.prior(observations)
         batch, steps, _ = observations.shape
@@ -119,21 +121,28 @@ class KalmanFilter(BayesFilter):
                 z_pred = torch.where(observed, z @ F.mT, z @ G.mT + c)
                 F_t = torch.where(observed[..., None], F, G)
                 P_pred = symmetrise(F_t @ P @ F_t.mT + Q)
-            K = kalman_gain(P_pred, H, R)
+            R_t = R if noise is None else torch.diag_embed(noise[:, t])  # learned noise: R_t = diag(softplus(r + u_t))
+            K = kalman_gain(P_pred, H, R_t)
             if mask is not None:
                 K = K * mask[:, t, None, None].to(K.dtype)  # K = 0: predict only
             innovation = observations[:, t] - z_pred @ H.mT
             z = z_pred + (K @ innovation.unsqueeze(-1)).squeeze(-1)
-            P = joseph_update(P_pred, K, H, R)
+            P = joseph_update(P_pred, K, H, R_t)
             states.append(z)
             covariances.append(P)
         return FilterOutput(torch.stack(states, dim=1), torch.stack(covariances, dim=1))
 
     # ------------------------------------------------------------------------------------------------------------
-    def _filter_fast(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_fast(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
         method = self.method
         if method in ("fast", "auto"):
             method = "compiled" if observations.device.type == "cpu" else "scan"
+        if noise is not None:
+            # The compiled loops take one R for every frame; per-frame R_t (learned observation noise) goes to the
+            # scan, exact on any device, until the compiled kernels take R_t too.
+            return self._filter_scan(observations, mask, noise)
         if method == "compiled":
             return self._filter_compiled(observations, mask)
         return self._filter_scan(observations, mask)
@@ -153,11 +162,17 @@ class KalmanFilter(BayesFilter):
         states = LinearStateRecursion.apply(observations, observed, gains, F, H @ F, G, c, z0)
         return FilterOutput(states, covariances.to(observations.dtype).expand(batch, steps, n, n))
 
-    def _filter_scan(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_scan(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
         F, H, Q, R = self._matrices(observations)
         z0, P0 = self.prior(observations)
         batch, steps, n = observations.shape[0], observations.shape[1], self.state_dim
-        # Without a mask the covariances do not depend on the data: one recursion serves the batch (Bc = 1).
+        # Without a mask and with one R the covariances do not depend on the data: one recursion serves the batch
+        # (Bc = 1). Per-frame R_t (learned observation noise) makes them per sequence, as a mask does (Bc = B).
+        shared = mask is None and noise is None
+        if noise is not None:
+            R = torch.diag_embed(noise)  # (B, T, m, m): R_t = diag(softplus(r + u_t))
         observed = mask.to(observations.dtype) if mask is not None else observations.new_ones(1, steps)  # (Bc, T)
         obs_flag = observed[..., None, None]
         eye = torch.eye(n, dtype=observations.dtype, device=observations.device)
@@ -179,8 +194,9 @@ class KalmanFilter(BayesFilter):
         F_1 = F if mask is None else F_t[:, 0]
         # First element carries the prior: A = 0, J = 0, C = P_1 from P_0.
         P1_pred = symmetrise(F_1 @ P0 @ F_1.mT + Q)
-        K1 = kalman_gain(P1_pred, H, R) * obs_flag[:, 0]
-        C1 = joseph_update(P1_pred, K1, H, R)
+        R_1 = R if noise is None else R[:, 0]
+        K1 = kalman_gain(P1_pred, H, R_1) * obs_flag[:, 0]
+        C1 = joseph_update(P1_pred, K1, H, R_1)
         A = torch.cat((zero.expand(A.shape[0], 1, n, n), A[:, 1:]), dim=1)
         C = torch.cat((C1.unsqueeze(1), C[:, 1:]), dim=1)
         J = torch.cat((zero.expand(J.shape[0], 1, n, n), J[:, 1:]), dim=1)
@@ -196,7 +212,7 @@ class KalmanFilter(BayesFilter):
         # z_0 folded into t = 1. The batch goes in the last dim when the maps are shared (a (T, n, n) @ (T, n, B)
         # matmul per level).
         A_state = (eye - K @ H) @ F_t  # (Bc, T, n, n)
-        if mask is None:
+        if shared:
             columns = observations.permute(1, 2, 0).unsqueeze(0)  # (1, T, m, B)
             b_state = K @ columns  # (1, T, n, B)
         else:
@@ -205,5 +221,5 @@ class KalmanFilter(BayesFilter):
         first = b_state[:, :1] + A_state[:, :1] @ z0.unsqueeze(-1)
         b_state = torch.cat((first, b_state[:, 1:]), dim=1)
         _, states = associative_scan(_affine_combine, (A_state, b_state))
-        states = states[0].permute(2, 0, 1) if mask is None else states.squeeze(-1)
+        states = states[0].permute(2, 0, 1) if shared else states.squeeze(-1)
         return FilterOutput(states, P.expand(batch, steps, n, n))
