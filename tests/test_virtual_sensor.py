@@ -338,3 +338,28 @@ def test_a_bundle_without_the_field_loads_as_fixed_noise(learned_run, tmp_path) 
         learned.models[0].model.frontend.head_weight[:, 3:] = 0
         learned.models[0].model.frontend.head_bias[:, 3:] = 0
     np.testing.assert_allclose(loaded.predict(x)["arousal"][0], learned.predict(x)["arousal"][0], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Generated corpora with degraded frames
+
+
+def test_degraded_frames_are_noisier_and_leave_the_rest_of_the_corpus_alone() -> None:
+    from affect_core.synth import SynthConfig, generate
+
+    base = SynthConfig(videos_per_split=1, frames=600, appearance_dim=4, geometric_dim=3, feature_noise=0.5)
+    plain = generate(base)
+    degraded = generate(base.with_(degraded_share=0.3, degraded_run_s=1.0, degraded_noise=3.0))
+    assert plain.degraded == {} and "degraded_share" not in plain.corpus.metadata
+    for before, after in zip(plain.corpus.videos, degraded.corpus.videos, strict=True):
+        frames = degraded.degraded[before.video_id]
+        assert frames.sum() == 180  # round(0.3 * 600)
+        np.testing.assert_array_equal(before.features[~frames], after.features[~frames])
+        if before.arousal is not None:
+            np.testing.assert_array_equal(before.arousal, after.arousal)
+        seen = frames & np.isfinite(before.features).all(1)
+        extra = (after.features[seen] - before.features[seen]).std(0)
+        # the added noise: sqrt(3^2 - 0.5^2) = 2.96 times each feature's scale (0.33 to 1.6 for the features drawn here)
+        assert (extra > 0.5).all()
+    with pytest.raises(AffectError, match="degraded_noise"):
+        base.with_(degraded_share=0.1, degraded_noise=0.1)

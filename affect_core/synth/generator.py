@@ -15,6 +15,11 @@ Per video (all videos share one fixed feature mapping, so a model trained on som
   the latent at t.
 - Missing faces. ``round(no_face_share * frames)`` frames per video, in contiguous runs of about
   ``no_face_run_s`` seconds at random places; every feature of such a frame is NaN.
+- Degraded frames (off unless ``degraded_share`` > 0): ``round(degraded_share * frames)`` frames per video, in runs
+  of about ``degraded_run_s`` seconds at random places, whose features carry white noise of standard deviation
+  ``degraded_noise`` (relative to the signal, as ``feature_noise``) instead of ``feature_noise``: a face seen badly
+  (blur, occlusion, a turned head). They come from a random stream of their own, so the rest of a corpus is the
+  same with or without them; ``SyntheticCorpus.degraded`` says which frames they are.
 - Gold standard. ``label_t = latent_{t - L}`` with ``L = round(lag_s * fps)`` (the first value replicated at
   the start), plus smooth annotator noise (AR(1), time constant ``label_noise_tau_s``, standard deviation
   ``label_noise``), clipped to [-1, 1]. Test videos are unlabelled unless ``test_labels``.
@@ -38,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +57,7 @@ GENERATOR_NAME = "affect.synth"
 # Random stream identifiers: one per kind of draw, so that a new kind of draw leaves the others unchanged.
 _STREAM_VIDEO = 1
 _STREAM_MAPPING = 2
+_STREAM_DEGRADED = 3
 _BASIS_SIZE = 7
 _FEATURE_NAME = re.compile(r"^(?P<set>.+)_(?P<index>\d+)$")
 
@@ -91,6 +97,9 @@ class SynthConfig:
     feature_decimals: int = 4
     label_decimals: int = 6
     seed: int = 0
+    degraded_share: float = 0.0
+    degraded_run_s: float = 2.0
+    degraded_noise: float = 6.0
 
     def __post_init__(self) -> None:
         self.rater_lags_s = tuple(float(lag) for lag in self.rater_lags_s)
@@ -147,6 +156,13 @@ class SynthConfig:
             ("feature_decimals", 1 <= self.feature_decimals <= 7, "in 1..7"),
             ("label_decimals", 1 <= self.label_decimals <= 7, "in 1..7"),
             ("seed", self.seed >= 0, "0 or more"),
+            ("degraded_share", 0 <= self.degraded_share < 1, "in [0, 1)"),
+            ("degraded_run_s", self.degraded_run_s > 0, "a positive number of seconds"),
+            (
+                "degraded_noise",
+                self.degraded_share == 0 or self.degraded_noise >= self.feature_noise,
+                "at least feature_noise",
+            ),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -169,11 +185,13 @@ class SyntheticCorpus:
     corpus: the videos; features are the feature sets concatenated in ``config.feature_dims`` order.
     latent: video id -> the undelayed latent affect, shape ``(T, 2)`` float32, columns ordered as
         ``AFFECT_DIMENSIONS`` (arousal, valence); kept for every video, labelled or not.
+    degraded: video id -> bool ``(T,)``, True on the degraded frames (``degraded_share``); empty without them.
     """
 
     corpus: Corpus
     latent: dict[str, np.ndarray]
     config: SynthConfig
+    degraded: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def lag_frames(self) -> int:
@@ -197,9 +215,15 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
 
     videos: list[Video] = []
     latent_by_id: dict[str, np.ndarray] = {}
+    degraded_by_id: dict[str, np.ndarray] = {}
     for (vid, split), rng, latent in zip(ids, rngs, latents, strict=True):
         face = _face_mask(config, rng)
         blocks = [mapping.features(latent, rng, config) for mapping in mappings.values()]
+        if config.degraded_share > 0:
+            index = (SPLITS.index(split), int(vid.rsplit("_", 1)[1]))
+            degraded_by_id[vid] = _degrade(
+                config, blocks, list(mappings.values()), _rng(config.seed, _STREAM_DEGRADED, *index)
+            )
         # Round in float64 (then + 0.0 turns -0.0 into 0.0) so that each float32 prints as its short decimal.
         features = (np.round(np.concatenate(blocks, axis=1).astype(np.float64), config.feature_decimals) + 0.0).astype(
             np.float32
@@ -229,6 +253,9 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
 
     names = [f"{name}_{j}" for name, dim in config.feature_dims.items() for j in range(dim)]
     metadata = {key: str(value) for key, value in asdict(config).items()}
+    if config.degraded_share == 0:  # a corpus without degraded frames keeps the metadata it had before the option
+        for key in ("degraded_share", "degraded_run_s", "degraded_noise"):
+            metadata.pop(key)
     metadata.update(
         generator=GENERATOR_NAME,
         lag_frames=str(config.lag_frames),
@@ -244,7 +271,7 @@ def generate(config: SynthConfig | None = None) -> SyntheticCorpus:
         source=GENERATOR_NAME,
         metadata=metadata,
     )
-    return SyntheticCorpus(corpus=corpus, latent=latent_by_id, config=config)
+    return SyntheticCorpus(corpus=corpus, latent=latent_by_id, config=config, degraded=degraded_by_id)
 
 
 def generate_corpus(config: SynthConfig | None = None) -> Corpus:
@@ -359,15 +386,34 @@ class _FeatureMapping:
         return (clean + subject + noise) * self.scale.astype(np.float32) + self.offset.astype(np.float32)
 
 
+def _degrade(
+    config: SynthConfig, blocks: list[np.ndarray], mappings: list[_FeatureMapping], rng: np.random.Generator
+) -> np.ndarray:
+    """Raise the feature noise of a video's degraded frames to ``degraded_noise`` (in place, every feature set); returns
+    the degraded frames, bool (T,)."""
+    degraded = ~_run_mask(config.frames, config.degraded_share, config.degraded_run_s, config.fps, rng)
+    # Independent noise adds in variance: feature_noise^2 + extra^2 = degraded_noise^2.
+    extra = math.sqrt(config.degraded_noise**2 - config.feature_noise**2)
+    for block, mapping in zip(blocks, mappings, strict=True):
+        noise = rng.standard_normal((int(degraded.sum()), block.shape[1]), dtype=np.float32) * np.float32(extra)
+        block[degraded] += noise * mapping.scale.astype(np.float32)
+    return degraded
+
+
 def _face_mask(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     """True where a face was found: exactly round(share * T) missing frames, in runs at random places."""
-    frames = config.frames
-    missing = int(round(config.no_face_share * frames))
+    return _run_mask(config.frames, config.no_face_share, config.no_face_run_s, config.fps, rng)
+
+
+def _run_mask(frames: int, share: float, run_s: float, fps: float, rng: np.random.Generator) -> np.ndarray:
+    """False on exactly round(share * frames) frames, in runs of about ``run_s`` seconds at random places; True
+    elsewhere."""
+    missing = int(round(share * frames))
     face = np.ones(frames, dtype=bool)
     if missing == 0:
         return face
     present = frames - missing
-    runs = max(1, min(missing, present + 1, int(round(missing / (config.no_face_run_s * config.fps)))))
+    runs = max(1, min(missing, present + 1, int(round(missing / (run_s * fps)))))
     # Split the missing frames into `runs` positive run lengths, and the present frames into runs + 1 gaps of
     # which the inner ones are positive (so that runs never merge).
     cuts = np.sort(rng.choice(np.arange(1, missing), runs - 1, replace=False)) if runs > 1 else np.array([], int)
