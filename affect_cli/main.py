@@ -15,7 +15,7 @@ import typer
 import typer.core
 
 from affect_cli import cmd_data, cmd_flows, cmd_ingest, cmd_synth, cmd_train, cmd_tune
-from affect_core.runtime import limit_malloc_arenas, retain_freed_memory
+from affect_core.runtime import flush_denormals, limit_malloc_arenas, retain_freed_memory
 
 # click's UsageError, whether typer uses click or its own copy of it (typer exports only its subclass BadParameter).
 UsageError = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
@@ -133,10 +133,12 @@ for name, command in COMMANDS:
 def main() -> None:  # pragma: no cover - console entry point
     limit_malloc_arenas()
     retain_freed_memory()
+    flush_denormals()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
     limit_malloc_arenas()
     retain_freed_memory()
+    flush_denormals()
     sys.exit(app())

@@ -277,10 +277,11 @@ class FrontEnd(nn.Module):
             if observed is None:
                 h = torch.addmm(present_bias.reshape(S * out, 1), features_w.reshape(S * out, d), flat.T)
             else:
-                # The mask as a last input column: x is zero on a frame without a face, so the product leaves it the
-                # bias alone. Copying the (B*T, d+1) input costs less than any masking of the (S*out, B*T) output.
-                inputs = torch.cat([flat, observed.reshape(rows, 1).to(flat.dtype)], dim=1)
-                h = torch.addmm(bias.reshape(S * out, 1), weight.reshape(S * out, d + 1), inputs.T)
+                # x is zero on a frame without a face, so W [x; m] + b = W_x x + (b + w_m) - w_m (1 - m): the mask
+                # column's term as one rank-1 update of the (S*out, B*T) output, no copy of the (large) input.
+                absent = (~observed.reshape(rows)).to(flat.dtype)
+                h = torch.addmm(present_bias.reshape(S * out, 1), features_w.reshape(S * out, d), flat.T)
+                h = torch.addr(h, mask_w.reshape(S * out), absent, alpha=-1)
             # ReLU in place before the view: in place on the view, autograd would copy the activations.
             h = torch.relu_(h).view(S, out, rows)
         else:

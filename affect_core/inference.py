@@ -20,7 +20,7 @@ from affect_core.metrics import average_over_sequences, sequence_metrics
 from affect_core.model import (
     AffectModel,
     first_nonfinite,
-    host_finite_rows,
+    host_face_rows,
     level_variances,
     nonfinite_error,
     output_map,
@@ -132,8 +132,8 @@ def forward_padded(
         padded.reshape(-1, width)[starts + np.arange(counts.sum())] = np.concatenate(xs)
     if padded.shape[-1] != model.config.input_dim:
         raise AffectError(f"model input: expected shape (B, T, {model.config.input_dim}), got {padded.shape}")
-    observed = host_finite_rows(padded)
-    mask = None if observed.all() else to_model_device(torch.from_numpy(observed), param)
+    observed = host_face_rows(padded)  # padded is this function's own array (np.stack copies)
+    mask = None if observed is None else to_model_device(torch.from_numpy(observed), param)
     x = to_model_device(torch.from_numpy(padded), param)
     faults: list[torch.Tensor] = []
     outputs = padded_predictions(model, x, mask, lengths, seeds, faults=faults)

@@ -146,6 +146,18 @@ def host_finite_rows(x: np.ndarray) -> np.ndarray:
     return finite
 
 
+def host_face_rows(x: np.ndarray) -> np.ndarray | None:
+    """Prepare features on the host for ``AffectModel.causal(checked=True)``: the frames with a face (every feature
+    finite), as a (..., T) bool mask, or None when every frame has one; the other frames' rows of ``x`` (..., T, d)
+    are set to zeros in place. Done once where a batch is made, the model's pass then neither checks nor copies the
+    features (a pass over the whole input saved in every training step)."""
+    observed = host_finite_rows(x)
+    if observed.all():
+        return None
+    x[~observed] = 0.0
+    return observed
+
+
 def finite_rows(x: Tensor) -> Tensor:
     """(..., T) bool: True where every feature of the frame is finite. x: (..., T, d).
 
@@ -342,9 +354,10 @@ class AffectModel(nn.Module):
             state: The state after the previous piece of the same sequences (one sequence per batch when a filter
                 carries it), or None at the sequences' start.
             seeds: Indices of the seeds whose filter runs (default: all); the others get None.
-            checked: The caller found the frames with a face on the host: ``mask`` is exactly them (None: every frame
-                has one), so the model neither checks the features nor waits for the device (no host
-                synchronisation: training and scoring pass it).
+            checked: The caller found the frames with a face on the host (:func:`host_face_rows`): ``mask`` is
+                exactly them (None: every frame has one) and ``x`` holds zeros on the others, so the model neither
+                checks nor cleans the features and does not wait for the device (no host synchronisation: training
+                and scoring pass it).
         """
         if x.dim() not in (3, 4) or x.shape[-1] != self.config.input_dim:
             raise AffectError(
@@ -360,14 +373,14 @@ class AffectModel(nn.Module):
             # One check per call (not per frame): a batch with every frame observed skips the masking and lets the
             # Kalman filter share one covariance recursion across the batch.
             everything_observed = bool(observed.all())
-        if not everything_observed:
-            x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
+            if not everything_observed:
+                x = x.masked_fill(~observed.unsqueeze(-1), 0.0)  # one pass, no zero tensor
         o, lstm_state = self.frontend(
+            x, None if everything_observed else observed, None if state is None else state.lstm
+        )
         offsets = None
         if self.frontend.noise_dim:  # [o_t, u_t]: frame t's noise R_t = diag(softplus(r + u_t)) for the filter
             o, offsets = o[..., : self.state_dim], o[..., self.state_dim :]
-            x, None if everything_observed else observed, None if state is None else state.lstm
-        )
         chosen = range(self.seeds) if seeds is None else seeds
         states: list[Tensor | None] = [None] * self.seeds
         covariances: list[Tensor | None] = [None] * self.seeds

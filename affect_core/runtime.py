@@ -1,6 +1,9 @@
 """Process settings for training and scoring processes (the CLI and the Ray workers call them once at start), and
 the priority of the scoring pipeline's background threads (each sets its own as it starts).
 
+:func:`flush_denormals`: denormal floats flushed to zero (see its docstring: the LSTM's backward through stretches
+without a face).
+
 :func:`retain_freed_memory`: glibc returns every freed block larger than its mmap threshold (at most 32 MiB) to the
 operating system, so the next tensor of that size is mapped afresh and pays a page fault per 4 KiB page on first
 touch. Ten stacked seeds of paper-sized sequences allocate and free activations of 20-80 MB in every pass; on the
@@ -42,6 +45,7 @@ MALLOC_ARENAS = 2
 # lower_thread_priority).
 BACKGROUND_NICENESS = 10
 _applied = False
+_denormals_flushed = False
 
 
 def _mallopt() -> Any:
@@ -78,6 +82,28 @@ def retain_freed_memory() -> bool:
         return False
     _applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     return _applied
+
+
+def flush_denormals() -> bool:
+    """Flush denormal floats to zero on this thread and on the threads it starts from now on (x86 FTZ/DAZ through
+    ``torch.set_flush_denormal``; a new thread inherits its creator's floating-point state, and the compiled filter
+    kernels' thread pool sets it again as each thread starts). Returns True when applied, False where the CPU cannot.
+
+    Why: the gradient reaching the front-end is zero on every frame without a face (the filter does not read them),
+    and the LSTM's backward, decaying through such a stretch, runs on denormal numbers, each operation on them
+    tens of times slower: the front-end's backward with 60% of the frames without a face took 343 ms against 204 ms
+    once flushed (docs/benchmarks.md, "Filter speed"). Values below 1.2e-38 (float32) become 0, far below anything
+    the model's outputs or their gradients can resolve."""
+    global _denormals_flushed
+    import torch
+
+    _denormals_flushed = bool(torch.set_flush_denormal(True))
+    return _denormals_flushed
+
+
+def denormals_flushed() -> bool:
+    """Whether :func:`flush_denormals` applied in this process (threads started later should do the same)."""
+    return _denormals_flushed
 
 
 def lower_thread_priority(levels: int = BACKGROUND_NICENESS) -> bool:

@@ -27,7 +27,7 @@ from affect_core.errors import AffectError
 from affect_core.features import FeatureStatistics, FeatureTransform, feature_statistics, transform_from_statistics
 from affect_core.inference import evaluate_seeds
 from affect_core.losses import affect_loss_parts
-from affect_core.model import AffectModel, bounded_state, first_nonfinite, host_finite_rows, nonfinite_error
+from affect_core.model import AffectModel, bounded_state, first_nonfinite, host_face_rows, nonfinite_error
 from affect_core.parallel import Workers, natural_key
 from affect_core.storage import Where, resolve
 
@@ -121,8 +121,8 @@ def pad_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
     for i, (x, y) in enumerate(items):
         xs[i, : len(x)] = x
         ys[i, : len(y)] = y
-    observed = host_finite_rows(xs)
-    return Batch(torch.from_numpy(xs), torch.from_numpy(ys), None if observed.all() else torch.from_numpy(observed))
+    observed = host_face_rows(xs)
+    return Batch(torch.from_numpy(xs), torch.from_numpy(ys), None if observed is None else torch.from_numpy(observed))
 
 
 def draw_windows(
@@ -630,9 +630,9 @@ def _epoch_steps(
                 x, y = train_items[i][0][a : a + window], train_items[i][1][a : a + window]
                 xs[s, r, : len(x)] = x
                 labels[s][r, : len(y)] = y
-        observed = host_finite_rows(xs)
+        observed = host_face_rows(xs)
         stacked = to_device(
-            Batch(torch.from_numpy(xs), torch.zeros(0), None if observed.all() else torch.from_numpy(observed)), device
+            Batch(torch.from_numpy(xs), torch.zeros(0), None if observed is None else torch.from_numpy(observed)), device
         )
         moved = [to_device(Batch(torch.zeros(0), torch.from_numpy(y)), device).labels for y in labels]
         origins = [[(i, a, min(window, len(train_items[i][0]) - a)) for i, a in m] for m in mine]

@@ -39,8 +39,11 @@ class ReferenceModel(nn.Module):
         self.smoothing = stages.smoothing
         self.alignment = stages.alignments[0] if stages.alignments else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        observed = torch.isfinite(x).all(-1)
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d); observed: the frames with a face, as a training batch gives them (its x then holds zeros on
+        the others); None: found here from NaN rows."""
+        if observed is None:
+            observed = torch.isfinite(x).all(-1)
         h = torch.cat(
             [torch.nan_to_num(x.masked_fill(~observed.unsqueeze(-1), 0.0)), observed.unsqueeze(-1).float()], -1
         )
@@ -85,7 +88,8 @@ def train_reference(train, dev, config: RunConfig) -> tuple[list[tuple[int, floa
         losses = []
         for batch in epoch_batches(items, hp.window_frames, hp.batch_size, rng):
             optimizer.zero_grad()
-            loss = affect_loss(model(batch.x), batch.labels, fps=fps, lambda1=hp.lambda1, lambda2=hp.lambda2)
+            y = model(batch.x, batch.observed)
+            loss = affect_loss(y, batch.labels, fps=fps, lambda1=hp.lambda1, lambda2=hp.lambda2)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             optimizer.step()

@@ -122,3 +122,41 @@ def test_lower_thread_priority_lowers_only_the_calling_thread():
     thread.join()
     assert seen == {"applied": True, "niceness": min(19, before + 3), "capped": 19}
     assert niceness() == before  # the caller's own priority is untouched
+
+
+FLUSH_PROGRAM = textwrap.dedent(
+    """
+    import sys
+    import threading
+    import numpy as np
+    import torch
+    from affect_core.filters.compiled import run_slices
+    from affect_core.runtime import flush_denormals
+
+    def tiny():  # a denormal float32 times one: itself, or 0 where denormals are flushed
+        return float(np.float32(1e-39) * np.float32(1.0))
+
+    if sys.argv[1] == "flush":
+        assert flush_denormals()
+    main = tiny()
+    torch_value = float(torch.tensor([1e-39]) * 1.0)
+    started = []
+    thread = threading.Thread(target=lambda: started.append(tiny()))
+    thread.start()
+    thread.join()
+    pool = run_slices(lambda s: tiny(), [slice(0, 1), slice(1, 2)])  # the compiled kernels' thread pool
+    print(main, torch_value, started[0], *pool)
+    """
+)
+
+
+def test_flush_denormals_reaches_new_threads_and_the_kernels_pool():
+    """Denormals stay by default; once flushed, they are zero on the main thread, in torch, in threads started later
+    and in the compiled filter kernels' pool threads (where the filters' recursions run)."""
+    def values(mode: str) -> list[float]:
+        out = subprocess.run([sys.executable, "-c", FLUSH_PROGRAM, mode], capture_output=True, text=True, check=True)
+        return [float(v) for v in out.stdout.split()]
+
+    kept, flushed = values("keep"), values("flush")
+    assert all(v > 0 for v in kept), kept
+    assert flushed == [0.0] * 5, flushed

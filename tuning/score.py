@@ -60,11 +60,12 @@ class VideoScorer:
 
         from affect_core.artifact import load_bundle
         from affect_core.device import resolve_device
-        from affect_core.runtime import limit_malloc_arenas, retain_freed_memory
+        from affect_core.runtime import flush_denormals, limit_malloc_arenas, retain_freed_memory
         from affect_core.storage import resolve
 
         limit_malloc_arenas()
         retain_freed_memory()
+        flush_denormals()
         torch.set_num_threads(max(1, threads))
         # Ray shows an actor only the GPU it was given (CUDA_VISIBLE_DEVICES): "cuda" is that one.
         where = resolve_device(device, assigned="cuda" if use_gpu else None)

@@ -193,12 +193,13 @@ def seed_worker(loop_config: dict[str, Any]) -> None:
     from affect_core.data import delta
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seeds
-    from affect_core.runtime import retain_freed_memory
+    from affect_core.runtime import flush_denormals, retain_freed_memory
     from affect_core.storage import resolve
     from tuning.cluster import current_node
     from tuning.trainer import worker_device
 
     retain_freed_memory()
+    flush_denormals()
     tasks = [
         SeedTask(p["name"], int(p["seed"]), RunConfig.from_dict(p["config"], where=f"seed {p['name']}"))
         for p in loop_config["task"]

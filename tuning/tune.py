@@ -264,11 +264,12 @@ def tune_worker(loop_config: dict[str, Any]) -> None:
 
     from affect_core.data.dataset import read_corpus
     from affect_core.experiment import run_seed
-    from affect_core.runtime import retain_freed_memory
+    from affect_core.runtime import flush_denormals, retain_freed_memory
     from tuning.cluster import current_node, worker_placement_group
     from tuning.trainer import worker_device
 
     retain_freed_memory()
+    flush_denormals()
     torch.set_num_threads(1)
     device = str(worker_device(loop_config["device"]))  # before any data is read: a bad --device fails at once
     group = worker_placement_group()

@@ -39,13 +39,23 @@ def batch_slices(batch: int) -> list[slice]:
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def _thread_settings() -> None:
+    """A pool thread's floating-point settings: denormals flushed where the process asked for it."""
+    from affect_core.runtime import denormals_flushed
+
+    if denormals_flushed():
+        torch.set_flush_denormal(True)
+
+
 def run_slices(kernel: Callable[[slice], Any], slices: Sequence[slice]) -> list[Any]:
     """kernel(slice) for every slice, on the thread pool when there are several."""
     global _pool
     if len(slices) == 1:
         return [kernel(slices[0])]
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="affect-filter")
+        _pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="affect-filter", initializer=_thread_settings
+        )
     return list(_pool.map(kernel, slices))
 
 
