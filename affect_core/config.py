@@ -156,7 +156,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["model"]["observation_noise"] == "fixed":
+            # Written only when learned: a fixed-noise configuration (bundle.json, a bundle's model id, a best config)
+            # reads as it did before the option, and reads back as fixed.
+            del data["model"]["observation_noise"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> RunConfig:

@@ -4,6 +4,7 @@ model for an untrained learned-noise one; the batched scorer for streaming; the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -240,7 +241,7 @@ def test_learned_noise_needs_a_filter() -> None:
 
 
 def test_a_config_without_the_field_reads_as_fixed_noise() -> None:
-    data = RunConfig().to_dict()
+    data = dataclasses.asdict(RunConfig(model=ModelConfig(model="lstm-kf", observation_noise="learned")))
     del data["model"]["observation_noise"]
     assert RunConfig.from_dict(data).model.observation_noise == "fixed"
 
@@ -363,3 +364,10 @@ def test_degraded_frames_are_noisier_and_leave_the_rest_of_the_corpus_alone() ->
         assert (extra > 0.5).all()
     with pytest.raises(AffectError, match="degraded_noise"):
         base.with_(degraded_share=0.1, degraded_noise=0.1)
+
+
+def test_a_fixed_noise_configuration_is_written_as_before_the_option() -> None:
+    """Fixed noise leaves the written configuration (bundle.json, the bundle's model id) as it was; learned is kept."""
+    assert "observation_noise" not in RunConfig().to_dict()["model"]
+    learned = RunConfig(model=ModelConfig(model="lstm-kf", observation_noise="learned"))
+    assert RunConfig.from_dict(learned.to_dict()).model.observation_noise == "learned"
