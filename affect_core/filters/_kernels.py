@@ -90,6 +90,18 @@ def _spd_inverse(S, L, out, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _frame_noise(R, noise, b, t, Rt, n):
+    """The observation noise of frame t of sequence b: R, or diag(noise[b, t]) where per-frame variances are given
+    (noise (B, T, m); a leading 0 means none). Fills and returns Rt, or returns R."""
+    if noise.shape[0] == 0:
+        return R
+    for i in range(n):
+        for k in range(n):
+            Rt[i, k] = noise[b, t, i] if i == k else 0.0
+    return Rt
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _unobserved(Sinv, K, Mm, n):
     """The gain intermediates of a predict-only step: S^-1 = 0, K = 0, M = I (what mu = 0 makes of the update,
     without forming S, which after a long gap can be too ill-conditioned to factor)."""
@@ -205,10 +217,11 @@ def _restore(zp, hz, K, Wf, Wh, linear, gap, d, Jf, e, Jh, Mm, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, G, c, linear, save, size):
+def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c, linear, save, size):
     """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n) and, when `save`, the
     intermediates the backward pass reads: z^ (B, T, n), h (B, T, m), P^ (B, T, n, n), S^-1 (B, T, m, m),
-    K (B, T, n, m), innovation v (B, T, m) (arrays with a leading 0 otherwise)."""
+    K (B, T, n, m), innovation v (B, T, m) (arrays with a leading 0 otherwise). noise (B, T, m): each frame's
+    observation-noise variances, R_t = diag(noise[b, t]) (learned observation noise); a leading 0: R on every frame."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     B, T, m = obs.shape[0], obs.shape[1], n
     states = np.empty((B, T, n))
@@ -221,15 +234,16 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, z0, P0, G, c, linear, save, 
         Jf, Pp, Mm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
         Jh, Bm, K = np.empty((m, n)), np.empty((n, m)), np.empty((n, m))
         S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
-        t1, t2, t3 = np.empty((n, n)), np.empty((n, m)), np.empty((n, n))
+        t1, t2, t3, Rt = np.empty((n, n)), np.empty((n, m)), np.empty((n, n)), np.empty((m, m))
         for t in range(T):
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
             if save:  # the step writes its intermediates straight into the saved arrays
                 zp, hz, v, Pp, Sinv, K = zp_s[b, t], hz_s[b, t], v_s[b, t], Pp_s[b, t], Sinv_s[b, t], K_s[b, t]
-            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R, G, c, linear,
+            R_t = _frame_noise(R, noise, b, t, Rt, n)
+            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R_t, G, c, linear,
                   zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2, n)  # fmt: skip
-            _finish(zp, Pp, K, v, Mm, R, states[b, t], covs[b, t], t1, t2, t3, n)
+            _finish(zp, Pp, K, v, Mm, R_t, states[b, t], covs[b, t], t1, t2, t3, n)
     return states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s
 
 
@@ -293,6 +307,7 @@ def filter_backward(
     bh,
     Q,
     R,
+    noise,
     z0,
     P0,
     Gap,
@@ -313,9 +328,12 @@ def filter_backward(
     """Adjoint of `filter_forward` (run with `save`), from its outputs and saved intermediates.
     g_states (B, T, n), g_covs (B, T, n, n) -> gradients w.r.t. obs (B, T, m) and,
     per sequence (sum over B afterwards), W_f (B, n, n), b_f (B, n), W_h (B, m, n), b_h (B, m), Q (B, n, n),
-    R (B, m, m), z_0 (B, n), P_0 (B, n, n), and the gap step's G (B, n, n) and c (B, n) (`Gap`, `gap_c`)."""
+    R (B, m, m), z_0 (B, n), P_0 (B, n, n), and the gap step's G (B, n, n) and c (B, n) (`Gap`, `gap_c`); with
+    per-frame noise (B, T, m) the gradient w.r.t. it (B, T, m) in R's place (a (0, T, m) array otherwise)."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     B, T, m = obs.shape[0], obs.shape[1], n
+    per_frame = noise.shape[0] > 0
+    g_noise = np.zeros(noise.shape)
     g_obs = np.zeros((B, T, m))
     gWf, gbf = np.zeros((B, n, n)), np.zeros((B, n))
     gWh, gbh = np.zeros((B, m, n)), np.zeros((B, m))
@@ -331,7 +349,12 @@ def filter_backward(
         gJh, gS, gKS = np.empty((m, n)), np.empty((m, m)), np.empty((n, m))
         gJf, gzp, ghz, gv = np.empty((n, n)), np.empty(n), np.empty(m), np.empty(m)
         u1, u2, u3 = np.empty((n, n)), np.empty((m, m)), np.empty((m, n))
+        Rt, gRt = np.empty((m, m)), np.zeros((m, m))
         for t in range(T - 1, -1, -1):
+            R_t = _frame_noise(R, noise, b, t, Rt, n)
+            gR_t = gRt if per_frame else gR[b]  # the step's adjoint of R_t: per frame, or summed into R's
+            if per_frame:
+                gRt[:] = 0.0
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
             mu = mask[b, t]
@@ -346,7 +369,7 @@ def filter_backward(
             for i in range(n):  # through P = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     G[i, k] = 0.5 * (gP[i, k] + gP[k, i])
-            _joseph_adjoint(G, Mm, Pp, K, R, gMm, gPp, gK, gR[b], u1, t2, u2, n)
+            _joseph_adjoint(G, Mm, Pp, K, R_t, gMm, gPp, gK, gR_t, u1, t2, u2, n)
             _mm(gMm, Jh.T, t2, n)  # M = I - K J_h: gK -= gM J_h^T; gJ_h = -K^T gM
             _mm_tn(K, gMm, gJh, n)
             for i in range(n):
@@ -367,7 +390,10 @@ def filter_backward(
             for i in range(n):  # K = mu B S^-1 with B = P^ J_h^T
                 for k in range(m):
                     gK[i, k] *= mu
-            _gain_adjoint(gK, K, Sinv, Jh, Pp, gPp, gJh, gR[b], gKS, gS, t1, u3, n)
+            _gain_adjoint(gK, K, Sinv, Jh, Pp, gPp, gJh, gR_t, gKS, gS, t1, u3, n)
+            if per_frame:  # R_t = diag(noise[b, t])
+                for i in range(m):
+                    g_noise[b, t, i] = gRt[i, i]
             for i in range(m):  # J_h = diag(e) W_h, e = 1 - h^2, h = tanh(c), c = W_h z^ + b_h
                 s = 0.0
                 for k in range(n):
@@ -409,4 +435,4 @@ def filter_backward(
             gz0[b, i] = gz[i]
             for k in range(n):
                 gP0[b, i, k] = gP[i, k]
-    return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0, gG, g_gap_c
+    return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0, gG, g_gap_c, g_noise

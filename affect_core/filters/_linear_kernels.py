@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from affect_core.filters._kernels import (
+    _frame_noise,
     _gain_adjoint,
     _joseph,
     _joseph_adjoint,
@@ -81,7 +82,7 @@ def _same(A, B, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_nodes(mask, F, G, H, Q, R, P0, step_covs, step_gains, size):
+def riccati_nodes(mask, F, G, H, Q, R, noise, P0, step_covs, step_gains, size):
     """mask (Bc, T) of 0/1 -> node (Bc, T): the node holding each step's (P_t, K_t); the nodes' covariances
     (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared). When
     step_covs (Bc, T, n, n) and step_gains (Bc, T, n, m) have rows, each step's covariance and gain are also copied
@@ -92,7 +93,9 @@ def riccati_nodes(mask, F, G, H, Q, R, P0, step_covs, step_gains, size):
     a node when the next frame is (mu = 1) or is not (mu = 0) observed. Rows whose masks share a prefix share its
     steps; a step whose output equals, bit for bit, that of its input's node (a fixed point) or of that node's parent
     (the two-cycle rounding often settles into) leads back to that node, so a settled stretch, and the same gap after
-    it, cost no new steps within a row or across rows. A mask value other than 0 and 1 is computed without sharing.
+    it, cost no new steps within a row or across rows. A mask value other than 0 and 1 is computed without sharing,
+    and so is every step where each frame has its own observation noise (noise (Bc, T, m): R_t = diag(noise[b, t]);
+    a leading 0: R on every frame).
     """
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
@@ -105,7 +108,8 @@ def riccati_nodes(mask, F, G, H, Q, R, P0, step_covs, step_gains, size):
     node = np.empty((Bc, T), dtype=np.int64)
     Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
-    Bm, t2 = np.empty((n, m)), np.empty((n, m))
+    Bm, t2, Rt = np.empty((n, m)), np.empty((n, m)), np.empty((m, m))
+    per_frame = noise.shape[0] > 0
     succ, parent = np.full((capacity, 2), -1), np.empty(capacity, dtype=np.int64)
     parent[0] = -1  # the prior has none; a node's parent is set when the node is made
     count, computed = 1, 0
@@ -115,12 +119,15 @@ def riccati_nodes(mask, F, G, H, Q, R, P0, step_covs, step_gains, size):
         for t in range(T):
             mu = mask[b, t]
             key = 1 if mu == 1.0 else (0 if mu == 0.0 else -1)
+            if per_frame:  # a step is a function of R_t too: never looked up
+                key = -1
             following = succ[current, key] if key >= 0 else -1
             if following < 0:
                 computed += 1
                 new = count  # the step's slot, kept if it is not a settled node's
-                _riccati_step(covs[current], mu, F, G, H, Q, R, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
-                _joseph(Pp, gains[new], Mm, R, covs[new], t1, t2, t3, n)
+                R_t = _frame_noise(R, noise, b, t, Rt, n)
+                _riccati_step(covs[current], mu, F, G, H, Q, R_t, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
+                _joseph(Pp, gains[new], Mm, R_t, covs[new], t1, t2, t3, n)
                 for earlier in (current, parent[current]):
                     if earlier > 0 and _same(covs[new], covs[earlier], n) and _same(gains[new], gains[earlier], n):
                         following = earlier
@@ -141,22 +148,28 @@ def riccati_nodes(mask, F, G, H, Q, R, P0, step_covs, step_gains, size):
     return node, covs[:count], gains[:count], computed
 
 
-def riccati_forward(mask, F, G, H, Q, R, P0, size):
+def riccati_forward(mask, F, G, H, Q, R, P0, size, noise=None):
     """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
-    computed: the steps of `riccati_nodes`, written out one by one (copying a computed step is exact)."""
+    computed: the steps of `riccati_nodes`, written out one by one (copying a computed step is exact). noise:
+    (Bc, T, m) per-frame observation-noise variances, or None (R on every frame)."""
     n, (Bc, T) = len(size), mask.shape
     covs, gains = np.empty((Bc, T, n, n)), np.empty((Bc, T, n, n))
-    computed = riccati_nodes(mask, F, G, H, Q, R, P0, covs, gains, size)[3]
+    noise = np.zeros((0, T, n)) if noise is None else noise
+    computed = riccati_nodes(mask, F, G, H, Q, R, noise, P0, covs, gains, size)[3]
     return covs, gains, computed
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_backward(mask, F, G, H, Q, R, P0, covs, gains, g_covs, g_gains, size):
+def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gains, size):
     """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n), g_gains (Bc, T, n, m) -> gradients w.r.t. F (n, n),
-    G (n, n), H (m, n), Q (n, n), R (m, m) summed over the rows, and w.r.t. P0 (Bc, n, n) per row."""
+    G (n, n), H (m, n), Q (n, n), R (m, m) summed over the rows, w.r.t. P0 (Bc, n, n) per row, and w.r.t. the
+    per-frame noise (Bc, T, m) where it is given (R's gradient is then that of the frames without it: zero)."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
     m = n
+    per_frame = noise.shape[0] > 0
+    g_noise = np.zeros(noise.shape)
+    Rt, gRt = np.empty((m, m)), np.zeros((m, m))
     gF, gH, gQ, gR = np.zeros((n, n)), np.zeros((m, n)), np.zeros((n, n)), np.zeros((m, m))
     gG = np.zeros((n, n))
     gP0 = np.zeros((Bc, n, n))
@@ -179,9 +192,13 @@ def riccati_backward(mask, F, G, H, Q, R, P0, covs, gains, g_covs, g_gains, size
         for t in range(T - 1, -1, -1):
             P = P0 if t == 0 else covs[b, t - 1]
             mu = mask[b, t]
+            R_t = _frame_noise(R, noise, b, t, Rt, n)
+            gR_t = gRt if per_frame else gR  # the step's adjoint of R_t: per frame, or summed into R's
+            if per_frame:
+                gRt[:] = 0.0
             slot = -1
             for j in range(2):
-                if key_row[j] >= -1 and key_mu[j] == mu:
+                if not per_frame and key_row[j] >= -1 and key_mu[j] == mu:  # R_t per frame: always recomputed
                     P_key = P0 if key_row[j] == -1 else covs[b, key_row[j]]
                     if _same(P, P_key, n):
                         slot = j
@@ -189,12 +206,12 @@ def riccati_backward(mask, F, G, H, Q, R, P0, covs, gains, g_covs, g_gains, size
                 slot = older
                 older = 1 - older
                 key_row[slot], key_mu[slot] = t - 1, mu
-                _riccati_step(P, mu, F, G, H, Q, R, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1, n)
+                _riccati_step(P, mu, F, G, H, Q, R_t, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1, n)
             Pp, Mm, Sinv, K = Pp2[slot], Mm2[slot], Sinv2[slot], K2[slot]
             for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     W[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
-            _joseph_adjoint(W, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n)
+            _joseph_adjoint(W, Mm, Pp, K, R_t, gM, gPp, gK, gR_t, u1, t2, u2, n)
             for i in range(n):
                 for k in range(m):
                     gK[i, k] += g_gains[b, t, i, k]
@@ -206,7 +223,10 @@ def riccati_backward(mask, F, G, H, Q, R, P0, covs, gains, g_covs, g_gains, size
             for i in range(m):
                 for k in range(n):
                     gH[i, k] -= u3[i, k]
-            _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR, gKS, gS, t1, u3, n)
+            _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR_t, gKS, gS, t1, u3, n)
+            if per_frame:  # R_t = diag(noise[b, t])
+                for i in range(m):
+                    g_noise[b, t, i] = gRt[i, i]
             A, gA = (G, gG) if mu == 0.0 else (F, gF)  # the step's transition: the gap step's G where mu = 0
             for i in range(n):  # P^ = sym(A P A^T + Q)
                 for k in range(n):
@@ -219,7 +239,7 @@ def riccati_backward(mask, F, G, H, Q, R, P0, covs, gains, g_covs, g_gains, size
                     gA[i, k] += 2.0 * u1[i, k]
             _mm_tn(A, t1, gP, n)  # adjoint into P_{t-1}: A^T W A
         gP0[b] = gP
-    return gF, gG, gH, gQ, gR, gP0
+    return gF, gG, gH, gQ, gR, gP0, g_noise
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -74,21 +74,29 @@ class CompiledRecursion(torch.autograd.Function):
 
     Inputs: observations `(B, T, m)`, mask `(B, T)` float 0/1, W_f `(n, n)`, b_f `(n,)`, W_h `(m, n)`, b_h `(m,)`,
     Q `(n, n)`, R `(m, m)`, z_0 `(n,)`, P_0 `(n, n)`, G `(n, n)` and c `(n,)` (the gap step z^ = G z + c where the
-    mask is 0), linear (bool: Kalman filter when True), save (bool: keep the
+    mask is 0), noise `(B, T, m)` or None (each frame's observation-noise variances: R_t = diag(noise[b, t]) in R's
+    place; learned observation noise), linear (bool: Kalman filter when True), save (bool: keep the
     intermediates for the backward pass; pass `torch.is_grad_enabled()`, grad mode being off inside `forward`).
     Outputs: states `(B, T, n)` and covariances `(B, T, n, n)` in the dtype of the observations.
     """
 
     @staticmethod
-    def forward(ctx, observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0, G, c, linear: bool, save: bool = True):  # type: ignore[override]
+    def forward(ctx, observations, mask, Wf, bf, Wh, bh, Q, R, z0, P0, G, c, noise, linear: bool, save: bool = True):  # type: ignore[override]
         from affect_core.filters import _kernels
 
         obs, observed = _numpy(observations), _numpy(mask)
-        params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R, z0, P0, G, c)]
+        per_frame = _frame_noise(noise, obs)
+        params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R)]
+        params.append(per_frame)
+        params += [_numpy(x) for x in (z0, P0, G, c)]
         n = _square(Wf, Wh)
         save = save and any(ctx.needs_input_grad)
         slices = batch_slices(obs.shape[0])
-        parts = run_slices(lambda s: _kernels.filter_forward(obs[s], observed[s], *params, linear, save, n), slices)
+        def kernel(s: slice) -> tuple[np.ndarray, ...]:
+            mine = [per_frame[s] if k == 6 else p for k, p in enumerate(params)]  # noise: the slice's rows
+            return _kernels.filter_forward(obs[s], observed[s], *mine, linear, save, n)
+
+        parts = run_slices(kernel, slices)
         outputs = [_joined([p[i] for p in parts]) for i in range(len(parts[0]))]
         ctx.saved = (obs, observed, params, linear, outputs, slices, n)
         return _tensor(outputs[0], observations), _tensor(outputs[1], observations)
@@ -104,35 +112,50 @@ class CompiledRecursion(torch.autograd.Function):
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
             saved = [array[s] for array in outputs]
-            return _kernels.filter_backward(obs[s], observed[s], *params, linear, *saved, g_s[s], g_c[s], n)
+            mine = [p[s] if k == 6 else p for k, p in enumerate(params)]
+            return _kernels.filter_backward(obs[s], observed[s], *mine, linear, *saved, g_s[s], g_c[s], n)
 
         parts = run_slices(kernel, slices)
         like = g_states if g_states is not None else g_covs
         g_obs = _tensor(_joined([p[0] for p in parts]), like)
-        summed = [_tensor(sum(p[i].sum(axis=0) for p in parts), like) for i in range(1, len(parts[0]))]
-        return (g_obs, None, *summed, None, None)
+        summed = [_tensor(sum(p[i].sum(axis=0) for p in parts), like) for i in range(1, len(parts[0]) - 1)]
+        g_noise = _tensor(_joined([p[-1] for p in parts]), like) if params[6].shape[0] else None
+        return (g_obs, None, *summed, g_noise, None, None)
+
+
+def _frame_noise(noise: Tensor | None, obs: np.ndarray) -> np.ndarray:
+    """The kernels' per-frame noise argument: (B, T, m) float64, or a (0, T, m) array for "R on every frame"."""
+    if noise is None:
+        return np.zeros((0, *obs.shape[1:]))
+    return _numpy(noise)
 
 
 class RiccatiRecursion(torch.autograd.Function):
     """Covariances and gains of the linear Kalman filter (`_linear_kernels.riccati_forward`), float64 on the CPU.
 
     Inputs: mask `(Bc, T)` float 0/1 (one row serves a whole batch without missing frames), F `(n, n)`,
-    G `(n, n)` (the gap step's transition, where the mask is 0), H `(m, n)`, Q `(n, n)`, R `(m, m)`, P_0 `(n, n)`.
+    G `(n, n)` (the gap step's transition, where the mask is 0), H `(m, n)`, Q `(n, n)`, R `(m, m)`, P_0 `(n, n)`,
+    noise `(Bc, T, m)` or None (each frame's observation-noise variances, R_t = diag(noise[b, t]) in R's place).
     Outputs, float64: P `(Bc, T, n, n)`, K `(Bc, T, n, m)`.
     """
 
     @staticmethod
-    def forward(ctx, mask, F, G, H, Q, R, P0):  # type: ignore[override]
+    def forward(ctx, mask, F, G, H, Q, R, P0, noise=None):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
         observed = _numpy(mask)
         params = [_numpy(x) for x in (F, G, H, Q, R, P0)]
+        per_frame = np.zeros((0, observed.shape[1], int(R.shape[0]))) if noise is None else _numpy(noise)
         n = _square(F, H)
         slices = batch_slices(observed.shape[0])
-        parts = run_slices(lambda s: _linear_kernels.riccati_forward(observed[s], *params, n), slices)
+
+        def kernel(s: slice) -> tuple[np.ndarray, ...]:
+            return _linear_kernels.riccati_forward(observed[s], *params, n, noise=per_frame[s])
+
+        parts = run_slices(kernel, slices)
         covs = _joined([p[0] for p in parts])
         gains = _joined([p[1] for p in parts])
-        ctx.saved = (observed, params, covs, gains, slices, n)
+        ctx.saved = (observed, params, per_frame, covs, gains, slices, n)
         ctx.like = F
         return torch.from_numpy(covs), torch.from_numpy(gains)
 
@@ -141,17 +164,20 @@ class RiccatiRecursion(torch.autograd.Function):
     def backward(ctx, g_covs, g_gains):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
-        observed, params, covs, gains, slices, n = ctx.saved
+        observed, (F, G, H, Q, R, P0), per_frame, covs, gains, slices, n = ctx.saved
         g_c = np.zeros_like(covs) if g_covs is None else _numpy(g_covs)
         g_k = np.zeros_like(gains) if g_gains is None else _numpy(g_gains)
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
-            return _linear_kernels.riccati_backward(observed[s], *params, covs[s], gains[s], g_c[s], g_k[s], n)
+            return _linear_kernels.riccati_backward(
+                observed[s], F, G, H, Q, R, per_frame[s], P0, covs[s], gains[s], g_c[s], g_k[s], n
+            )
 
         parts = run_slices(kernel, slices)
         gF, gG, gH, gQ, gR = (_tensor(sum(p[i] for p in parts), ctx.like) for i in range(5))
         gP0 = _tensor(sum(p[5].sum(axis=0) for p in parts), ctx.like)
-        return None, gF, gG, gH, gQ, gR, gP0
+        g_noise = _tensor(_joined([p[6] for p in parts]), ctx.like) if per_frame.shape[0] else None
+        return None, gF, gG, gH, gQ, gR, gP0, g_noise
 
 
 class LinearStateRecursion(torch.autograd.Function):
@@ -216,11 +242,13 @@ def linear_filter_values(
     z0: Tensor,
     G: Tensor,
     c: Tensor,
+    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The linear Kalman filter's states `(B, T, n)` and covariances `(Bc, T, n, n)`, in the dtype of the
     observations, without an autograd graph: what `RiccatiRecursion` then `LinearStateRecursion` return, bit for bit.
 
-    observed: `(Bc, T)` float 0/1 (Bc = 1: one row for the whole batch). Each distinct covariance step is kept once
+    observed: `(Bc, T)` float 0/1 (Bc = 1: one row for the whole batch); noise: `(B, T, m)` per-frame
+    observation-noise variances (then Bc = B) or None. Each distinct covariance step is kept once
     (`_linear_kernels.riccati_nodes`): the state recursion reads its gains from the nodes and the covariances are
     gathered from them in the output's dtype, so no float64 copy of every step's covariance and gain is written."""
     from affect_core.filters import _linear_kernels
@@ -230,10 +258,14 @@ def linear_filter_values(
     params = [F_, G_] + [_numpy(x) for x in (H, Q, R, P0)]
     HF, z, c_ = _numpy(H @ F), _numpy(z0), _numpy(c)
     n = _square(F, H)
+    per_frame = np.zeros((0, mask.shape[1], int(R.shape[0]))) if noise is None else _numpy(noise)
 
     def nodes(rows: slice) -> tuple[np.ndarray, np.ndarray, Tensor]:
         no_steps = np.empty((0, 0, 0, 0))  # the steps are read through the nodes, never written out
-        node, covs, gains, _ = _linear_kernels.riccati_nodes(mask[rows], *params, no_steps, no_steps, n)
+        F_, G_, H_, Q_, R_, P0_ = params
+        node, covs, gains, _ = _linear_kernels.riccati_nodes(
+            mask[rows], F_, G_, H_, Q_, R_, per_frame[rows], P0_, no_steps, no_steps, n
+        )
         return node, gains, torch.from_numpy(covs).to(observations.dtype)[torch.from_numpy(node)]
 
     def states(part: slice, rows: slice, node: np.ndarray, gains: np.ndarray) -> np.ndarray:
@@ -264,10 +296,10 @@ def warm_up() -> None:
     zeros = torch.zeros(n, dtype=torch.float64)
     for linear in (True, False):
         states, covs = CompiledRecursion.apply(
-            obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, eye, zeros, linear
+            obs, mask, eye, zeros, eye, zeros, eye, eye, zeros, eye, eye, zeros, None, linear
         )
         (states.sum() + covs.sum()).backward()
-    covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye, eye)
+    covs, gains = RiccatiRecursion.apply(mask, eye, eye, eye, eye, eye, eye, None)
     states = LinearStateRecursion.apply(obs, mask, gains, eye, eye, eye, zeros, zeros)
     (states.sum() + covs.sum()).backward()
     plain = eye.detach()

@@ -86,15 +86,11 @@ class ExtendedKalmanFilter(BayesFilter):
     def _filter_fast(
         self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
     ) -> FilterOutput:
-        if noise is not None:
-            # The compiled recursion takes one R for every frame; per-frame R_t (learned observation noise) runs the
-            # reference loop until the compiled kernel takes R_t too.
-            return self._filter_reference(observations, mask, noise)
         W_f, b_f, W_h, b_h, Q, R = self._parameters_like(observations)
         z0, P0 = self.prior(observations)
         G, c = self.gap_transition(observations)
         observed = observations.new_ones(observations.shape[:2]) if mask is None else mask.to(observations.dtype)
         states, covariances = CompiledRecursion.apply(
-            observations, observed, W_f, b_f, W_h, b_h, Q, R, z0, P0, G, c, False, torch.is_grad_enabled()
+            observations, observed, W_f, b_f, W_h, b_h, Q, R, z0, P0, G, c, noise, False, torch.is_grad_enabled()
         )
         return FilterOutput(states, covariances)

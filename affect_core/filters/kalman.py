@@ -139,26 +139,30 @@ class KalmanFilter(BayesFilter):
         method = self.method
         if method in ("fast", "auto"):
             method = "compiled" if observations.device.type == "cpu" else "scan"
-        if noise is not None:
-            # The compiled loops take one R for every frame; per-frame R_t (learned observation noise) goes to the
-            # scan, exact on any device, until the compiled kernels take R_t too.
-            return self._filter_scan(observations, mask, noise)
         if method == "compiled":
-            return self._filter_compiled(observations, mask)
-        return self._filter_scan(observations, mask)
+            return self._filter_compiled(observations, mask, noise)
+        return self._filter_scan(observations, mask, noise)
 
-    def _filter_compiled(self, observations: ObservationsTorch, mask: MaskTorch | None) -> FilterOutput:
+    def _filter_compiled(
+        self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
+    ) -> FilterOutput:
         F, H, Q, R = self._matrices(observations)
         G, c = self.gap_transition(observations)
         z0, P0 = self.prior(observations)
         batch, steps, n = observations.shape[0], observations.shape[1], self.state_dim
-        # Without a mask the covariances and gains do not depend on the data: one recursion serves the batch.
-        observed = observations.new_ones(1, steps) if mask is None else mask.to(observations.dtype)
-        inputs = (observations, F, H, Q, R, P0, z0, G, c)
+        # Without a mask and with one R the covariances and gains do not depend on the data: one recursion serves
+        # the batch. A mask or per-frame R_t (learned observation noise) makes them per sequence.
+        if mask is not None:
+            observed = mask.to(observations.dtype)
+        elif noise is not None:
+            observed = observations.new_ones(batch, steps)
+        else:
+            observed = observations.new_ones(1, steps)
+        inputs = (observations, F, H, Q, R, P0, z0, G, c) + (() if noise is None else (noise,))
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
-            states, covariances = linear_filter_values(observed, observations, F, H, Q, R, P0, z0, G, c)
+            states, covariances = linear_filter_values(observed, observations, F, H, Q, R, P0, z0, G, c, noise)
             return FilterOutput(states, covariances.expand(batch, steps, n, n))
-        covariances, gains = RiccatiRecursion.apply(observed, F, G, H, Q, R, P0)
+        covariances, gains = RiccatiRecursion.apply(observed, F, G, H, Q, R, P0, noise)
         states = LinearStateRecursion.apply(observations, observed, gains, F, H @ F, G, c, z0)
         return FilterOutput(states, covariances.to(observations.dtype).expand(batch, steps, n, n))
 
