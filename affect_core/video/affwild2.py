@@ -50,6 +50,7 @@ from affect_core.video.layout import (
     extract_job,
     fit_video_transform,
     grid_fps,
+    one_video_read,
 )
 from affect_core.video.stored import transform_file
 from affect_core.video.transform import FEATURE_SET, VideoTransform
@@ -345,17 +346,7 @@ class AffWild2Reader(VideoLayoutReader):
 
     def _annotated_read(self, item: Annotated, features: VideoFeatures, files: sv.SourceVideoFiles) -> sv.VideoRead:
         source = _source_video(item, features, self.transform, self.fps, self.loc)
-        corpus = assemble_corpus(
-            SourceRead([source], [FEATURE_SET], labels_by_time=True), source=self.loc.display(), layout=LAYOUT
-        )
-        return sv.VideoRead(
-            video=corpus.videos[0],
-            feature_names=list(corpus.feature_names),
-            feature_sets=json.loads(corpus.metadata["feature_sets"]),
-            fps=float(corpus.fps),
-            source_bytes=files.bytes,
-            fingerprint=files.fingerprint,
-        )
+        return one_video_read(source, files, self.loc.display(), LAYOUT)
 
 
 register(AffWild2Layout())

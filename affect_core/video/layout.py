@@ -604,16 +604,21 @@ class VideoLayoutReader:
             track = _labels_by_time(read_label_file(self.loc, self.labels[job.video_id]), features.time_s)
             for column, dimension in enumerate(AFFECT_DIMENSIONS):
                 video.labels[dimension] = (track, column)
-        read = SourceRead([video], [FEATURE_SET], labels_by_time=True)
-        corpus = assemble_corpus(read, source=self.loc.display(), layout=LAYOUT)
-        return sv.VideoRead(
-            video=corpus.videos[0],
-            feature_names=list(corpus.feature_names),
-            feature_sets=json.loads(corpus.metadata["feature_sets"]),
-            fps=float(corpus.fps),
-            source_bytes=item.bytes,
-            fingerprint=item.fingerprint,
-        )
+        return one_video_read(video, item, self.loc.display(), LAYOUT)
+
+
+def one_video_read(video: SourceVideo, files: sv.SourceVideoFiles, source: str, layout: str) -> sv.VideoRead:
+    """One video assembled alone (its features on the corpus's time grid, its labels placed on it by time) as the
+    streaming ingest reads it, with its source files' size and fingerprint."""
+    corpus = assemble_corpus(SourceRead([video], [FEATURE_SET], labels_by_time=True), source=source, layout=layout)
+    return sv.VideoRead(
+        video=corpus.videos[0],
+        feature_names=list(corpus.feature_names),
+        feature_sets=json.loads(corpus.metadata["feature_sets"]),
+        fps=float(corpus.fps),
+        source_bytes=files.bytes,
+        fingerprint=files.fingerprint,
+    )
 
 
 register(VideoLayout())
