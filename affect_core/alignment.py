@@ -110,15 +110,23 @@ def gaussian_weights(offsets: Tensor, mu: Tensor, sigma2: Tensor) -> Tensor:
     return torch.softmax(logits, dim=0)
 
 
+def initial_raw_alignment(window: int, mu_init: float, sigma2_init: float) -> tuple[float, float]:
+    """The raw parameters (mu', s) of a Gaussian alignment with mu = D tanh(mu') = mu_init (kept inside the window)
+    and sigma^2 = softplus(s) = sigma2_init: the parameterisation of every adaptive alignment (one, or one per
+    rater)."""
+    ratio = max(min(mu_init / max(window, 1), 0.999), -0.999)
+    return math.atanh(ratio), _inverse_softplus(sigma2_init)
+
+
 class AdaptiveAlignment(nn.Module):
     """Learnable Gaussian alignment (AA): mu = D tanh(mu'), sigma^2 = softplus(s)."""
 
     def __init__(self, *, window: int = 100, mu_init: float = 0.0, sigma2_init: float = 25.0) -> None:
         super().__init__()
         self.window = int(window)
-        ratio = max(min(mu_init / max(self.window, 1), 0.999), -0.999)
-        self.mu_raw = nn.Parameter(torch.tensor(math.atanh(ratio)))
-        self.sigma2_raw = nn.Parameter(torch.tensor(_inverse_softplus(sigma2_init)))
+        mu_raw, sigma2_raw = initial_raw_alignment(self.window, mu_init, sigma2_init)
+        self.mu_raw = nn.Parameter(torch.tensor(mu_raw))
+        self.sigma2_raw = nn.Parameter(torch.tensor(sigma2_raw))
         self.register_buffer("offsets", torch.arange(-self.window, self.window + 1, dtype=torch.float32))
 
     @property

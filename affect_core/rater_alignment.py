@@ -12,13 +12,11 @@ Channels: ``forward`` maps (B, T, C) to (B, T, C) like every alignment; with ``p
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from affect_core.alignment import gaussian_weights, lagged_convolution
+from affect_core.alignment import gaussian_weights, initial_raw_alignment, lagged_convolution
 from affect_core.errors import AffectError
 
 
@@ -38,9 +36,9 @@ class RaterAlignments(nn.Module):
         self.raters = tuple(raters)
         self.window = int(window)
         count = len(self.raters)
-        ratio = max(min(mu_init / max(self.window, 1), 0.999), -0.999)
-        self.mu_raw = nn.Parameter(torch.full((count,), math.atanh(ratio)))
-        self.sigma2_raw = nn.Parameter(torch.full((count,), sigma2_init + math.log(-math.expm1(-sigma2_init))))
+        mu_raw, sigma2_raw = initial_raw_alignment(self.window, mu_init, sigma2_init)
+        self.mu_raw = nn.Parameter(torch.full((count,), mu_raw))
+        self.sigma2_raw = nn.Parameter(torch.full((count,), sigma2_raw))
         self.register_buffer("offsets", torch.arange(-self.window, self.window + 1, dtype=torch.float32))
 
     @property
