@@ -612,9 +612,13 @@ def run_score(job: ScoreJob) -> Any:
             batch_videos=job.batch_videos,
         )
 
-    if placement(job) is not Placement.RAY_JOB and is_video_root(data.loc):
+    here = placement(job) is not Placement.RAY_JOB
+    # One look at the folder where it is needed (on object storage every listing is a request; a job submitted to
+    # the job server reads its data there, not here).
+    videos = (here or job.faces != "principal") and is_video_root(data.loc)
+    if here and videos:
         return run_job(job, local=lambda: video_root(False), on_ray=lambda _gpus: video_root(True))
-    if job.faces != "principal" and not is_video_root(data.loc):  # a dataset's rows are one face a frame already
+    if job.faces != "principal" and not videos:  # a dataset's rows are one face a frame already
         raise AffectError(f"--faces {job.faces}: only for a folder of videos (VIDEO_ROOT/videos/), not a dataset")
     ask = RayAsk(
         job.cpus_per_actor,

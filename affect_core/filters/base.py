@@ -126,6 +126,10 @@ class BayesFilter(nn.Module, abc.ABC):
         self.register_buffer("P0", p0 * torch.eye(n))
         self.gap_rho = nn.Parameter(self.initial_gap_rho())
         self.gap_mean = nn.Parameter(torch.zeros(num_dims))
+        # The gap step's kinematic couplings (dt, dt^2/2, dt above each dimension's diagonal): a constant, made once
+        # and moved with the module (not saved: it follows from fps).
+        couplings = kinematic_transition(num_dims, self.dt) - torch.eye(n)
+        self.register_buffer("gap_couplings", couplings, persistent=False)
 
     def initial_gap_rho(self) -> Tensor:
         """The raw `gap_rho` for rho = exp(-dt / tau), tau = `GAP_TIME_CONSTANTS` per state component. Shape `(n,)`."""
@@ -142,12 +146,7 @@ class BayesFilter(nn.Module, abc.ABC):
         rho = GAP_RHO_MAX * torch.sigmoid(self.gap_rho.to(like))
         mean = self.gap_mean.to(like)
         level_mean = torch.stack((mean, torch.zeros_like(mean), torch.zeros_like(mean)), dim=-1).flatten()
-        dt = self.dt
-        couplings = torch.zeros(self.state_dim, self.state_dim, dtype=like.dtype, device=like.device)
-        for level in range(0, self.state_dim, 3):  # made where the filter runs: no copy from the host
-            couplings[level, level + 1] = couplings[level + 1, level + 2] = dt
-            couplings[level, level + 2] = dt * dt / 2
-        return torch.diag_embed(rho) + couplings, (1 - rho) * level_mean
+        return torch.diag_embed(rho) + self.gap_couplings.to(like), (1 - rho) * level_mean
 
     # ------------------------------------------------------------------------------------------------------------
     def noise_covariances(self, like: Tensor) -> tuple[Tensor, Tensor]:
