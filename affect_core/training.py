@@ -631,9 +631,8 @@ def _epoch_steps(
                 xs[s, r, : len(x)] = x
                 labels[s][r, : len(y)] = y
         observed = host_face_rows(xs)
-        stacked = to_device(
-            Batch(torch.from_numpy(xs), torch.zeros(0), None if observed is None else torch.from_numpy(observed)), device
-        )
+        mask = None if observed is None else torch.from_numpy(observed)
+        stacked = to_device(Batch(torch.from_numpy(xs), torch.zeros(0), mask), device)
         moved = [to_device(Batch(torch.zeros(0), torch.from_numpy(y)), device).labels for y in labels]
         origins = [[(i, a, min(window, len(train_items[i][0]) - a)) for i, a in m] for m in mine]
         steps.append(Step(stacked.x, stacked.observed, moved, lengths, origins))

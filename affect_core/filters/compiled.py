@@ -92,6 +92,7 @@ class CompiledRecursion(torch.autograd.Function):
         n = _square(Wf, Wh)
         save = save and any(ctx.needs_input_grad)
         slices = batch_slices(obs.shape[0])
+
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
             mine = [per_frame[s] if k == 6 else p for k, p in enumerate(params)]  # noise: the slice's rows
             return _kernels.filter_forward(obs[s], observed[s], *mine, linear, save, n)
