@@ -352,6 +352,12 @@ def train_seeds(
         ckpt = load_checkpoint(checkpoint)
         if list(ckpt.get("seeds", [])) != list(seeds):
             raise AffectError(f"{checkpoint.display()}: a checkpoint of seeds {ckpt.get('seeds')}, not {list(seeds)}")
+        missing = sorted({key.rpartition(".")[2] for key in model.state_dict() if key not in ckpt["model"]})
+        if missing:  # e.g. written before the filters' gap step: its optimizer and best states lack them too
+            raise AffectError(
+                f"{checkpoint.display()}: a checkpoint of an earlier model without {', '.join(missing)}; it cannot "
+                "continue this run: train again without --resume (or into another --out)"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(stacked_optimizer_state(model, ckpt["optimizer"]))
         best_state = ckpt["best_states"]

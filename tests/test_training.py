@@ -55,6 +55,22 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_corpus, tmp_pat
         assert torch.allclose(value, state_of(resumed)[key], atol=1e-6), key
 
 
+def test_a_checkpoint_of_an_earlier_model_layout_is_refused_in_one_line(tiny_corpus, tmp_path):
+    """A checkpoint written before the filters' gap step (no gap_rho, gap_mean) cannot continue a run: one line says
+    so and what to do, instead of a trace from the state dict."""
+    torch.set_num_threads(1)
+    train, dev = tiny_corpus.split("train"), tiny_corpus.split("dev")
+    ckpt = str(tmp_path / "ckpt.pt")
+    train_model(train, dev, tiny_config(max_epochs=1, patience=100), checkpoint_path=ckpt, progress=False)
+    payload = load_checkpoint(ckpt)
+    payload["model"] = {k: v for k, v in payload["model"].items() if not k.endswith((".gap_rho", ".gap_mean"))}
+    save_checkpoint(ckpt, payload)
+    with pytest.raises(AffectError, match=r"earlier model without gap_mean, gap_rho; .* without --resume"):
+        train_model(
+            train, dev, tiny_config(max_epochs=2, patience=100), checkpoint_path=ckpt, resume=True, progress=False
+        )
+
+
 @pytest.mark.parametrize("seeds", [[1], [0, 1, 2]])
 def test_a_checkpoint_with_one_optimizer_entry_per_seed_resumes_as_before(tiny_corpus, tmp_path, seeds):
     """Checkpoints written while each seed had its own filter and alignment modules hold Adam's state per seed and
