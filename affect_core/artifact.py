@@ -105,7 +105,11 @@ class ModelBundle:
         for trained in self.models:
             digest.update(json.dumps([trained.name, trained.config.to_dict()], sort_keys=True, default=str).encode())
             if trained.calibration is not None:  # only then: a bundle from before calibration keeps its id
-                calibration = {d: [c.scale, c.noise] for d, c in sorted(trained.calibration.items())}
+                calibration = {
+                    # the variance without a face only where fitted: a bundle calibrated before it keeps its id
+                    d: [c.scale, c.noise] + ([] if c.settled is None else [c.settled, c.faceless, c.spread])
+                    for d, c in sorted(trained.calibration.items())
+                }
                 digest.update(json.dumps(calibration).encode())
             arrays = {f"model.{k}": v.detach().cpu().numpy() for k, v in trained.model.state_dict().items()}
             arrays.update({f"transform.{k}": np.asarray(v) for k, v in trained.transform.to_arrays().items()})

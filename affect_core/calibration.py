@@ -27,6 +27,19 @@ separate a from b; then the filter's variance is kept as it is (a = 1) and b is 
 (or, when the filter's variance alone exceeds it, a shrinks it and b = 0). A model without a filter (the baseline)
 has no v: a = 0 and b is the dev mean squared error.
 
+Without a face. Dev data seldom hold the stretches without a face that scoring meets (minutes of an interview or a
+classroom against RECOLA's short runs), and where the dev frames all have a face the fit has no evidence about them:
+it may set a = 0, and the band would keep its width through a ten-minute stretch; or a > 0, and the line, carried
+far beyond the variances it was fitted on, makes the band wider than the labels ever range. Where the face is gone
+the model falls back to its gap step's mean (the filter's mean-reverting predict step), so the variance there
+tends to the labels' spread around that mean. The calibration therefore moves the variance from the fitted line
+towards ``max(spread, a * settled + b)`` (``spread`` the mean squared distance of the dev labels from that mean;
+``a * settled + b`` the variance of a frame with a face, ``settled`` the filter's level variance on dev frames with a
+face), in proportion to how far the filter's own variance has moved from ``settled`` towards ``faceless``, the
+variance a stretch without a face settles at (the stationary solution of the gap step): weight
+``clip((v - settled) / (faceless - settled), 0, 1)``. On frames with a face nothing changes; a stretch of a second
+moves the band a little, a long one to the labels' spread.
+
 Calibrated intervals are Gaussian: ``prediction +- z * sqrt(var_label)`` with z = 0.674 (50%) and 1.645 (90%).
 :func:`interval_coverage` and :func:`gaussian_nll` are the one implementation that evaluation and the report use.
 """
@@ -34,7 +47,7 @@ Calibrated intervals are Gaussian: ``prediction +- z * sqrt(var_label)`` with z 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -62,7 +75,12 @@ def interval_z(level: float) -> float:
 @dataclass(frozen=True)
 class Calibration:
     """``var_label = scale * var_state + noise`` for one affect dimension, fitted on ``frames`` labelled frames of
-    ``split``. coverage50 / coverage90: the calibrated intervals' coverage on those frames."""
+    ``split``. coverage50 / coverage90: the calibrated intervals' coverage on those frames.
+
+    Without a face (see the module docstring, "Without a face"): ``settled`` is the filter's level variance on frames
+    with a face, ``faceless`` the one a stretch without a face settles at, ``spread`` the mean squared distance of
+    the labels from the level the model falls back to there; None (no filter, or calibrations written before them)
+    leaves the variance ``scale * var_state + noise`` everywhere."""
 
     scale: float
     noise: float
@@ -70,14 +88,26 @@ class Calibration:
     split: str = "dev"
     coverage50: float = float("nan")
     coverage90: float = float("nan")
+    settled: float | None = None
+    faceless: float | None = None
+    spread: float | None = None
 
     def apply(self, state_variance: np.ndarray) -> np.ndarray:
         """The label's variance for the filter's level variances (any shape); NaN state variance (no filter)
         counts as 0. Returned in the input's float dtype (float32 for anything else)."""
         v = np.asarray(state_variance)
         dtype = v.dtype if np.issubdtype(v.dtype, np.floating) else np.float32
-        v = np.nan_to_num(v.astype(np.float64), nan=0.0, posinf=np.inf)
-        return np.maximum(self.scale * np.clip(v, 0.0, None) + self.noise, MIN_VARIANCE).astype(dtype)
+        v = np.clip(np.nan_to_num(v.astype(np.float64), nan=0.0, posinf=np.inf), 0.0, None)
+        variance = np.maximum(self.scale * v + self.noise, MIN_VARIANCE)
+        if self.settled is not None and self.faceless is not None and self.faceless > self.settled:
+            # From the fitted line (the filter's variance settled, a face seen) to the labels' spread around the
+            # fallback level (the filter's variance at its faceless level), as far as the filter's own variance has
+            # moved between them; never below the variance of a frame with a face.
+            seen = self.scale * self.settled + self.noise
+            unseen = seen if self.spread is None else max(self.spread, seen)
+            lost = np.clip((v - self.settled) / (self.faceless - self.settled), 0.0, 1.0)
+            variance = (1.0 - lost) * variance + lost * unseen
+        return variance.astype(dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -98,6 +128,14 @@ class Calibration:
             value = data.get(key)
             return float(value) if isinstance(value, (int, float)) else float("nan")
 
+        def optional(key: str) -> float | None:
+            value = data.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise AffectError(f"{where}: {key} must be a finite number >= 0, got {value!r}")
+            return float(value)
+
         return cls(
             scale,
             noise,
@@ -105,17 +143,25 @@ class Calibration:
             str(data.get("split", "dev")),
             number("coverage50"),
             number("coverage90"),
+            *(optional(key) for key in ("settled", "faceless", "spread")),
         )
 
 
 def fit_calibration(
-    state_variance: np.ndarray, residual: np.ndarray, *, split: str = "dev", where: str = "calibration"
+    state_variance: np.ndarray,
+    residual: np.ndarray,
+    *,
+    split: str = "dev",
+    where: str = "calibration",
+    faceless: tuple[float, float, float] | None = None,
 ) -> Calibration:
     """Fit ``var_label = a * var_state + b`` (a, b >= 0) by maximum Gaussian likelihood of the residuals.
 
     state_variance: (N,) the filter's aligned level variance per labelled frame (NaN everywhere: no filter);
     residual: (N,) label - prediction. Frames where the residual is not finite are left out; a finite residual
-    beside a non-finite state variance (some frames without one) is an error.
+    beside a non-finite state variance (some frames without one) is an error. faceless: (settled, faceless,
+    spread) of :class:`Calibration` (the variance without a face), or None; the coverages reported are those of the
+    variance with it.
     """
     v = np.asarray(state_variance, dtype=np.float64).reshape(-1)
     r = np.asarray(residual, dtype=np.float64).reshape(-1)
@@ -143,13 +189,14 @@ def fit_calibration(
         worst = np.maximum(worst, np.abs(covered - level))
     tied = factors[worst <= worst.min() + 1e-12]
     best = float(tied[int(np.argmin(np.abs(np.log(tied))))])  # of equally good factors, the likelihood's own (1)
-    var = shape * best
-    return Calibration(
-        best * max(scale, 0.0),
-        best * max(noise, 0.0),
-        int(r.size),
-        split,
-        *(float(np.mean(np.abs(r) <= interval_z(level) * np.sqrt(var))) for level in REPORTED_LEVELS),
+    fitted = Calibration(best * max(scale, 0.0), best * max(noise, 0.0), int(r.size), split)
+    if faceless is not None and not np.isnan(v).all():
+        fitted = replace(fitted, settled=faceless[0], faceless=faceless[1], spread=faceless[2])
+    var = fitted.apply(v)
+    return replace(
+        fitted,
+        coverage50=float(np.mean(np.abs(r) <= interval_z(0.5) * np.sqrt(var))),
+        coverage90=float(np.mean(np.abs(r) <= interval_z(0.9) * np.sqrt(var))),
     )
 
 
@@ -213,25 +260,46 @@ def calibrate_model(
 ) -> dict[str, Calibration]:
     """Fit each affect dimension's calibration of a one-seed model (:class:`affect_core.model.AffectModel`) on the
     labelled ``videos`` (the dev split), predicted through the one prediction path
-    (:func:`affect_core.inference.forward_padded`). workers: data-parallel workers, each holding a shard of the
-    videos: every worker's frames are gathered, and every worker fits the same calibration. An empty dict when no
-    video has labels."""
+    (:func:`affect_core.inference.forward_padded`), with the variance without a face (the module docstring): the
+    filter's level variance settled on frames with a face (the median over the dev frames with one), the stationary
+    one of its gap step, and the labels' mean squared distance from the gap step's mean (clamped to the labels'
+    range, as the output map does). workers: data-parallel workers, each holding a shard of the videos: every
+    worker's frames are gathered, and every worker fits the same calibration. An empty dict when no video has
+    labels."""
     from affect_core.inference import EVALUATION_BATCH_FRAMES, forward_padded, model_input
+    from affect_core.model import host_finite_rows
 
     dims = model.config.affect_dimensions
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {d: [] for d in dims}
+    # per dimension: (state variance, residual) of labelled frames, state variances of frames with a face, and the
+    # labels' squared distances from the fallback level
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {d: [] for d in dims}
     labelled = [v for v in videos if v.labelled and v.num_frames > 0]
+    fallback = np.zeros(len(dims))
+    stationary: np.ndarray | None = None
+    if model.filters is not None:
+        layer = model.filters.seed_module(0)
+        stationary = np.diagonal(layer.stationary_gap_covariance().cpu().numpy())[0::3]
+        fallback = np.clip(layer.gap_mean.detach().double().cpu().numpy(), -1.0, 1.0)
     batch: list[Any] = []
 
     def run(batch: list[Any]) -> None:
-        outputs = forward_padded(model, [model_input(transform, v.features) for v in batch], [0])[0]
-        for video, (levels, variances) in zip(batch, outputs, strict=True):
+        inputs = [model_input(transform, v.features) for v in batch]
+        outputs = forward_padded(model, inputs, [0])[0]
+        for video, x, (levels, variances) in zip(batch, inputs, outputs, strict=True):
+            face = host_finite_rows(x)
             for j, dim in enumerate(dims):
                 gold = video.labels(dim)
                 if gold is None or not np.isfinite(gold).any():
                     continue
                 keep = np.isfinite(gold)
-                parts[dim].append((variances[keep, j].astype(np.float64), (gold[keep] - levels[keep, j]).astype(float)))
+                parts[dim].append(
+                    (
+                        variances[keep, j].astype(np.float64),
+                        (gold[keep] - levels[keep, j]).astype(float),
+                        variances[face, j].astype(np.float64),
+                        (gold[keep].astype(np.float64) - fallback[j]) ** 2,
+                    )
+                )
 
     frames = 0
     for video in labelled:
@@ -246,9 +314,13 @@ def calibrate_model(
         gathered = workers.gather(parts)
         parts = {d: [p for shard in gathered for p in shard[d]] for d in dims}
     out = {}
-    for dim in dims:
+    for j, dim in enumerate(dims):
         if parts[dim]:
-            variance = np.concatenate([v for v, _ in parts[dim]])
-            residual = np.concatenate([r for _, r in parts[dim]])
-            out[dim] = fit_calibration(variance, residual, split=split, where=f"calibration of {dim} on {split}")
+            variance, residual, seen, spread = (np.concatenate([p[k] for p in parts[dim]]) for k in range(4))
+            faceless = None
+            if stationary is not None and seen.size and np.isfinite(seen).all():
+                faceless = (float(np.median(seen)), float(stationary[j]), float(spread.mean()))
+            out[dim] = fit_calibration(
+                variance, residual, split=split, where=f"calibration of {dim} on {split}", faceless=faceless
+            )
     return out

@@ -103,6 +103,25 @@ def test_serialisation_round_trips_and_refuses_nonsense():
             Calibration.from_dict(bad, where="bundle.json")
 
 
+def test_without_a_face_the_variance_ramps_to_the_labels_spread():
+    """Between the filter's settled variance (frames with a face) and the one a faceless stretch settles at, the
+    variance moves from the fitted line to the labels' spread around the fallback level (never below a frame with a
+    face's), in proportion; unchanged on frames with a face."""
+    c = Calibration(0.0, 0.02, 10, "dev", 0.5, 0.9, settled=0.01, faceless=0.11, spread=0.3)  # a = 0: no gaps seen
+    v = np.array([0.01, 0.035, 0.06, 0.11, 0.5, 0.005])
+    np.testing.assert_allclose(c.apply(v), [0.02, 0.09, 0.16, 0.3, 0.3, 0.02], rtol=1e-6)
+    wide = Calibration(4.0, 0.0, settled=0.01, faceless=0.11, spread=0.1)  # the line, carried on, would be wider
+    np.testing.assert_allclose(wide.apply(v), [0.04, 0.13, 0.17, 0.1, 0.1, 0.02], rtol=1e-6)
+    narrow = Calibration(1.0, 0.3, settled=0.01, faceless=0.11, spread=0.05)  # labels nearer the mean than the
+    np.testing.assert_allclose(narrow.apply(v), [0.31, 0.32875, 0.335, 0.31, 0.31, 0.305], rtol=1e-6)  # errors
+    assert Calibration.from_dict(c.to_dict()) == c
+    old = {"scale": 0.0, "noise": 0.02}  # written before: the fitted line alone
+    assert Calibration.from_dict(old).settled is None
+    np.testing.assert_allclose(Calibration.from_dict(old).apply(v), 0.02, rtol=1e-6)
+    with pytest.raises(AffectError, match="spread must be a finite number >= 0"):
+        Calibration.from_dict({**c.to_dict(), "spread": -1.0})
+
+
 def test_coverage_and_nll_against_their_definitions():
     prediction = np.array([0.0, 0.0, 0.0, 0.0, 0.5])
     variance = np.array([1.0, 1.0, 1.0, 4.0, np.nan])
@@ -171,6 +190,27 @@ def test_calibrated_intervals_hold_their_share_of_held_out_labels(calibrated_run
         assert abs(m["coverage50"] - 0.5) <= 0.03, (dim, m)
         assert abs(m["coverage90"] - 0.9) <= 0.03, (dim, m)
         assert m["ccc"] > 0.4  # a model that learned something: the intervals are not around a constant
+
+
+@pytest.mark.slow
+def test_a_long_stretch_without_a_face_widens_the_band_to_the_labels_spread(calibrated_run):
+    """Dev held only short stretches without a face; scoring meets a 2-minute one: the band widens there to the dev
+    labels' spread around the gap step's mean, and stays as fitted on frames with a face."""
+    bundle, test = calibrated_run
+    calibration = bundle.models[0].calibration
+    features = np.concatenate([test[0].features, np.full((3000, test[0].features.shape[1]), np.nan), test[1].features])
+    features = features.astype(np.float32)
+    track = predict_tracks(bundle, [features])[0]
+    face = np.isfinite(features).all(1)
+    for dim in ("arousal", "valence"):
+        c = calibration[dim]
+        assert c.settled is not None and c.faceless > c.settled and c.spread > 0
+        level, variance = track[dim]
+        deep = variance[250 + 2600 : 250 + 2900]  # late in the stretch: the filter has long lost the face
+        seen = c.scale * c.settled + c.noise
+        np.testing.assert_allclose(deep, max(c.spread, seen), rtol=0.05)  # the labels' spread, not the line's
+        assert deep.min() > 1.2 * np.median(variance[face]), (dim, deep.min(), np.median(variance[face]))
+        assert np.all(np.isfinite(level)) and np.all(np.abs(level) <= 1)
 
 
 @pytest.mark.slow

@@ -148,6 +148,19 @@ class BayesFilter(nn.Module, abc.ABC):
         level_mean = torch.stack((mean, torch.zeros_like(mean), torch.zeros_like(mean)), dim=-1).flatten()
         return torch.diag_embed(rho) + self.gap_couplings.to(like), (1 - rho) * level_mean
 
+    def stationary_gap_covariance(self) -> Tensor:
+        """P_inf = G P_inf G^T + Q: the covariance a stretch without a face settles at, whatever its start (G's
+        eigenvalues are below 1). Float64 `(n, n)`, without a graph; by doubling, P_2k = P_k + A_k P_k A_k^T and
+        A_2k = A_k^2 from P_1 = Q, A_1 = G: 2^60 steps."""
+        with torch.no_grad():
+            like = torch.zeros((), dtype=torch.float64, device=self.gap_rho.device)
+            G, _ = self.gap_transition(like)
+            P, A = self.noise_covariances(like)[0], G
+            for _ in range(60):
+                P = P + A @ P @ A.mT
+                A = A @ A
+        return P
+
     # ------------------------------------------------------------------------------------------------------------
     def noise_covariances(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """Q = diag(softplus(q)) `(n, n)` and R = diag(softplus(r)) `(m, m)` in the dtype/device of `like`."""
