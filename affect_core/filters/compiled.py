@@ -85,7 +85,7 @@ class CompiledRecursion(torch.autograd.Function):
         from affect_core.filters import _kernels
 
         obs, observed = _numpy(observations), _numpy(mask)
-        per_frame = _frame_noise(noise, obs)
+        per_frame = _noise_argument(noise, *obs.shape[1:])
         params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R)]
         params.append(per_frame)
         params += [_numpy(x) for x in (z0, P0, G, c)]
@@ -124,10 +124,10 @@ class CompiledRecursion(torch.autograd.Function):
         return (g_obs, None, *summed, g_noise, None, None)
 
 
-def _frame_noise(noise: Tensor | None, obs: np.ndarray) -> np.ndarray:
+def _noise_argument(noise: Tensor | None, steps: int, m: int) -> np.ndarray:
     """The kernels' per-frame noise argument: (B, T, m) float64, or a (0, T, m) array for "R on every frame"."""
     if noise is None:
-        return np.zeros((0, *obs.shape[1:]))
+        return np.zeros((0, steps, m))
     return _numpy(noise)
 
 
@@ -146,7 +146,7 @@ class RiccatiRecursion(torch.autograd.Function):
 
         observed = _numpy(mask)
         params = [_numpy(x) for x in (F, G, H, Q, R, P0)]
-        per_frame = np.zeros((0, observed.shape[1], int(R.shape[0]))) if noise is None else _numpy(noise)
+        per_frame = _noise_argument(noise, observed.shape[1], int(R.shape[0]))
         n = _square(F, H)
         slices = batch_slices(observed.shape[0])
 
@@ -259,7 +259,7 @@ def linear_filter_values(
     params = [F_, G_] + [_numpy(x) for x in (H, Q, R, P0)]
     HF, z, c_ = _numpy(H @ F), _numpy(z0), _numpy(c)
     n = _square(F, H)
-    per_frame = np.zeros((0, mask.shape[1], int(R.shape[0]))) if noise is None else _numpy(noise)
+    per_frame = _noise_argument(noise, mask.shape[1], int(R.shape[0]))
 
     def nodes(rows: slice) -> tuple[np.ndarray, np.ndarray, Tensor]:
         no_steps = np.empty((0, 0, 0, 0))  # the steps are read through the nodes, never written out
