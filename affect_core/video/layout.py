@@ -266,14 +266,16 @@ def list_video_files(loc: storage.Location, subfolder: str = VIDEOS_DIR) -> dict
         raise fail(loc.display(VIDEOS_DIR), "folder not found; expected ROOT/videos/<video_id>.mp4 (video layout)")
     files: dict[str, str] = {}
     for name, kind in storage.list_dir(loc.fs, folder):
-        if kind != "file" or name.startswith((".", "_")) or (not subfolder and not is_video_file(name)):
+        if kind != "file" or name.startswith((".", "_")):
             continue
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or "." + suffix.lower() not in VIDEO_SUFFIXES:
+        if not is_video_file(name):
+            if not subfolder:  # a plain folder's other files are left alone
+                continue
             raise fail(
                 loc.display(subfolder, name),
                 f"unexpected file; expected video files named <video_id>{'|'.join(VIDEO_SUFFIXES)}",
             )
+        stem = name.rpartition(".")[0]
         check_video_id(stem, loc.display(subfolder, name))
         if stem in files:
             raise fail(
