@@ -459,42 +459,52 @@ def test_compiled_path_through_a_long_gap(cls: type[BayesFilter]) -> None:
 
 
 def test_covariance_steps_are_shared_across_rows_exactly() -> None:
-    """The compiled covariance recursion computes each distinct step once: rows with one mask share every step, rows
-    with a common prefix share the prefix, a settled stretch costs nothing. The result equals, bit for bit, each row
-    computed alone; a mask value other than 0 and 1 is computed without sharing."""
+    """Inference's covariance recursion (`riccati_nodes`) computes each distinct step once: rows with one mask share
+    every step, rows with a common prefix share the prefix, a settled stretch costs nothing. Every step equals, bit
+    for bit, training's step by step recursion (`riccati_forward`) of each row alone; a mask value other than 0 and
+    1 is computed without sharing."""
     from affect_core.filters import _linear_kernels
 
-    layer = KalmanFilter(num_dims=2, q_init=1e-2, r_init=1e-2).double()
-    F, H = layer.F.detach().numpy(), layer.H.detach().numpy()
-    Q, R = (m.detach().numpy() for m in layer.noise_covariances(torch.zeros(1, dtype=torch.float64)))
-    P0 = layer.prior(torch.zeros(1, 1, 6, dtype=torch.float64))[1].detach().numpy()
-    size = (0,) * 6
-    steps = 300
-    gap = np.ones((8, steps))
-    gap[:, 40:55] = 0.0
-    G = layer.gap_transition(torch.zeros(1, dtype=torch.float64))[0].detach().numpy()
-    covs, gains, computed = _linear_kernels.riccati_forward(gap, F, G, H, Q, R, P0, size)
-    alone = _linear_kernels.riccati_forward(gap[:1], F, G, H, Q, R, P0, size)
-    assert computed == alone[2] <= steps
-    assert np.array_equal(covs, np.repeat(alone[0], 8, axis=0)) and np.array_equal(gains, np.repeat(alone[1], 8, 0))
+    def nodes(mask: np.ndarray, size: tuple[int, ...], *matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        F, G, H, Q, R, P0 = matrices
+        noise = np.zeros((0, mask.shape[1], len(size)))
+        node, covs, gains, computed = _linear_kernels.riccati_nodes(mask, F, G, H, Q, R, noise, P0, size)
+        return covs[node], gains[node], computed
 
-    rng = np.random.default_rng(3)
-    mixed = np.ones((6, steps))
-    mixed[1, 100:120] = 0.0  # shares the first 100 steps with row 0
-    mixed[2] = rng.random(steps) > 0.2
-    mixed[3, 250:] = 0.0
-    mixed[4, 7] = 0.5  # a fractional weight: computed step by step
-    mixed[5] = mixed[1]
-    covs, gains, computed = _linear_kernels.riccati_forward(mixed, F, G, H, Q, R, P0, size)
-    separately = [_linear_kernels.riccati_forward(mixed[b : b + 1], F, G, H, Q, R, P0, size) for b in range(6)]
-    assert np.array_equal(covs, np.concatenate([s[0] for s in separately]))
-    assert np.array_equal(gains, np.concatenate([s[1] for s in separately]))
-    assert computed == _linear_kernels.riccati_forward(mixed[:5], F, G, H, Q, R, P0, size)[2]  # row 5 repeats row 1
-    assert computed < sum(s[2] for s in separately[:5])  # row 1 shares row 0's first 100 steps
-    reference = KalmanFilter(method="reference", num_dims=2, q_init=1e-2, r_init=1e-2).double()
-    observed = torch.from_numpy(mixed[[0, 1, 2, 3, 5]]).bool()
-    expected = reference(torch.zeros(5, steps, 6, dtype=torch.float64), mask=observed).covariances
-    torch.testing.assert_close(torch.from_numpy(covs[[0, 1, 2, 3, 5]]), expected, atol=1e-9, rtol=1e-7)
+    for num_dims in (1, 2):  # the generated 3 x 3 step and the array step
+        layer = KalmanFilter(num_dims=num_dims, q_init=1e-2, r_init=1e-2).double()
+        F, H = layer.F.detach().numpy(), layer.H.detach().numpy()
+        Q, R = (m.detach().numpy() for m in layer.noise_covariances(torch.zeros(1, dtype=torch.float64)))
+        P0 = layer.prior(torch.zeros(1, 1, 3 * num_dims, dtype=torch.float64))[1].detach().numpy()
+        G = layer.gap_transition(torch.zeros(1, dtype=torch.float64))[0].detach().numpy()
+        matrices = (F, G, H, Q, R, P0)
+        size = (0,) * (3 * num_dims)
+        steps = 300
+        gap = np.ones((8, steps))
+        gap[:, 40:55] = 0.0
+        covs, gains, computed = nodes(gap, size, *matrices)
+        alone = _linear_kernels.riccati_forward(gap[:1], F, G, H, Q, R, P0, size)
+        assert computed == nodes(gap[:1], size, *matrices)[2] < steps  # a settled stretch costs nothing
+        assert np.array_equal(covs, np.repeat(alone[0], 8, axis=0))
+        assert np.array_equal(gains, np.repeat(alone[1], 8, 0))
+
+        rng = np.random.default_rng(3)
+        mixed = np.ones((6, steps))
+        mixed[1, 100:120] = 0.0  # shares the first 100 steps with row 0
+        mixed[2] = rng.random(steps) > 0.2
+        mixed[3, 250:] = 0.0
+        mixed[4, 7] = 0.5  # a fractional weight: computed step by step
+        mixed[5] = mixed[1]
+        covs, gains, computed = nodes(mixed, size, *matrices)
+        separately = [_linear_kernels.riccati_forward(mixed[b : b + 1], F, G, H, Q, R, P0, size) for b in range(6)]
+        assert np.array_equal(covs, np.concatenate([s[0] for s in separately]))
+        assert np.array_equal(gains, np.concatenate([s[1] for s in separately]))
+        assert computed == nodes(mixed[:5], size, *matrices)[2]  # row 5 repeats row 1
+        assert computed < sum(nodes(mixed[b : b + 1], size, *matrices)[2] for b in range(5))  # rows 0, 1 share
+        reference = KalmanFilter(method="reference", num_dims=num_dims, q_init=1e-2, r_init=1e-2).double()
+        observed = torch.from_numpy(mixed[[0, 1, 2, 3, 5]]).bool()
+        expected = reference(torch.zeros(5, steps, 3 * num_dims, dtype=torch.float64), mask=observed).covariances
+        torch.testing.assert_close(torch.from_numpy(covs[[0, 1, 2, 3, 5]]), expected, atol=1e-9, rtol=1e-7)
 
 
 @pytest.mark.parametrize("masked", [False, True])

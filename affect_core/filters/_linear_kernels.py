@@ -26,7 +26,6 @@ import numpy as np
 from numba import njit
 
 from affect_core.filters._kernels import (
-    _frame_noise,
     _gain_adjoint,
     _joseph,
     _joseph_adjoint,
@@ -37,6 +36,7 @@ from affect_core.filters._kernels import (
     _sym,
     _unobserved,
 )
+from affect_core.filters._riccati3 import gap_step, gap_step_adjoint, observed_step, observed_step_adjoint
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -81,12 +81,22 @@ def _same(A, B, n):
     return True
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _repeats(covs, gains, new, earlier, n):
+    """Node `new` equals node `earlier` (> 0) bit for bit: one entry compared first, the rest only if it matches."""
+    return (
+        earlier > 0
+        and covs[new, 0, 0] == covs[earlier, 0, 0]
+        and _same(covs[new], covs[earlier], n)
+        and _same(gains[new], gains[earlier], n)
+    )
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def riccati_nodes(mask, F, G, H, Q, R, noise, P0, step_covs, step_gains, size):
+def riccati_nodes(mask, F, G, H, Q, R, noise, P0, size):
     """mask (Bc, T) of 0/1 -> node (Bc, T): the node holding each step's (P_t, K_t); the nodes' covariances
-    (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared). When
-    step_covs (Bc, T, n, n) and step_gains (Bc, T, n, m) have rows, each step's covariance and gain are also copied
-    there as the step is reached (`riccati_forward`); inference passes them without rows.
+    (count, n, n) and gains (count, n, m); and the number of steps computed (the others were shared). What
+    inference reads (`compiled.linear_filter_values`): no copy of every step is written.
 
     A step is a function of its input P_{t-1} and mu_t only, so distinct steps are computed once and shared: node 0
     is the prior P_0 (gain zero), every other node one computed step, and ``succ[node, mu]`` is the node that follows
@@ -106,14 +116,13 @@ def riccati_nodes(mask, F, G, H, Q, R, noise, P0, step_covs, step_gains, size):
     covs, gains = np.empty((capacity, n, n)), np.empty((capacity, n, m))
     covs[0], gains[0] = P0, 0.0
     node = np.empty((Bc, T), dtype=np.int64)
-    Pp, Mm, t1, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
-    S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
-    Bm, t2, Rt = np.empty((n, m)), np.empty((n, m)), np.empty((m, m))
+    Pp, Mm, t1, t2, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, m)), np.empty((n, n))
+    S, L, Sinv, Bm = np.empty((m, m)), np.empty((m, m)), np.empty((m, m)), np.empty((n, m))
     per_frame = noise.shape[0] > 0
+    Rt = _noise_matrix(R, per_frame)
     succ, parent = np.full((capacity, 2), -1), np.empty(capacity, dtype=np.int64)
     parent[0] = -1  # the prior has none; a node's parent is set when the node is made
     count, computed = 1, 0
-    per_step = step_covs.shape[0] > 0
     for b in range(Bc):
         current = 0
         for t in range(T):
@@ -125,14 +134,21 @@ def riccati_nodes(mask, F, G, H, Q, R, noise, P0, step_covs, step_gains, size):
             if following < 0:
                 computed += 1
                 new = count  # the step's slot, kept if it is not a settled node's
-                R_t = _frame_noise(R, noise, b, t, Rt, n)
-                _riccati_step(covs[current], mu, F, G, H, Q, R_t, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
-                _joseph(Pp, gains[new], Mm, R_t, covs[new], t1, t2, t3, n)
-                for earlier in (current, parent[current]):
-                    if earlier > 0 and _same(covs[new], covs[earlier], n) and _same(gains[new], gains[earlier], n):
-                        following = earlier
-                        break
-                if following < 0:
+                if per_frame:
+                    _set_frame_noise(Rt, noise, b, t, n)
+                if n == 3:  # the generated scalar step
+                    if mu == 0.0:
+                        gap_step(covs[current], G, Q, covs[new], gains[new])
+                    else:
+                        observed_step(covs[current], mu, F, H, Q, Rt, covs[new], gains[new])
+                else:
+                    _riccati_step(covs[current], mu, F, G, H, Q, Rt, Pp, S, L, Sinv, Bm, gains[new], Mm, t1, n)
+                    _joseph(Pp, gains[new], Mm, Rt, covs[new], t1, t2, t3, n)
+                if _repeats(covs, gains, new, current, n):
+                    following = current
+                elif _repeats(covs, gains, new, parent[current], n):
+                    following = parent[current]
+                else:
                     following = new
                     count += 1
                     parent[new] = current
@@ -140,114 +156,154 @@ def riccati_nodes(mask, F, G, H, Q, R, noise, P0, step_covs, step_gains, size):
                     succ[current, key] = following
             node[b, t] = following
             current = following
-            if per_step:
-                for i in range(n):
-                    for k in range(n):
-                        step_covs[b, t, i, k] = covs[following, i, k]
-                        step_gains[b, t, i, k] = gains[following, i, k]
     return node, covs[:count], gains[:count], computed
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def riccati_steps(mask, F, G, H, Q, R, noise, P0, covs, gains, size):
+    """Every step of the covariance recursion, written into covs (Bc, T, n, n) and gains (Bc, T, n, m): what
+    training keeps for the backward passes. The same step as `riccati_nodes` (so equal to it bit for bit) without
+    looking for shared steps: a training step needs each one written out, and computing a step (~0.07 us for n = 3)
+    costs less than finding it. noise: (Bc, T, m) per-frame observation-noise variances, or a leading 0 (R on every
+    frame)."""
+    n = len(size)
+    Bc, T = mask.shape
+    per_frame = noise.shape[0] > 0
+    Rt = _noise_matrix(R, per_frame)
+    # Two loops rather than a branch in one: the 3 x 3 loop then holds nothing but the scalar step.
+    if n == 3:
+        for b in range(Bc):
+            for t in range(T):
+                P, mu = P0 if t == 0 else covs[b, t - 1], mask[b, t]
+                if per_frame:
+                    _set_frame_noise(Rt, noise, b, t, n)
+                if mu == 0.0:
+                    gap_step(P, G, Q, covs[b, t], gains[b, t])
+                else:
+                    observed_step(P, mu, F, H, Q, Rt, covs[b, t], gains[b, t])
+        return
+    Pp, Mm, t1, t2, t3 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    S, L, Sinv, Bm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    for b in range(Bc):
+        for t in range(T):
+            P, K = P0 if t == 0 else covs[b, t - 1], gains[b, t]
+            if per_frame:
+                _set_frame_noise(Rt, noise, b, t, n)
+            _riccati_step(P, mask[b, t], F, G, H, Q, Rt, Pp, S, L, Sinv, Bm, K, Mm, t1, n)
+            _joseph(Pp, K, Mm, Rt, covs[b, t], t1, t2, t3, n)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _noise_matrix(R, per_frame):
+    """The observation noise the steps read: a copy of R, or zeros whose diagonal each frame sets (per-frame)."""
+    return np.zeros(R.shape) if per_frame else R.copy()
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _set_frame_noise(Rt, noise, b, t, n):
+    """Rt = diag(noise[b, t]) (its off-diagonal entries are zeros already)."""
+    for i in range(n):
+        Rt[i, i] = noise[b, t, i]
+
+
 def riccati_forward(mask, F, G, H, Q, R, P0, size, noise=None):
-    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n), gains K (Bc, T, n, m) and the number of steps
-    computed: the steps of `riccati_nodes`, written out one by one (copying a computed step is exact). noise:
-    (Bc, T, m) per-frame observation-noise variances, or None (R on every frame)."""
+    """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n) and gains K (Bc, T, n, m) (`riccati_steps`).
+    noise: (Bc, T, m) per-frame observation-noise variances, or None (R on every frame)."""
     n, (Bc, T) = len(size), mask.shape
     covs, gains = np.empty((Bc, T, n, n)), np.empty((Bc, T, n, n))
     noise = np.zeros((0, T, n)) if noise is None else noise
-    computed = riccati_nodes(mask, F, G, H, Q, R, noise, P0, covs, gains, size)[3]
-    return covs, gains, computed
+    riccati_steps(mask, F, G, H, Q, R, noise, P0, covs, gains, size)
+    return covs, gains
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gains, size):
-    """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n), g_gains (Bc, T, n, m) -> gradients w.r.t. F (n, n),
-    G (n, n), H (m, n), Q (n, n), R (m, m) summed over the rows, w.r.t. P0 (Bc, n, n) per row, and w.r.t. the
-    per-frame noise (Bc, T, m) where it is given (R's gradient is then that of the frames without it: zero)."""
+    """Adjoint of `riccati_forward`: g_covs (Bc, T, n, n) (or an array without rows: zero), g_gains (Bc, T, n, m)
+    -> gradients w.r.t. F (n, n), G (n, n), H (m, n), Q (n, n), R (m, m) summed over the rows, w.r.t. P0 (Bc, n, n)
+    per row, and w.r.t. the per-frame noise (Bc, T, m) where it is given (R's gradient is then that of the frames
+    without it: zero). Each step is computed again from its input P_{t-1}: for n = 3 in the generated scalar adjoint
+    (`_riccati3`), otherwise in `_array_step_adjoint`."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
-    m = n
     per_frame = noise.shape[0] > 0
+    with_covs = g_covs.shape[0] > 0
     g_noise = np.zeros(noise.shape)
-    Rt, gRt = np.empty((m, m)), np.zeros((m, m))
-    gF, gH, gQ, gR = np.zeros((n, n)), np.zeros((m, n)), np.zeros((n, n)), np.zeros((m, m))
-    gG = np.zeros((n, n))
+    Rt = _noise_matrix(R, per_frame)
+    gF, gH, gQ, gR, gG = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+    gRt = np.zeros((n, n))  # the step's adjoint of R_t where it is per frame (else it adds into gR)
     gP0 = np.zeros((Bc, n, n))
-    t1 = np.empty((n, n))
-    S, L = np.empty((m, m)), np.empty((m, m))
-    Bm, t2 = np.empty((n, m)), np.empty((n, m))
-    W, gM, gPp, u1 = np.empty((n, n)), np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
-    gK, gKS = np.empty((n, m)), np.empty((n, m))
-    gS, u2 = np.empty((m, m)), np.empty((m, m))
-    u3 = np.empty((m, n))
-    gP = np.zeros((n, n))
-    # The intermediates of the last two distinct steps, keyed by their input (row of covs, -1 = P0) and mu: in a
-    # settled stretch the step's input repeats and its intermediates need not be recomputed (see riccati_forward).
-    Pp2, Mm2, Sinv2, K2 = np.empty((2, n, n)), np.empty((2, n, n)), np.empty((2, m, m)), np.empty((2, n, m))
-    key_row, key_mu = np.full(2, -2), np.zeros(2)
+    X, gP, work = np.empty((n, n)), np.zeros((n, n)), np.empty((18, n, n))
     for b in range(Bc):
         gP[:] = 0.0
-        key_row[:] = -2
-        older = 0
         for t in range(T - 1, -1, -1):
-            P = P0 if t == 0 else covs[b, t - 1]
-            mu = mask[b, t]
-            R_t = _frame_noise(R, noise, b, t, Rt, n)
-            gR_t = gRt if per_frame else gR  # the step's adjoint of R_t: per frame, or summed into R's
+            P, mu = P0 if t == 0 else covs[b, t - 1], mask[b, t]
+            for i in range(n):  # the adjoint of P_t: from the next step and from the output
+                for k in range(n):
+                    X[i, k] = gP[i, k] + g_covs[b, t, i, k] if with_covs else gP[i, k]
             if per_frame:
+                _set_frame_noise(Rt, noise, b, t, n)
                 gRt[:] = 0.0
-            slot = -1
-            for j in range(2):
-                if not per_frame and key_row[j] >= -1 and key_mu[j] == mu:  # R_t per frame: always recomputed
-                    P_key = P0 if key_row[j] == -1 else covs[b, key_row[j]]
-                    if _same(P, P_key, n):
-                        slot = j
-            if slot < 0:
-                slot = older
-                older = 1 - older
-                key_row[slot], key_mu[slot] = t - 1, mu
-                _riccati_step(P, mu, F, G, H, Q, R_t, Pp2[slot], S, L, Sinv2[slot], Bm, K2[slot], Mm2[slot], t1, n)
-            Pp, Mm, Sinv, K = Pp2[slot], Mm2[slot], Sinv2[slot], K2[slot]
-            for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
-                for k in range(n):
-                    W[i, k] = 0.5 * (gP[i, k] + gP[k, i] + g_covs[b, t, i, k] + g_covs[b, t, k, i])
-            _joseph_adjoint(W, Mm, Pp, K, R_t, gM, gPp, gK, gR_t, u1, t2, u2, n)
-            for i in range(n):
-                for k in range(m):
-                    gK[i, k] += g_gains[b, t, i, k]
-            _mm_nt(gM, H, t2, n)  # M = I - K H: gK -= gM H^T; gH -= K^T gM
-            _mm_tn(K, gM, u3, n)
-            for i in range(n):
-                for k in range(m):
-                    gK[i, k] = mu * (gK[i, k] - t2[i, k])  # K = mu B S^-1
-            for i in range(m):
-                for k in range(n):
-                    gH[i, k] -= u3[i, k]
-            _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR_t, gKS, gS, t1, u3, n)
+            gR_t = gRt if per_frame else gR
+            # One branch on n per step, not a loop each: a step is ~0.2 us here, the branch is not measurable.
+            if n == 3 and mu == 0.0:  # K = 0 whatever its adjoint
+                gap_step_adjoint(P, G, Q, X, gP, gG, gQ)
+            elif n == 3:
+                observed_step_adjoint(P, mu, F, H, Q, Rt, X, g_gains[b, t], gP, gF, gH, gQ, gR_t)
+            else:
+                _array_step_adjoint(P, mu, F, G, H, Q, Rt, X, g_gains[b, t], gP, gF, gG, gH, gQ, gR_t, work, n)
             if per_frame:  # R_t = diag(noise[b, t])
-                for i in range(m):
+                for i in range(n):
                     g_noise[b, t, i] = gRt[i, i]
-            A, gA = (G, gG) if mu == 0.0 else (F, gF)  # the step's transition: the gap step's G where mu = 0
-            for i in range(n):  # P^ = sym(A P A^T + Q)
-                for k in range(n):
-                    W[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
-                    gQ[i, k] += W[i, k]
-            _mm(W, A, t1, n)
-            _mm(t1, P, u1, n)  # gA += 2 W A P
-            for i in range(n):
-                for k in range(n):
-                    gA[i, k] += 2.0 * u1[i, k]
-            _mm_tn(A, t1, gP, n)  # adjoint into P_{t-1}: A^T W A
         gP0[b] = gP
     return gF, gG, gH, gQ, gR, gP0, g_noise
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _array_step_adjoint(P, mu, F, G, H, Q, R, X, gK_out, gP, gF, gG, gH, gQ, gR, work, n):
+    """Adjoint of one covariance step on arrays (any n): from X (the adjoint of P_t) and gK_out (of K_t) sets gP
+    (of P_{t-1}) and adds into gF, gG, gH, gQ, gR. work: (18, n, n) scratch (m = n)."""
+    m = n
+    Pp, Mm, Sinv, K, t1, S, L, Bm = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
+    t2, W, gM, gPp, u1, gK, gKS, gS = work[8], work[9], work[10], work[11], work[12], work[13], work[14], work[15]
+    u2, u3 = work[16], work[17]
+    _riccati_step(P, mu, F, G, H, Q, R, Pp, S, L, Sinv, Bm, K, Mm, t1, n)
+    for i in range(n):  # through P_t = sym(M P^ M^T + K R K^T)
+        for k in range(n):
+            W[i, k] = 0.5 * (X[i, k] + X[k, i])
+    _joseph_adjoint(W, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n)
+    for i in range(n):
+        for k in range(m):
+            gK[i, k] += gK_out[i, k]
+    _mm_nt(gM, H, t2, n)  # M = I - K H: gK -= gM H^T; gH -= K^T gM
+    _mm_tn(K, gM, u3, n)
+    for i in range(n):
+        for k in range(m):
+            gK[i, k] = mu * (gK[i, k] - t2[i, k])  # K = mu B S^-1
+    for i in range(m):
+        for k in range(n):
+            gH[i, k] -= u3[i, k]
+    _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR, gKS, gS, t1, u3, n)
+    A, gA = (G, gG) if mu == 0.0 else (F, gF)  # the step's transition: the gap step's G where mu = 0
+    for i in range(n):  # P^ = sym(A P A^T + Q)
+        for k in range(n):
+            W[i, k] = 0.5 * (gPp[i, k] + gPp[k, i])
+            gQ[i, k] += W[i, k]
+    _mm(W, A, t1, n)
+    _mm(t1, P, u1, n)  # gA += 2 W A P
+    for i in range(n):
+        for k in range(n):
+            gA[i, k] += 2.0 * u1[i, k]
+    _mm_tn(A, t1, gP, n)  # adjoint into P_{t-1}: A^T W A
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def state_forward(obs, mask, node, gains, F, HF, G, c, z0, size):
     """obs (B, T, m), mask (Bc, T), gains (N, n, m) and node (Bc, T) with Bc = 1 or B, the gain of each step
     (`riccati_nodes`) -> states (B, T, n): z_t = F z_{t-1} + K_t (o_t - HF z_{t-1}), K_t = gains[node[row, t]];
-    where mask is 0, the gap step z_t = G z_{t-1} + c."""
+    where mask is 0, the gap step z_t = G z_{t-1} + c. For n = 3, `_state_forward3` (equal bit for bit)."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
+    if n == 3:
+        return _state_forward3(obs, mask, node, gains, F, HF, G, c, z0)
     B, T, m = obs.shape[0], obs.shape[1], n
     shared = node.shape[0] == 1
     states = np.empty((B, T, n))
@@ -283,8 +339,11 @@ def state_forward(obs, mask, node, gains, F, HF, G, c, z0, size):
 @njit(cache=True, nogil=True, error_model="numpy")
 def state_backward(obs, mask, gains, F, HF, G, c, z0, states, g_states, size):
     """Adjoint of `state_forward`: g_states (B, T, n) -> gradients w.r.t. obs (B, T, m), gains (Bc, T, n, m) (summed
-    over the sequences sharing a row), F (n, n), HF (m, n), G (n, n), c (n,) and z0 (n,)."""
+    over the sequences sharing a row), F (n, n), HF (m, n), G (n, n), c (n,) and z0 (n,). For n = 3,
+    `_state_backward3` (equal bit for bit)."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
+    if n == 3:
+        return _state_backward3(obs, mask, gains, F, HF, G, c, z0, states, g_states)
     B, T, m = obs.shape[0], obs.shape[1], n
     shared = gains.shape[0] == 1
     g_obs = np.empty((B, T, m))
@@ -340,4 +399,92 @@ def state_backward(obs, mask, gains, F, HF, G, c, z0, states, g_states, size):
                 carry[k] = s
         for k in range(n):
             gz0[k] += carry[k]
+    return g_obs, g_gains, gF, gHF, gG, gc, gz0
+
+
+# The state recursion for n = 3 with the state and its adjoint in scalars (registers) from step to step instead of
+# small arrays: the same operations in the same order as the loops above (so equal to them bit for bit), ~5x faster.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _state_forward3(obs, mask, node, gains, F, HF, G, c, z0):
+    B, T = obs.shape[0], obs.shape[1]
+    shared = node.shape[0] == 1
+    states = np.empty((B, T, 3))
+    for b in range(B):
+        row = 0 if shared else b
+        x0, x1, x2 = z0[0], z0[1], z0[2]
+        for t in range(T):
+            if mask[row, t] == 0.0:
+                y0 = c[0] + G[0, 0] * x0 + G[0, 1] * x1 + G[0, 2] * x2
+                y1 = c[1] + G[1, 0] * x0 + G[1, 1] * x1 + G[1, 2] * x2
+                y2 = c[2] + G[2, 0] * x0 + G[2, 1] * x1 + G[2, 2] * x2
+            else:
+                K = gains[node[row, t]]
+                v0 = obs[b, t, 0] - HF[0, 0] * x0 - HF[0, 1] * x1 - HF[0, 2] * x2
+                v1 = obs[b, t, 1] - HF[1, 0] * x0 - HF[1, 1] * x1 - HF[1, 2] * x2
+                v2 = obs[b, t, 2] - HF[2, 0] * x0 - HF[2, 1] * x1 - HF[2, 2] * x2
+                y0 = F[0, 0] * x0 + F[0, 1] * x1 + F[0, 2] * x2 + K[0, 0] * v0 + K[0, 1] * v1 + K[0, 2] * v2
+                y1 = F[1, 0] * x0 + F[1, 1] * x1 + F[1, 2] * x2 + K[1, 0] * v0 + K[1, 1] * v1 + K[1, 2] * v2
+                y2 = F[2, 0] * x0 + F[2, 1] * x1 + F[2, 2] * x2 + K[2, 0] * v0 + K[2, 1] * v1 + K[2, 2] * v2
+            states[b, t, 0], states[b, t, 1], states[b, t, 2] = y0, y1, y2
+            x0, x1, x2 = y0, y1, y2
+    return states
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _state_backward3(obs, mask, gains, F, HF, G, c, z0, states, g_states):
+    B, T = obs.shape[0], obs.shape[1]
+    shared = gains.shape[0] == 1
+    g_obs = np.empty((B, T, 3))
+    g_gains = np.zeros(gains.shape)
+    gF, gHF, gG = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
+    gc, gz0, x = np.zeros(3), np.zeros(3), np.empty(3)
+    for b in range(B):
+        row = 0 if shared else b
+        r0 = r1 = r2 = 0.0  # the adjoint carried into z_{t-1}
+        for t in range(T - 1, -1, -1):
+            z = z0 if t == 0 else states[b, t - 1]
+            x[0], x[1], x[2] = z[0], z[1], z[2]
+            l0, l1, l2 = g_states[b, t, 0] + r0, g_states[b, t, 1] + r1, g_states[b, t, 2] + r2
+            if mask[row, t] == 0.0:  # z_t = G z_{t-1} + c
+                g_obs[b, t, 0] = g_obs[b, t, 1] = g_obs[b, t, 2] = 0.0
+                gc[0] += l0
+                gc[1] += l1
+                gc[2] += l2
+                for k in range(3):
+                    gG[0, k] += l0 * x[k]
+                    gG[1, k] += l1 * x[k]
+                    gG[2, k] += l2 * x[k]
+                r0 = G[0, 0] * l0 + G[1, 0] * l1 + G[2, 0] * l2
+                r1 = G[0, 1] * l0 + G[1, 1] * l1 + G[2, 1] * l2
+                r2 = G[0, 2] * l0 + G[1, 2] * l1 + G[2, 2] * l2
+                continue
+            K = gains[row, t]
+            v0 = obs[b, t, 0] - HF[0, 0] * x[0] - HF[0, 1] * x[1] - HF[0, 2] * x[2]
+            v1 = obs[b, t, 1] - HF[1, 0] * x[0] - HF[1, 1] * x[1] - HF[1, 2] * x[2]
+            v2 = obs[b, t, 2] - HF[2, 0] * x[0] - HF[2, 1] * x[1] - HF[2, 2] * x[2]
+            w0 = K[0, 0] * l0 + K[1, 0] * l1 + K[2, 0] * l2  # K^T lambda: the gradient of o_t
+            w1 = K[0, 1] * l0 + K[1, 1] * l1 + K[2, 1] * l2
+            w2 = K[0, 2] * l0 + K[1, 2] * l1 + K[2, 2] * l2
+            g_obs[b, t, 0], g_obs[b, t, 1], g_obs[b, t, 2] = w0, w1, w2
+            gK = g_gains[row, t]
+            for k, vk in enumerate((v0, v1, v2)):
+                gK[0, k] += l0 * vk
+                gK[1, k] += l1 * vk
+                gK[2, k] += l2 * vk
+            for k in range(3):
+                gF[0, k] += l0 * x[k]
+                gF[1, k] += l1 * x[k]
+                gF[2, k] += l2 * x[k]
+                gHF[0, k] -= w0 * x[k]
+                gHF[1, k] -= w1 * x[k]
+                gHF[2, k] -= w2 * x[k]
+            # into z_{t-1}: F^T lambda - HF^T w
+            r0 = F[0, 0] * l0 + F[1, 0] * l1 + F[2, 0] * l2 - HF[0, 0] * w0 - HF[1, 0] * w1 - HF[2, 0] * w2
+            r1 = F[0, 1] * l0 + F[1, 1] * l1 + F[2, 1] * l2 - HF[0, 1] * w0 - HF[1, 1] * w1 - HF[2, 1] * w2
+            r2 = F[0, 2] * l0 + F[1, 2] * l1 + F[2, 2] * l2 - HF[0, 2] * w0 - HF[1, 2] * w1 - HF[2, 2] * w2
+        gz0[0] += r0
+        gz0[1] += r1
+        gz0[2] += r2
     return g_obs, g_gains, gF, gHF, gG, gc, gz0

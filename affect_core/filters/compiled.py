@@ -144,6 +144,7 @@ class RiccatiRecursion(torch.autograd.Function):
     def forward(ctx, mask, F, G, H, Q, R, P0, noise=None):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
+        ctx.set_materialize_grads(False)  # the covariances often reach no loss: no zeros made for their gradient
         observed = _numpy(mask)
         params = [_numpy(x) for x in (F, G, H, Q, R, P0)]
         per_frame = _noise_argument(noise, observed.shape[1], int(R.shape[0]))
@@ -166,12 +167,14 @@ class RiccatiRecursion(torch.autograd.Function):
         from affect_core.filters import _linear_kernels
 
         observed, (F, G, H, Q, R, P0), per_frame, covs, gains, slices, n = ctx.saved
-        g_c = np.zeros_like(covs) if g_covs is None else _numpy(g_covs)
+        no_rows = np.empty((0, 0, 0, 0))  # a gradient that is zero (an output that reached no loss)
+        g_c = no_rows if g_covs is None else _numpy(g_covs)
         g_k = np.zeros_like(gains) if g_gains is None else _numpy(g_gains)
 
         def kernel(s: slice) -> tuple[np.ndarray, ...]:
+            c = g_c if g_covs is None else g_c[s]
             return _linear_kernels.riccati_backward(
-                observed[s], F, G, H, Q, R, per_frame[s], P0, covs[s], gains[s], g_c[s], g_k[s], n
+                observed[s], F, G, H, Q, R, per_frame[s], P0, covs[s], gains[s], c, g_k[s], n
             )
 
         parts = run_slices(kernel, slices)
@@ -262,11 +265,8 @@ def linear_filter_values(
     per_frame = _noise_argument(noise, mask.shape[1], int(R.shape[0]))
 
     def nodes(rows: slice) -> tuple[np.ndarray, np.ndarray, Tensor]:
-        no_steps = np.empty((0, 0, 0, 0))  # the steps are read through the nodes, never written out
         F_, G_, H_, Q_, R_, P0_ = params
-        node, covs, gains, _ = _linear_kernels.riccati_nodes(
-            mask[rows], F_, G_, H_, Q_, R_, per_frame[rows], P0_, no_steps, no_steps, n
-        )
+        node, covs, gains, _ = _linear_kernels.riccati_nodes(mask[rows], F_, G_, H_, Q_, R_, per_frame[rows], P0_, n)
         return node, gains, torch.from_numpy(covs).to(observations.dtype)[torch.from_numpy(node)]
 
     def states(part: slice, rows: slice, node: np.ndarray, gains: np.ndarray) -> np.ndarray:
