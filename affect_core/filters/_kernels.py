@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from affect_core.filters._steps3 import ekf_gap_step, ekf_gap_step_adjoint, ekf_observed_step, ekf_observed_step_adjoint
+
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _mm(A, B, out, n):  # out = A @ B
@@ -221,8 +223,12 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c, linear,
     """obs (B, T, m), mask (B, T) of 0/1 -> states (B, T, n), covariances (B, T, n, n) and, when `save`, the
     intermediates the backward pass reads: z^ (B, T, n), h (B, T, m), P^ (B, T, n, n), S^-1 (B, T, m, m),
     K (B, T, n, m), innovation v (B, T, m) (arrays with a leading 0 otherwise). noise (B, T, m): each frame's
-    observation-noise variances, R_t = diag(noise[b, t]) (learned observation noise); a leading 0: R on every frame."""
+    observation-noise variances, R_t = diag(noise[b, t]) (learned observation noise); a leading 0: R on every frame.
+    The EKF with n = 3 runs the generated scalar step (`_steps3`) and saves nothing: its backward computes each step
+    again from the step's input (z_{t-1}, P_{t-1})."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
+    if n == 3 and not linear:
+        return _ekf_forward3(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c)
     B, T, m = obs.shape[0], obs.shape[1], n
     states = np.empty((B, T, n))
     covs = np.empty((B, T, n, n))
@@ -329,8 +335,12 @@ def filter_backward(
     g_states (B, T, n), g_covs (B, T, n, n) -> gradients w.r.t. obs (B, T, m) and,
     per sequence (sum over B afterwards), W_f (B, n, n), b_f (B, n), W_h (B, m, n), b_h (B, m), Q (B, n, n),
     R (B, m, m), z_0 (B, n), P_0 (B, n, n), and the gap step's G (B, n, n) and c (B, n) (`Gap`, `gap_c`); with
-    per-frame noise (B, T, m) the gradient w.r.t. it (B, T, m) in R's place (a (0, T, m) array otherwise)."""
+    per-frame noise (B, T, m) the gradient w.r.t. it (B, T, m) in R's place (a (0, T, m) array otherwise).
+    The EKF with n = 3 runs the generated scalar adjoint (`_steps3`), which needs no saved intermediates."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
+    if n == 3 and not linear:
+        args = (obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, Gap, gap_c, states, covs, g_states, g_covs)
+        return _ekf_backward3(*args)
     B, T, m = obs.shape[0], obs.shape[1], n
     per_frame = noise.shape[0] > 0
     g_noise = np.zeros(noise.shape)
@@ -436,3 +446,76 @@ def filter_backward(
             for k in range(n):
                 gP0[b, i, k] = gP[i, k]
     return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0, gG, g_gap_c, g_noise
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _noise_matrix(R, per_frame):
+    """The observation noise the steps read: a copy of R, or zeros whose diagonal each frame sets (per-frame)."""
+    return np.zeros(R.shape) if per_frame else R.copy()
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _set_frame_noise(Rt, noise, b, t, n):
+    """Rt = diag(noise[b, t]) (its off-diagonal entries are zeros already)."""
+    for i in range(n):
+        Rt[i, i] = noise[b, t, i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ekf_forward3(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c):
+    """`filter_forward` of the EKF for n = 3 (nothing saved)."""
+    B, T = obs.shape[0], obs.shape[1]
+    states, covs = np.empty((B, T, 3)), np.empty((B, T, 3, 3))
+    per_frame = noise.shape[0] > 0
+    Rt = _noise_matrix(R, per_frame)
+    for b in range(B):
+        for t in range(T):
+            z, P = (z0, P0) if t == 0 else (states[b, t - 1], covs[b, t - 1])
+            mu = mask[b, t]
+            if mu == 0.0:
+                ekf_gap_step(z, P, G, c, Q, states[b, t], covs[b, t])
+                continue
+            if per_frame:
+                _set_frame_noise(Rt, noise, b, t, 3)
+            ekf_observed_step(z, P, obs[b, t], mu, Wf, bf, Wh, bh, Q, Rt, states[b, t], covs[b, t])
+    vectors, matrices = np.empty((0, T, 3)), np.empty((0, T, 3, 3))
+    return states, covs, vectors, vectors, matrices, matrices, matrices, vectors
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ekf_backward3(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c, states, covs, g_states, g_covs):
+    """`filter_backward` of the EKF for n = 3: each step computed again from its input and its adjoint applied."""
+    B, T = obs.shape[0], obs.shape[1]
+    per_frame = noise.shape[0] > 0
+    g_noise = np.zeros(noise.shape)
+    g_obs = np.zeros((B, T, 3))
+    gWf, gbf, gWh, gbh = np.zeros((B, 3, 3)), np.zeros((B, 3)), np.zeros((B, 3, 3)), np.zeros((B, 3))
+    gQ, gR, gz0, gP0 = np.zeros((B, 3, 3)), np.zeros((B, 3, 3)), np.zeros((B, 3)), np.zeros((B, 3, 3))
+    gG, gc = np.zeros((B, 3, 3)), np.zeros((B, 3))
+    Rt, gRt = _noise_matrix(R, per_frame), np.zeros((3, 3))
+    gz, gP, xz, X = np.zeros(3), np.zeros((3, 3)), np.empty(3), np.empty((3, 3))
+    for b in range(B):
+        gz[:] = 0.0
+        gP[:] = 0.0
+        for t in range(T - 1, -1, -1):
+            for i in range(3):  # the adjoints of z_t, P_t: from step t + 1 and from the outputs
+                xz[i] = gz[i] + g_states[b, t, i]
+                for k in range(3):
+                    X[i, k] = gP[i, k] + g_covs[b, t, i, k]
+            z, P = (z0, P0) if t == 0 else (states[b, t - 1], covs[b, t - 1])
+            mu = mask[b, t]
+            if mu == 0.0:
+                ekf_gap_step_adjoint(z, P, G, c, Q, xz, X, gz, gP, gG[b], gc[b], gQ[b])
+                continue
+            if per_frame:
+                _set_frame_noise(Rt, noise, b, t, 3)
+                gRt[:] = 0.0
+            gR_t = gRt if per_frame else gR[b]  # the step's adjoint of R_t: per frame, or summed into R's
+            ekf_observed_step_adjoint(z, P, obs[b, t], mu, Wf, bf, Wh, bh, Q, Rt, xz, X, gz, gP, g_obs[b, t],
+                                      gWf[b], gbf[b], gWh[b], gbh[b], gQ[b], gR_t)  # fmt: skip
+            if per_frame:  # R_t = diag(noise[b, t])
+                for i in range(3):
+                    g_noise[b, t, i] = gRt[i, i]
+        gz0[b] = gz
+        gP0[b] = gP
+    return g_obs, gWf, gbf, gWh, gbh, gQ, gR, gz0, gP0, gG, gc, g_noise

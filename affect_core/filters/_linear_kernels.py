@@ -32,11 +32,13 @@ from affect_core.filters._kernels import (
     _mm,
     _mm_nt,
     _mm_tn,
+    _noise_matrix,
+    _set_frame_noise,
     _spd_inverse,
     _sym,
     _unobserved,
 )
-from affect_core.filters._riccati3 import gap_step, gap_step_adjoint, observed_step, observed_step_adjoint
+from affect_core.filters._steps3 import gap_step, gap_step_adjoint, observed_step, observed_step_adjoint
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -193,19 +195,6 @@ def riccati_steps(mask, F, G, H, Q, R, noise, P0, covs, gains, size):
             _joseph(Pp, K, Mm, Rt, covs[b, t], t1, t2, t3, n)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _noise_matrix(R, per_frame):
-    """The observation noise the steps read: a copy of R, or zeros whose diagonal each frame sets (per-frame)."""
-    return np.zeros(R.shape) if per_frame else R.copy()
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _set_frame_noise(Rt, noise, b, t, n):
-    """Rt = diag(noise[b, t]) (its off-diagonal entries are zeros already)."""
-    for i in range(n):
-        Rt[i, i] = noise[b, t, i]
-
-
 def riccati_forward(mask, F, G, H, Q, R, P0, size, noise=None):
     """mask (Bc, T) of 0/1 -> filtered covariances P (Bc, T, n, n) and gains K (Bc, T, n, m) (`riccati_steps`).
     noise: (Bc, T, m) per-frame observation-noise variances, or None (R on every frame)."""
@@ -222,7 +211,7 @@ def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gain
     -> gradients w.r.t. F (n, n), G (n, n), H (m, n), Q (n, n), R (m, m) summed over the rows, w.r.t. P0 (Bc, n, n)
     per row, and w.r.t. the per-frame noise (Bc, T, m) where it is given (R's gradient is then that of the frames
     without it: zero). Each step is computed again from its input P_{t-1}: for n = 3 in the generated scalar adjoint
-    (`_riccati3`), otherwise in `_array_step_adjoint`."""
+    (`_steps3`), otherwise in `_array_step_adjoint`."""
     n = len(size)  # size: a tuple of n zeros, whose length is a compile-time constant (unrolled loops)
     Bc, T = mask.shape
     per_frame = noise.shape[0] > 0

@@ -1,5 +1,5 @@
-"""Writes `_riccati3.py`: the linear Kalman filter's covariance step for a 3-dim state, and its adjoint, as
-straight-line scalar code.
+"""Writes `_steps3.py`: the 3-dim filter steps (the linear Kalman filter's covariance step, the extended Kalman
+filter's step) and their adjoints as straight-line scalar code.
 
 The kernels of `_linear_kernels` run the step on small arrays for any state size n; for n = 3, the size of every
 affect dimension's filter, a step is some 200 flops and the arrays' loads and stores, not the arithmetic, are its
@@ -8,7 +8,7 @@ cost, with the length of its chain of dependent operations. Here the step is tra
 a Cholesky solve: a much shorter chain), into scalar assignments (the compiler keeps them in registers), and its
 adjoint is derived from the trace by reverse accumulation, line by line: the exact adjoint of the same computation.
 
-    python -m affect_core.filters._step_codegen   # rewrites _riccati3.py (a test checks that it is up to date)
+    python -m affect_core.filters._step_codegen   # rewrites _steps3.py (a test checks that it is up to date)
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 N = 3
-TARGET = Path(__file__).with_name("_riccati3.py")
+TARGET = Path(__file__).with_name("_steps3.py")
 
 
 class Tape:
-    """The straight-line program being traced: (name, op, operands) per assignment."""
+    """The straight-line program being traced: (name, op, operands) per assignment, and the entries of each named
+    input."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, tuple[Value, ...]]] = []
+        self.names: dict[str, list[str]] = {}
 
     def emit(self, op: str, *operands: Value) -> Value:
         value = Value(self, f"v{len(self.lines)}")
@@ -54,6 +56,10 @@ class Value:
 
     def __neg__(self) -> Value:
         return self.tape.emit("neg", self)
+
+
+def tanh(x: Value) -> Value:
+    return x.tape.emit("tanh", x)
 
 
 Matrix = list[list[Value]]
@@ -110,9 +116,30 @@ def spd_inverse(S: Matrix) -> Matrix:
 HALF: list[Value] = []
 ONE: list[Value] = []
 
+Entries = list[tuple[str, "Value | None"]]  # (index, value) per entry of an output; None: a constant zero
+
 
 def matrix(tape: Tape, name: str) -> Matrix:
-    return [[tape.input(f"{name}[{i}, {k}]") for k in range(N)] for i in range(N)]
+    rows = [[tape.input(f"{name}[{i}, {k}]") for k in range(N)] for i in range(N)]
+    tape.names[name] = [f"{i}, {k}" for i in range(N) for k in range(N)]
+    return rows
+
+
+def vector(tape: Tape, name: str) -> list[Value]:
+    tape.names[name] = [str(i) for i in range(N)]
+    return [tape.input(f"{name}[{i}]") for i in range(N)]
+
+
+def matrix_entries(M: Matrix) -> Entries:
+    return [(f"{i}, {k}", M[i][k]) for i in range(N) for k in range(N)]
+
+
+def vector_entries(v: list[Value]) -> Entries:
+    return [(str(i), v[i]) for i in range(N)]
+
+
+def zeros() -> Entries:
+    return [(f"{i}, {k}", None) for i in range(N) for k in range(N)]
 
 
 def _constants(tape: Tape) -> None:
@@ -120,29 +147,83 @@ def _constants(tape: Tape) -> None:
     ONE[:] = [tape.input("1.0")]
 
 
-def observed_step(tape: Tape) -> tuple[Matrix, Matrix]:
+def _gain(Pp: Matrix, J: Matrix, R: Matrix, mu: Value) -> tuple[Matrix, Matrix]:
+    """K = mu P^ J^T S^-1 with S = sym(J P^ J^T + R), and M = I - K J (`_riccati_step`, `_kernels._step`)."""
+    Bm = mm_nt(Pp, J)
+    S = sym(add(mm(J, Bm), R))
+    K = [[x * mu for x in row] for row in mm(Bm, spd_inverse(S))]
+    KJ = mm(K, J)
+    M = [[(ONE[0] - KJ[i][k]) if i == k else -KJ[i][k] for k in range(N)] for i in range(N)]
+    return K, M
+
+
+def _joseph(Pp: Matrix, K: Matrix, M: Matrix, R: Matrix) -> Matrix:
+    """P = sym(M P^ M^T + K R K^T) (`_kernels._joseph`)."""
+    return sym(add(mm_nt(mm(M, Pp), M), mm_nt(mm(K, R), K)))
+
+
+def observed_step(tape: Tape) -> dict[str, Entries]:
     """_linear_kernels._riccati_step with mu != 0, then _kernels._joseph: (P_t, K_t) from P_{t-1}."""
     _constants(tape)
     P, F, H, Q, R = (matrix(tape, name) for name in ("P", "F", "H", "Q", "R"))
     mu = tape.input("mu")
     Pp = sym(add(mm_nt(mm(F, P), F), Q))
-    Bm = mm_nt(Pp, H)
-    S = sym(add(mm(H, Bm), R))
-    Sinv = spd_inverse(S)
-    K = [[x * mu for x in row] for row in mm(Bm, Sinv)]
-    KH = mm(K, H)
-    M = [[(ONE[0] - KH[i][k]) if i == k else -KH[i][k] for k in range(N)] for i in range(N)]
-    P_out = sym(add(mm_nt(mm(M, Pp), M), mm_nt(mm(K, R), K)))
-    return P_out, K
+    K, M = _gain(Pp, H, R, mu)
+    return {"P_out": matrix_entries(_joseph(Pp, K, M, R)), "K_out": matrix_entries(K)}
 
 
-def gap_step(tape: Tape) -> tuple[Matrix, Matrix]:
+def gap_step(tape: Tape) -> dict[str, Entries]:
     """_linear_kernels._riccati_step with mu = 0: P_t = sym(G P_{t-1} G^T + Q) (M = I, K = 0: _joseph keeps P^)."""
     _constants(tape)
     P, G, Q = (matrix(tape, name) for name in ("P", "G", "Q"))
     Pp = sym(add(mm_nt(mm(G, P), G), Q))
     # _joseph with M = I and K = 0: sym(I P^ I^T + 0) is P^ bit for bit (products with 1 and 0, sums with 0).
-    return Pp, []
+    return {"P_out": matrix_entries(Pp), "K_out": zeros()}
+
+
+def _affine(A: Matrix, z: list[Value], a0: list[Value]) -> list[Value]:  # s = a0[i]; s += A[i, k] z[k]
+    out = []
+    for i in range(N):
+        s = a0[i]
+        for k in range(N):
+            s = s + A[i][k] * z[k]
+        out.append(s)
+    return out
+
+
+def ekf_observed_step(tape: Tape) -> dict[str, Entries]:
+    """_kernels._step then _kernels._finish for the EKF (linear = False) with mu != 0: (z_t, P_t) from
+    (z_{t-1}, P_{t-1}) and o_t."""
+    _constants(tape)
+    z, o = vector(tape, "z"), vector(tape, "o")
+    P, Wf, Wh, Q, R = (matrix(tape, name) for name in ("P", "Wf", "Wh", "Q", "R"))
+    bf, bh = vector(tape, "bf"), vector(tape, "bh")
+    mu = tape.input("mu")
+    zp = [tanh(a) for a in _affine(Wf, z, bf)]  # z^ = tanh(W_f z + b_f); J_f = diag(1 - z^2) W_f
+    Jf = [[(ONE[0] - zp[i] * zp[i]) * Wf[i][k] for k in range(N)] for i in range(N)]
+    Pp = sym(add(mm_nt(mm(Jf, P), Jf), Q))
+    hz = [tanh(c) for c in _affine(Wh, zp, bh)]  # h = tanh(W_h z^ + b_h); J_h = diag(1 - h^2) W_h
+    Jh = [[(ONE[0] - hz[i] * hz[i]) * Wh[i][k] for k in range(N)] for i in range(N)]
+    v = [o[i] - hz[i] for i in range(N)]
+    K, M = _gain(Pp, Jh, R, mu)
+    z_out = []
+    for i in range(N):  # z = z^ + K v
+        s = zp[i]
+        for k in range(N):
+            s = s + K[i][k] * v[k]
+        z_out.append(s)
+    return {"z_out": vector_entries(z_out), "P_out": matrix_entries(_joseph(Pp, K, M, R))}
+
+
+def ekf_gap_step(tape: Tape) -> dict[str, Entries]:
+    """_kernels._step then _kernels._finish with mu = 0: the gap step z_t = G z_{t-1} + c, P_t = sym(G P G^T + Q)
+    (J_f = 1 G; K = 0 and M = I leave z^ and P^ as they are, bit for bit)."""
+    _constants(tape)
+    z, c = vector(tape, "z"), vector(tape, "c")
+    P, G, Q = (matrix(tape, name) for name in ("P", "G", "Q"))
+    zp = _affine(G, z, c)
+    Pp = sym(add(mm_nt(mm(G, P), G), Q))
+    return {"z_out": vector_entries(zp), "P_out": matrix_entries(Pp)}
 
 
 def _forward_lines(tape: Tape) -> list[str]:
@@ -151,6 +232,8 @@ def _forward_lines(tape: Tape) -> list[str]:
         a = [o.name for o in operands]
         if op == "neg":
             lines.append(f"{name} = -{a[0]}")
+        elif op == "tanh":
+            lines.append(f"{name} = np.tanh({a[0]})")
         else:
             lines.append(f"{name} = {a[0]} {op} {a[1]}")
     return lines
@@ -158,7 +241,7 @@ def _forward_lines(tape: Tape) -> list[str]:
 
 def _adjoint_lines(tape: Tape, seeds: dict[str, list[str]], wanted: set[str]) -> tuple[list[str], set[str]]:
     """Reverse accumulation over the tape: `seeds` maps an assignment to the expressions of its adjoint from the
-    outputs; returns the lines and the inputs (of `wanted`) that received an adjoint (named g_<input>)."""
+    outputs; returns the lines and the inputs (of `wanted`) that received an adjoint (named g<input>_<index>)."""
     adjoint: dict[str, list[str]] = {name: list(terms) for name, terms in seeds.items()}
     lines: list[str] = []
     reached: dict[str, list[str]] = {}
@@ -190,6 +273,8 @@ def _adjoint_lines(tape: Tape, seeds: dict[str, list[str]], wanted: set[str]) ->
             give(a[1], f"-{g} * {name} / {a[1].name}")
         elif op == "neg":
             give(a[0], f"-{g}")
+        elif op == "tanh":
+            give(a[0], f"{g} * (1.0 - {name} * {name})")
     for name, terms in reached.items():
         lines += _sum(_adjoint_name(name), terms)
     return lines, set(reached)
@@ -206,7 +291,7 @@ def _sum(target: str, terms: list[str], per_line: int = 4) -> list[str]:
     return lines
 
 
-def _adjoint_name(name: str) -> str:  # "F[0, 1]" -> "gF_0_1"
+def _adjoint_name(name: str) -> str:  # "F[0, 1]" -> "gF_0_1", "z[2]" -> "gz_2"
     return "g" + name.replace("[", "_").replace(", ", "_").replace("]", "")
 
 
@@ -214,65 +299,63 @@ def _indent(lines: list[str]) -> str:
     return "".join(f"    {line}\n" for line in lines)
 
 
-def _seeds(outputs: dict[str, Matrix]) -> dict[str, list[str]]:
-    """The adjoint of each output entry, read from the caller's arrays g<name> (a symmetric output's two entries are
-    one assignment: their adjoints add)."""
-    seeds: dict[str, list[str]] = {}
-    for name, M in outputs.items():
-        for i in range(N):
-            for k in range(N):
-                seeds.setdefault(M[i][k].name, []).append(f"g{name}[{i}, {k}]")
-    return seeds
-
-
 def _step_functions(
-    kind: str, trace: object, inputs: tuple[str, ...], parameters: tuple[str, ...], doc: str, adjoint_doc: str
+    kind: str, trace: object, inputs: tuple[str, ...], sets: tuple[str, ...], accumulates: tuple[str, ...], doc: str
 ) -> str:
+    """`<kind>_step(inputs..., outputs...)` and `<kind>_step_adjoint(inputs..., g<outputs>..., g<sets>...,
+    g<accumulates>...)`: the adjoint sets the adjoints of the inputs in `sets` and adds into those in
+    `accumulates`, from the adjoints of the outputs."""
     tape = Tape()
-    P_out, K = trace(tape)  # type: ignore[operator]
+    outputs: dict[str, Entries] = trace(tape)  # type: ignore[operator]
     forward = _forward_lines(tape)
-    writes = [f"P_out[{i}, {k}] = {P_out[i][k].name}" for i in range(N) for k in range(N)]
-    if K:
-        writes += [f"K_out[{i}, {k}] = {K[i][k].name}" for i in range(N) for k in range(N)]
-    else:
-        writes += [f"K_out[{i}, {k}] = 0.0" for i in range(N) for k in range(N)]
+    writes = [
+        f"{out}[{index}] = {'0.0' if v is None else v.name}" for out, entries in outputs.items() for index, v in entries
+    ]
     signature = ", ".join(inputs)
     source = (
         '@njit(cache=True, inline="always", error_model="numpy")\n'
-        f"def {kind}_step({signature}, P_out, K_out):\n"
+        f"def {kind}_step({signature}, {', '.join(outputs)}):\n"
         f'    """{doc}"""\n' + _indent(forward + writes) + "\n\n"
     )
-    outputs = {"P_out": P_out} | ({"K_out": K} if K else {})
-    wanted = {f"{name}[{i}, {k}]" for name in ("P", *parameters) for i in range(N) for k in range(N)}
-    backward, reached = _adjoint_lines(tape, _seeds(outputs), wanted)
-    accumulate = []
-    for name in ("P", *parameters):
-        for i in range(N):
-            for k in range(N):
-                entry = f"{name}[{i}, {k}]"
-                value = _adjoint_name(entry) if entry in reached else "0.0"
-                if name == "P":
-                    accumulate.append(f"gP[{i}, {k}] = {value}")
-                elif entry in reached:
-                    accumulate.append(f"g{name}[{i}, {k}] += {value}")
-    grads = ", ".join(f"g{name}" for name in parameters)
-    outs = ", ".join(f"g{name}" for name in outputs)
+    seeds: dict[str, list[str]] = {}  # a symmetric output's two entries are one assignment: their adjoints add
+    for out, entries in outputs.items():
+        for index, v in entries:
+            if v is not None:
+                seeds.setdefault(v.name, []).append(f"g{out}[{index}]")
+    wanted = {f"{name}[{index}]" for name in sets + accumulates for index in tape.names[name]}
+    backward, reached = _adjoint_lines(tape, seeds, wanted)
+    finish = []
+    for name in sets + accumulates:
+        for index in tape.names[name]:
+            entry = f"{name}[{index}]"
+            if name in sets:
+                finish.append(f"g{name}[{index}] = {_adjoint_name(entry) if entry in reached else '0.0'}")
+            elif entry in reached:
+                finish.append(f"g{name}[{index}] += {_adjoint_name(entry)}")
+    seeded = [f"g{out}" for out, entries in outputs.items() if any(v is not None for _, v in entries)]
+    adjoint_args = seeded + [f"g{name}" for name in sets + accumulates]
     source += (
         '@njit(cache=True, inline="always", error_model="numpy")\n'
-        f"def {kind}_step_adjoint({signature}, {outs}, gP, {grads}):\n"
-        f'    """{adjoint_doc}"""\n' + _indent(forward + backward + accumulate)
+        f"def {kind}_step_adjoint({signature}, {', '.join(adjoint_args)}):\n"
+        f'    """Adjoint of `{kind}_step`: from {", ".join(seeded)}'
+        f" (the adjoints of its outputs) sets {', '.join('g' + s for s in sets)}"
+        + (f" and adds into {', '.join('g' + a for a in accumulates)}" if accumulates else "")
+        + '."""\n'
+        + _indent(forward + backward + finish)
     )
     return source
 
 
 HEADER = '''"""Generated by `python -m affect_core.filters._step_codegen`; do not edit.
 
-The linear Kalman filter's covariance step for a 3-dim state (the array kernels' `_riccati_step` then `_joseph`,
-S^-1 by its adjugate) and its adjoint, as straight-line scalar code. Matrices are (3, 3) float64 arrays.
+The 3-dim filter steps of the compiled kernels and their adjoints as straight-line scalar code: the linear Kalman
+filter's covariance step (`_linear_kernels`: `_riccati_step` then `_joseph`) and the extended Kalman filter's step
+(`_kernels`: `_step` then `_finish`), S^-1 by its adjugate. Matrices are (3, 3), vectors (3,) float64 arrays.
 """
 
 # ruff: noqa
 
+import numpy as np
 from numba import njit
 
 
@@ -280,25 +363,44 @@ from numba import njit
 
 
 def source() -> str:
-    observed = _step_functions(
-        "observed",
-        observed_step,
-        ("P", "mu", "F", "H", "Q", "R"),
-        ("F", "H", "Q", "R"),
-        "A frame with a face: P^ = sym(F P F^T + Q); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1; M = I - K H;\n"
-        "    P_out = sym(M P^ M^T + K R K^T); K_out = K.",
-        "Adjoint of `observed_step`: from gP_out and gK_out (the adjoints of its outputs) sets gP (of P) and adds\n"
-        "    into gF, gH, gQ, gR.",
-    )
-    gap = _step_functions(
-        "gap",
-        gap_step,
-        ("P", "G", "Q"),
-        ("G", "Q"),
-        "A frame without a face: P_out = sym(G P G^T + Q); K_out = 0.",
-        "Adjoint of `gap_step`: from gP_out sets gP (of P) and adds into gG, gQ.",
-    )
-    return HEADER + observed + "\n\n" + gap
+    parts = [
+        _step_functions(
+            "observed",
+            observed_step,
+            ("P", "mu", "F", "H", "Q", "R"),
+            ("P",),
+            ("F", "H", "Q", "R"),
+            "A frame with a face: P^ = sym(F P F^T + Q); S = sym(H P^ H^T + R); K = mu P^ H^T S^-1; M = I - K H;\n"
+            "    P_out = sym(M P^ M^T + K R K^T); K_out = K.",
+        ),
+        _step_functions(
+            "gap",
+            gap_step,
+            ("P", "G", "Q"),
+            ("P",),
+            ("G", "Q"),
+            "A frame without a face: P_out = sym(G P G^T + Q); K_out = 0.",
+        ),
+        _step_functions(
+            "ekf_observed",
+            ekf_observed_step,
+            ("z", "P", "o", "mu", "Wf", "bf", "Wh", "bh", "Q", "R"),
+            ("z", "P", "o"),
+            ("Wf", "bf", "Wh", "bh", "Q", "R"),
+            "An EKF step with a face: z^ = tanh(W_f z + b_f); P^ = sym(J_f P J_f^T + Q); h = tanh(W_h z^ + b_h);\n"
+            "    K = mu P^ J_h^T S^-1, S = sym(J_h P^ J_h^T + R); z_out = z^ + K (o - h);\n"
+            "    P_out = sym(M P^ M^T + K R K^T).",
+        ),
+        _step_functions(
+            "ekf_gap",
+            ekf_gap_step,
+            ("z", "P", "G", "c", "Q"),
+            ("z", "P"),
+            ("G", "c", "Q"),
+            "An EKF step without a face: z_out = G z + c; P_out = sym(G P G^T + Q).",
+        ),
+    ]
+    return HEADER + "\n\n".join(parts)
 
 
 def main() -> None:
