@@ -271,14 +271,15 @@ def _joseph_adjoint(G, Mm, Pp, K, R, gM, gPp, gK, gR, u1, t2, u2, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _gain_adjoint(gK, K, Sinv, J, Pp, gPp, gJ, gR, gKS, gS, t1, u3, n):
+def _gain_adjoint(gK, K, Sinv, J, Pp, gPp, gJ, gR, gKS, gS, t1, u3, mu, n):
     """Adjoint of K = mu B S^-1 with B = P^ J^T and S = J P^ J^T + R, given gK (already times mu; K carries mu):
     adds to gP^, gJ and gR."""
     _mm(gK, Sinv, gKS, n)  # gB = gK S^-1
-    _mm_tn(K, gKS, gS, n)  # gS = -sym(K^T gK S^-1)
+    _mm_tn(K, gKS, gS, n)  # gS = -sym(S^-1 B^T gK S^-1) = -sym(K^T gK S^-1) / mu (K carries mu, gK too)
+    scale = -0.5 / mu if mu != 0.0 else 0.0
     for i in range(n):
         for k in range(i, n):
-            s = -0.5 * (gS[i, k] + gS[k, i])
+            s = scale * (gS[i, k] + gS[k, i])
             gS[i, k] = s
             gS[k, i] = s
     _mm(gKS, J, t1, n)  # gP^ += gB J
@@ -400,7 +401,7 @@ def filter_backward(
             for i in range(n):  # K = mu B S^-1 with B = P^ J_h^T
                 for k in range(m):
                     gK[i, k] *= mu
-            _gain_adjoint(gK, K, Sinv, Jh, Pp, gPp, gJh, gR_t, gKS, gS, t1, u3, n)
+            _gain_adjoint(gK, K, Sinv, Jh, Pp, gPp, gJh, gR_t, gKS, gS, t1, u3, mu, n)
             if per_frame:  # R_t = diag(noise[b, t])
                 for i in range(m):
                     g_noise[b, t, i] = gRt[i, i]

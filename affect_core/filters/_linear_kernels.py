@@ -271,7 +271,7 @@ def _array_step_adjoint(P, mu, F, G, H, Q, R, X, gK_out, gP, gF, gG, gH, gQ, gR,
     for i in range(m):
         for k in range(n):
             gH[i, k] -= u3[i, k]
-    _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR, gKS, gS, t1, u3, n)
+    _gain_adjoint(gK, K, Sinv, H, Pp, gPp, gH, gR, gKS, gS, t1, u3, mu, n)
     A, gA = (G, gG) if mu == 0.0 else (F, gF)  # the step's transition: the gap step's G where mu = 0
     for i in range(n):  # P^ = sym(A P A^T + Q)
         for k in range(n):
