@@ -13,11 +13,12 @@ whole batch; the state recursion is then a cheap linear time-varying recurrence 
 A predict-only step (mu_t = 0) uses the gap transition instead of F (`BayesFilter.gap_transition`):
 P_t = G P_{t-1} G^T + Q and z_t = G z_{t-1} + c.
 
-The covariance recursion has one row for the whole batch (`Bc = 1`, no missing frames) or one per sequence; its
-distinct steps are kept once (`riccati_nodes`), the state recursion reads each step's gain through the node index,
-and training gathers them per step (`riccati_forward`) for the backward passes. Arrays are float64 and C-contiguous
-(B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the GIL, so callers may run
-slices of the batch on several threads.
+The covariance recursion has one row for the whole batch (`Bc = 1`, no missing frames) or one per sequence.
+Inference keeps its distinct steps once (`riccati_nodes`) and the state recursion reads each step's gain through the
+node index; training writes every step out (`riccati_forward`) for the backward passes. For n = 3 the steps are the
+generated scalar code of `_steps3`, the state recursion the scalar loops at the end of this module. Arrays are
+float64 and C-contiguous (B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the GIL,
+so callers may run slices of the batch on several threads.
 """
 
 from __future__ import annotations
