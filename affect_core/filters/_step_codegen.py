@@ -78,14 +78,6 @@ def mm(A: Matrix, B: Matrix) -> Matrix:  # _kernels._mm: s = 0; s += A[i, k] B[k
     return out
 
 
-def mm_nt(A: Matrix, B: Matrix) -> Matrix:  # A @ B^T
-    return mm(A, [[B[j][i] for j in range(N)] for i in range(N)])
-
-
-def add(A: Matrix, B: Matrix) -> Matrix:
-    return [[A[i][k] + B[i][k] for k in range(N)] for i in range(N)]
-
-
 def sym(A: Matrix) -> Matrix:  # _kernels._sym: the off-diagonal pairs averaged, in place
     out = [row[:] for row in A]
     for i in range(N):
@@ -93,6 +85,25 @@ def sym(A: Matrix) -> Matrix:  # _kernels._sym: the off-diagonal pairs averaged,
             v = (A[i][j] + A[j][i]) * HALF[0]
             out[i][j] = out[j][i] = v
     return out
+
+
+def congruence(A: Matrix, X: Matrix) -> tuple[Matrix, Matrix]:
+    """(A X A^T, A X) for a symmetric X (X[i][k] and X[k][i] one value): the product's upper triangle only, its
+    lower one the same values (no sym needed: the result is symmetric by construction)."""
+    T = mm(A, X)
+    out: list[list[Value | None]] = [[None] * N for _ in range(N)]
+    for i in range(N):
+        for j in range(i, N):
+            s = T[i][0] * A[j][0]
+            for k in range(1, N):
+                s = s + T[i][k] * A[j][k]
+            out[i][j] = out[j][i] = s
+    return out, T  # type: ignore[return-value]
+
+
+def plus_diagonal(X: Matrix, d: list[Value]) -> Matrix:
+    """X + diag(d) (X's off-diagonal values kept as they are)."""
+    return [[X[i][k] + d[i] if i == k else X[i][k] for k in range(N)] for i in range(N)]
 
 
 def spd_inverse(S: Matrix) -> Matrix:
@@ -125,6 +136,13 @@ def matrix(tape: Tape, name: str) -> Matrix:
     return rows
 
 
+def diagonal(tape: Tape, name: str) -> list[Value]:
+    """The diagonal of a diagonal matrix input (Q and R are: `BayesFilter.noise_covariances`); its off-diagonal
+    entries are never read, and their adjoints are zeros."""
+    tape.names[name] = [f"{i}, {i}" for i in range(N)]
+    return [tape.input(f"{name}[{i}, {i}]") for i in range(N)]
+
+
 def vector(tape: Tape, name: str) -> list[Value]:
     tape.names[name] = [str(i) for i in range(N)]
     return [tape.input(f"{name}[{i}]") for i in range(N)]
@@ -147,38 +165,54 @@ def _constants(tape: Tape) -> None:
     ONE[:] = [tape.input("1.0")]
 
 
-def _gain(Pp: Matrix, J: Matrix, R: Matrix, mu: Value) -> tuple[Matrix, Matrix]:
-    """K = mu P^ J^T S^-1 with S = sym(J P^ J^T + R), and M = I - K J (`_riccati_step`, `_kernels._step`)."""
-    Bm = mm_nt(Pp, J)
-    S = sym(add(mm(J, Bm), R))
-    K = [[x * mu for x in row] for row in mm(Bm, spd_inverse(S))]
+def _predict(A: Matrix, P: Matrix, q: list[Value]) -> Matrix:
+    """P^ = A sym(P) A^T + diag(q): through sym(P), as `_riccati_step`'s sym(A P A^T + Q) is for a diagonal Q."""
+    return plus_diagonal(congruence(A, sym(P))[0], q)
+
+
+def _update(Pp: Matrix, J: Matrix, r: list[Value], mu: Value) -> tuple[Matrix, Matrix]:
+    """K = mu P^ J^T S^-1 with S = J P^ J^T + diag(r), and P = M P^ M^T + K diag(r) K^T with M = I - K J (the
+    Joseph form): `_riccati_step` then `_kernels._joseph` for a diagonal R, every symmetric product computed once."""
+    S, JP = congruence(J, Pp)  # JP = J P^ = (P^ J^T)^T
+    Sinv = spd_inverse(plus_diagonal(S, r))
+    K = []
+    for i in range(N):  # K = (P^ J^T) S^-1
+        row = []
+        for k in range(N):
+            s = JP[0][i] * Sinv[0][k]
+            for j in range(1, N):
+                s = s + JP[j][i] * Sinv[j][k]
+            row.append(s * mu)
+        K.append(row)
     KJ = mm(K, J)
     M = [[(ONE[0] - KJ[i][k]) if i == k else -KJ[i][k] for k in range(N)] for i in range(N)]
-    return K, M
-
-
-def _joseph(Pp: Matrix, K: Matrix, M: Matrix, R: Matrix) -> Matrix:
-    """P = sym(M P^ M^T + K R K^T) (`_kernels._joseph`)."""
-    return sym(add(mm_nt(mm(M, Pp), M), mm_nt(mm(K, R), K)))
+    P, _ = congruence(M, Pp)
+    for i in range(N):  # + K diag(r) K^T, upper triangle
+        for j in range(i, N):
+            s = K[i][0] * r[0] * K[j][0]
+            for k in range(1, N):
+                s = s + K[i][k] * r[k] * K[j][k]
+            P[i][j] = P[j][i] = P[i][j] + s
+    return P, K
 
 
 def observed_step(tape: Tape) -> dict[str, Entries]:
-    """_linear_kernels._riccati_step with mu != 0, then _kernels._joseph: (P_t, K_t) from P_{t-1}."""
+    """A frame with a face: `_linear_kernels._riccati_step` with mu != 0, then `_kernels._joseph` (Q, R diagonal):
+    (P_t, K_t) from P_{t-1}."""
     _constants(tape)
-    P, F, H, Q, R = (matrix(tape, name) for name in ("P", "F", "H", "Q", "R"))
+    P, F, H = (matrix(tape, name) for name in ("P", "F", "H"))
+    q, r = diagonal(tape, "Q"), diagonal(tape, "R")
     mu = tape.input("mu")
-    Pp = sym(add(mm_nt(mm(F, P), F), Q))
-    K, M = _gain(Pp, H, R, mu)
-    return {"P_out": matrix_entries(_joseph(Pp, K, M, R)), "K_out": matrix_entries(K)}
+    P_out, K = _update(_predict(F, P, q), H, r, mu)
+    return {"P_out": matrix_entries(P_out), "K_out": matrix_entries(K)}
 
 
 def gap_step(tape: Tape) -> dict[str, Entries]:
-    """_linear_kernels._riccati_step with mu = 0: P_t = sym(G P_{t-1} G^T + Q) (M = I, K = 0: _joseph keeps P^)."""
+    """A frame without a face: P_t = G sym(P_{t-1}) G^T + Q (K = 0, M = I: the Joseph form keeps P^)."""
     _constants(tape)
-    P, G, Q = (matrix(tape, name) for name in ("P", "G", "Q"))
-    Pp = sym(add(mm_nt(mm(G, P), G), Q))
-    # _joseph with M = I and K = 0: sym(I P^ I^T + 0) is P^ bit for bit (products with 1 and 0, sums with 0).
-    return {"P_out": matrix_entries(Pp), "K_out": zeros()}
+    P, G = matrix(tape, "P"), matrix(tape, "G")
+    q = diagonal(tape, "Q")
+    return {"P_out": matrix_entries(_predict(G, P, q)), "K_out": zeros()}
 
 
 def _affine(A: Matrix, z: list[Value], a0: list[Value]) -> list[Value]:  # s = a0[i]; s += A[i, k] z[k]
@@ -192,38 +226,36 @@ def _affine(A: Matrix, z: list[Value], a0: list[Value]) -> list[Value]:  # s = a
 
 
 def ekf_observed_step(tape: Tape) -> dict[str, Entries]:
-    """_kernels._step then _kernels._finish for the EKF (linear = False) with mu != 0: (z_t, P_t) from
-    (z_{t-1}, P_{t-1}) and o_t."""
+    """An EKF step with a face: `_kernels._step` then `_kernels._finish` (linear = False, Q, R diagonal): (z_t, P_t)
+    from (z_{t-1}, P_{t-1}) and o_t."""
     _constants(tape)
     z, o = vector(tape, "z"), vector(tape, "o")
-    P, Wf, Wh, Q, R = (matrix(tape, name) for name in ("P", "Wf", "Wh", "Q", "R"))
+    P, Wf, Wh = (matrix(tape, name) for name in ("P", "Wf", "Wh"))
+    q, r = diagonal(tape, "Q"), diagonal(tape, "R")
     bf, bh = vector(tape, "bf"), vector(tape, "bh")
     mu = tape.input("mu")
     zp = [tanh(a) for a in _affine(Wf, z, bf)]  # z^ = tanh(W_f z + b_f); J_f = diag(1 - z^2) W_f
     Jf = [[(ONE[0] - zp[i] * zp[i]) * Wf[i][k] for k in range(N)] for i in range(N)]
-    Pp = sym(add(mm_nt(mm(Jf, P), Jf), Q))
     hz = [tanh(c) for c in _affine(Wh, zp, bh)]  # h = tanh(W_h z^ + b_h); J_h = diag(1 - h^2) W_h
     Jh = [[(ONE[0] - hz[i] * hz[i]) * Wh[i][k] for k in range(N)] for i in range(N)]
+    P_out, K = _update(_predict(Jf, P, q), Jh, r, mu)
     v = [o[i] - hz[i] for i in range(N)]
-    K, M = _gain(Pp, Jh, R, mu)
     z_out = []
     for i in range(N):  # z = z^ + K v
         s = zp[i]
         for k in range(N):
             s = s + K[i][k] * v[k]
         z_out.append(s)
-    return {"z_out": vector_entries(z_out), "P_out": matrix_entries(_joseph(Pp, K, M, R))}
+    return {"z_out": vector_entries(z_out), "P_out": matrix_entries(P_out)}
 
 
 def ekf_gap_step(tape: Tape) -> dict[str, Entries]:
-    """_kernels._step then _kernels._finish with mu = 0: the gap step z_t = G z_{t-1} + c, P_t = sym(G P G^T + Q)
-    (J_f = 1 G; K = 0 and M = I leave z^ and P^ as they are, bit for bit)."""
+    """An EKF step without a face: the gap step z_t = G z_{t-1} + c, P_t = G sym(P_{t-1}) G^T + Q."""
     _constants(tape)
     z, c = vector(tape, "z"), vector(tape, "c")
-    P, G, Q = (matrix(tape, name) for name in ("P", "G", "Q"))
-    zp = _affine(G, z, c)
-    Pp = sym(add(mm_nt(mm(G, P), G), Q))
-    return {"z_out": vector_entries(zp), "P_out": matrix_entries(Pp)}
+    P, G = matrix(tape, "P"), matrix(tape, "G")
+    q = diagonal(tape, "Q")
+    return {"z_out": vector_entries(_affine(G, z, c)), "P_out": matrix_entries(_predict(G, P, q))}
 
 
 def _forward_lines(tape: Tape) -> list[str]:

@@ -69,14 +69,23 @@ def _square(transition: Tensor, observation: Tensor) -> tuple[int, ...]:
     return (0,) * n
 
 
+def _diagonal(*matrices: np.ndarray) -> None:
+    """The kernels read only the diagonals of Q and R (the model's noise covariances are diagonal,
+    `BayesFilter.noise_covariances`): refuse anything else rather than drop its off-diagonal entries."""
+    for matrix in matrices:
+        if np.count_nonzero(matrix - np.diag(np.diag(matrix))):
+            raise ValueError("compiled filter kernels need diagonal noise covariances Q and R")
+
+
 class CompiledRecursion(torch.autograd.Function):
     """Predict-then-update recursion of an (extended) Kalman filter run by `_kernels`, in float64 on the CPU.
 
     Inputs: observations `(B, T, m)`, mask `(B, T)` float 0/1, W_f `(n, n)`, b_f `(n,)`, W_h `(m, n)`, b_h `(m,)`,
-    Q `(n, n)`, R `(m, m)`, z_0 `(n,)`, P_0 `(n, n)`, G `(n, n)` and c `(n,)` (the gap step z^ = G z + c where the
-    mask is 0), noise `(B, T, m)` or None (each frame's observation-noise variances: R_t = diag(noise[b, t]) in R's
-    place; learned observation noise), linear (bool: Kalman filter when True), save (bool: keep the
-    intermediates for the backward pass; pass `torch.is_grad_enabled()`, grad mode being off inside `forward`).
+    Q `(n, n)` and R `(m, m)` diagonal, z_0 `(n,)`, P_0 `(n, n)`, G `(n, n)` and c `(n,)` (the gap step
+    z^ = G z + c where the mask is 0), noise `(B, T, m)` or None (each frame's observation-noise variances:
+    R_t = diag(noise[b, t]) in R's place; learned observation noise), linear (bool: Kalman filter when True), save
+    (bool: keep the intermediates for the backward pass; pass `torch.is_grad_enabled()`, grad mode being off inside
+    `forward`).
     Outputs: states `(B, T, n)` and covariances `(B, T, n, n)` in the dtype of the observations.
     """
 
@@ -87,6 +96,7 @@ class CompiledRecursion(torch.autograd.Function):
         obs, observed = _numpy(observations), _numpy(mask)
         per_frame = _noise_argument(noise, *obs.shape[1:])
         params = [_numpy(x) for x in (Wf, bf, Wh, bh, Q, R)]
+        _diagonal(params[4], params[5])
         params.append(per_frame)
         params += [_numpy(x) for x in (z0, P0, G, c)]
         n = _square(Wf, Wh)
@@ -135,7 +145,8 @@ class RiccatiRecursion(torch.autograd.Function):
     """Covariances and gains of the linear Kalman filter (`_linear_kernels.riccati_forward`), float64 on the CPU.
 
     Inputs: mask `(Bc, T)` float 0/1 (one row serves a whole batch without missing frames), F `(n, n)`,
-    G `(n, n)` (the gap step's transition, where the mask is 0), H `(m, n)`, Q `(n, n)`, R `(m, m)`, P_0 `(n, n)`,
+    G `(n, n)` (the gap step's transition, where the mask is 0), H `(m, n)`, Q `(n, n)` and R `(m, m)` diagonal,
+    P_0 `(n, n)`,
     noise `(Bc, T, m)` or None (each frame's observation-noise variances, R_t = diag(noise[b, t]) in R's place).
     Outputs, float64: P `(Bc, T, n, n)`, K `(Bc, T, n, m)`.
     """
@@ -147,6 +158,7 @@ class RiccatiRecursion(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # the covariances often reach no loss: no zeros made for their gradient
         observed = _numpy(mask)
         params = [_numpy(x) for x in (F, G, H, Q, R, P0)]
+        _diagonal(params[3], params[4])
         per_frame = _noise_argument(noise, observed.shape[1], int(R.shape[0]))
         n = _square(F, H)
         slices = batch_slices(observed.shape[0])
@@ -260,6 +272,7 @@ def linear_filter_values(
     mask, obs = _numpy(observed), _numpy(observations)
     F_, G_ = _numpy(F), _numpy(G)
     params = [F_, G_] + [_numpy(x) for x in (H, Q, R, P0)]
+    _diagonal(params[3], params[4])
     HF, z, c_ = _numpy(H @ F), _numpy(z0), _numpy(c)
     n = _square(F, H)
     per_frame = _noise_argument(noise, mask.shape[1], int(R.shape[0]))
