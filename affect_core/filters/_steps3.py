@@ -2,7 +2,8 @@
 
 The 3-dim filter steps of the compiled kernels and their adjoints as straight-line scalar code: the linear Kalman
 filter's covariance step (`_linear_kernels`: `_riccati_step` then `_joseph`) and the extended Kalman filter's step
-(`_kernels`: `_step` then `_finish`), S^-1 by its adjugate. Matrices are (3, 3), vectors (3,) float64 arrays.
+(`_kernels`: `_step` then `_finish`), S^-1 by its adjugate, symmetric products once, Q and R diagonal. Matrices are
+(3, 3), vectors (3,) float64 arrays.
 """
 
 # ruff: noqa

@@ -70,8 +70,8 @@ def _square(transition: Tensor, observation: Tensor) -> tuple[int, ...]:
 
 
 def _diagonal(*matrices: np.ndarray) -> None:
-    """The kernels read only the diagonals of Q and R (the model's noise covariances are diagonal,
-    `BayesFilter.noise_covariances`): refuse anything else rather than drop its off-diagonal entries."""
+    """Q and R are diagonal (the model's noise covariances are, `BayesFilter.noise_covariances`): the 3 x 3 steps
+    read only their diagonals, so anything else is refused, for every state size alike, rather than cut."""
     for matrix in matrices:
         if np.count_nonzero(matrix - np.diag(np.diag(matrix))):
             raise ValueError("compiled filter kernels need diagonal noise covariances Q and R")
@@ -146,8 +146,8 @@ class RiccatiRecursion(torch.autograd.Function):
 
     Inputs: mask `(Bc, T)` float 0/1 (one row serves a whole batch without missing frames), F `(n, n)`,
     G `(n, n)` (the gap step's transition, where the mask is 0), H `(m, n)`, Q `(n, n)` and R `(m, m)` diagonal,
-    P_0 `(n, n)`,
-    noise `(Bc, T, m)` or None (each frame's observation-noise variances, R_t = diag(noise[b, t]) in R's place).
+    P_0 `(n, n)`, noise `(Bc, T, m)` or None (each frame's observation-noise variances, R_t = diag(noise[b, t]) in
+    R's place).
     Outputs, float64: P `(Bc, T, n, n)`, K `(Bc, T, n, m)`.
     """
 
