@@ -92,18 +92,6 @@ def _spd_inverse(S, L, out, n):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _frame_noise(R, noise, b, t, Rt, n):
-    """The observation noise of frame t of sequence b: R, or diag(noise[b, t]) where per-frame variances are given
-    (noise (B, T, m); a leading 0 means none). Fills and returns Rt, or returns R."""
-    if noise.shape[0] == 0:
-        return R
-    for i in range(n):
-        for k in range(n):
-            Rt[i, k] = noise[b, t, i] if i == k else 0.0
-    return Rt
-
-
-@njit(cache=True, inline="always", error_model="numpy")
 def _unobserved(Sinv, K, Mm, n):
     """The gain intermediates of a predict-only step: S^-1 = 0, K = 0, M = I (what mu = 0 makes of the update,
     without forming S, which after a long gap can be too ill-conditioned to factor)."""
@@ -230,6 +218,7 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c, linear,
     if n == 3 and not linear:
         return _ekf_forward3(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c)
     B, T, m = obs.shape[0], obs.shape[1], n
+    per_frame = noise.shape[0] > 0
     states = np.empty((B, T, n))
     covs = np.empty((B, T, n, n))
     Bs = B if save else 0
@@ -240,16 +229,18 @@ def filter_forward(obs, mask, Wf, bf, Wh, bh, Q, R, noise, z0, P0, G, c, linear,
         Jf, Pp, Mm = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
         Jh, Bm, K = np.empty((m, n)), np.empty((n, m)), np.empty((n, m))
         S, L, Sinv = np.empty((m, m)), np.empty((m, m)), np.empty((m, m))
-        t1, t2, t3, Rt = np.empty((n, n)), np.empty((n, m)), np.empty((n, n)), np.empty((m, m))
+        t1, t2, t3 = np.empty((n, n)), np.empty((n, m)), np.empty((n, n))
+        Rt = _noise_matrix(R, per_frame)
         for t in range(T):
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
             if save:  # the step writes its intermediates straight into the saved arrays
                 zp, hz, v, Pp, Sinv, K = zp_s[b, t], hz_s[b, t], v_s[b, t], Pp_s[b, t], Sinv_s[b, t], K_s[b, t]
-            R_t = _frame_noise(R, noise, b, t, Rt, n)
-            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, R_t, G, c, linear,
+            if per_frame:
+                _set_frame_noise(Rt, noise, b, t, n)
+            _step(z, P, obs[b, t], mask[b, t], Wf, bf, Wh, bh, Q, Rt, G, c, linear,
                   zp, d, Jf, Pp, hz, e, Jh, Bm, S, L, Sinv, K, v, Mm, t1, t2, n)  # fmt: skip
-            _finish(zp, Pp, K, v, Mm, R_t, states[b, t], covs[b, t], t1, t2, t3, n)
+            _finish(zp, Pp, K, v, Mm, Rt, states[b, t], covs[b, t], t1, t2, t3, n)
     return states, covs, zp_s, hz_s, Pp_s, Sinv_s, K_s, v_s
 
 
@@ -360,11 +351,11 @@ def filter_backward(
         gJh, gS, gKS = np.empty((m, n)), np.empty((m, m)), np.empty((n, m))
         gJf, gzp, ghz, gv = np.empty((n, n)), np.empty(n), np.empty(m), np.empty(m)
         u1, u2, u3 = np.empty((n, n)), np.empty((m, m)), np.empty((m, n))
-        Rt, gRt = np.empty((m, m)), np.zeros((m, m))
+        Rt, gRt = _noise_matrix(R, per_frame), np.zeros((m, m))
         for t in range(T - 1, -1, -1):
-            R_t = _frame_noise(R, noise, b, t, Rt, n)
             gR_t = gRt if per_frame else gR[b]  # the step's adjoint of R_t: per frame, or summed into R's
             if per_frame:
+                _set_frame_noise(Rt, noise, b, t, n)
                 gRt[:] = 0.0
             z = z0 if t == 0 else states[b, t - 1]
             P = P0 if t == 0 else covs[b, t - 1]
@@ -380,7 +371,7 @@ def filter_backward(
             for i in range(n):  # through P = sym(M P^ M^T + K R K^T)
                 for k in range(n):
                     G[i, k] = 0.5 * (gP[i, k] + gP[k, i])
-            _joseph_adjoint(G, Mm, Pp, K, R_t, gMm, gPp, gK, gR_t, u1, t2, u2, n)
+            _joseph_adjoint(G, Mm, Pp, K, Rt, gMm, gPp, gK, gR_t, u1, t2, u2, n)
             _mm(gMm, Jh.T, t2, n)  # M = I - K J_h: gK -= gM J_h^T; gJ_h = -K^T gM
             _mm_tn(K, gMm, gJh, n)
             for i in range(n):
