@@ -39,7 +39,29 @@ from affect_core.filters._kernels import (
     _sym,
     _unobserved,
 )
-from affect_core.filters._steps3 import gap_step, gap_step_adjoint, observed_step, observed_step_adjoint
+from affect_core.filters._steps3 import (
+    LANES,
+    LANES_OBSERVED_F,
+    LANES_OBSERVED_GF,
+    LANES_OBSERVED_GH,
+    LANES_OBSERVED_GK_OUT,
+    LANES_OBSERVED_GP,
+    LANES_OBSERVED_GP_OUT,
+    LANES_OBSERVED_GQ,
+    LANES_OBSERVED_GR,
+    LANES_OBSERVED_K_OUT,
+    LANES_OBSERVED_MU,
+    LANES_OBSERVED_P,
+    LANES_OBSERVED_P_OUT,
+    LANES_OBSERVED_R,
+    LANES_OBSERVED_SLOTS,
+    gap_step,
+    gap_step_adjoint,
+    lanes_observed_step,
+    lanes_observed_step_adjoint,
+    observed_step,
+    observed_step_adjoint,
+)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -175,7 +197,12 @@ def riccati_steps(mask, F, G, H, Q, R, noise, P0, covs, gains, size):
     Rt = _noise_matrix(R, per_frame)
     # Two loops rather than a branch in one: the 3 x 3 loop then holds nothing but the scalar step.
     if n == 3:
-        for b in range(Bc):
+        first = 0
+        while Bc - first > 1:  # LANES rows at a time (the last group may have fewer), side by side
+            last = min(first + LANES, Bc)
+            _riccati_lanes(mask, F, G, H, Q, R, noise, P0, covs, gains, first, last)
+            first = last
+        for b in range(first, Bc):  # a row left alone
             for t in range(T):
                 P, mu = P0 if t == 0 else covs[b, t - 1], mask[b, t]
                 if per_frame:
@@ -223,7 +250,14 @@ def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gain
     gRt = np.zeros((n, n))  # the step's adjoint of R_t where it is per frame (else it adds into gR)
     gP0 = np.zeros((Bc, n, n))
     X, gP, work = np.empty((n, n)), np.zeros((n, n)), np.empty((18, n, n))
-    for b in range(Bc):
+    first = 0
+    while n == 3 and Bc - first > 1:  # LANES rows at a time (the last group may have fewer), side by side
+        last = min(first + LANES, Bc)
+        _riccati_lanes_adjoint(
+            mask, F, G, H, Q, R, noise, P0, covs, g_covs, g_gains, gF, gG, gH, gQ, gR, gP0, g_noise, first, last
+        )
+        first = last
+    for b in range(first, Bc):
         gP[:] = 0.0
         for t in range(T - 1, -1, -1):
             P, mu = P0 if t == 0 else covs[b, t - 1], mask[b, t]
@@ -246,6 +280,93 @@ def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gain
                     g_noise[b, t, i] = gRt[i, i]
         gP0[b] = gP
     return gF, gG, gH, gQ, gR, gP0, g_noise
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lanes_load(buf, mask, F, G, R, noise, first, last, t):
+    """Step t's mask value, transition (F, or the gap step's G where the mask is 0) and R's diagonal (R_t's where
+    each frame has its own) into each lane of `buf`: lane l runs row first + l, a lane past `last` repeats the last
+    row (its results are dropped)."""
+    per_frame = noise.shape[0] > 0
+    for l in range(LANES):
+        b = min(first + l, last - 1)
+        mu = mask[b, t]
+        buf[LANES_OBSERVED_MU + l] = mu
+        A = F if mu != 0.0 else G
+        for i in range(3):
+            for k in range(3):
+                buf[LANES_OBSERVED_F + (3 * i + k) * LANES + l] = A[i, k]
+            buf[LANES_OBSERVED_R + i * LANES + l] = noise[b, t, i] if per_frame else R[i, i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _riccati_lanes(mask, F, G, H, Q, R, noise, P0, covs, gains, first, last):
+    """Rows first..last - 1 (at most LANES) of `riccati_steps` for n = 3, side by side in the generated lane step
+    (`_steps3.lanes_observed_step`): the scalar steps' values bit for bit, a frame without a face included (mu = 0
+    with G in F's place is `gap_step`)."""
+    T = mask.shape[1]
+    buf = np.zeros(LANES_OBSERVED_SLOTS * LANES)
+    for e in range(9):
+        for l in range(LANES):
+            buf[LANES_OBSERVED_P + e * LANES + l] = P0[e // 3, e % 3]
+    for t in range(T):
+        _lanes_load(buf, mask, F, G, R, noise, first, last, t)
+        lanes_observed_step(buf, H, Q)
+        for l in range(last - first):
+            for i in range(3):
+                for k in range(3):
+                    e = (3 * i + k) * LANES + l
+                    covs[first + l, t, i, k] = buf[LANES_OBSERVED_P_OUT + e]
+                    gains[first + l, t, i, k] = buf[LANES_OBSERVED_K_OUT + e]
+        for e in range(9 * LANES):
+            buf[LANES_OBSERVED_P + e] = buf[LANES_OBSERVED_P_OUT + e]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _riccati_lanes_adjoint(mask, F, G, H, Q, R, noise, P0, covs, g_covs, g_gains, gF, gG, gH, gQ, gR, gP0, g_noise,
+                           first, last):  # fmt: skip
+    """`riccati_backward` for rows first..last - 1 (at most LANES), n = 3, side by side in the generated lane
+    adjoint (`_steps3.lanes_observed_step_adjoint`): adds into gF, gG, gH, gQ, gR, sets gP0 and g_noise of those
+    rows. Each lane keeps its own sums; the rows' lanes are added at the end (a lane past `last` is dropped)."""
+    T = mask.shape[1]
+    per_frame = noise.shape[0] > 0
+    with_covs = g_covs.shape[0] > 0
+    buf = np.zeros(LANES_OBSERVED_SLOTS * LANES)
+    sums = np.zeros((3, 9 * LANES))  # per lane: the adjoints of F, of G and of R's diagonal
+    for t in range(T - 1, -1, -1):
+        _lanes_load(buf, mask, F, G, R, noise, first, last, t)
+        for l in range(LANES):
+            b = min(first + l, last - 1)
+            for i in range(3):
+                for k in range(3):
+                    e = (3 * i + k) * LANES + l
+                    buf[LANES_OBSERVED_P + e] = P0[i, k] if t == 0 else covs[b, t - 1, i, k]
+                    x = buf[LANES_OBSERVED_GP + e]  # the adjoint of P_t from step t + 1 (zero after the last)
+                    buf[LANES_OBSERVED_GP_OUT + e] = x + g_covs[b, t, i, k] if with_covs else x
+                    buf[LANES_OBSERVED_GK_OUT + e] = g_gains[b, t, i, k]
+        lanes_observed_step_adjoint(buf, H, Q)
+        for e in range(9 * LANES):  # the step's transition: F with a face, G without
+            gA = buf[LANES_OBSERVED_GF + e]
+            observed = buf[LANES_OBSERVED_MU + e % LANES] != 0.0
+            sums[0, e] += gA if observed else 0.0
+            sums[1, e] += 0.0 if observed else gA
+        if per_frame:
+            for l in range(last - first):
+                for i in range(3):
+                    g_noise[first + l, t, i] = buf[LANES_OBSERVED_GR + i * LANES + l]
+        else:
+            for e in range(3 * LANES):
+                sums[2, e] += buf[LANES_OBSERVED_GR + e]
+    for l in range(last - first):
+        for i in range(3):
+            for k in range(3):
+                e = (3 * i + k) * LANES + l
+                gF[i, k] += sums[0, e]
+                gG[i, k] += sums[1, e]
+                gH[i, k] += buf[LANES_OBSERVED_GH + e]
+                gP0[first + l, i, k] = buf[LANES_OBSERVED_GP + e]
+            gQ[i, i] += buf[LANES_OBSERVED_GQ + i * LANES + l]
+            gR[i, i] += sums[2, i * LANES + l]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
