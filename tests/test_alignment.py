@@ -104,7 +104,8 @@ def test_lagged_convolution_equals_the_direct_sum(steps, half):
     torch.testing.assert_close(lagged_convolution(z, w), expected, atol=1e-12, rtol=1e-12)
     got32 = lagged_convolution(z.float(), w.float())
     assert got32.dtype == torch.float32
-    torch.testing.assert_close(got32.double(), expected, atol=1e-5, rtol=1e-5)
+    # float32 throughout: an FFT's rounding is relative to the size of the whole output (about 1e-6 of it)
+    torch.testing.assert_close(got32.double(), expected, atol=2e-6 * float(expected.abs().max()), rtol=1e-5)
 
 
 def renormalised_direct_sum(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -180,7 +181,9 @@ def test_the_way_for_accelerators_equals_the_plain_convolution_on_finite_values(
     w = torch.softmax(torch.randn(21, generator=gen, dtype=torch.float64), 0).requires_grad_(True)
     results = []
     for known in (True, False):
-        monkeypatch.setattr(alignment, "_known_finite", lambda finite, known=known: known and bool(finite.all()))
+        monkeypatch.setattr(
+            alignment, "_known_finite", lambda values, known=known: known and bool(torch.isfinite(values).all())
+        )
         y = lagged_convolution(z, w)
         grads = torch.autograd.grad(y.square().sum(), (z, w))
         results.append((y.detach(), grads))

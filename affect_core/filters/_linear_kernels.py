@@ -41,7 +41,6 @@ from affect_core.filters._kernels import (
 )
 from affect_core.filters._steps3 import (
     LANES,
-    LANES_OBSERVED_F,
     LANES_OBSERVED_GF,
     LANES_OBSERVED_GH,
     LANES_OBSERVED_GK_OUT,
@@ -283,20 +282,27 @@ def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gain
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _lanes_load(buf, mask, F, G, R, noise, first, last, t):
-    """Step t's mask value, transition (F, or the gap step's G where the mask is 0) and R's diagonal (R_t's where
-    each frame has its own) into each lane of `buf`: lane l runs row first + l, a lane past `last` repeats the last
-    row (its results are dropped)."""
-    per_frame = noise.shape[0] > 0
+def _lanes_load(buf, mask, noise, first, last, t):
+    """Step t's mask value (and R_t's diagonal where each frame has its own) into each lane of `buf`: lane l runs
+    row first + l, a lane past `last` repeats the last row (its results are dropped)."""
     for l in range(LANES):
         b = min(first + l, last - 1)
-        mu = mask[b, t]
-        buf[LANES_OBSERVED_MU + l] = mu
-        A = F if mu != 0.0 else G
+        buf[LANES_OBSERVED_MU + l] = mask[b, t]
+        if noise.shape[0] > 0:
+            for i in range(3):
+                buf[LANES_OBSERVED_R + i * LANES + l] = noise[b, t, i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lanes_buffer(R, P0):
+    """A lane step's slots, every lane's P at P_0 and R's diagonal at R's (each frame's own, if any, replaces it)."""
+    buf = np.zeros(LANES_OBSERVED_SLOTS * LANES)
+    for l in range(LANES):
+        for e in range(9):
+            buf[LANES_OBSERVED_P + e * LANES + l] = P0[e // 3, e % 3]
         for i in range(3):
-            for k in range(3):
-                buf[LANES_OBSERVED_F + (3 * i + k) * LANES + l] = A[i, k]
-            buf[LANES_OBSERVED_R + i * LANES + l] = noise[b, t, i] if per_frame else R[i, i]
+            buf[LANES_OBSERVED_R + i * LANES + l] = R[i, i]
+    return buf
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -305,13 +311,10 @@ def _riccati_lanes(mask, F, G, H, Q, R, noise, P0, covs, gains, first, last):
     (`_steps3.lanes_observed_step`): the scalar steps' values bit for bit, a frame without a face included (mu = 0
     with G in F's place is `gap_step`)."""
     T = mask.shape[1]
-    buf = np.zeros(LANES_OBSERVED_SLOTS * LANES)
-    for e in range(9):
-        for l in range(LANES):
-            buf[LANES_OBSERVED_P + e * LANES + l] = P0[e // 3, e % 3]
+    buf = _lanes_buffer(R, P0)
     for t in range(T):
-        _lanes_load(buf, mask, F, G, R, noise, first, last, t)
-        lanes_observed_step(buf, H, Q)
+        _lanes_load(buf, mask, noise, first, last, t)
+        lanes_observed_step(buf, F, H, Q, G)
         for l in range(last - first):
             for i in range(3):
                 for k in range(3):
@@ -331,20 +334,27 @@ def _riccati_lanes_adjoint(mask, F, G, H, Q, R, noise, P0, covs, g_covs, g_gains
     T = mask.shape[1]
     per_frame = noise.shape[0] > 0
     with_covs = g_covs.shape[0] > 0
-    buf = np.zeros(LANES_OBSERVED_SLOTS * LANES)
+    buf = _lanes_buffer(R, P0)
     sums = np.zeros((3, 9 * LANES))  # per lane: the adjoints of F, of G and of R's diagonal
     for t in range(T - 1, -1, -1):
-        _lanes_load(buf, mask, F, G, R, noise, first, last, t)
+        _lanes_load(buf, mask, noise, first, last, t)
+        for e in range(9 * LANES):  # the adjoint of P_t from step t + 1 (zero after the last)
+            buf[LANES_OBSERVED_GP_OUT + e] = buf[LANES_OBSERVED_GP + e]
         for l in range(LANES):
             b = min(first + l, last - 1)
             for i in range(3):
                 for k in range(3):
                     e = (3 * i + k) * LANES + l
-                    buf[LANES_OBSERVED_P + e] = P0[i, k] if t == 0 else covs[b, t - 1, i, k]
-                    x = buf[LANES_OBSERVED_GP + e]  # the adjoint of P_t from step t + 1 (zero after the last)
-                    buf[LANES_OBSERVED_GP_OUT + e] = x + g_covs[b, t, i, k] if with_covs else x
+                    if t > 0:
+                        buf[LANES_OBSERVED_P + e] = covs[b, t - 1, i, k]
+                    if with_covs:
+                        buf[LANES_OBSERVED_GP_OUT + e] += g_covs[b, t, i, k]
                     buf[LANES_OBSERVED_GK_OUT + e] = g_gains[b, t, i, k]
-        lanes_observed_step_adjoint(buf, H, Q)
+        if t == 0:
+            for l in range(LANES):
+                for e in range(9):
+                    buf[LANES_OBSERVED_P + e * LANES + l] = P0[e // 3, e % 3]
+        lanes_observed_step_adjoint(buf, F, H, Q, G)
         for e in range(9 * LANES):  # the step's transition: F with a face, G without
             gA = buf[LANES_OBSERVED_GF + e]
             observed = buf[LANES_OBSERVED_MU + e % LANES] != 0.0

@@ -394,13 +394,16 @@ def _lane_step_functions(
     sets: tuple[str, ...],
     accumulates: tuple[str, ...],
     doc: str,
+    switched: tuple[str, str, str] | None = None,
 ) -> str:
     """`lanes_<kind>_step(buf, shared...)` and `lanes_<kind>_step_adjoint(buf, shared...)`: the step of `trace` for
     LANES sequences at once. Each entry of the inputs in `lanes`, of the outputs and of the adjoints lives in `buf`
     (float64, `LANES_<KIND>_SLOTS * LANES`), lane l of entry e at `e * LANES + l`; the slots' first offsets are
     `LANES_<KIND>_<NAME>` (an input's entries in the order of its indices, a matrix's row by row). The `shared`
-    inputs are one matrix for every lane, read once before the loop. The adjoint sets the adjoints of `sets`, adds
-    into those of `accumulates` (per lane: sum the lanes after the last step) and reads those of the outputs."""
+    inputs are one matrix for every lane, read once before the loop; `switched` = (input, other, flag) makes the
+    traced input `input` (shared) read as the shared `other` in a lane whose slot `flag` is 0 (its adjoint is that of
+    the matrix the lane read). The adjoint sets the adjoints of `sets`, adds into those of `accumulates` (per lane:
+    sum the lanes after the last step) and reads those of the outputs."""
     tape = Tape()
     outputs: dict[str, Entries] = trace(tape)  # type: ignore[operator]
     slots: dict[str, int] = {}
@@ -428,6 +431,8 @@ def _lane_step_functions(
             if key in slots:
                 return f"buf[{slots[key] * LANES} + l]"
             name, index = match.group(1), match.group(2)
+            if switched is not None and name == switched[0]:
+                return f"a_{index.replace(', ', '_')}"
             if name in shared:
                 return f"s_{name}_{index.replace(', ', '_')}"
             raise KeyError(key)
@@ -435,6 +440,14 @@ def _lane_step_functions(
         return entry.sub(swap, line)
 
     hoisted = [f"s_{name}_{i.replace(', ', '_')} = {name}[{i}]" for name in shared for i in tape.names[name]]
+    chosen: list[str] = []
+    if switched is not None:
+        name, other, flag = switched
+        hoisted += [f"s_{other}_{i.replace(', ', '_')} = {other}[{i}]" for i in tape.names[name]]
+        chosen = [f"on = {in_lanes(flag)} != 0.0"] + [
+            f"a_{i.replace(', ', '_')} = s_{name}_{i.replace(', ', '_')} if on else s_{other}_{i.replace(', ', '_')}"
+            for i in tape.names[name]
+        ]
     forward = _forward_lines(tape)
     writes = [
         f"{out}[{index}] = {'0.0' if v is None else v.name}" for out, entries in outputs.items() for index, v in entries
@@ -458,7 +471,7 @@ def _lane_step_functions(
     constants = f"LANES = {LANES}\n" + f"LANES_{upper}_SLOTS = {len(slots)}\n" + "".join(
         f"LANES_{upper}_{name.upper()} = {offset * LANES}\n" for name, offset in offsets
     )
-    signature = ", ".join(("buf",) + shared)
+    signature = ", ".join(("buf",) + shared + ((switched[1],) if switched else ()))
 
     def function(name: str, body: list[str], summary: str) -> str:
         return (
@@ -467,6 +480,7 @@ def _lane_step_functions(
             f'    """{summary}"""\n'
             + _indent(hoisted)
             + f"    for l in range({LANES}):\n"
+            + "".join(f"        {line}\n" for line in chosen)
             + "".join(f"        {in_lanes(line)}\n" for line in body)
         )
 
@@ -543,12 +557,14 @@ def source() -> str:
         _lane_step_functions(
             "observed",
             observed_step,
-            ("P", "F", "mu", "R"),
-            ("H", "Q"),
+            ("P", "mu", "R"),
+            ("F", "H", "Q"),
             ("P", "F", "R"),
             ("H", "Q"),
-            "the step of a frame with a face, or without one where mu = 0 and F holds the gap step's G (K = 0 and\n"
-            "    M = I exactly: `gap_step`'s values); per lane P, F, mu and R's diagonal, H and Q shared.",
+            "the step of a frame with a face, and of\n"
+            "    one without a face in a lane whose mu is 0, which reads G in F's place (K = 0 and M = I exactly:\n"
+            "    `gap_step`'s values); per lane P, mu and R's diagonal.",
+            ("F", "G", "mu"),
         ),
     ]
     return HEADER + "\n\n".join(parts)

@@ -228,8 +228,10 @@ class BayesFilter(nn.Module, abc.ABC):
                     name, f"mask must have shape {tuple(observations.shape[:2])} (B, T), got {tuple(mask.shape)}"
                 )
             mask = mask.to(device=observations.device, dtype=torch.bool)
-            # Unobserved frames never reach the update; zeroing them keeps NaN out of the arithmetic and its gradient.
-            observations = torch.where(mask.unsqueeze(-1), observations, torch.zeros_like(observations))
+            if self.reads_unobserved(observations):
+                # Unobserved frames never reach the update; zeroing them keeps NaN out of the arithmetic and its
+                # gradient.
+                observations = torch.where(mask.unsqueeze(-1), observations, torch.zeros_like(observations))
         noise: Tensor | None = None
         if noise_offset is not None:
             if noise_offset.shape != observations.shape:
@@ -257,6 +259,12 @@ class BayesFilter(nn.Module, abc.ABC):
             return self._filter_fast(observations, mask, noise)
         finally:
             self._initial = None
+
+    def reads_unobserved(self, observations: Tensor) -> bool:
+        """Whether the path that filters `observations` does arithmetic on the observations of frames without one
+        (multiplied by a zero gain): they are then zeroed first, so that a NaN there stays out. A path that never
+        reads them (and gives them a zero gradient) returns False and is spared the pass."""
+        return True
 
     @abc.abstractmethod
     def _filter_reference(

@@ -133,13 +133,20 @@ class KalmanFilter(BayesFilter):
         return FilterOutput(torch.stack(states, dim=1), torch.stack(covariances, dim=1))
 
     # ------------------------------------------------------------------------------------------------------------
+    def _path(self, observations: Tensor) -> str:
+        """The method that filters `observations`: "fast" and "auto" are "compiled" on the CPU, "scan" elsewhere."""
+        if self.method in ("fast", "auto"):
+            return "compiled" if observations.device.type == "cpu" else "scan"
+        return self.method
+
+    def reads_unobserved(self, observations: Tensor) -> bool:
+        """The compiled kernels never read a frame without a face (the gap step) and give it a zero gradient."""
+        return self._path(observations) != "compiled"
+
     def _filter_fast(
         self, observations: ObservationsTorch, mask: MaskTorch | None, noise: Tensor | None = None
     ) -> FilterOutput:
-        method = self.method
-        if method in ("fast", "auto"):
-            method = "compiled" if observations.device.type == "cpu" else "scan"
-        if method == "compiled":
+        if self._path(observations) == "compiled":
             return self._filter_compiled(observations, mask, noise)
         return self._filter_scan(observations, mask, noise)
 
