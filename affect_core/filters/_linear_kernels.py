@@ -41,23 +41,29 @@ from affect_core.filters._kernels import (
 )
 from affect_core.filters._steps3 import (
     LANES,
-    LANES_OBSERVED_GF,
-    LANES_OBSERVED_GH,
-    LANES_OBSERVED_GK_OUT,
-    LANES_OBSERVED_GP,
-    LANES_OBSERVED_GP_OUT,
-    LANES_OBSERVED_GQ,
-    LANES_OBSERVED_GR,
-    LANES_OBSERVED_K_OUT,
-    LANES_OBSERVED_MU,
-    LANES_OBSERVED_P,
-    LANES_OBSERVED_P_OUT,
-    LANES_OBSERVED_R,
-    LANES_OBSERVED_SLOTS,
+    LANES_KF_GC,
+    LANES_KF_GF,
+    LANES_KF_GH,
+    LANES_KF_GHF,
+    LANES_KF_GO,
+    LANES_KF_GP,
+    LANES_KF_GP_OUT,
+    LANES_KF_GQ,
+    LANES_KF_GR,
+    LANES_KF_GZ,
+    LANES_KF_GZ_OUT,
+    LANES_KF_MU,
+    LANES_KF_O,
+    LANES_KF_P,
+    LANES_KF_P_OUT,
+    LANES_KF_R,
+    LANES_KF_SLOTS,
+    LANES_KF_Z,
+    LANES_KF_Z_OUT,
     gap_step,
     gap_step_adjoint,
-    lanes_observed_step,
-    lanes_observed_step_adjoint,
+    lanes_kf_step,
+    lanes_kf_step_adjoint,
     observed_step,
     observed_step_adjoint,
 )
@@ -196,12 +202,7 @@ def riccati_steps(mask, F, G, H, Q, R, noise, P0, covs, gains, size):
     Rt = _noise_matrix(R, per_frame)
     # Two loops rather than a branch in one: the 3 x 3 loop then holds nothing but the scalar step.
     if n == 3:
-        first = 0
-        while Bc - first > 1:  # LANES rows at a time (the last group may have fewer), side by side
-            last = min(first + LANES, Bc)
-            _riccati_lanes(mask, F, G, H, Q, R, noise, P0, covs, gains, first, last)
-            first = last
-        for b in range(first, Bc):  # a row left alone
+        for b in range(Bc):
             for t in range(T):
                 P, mu = P0 if t == 0 else covs[b, t - 1], mask[b, t]
                 if per_frame:
@@ -249,14 +250,7 @@ def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gain
     gRt = np.zeros((n, n))  # the step's adjoint of R_t where it is per frame (else it adds into gR)
     gP0 = np.zeros((Bc, n, n))
     X, gP, work = np.empty((n, n)), np.zeros((n, n)), np.empty((18, n, n))
-    first = 0
-    while n == 3 and Bc - first > 1:  # LANES rows at a time (the last group may have fewer), side by side
-        last = min(first + LANES, Bc)
-        _riccati_lanes_adjoint(
-            mask, F, G, H, Q, R, noise, P0, covs, g_covs, g_gains, gF, gG, gH, gQ, gR, gP0, g_noise, first, last
-        )
-        first = last
-    for b in range(first, Bc):
+    for b in range(Bc):
         gP[:] = 0.0
         for t in range(T - 1, -1, -1):
             P, mu = P0 if t == 0 else covs[b, t - 1], mask[b, t]
@@ -279,104 +273,6 @@ def riccati_backward(mask, F, G, H, Q, R, noise, P0, covs, gains, g_covs, g_gain
                     g_noise[b, t, i] = gRt[i, i]
         gP0[b] = gP
     return gF, gG, gH, gQ, gR, gP0, g_noise
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _lanes_load(buf, mask, noise, first, last, t):
-    """Step t's mask value (and R_t's diagonal where each frame has its own) into each lane of `buf`: lane l runs
-    row first + l, a lane past `last` repeats the last row (its results are dropped)."""
-    for l in range(LANES):
-        b = min(first + l, last - 1)
-        buf[LANES_OBSERVED_MU + l] = mask[b, t]
-        if noise.shape[0] > 0:
-            for i in range(3):
-                buf[LANES_OBSERVED_R + i * LANES + l] = noise[b, t, i]
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _lanes_buffer(R, P0):
-    """A lane step's slots, every lane's P at P_0 and R's diagonal at R's (each frame's own, if any, replaces it)."""
-    buf = np.zeros(LANES_OBSERVED_SLOTS * LANES)
-    for l in range(LANES):
-        for e in range(9):
-            buf[LANES_OBSERVED_P + e * LANES + l] = P0[e // 3, e % 3]
-        for i in range(3):
-            buf[LANES_OBSERVED_R + i * LANES + l] = R[i, i]
-    return buf
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _riccati_lanes(mask, F, G, H, Q, R, noise, P0, covs, gains, first, last):
-    """Rows first..last - 1 (at most LANES) of `riccati_steps` for n = 3, side by side in the generated lane step
-    (`_steps3.lanes_observed_step`): the scalar steps' values bit for bit, a frame without a face included (mu = 0
-    with G in F's place is `gap_step`)."""
-    T = mask.shape[1]
-    buf = _lanes_buffer(R, P0)
-    for t in range(T):
-        _lanes_load(buf, mask, noise, first, last, t)
-        lanes_observed_step(buf, F, H, Q, G)
-        for l in range(last - first):
-            for i in range(3):
-                for k in range(3):
-                    e = (3 * i + k) * LANES + l
-                    covs[first + l, t, i, k] = buf[LANES_OBSERVED_P_OUT + e]
-                    gains[first + l, t, i, k] = buf[LANES_OBSERVED_K_OUT + e]
-        for e in range(9 * LANES):
-            buf[LANES_OBSERVED_P + e] = buf[LANES_OBSERVED_P_OUT + e]
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _riccati_lanes_adjoint(mask, F, G, H, Q, R, noise, P0, covs, g_covs, g_gains, gF, gG, gH, gQ, gR, gP0, g_noise,
-                           first, last):  # fmt: skip
-    """`riccati_backward` for rows first..last - 1 (at most LANES), n = 3, side by side in the generated lane
-    adjoint (`_steps3.lanes_observed_step_adjoint`): adds into gF, gG, gH, gQ, gR, sets gP0 and g_noise of those
-    rows. Each lane keeps its own sums; the rows' lanes are added at the end (a lane past `last` is dropped)."""
-    T = mask.shape[1]
-    per_frame = noise.shape[0] > 0
-    with_covs = g_covs.shape[0] > 0
-    buf = _lanes_buffer(R, P0)
-    sums = np.zeros((3, 9 * LANES))  # per lane: the adjoints of F, of G and of R's diagonal
-    for t in range(T - 1, -1, -1):
-        _lanes_load(buf, mask, noise, first, last, t)
-        for e in range(9 * LANES):  # the adjoint of P_t from step t + 1 (zero after the last)
-            buf[LANES_OBSERVED_GP_OUT + e] = buf[LANES_OBSERVED_GP + e]
-        for l in range(LANES):
-            b = min(first + l, last - 1)
-            for i in range(3):
-                for k in range(3):
-                    e = (3 * i + k) * LANES + l
-                    if t > 0:
-                        buf[LANES_OBSERVED_P + e] = covs[b, t - 1, i, k]
-                    if with_covs:
-                        buf[LANES_OBSERVED_GP_OUT + e] += g_covs[b, t, i, k]
-                    buf[LANES_OBSERVED_GK_OUT + e] = g_gains[b, t, i, k]
-        if t == 0:
-            for l in range(LANES):
-                for e in range(9):
-                    buf[LANES_OBSERVED_P + e * LANES + l] = P0[e // 3, e % 3]
-        lanes_observed_step_adjoint(buf, F, H, Q, G)
-        for e in range(9 * LANES):  # the step's transition: F with a face, G without
-            gA = buf[LANES_OBSERVED_GF + e]
-            observed = buf[LANES_OBSERVED_MU + e % LANES] != 0.0
-            sums[0, e] += gA if observed else 0.0
-            sums[1, e] += 0.0 if observed else gA
-        if per_frame:
-            for l in range(last - first):
-                for i in range(3):
-                    g_noise[first + l, t, i] = buf[LANES_OBSERVED_GR + i * LANES + l]
-        else:
-            for e in range(3 * LANES):
-                sums[2, e] += buf[LANES_OBSERVED_GR + e]
-    for l in range(last - first):
-        for i in range(3):
-            for k in range(3):
-                e = (3 * i + k) * LANES + l
-                gF[i, k] += sums[0, e]
-                gG[i, k] += sums[1, e]
-                gH[i, k] += buf[LANES_OBSERVED_GH + e]
-                gP0[first + l, i, k] = buf[LANES_OBSERVED_GP + e]
-            gQ[i, i] += buf[LANES_OBSERVED_GQ + i * LANES + l]
-            gR[i, i] += sums[2, i * LANES + l]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -609,3 +505,132 @@ def _state_backward3(obs, mask, gains, F, HF, G, c, z0, states, g_states):
         gz0[1] += r1
         gz0[2] += r2
     return g_obs, g_gains, gF, gHF, gG, gc, gz0
+
+
+# The whole filter, state and covariance in one step, for sequences that each have their own covariances (frames
+# without a face, or each frame its own observation noise) and n = 3: LANES sequences side by side in the generated
+# lane step (`_steps3.lanes_kf_step`), whose loop over the lanes the compiler turns into vector instructions. A
+# group's P_t and z_t are kept lane by lane, (T, 12, LANES) per group, for the backward pass; no gain is written.
+
+SAVED = 12 * LANES  # a group's P_t (9 entries) then z_t (3) per lane, as the lane step's slots hold them
+# The kernels copy P and z (and their outputs and adjoints) as one block of slots.
+assert LANES_KF_Z == LANES_KF_P + 9 * LANES and LANES_KF_Z_OUT == LANES_KF_P_OUT + 9 * LANES
+assert LANES_KF_GZ == LANES_KF_GP + 9 * LANES and LANES_KF_GZ_OUT == LANES_KF_GP_OUT + 9 * LANES
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lanes_start(buf, P0, z0):
+    """Every lane's P and z at the prior."""
+    for lane in range(LANES):
+        for e in range(9):
+            buf[LANES_KF_P + e * LANES + lane] = P0[e // 3, e % 3]
+        for i in range(3):
+            buf[LANES_KF_P + (9 + i) * LANES + lane] = z0[i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lanes_frame(buf, obs, mask, R, noise, first, last, t):
+    """Frame t of rows first..last - 1 into the lanes: mu, o (0 without a face: never read, and a NaN there stays
+    out) and R's diagonal (R_t's where each frame has its own). A lane past `last` repeats the last row (its results
+    are dropped)."""
+    for lane in range(LANES):
+        b = min(first + lane, last - 1)
+        mu = mask[b, t]
+        buf[LANES_KF_MU + lane] = mu
+        for i in range(3):
+            buf[LANES_KF_O + i * LANES + lane] = obs[b, t, i] if mu != 0.0 else 0.0
+            buf[LANES_KF_R + i * LANES + lane] = noise[b, t, i] if noise.shape[0] > 0 else R[i, i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states, covs, saved):
+    """The linear filter for n = 3 on rows of their own: obs (B, T, 3), mask (B, T) -> states (B, T, 3) and covs
+    (B, T, 3, 3) written in their dtype, saved (ceil(B / LANES), T, SAVED) float64 for `filter_lanes_backward`.
+    noise: (B, T, 3) per-frame observation-noise variances, or a leading 0 (R on every frame). Equal bit for bit to
+    `riccati_nodes` then `state_forward` on the same rows."""
+    B, T = mask.shape
+    buf = np.zeros(LANES_KF_SLOTS * LANES)
+    for group in range(saved.shape[0]):
+        first, last = group * LANES, min(group * LANES + LANES, B)
+        _lanes_start(buf, P0, z0)
+        for t in range(T):
+            _lanes_frame(buf, obs, mask, R, noise, first, last, t)
+            lanes_kf_step(buf, HF, H, Q, F, G, c)
+            kept = saved[group, t]
+            for e in range(SAVED):  # P_t and z_t: kept, and the next step's input
+                kept[e] = buf[LANES_KF_P + e] = buf[LANES_KF_P_OUT + e]
+            for lane in range(last - first):
+                for i in range(3):
+                    for k in range(3):
+                        covs[first + lane, t, i, k] = buf[LANES_KF_P_OUT + (3 * i + k) * LANES + lane]
+                    states[first + lane, t, i] = buf[LANES_KF_P_OUT + (9 + i) * LANES + lane]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved, g_states, g_covs):
+    """Adjoint of `filter_lanes_forward`: g_states (B, T, 3) and g_covs (B, T, 3, 3) (or an array without rows: zero)
+    -> gradients w.r.t. obs (B, T, 3) (0 without a face), F, G, HF, H, Q, R (3, 3), c (3,), z0 (3,), P0 (3, 3) and
+    the per-frame noise (B, T, 3) where it is given (R's gradient is then zero). Each step is computed again from
+    its saved input (P_{t-1}, z_{t-1}); each lane keeps its own sums, added over the rows at the end."""
+    B, T = mask.shape
+    per_frame = noise.shape[0] > 0
+    with_covs = g_covs.shape[0] > 0
+    g_obs, g_noise = np.zeros((B, T, 3)), np.zeros(noise.shape)
+    gF, gG, gHF, gH = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
+    gQ, gR, gP0 = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
+    gc, gz0 = np.zeros(3), np.zeros(3)
+    buf = np.zeros(LANES_KF_SLOTS * LANES)
+    sums = np.zeros((4, 9 * LANES))  # per lane: the adjoints of F, of G, of c and of R's diagonal
+    for group in range(saved.shape[0]):
+        first, last = group * LANES, min(group * LANES + LANES, B)
+        buf[LANES_KF_GP : LANES_KF_GP + SAVED] = 0.0  # the adjoints of P_T and z_T from after the last step
+        buf[LANES_KF_GH : LANES_KF_GH + 9 * LANES] = 0.0
+        buf[LANES_KF_GHF : LANES_KF_GHF + 9 * LANES] = 0.0
+        buf[LANES_KF_GQ : LANES_KF_GQ + 3 * LANES] = 0.0
+        sums[:] = 0.0
+        for t in range(T - 1, -1, -1):
+            _lanes_frame(buf, obs, mask, R, noise, first, last, t)
+            if t == 0:
+                _lanes_start(buf, P0, z0)
+            else:
+                kept = saved[group, t - 1]
+                for e in range(SAVED):
+                    buf[LANES_KF_P + e] = kept[e]
+            for e in range(SAVED):  # the adjoints of P_t and z_t from step t + 1, then from the outputs
+                buf[LANES_KF_GP_OUT + e] = buf[LANES_KF_GP + e]
+            for lane in range(last - first):
+                b = first + lane
+                for i in range(3):
+                    buf[LANES_KF_GP_OUT + (9 + i) * LANES + lane] += g_states[b, t, i]
+                    if with_covs:
+                        for k in range(3):
+                            buf[LANES_KF_GP_OUT + (3 * i + k) * LANES + lane] += g_covs[b, t, i, k]
+            lanes_kf_step_adjoint(buf, HF, H, Q, F, G, c)
+            for e in range(9 * LANES):  # the step's transition: F with a face, G without
+                gA = buf[LANES_KF_GF + e]
+                observed = buf[LANES_KF_MU + e % LANES] != 0.0
+                sums[0, e] += gA if observed else 0.0
+                sums[1, e] += 0.0 if observed else gA
+            for e in range(3 * LANES):  # c: read without a face only
+                sums[2, e] += 0.0 if buf[LANES_KF_MU + e % LANES] != 0.0 else buf[LANES_KF_GC + e]
+                if not per_frame:
+                    sums[3, e] += buf[LANES_KF_GR + e]
+            for lane in range(last - first):
+                for i in range(3):
+                    g_obs[first + lane, t, i] = buf[LANES_KF_GO + i * LANES + lane]
+                    if per_frame:
+                        g_noise[first + lane, t, i] = buf[LANES_KF_GR + i * LANES + lane]
+        for lane in range(last - first):
+            for i in range(3):
+                for k in range(3):
+                    e = (3 * i + k) * LANES + lane
+                    gF[i, k] += sums[0, e]
+                    gG[i, k] += sums[1, e]
+                    gHF[i, k] += buf[LANES_KF_GHF + e]
+                    gH[i, k] += buf[LANES_KF_GH + e]
+                    gP0[i, k] += buf[LANES_KF_GP + e]
+                gc[i] += sums[2, i * LANES + lane]
+                gR[i, i] += sums[3, i * LANES + lane]
+                gQ[i, i] += buf[LANES_KF_GQ + i * LANES + lane]
+                gz0[i] += buf[LANES_KF_GP + (9 + i) * LANES + lane]
+    return g_obs, gF, gG, gHF, gH, gQ, gR, gc, gz0, gP0, g_noise

@@ -261,6 +261,34 @@ def ekf_gap_step(tape: Tape) -> dict[str, Entries]:
     return {"z_out": vector_entries(_affine(G, z, c)), "P_out": matrix_entries(_predict(G, P, q))}
 
 
+def kf_step(tape: Tape) -> dict[str, Entries]:
+    """A whole step of the linear Kalman filter, state and covariance: `observed_step`'s (P_t, K_t), then the state
+    recursion's z_t = c + F z_{t-1} + K_t (o_t - HF z_{t-1}) with the operations in `_linear_kernels._state_forward3`'s
+    order. With a face c = 0 (F z + K v exactly); without one F = G and K = 0 (c + G z exactly): both of the state
+    recursion's steps, and `gap_step`'s covariance, bit for bit."""
+    _constants(tape)
+    P, F, HF, H = (matrix(tape, name) for name in ("P", "F", "HF", "H"))
+    z, o, c = (vector(tape, name) for name in ("z", "o", "c"))
+    q, r = diagonal(tape, "Q"), diagonal(tape, "R")
+    mu = tape.input("mu")
+    P_out, K = _update(_predict(F, P, q), H, r, mu)
+    v = []
+    for i in range(N):  # v = o - HF z
+        s = o[i]
+        for k in range(N):
+            s = s - HF[i][k] * z[k]
+        v.append(s)
+    z_out = []
+    for i in range(N):
+        s = c[i]
+        for k in range(N):
+            s = s + F[i][k] * z[k]
+        for k in range(N):
+            s = s + K[i][k] * v[k]
+        z_out.append(s)
+    return {"P_out": matrix_entries(P_out), "z_out": vector_entries(z_out)}
+
+
 def _forward_lines(tape: Tape) -> list[str]:
     lines = []
     for name, op, operands in tape.lines:
@@ -391,18 +419,20 @@ def _lane_step_functions(
     trace: object,
     lanes: tuple[str, ...],
     shared: tuple[str, ...],
+    switched: dict[str, tuple[str | None, str | None]],
     sets: tuple[str, ...],
     accumulates: tuple[str, ...],
     doc: str,
-    switched: tuple[str, str, str] | None = None,
 ) -> str:
     """`lanes_<kind>_step(buf, shared...)` and `lanes_<kind>_step_adjoint(buf, shared...)`: the step of `trace` for
-    LANES sequences at once. Each entry of the inputs in `lanes`, of the outputs and of the adjoints lives in `buf`
-    (float64, `LANES_<KIND>_SLOTS * LANES`), lane l of entry e at `e * LANES + l`; the slots' first offsets are
-    `LANES_<KIND>_<NAME>` (an input's entries in the order of its indices, a matrix's row by row). The `shared`
-    inputs are one matrix for every lane, read once before the loop; `switched` = (input, other, flag) makes the
-    traced input `input` (shared) read as the shared `other` in a lane whose slot `flag` is 0 (its adjoint is that of
-    the matrix the lane read). The adjoint sets the adjoints of `sets`, adds into those of `accumulates` (per lane:
+    LANES sequences at once.
+
+    Each entry of the inputs in `lanes`, of the outputs and of the adjoints lives in `buf` (float64,
+    `LANES_<KIND>_SLOTS * LANES`), lane l of entry e at `e * LANES + l`; each name's first slot is
+    `LANES_<KIND>_<NAME>` (a name's entries in the order of their indices, a matrix's row by row). The `shared` inputs
+    are one value for every lane, read once before the loop. A `switched` input reads, in each lane, the shared
+    input named first where the lane's mu is not 0 and the one named second where it is (None: zeros); its adjoint is
+    that of what the lane read. The adjoint sets the adjoints of `sets`, adds into those of `accumulates` (per lane:
     sum the lanes after the last step) and reads those of the outputs."""
     tape = Tape()
     outputs: dict[str, Entries] = trace(tape)  # type: ignore[operator]
@@ -425,29 +455,33 @@ def _lane_step_functions(
 
     entry = re.compile(r"\b(g?[A-Za-z]\w*)\[(\d(?:, \d)?)\]|\bmu\b")
 
+    def local(prefix: str, name: str, index: str) -> str:
+        return f"{prefix}_{name}_{index.replace(', ', '_')}"
+
     def in_lanes(line: str) -> str:
         def swap(match: re.Match[str]) -> str:
             key = match.group(0)
             if key in slots:
                 return f"buf[{slots[key] * LANES} + l]"
             name, index = match.group(1), match.group(2)
-            if switched is not None and name == switched[0]:
-                return f"a_{index.replace(', ', '_')}"
+            if name in switched:
+                return local("a", name, index)
             if name in shared:
-                return f"s_{name}_{index.replace(', ', '_')}"
+                return local("s", name, index)
             raise KeyError(key)
 
         return entry.sub(swap, line)
 
-    hoisted = [f"s_{name}_{i.replace(', ', '_')} = {name}[{i}]" for name in shared for i in tape.names[name]]
-    chosen: list[str] = []
-    if switched is not None:
-        name, other, flag = switched
-        hoisted += [f"s_{other}_{i.replace(', ', '_')} = {other}[{i}]" for i in tape.names[name]]
-        chosen = [f"on = {in_lanes(flag)} != 0.0"] + [
-            f"a_{i.replace(', ', '_')} = s_{name}_{i.replace(', ', '_')} if on else s_{other}_{i.replace(', ', '_')}"
-            for i in tape.names[name]
-        ]
+    sources = shared + tuple(dict.fromkeys(x for pair in switched.values() for x in pair if x is not None))
+    hoisted = []
+    for name in sources:
+        indices = tape.names.get(name) or next(tape.names[k] for k, pair in switched.items() if name in pair)
+        hoisted += [f"{local('s', name, i)} = {name}[{i}]" for i in indices]
+    chosen = [f"on = {in_lanes('mu')} != 0.0"] if switched else []
+    for name, (with_face, without) in switched.items():
+        for i in tape.names[name]:
+            a, b = (local("s", x, i) if x is not None else "0.0" for x in (with_face, without))
+            chosen.append(f"{local('a', name, i)} = {a} if on else {b}")
     forward = _forward_lines(tape)
     writes = [
         f"{out}[{index}] = {'0.0' if v is None else v.name}" for out, entries in outputs.items() for index, v in entries
@@ -468,10 +502,10 @@ def _lane_step_functions(
             elif key in reached:
                 finish.append(f"g{name}[{index}] += {_adjoint_name(key)}")
     upper = kind.upper()
-    constants = f"LANES = {LANES}\n" + f"LANES_{upper}_SLOTS = {len(slots)}\n" + "".join(
+    constants = f"LANES_{upper}_SLOTS = {len(slots)}\n" + "".join(
         f"LANES_{upper}_{name.upper()} = {offset * LANES}\n" for name, offset in offsets
     )
-    signature = ", ".join(("buf",) + shared + ((switched[1],) if switched else ()))
+    signature = ", ".join(("buf",) + sources)
 
     def function(name: str, body: list[str], summary: str) -> str:
         return (
@@ -487,7 +521,7 @@ def _lane_step_functions(
     return (
         constants
         + "\n\n"
-        + function(f"lanes_{kind}_step", forward + writes, f"`{kind}_step` for {LANES} lanes: {doc}")
+        + function(f"lanes_{kind}_step", forward + writes, f"{doc}")
         + "\n\n"
         + function(
             f"lanes_{kind}_step_adjoint",
@@ -554,17 +588,17 @@ def source() -> str:
             ("G", "c", "Q"),
             "An EKF step without a face: z_out = G z + c; P_out = sym(G P G^T + Q).",
         ),
+        f"LANES = {LANES}\n",
         _lane_step_functions(
-            "observed",
-            observed_step,
-            ("P", "mu", "R"),
-            ("F", "H", "Q"),
-            ("P", "F", "R"),
-            ("H", "Q"),
-            "the step of a frame with a face, and of\n"
-            "    one without a face in a lane whose mu is 0, which reads G in F's place (K = 0 and M = I exactly:\n"
-            "    `gap_step`'s values); per lane P, mu and R's diagonal.",
-            ("F", "G", "mu"),
+            "kf",
+            kf_step,
+            ("P", "z", "o", "mu", "R"),
+            ("HF", "H", "Q"),
+            {"F": ("F", "G"), "c": (None, "c")},
+            ("P", "z", "o", "F", "c", "R"),
+            ("HF", "H", "Q"),
+            "`kf_step` for LANES sequences side by side: a frame with a face (mu != 0), or without one (mu = 0: F\n"
+            "    reads G and c reads c, K = 0). Per lane: P, z, o (0 without a face), mu, R's diagonal.",
         ),
     ]
     return HEADER + "\n\n".join(parts)

@@ -247,6 +247,80 @@ class LinearStateRecursion(torch.autograd.Function):
         return g_obs, None, _tensor(g_gains, like_gains), gF, gHF, gG, gc, gz0
 
 
+class LinearFilterRecursion(torch.autograd.Function):
+    """The linear Kalman filter for n = 3 where each sequence has its own covariances (frames without a face, or each
+    frame its own observation noise): state and covariance in one step (`_linear_kernels.filter_lanes_forward`),
+    sequences side by side in groups of `LANES`, float64 inside.
+
+    Inputs: observations `(B, T, 3)`, mask `(B, T)` float 0/1, F, G (the gap step's transition), HF = H F, H `(3, 3)`,
+    c `(3,)` (the gap step's offset), Q and R `(3, 3)` diagonal, P_0 `(3, 3)`, z_0 `(3,)`, noise `(B, T, 3)` or None
+    (each frame's observation-noise variances, R_t = diag(noise[b, t]) in R's place).
+    Outputs, in the dtype of the observations: states `(B, T, 3)`, covariances `(B, T, 3, 3)`; equal bit for bit to
+    `RiccatiRecursion` then `LinearStateRecursion` (and to `linear_filter_values`).
+    """
+
+    @staticmethod
+    def forward(ctx, observations, mask, F, G, HF, c, H, Q, R, P0, z0, noise=None):  # type: ignore[override]
+        from affect_core.filters import _linear_kernels
+
+        ctx.set_materialize_grads(False)  # the covariances often reach no loss: no zeros made for their gradient
+        obs = observations.detach().cpu().contiguous().numpy()
+        observed = _numpy(mask)
+        params = [_numpy(x) for x in (F, G, HF, c, H, Q, R)]
+        _diagonal(params[5], params[6])
+        prior = [_numpy(z0), _numpy(P0)]
+        B, T = observed.shape
+        per_frame = _noise_argument(noise, T, 3)
+        states = np.empty((B, T, 3), dtype=obs.dtype)
+        covs = np.empty((B, T, 3, 3), dtype=obs.dtype)
+        slices = lane_slices(B)
+        saved = [np.empty((-(-(s.stop - s.start) // _linear_kernels.LANES), T, _linear_kernels.SAVED)) for s in slices]
+
+        def kernel(k: int) -> None:
+            s = slices[k]
+            noise_rows = per_frame[s] if per_frame.shape[0] else per_frame
+            _linear_kernels.filter_lanes_forward(
+                obs[s], observed[s], *params, noise_rows, *prior, states[s], covs[s], saved[k]
+            )
+
+        run_slices(kernel, range(len(slices)))
+        ctx.saved = (obs, observed, params, per_frame, prior, saved, slices)
+        ctx.like = F
+        return _tensor(states, observations), _tensor(covs, observations)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_states, g_covs):  # type: ignore[override]
+        from affect_core.filters import _linear_kernels
+
+        obs, observed, params, per_frame, prior, saved, slices = ctx.saved
+        g_s = np.zeros((*observed.shape, 3)) if g_states is None else _numpy(g_states)
+        g_c = np.empty((0, 0, 0, 0)) if g_covs is None else _numpy(g_covs)  # no rows: a zero gradient
+
+        def kernel(k: int) -> tuple[np.ndarray, ...]:
+            s = slices[k]
+            noise_rows = per_frame[s] if per_frame.shape[0] else per_frame
+            return _linear_kernels.filter_lanes_backward(
+                obs[s], observed[s], *params, noise_rows, *prior, saved[k], g_s[s], g_c if g_covs is None else g_c[s]
+            )
+
+        parts = run_slices(kernel, range(len(slices)))
+        like = ctx.like
+        g_obs = _tensor(_joined([p[0] for p in parts]), like)
+        gF, gG, gHF, gH, gQ, gR, gc, gz0, gP0 = (_tensor(sum(p[i] for p in parts), like) for i in range(1, 10))
+        g_noise = _tensor(_joined([p[10] for p in parts]), like) if per_frame.shape[0] else None
+        return g_obs, None, gF, gG, gHF, gc, gH, gQ, gR, gP0, gz0, g_noise
+
+
+def lane_slices(batch: int) -> list[slice]:
+    """Contiguous slices of `range(batch)`, one per torch thread (at most one per group of `LANES` sequences), each
+    a whole number of groups but the last: the lane kernels' share of the batch for each thread."""
+    from affect_core.filters._linear_kernels import LANES
+
+    groups = -(-batch // LANES)
+    return [slice(s.start * LANES, min(s.stop * LANES, batch)) for s in batch_slices(groups)]
+
+
 def linear_filter_values(
     observed: Tensor,
     observations: Tensor,

@@ -6,7 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from affect_core.filters.base import BayesFilter, FilterOutput, kinematic_transition, symmetrise
-from affect_core.filters.compiled import LinearStateRecursion, RiccatiRecursion, linear_filter_values
+from affect_core.filters.compiled import (
+    LinearFilterRecursion,
+    LinearStateRecursion,
+    RiccatiRecursion,
+    linear_filter_values,
+)
 from affect_core.filters.scan import associative_scan
 from affect_core.filters.types import MaskTorch, ObservationsTorch
 
@@ -169,6 +174,11 @@ class KalmanFilter(BayesFilter):
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             states, covariances = linear_filter_values(observed, observations, F, H, Q, R, P0, z0, G, c, noise)
             return FilterOutput(states, covariances.expand(batch, steps, n, n))
+        if observed.shape[0] > 1 and n == 3:  # each sequence its own covariances: the whole step at once
+            states, covariances = LinearFilterRecursion.apply(
+                observations, observed, F, G, H @ F, c, H, Q, R, P0, z0, noise
+            )
+            return FilterOutput(states, covariances)
         covariances, gains = RiccatiRecursion.apply(observed, F, G, H, Q, R, P0, noise)
         states = LinearStateRecursion.apply(observations, observed, gains, F, H @ F, G, c, z0)
         return FilterOutput(states, covariances.to(observations.dtype).expand(batch, steps, n, n))
