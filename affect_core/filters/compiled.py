@@ -273,8 +273,9 @@ class LinearFilterRecursion(torch.autograd.Function):
         per_frame = _noise_argument(noise, T, 3)
         states = np.empty((B, T, 3), dtype=obs.dtype)
         covs = np.empty((B, T, 3, 3), dtype=obs.dtype)
-        slices = lane_slices(B)
-        saved = [np.empty((-(-(s.stop - s.start) // _linear_kernels.LANES), T, _linear_kernels.SAVED)) for s in slices]
+        slices = batch_slices(B)
+        lanes = _linear_kernels.LANES
+        saved = [np.empty((-(-(s.stop - s.start) // lanes), T, _linear_kernels.SAVED)) for s in slices]
 
         def kernel(k: int) -> None:
             s = slices[k]
@@ -310,15 +311,6 @@ class LinearFilterRecursion(torch.autograd.Function):
         gF, gG, gHF, gH, gQ, gR, gc, gz0, gP0 = (_tensor(sum(p[i] for p in parts), like) for i in range(1, 10))
         g_noise = _tensor(_joined([p[10] for p in parts]), like) if per_frame.shape[0] else None
         return g_obs, None, gF, gG, gHF, gc, gH, gQ, gR, gP0, gz0, g_noise
-
-
-def lane_slices(batch: int) -> list[slice]:
-    """Contiguous slices of `range(batch)`, one per torch thread (at most one per group of `LANES` sequences), each
-    a whole number of groups but the last: the lane kernels' share of the batch for each thread."""
-    from affect_core.filters._linear_kernels import LANES
-
-    groups = -(-batch // LANES)
-    return [slice(s.start * LANES, min(s.stop * LANES, batch)) for s in batch_slices(groups)]
 
 
 def linear_filter_values(
