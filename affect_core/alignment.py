@@ -40,31 +40,71 @@ def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
     half = (weights.shape[0] - 1) // 2
     if half == 0:
         return z * weights[0]
+    if _known_finite(z):
+        return _ReplicateConvolution.apply(z, weights.to(z.dtype))
     b, t, c = z.shape
     x = z.transpose(1, 2).reshape(b * c, t)
-    finite_input = _known_finite(x)
-    if not finite_input:
-        x = x.to(torch.float64)
-    x = F.pad(x.unsqueeze(1), (half, half), mode="replicate").squeeze(1)  # (BC, T + 2D)
+    x = F.pad(x.to(torch.float64).unsqueeze(1), (half, half), mode="replicate").squeeze(1)  # (BC, T + 2D)
     # The full linear convolution of the padded signal with w, read at 2D .. 2D + T - 1, is y; a circular one of
     # length N > T + 2D agrees with it there.
     size = _fft_size(t + 2 * half + 1)
-    w_spectrum = torch.fft.rfft(weights.to(x.dtype), n=size)
+    w_spectrum = torch.fft.rfft(weights.to(torch.float64), n=size)
 
     def convolve(signal: Tensor) -> Tensor:
         return torch.fft.irfft(torch.fft.rfft(signal, n=size) * w_spectrum, n=size)[:, 2 * half : 2 * half + t]
 
-    if finite_input:
-        y = convolve(x)
-    else:
-        finite = torch.isfinite(x)
-        y = renormalised(
-            convolve(torch.where(finite, x, 0.0)),
-            convolve(finite.to(torch.float64)),
-            _window_counts(~finite, 2 * half + 1),
-            weights.to(torch.float64).sum(),
-        )
+    finite = torch.isfinite(x)
+    y = renormalised(
+        convolve(torch.where(finite, x, 0.0)),
+        convolve(finite.to(torch.float64)),
+        _window_counts(~finite, 2 * half + 1),
+        weights.to(torch.float64).sum(),
+    )
     return y.to(z.dtype).view(b, c, t).transpose(1, 2)
+
+
+class _ReplicateConvolution(torch.autograd.Function):
+    """y_t = sum_k w[k + D] z_{t-k} along the time axis of z (B, T, C), replicate padding, as one circular
+    convolution of length N >= T + 2D + 1 by FFT along that axis, with its adjoints written out: the FFTs autograd
+    would run through `F.pad`, `rfft`, `irfft` and the slice, without the transposed copies and the zero-filled
+    intermediates it makes for each of them.
+
+    The padded sequence p (length N: z_0 D times, z, z_{T-1} D times, zeros) convolved with w, read at
+    2D .. 2D + T - 1, is y. Adjoints, for g the adjoint of y placed at 2D .. 2D + T - 1 of zeros: of p, the circular
+    correlation of g with w; of w, that of g with p summed over the sequences and channels; of z, p's adjoint with
+    each end's D + 1 entries summed into that end. The backward is made of differentiable operations."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        t = z.shape[1]
+        half = (weights.shape[0] - 1) // 2
+        size = _fft_size(t + 2 * half + 1)
+        padded = z.new_zeros(z.shape[0], size, z.shape[2])
+        padded[:, :half] = z[:, :1]
+        padded[:, half : half + t] = z
+        padded[:, half + t : t + 2 * half] = z[:, -1:]
+        spectrum = torch.fft.rfft(padded, dim=1)
+        w_spectrum = torch.fft.rfft(weights, n=size).unsqueeze(-1)
+        ctx.save_for_backward(spectrum, w_spectrum)
+        ctx.shape = (t, half, size, weights.shape[0])
+        return torch.fft.irfft(spectrum * w_spectrum, n=size, dim=1)[:, 2 * half : 2 * half + t].contiguous()
+
+    @staticmethod
+    def backward(ctx, g_y: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        spectrum, w_spectrum = ctx.saved_tensors
+        t, half, size, taps = ctx.shape
+        placed = g_y.new_zeros(g_y.shape[0], size, g_y.shape[2])
+        placed[:, 2 * half : 2 * half + t] = g_y
+        g_spectrum = torch.fft.rfft(placed, dim=1)
+        g_z = g_w = None
+        if ctx.needs_input_grad[0]:
+            g_padded = torch.fft.irfft(g_spectrum * w_spectrum.conj(), n=size, dim=1)
+            g_z = g_padded[:, half : half + t].clone()
+            g_z[:, 0] += g_padded[:, :half].sum(1)
+            g_z[:, -1] += g_padded[:, half + t : t + 2 * half].sum(1)
+        if ctx.needs_input_grad[1]:
+            g_w = torch.fft.irfft((g_spectrum * spectrum.conj()).sum((0, 2)), n=size)[:taps]
+        return g_z, g_w
 
 
 def _known_finite(values: Tensor) -> bool:

@@ -575,7 +575,7 @@ def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved,
     B, T = mask.shape
     per_frame = noise.shape[0] > 0
     with_covs = g_covs.shape[0] > 0
-    g_obs, g_noise = np.zeros((B, T, 3)), np.zeros(noise.shape)
+    g_obs, g_noise = np.empty((B, T, 3), obs.dtype), np.zeros(noise.shape)  # every frame of g_obs is written
     gF, gG, gHF, gH = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
     gQ, gR, gP0 = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
     gc, gz0 = np.zeros(3), np.zeros(3)

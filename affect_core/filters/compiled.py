@@ -23,6 +23,12 @@ def _numpy(tensor: Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
+def _as_they_are(tensor: Tensor) -> np.ndarray:
+    """The values of a per-frame tensor for a kernel without a copy where they are C-contiguous on the CPU: in their
+    own dtype (the kernels read float32 and float64 alike; one compiled version per dtype)."""
+    return np.ascontiguousarray(tensor.detach().cpu().numpy())
+
+
 def _tensor(array: np.ndarray, like: Tensor) -> Tensor:
     return torch.from_numpy(array).to(dtype=like.dtype, device=like.device)
 
@@ -264,8 +270,7 @@ class LinearFilterRecursion(torch.autograd.Function):
         from affect_core.filters import _linear_kernels
 
         ctx.set_materialize_grads(False)  # the covariances often reach no loss: no zeros made for their gradient
-        obs = observations.detach().cpu().contiguous().numpy()
-        observed = _numpy(mask)
+        obs, observed = _as_they_are(observations), _as_they_are(mask.to(observations.dtype))
         params = [_numpy(x) for x in (F, G, HF, c, H, Q, R)]
         _diagonal(params[5], params[6])
         prior = [_numpy(z0), _numpy(P0)]
@@ -286,7 +291,7 @@ class LinearFilterRecursion(torch.autograd.Function):
 
         run_slices(kernel, range(len(slices)))
         ctx.saved = (obs, observed, params, per_frame, prior, saved, slices)
-        ctx.like = F
+        ctx.like, ctx.dtype = F, observations.dtype
         return _tensor(states, observations), _tensor(covs, observations)
 
     @staticmethod
@@ -295,8 +300,8 @@ class LinearFilterRecursion(torch.autograd.Function):
         from affect_core.filters import _linear_kernels
 
         obs, observed, params, per_frame, prior, saved, slices = ctx.saved
-        g_s = np.zeros((*observed.shape, 3)) if g_states is None else _numpy(g_states)
-        g_c = np.empty((0, 0, 0, 0)) if g_covs is None else _numpy(g_covs)  # no rows: a zero gradient
+        g_s = np.zeros((*observed.shape, 3), obs.dtype) if g_states is None else _as_they_are(g_states.to(ctx.dtype))
+        g_c = np.empty((0, 0, 0, 0), obs.dtype) if g_covs is None else _as_they_are(g_covs.to(ctx.dtype))  # no rows: 0
 
         def kernel(k: int) -> tuple[np.ndarray, ...]:
             s = slices[k]
@@ -384,3 +389,7 @@ def warm_up() -> None:
     (states.sum() + covs.sum()).backward()
     plain = eye.detach()
     linear_filter_values(mask, obs.detach(), plain, plain, plain, plain, plain, zeros, plain, zeros)
+    for dtype in (torch.float32, torch.float64):  # the lane kernels read and write the per-frame arrays as they are
+        x, e, z = obs.detach().to(dtype).requires_grad_(True), eye.detach().to(dtype), zeros.to(dtype)
+        states, covs = LinearFilterRecursion.apply(x, mask.to(dtype), e, e, e, z, e, e, e, e, z, None)
+        (states.sum() + covs.sum()).backward()
