@@ -519,7 +519,7 @@ assert LANES_KF_GZ == LANES_KF_GP + 9 * LANES and LANES_KF_GZ_OUT == LANES_KF_GP
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _lanes_start(buf, P0, z0):
+def _lanes_prior(buf, P0, z0):
     """Every lane's P and z at the prior."""
     for lane in range(LANES):
         for e in range(9):
@@ -529,17 +529,26 @@ def _lanes_start(buf, P0, z0):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _lanes_frame(buf, obs, mask, R, noise, first, last, t):
+def _lanes_noise(buf, R):
+    """R's diagonal in every lane (where each frame has its own, `_lanes_frame` replaces it frame by frame)."""
+    for lane in range(LANES):
+        for i in range(3):
+            buf[LANES_KF_R + i * LANES + lane] = R[i, i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lanes_frame(buf, obs, mask, noise, first, last, t):
     """Frame t of rows first..last - 1 into the lanes: mu, o (0 without a face: never read, and a NaN there stays
-    out) and R's diagonal (R_t's where each frame has its own). A lane past `last` repeats the last row (its results
-    are dropped)."""
+    out) and R_t's diagonal where each frame has its own. A lane past `last` repeats the last row (its results are
+    dropped)."""
     for lane in range(LANES):
         b = min(first + lane, last - 1)
         mu = mask[b, t]
         buf[LANES_KF_MU + lane] = mu
         for i in range(3):
             buf[LANES_KF_O + i * LANES + lane] = obs[b, t, i] if mu != 0.0 else 0.0
-            buf[LANES_KF_R + i * LANES + lane] = noise[b, t, i] if noise.shape[0] > 0 else R[i, i]
+            if noise.shape[0] > 0:
+                buf[LANES_KF_R + i * LANES + lane] = noise[b, t, i]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -550,11 +559,12 @@ def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states,
     `riccati_nodes` then `state_forward` on the same rows."""
     B, T = mask.shape
     buf = np.zeros(LANES_KF_SLOTS * LANES)
+    _lanes_noise(buf, R)
     for group in range(saved.shape[0]):
         first, last = group * LANES, min(group * LANES + LANES, B)
-        _lanes_start(buf, P0, z0)
+        _lanes_prior(buf, P0, z0)
         for t in range(T):
-            _lanes_frame(buf, obs, mask, R, noise, first, last, t)
+            _lanes_frame(buf, obs, mask, noise, first, last, t)
             lanes_kf_step(buf, HF, H, Q, F, G, c)
             kept = saved[group, t]
             for e in range(SAVED):  # P_t and z_t: kept, and the next step's input
@@ -580,6 +590,7 @@ def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved,
     gQ, gR, gP0 = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
     gc, gz0 = np.zeros(3), np.zeros(3)
     buf = np.zeros(LANES_KF_SLOTS * LANES)
+    _lanes_noise(buf, R)
     sums = np.zeros((4, 9 * LANES))  # per lane: the adjoints of F, of G, of c and of R's diagonal
     for group in range(saved.shape[0]):
         first, last = group * LANES, min(group * LANES + LANES, B)
@@ -589,9 +600,9 @@ def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved,
         buf[LANES_KF_GQ : LANES_KF_GQ + 3 * LANES] = 0.0
         sums[:] = 0.0
         for t in range(T - 1, -1, -1):
-            _lanes_frame(buf, obs, mask, R, noise, first, last, t)
+            _lanes_frame(buf, obs, mask, noise, first, last, t)
             if t == 0:
-                _lanes_start(buf, P0, z0)
+                _lanes_prior(buf, P0, z0)
             else:
                 kept = saved[group, t - 1]
                 for e in range(SAVED):
