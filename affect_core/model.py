@@ -112,8 +112,29 @@ def output_map(levels: Tensor) -> Tensor:
 def bounded_state(y: Tensor) -> Tensor:
     """y (..., 3k) [level, d level, d2 level] per affect dimension with :func:`output_map` applied to the levels; the
     derivative channels pass unchanged. Any multiple of 3 channels (several targets side by side) works alike."""
-    levels, derivatives = y[..., 0::3], y.unflatten(-1, (-1, 3))[..., 1:]
-    return torch.cat([output_map(levels).unsqueeze(-1), derivatives], dim=-1).flatten(-2)
+    return _BoundedLevels.apply(y)
+
+
+class _BoundedLevels(torch.autograd.Function):
+    """:func:`output_map` (hardtanh) on every third channel, the others unchanged, in one copy each way: what
+    slicing the levels out, mapping them and concatenating again computes, and its gradient (hardtanh's: zero where
+    the level is at or beyond a bound), without the slices' zero-filled gradients. The backward is made of
+    differentiable operations."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor) -> Tensor:  # type: ignore[override]
+        out = y.clone()
+        out[..., 0::3] = output_map(out[..., 0::3])
+        ctx.save_for_backward(y)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        levels = y[..., 0::3]
+        g_y = g_out.clone()
+        g_y[..., 0::3] = g_y[..., 0::3].masked_fill((levels <= -1.0) | (levels >= 1.0), 0.0)
+        return g_y
 
 
 def first_nonfinite(values: Tensor) -> Tensor:

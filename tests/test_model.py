@@ -2,6 +2,7 @@
 predict-only filter steps, and the learned lag is reported."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -340,3 +341,32 @@ def test_every_path_maps_the_aligned_levels_into_minus_one_one(model, monkeypatc
     training.training_step(m, training.build_optimizer(m, config), step, [0], fps=25.0, train=config.train)
     assert len(seen) == 1 and float(seen[0][..., 0::3].abs().max()) == 1.0
     torch.testing.assert_close(seen[0][..., 0::3], torch.from_numpy(levels)[None], atol=1e-5, rtol=0)
+
+
+def test_bounded_state_clamps_the_levels_only_with_hardtanh_values_and_gradients() -> None:
+    """`bounded_state` (one copy each way) gives what hardtanh on the sliced-out levels concatenated back gives:
+    values and gradients, NaN and infinities, levels exactly at a bound (zero gradient there, as hardtanh's), several
+    affect dimensions side by side; and its backward is differentiable again."""
+    from torch.nn import functional as F
+
+    from affect_core.model import bounded_state
+
+    y = torch.randn(4, 50, 6, dtype=torch.float64) * 1.5
+    y[0, 1, 0], y[0, 2, 3], y[1, 3, 0], y[1, 4, 1], y[2, 5, 4] = math.nan, 1.0, -1.0, math.inf, -math.inf
+
+    def sliced(x: torch.Tensor) -> torch.Tensor:
+        levels, derivatives = x[..., 0::3], x.unflatten(-1, (-1, 3))[..., 1:]
+        return torch.cat([F.hardtanh(levels).unsqueeze(-1), derivatives], dim=-1).flatten(-2)
+
+    weights = torch.randn_like(y)
+    results = []
+    for f in (sliced, bounded_state):
+        x = y.clone().requires_grad_(True)
+        out = f(x)
+        (out * weights).nansum().backward()
+        results.append((out.detach(), x.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    assert float(results[1][1][0, 2, 3]) == 0.0 and float(results[1][1][1, 3, 0]) == 0.0  # at a bound: hardtanh's 0
+    small = (0.5 * torch.randn(2, 5, 3, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(bounded_state, (small,))
