@@ -64,6 +64,7 @@ from affect_core.filters._steps3 import (
     gap_step_adjoint,
     lanes_kf_step,
     lanes_kf_step_adjoint,
+    lanes_kf_step_adjoint_at_optimum,
     observed_step,
     observed_step_adjoint,
 )
@@ -576,6 +577,16 @@ def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states,
                     states[first + lane, t, i] = buf[LANES_KF_P_OUT + (9 + i) * LANES + lane]
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _zero_or_one(buf):
+    """Whether every lane's mask value is 0 or 1 (fractional values weigh the gain)."""
+    for lane in range(LANES):
+        mu = buf[LANES_KF_MU + lane]
+        if mu != 0.0 and mu != 1.0:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved, g_states, g_covs):
     """Adjoint of `filter_lanes_forward`: g_states (B, T, 3) and g_covs (B, T, 3, 3) (or an array without rows: zero)
@@ -616,7 +627,10 @@ def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved,
                     if with_covs:
                         for k in range(3):
                             buf[LANES_KF_GP_OUT + (3 * i + k) * LANES + lane] += g_covs[b, t, i, k]
-            lanes_kf_step_adjoint(buf, HF, H, Q, F, G, c)
+            if _zero_or_one(buf):  # every lane's gain is 0 or the optimal one: the shorter adjoint, the same values
+                lanes_kf_step_adjoint_at_optimum(buf, HF, H, Q, F, G, c)
+            else:
+                lanes_kf_step_adjoint(buf, HF, H, Q, F, G, c)
             for e in range(9 * LANES):  # the step's transition: F with a face, G without
                 gA = buf[LANES_KF_GF + e]
                 observed = buf[LANES_KF_MU + e % LANES] != 0.0

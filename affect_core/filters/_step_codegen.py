@@ -16,6 +16,7 @@ the same computation.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 N = 3
@@ -63,6 +64,11 @@ class Value:
 
 def tanh(x: Value) -> Value:
     return x.tape.emit("tanh", x)
+
+
+def held(x: Value) -> Value:
+    """x, through which no adjoint flows back (derivatives are taken with it held fixed)."""
+    return x.tape.emit("held", x)
 
 
 Matrix = list[list[Value]]
@@ -173,9 +179,14 @@ def _predict(A: Matrix, P: Matrix, q: list[Value]) -> Matrix:
     return plus_diagonal(congruence(A, sym(P))[0], q)
 
 
-def _update(Pp: Matrix, J: Matrix, r: list[Value], mu: Value) -> tuple[Matrix, Matrix]:
+def _update(Pp: Matrix, J: Matrix, r: list[Value], mu: Value, optimal: bool = False) -> tuple[Matrix, Matrix]:
     """K = mu P^ J^T S^-1 with S = J P^ J^T + diag(r), and P = M P^ M^T + K diag(r) K^T with M = I - K J (the
-    Joseph form): `_riccati_step` then `_kernels._joseph` for a diagonal R, every symmetric product computed once."""
+    Joseph form): `_riccati_step` then `_kernels._joseph` for a diagonal R, every symmetric product computed once.
+
+    optimal: the same values, with K held fixed in the Joseph form, so that its adjoint leaves out the Joseph form's
+    derivative with respect to K, 2 (K S - P^ J^T). That is zero where mu = 1 (K is the optimal gain
+    P^ J^T S^-1) and contributes nothing where mu = 0 (K = 0 whatever its inputs): for mu in {0, 1} the adjoint is
+    the same without the terms that add up to zero (to rounding)."""
     S, JP = congruence(J, Pp)  # JP = J P^ = (P^ J^T)^T
     Sinv = spd_inverse(plus_diagonal(S, r))
     K = []
@@ -187,6 +198,9 @@ def _update(Pp: Matrix, J: Matrix, r: list[Value], mu: Value) -> tuple[Matrix, M
                 s = s + JP[j][i] * Sinv[j][k]
             row.append(s * mu)
         K.append(row)
+    gain = K
+    if optimal:
+        K = [[held(k) for k in row] for row in K]
     KJ = mm(K, J)
     M = [[(ONE[0] - KJ[i][k]) if i == k else -KJ[i][k] for k in range(N)] for i in range(N)]
     P, _ = congruence(M, Pp)
@@ -196,7 +210,7 @@ def _update(Pp: Matrix, J: Matrix, r: list[Value], mu: Value) -> tuple[Matrix, M
             for k in range(1, N):
                 s = s + K[i][k] * r[k] * K[j][k]
             P[i][j] = P[j][i] = P[i][j] + s
-    return P, K
+    return P, gain
 
 
 def observed_step(tape: Tape) -> dict[str, Entries]:
@@ -261,7 +275,7 @@ def ekf_gap_step(tape: Tape) -> dict[str, Entries]:
     return {"z_out": vector_entries(_affine(G, z, c)), "P_out": matrix_entries(_predict(G, P, q))}
 
 
-def kf_step(tape: Tape) -> dict[str, Entries]:
+def kf_step(tape: Tape, optimal: bool = False) -> dict[str, Entries]:
     """A whole step of the linear Kalman filter, state and covariance: `observed_step`'s (P_t, K_t), then the state
     recursion's z_t = c + F z_{t-1} + K_t (o_t - HF z_{t-1}) with the operations in `_linear_kernels._state_forward3`'s
     order. With a face c = 0 (F z + K v exactly); without one F = G and K = 0 (c + G z exactly): both of the state
@@ -271,7 +285,7 @@ def kf_step(tape: Tape) -> dict[str, Entries]:
     z, o, c = (vector(tape, name) for name in ("z", "o", "c"))
     q, r = diagonal(tape, "Q"), diagonal(tape, "R")
     mu = tape.input("mu")
-    P_out, K = _update(_predict(F, P, q), H, r, mu)
+    P_out, K = _update(_predict(F, P, q), H, r, mu, optimal)
     v = []
     for i in range(N):  # v = o - HF z
         s = o[i]
@@ -297,6 +311,8 @@ def _forward_lines(tape: Tape) -> list[str]:
             lines.append(f"{name} = -{a[0]}")
         elif op == "tanh":
             lines.append(f"{name} = np.tanh({a[0]})")
+        elif op == "held":
+            lines.append(f"{name} = {a[0]}")
         else:
             lines.append(f"{name} = {a[0]} {op} {a[1]}")
     return lines
@@ -317,7 +333,7 @@ def _adjoint_lines(tape: Tape, seeds: dict[str, list[str]], wanted: set[str]) ->
 
     for name, op, operands in reversed(tape.lines):
         terms = adjoint.pop(name, None)
-        if not terms:
+        if not terms or op == "held":  # nothing flows back through a held value
             continue
         g = f"g{name}"
         lines += _sum(g, terms)
@@ -423,9 +439,11 @@ def _lane_step_functions(
     sets: tuple[str, ...],
     accumulates: tuple[str, ...],
     doc: str,
+    adjoint_only: str = "",
 ) -> str:
     """`lanes_<kind>_step(buf, shared...)` and `lanes_<kind>_step_adjoint(buf, shared...)`: the step of `trace` for
-    LANES sequences at once.
+    LANES sequences at once; with `adjoint_only` = suffix, only `lanes_<kind>_step_adjoint<suffix>` (a variant of
+    the adjoint on the same slots).
 
     Each entry of the inputs in `lanes`, of the outputs and of the adjoints lives in `buf` (float64,
     `LANES_<KIND>_SLOTS * LANES`), lane l of entry e at `e * LANES + l`; each name's first slot is
@@ -518,20 +536,20 @@ def _lane_step_functions(
             + "".join(f"        {in_lanes(line)}\n" for line in body)
         )
 
-    return (
-        constants
-        + "\n\n"
-        + function(f"lanes_{kind}_step", forward + writes, f"{doc}")
-        + "\n\n"
-        + function(
-            f"lanes_{kind}_step_adjoint",
-            forward + backward + finish,
-            f"Adjoint of `lanes_{kind}_step`: from the lanes' adjoints of its outputs sets "
-            + ", ".join(f"g{s}" for s in sets)
-            + (" and adds into " + ", ".join(f"g{a}" for a in accumulates) if accumulates else "")
-            + ".",
-        )
+    effect = (
+        "sets "
+        + ", ".join(f"g{s}" for s in sets)
+        + (" and adds into " + ", ".join(f"g{a}" for a in accumulates) if accumulates else "")
     )
+    summary = (
+        f"{doc} From the lanes' adjoints of its outputs it {effect}."
+        if adjoint_only
+        else f"Adjoint of `lanes_{kind}_step`: from the lanes' adjoints of its outputs {effect}."
+    )
+    adjoint = function(f"lanes_{kind}_step_adjoint{adjoint_only}", forward + backward + finish, summary)
+    if adjoint_only:
+        return adjoint
+    return constants + "\n\n" + function(f"lanes_{kind}_step", forward + writes, f"{doc}") + "\n\n" + adjoint
 
 
 HEADER = '''"""Generated by `python -m affect_core.filters._step_codegen`; do not edit.
@@ -599,6 +617,18 @@ def source() -> str:
             ("HF", "H", "Q"),
             "`kf_step` for LANES sequences side by side: a frame with a face (mu != 0), or without one (mu = 0: F\n"
             "    reads G and c reads c, K = 0). Per lane: P, z, o (0 without a face), mu, R's diagonal.",
+        ),
+        _lane_step_functions(
+            "kf",
+            partial(kf_step, optimal=True),
+            ("P", "z", "o", "mu", "R"),
+            ("HF", "H", "Q"),
+            {"F": ("F", "G"), "c": (None, "c")},
+            ("P", "z", "o", "F", "c", "R"),
+            ("HF", "H", "Q"),
+            "Adjoint of `lanes_kf_step` where every lane's mu is 0 or 1, on its slots: the Joseph form's derivative\n"
+            "    with respect to the gain, zero there, left out (`_update`'s optimal).",
+            adjoint_only="_at_optimum",
         ),
     ]
     return HEADER + "\n\n".join(parts)
