@@ -28,8 +28,9 @@ def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
     z: shape (B, T, C). weights: shape (2D + 1,). Returns (B, T, C) in the dtype of z.
 
     Computed as one FFT product (O(T log T) whatever D; a direct convolution with the default 201-tap alignment
-    window costs about as much as the whole LSTM front-end, forward and backward), in the dtype of z where every
-    value is finite (float32 rounding for float32 input, about 1e-6 of the values' size) and in float64 otherwise.
+    window costs about as much as the whole LSTM front-end, forward and backward): in float64, but in the dtype of z
+    where a gradient is taken and every value is finite (training: float32 rounding for float32 input, about 1e-6
+    of a sequence's largest value).
 
     A non-finite value (NaN, +-inf) is a missing value, not a number: it reaches no output outside its own window.
     An output whose window holds one is the weighted mean over the window's finite values, the weights renormalised
@@ -41,7 +42,13 @@ def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
     if half == 0:
         return z * weights[0]
     if _known_finite(z):
-        return _ReplicateConvolution.apply(z, weights.to(z.dtype))
+        # Training's precision where a gradient is taken (z's own dtype: float32 rounding, about 1e-6 of a
+        # sequence's largest value, on states whose values are of one size); float64 otherwise, where variances
+        # are aligned beside the levels (small values beside large ones in one sequence, which must stay positive)
+        # and a video's predictions must not depend on the other videos of its batch (its length sets the FFT's).
+        training = torch.is_grad_enabled() and (z.requires_grad or weights.requires_grad)
+        dtype = z.dtype if training else torch.float64
+        return _ReplicateConvolution.apply(z.to(dtype), weights.to(dtype)).to(z.dtype)
     b, t, c = z.shape
     x = z.transpose(1, 2).reshape(b * c, t)
     x = F.pad(x.to(torch.float64).unsqueeze(1), (half, half), mode="replicate").squeeze(1)  # (BC, T + 2D)
