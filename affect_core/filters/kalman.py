@@ -78,10 +78,11 @@ class KalmanFilter(BayesFilter):
       elements (A, C, J) (an unobserved frame's element is (G, Q, 0)), shared by the whole batch when there is no
       mask; then the state recursion z_t = (I - K_t H) F z_{t-1} + K_t o_t (G z_{t-1} + c where unobserved) is a
       prefix scan over affine maps. O(log T) batched steps, no host syncs.
-    - "compiled": two compiled CPU loops with hand-derived backwards (`affect_core.filters._linear_kernels`): the
-      covariance recursion (once for the batch without a mask, once per sequence with one), then the state
-      recursion z_t = F z_{t-1} + K_t (o_t - H F z_{t-1}) (G z_{t-1} + c where unobserved) per sequence, the batch
-      split over torch's threads.
+    - "compiled": compiled CPU loops with hand-derived backwards (`affect_core.filters._linear_kernels`): without
+      a mask, the covariance recursion once for the batch, then the state recursion
+      z_t = F z_{t-1} + K_t (o_t - H F z_{t-1}) per sequence; with one (or per-frame noise) and a 3-dim state, both
+      in one step, four sequences side by side in vector lanes (`compiled.LinearFilterRecursion`); the batch split
+      over torch's threads. Frames without a face are never read (gap step z_t = G z_{t-1} + c).
     - "fast" / "auto": "compiled" for CPU tensors, "scan" elsewhere (GPU).
     """
 
