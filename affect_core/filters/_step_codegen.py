@@ -378,24 +378,16 @@ def _indent(lines: list[str]) -> str:
     return "".join(f"    {line}\n" for line in lines)
 
 
-def _step_functions(
-    kind: str, trace: object, inputs: tuple[str, ...], sets: tuple[str, ...], accumulates: tuple[str, ...], doc: str
-) -> str:
-    """`<kind>_step(inputs..., outputs...)` and `<kind>_step_adjoint(inputs..., g<outputs>..., g<sets>...,
-    g<accumulates>...)`: the adjoint sets the adjoints of the inputs in `sets` and adds into those in
-    `accumulates`, from the adjoints of the outputs."""
-    tape = Tape()
-    outputs: dict[str, Entries] = trace(tape)  # type: ignore[operator]
+def _step_lines(
+    tape: Tape, outputs: dict[str, Entries], sets: tuple[str, ...], accumulates: tuple[str, ...]
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """A traced step's lines: the forward assignments, the writes of its outputs, the adjoint's reverse
+    accumulation (seeded by `g<output>[index]`) and the adjoint's writes (`g<name>[index] =` for `sets`, `+=` for
+    `accumulates`)."""
     forward = _forward_lines(tape)
     writes = [
         f"{out}[{index}] = {'0.0' if v is None else v.name}" for out, entries in outputs.items() for index, v in entries
     ]
-    signature = ", ".join(inputs)
-    source = (
-        '@njit(cache=True, inline="always", error_model="numpy")\n'
-        f"def {kind}_step({signature}, {', '.join(outputs)}):\n"
-        f'    """{doc}"""\n' + _indent(forward + writes) + "\n\n"
-    )
     seeds: dict[str, list[str]] = {}  # a symmetric output's two entries are one assignment: their adjoints add
     for out, entries in outputs.items():
         for index, v in entries:
@@ -411,6 +403,24 @@ def _step_functions(
                 finish.append(f"g{name}[{index}] = {_adjoint_name(entry) if entry in reached else '0.0'}")
             elif entry in reached:
                 finish.append(f"g{name}[{index}] += {_adjoint_name(entry)}")
+    return forward, writes, backward, finish
+
+
+def _step_functions(
+    kind: str, trace: object, inputs: tuple[str, ...], sets: tuple[str, ...], accumulates: tuple[str, ...], doc: str
+) -> str:
+    """`<kind>_step(inputs..., outputs...)` and `<kind>_step_adjoint(inputs..., g<outputs>..., g<sets>...,
+    g<accumulates>...)`: the adjoint sets the adjoints of the inputs in `sets` and adds into those in
+    `accumulates`, from the adjoints of the outputs."""
+    tape = Tape()
+    outputs: dict[str, Entries] = trace(tape)  # type: ignore[operator]
+    forward, writes, backward, finish = _step_lines(tape, outputs, sets, accumulates)
+    signature = ", ".join(inputs)
+    source = (
+        '@njit(cache=True, inline="always", error_model="numpy")\n'
+        f"def {kind}_step({signature}, {', '.join(outputs)}):\n"
+        f'    """{doc}"""\n' + _indent(forward + writes) + "\n\n"
+    )
     seeded = [f"g{out}" for out, entries in outputs.items() if any(v is not None for _, v in entries)]
     adjoint_args = seeded + [f"g{name}" for name in sets + accumulates]
     source += (
@@ -500,25 +510,7 @@ def _lane_step_functions(
         for i in tape.names[name]:
             a, b = (local("s", x, i) if x is not None else "0.0" for x in (with_face, without))
             chosen.append(f"{local('a', name, i)} = {a} if on else {b}")
-    forward = _forward_lines(tape)
-    writes = [
-        f"{out}[{index}] = {'0.0' if v is None else v.name}" for out, entries in outputs.items() for index, v in entries
-    ]
-    seeds: dict[str, list[str]] = {}
-    for out, entries in outputs.items():
-        for index, v in entries:
-            if v is not None:
-                seeds.setdefault(v.name, []).append(f"g{out}[{index}]")
-    wanted = {f"{name}[{index}]" for name in sets + accumulates for index in tape.names[name]}
-    backward, reached = _adjoint_lines(tape, seeds, wanted)
-    finish = []
-    for name in sets + accumulates:
-        for index in tape.names[name]:
-            key = f"{name}[{index}]"
-            if name in sets:
-                finish.append(f"g{name}[{index}] = {_adjoint_name(key) if key in reached else '0.0'}")
-            elif key in reached:
-                finish.append(f"g{name}[{index}] += {_adjoint_name(key)}")
+    forward, writes, backward, finish = _step_lines(tape, outputs, sets, accumulates)
     upper = kind.upper()
     constants = f"LANES_{upper}_SLOTS = {len(slots)}\n" + "".join(
         f"LANES_{upper}_{name.upper()} = {offset * LANES}\n" for name, offset in offsets
@@ -569,6 +561,16 @@ from numba import njit
 '''
 
 
+KF_LANES = (
+    ("P", "z", "o", "mu", "R"),  # per lane
+    ("HF", "H", "Q"),  # shared
+    {"F": ("F", "G"), "c": (None, "c")},  # switched by mu: F with a face, G without; c = 0 with a face
+    ("P", "z", "o", "F", "c", "R"),  # adjoints set
+    ("HF", "H", "Q"),  # adjoints added into
+)
+"""The lane step of the linear Kalman filter (`kf_step`): its slots, shared and switched inputs and adjoints."""
+
+
 def source() -> str:
     parts = [
         _step_functions(
@@ -610,22 +612,14 @@ def source() -> str:
         _lane_step_functions(
             "kf",
             kf_step,
-            ("P", "z", "o", "mu", "R"),
-            ("HF", "H", "Q"),
-            {"F": ("F", "G"), "c": (None, "c")},
-            ("P", "z", "o", "F", "c", "R"),
-            ("HF", "H", "Q"),
+            *KF_LANES,
             "`kf_step` for LANES sequences side by side: a frame with a face (mu != 0), or without one (mu = 0: F\n"
             "    reads G and c reads c, K = 0). Per lane: P, z, o (0 without a face), mu, R's diagonal.",
         ),
         _lane_step_functions(
             "kf",
             partial(kf_step, optimal=True),
-            ("P", "z", "o", "mu", "R"),
-            ("HF", "H", "Q"),
-            {"F": ("F", "G"), "c": (None, "c")},
-            ("P", "z", "o", "F", "c", "R"),
-            ("HF", "H", "Q"),
+            *KF_LANES,
             "Adjoint of `lanes_kf_step` where every lane's mu is 0 or 1, on its slots: the Joseph form's derivative\n"
             "    with respect to the gain, zero there, left out (`_update`'s optimal).",
             adjoint_only="_at_optimum",
