@@ -159,3 +159,15 @@ def test_the_kalman_filter_takes_the_lanes_in_training_and_keeps_float32() -> No
     assert obs.grad is not None and torch.isfinite(obs.grad).all()
     assert torch.equal(obs.grad[~mask], torch.zeros_like(obs.grad[~mask]))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in compiled.parameters() if p.requires_grad)
+
+
+def test_observations_changed_in_place_after_the_forward_pass_are_refused() -> None:
+    """The lanes read the observations in place, without a copy: a backward pass after they were changed in place
+    would use the new values, so autograd refuses it (the observations are saved through it)."""
+    x = _inputs(LANES + 1, seed=12, per_frame=False)
+    leaves = _leaves(x)
+    obs = leaves["obs"].clone()
+    states, _ = _lanes({**leaves, "obs": obs, "mask": x["mask"]})
+    obs.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        states.sum().backward()

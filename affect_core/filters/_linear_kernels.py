@@ -15,7 +15,9 @@ P_t = G P_{t-1} G^T + Q and z_t = G z_{t-1} + c.
 
 The covariance recursion has one row for the whole batch (`Bc = 1`, no missing frames) or one per sequence.
 Inference keeps its distinct steps once (`riccati_nodes`) and the state recursion reads each step's gain through the
-node index; training writes every step out (`riccati_forward`) for the backward passes. For n = 3 the steps are the
+node index; training writes every step out (`riccati_forward`) for the backward passes. Training with a row per
+sequence and n = 3 runs both recursions in one step instead, four sequences side by side in vector lanes
+(`filter_lanes_forward`, `filter_lanes_backward`, at the end of this module). For n = 3 the steps are the
 generated scalar code of `_steps3`, the state recursion the scalar loops at the end of this module. Arrays are
 float64 and C-contiguous (B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the GIL,
 so callers may run slices of the batch on several threads.

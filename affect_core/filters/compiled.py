@@ -290,8 +290,11 @@ class LinearFilterRecursion(torch.autograd.Function):
             )
 
         run_slices(kernel, range(len(slices)))
-        ctx.saved = (obs, observed, params, per_frame, prior, saved, slices)
-        ctx.like, ctx.dtype = F, observations.dtype
+        # The observations are read in place (no copy): saved through autograd, which refuses a backward pass
+        # after they were changed in place.
+        ctx.save_for_backward(observations)
+        ctx.saved = (observed, params, per_frame, prior, saved, slices)
+        ctx.like = F
         return _tensor(states, observations), _tensor(covs, observations)
 
     @staticmethod
@@ -299,9 +302,11 @@ class LinearFilterRecursion(torch.autograd.Function):
     def backward(ctx, g_states, g_covs):  # type: ignore[override]
         from affect_core.filters import _linear_kernels
 
-        obs, observed, params, per_frame, prior, saved, slices = ctx.saved
-        g_s = np.zeros((*observed.shape, 3), obs.dtype) if g_states is None else _as_they_are(g_states.to(ctx.dtype))
-        g_c = np.empty((0, 0, 0, 0), obs.dtype) if g_covs is None else _as_they_are(g_covs.to(ctx.dtype))  # no rows: 0
+        (observations,) = ctx.saved_tensors
+        observed, params, per_frame, prior, saved, slices = ctx.saved
+        obs, dtype = _as_they_are(observations), observations.dtype
+        g_s = np.zeros((*observed.shape, 3), obs.dtype) if g_states is None else _as_they_are(g_states.to(dtype))
+        g_c = np.empty((0, 0, 0, 0), obs.dtype) if g_covs is None else _as_they_are(g_covs.to(dtype))  # no rows: 0
 
         def kernel(k: int) -> tuple[np.ndarray, ...]:
             s = slices[k]
