@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from affect_core.parallel import Workers
 
@@ -79,7 +80,7 @@ class _ReplicateConvolution(torch.autograd.Function):
     The padded sequence p (length N: z_0 D times, z, z_{T-1} D times, zeros) convolved with w, read at
     2D .. 2D + T - 1, is y. Adjoints, for g the adjoint of y placed at 2D .. 2D + T - 1 of zeros: of p, the circular
     correlation of g with w; of w, that of g with p summed over the sequences and channels; of z, p's adjoint with
-    each end's D + 1 entries summed into that end. The backward is made of differentiable operations."""
+    each end's D + 1 entries summed into that end. First derivatives only (training needs no more)."""
 
     @staticmethod
     def forward(ctx, z: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
@@ -97,6 +98,7 @@ class _ReplicateConvolution(torch.autograd.Function):
         return torch.fft.irfft(spectrum * w_spectrum, n=size, dim=1)[:, 2 * half : 2 * half + t].contiguous()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_y: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         spectrum, w_spectrum = ctx.saved_tensors
         t, half, size, taps = ctx.shape
