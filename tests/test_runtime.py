@@ -161,3 +161,58 @@ def test_flush_denormals_reaches_new_threads_and_the_kernels_pool():
     kept, flushed = values("keep"), values("flush")
     assert all(v > 0 for v in kept), kept
     assert flushed == [0.0] * 5, flushed
+
+
+def test_run_slices_runs_each_slice_once_in_order_on_the_caller_and_the_pool(monkeypatch):
+    """More slices than threads: each slice runs once, the results come back in the slices' order, and the calling
+    thread takes slices too (it works rather than waits). A slow pool thread leaves its share to the caller."""
+    import threading
+    import time
+
+    import torch
+
+    from affect_core.filters.compiled import run_slices
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    caller = threading.get_ident()
+    calls: list[tuple[int, int]] = []
+
+    def kernel(k: int) -> int:
+        if threading.get_ident() != caller:
+            time.sleep(0.2)  # a pool thread that is late for a core
+        calls.append((k, threading.get_ident()))
+        return k * k
+
+    assert run_slices(kernel, range(5)) == [0, 1, 4, 9, 16]
+    assert sorted(k for k, _ in calls) == list(range(5))
+    by_caller = [k for k, thread in calls if thread == caller]
+    assert len(by_caller) >= 4, calls  # the late pool thread took at most one slice
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert run_slices(kernel, range(3)) == [0, 1, 4]  # one thread: all on the caller, in order
+
+
+def test_run_slices_raises_a_slice_error_only_after_every_slice_ended(monkeypatch):
+    """An error in one slice is raised by the caller, but never while another thread still runs a slice (it writes
+    into the caller's arrays)."""
+    import threading
+    import time
+
+    import torch
+
+    from affect_core.filters.compiled import run_slices
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    caller = threading.get_ident()
+    ended: list[int] = []
+
+    def kernel(k: int) -> int:
+        if threading.get_ident() == caller:
+            raise ValueError(f"slice {k} failed")
+        time.sleep(0.3)
+        ended.append(k)
+        return k
+
+    with pytest.raises(ValueError, match="failed"):
+        run_slices(kernel, range(2))
+    assert len(ended) == 1  # the pool thread's slice had ended before the error reached the caller

@@ -1,14 +1,16 @@
 """Autograd bridges to the compiled CPU recursions (`_kernels`, `_linear_kernels`): forward and hand-derived backward.
 
 The kernels are serial loops in float64 that release the GIL; a batch is cut into as many slices as torch has
-threads and the slices run side by side on a small thread pool.
+threads (the lane kernels: one slice per group of lanes) and the slices run side by side on the calling thread and
+a small thread pool, each thread taking the next slice left (`run_slices`).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -53,16 +55,41 @@ def _thread_settings() -> None:
         torch.set_flush_denormal(True)
 
 
-def run_slices(kernel: Callable[[slice], Any], slices: Sequence[slice]) -> list[Any]:
-    """kernel(slice) for every slice, on the thread pool when there are several."""
+def run_slices(kernel: Callable[[Any], Any], slices: Sequence[Any]) -> list[Any]:
+    """[kernel(s) for s in slices], run on as many threads as torch has (at most one per slice): the calling thread
+    and pool threads each take the next slice not yet taken until none is left.
+
+    The caller works rather than waits, and a slice goes to whichever thread is free: on a machine whose cores are
+    busy (torch's OpenMP threads spin for a while after each parallel operation) a waking pool thread can wait
+    milliseconds for a core, and the caller meanwhile takes the slices it would have run."""
+    helpers = min(torch.get_num_threads(), len(slices)) - 1
+    if helpers <= 0:
+        return [kernel(s) for s in slices]
     global _pool
-    if len(slices) == 1:
-        return [kernel(slices[0])]
     if _pool is None:
         _pool = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="affect-filter", initializer=_thread_settings
         )
-    return list(_pool.map(kernel, slices))
+    results: list[Any] = [None] * len(slices)
+    taken = iter(range(len(slices)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                k = next(taken, None)
+            if k is None:
+                return
+            results[k] = kernel(slices[k])
+
+    others = [_pool.submit(work) for _ in range(helpers)]
+    try:
+        work()
+    finally:
+        wait(others)  # never return (or raise) while a pool thread still writes into the caller's arrays
+    for f in others:
+        f.result()  # a pool thread's error, raised here
+    return results
 
 
 def _square(transition: Tensor, observation: Tensor) -> tuple[int, ...]:
@@ -278,9 +305,9 @@ class LinearFilterRecursion(torch.autograd.Function):
         per_frame = _noise_argument(noise, T, 3)
         states = np.empty((B, T, 3), dtype=obs.dtype)
         covs = np.empty((B, T, 3, 3), dtype=obs.dtype)
-        slices = batch_slices(B)
         lanes = _linear_kernels.LANES
-        saved = [np.empty((-(-(s.stop - s.start) // lanes), T, _linear_kernels.SAVED)) for s in slices]
+        slices = [slice(first, min(first + lanes, B)) for first in range(0, B, lanes)]  # a group of lanes each
+        saved = [np.empty((1, T, _linear_kernels.SAVED)) for _ in slices]
 
         def kernel(k: int) -> None:
             s = slices[k]
