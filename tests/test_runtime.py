@@ -206,13 +206,33 @@ def test_run_slices_raises_a_slice_error_only_after_every_slice_ended(monkeypatc
     caller = threading.get_ident()
     ended: list[int] = []
 
+    started: list[int] = []
+    pool_started = threading.Event()
+
     def kernel(k: int) -> int:
         if threading.get_ident() == caller:
+            assert pool_started.wait(10)  # the pool thread has taken the other slice
             raise ValueError(f"slice {k} failed")
+        started.append(k)
+        pool_started.set()
         time.sleep(0.3)
         ended.append(k)
         return k
 
     with pytest.raises(ValueError, match="failed"):
         run_slices(kernel, range(2))
-    assert len(ended) == 1  # the pool thread's slice had ended before the error reached the caller
+    assert started and ended == started  # the pool thread's slice had ended before the error reached the caller
+
+    taken: list[int] = []
+
+    def failing_first(k: int) -> int:
+        taken.append(k)
+        if k == 0:
+            raise ValueError("slice 0 failed")
+        time.sleep(0.05)
+        return k
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with pytest.raises(ValueError, match="slice 0"):
+        run_slices(failing_first, range(4))
+    assert taken == [0]  # once a slice failed, no other is started

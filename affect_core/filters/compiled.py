@@ -73,14 +73,19 @@ def run_slices(kernel: Callable[[Any], Any], slices: Sequence[Any]) -> list[Any]
     results: list[Any] = [None] * len(slices)
     taken = iter(range(len(slices)))
     lock = threading.Lock()
+    failed = threading.Event()  # a slice raised: no thread takes another
 
     def work() -> None:
-        while True:
+        while not failed.is_set():
             with lock:
                 k = next(taken, None)
             if k is None:
                 return
-            results[k] = kernel(slices[k])
+            try:
+                results[k] = kernel(slices[k])
+            except BaseException:
+                failed.set()
+                raise
 
     others = [_pool.submit(work) for _ in range(helpers)]
     try:
