@@ -236,3 +236,29 @@ def test_run_slices_raises_a_slice_error_only_after_every_slice_ended(monkeypatc
     with pytest.raises(ValueError, match="slice 0"):
         run_slices(failing_first, range(4))
     assert taken == [0]  # once a slice failed, no other is started
+
+
+def test_run_slices_does_not_wait_for_a_pool_busy_elsewhere(monkeypatch):
+    """With every pool thread busy with other work, the caller runs all the slices itself and returns: a helper
+    that never started is not waited for."""
+    import os
+    import threading
+    import time
+
+    import torch
+
+    from affect_core.filters import compiled
+    from affect_core.filters.compiled import run_slices
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    run_slices(lambda k: k, range(2))  # the pool exists
+    release = threading.Event()
+    busy = [compiled._pool.submit(release.wait, 30) for _ in range(os.cpu_count() or 2)]
+    try:
+        start = time.perf_counter()
+        assert run_slices(lambda k: k + 1, range(3)) == [1, 2, 3]
+        assert time.perf_counter() - start < 5
+    finally:
+        release.set()
+        for f in busy:
+            f.result()

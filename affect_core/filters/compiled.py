@@ -91,8 +91,11 @@ def run_slices(kernel: Callable[[Any], Any], slices: Sequence[Any]) -> list[Any]
     try:
         work()
     finally:
-        wait(others)  # never return (or raise) while a pool thread still writes into the caller's arrays
-    for f in others:
+        # A helper not started yet (the pool busy elsewhere) is cancelled: no slice is left for it. The others are
+        # waited for: never return (or raise) while a pool thread still writes into the caller's arrays.
+        started = [f for f in others if not f.cancel()]
+        wait(started)
+    for f in started:
         f.result()  # a pool thread's error, raised here
     return results
 
