@@ -130,12 +130,20 @@ FLUSH_PROGRAM = textwrap.dedent(
     import threading
     import numpy as np
     import torch
+    from affect_core.filters import openmp
     from affect_core.filters.compiled import run_slices
     from affect_core.runtime import flush_denormals
+
+    if sys.argv[2] == "pool":
+        openmp.runner = lambda: None  # the thread pool used where torch's OpenMP team cannot be reached
+    else:
+        assert openmp.runner() is not None
 
     def tiny():  # a denormal float32 times one: itself, or 0 where denormals are flushed
         return float(np.float32(1e-39) * np.float32(1.0))
 
+    torch.set_num_threads(2)
+    torch.ones(2**22).sum()  # torch's OpenMP workers exist before denormals are flushed
     if sys.argv[1] == "flush":
         assert flush_denormals()
     main = tiny()
@@ -144,121 +152,29 @@ FLUSH_PROGRAM = textwrap.dedent(
     thread = threading.Thread(target=lambda: started.append(tiny()))
     thread.start()
     thread.join()
-    pool = run_slices(lambda s: tiny(), [slice(0, 1), slice(1, 2)])  # the compiled kernels' thread pool
-    print(main, torch_value, started[0], *pool)
+    barrier = threading.Barrier(2)
+
+    def kernel(s):  # each of the two threads takes one slice
+        barrier.wait(10)
+        return tiny()
+
+    on_threads = run_slices(kernel, [slice(0, 1), slice(1, 2)])  # where the compiled kernels run
+    print(main, torch_value, started[0], *on_threads)
     """
 )
 
 
-def test_flush_denormals_reaches_new_threads_and_the_kernels_pool():
+@pytest.mark.parametrize("threads", ["team", "pool"])
+def test_flush_denormals_reaches_new_threads_and_the_kernels_threads(threads):
     """Denormals stay by default; once flushed, they are zero on the main thread, in torch, in threads started later
-    and in the compiled filter kernels' pool threads (where the filters' recursions run)."""
+    and on the threads the compiled filter kernels run on (torch's OpenMP team, or the thread pool)."""
 
     def values(mode: str) -> list[float]:
-        out = subprocess.run([sys.executable, "-c", FLUSH_PROGRAM, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", FLUSH_PROGRAM, mode, threads], capture_output=True, text=True, check=True
+        )
         return [float(v) for v in out.stdout.split()]
 
     kept, flushed = values("keep"), values("flush")
     assert all(v > 0 for v in kept), kept
     assert flushed == [0.0] * 5, flushed
-
-
-def test_run_slices_runs_each_slice_once_in_order_on_the_caller_and_the_pool(monkeypatch):
-    """More slices than threads: each slice runs once, the results come back in the slices' order, and the calling
-    thread takes slices too (it works rather than waits). A slow pool thread leaves its share to the caller."""
-    import threading
-    import time
-
-    import torch
-
-    from affect_core.filters.compiled import run_slices
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    caller = threading.get_ident()
-    calls: list[tuple[int, int]] = []
-
-    def kernel(k: int) -> int:
-        if threading.get_ident() != caller:
-            time.sleep(0.2)  # a pool thread that is late for a core
-        calls.append((k, threading.get_ident()))
-        return k * k
-
-    assert run_slices(kernel, range(5)) == [0, 1, 4, 9, 16]
-    assert sorted(k for k, _ in calls) == list(range(5))
-    by_caller = [k for k, thread in calls if thread == caller]
-    assert len(by_caller) >= 4, calls  # the late pool thread took at most one slice
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert run_slices(kernel, range(3)) == [0, 1, 4]  # one thread: all on the caller, in order
-
-
-def test_run_slices_raises_a_slice_error_only_after_every_slice_ended(monkeypatch):
-    """An error in one slice is raised by the caller, but never while another thread still runs a slice (it writes
-    into the caller's arrays)."""
-    import threading
-    import time
-
-    import torch
-
-    from affect_core.filters.compiled import run_slices
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    caller = threading.get_ident()
-    ended: list[int] = []
-
-    started: list[int] = []
-    pool_started = threading.Event()
-
-    def kernel(k: int) -> int:
-        if threading.get_ident() == caller:
-            assert pool_started.wait(10)  # the pool thread has taken the other slice
-            raise ValueError(f"slice {k} failed")
-        started.append(k)
-        pool_started.set()
-        time.sleep(0.3)
-        ended.append(k)
-        return k
-
-    with pytest.raises(ValueError, match="failed"):
-        run_slices(kernel, range(2))
-    assert started and ended == started  # the pool thread's slice had ended before the error reached the caller
-
-    taken: list[int] = []
-
-    def failing_first(k: int) -> int:
-        taken.append(k)
-        if k == 0:
-            raise ValueError("slice 0 failed")
-        time.sleep(0.05)
-        return k
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    with pytest.raises(ValueError, match="slice 0"):
-        run_slices(failing_first, range(4))
-    assert taken == [0]  # once a slice failed, no other is started
-
-
-def test_run_slices_does_not_wait_for_a_pool_busy_elsewhere(monkeypatch):
-    """With every pool thread busy with other work, the caller runs all the slices itself and returns: a helper
-    that never started is not waited for."""
-    import os
-    import threading
-    import time
-
-    import torch
-
-    from affect_core.filters import compiled
-    from affect_core.filters.compiled import run_slices
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    run_slices(lambda k: k, range(2))  # the pool exists
-    release = threading.Event()
-    busy = [compiled._pool.submit(release.wait, 30) for _ in range(os.cpu_count() or 2)]
-    try:
-        start = time.perf_counter()
-        assert run_slices(lambda k: k + 1, range(3)) == [1, 2, 3]
-        assert time.perf_counter() - start < 5
-    finally:
-        release.set()
-        for f in busy:
-            f.result()

@@ -1,8 +1,9 @@
 """Autograd bridges to the compiled CPU recursions (`_kernels`, `_linear_kernels`): forward and hand-derived backward.
 
 The kernels are serial loops in float64 that release the GIL; a batch is cut into as many slices as torch has
-threads (the lane kernels: one slice per group of lanes) and the slices run side by side on the calling thread and
-a small thread pool, each thread taking the next slice left (`run_slices`).
+threads (the lane kernels: one slice per group of lanes) and the slices run side by side on torch's own OpenMP
+threads (`openmp`; a small thread pool where torch has none), each thread taking the next slice left
+(`run_slices`).
 """
 
 from __future__ import annotations
@@ -56,20 +57,19 @@ def _thread_settings() -> None:
 
 
 def run_slices(kernel: Callable[[Any], Any], slices: Sequence[Any]) -> list[Any]:
-    """[kernel(s) for s in slices], run on as many threads as torch has (at most one per slice): the calling thread
-    and pool threads each take the next slice not yet taken until none is left.
+    """[kernel(s) for s in slices], run on as many threads as torch has (at most one per slice), the calling thread
+    among them, each thread taking the next slice not yet taken until none is left. Once a slice raised, no thread
+    starts another; its error is raised after the slices already running have ended.
 
-    The caller works rather than waits, and a slice goes to whichever thread is free: on a machine whose cores are
-    busy (torch's OpenMP threads spin for a while after each parallel operation) a waking pool thread can wait
-    milliseconds for a core, and the caller meanwhile takes the slices it would have run."""
-    helpers = min(torch.get_num_threads(), len(slices)) - 1
-    if helpers <= 0:
+    The threads are torch's own OpenMP team (`openmp.runner`): after torch's operations its workers are awake and
+    spinning on their cores, where threads of our own would wait for one. Where that team cannot be reached, a thread
+    pool: the caller works rather than waits, a slice goes to whichever thread is free, and a pool thread that has
+    not started when every slice is taken is not waited for."""
+    from affect_core.filters import openmp
+
+    threads = min(torch.get_num_threads(), len(slices))
+    if threads <= 1:
         return [kernel(s) for s in slices]
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 2, thread_name_prefix="affect-filter", initializer=_thread_settings
-        )
     results: list[Any] = [None] * len(slices)
     taken = iter(range(len(slices)))
     lock = threading.Lock()
@@ -87,6 +87,22 @@ def run_slices(kernel: Callable[[Any], Any], slices: Sequence[Any]) -> list[Any]
                 failed.set()
                 raise
 
+    team = openmp.runner()
+    if team is not None:
+        team(work, threads)
+    else:
+        _on_pool(work, threads - 1)
+    return results
+
+
+def _on_pool(work: Callable[[], None], helpers: int) -> None:
+    """work() on the calling thread and on `helpers` threads of the pool; the first error raised once all have
+    returned."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="affect-filter", initializer=_thread_settings
+        )
     others = [_pool.submit(work) for _ in range(helpers)]
     try:
         work()
@@ -97,7 +113,6 @@ def run_slices(kernel: Callable[[Any], Any], slices: Sequence[Any]) -> list[Any]
         wait(started)
     for f in started:
         f.result()  # a pool thread's error, raised here
-    return results
 
 
 def _square(transition: Tensor, observation: Tensor) -> tuple[int, ...]:
