@@ -171,3 +171,68 @@ def test_observations_changed_in_place_after_the_forward_pass_are_refused() -> N
     obs.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         states.sum().backward()
+
+
+def _settling_inputs(per_frame: bool) -> dict[str, torch.Tensor]:
+    """A full group of lanes and a group of one over 800 frames, every frame with a face but for a few stretches at
+    different places in different rows: each lane's covariance settles between them."""
+    x = _inputs(LANES + 1, seed=21, per_frame=per_frame)
+    steps = 800
+    gen = torch.Generator().manual_seed(5)
+    mask = torch.ones(LANES + 1, steps, dtype=torch.float64)
+    for row, (start, length) in enumerate([(300, 40), (120, 5), (610, 25), (450, 1), (100, 50)]):
+        mask[row, start : start + length] = 0.0
+    obs = torch.tanh(0.3 * torch.randn(LANES + 1, steps, 3, generator=gen, dtype=torch.float64).cumsum(1) / 5)
+    x["mask"], x["obs"] = mask, obs.masked_fill(mask.unsqueeze(-1) == 0, math.nan)
+    if per_frame:
+        x["noise"] = 0.05 + 0.1 * torch.rand(LANES + 1, steps, 3, generator=gen, dtype=torch.float64)
+    return x
+
+
+def _steps_left_out(x: dict[str, torch.Tensor]) -> int:
+    from affect_core.filters import _linear_kernels
+
+    batch, steps = x["mask"].shape
+    groups = -(-batch // LANES)
+    noise = x["noise"].numpy() if x.get("noise") is not None else torch.zeros(0, 0, 0, dtype=torch.float64).numpy()
+    obs = torch.where(x["mask"].unsqueeze(-1) != 0, x["obs"], 0.0).numpy()
+    return _linear_kernels.filter_lanes_forward(
+        obs, x["mask"].numpy(), *(x[k].numpy() for k in ("F", "G")), (x["H"] @ x["F"]).numpy(), x["c"].numpy(),
+        *(x[k].numpy() for k in ("H", "Q", "R")), noise, x["z0"].numpy(), x["P0"].numpy(),
+        torch.empty(batch, steps, 3, dtype=torch.float64).numpy(),
+        torch.empty(batch, steps, 3, 3, dtype=torch.float64).numpy(),
+        torch.empty(groups, steps, _linear_kernels.SAVED, dtype=torch.float64).numpy(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_settled_and_faceless_steps_are_shortened_with_the_same_results(per_frame: bool) -> None:
+    """Two shorter steps where they give the whole step's values: where no lane has a face, the predict step; where
+    every lane has a face and its covariance has settled (its last step gave back P bit for bit), only the state
+    recursion. Most steps of a batch that is mostly seen are shortened, and the states, the covariances and every
+    gradient are those of the two recursions all the same. With per-frame noise (R_t changes the step) only the
+    faceless ones."""
+    x = _settling_inputs(per_frame)
+    mask = x["mask"]
+    groups, steps = -(-(LANES + 1) // LANES), mask.shape[1]
+    # No face in any lane: the group of one repeats its row in its other lanes.
+    faceless = int((mask[:LANES] == 0).all(0).sum() + (mask[LANES] == 0).sum())
+    assert faceless == 50
+    left_out = _steps_left_out(x)
+    if per_frame:
+        assert left_out == faceless
+    else:
+        assert left_out - faceless > 0.5 * groups * steps, left_out  # the covariances settle within tens of frames
+        with_a_faceless_lane = int((mask[:LANES] == 0).any(0).sum() - (mask[:LANES] == 0).all(0).sum())
+        assert left_out <= groups * steps - with_a_faceless_lane
+    results = []
+    for run in (_lanes, _two_recursions):
+        leaves = _leaves(x)
+        states, covs = run({**leaves, "mask": x["mask"]})
+        grads = torch.autograd.grad(states.square().sum() + covs.sum(), list(leaves.values()))
+        results.append((states.detach(), covs.detach(), dict(zip(leaves, grads, strict=True))))
+    (s1, c1, g1), (s2, c2, g2) = results
+    assert torch.equal(s1, s2) and torch.equal(c1, c2.to(c1.dtype))
+    for name in g1:
+        scale = max(1.0, float(g2[name].abs().max()))
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-10, atol=1e-10 * scale, msg=name)

@@ -17,7 +17,9 @@ The covariance recursion has one row for the whole batch (`Bc = 1`, no missing f
 Inference keeps its distinct steps once (`riccati_nodes`) and the state recursion reads each step's gain through the
 node index; training writes every step out (`riccati_forward`) for the backward passes. Training with a row per
 sequence and n = 3 runs both recursions in one step instead, four sequences side by side in vector lanes
-(`filter_lanes_forward`, `filter_lanes_backward`, at the end of this module). For n = 3 the steps are the
+(`filter_lanes_forward`, `filter_lanes_backward`, at the end of this module), with two shorter steps where they give
+the whole step's values: the predict step where no lane has a face, and the state recursion alone where every lane
+has a face and its covariance has settled (its last step gave back P bit for bit). For n = 3 the steps are the
 generated scalar code of `_steps3`, the state recursion the scalar loops at the end of this module. Arrays are
 float64 and C-contiguous (B batch, Bc covariance rows, T steps, n state, m observation). All kernels release the GIL,
 so callers may run slices of the batch on several threads.
@@ -67,6 +69,9 @@ from affect_core.filters._steps3 import (
     lanes_kf_step,
     lanes_kf_step_adjoint,
     lanes_kf_step_adjoint_at_optimum,
+    lanes_kf_step_adjoint_gap,
+    lanes_kf_step_gap,
+    lanes_kf_step_settled,
     observed_step,
     observed_step_adjoint,
 )
@@ -559,16 +564,35 @@ def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states,
     """The linear filter for n = 3 on rows of their own: obs (B, T, 3), mask (B, T) -> states (B, T, 3) and covs
     (B, T, 3, 3) written in their dtype, saved (ceil(B / LANES), T, SAVED) float64 for `filter_lanes_backward`.
     noise: (B, T, 3) per-frame observation-noise variances, or a leading 0 (R on every frame). Equal bit for bit to
-    `riccati_nodes` then `state_forward` on the same rows."""
+    `riccati_nodes` then `state_forward` on the same rows. Two shorter steps give the whole step's values where
+    they apply: where no lane has a face, the predict step (`lanes_kf_step_gap`); where every lane has a face and
+    its last step, with a face, gave back its P bit for bit (a settled covariance; not with per-frame noise, where
+    R_t changes the step), the same P and gain again, so that only the state recursion runs
+    (`lanes_kf_step_settled`). Returns the number of steps whose update was left out (the two kinds together)."""
     B, T = mask.shape
+    per_frame = noise.shape[0] > 0
     buf = np.zeros(LANES_KF_SLOTS * LANES)
     _lanes_noise(buf, R)
+    left_out = 0
     for group in range(saved.shape[0]):
         first, last = group * LANES, min(group * LANES + LANES, B)
         _lanes_prior(buf, P0, z0)
+        settled = False  # every lane's last step had a face and gave back its P
         for t in range(T):
             _lanes_frame(buf, obs, mask, noise, first, last, t)
-            lanes_kf_step(buf, HF, H, Q, F, G, c)
+            with_faces = _all_observed(buf)
+            if settled and with_faces:
+                lanes_kf_step_settled(buf, HF, F, G, c)
+                for e in range(9 * LANES):
+                    buf[LANES_KF_P_OUT + e] = buf[LANES_KF_P + e]
+                left_out += 1
+            elif _none_observed(buf):
+                lanes_kf_step_gap(buf, HF, H, Q, F, G, c)
+                settled = False
+                left_out += 1
+            else:
+                lanes_kf_step(buf, HF, H, Q, F, G, c)
+                settled = with_faces and not per_frame and _gave_back_p(buf)
             kept = saved[group, t]
             for e in range(SAVED):  # P_t and z_t: kept, and the next step's input
                 kept[e] = buf[LANES_KF_P + e] = buf[LANES_KF_P_OUT + e]
@@ -577,6 +601,34 @@ def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states,
                     for k in range(3):
                         covs[first + lane, t, i, k] = buf[LANES_KF_P_OUT + (3 * i + k) * LANES + lane]
                     states[first + lane, t, i] = buf[LANES_KF_P_OUT + (9 + i) * LANES + lane]
+    return left_out
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _all_observed(buf):
+    """Whether every lane's mask value is 1 (a face in every lane)."""
+    for lane in range(LANES):
+        if buf[LANES_KF_MU + lane] != 1.0:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _none_observed(buf):
+    """Whether every lane's mask value is 0 (no face in any lane)."""
+    for lane in range(LANES):
+        if buf[LANES_KF_MU + lane] != 0.0:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _gave_back_p(buf):
+    """Whether the step's P_out equals its input P in every lane, bit for bit (NaN never does)."""
+    for e in range(9 * LANES):
+        if buf[LANES_KF_P_OUT + e] != buf[LANES_KF_P + e]:
+            return False
+    return True
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -629,7 +681,9 @@ def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved,
                     if with_covs:
                         for k in range(3):
                             buf[LANES_KF_GP_OUT + (3 * i + k) * LANES + lane] += g_covs[b, t, i, k]
-            if _zero_or_one(buf):  # every lane's gain is 0 or the optimal one: the shorter adjoint, the same values
+            if _none_observed(buf):  # the predict step's adjoint (`lanes_kf_step_gap`)
+                lanes_kf_step_adjoint_gap(buf, HF, H, Q, F, G, c)
+            elif _zero_or_one(buf):  # every lane's gain is 0 or the optimal one: the shorter adjoint, the same values
                 lanes_kf_step_adjoint_at_optimum(buf, HF, H, Q, F, G, c)
             else:
                 lanes_kf_step_adjoint(buf, HF, H, Q, F, G, c)

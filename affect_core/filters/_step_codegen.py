@@ -30,6 +30,7 @@ class Tape:
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, tuple[Value, ...]]] = []
         self.names: dict[str, list[str]] = {}
+        self.kept: dict[str, Entries] = {}  # values the forward also writes out, which no adjoint reads
 
     def emit(self, op: str, *operands: Value) -> Value:
         value = Value(self, f"v{len(self.lines)}")
@@ -286,6 +287,12 @@ def kf_step(tape: Tape, optimal: bool = False) -> dict[str, Entries]:
     q, r = diagonal(tape, "Q"), diagonal(tape, "R")
     mu = tape.input("mu")
     P_out, K = _update(_predict(F, P, q), H, r, mu, optimal)
+    tape.kept["K_out"] = matrix_entries(K)
+    return {"P_out": matrix_entries(P_out), "z_out": _state_update(F, HF, z, o, c, K)}
+
+
+def _state_update(F: Matrix, HF: Matrix, z: list[Value], o: list[Value], c: list[Value], K: Matrix) -> Entries:
+    """z_t = c + F z_{t-1} + K_t (o_t - HF z_{t-1}), the operations in `_linear_kernels._state_forward3`'s order."""
     v = []
     for i in range(N):  # v = o - HF z
         s = o[i]
@@ -300,7 +307,36 @@ def kf_step(tape: Tape, optimal: bool = False) -> dict[str, Entries]:
         for k in range(N):
             s = s + K[i][k] * v[k]
         z_out.append(s)
-    return {"P_out": matrix_entries(P_out), "z_out": vector_entries(z_out)}
+    return vector_entries(z_out)
+
+
+def kf_gap_step(tape: Tape) -> dict[str, Entries]:
+    """`kf_step` where no lane has a face (mu = 0 in every lane, where F reads G and c reads c): the predict step
+    P_t = G sym(P_{t-1}) G^T + Q and z_t = c + G z_{t-1}, the values `kf_step` gives there (its gain is 0 and the
+    Joseph form keeps P^) in a fraction of its operations, and their adjoint, which reaches no observation and no
+    noise. The inputs are `kf_step`'s, in its order (the slots are shared)."""
+    _constants(tape)
+    P, F, _, _ = (matrix(tape, name) for name in ("P", "F", "HF", "H"))
+    z, _, c = (vector(tape, name) for name in ("z", "o", "c"))
+    q, _ = diagonal(tape, "Q"), diagonal(tape, "R")
+    tape.input("mu")
+    z_out = []
+    for i in range(N):  # c + G z: `_state_update`'s sums without the gain's terms
+        s = c[i]
+        for k in range(N):
+            s = s + F[i][k] * z[k]
+        z_out.append(s)
+    return {"P_out": matrix_entries(_predict(F, P, q)), "z_out": vector_entries(z_out)}
+
+
+def kf_settled_step(tape: Tape) -> dict[str, Entries]:
+    """`kf_step` where the covariance has settled (its last step, with a face, gave back its input bit for bit): the
+    same P_t and K_t again, so only the state recursion runs, with the gain `kf_step` kept, bit for bit as
+    `kf_step` computes it."""
+    _constants(tape)
+    F, HF, K = (matrix(tape, name) for name in ("F", "HF", "K_out"))
+    z, o, c = (vector(tape, name) for name in ("z", "o", "c"))
+    return {"z_out": _state_update(F, HF, z, o, c, K)}
 
 
 def _forward_lines(tape: Tape) -> list[str]:
@@ -450,18 +486,22 @@ def _lane_step_functions(
     accumulates: tuple[str, ...],
     doc: str,
     adjoint_only: str = "",
-) -> str:
+    forward_only: str = "",
+    layout: dict[str, int] | None = None,
+) -> tuple[str, dict[str, int]]:
     """`lanes_<kind>_step(buf, shared...)` and `lanes_<kind>_step_adjoint(buf, shared...)`: the step of `trace` for
-    LANES sequences at once; with `adjoint_only` = suffix, only `lanes_<kind>_step_adjoint<suffix>` (a variant of
-    the adjoint on the same slots).
+    LANES sequences at once, and the slots they use; with `adjoint_only` = suffix, only
+    `lanes_<kind>_step_adjoint<suffix>`, with `forward_only` = suffix only `lanes_<kind>_step<suffix>` (variants on the
+    slots of `layout`, those of the step they vary).
 
-    Each entry of the inputs in `lanes`, of the outputs and of the adjoints lives in `buf` (float64,
-    `LANES_<KIND>_SLOTS * LANES`), lane l of entry e at `e * LANES + l`; each name's first slot is
-    `LANES_<KIND>_<NAME>` (a name's entries in the order of their indices, a matrix's row by row). The `shared` inputs
-    are one value for every lane, read once before the loop. A `switched` input reads, in each lane, the shared
-    input named first where the lane's mu is not 0 and the one named second where it is (None: zeros); its adjoint is
-    that of what the lane read. The adjoint sets the adjoints of `sets`, adds into those of `accumulates` (per lane:
-    sum the lanes after the last step) and reads those of the outputs."""
+    Each entry of the inputs in `lanes`, of the outputs, of the adjoints and of the values the trace keeps
+    (`Tape.kept`, written by the step, read by no adjoint) lives in `buf` (float64, `LANES_<KIND>_SLOTS * LANES`), lane
+    l of entry e at `e * LANES + l`; each name's first slot is `LANES_<KIND>_<NAME>` (a name's entries in the order of
+    their indices, a matrix's row by row). The `shared` inputs are one value for every lane, read once before the
+    loop. A `switched` input reads, in each lane, the shared input named first where the lane's mu is not 0 and the
+    one named second where it is (None: zeros); its adjoint is that of what the lane read. The adjoint sets the
+    adjoints of `sets`, adds into those of `accumulates` (per lane: sum the lanes after the last step) and reads those
+    of the outputs."""
     tape = Tape()
     outputs: dict[str, Entries] = trace(tape)  # type: ignore[operator]
     slots: dict[str, int] = {}
@@ -480,6 +520,10 @@ def _lane_step_functions(
         place(f"g{out}", [index for index, _ in entries])
     for name in sets + accumulates:
         place(f"g{name}", tape.names[name])
+    for name, entries in tape.kept.items():
+        place(name, [index for index, _ in entries])
+    if layout is not None:
+        slots = layout
 
     entry = re.compile(r"\b(g?[A-Za-z]\w*)\[(\d(?:, \d)?)\]|\bmu\b")
 
@@ -511,6 +555,7 @@ def _lane_step_functions(
             a, b = (local("s", x, i) if x is not None else "0.0" for x in (with_face, without))
             chosen.append(f"{local('a', name, i)} = {a} if on else {b}")
     forward, writes, backward, finish = _step_lines(tape, outputs, sets, accumulates)
+    writes += [f"{name}[{index}] = {v.name}" for name, entries in tape.kept.items() for index, v in entries]
     upper = kind.upper()
     constants = f"LANES_{upper}_SLOTS = {len(slots)}\n" + "".join(
         f"LANES_{upper}_{name.upper()} = {offset * LANES}\n" for name, offset in offsets
@@ -528,6 +573,8 @@ def _lane_step_functions(
             + "".join(f"        {in_lanes(line)}\n" for line in body)
         )
 
+    if forward_only:
+        return function(f"lanes_{kind}_step{forward_only}", forward + writes, doc), slots
     effect = (
         "sets "
         + ", ".join(f"g{s}" for s in sets)
@@ -540,8 +587,9 @@ def _lane_step_functions(
     )
     adjoint = function(f"lanes_{kind}_step_adjoint{adjoint_only}", forward + backward + finish, summary)
     if adjoint_only:
-        return adjoint
-    return constants + "\n\n" + function(f"lanes_{kind}_step", forward + writes, f"{doc}") + "\n\n" + adjoint
+        return adjoint, slots
+    step = function(f"lanes_{kind}_step", forward + writes, f"{doc}")
+    return constants + "\n\n" + step + "\n\n" + adjoint, slots
 
 
 HEADER = '''"""Generated by `python -m affect_core.filters._step_codegen`; do not edit.
@@ -609,22 +657,56 @@ def source() -> str:
             "An EKF step without a face: z_out = G z + c; P_out = sym(G P G^T + Q).",
         ),
         f"LANES = {LANES}\n",
-        _lane_step_functions(
-            "kf",
-            kf_step,
-            *KF_LANES,
-            "`kf_step` for LANES sequences side by side: a frame with a face (mu != 0), or without one (mu = 0: F\n"
-            "    reads G and c reads c, K = 0). Per lane: P, z, o (0 without a face), mu, R's diagonal.",
-        ),
-        _lane_step_functions(
-            "kf",
-            partial(kf_step, optimal=True),
-            *KF_LANES,
-            "Adjoint of `lanes_kf_step` where every lane's mu is 0 or 1, on its slots: the Joseph form's derivative\n"
-            "    with respect to the gain, zero there, left out (`_update`'s optimal).",
-            adjoint_only="_at_optimum",
-        ),
     ]
+    kf, slots = _lane_step_functions(
+        "kf",
+        kf_step,
+        *KF_LANES,
+        "`kf_step` for LANES sequences side by side: a frame with a face (mu != 0), or without one (mu = 0: F\n"
+        "    reads G and c reads c, K = 0). Per lane: P, z, o (0 without a face), mu, R's diagonal; it keeps each\n"
+        "    lane's gain K_out for `lanes_kf_step_settled`.",
+    )
+    at_optimum, _ = _lane_step_functions(
+        "kf",
+        partial(kf_step, optimal=True),
+        *KF_LANES,
+        "Adjoint of `lanes_kf_step` where every lane's mu is 0 or 1, on its slots: the Joseph form's derivative\n"
+        "    with respect to the gain, zero there, left out (`_update`'s optimal).",
+        adjoint_only="_at_optimum",
+        layout=slots,
+    )
+    lanes, _, switched, _, _ = KF_LANES
+    settled, _ = _lane_step_functions(
+        "kf",
+        kf_settled_step,
+        lanes,
+        ("HF",),
+        switched,
+        (),
+        (),
+        "`lanes_kf_step` where every lane has a face and its covariance has settled (the lane's last step, with a\n"
+        "    face, gave back its P bit for bit): z_out from the gain K_out that step kept, bit for bit as\n"
+        "    `lanes_kf_step` computes it (P_out is P: the caller copies it).",
+        forward_only="_settled",
+        layout=slots,
+    )
+    gap_forward, _ = _lane_step_functions(
+        "kf",
+        kf_gap_step,
+        *KF_LANES,
+        "`lanes_kf_step` where no lane has a face (every lane's mu is 0): `kf_gap_step`, the same values.",
+        forward_only="_gap",
+        layout=slots,
+    )
+    gap_adjoint, _ = _lane_step_functions(
+        "kf",
+        kf_gap_step,
+        *KF_LANES,
+        "Adjoint of `lanes_kf_step_gap` (no lane has a face), on `lanes_kf_step`'s slots.",
+        adjoint_only="_gap",
+        layout=slots,
+    )
+    parts += [kf, at_optimum, settled, gap_forward, gap_adjoint]
     return HEADER + "\n\n".join(parts)
 
 
