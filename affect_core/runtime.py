@@ -86,8 +86,9 @@ def retain_freed_memory() -> bool:
 
 def flush_denormals() -> bool:
     """Flush denormal floats to zero on this thread and on the threads it starts from now on (x86 FTZ/DAZ through
-    ``torch.set_flush_denormal``; a new thread inherits its creator's floating-point state, and the compiled filter
-    kernels' thread pool sets it again as each thread starts). Returns True when applied, False where the CPU cannot.
+    ``torch.set_flush_denormal``; a new thread inherits its creator's floating-point state, and the threads the
+    compiled filter kernels run on set it again: torch's OpenMP workers as they take slices, the fallback pool's
+    threads as they start). Returns True when applied, False where the CPU cannot.
 
     Why: the gradient reaching the front-end is zero on every frame without a face (the filter does not read them),
     and the LSTM's backward, decaying through such a stretch, runs on denormal numbers, each operation on them
