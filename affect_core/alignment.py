@@ -73,9 +73,10 @@ def lagged_convolution(z: Tensor, weights: Tensor) -> Tensor:
 
 class _ReplicateConvolution(torch.autograd.Function):
     """y_t = sum_k w[k + D] z_{t-k} along the time axis of z (B, T, C), replicate padding, as one circular
-    convolution of length N >= T + 2D + 1 by FFT along that axis, with its adjoints written out: the FFTs autograd
-    would run through `F.pad`, `rfft`, `irfft` and the slice, without the transposed copies and the zero-filled
-    intermediates it makes for each of them.
+    convolution of length N >= T + 2D + 1 by FFT, with its adjoints written out: the FFTs autograd would run through
+    `F.pad`, `rfft`, `irfft` and the slice, without the transposed copies and the zero-filled intermediates it makes
+    for each of them. The transforms run along rows of (B, C, N): the copy that pads z also lays it out so, and
+    contiguous rows transform faster than the middle axis of (B, N, C) (the same values).
 
     The padded sequence p (length N: z_0 D times, z, z_{T-1} D times, zeros) convolved with w, read at
     2D .. 2D + T - 1, is y. Adjoints, for g the adjoint of y placed at 2D .. 2D + T - 1 of zeros: of p, the circular
@@ -87,32 +88,35 @@ class _ReplicateConvolution(torch.autograd.Function):
         t = z.shape[1]
         half = (weights.shape[0] - 1) // 2
         size = _fft_size(t + 2 * half + 1)
-        padded = z.new_zeros(z.shape[0], size, z.shape[2])
-        padded[:, :half] = z[:, :1]
-        padded[:, half : half + t] = z
-        padded[:, half + t : t + 2 * half] = z[:, -1:]
-        spectrum = torch.fft.rfft(padded, dim=1)
-        w_spectrum = torch.fft.rfft(weights, n=size).unsqueeze(-1)
+        rows = z.transpose(1, 2)  # (B, C, T), a view
+        padded = z.new_empty(z.shape[0], z.shape[2], size)
+        padded[..., :half] = rows[..., :1]
+        padded[..., half : half + t] = rows
+        padded[..., half + t : t + 2 * half] = rows[..., -1:]
+        padded[..., t + 2 * half :] = 0.0
+        spectrum = torch.fft.rfft(padded)
+        w_spectrum = torch.fft.rfft(weights, n=size)
         ctx.save_for_backward(spectrum, w_spectrum)
         ctx.shape = (t, half, size, weights.shape[0])
-        return torch.fft.irfft(spectrum * w_spectrum, n=size, dim=1)[:, 2 * half : 2 * half + t].contiguous()
+        y = torch.fft.irfft(spectrum * w_spectrum, n=size)[..., 2 * half : 2 * half + t]
+        return y.transpose(1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_y: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         spectrum, w_spectrum = ctx.saved_tensors
         t, half, size, taps = ctx.shape
-        placed = g_y.new_zeros(g_y.shape[0], size, g_y.shape[2])
-        placed[:, 2 * half : 2 * half + t] = g_y
-        g_spectrum = torch.fft.rfft(placed, dim=1)
+        placed = g_y.new_zeros(g_y.shape[0], g_y.shape[2], size)
+        placed[..., 2 * half : 2 * half + t] = g_y.transpose(1, 2)
+        g_spectrum = torch.fft.rfft(placed)
         g_z = g_w = None
         if ctx.needs_input_grad[0]:
-            g_padded = torch.fft.irfft(g_spectrum * w_spectrum.conj(), n=size, dim=1)
-            g_z = g_padded[:, half : half + t].clone()
-            g_z[:, 0] += g_padded[:, :half].sum(1)
-            g_z[:, -1] += g_padded[:, half + t : t + 2 * half].sum(1)
+            g_padded = torch.fft.irfft(g_spectrum * w_spectrum.conj(), n=size)
+            g_z = g_padded[..., half : half + t].transpose(1, 2).contiguous()
+            g_z[:, 0] += g_padded[..., :half].sum(-1)
+            g_z[:, -1] += g_padded[..., half + t : t + 2 * half].sum(-1)
         if ctx.needs_input_grad[1]:
-            g_w = torch.fft.irfft((g_spectrum * spectrum.conj()).sum((0, 2)), n=size)[:taps]
+            g_w = torch.fft.irfft((g_spectrum * spectrum.conj()).sum((0, 1)), n=size)[:taps]
         return g_z, g_w
 
 
