@@ -580,13 +580,13 @@ def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states,
         settled = False  # every lane's last step had a face and gave back its P
         for t in range(T):
             _lanes_frame(buf, obs, mask, noise, first, last, t)
-            with_faces = _all_observed(buf)
+            with_faces = _every_lane(buf, 1.0)
             if settled and with_faces:
                 lanes_kf_step_settled(buf, HF, F, G, c)
                 for e in range(9 * LANES):
                     buf[LANES_KF_P_OUT + e] = buf[LANES_KF_P + e]
                 left_out += 1
-            elif _none_observed(buf):
+            elif _every_lane(buf, 0.0):
                 lanes_kf_step_gap(buf, HF, H, Q, F, G, c)
                 settled = False
                 left_out += 1
@@ -605,19 +605,10 @@ def filter_lanes_forward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, states,
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _all_observed(buf):
-    """Whether every lane's mask value is 1 (a face in every lane)."""
+def _every_lane(buf, mu):
+    """Whether every lane's mask value is mu (1: a face in every lane; 0: in none)."""
     for lane in range(LANES):
-        if buf[LANES_KF_MU + lane] != 1.0:
-            return False
-    return True
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _none_observed(buf):
-    """Whether every lane's mask value is 0 (no face in any lane)."""
-    for lane in range(LANES):
-        if buf[LANES_KF_MU + lane] != 0.0:
+        if buf[LANES_KF_MU + lane] != mu:
             return False
     return True
 
@@ -681,7 +672,7 @@ def filter_lanes_backward(obs, mask, F, G, HF, c, H, Q, R, noise, z0, P0, saved,
                     if with_covs:
                         for k in range(3):
                             buf[LANES_KF_GP_OUT + (3 * i + k) * LANES + lane] += g_covs[b, t, i, k]
-            if _none_observed(buf):  # the predict step's adjoint (`lanes_kf_step_gap`)
+            if _every_lane(buf, 0.0):  # the predict step's adjoint (`lanes_kf_step_gap`)
                 lanes_kf_step_adjoint_gap(buf, HF, H, Q, F, G, c)
             elif _zero_or_one(buf):  # every lane's gain is 0 or the optimal one: the shorter adjoint, the same values
                 lanes_kf_step_adjoint_at_optimum(buf, HF, H, Q, F, G, c)
